@@ -1,0 +1,159 @@
+"""Content-addressed export cache.
+
+An entry's key digests the model's content, the model config, the component, the export
+options and the versions of torch, coremltools, NeMo and this exporter's code. Entries are
+built in a temporary directory and renamed into place, so a killed export never leaves an
+entry that is used later; every entry carries a manifest (sizes and sha256 of its files) that
+is checked on each use, so a damaged entry is rebuilt. A per-key file lock makes concurrent
+processes (``pytest -n 2``) convert a component once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+from filelock import FileLock
+
+ENV_VAR = "PARAKEET_COREML_CACHE"
+ENTRY_FILE = "entry.json"
+_STALE_TMP_SECONDS = 24 * 3600
+
+
+def default_cache_dir() -> Path:
+    """``$PARAKEET_COREML_CACHE``, else the per-user cache directory of the platform."""
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get(ENV_VAR) or user_cache_dir("parakeet-coreml"))
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def tool_versions() -> dict:
+    """Versions that change what an export produces (read without importing the packages)."""
+    return {name: _version(name) for name in ("torch", "coremltools", "nemo_toolkit")}
+
+
+# The modules whose code decides what an exported package contains.
+_EXPORT_CODE = (
+    "components.py", "convert.py", "export.py", "presets.py", "sources.py", "torch_compat.py", "wrappers.py",
+)
+
+
+def exporter_code_digest() -> str:
+    """Digest of the exporter's sources: editing the export code invalidates its exports."""
+    h = hashlib.sha256()
+    for name in _EXPORT_CODE:
+        path = Path(__file__).parent / name
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(**parts) -> str:
+    """sha256 of the parts as canonical JSON, plus tool versions and the exporter's code."""
+    payload = {**parts, "versions": tool_versions(), "exporter": exporter_code_digest()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _manifest(root: Path) -> dict:
+    return {
+        str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ENTRY_FILE
+    }
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: Path
+    info: dict  # what the builder recorded, plus "manifest"
+    hit: bool  # True if found in the cache, False if built by this call
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f["size"] for f in self.info["manifest"].values())
+
+
+class ExportCache:
+    def __init__(self, root: Path | str | None = None):
+        self.root = Path(root) if root else default_cache_dir()
+
+    def _dirs(self, key: str):
+        return self.root / "entries" / key, self.root / "locks" / f"{key}.lock", self.root / "tmp"
+
+    def lookup(self, key: str) -> Entry | None:
+        """The entry for ``key`` if present and intact; a damaged one is removed."""
+        path = self._dirs(key)[0]
+        info_path = path / ENTRY_FILE
+        if not info_path.is_file():
+            if path.exists():
+                shutil.rmtree(path, ignore_errors=True)
+            return None
+        try:
+            info = json.loads(info_path.read_text())
+            intact = _manifest(path) == info["manifest"]
+        except (OSError, ValueError, KeyError):
+            intact = False
+        if not intact:
+            shutil.rmtree(path, ignore_errors=True)
+            return None
+        return Entry(path, info, hit=True)
+
+    def get_or_build(self, key: str, build: Callable[[Path], dict]) -> Entry:
+        """Return the entry for ``key``, calling ``build(tmp_dir) -> info`` once if it is missing.
+
+        ``build`` writes its files into ``tmp_dir``; the directory becomes the entry only
+        after ``build`` returns.
+        """
+        entry = self.lookup(key)
+        if entry:
+            return entry
+        final, lock_path, tmp_root = self._dirs(key)
+        for d in (lock_path.parent, tmp_root, final.parent):
+            d.mkdir(parents=True, exist_ok=True)
+        with FileLock(lock_path):
+            entry = self.lookup(key)  # another process may have built it while we waited
+            if entry:
+                return entry
+            self._remove_stale_tmp(tmp_root)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{key[:16]}-", dir=tmp_root))
+            try:
+                info = dict(build(tmp))
+                info["manifest"] = _manifest(tmp)
+                info["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                (tmp / ENTRY_FILE).write_text(json.dumps(info, indent=2))
+                os.replace(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return Entry(final, info, hit=False)
+
+    @staticmethod
+    def _remove_stale_tmp(tmp_root: Path) -> None:
+        """Left-overs of killed exports (nothing ever reads them) older than a day."""
+        now = time.time()
+        for d in tmp_root.iterdir():
+            try:
+                if now - d.stat().st_mtime > _STALE_TMP_SECONDS:
+                    shutil.rmtree(d, ignore_errors=True)
+            except OSError:
+                pass

@@ -1,0 +1,112 @@
+"""Trace one component wrapper and convert it to a Core ML ML Program."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from exporters.components import Component, ExportError, ModelDims, example_inputs
+
+COMPUTE_PRECISIONS = ("float16", "float32")
+COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
+DEPLOYMENT_TARGETS = ("iOS17", "iOS18")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything besides the model and the component that changes an exported package."""
+
+    compute_precision: str = "float16"
+    compute_units: str = "ALL"
+    minimum_deployment_target: str = "iOS17"
+    max_audio_seconds: float = 15.0
+
+    def __post_init__(self):
+        for value, allowed, what in (
+            (self.compute_precision, COMPUTE_PRECISIONS, "compute precision"),
+            (self.compute_units, COMPUTE_UNITS, "compute units"),
+            (self.minimum_deployment_target, DEPLOYMENT_TARGETS, "minimum deployment target"),
+        ):
+            if value not in allowed:
+                raise ExportError(f"unknown {what} {value!r}; expected one of: {', '.join(allowed)}")
+        if not 0 < self.max_audio_seconds <= 600:
+            raise ExportError(f"max audio seconds must be in (0, 600], got {self.max_audio_seconds}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _keeps_fp32(component: Component):
+    """An fp16 op selector that leaves ops under ``component.fp32_scopes`` in fp32."""
+    from coremltools.converters.mil.mil.scope import ScopeSource
+
+    scopes = set(component.fp32_scopes)
+
+    def selector(op) -> bool:
+        names = op.scopes.get(ScopeSource.TORCHSCRIPT_MODULE_NAME, []) if hasattr(op, "scopes") else []
+        return not (names and names[0] in scopes)
+
+    return selector
+
+
+def _compute_precision(component: Component, precision: str):
+    import coremltools as ct
+
+    if precision == "float32" or "*" in component.fp32_scopes:
+        return ct.precision.FLOAT32
+    if component.fp32_scopes:
+        return ct.transform.FP16ComputePrecision(op_selector=_keeps_fp32(component))
+    return ct.precision.FLOAT16
+
+
+def convert_component(model, component: Component, dims: ModelDims, options: ExportOptions):
+    """Trace ``component``'s wrapper on ``model`` and convert it; returns a ``ct.models.MLModel``."""
+    import coremltools as ct
+    import torch
+
+    from exporters import torch_compat
+
+    torch_compat.install()
+    wrapper = component.wrapper(model).eval()
+    specs = component.inputs(dims)
+    example = example_inputs(component, dims)
+    args = tuple(torch.from_numpy(example[s.name]) for s in specs)
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapper, args, check_trace=False)
+    return ct.convert(
+        traced,
+        inputs=[ct.TensorType(name=s.name, shape=s.shape, dtype=np.dtype(s.dtype).type) for s in specs],
+        outputs=[ct.TensorType(name=s.name) for s in component.outputs(dims)],
+        convert_to="mlprogram",
+        minimum_deployment_target=getattr(ct.target, options.minimum_deployment_target),
+        compute_precision=_compute_precision(component, options.compute_precision),
+        compute_units=getattr(ct.ComputeUnit, options.compute_units),
+        skip_model_load=True,
+    )
+
+
+def program_precision(program) -> dict:
+    """The precision the program really computes in, read from its ops' output types.
+
+    Casts (which coremltools puts at fp16 programs' inputs and outputs) and consts are left
+    out; a program with both fp16 and fp32 compute ops is "mixed".
+    """
+    from coremltools.converters.mil.mil import types
+
+    counts = Counter()
+    for op in program.functions["main"].operations:
+        if op.op_type in ("const", "cast"):
+            continue
+        for out in op.outputs:
+            dtype = out.dtype if types.is_tensor(out.sym_type) or types.is_scalar(out.sym_type) else None
+            if dtype is types.fp16:
+                counts["float16"] += 1
+            elif dtype is types.fp32:
+                counts["float32"] += 1
+    if counts["float16"] and counts["float32"]:
+        label = "mixed"
+    else:
+        label = "float16" if counts["float16"] else "float32"
+    return {"compute_precision": label, "fp16_ops": counts["float16"], "fp32_ops": counts["float32"]}

@@ -1,0 +1,160 @@
+"""Export components of one model through the cache, and describe them in ``metadata.json``.
+
+The model is loaded only when some component (or the model's facts) is missing from the cache.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+from exporters.cache import Entry, ExportCache, cache_key, tool_versions
+from exporters.components import Component, ExportError, ModelDims, get_components
+from exporters.convert import ExportOptions
+from exporters.sources import ModelSource
+
+
+def print_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class ExportedComponent:
+    name: str
+    entry: Entry
+
+    @property
+    def package(self) -> Path:
+        return self.entry.path / self.entry.info["package"]
+
+    @property
+    def info(self) -> dict:
+        return self.entry.info
+
+
+class Exporter:
+    """Exports of one model source under one set of options."""
+
+    def __init__(self, source: ModelSource, options: ExportOptions, cache: ExportCache,
+                 progress: Callable[[str], None] = print_progress):
+        self.source = source
+        self.options = options
+        self.cache = cache
+        self.progress = progress
+
+    @cached_property
+    def model_key(self) -> str:
+        return self.source.key()
+
+    @cached_property
+    def model(self):
+        self.progress(f"loading {self.source.describe()} ...")
+        t = time.perf_counter()
+        model = self.source.load()
+        self.progress(f"loaded {self.source.describe()} in {time.perf_counter() - t:.1f} s")
+        return model
+
+    @cached_property
+    def model_info(self) -> dict:
+        """Facts of the model on the export window, cached so a warm run needs no model."""
+        key = cache_key(kind="model-info", model=self.model_key, max_audio_seconds=self.options.max_audio_seconds)
+
+        def build(_tmp: Path) -> dict:
+            dims = ModelDims.from_model(self.model, self.options.max_audio_seconds)
+            return {
+                "dims": dims.as_dict(),
+                "model_class": type(self.model).__name__,
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+            }
+
+        return self.cache.get_or_build(key, build).info
+
+    @property
+    def dims(self) -> ModelDims:
+        return ModelDims.from_dict(self.model_info["dims"])
+
+    def export(self, component: Component) -> ExportedComponent:
+        if component.requires_tdt and not self.dims.durations:
+            raise ExportError(f"{component.name} needs a TDT model (durations in the joint); this model has none")
+        key = cache_key(kind="component", model=self.model_key, component=component.name,
+                        options=self.options.as_dict())
+
+        def build(tmp: Path) -> dict:
+            from exporters.convert import convert_component, program_precision
+
+            self.progress(f"  {component.name}: tracing and converting ...")
+            t = time.perf_counter()
+            mlmodel = convert_component(self.model, component, self.dims, self.options)
+            package = f"{component.name}.mlpackage"
+            mlmodel.save(str(tmp / package))
+            seconds = time.perf_counter() - t
+            return {
+                "component": component.name,
+                "summary": component.summary,
+                "package": package,
+                "inputs": [s.as_dict() for s in component.inputs(self.dims)],
+                "outputs": [s.as_dict() for s in component.outputs(self.dims)],
+                **program_precision(mlmodel._mil_program),
+                "options": self.options.as_dict(),
+                "convert_seconds": round(seconds, 2),
+            }
+
+        return ExportedComponent(component.name, self.cache.get_or_build(key, build))
+
+    def export_all(self, names=None) -> list[ExportedComponent]:
+        components = get_components(names)
+        done = []
+        for i, component in enumerate(components, 1):
+            t = time.perf_counter()
+            exported = self.export(component)
+            how = "cached" if exported.entry.hit else f"converted in {exported.info['convert_seconds']:.1f} s"
+            size_mb = exported.entry.size_bytes / 1e6
+            self.progress(f"[{i}/{len(components)}] {component.name}: {how}, {size_mb:.1f} MB, "
+                          f"{exported.info['compute_precision']} ({time.perf_counter() - t:.1f} s)")
+            done.append(exported)
+        return done
+
+    def metadata(self, exported: list[ExportedComponent], package_dir: Path | None = None) -> dict:
+        """The ``metadata.json`` document; package paths relative to ``package_dir`` if given."""
+        dims = self.dims
+        return {
+            "model": self.source.describe(),
+            "model_source": {"kind": self.source.kind, "value": self.source.value, "content_sha256": self.model_key},
+            "model_class": self.model_info["model_class"],
+            "parameters": self.model_info["parameters"],
+            "sample_rate": dims.sample_rate,
+            "max_audio_seconds": dims.max_audio_seconds,
+            "max_audio_samples": dims.max_audio_samples,
+            "vocab_size": dims.vocab_size,
+            "blank_id": dims.blank_id,
+            "joint_extra_outputs": len(dims.durations),
+            "durations": list(dims.durations),
+            "encoder_frames": dims.encoder_frames,
+            "coreml": {
+                "compute_units": self.options.compute_units,
+                "compute_precision": self.options.compute_precision,
+                "minimum_deployment_target": self.options.minimum_deployment_target,
+                "coremltools_version": tool_versions()["coremltools"],
+                "torch_version": tool_versions()["torch"],
+                "nemo_version": tool_versions()["nemo_toolkit"],
+            },
+            "host": {"os": platform.system(), "machine": platform.machine(), "python": platform.python_version()},
+            "components": {
+                e.name: {
+                    "inputs": e.info["inputs"],
+                    "outputs": e.info["outputs"],
+                    "path": e.info["package"] if package_dir else str(e.package),
+                    "size_bytes": e.entry.size_bytes,
+                    "compute_precision": e.info["compute_precision"],
+                    "fp16_ops": e.info["fp16_ops"],
+                    "fp32_ops": e.info["fp32_ops"],
+                    "cache_key": e.entry.path.name,
+                }
+                for e in exported
+            },
+        }

@@ -1,0 +1,220 @@
+"""Built-in model presets: Parakeet-TDT's architecture rebuilt offline with deterministic weights.
+
+The released checkpoint cannot be downloaded here, so a preset builds NeMo's own classes
+(``EncDecRNNTBPEModel`` with a FastConformer encoder, an LSTM prediction network and a TDT
+joint) from the released model's configuration, seeds torch, and trains a SentencePiece BPE
+tokenizer of the released vocabulary size on a seeded pseudo-word corpus. What differs from
+the release is only the weights (seeded, untrained) and the tokenizer's pieces.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+TDT_DURATIONS = (0, 1, 2, 3, 4)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The widths that distinguish one preset; everything else is Parakeet-TDT v3's config."""
+
+    name: str
+    summary: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    subsampling_conv_channels: int
+    pred_hidden: int
+    pred_rnn_layers: int
+    joint_hidden: int
+    vocab_size: int
+    n_mels: int = 128
+    conv_kernel_size: int = 9
+    ff_expansion_factor: int = 4
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            name="parakeet-tdt-0.6b-v3",
+            summary="nvidia/parakeet-tdt-0.6b-v3's exact architecture (~627M parameters), seeded weights",
+            d_model=1024,
+            n_layers=24,
+            n_heads=8,
+            subsampling_conv_channels=256,
+            pred_hidden=640,
+            pred_rnn_layers=2,
+            joint_hidden=640,
+            vocab_size=8192,
+        ),
+        Preset(
+            name="tiny",
+            summary="the same topology with small widths, for CI and fast tests",
+            d_model=64,
+            n_layers=2,
+            n_heads=4,
+            subsampling_conv_channels=32,
+            pred_hidden=48,
+            pred_rnn_layers=2,
+            joint_hidden=48,
+            vocab_size=256,
+        ),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        known = ", ".join(sorted(PRESETS))
+        raise ValueError(f"unknown preset {name!r}; expected one of: {known}") from None
+
+
+def train_tokenizer(vocab_size: int, seed: int, out_dir: Path) -> Path:
+    """Train a SentencePiece BPE model of ``vocab_size`` pieces on a seeded pseudo-word corpus.
+
+    Deterministic for a given (vocab_size, seed): the same bytes on every machine.
+    """
+    import sentencepiece as spm
+
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    n_sentences = max(2000, vocab_size * 3)
+
+    def sentences():
+        for _ in range(n_sentences):
+            n_words = rng.integers(4, 12)
+            yield " ".join("".join(rng.choice(letters, rng.integers(2, 9))) for _ in range(n_words))
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=sentences(),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        character_coverage=1.0,
+        bos_id=-1,
+        eos_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "tokenizer.model"
+    path.write_bytes(model.getvalue())
+    # NeMo's BPE tokenizer setup registers vocab.txt beside the model as an artifact.
+    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    pieces = (processor.id_to_piece(i) for i in range(processor.get_piece_size()))
+    (out_dir / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces), encoding="utf-8")
+    return path
+
+
+def model_config(preset: Preset, tokenizer_dir: str) -> dict:
+    """NeMo model config of Parakeet-TDT v3 with the preset's widths."""
+    durations = list(TDT_DURATIONS)
+    return {
+        "sample_rate": 16000,
+        "model_defaults": {
+            "enc_hidden": preset.d_model,
+            "pred_hidden": preset.pred_hidden,
+            "joint_hidden": preset.joint_hidden,
+            "tdt_durations": durations,
+            "num_tdt_durations": len(durations),
+        },
+        "tokenizer": {"dir": tokenizer_dir, "type": "bpe"},
+        "preprocessor": {
+            "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+            "sample_rate": 16000,
+            "normalize": "per_feature",
+            "window_size": 0.025,
+            "window_stride": 0.01,
+            "window": "hann",
+            "features": preset.n_mels,
+            "n_fft": 512,
+            "log": True,
+            "frame_splicing": 1,
+            "dither": 1.0e-05,
+            "pad_to": 0,
+            "pad_value": 0.0,
+        },
+        "encoder": {
+            "_target_": "nemo.collections.asr.modules.ConformerEncoder",
+            "feat_in": preset.n_mels,
+            "feat_out": -1,
+            "n_layers": preset.n_layers,
+            "d_model": preset.d_model,
+            "use_bias": False,
+            "subsampling": "dw_striding",
+            "subsampling_factor": 8,
+            "subsampling_conv_channels": preset.subsampling_conv_channels,
+            "causal_downsampling": False,
+            "ff_expansion_factor": preset.ff_expansion_factor,
+            "self_attention_model": "rel_pos",
+            "n_heads": preset.n_heads,
+            "att_context_size": [-1, -1],
+            "att_context_style": "regular",
+            "xscaling": False,
+            "untie_biases": True,
+            "pos_emb_max_len": 5000,
+            "conv_kernel_size": preset.conv_kernel_size,
+            "conv_norm_type": "batch_norm",
+            "conv_context_size": None,
+            "dropout": 0.1,
+            "dropout_pre_encoder": 0.1,
+            "dropout_emb": 0.0,
+            "dropout_att": 0.1,
+        },
+        "decoder": {
+            "_target_": "nemo.collections.asr.modules.RNNTDecoder",
+            "normalization_mode": None,
+            "random_state_sampling": False,
+            "blank_as_pad": True,
+            "prednet": {"pred_hidden": preset.pred_hidden, "pred_rnn_layers": preset.pred_rnn_layers, "dropout": 0.2},
+        },
+        "joint": {
+            "_target_": "nemo.collections.asr.modules.RNNTJoint",
+            "log_softmax": None,
+            "preserve_memory": False,
+            "fuse_loss_wer": False,
+            "num_extra_outputs": len(durations),
+            "jointnet": {"joint_hidden": preset.joint_hidden, "activation": "relu", "dropout": 0.2},
+        },
+        "decoding": {
+            "strategy": "greedy",
+            "model_type": "tdt",
+            "durations": durations,
+            "greedy": {"max_symbols": 10},
+        },
+        "loss": {
+            "loss_name": "tdt",
+            "tdt_kwargs": {"fastemit_lambda": 0.0, "clamp": -1.0, "durations": durations, "sigma": 0.02, "omega": 0.1},
+        },
+        "optim": {"name": "adamw", "lr": 1e-3},
+    }
+
+
+def build_model(preset: Preset):
+    """Build the preset as a NeMo ``EncDecRNNTBPEModel`` in eval mode with seeded weights."""
+    import torch
+    from nemo.collections.asr.models import EncDecRNNTBPEModel
+    from omegaconf import OmegaConf
+
+    # NeMo keeps the tokenizer's path and copies it on save_to, so the directory lives as
+    # long as the model does.
+    tok_dir = tempfile.TemporaryDirectory(prefix="parakeet-tokenizer-")
+    train_tokenizer(preset.vocab_size, preset.seed, Path(tok_dir.name))
+    cfg = OmegaConf.create(model_config(preset, tok_dir.name))
+    torch.manual_seed(preset.seed)
+    model = EncDecRNNTBPEModel(cfg=cfg, trainer=None)
+    model._preset_tokenizer_dir = tok_dir
+    return model.eval()

@@ -1,0 +1,160 @@
+"""Where a model comes from: a ``.nemo`` file, a Hugging Face hub id, or a built-in preset.
+
+One option group, shared by the command line and pytest. A source can name its content
+(``key``) without loading the model, so a warm export cache never imports NeMo's model code
+nor builds 600M parameters just to find out that everything is already exported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from exporters.components import ExportError
+
+DEFAULT_PRESET = "tiny"
+
+
+def add_source_options(add_option, prefix: str = "--") -> None:
+    """Declare the source options on an argparse parser or a pytest option group."""
+    add_option(f"{prefix}nemo-path", dest="nemo_path", metavar="FILE.nemo", default=None,
+               help="restore a NeMo RNNT/TDT checkpoint (Parakeet-TDT v2/v3 in particular)")
+    add_option(f"{prefix}model-id", dest="model_id", metavar="ID", default=None,
+               help="a Hugging Face hub id, e.g. nvidia/parakeet-tdt-0.6b-v3 (needs the hub or a warm local cache)")
+    add_option(f"{prefix}preset", dest="preset", metavar="NAME", default=None,
+               help="a built-in architecture with deterministic weights: parakeet-tdt-0.6b-v3 or tiny")
+
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def quiet_nemo() -> None:
+    """NeMo logs every module it builds; keep warnings and errors only."""
+    logging.getLogger("nemo_logger").setLevel(logging.WARNING)
+    try:
+        from nemo.utils import logging as nemo_logging
+
+        nemo_logging.setLevel(logging.WARNING)
+    except ImportError:
+        pass
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "preset" | "nemo" | "hub"
+    value: str
+
+    @classmethod
+    def from_options(cls, nemo_path=None, model_id=None, preset=None, default_preset=None) -> "ModelSource":
+        given = [(k, v) for k, v in (("nemo", nemo_path), ("hub", model_id), ("preset", preset)) if v]
+        if len(given) > 1:
+            raise ExportError("give one model source: --nemo-path, --model-id or --preset, not several")
+        if not given:
+            if default_preset is None:
+                raise ExportError("no model given; pass --nemo-path FILE.nemo, --model-id ID or --preset NAME")
+            given = [("preset", default_preset)]
+        kind, value = given[0]
+        source = cls(kind, str(value))
+        source.validate()
+        return source
+
+    def describe(self) -> str:
+        return {"preset": "preset:", "nemo": "", "hub": "hub:"}[self.kind] + self.value
+
+    def validate(self) -> None:
+        """Fail fast, before any heavy import, on what can be checked cheaply."""
+        if self.kind == "preset":
+            from exporters.presets import get_preset
+
+            try:
+                get_preset(self.value)
+            except ValueError as e:
+                raise ExportError(str(e)) from None
+        elif self.kind == "nemo":
+            path = Path(self.value)
+            if not path.is_file():
+                raise ExportError(f"--nemo-path {path}: no such file; expected a .nemo checkpoint")
+            if not tarfile.is_tarfile(path):
+                raise ExportError(f"--nemo-path {path}: not a NeMo checkpoint (a .nemo is a tar archive)")
+
+    def checkpoint_path(self) -> Path:
+        """The .nemo file behind a file or hub source."""
+        if self.kind == "nemo":
+            return Path(self.value)
+        if self.kind == "hub":
+            return _hub_checkpoint(self.value)
+        raise ExportError("a preset has no checkpoint file")
+
+    def key(self) -> str:
+        """A digest of the model's content: the checkpoint's bytes, or the preset's recipe."""
+        if self.kind == "preset":
+            from exporters import presets
+
+            recipe = {"preset": presets.get_preset(self.value).as_dict(), "builder": inspect.getsource(presets)}
+            return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+        return _sha256_file(self.checkpoint_path())
+
+    def load(self):
+        """Load the model in eval mode, made deterministic for export (no dither, no padding)."""
+        quiet_nemo()
+        if self.kind == "preset":
+            from exporters.presets import build_model, get_preset
+
+            model = build_model(get_preset(self.value))
+        else:
+            model = _restore(self.checkpoint_path())
+        return prepare_for_export(model)
+
+
+def _hub_checkpoint(model_id: str) -> Path:
+    """Resolve a hub id to its .nemo in the local Hugging Face cache, fetching it if the hub answers."""
+    if model_id.count("/") != 1:
+        raise ExportError(f"--model-id {model_id!r}: expected OWNER/NAME, e.g. nvidia/parakeet-tdt-0.6b-v3")
+    from huggingface_hub import hf_hub_download
+
+    filename = model_id.split("/")[1] + ".nemo"
+    try:
+        return Path(hf_hub_download(model_id, filename, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(hf_hub_download(model_id, filename, etag_timeout=5))
+    except Exception as e:
+        raise ExportError(
+            f"--model-id {model_id}: not in the local Hugging Face cache and the hub could not be reached "
+            f"({type(e).__name__}); download {filename} elsewhere and pass --nemo-path FILE.nemo"
+        ) from None
+
+
+def _restore(path: Path):
+    from nemo.collections.asr.models import ASRModel, EncDecRNNTModel
+
+    try:
+        model = ASRModel.restore_from(str(path), map_location="cpu")
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExportError(f"--nemo-path {path}: could not restore the checkpoint ({reason})") from None
+    if not isinstance(model, EncDecRNNTModel):
+        raise ExportError(
+            f"--nemo-path {path}: the checkpoint is a {type(model).__name__}; expected an RNNT/TDT model "
+            "(EncDecRNNTModel, EncDecRNNTBPEModel or a hybrid RNNT model)"
+        )
+    return model
+
+
+def prepare_for_export(model):
+    """Eval mode, no dither, no padding to a multiple: the deterministic model both sides compare."""
+    model.eval()
+    featurizer = model.preprocessor.featurizer
+    featurizer.dither = 0.0
+    featurizer.pad_to = 0
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

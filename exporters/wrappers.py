@@ -1,0 +1,114 @@
+"""Torch modules that expose each Parakeet-TDT component with the exported I/O contract.
+
+Each wrapper calls NeMo's own modules, so the wrapper *is* the Torch reference the parity
+suite compares against. Lengths cross the boundary as int32 (Core ML's integer type) and
+become int64 inside, as NeMo expects.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Preprocessor(nn.Module):
+    """Waveform -> normalised log-mel, honouring the true ``audio_length`` (per-feature stats)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.preprocessor = model.preprocessor
+
+    def forward(self, audio_signal, audio_length):
+        mel, mel_length = self.preprocessor(input_signal=audio_signal, length=audio_length.long())
+        return mel, mel_length.int()
+
+
+class Encoder(nn.Module):
+    """Log-mel [B, n_mels, frames] -> FastConformer output [B, d_model, T]."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder = model.encoder
+
+    def forward(self, mel, mel_length):
+        encoded, encoded_length = self.encoder(audio_signal=mel, length=mel_length.long())
+        return encoded, encoded_length.int()
+
+
+class MelEncoder(nn.Module):
+    """Preprocessor and encoder fused into one program."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.preprocessor = Preprocessor(model)
+        self.encoder = Encoder(model)
+
+    def forward(self, audio_signal, audio_length):
+        mel, mel_length = self.preprocessor(audio_signal, audio_length)
+        return self.encoder(mel, mel_length)
+
+
+class Decoder(nn.Module):
+    """One prediction-network step with the LSTM state passed in and out explicitly.
+
+    No start-of-sequence is prepended (NeMo's export mode does the same): the host feeds the
+    blank id for the first step, which ``blank_as_pad`` embeds to zeros.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.decoder = model.decoder
+
+    def forward(self, targets, target_length, h_in, c_in):
+        del target_length  # part of the released contract; one step needs no length
+        output, (h_out, c_out) = self.decoder.predict(targets.long(), state=[h_in, c_in], add_sos=False)
+        return output.transpose(1, 2), h_out, c_out
+
+
+def raw_joint_logits(joint, encoder, decoder):
+    """NeMo's joint (project, add, joint_net) without the CPU-only log_softmax over the whole row.
+
+    ``RNNTJoint`` with ``log_softmax: null`` normalises tokens and durations together on CPU,
+    which corrupts the duration logits; the exported joint returns the raw logits instead.
+    """
+    f = joint.project_encoder(encoder.transpose(1, 2))  # [B, T, H]
+    g = joint.project_prednet(decoder.transpose(1, 2))  # [B, U, H]
+    return joint.joint_net(f.unsqueeze(2) + g.unsqueeze(1))  # [B, T, U, V+1+durations]
+
+
+class Joint(nn.Module):
+    """Encoder [B, d_model, T] and decoder [B, pred_hidden, U] -> logits [B, T, U, V+1+D]."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.joint = model.joint
+
+    def forward(self, encoder, decoder):
+        return raw_joint_logits(self.joint, encoder, decoder)
+
+
+def token_duration_decision(logits, num_token_classes: int):
+    """Greedy TDT decision on the host's terms: token argmax (blank included) with its softmax
+    probability over the token logits, and the duration index argmax over the rest."""
+    token_logits = logits[..., :num_token_classes]
+    duration_logits = logits[..., num_token_classes:]
+    token_prob, token_id = torch.softmax(token_logits, dim=-1).max(dim=-1)
+    duration = duration_logits.argmax(dim=-1)
+    return token_id.int(), token_prob, duration.int()
+
+
+class JointDecision(Joint):
+    """Joint followed by the greedy decision, so the host reads three small tensors."""
+
+    def forward(self, encoder, decoder):
+        logits = super().forward(encoder, decoder)
+        # NeMo's num_classes_with_blank counts the duration outputs too.
+        num_token_classes = self.joint.num_classes_with_blank - self.joint.num_extra_outputs
+        return token_duration_decision(logits, num_token_classes)
+
+
+class JointDecisionSingleStep(JointDecision):
+    """The decision for one encoder frame and one decoder step: [B, d, 1] inputs, [B, 1, 1] outputs."""
+
+    def forward(self, encoder_step, decoder_step):
+        return super().forward(encoder_step, decoder_step)

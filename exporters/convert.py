@@ -78,7 +78,8 @@ def convert_component(model, component: Component, dims: ModelDims, options: Exp
     return ct.convert(
         traced,
         inputs=[ct.TensorType(name=s.name, shape=s.shape, dtype=np.dtype(s.dtype).type) for s in specs],
-        outputs=[ct.TensorType(name=s.name) for s in component.outputs(dims)],
+        # Explicit output dtypes: an fp16 program would otherwise return fp16 arrays.
+        outputs=[ct.TensorType(name=s.name, dtype=np.dtype(s.dtype).type) for s in component.outputs(dims)],
         convert_to="mlprogram",
         minimum_deployment_target=getattr(ct.target, options.minimum_deployment_target),
         compute_precision=_compute_precision(component, options.compute_precision),

@@ -13,6 +13,7 @@ import json
 import logging
 import tarfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from exporters.components import ExportError
@@ -102,15 +103,24 @@ class ModelSource:
         return _sha256_file(self.checkpoint_path())
 
     def load(self):
-        """Load the model in eval mode, made deterministic for export (no dither, no padding)."""
-        quiet_nemo()
-        if self.kind == "preset":
-            from exporters.presets import build_model, get_preset
+        """The model in eval mode, made deterministic for export (no dither, no padding).
 
-            model = build_model(get_preset(self.value))
-        else:
-            model = _restore(self.checkpoint_path())
-        return prepare_for_export(model)
+        Loaded once per process and source: the exports of every precision and the Torch
+        reference share it.
+        """
+        return _load(self)
+
+
+@lru_cache(maxsize=2)
+def _load(source: ModelSource):
+    quiet_nemo()
+    if source.kind == "preset":
+        from exporters.presets import build_model, get_preset
+
+        model = build_model(get_preset(source.value))
+    else:
+        model = _restore(source.checkpoint_path())
+    return prepare_for_export(model)
 
 
 def _hub_checkpoint(model_id: str) -> Path:

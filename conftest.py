@@ -1,0 +1,55 @@
+"""Command-line options and session fixtures shared by every suite.
+
+The model source options are the command line's own (``exporters.sources``); without one,
+the suites run on the ``tiny`` preset.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from exporters.cache import ExportCache
+from exporters.convert import COMPUTE_UNITS, ExportOptions
+from exporters.export import Exporter
+from exporters.sources import DEFAULT_PRESET, ModelSource, add_source_options
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("parakeet", "Parakeet-TDT export")
+    add_source_options(group.addoption)
+    group.addoption("--cache-dir", dest="cache_dir", default=None,
+                    help="export cache (default: $PARAKEET_COREML_CACHE or the per-user cache directory)")
+    group.addoption("--compute-units", dest="compute_units", default="ALL", choices=COMPUTE_UNITS)
+
+
+@pytest.fixture(scope="session")
+def model_source(pytestconfig) -> ModelSource:
+    opt = pytestconfig.option
+    return ModelSource.from_options(opt.nemo_path, opt.model_id, opt.preset, default_preset=DEFAULT_PRESET)
+
+
+@pytest.fixture(scope="session")
+def export_cache(pytestconfig) -> ExportCache:
+    return ExportCache(pytestconfig.option.cache_dir)
+
+
+@pytest.fixture(scope="session")
+def torch_model(model_source):
+    """The NeMo model, loaded once for the session (eval, no dither)."""
+    return model_source.load()
+
+
+@pytest.fixture(scope="session")
+def exporters(model_source, export_cache, pytestconfig):
+    """``exporters[precision]``: one Exporter per compute precision, sharing the cache and model."""
+    units = pytestconfig.option.compute_units
+    return {
+        precision: Exporter(model_source, ExportOptions(compute_precision=precision, compute_units=units),
+                            export_cache, progress=lambda message: None)
+        for precision in ("float32", "float16")
+    }
+
+
+@pytest.fixture(scope="session")
+def dims(exporters):
+    return exporters["float32"].dims

@@ -123,24 +123,45 @@ def _load(source: ModelSource):
     return prepare_for_export(model)
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection to the hub: huggingface_hub itself retries with back-off for ~30 s."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _hub_checkpoint(model_id: str) -> Path:
     """Resolve a hub id to its .nemo in the local Hugging Face cache, fetching it if the hub answers."""
     if model_id.count("/") != 1:
         raise ExportError(f"--model-id {model_id!r}: expected OWNER/NAME, e.g. nvidia/parakeet-tdt-0.6b-v3")
     from huggingface_hub import hf_hub_download
 
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     filename = model_id.split("/")[1] + ".nemo"
     try:
         return Path(hf_hub_download(model_id, filename, local_files_only=True))
     except Exception:
         pass
-    try:
-        return Path(hf_hub_download(model_id, filename, etag_timeout=5))
-    except Exception as e:
-        raise ExportError(
-            f"--model-id {model_id}: not in the local Hugging Face cache and the hub could not be reached "
-            f"({type(e).__name__}); download {filename} elsewhere and pass --nemo-path FILE.nemo"
-        ) from None
+    reason = "the hub could not be reached"
+    if _hub_reachable():
+        try:
+            return Path(hf_hub_download(model_id, filename))
+        except Exception as e:
+            reason = f"the hub download failed: {type(e).__name__}"
+    raise ExportError(
+        f"--model-id {model_id}: not in the local Hugging Face cache and {reason}; "
+        f"download {filename} elsewhere and pass --nemo-path FILE.nemo"
+    )
 
 
 def _restore(path: Path):

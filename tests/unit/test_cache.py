@@ -1,0 +1,149 @@
+"""The export cache: reuse, atomicity, damage detection and one build under concurrency."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from exporters.cache import ExportCache, cache_key
+
+
+def _build_writing(payload: bytes, calls: list | None = None):
+    def build(tmp: Path) -> dict:
+        if calls is not None:
+            calls.append(tmp)
+        (tmp / "model.mlpackage").mkdir()
+        (tmp / "model.mlpackage" / "weights.bin").write_bytes(payload)
+        return {"package": "model.mlpackage"}
+
+    return build
+
+
+def test_second_lookup_reuses_without_building(tmp_path):
+    cache, calls = ExportCache(tmp_path), []
+    first = cache.get_or_build("k", _build_writing(b"abc", calls))
+    second = cache.get_or_build("k", _build_writing(b"abc", calls))
+    assert len(calls) == 1
+    assert (first.hit, second.hit) == (False, True)
+    assert second.info["package"] == "model.mlpackage"
+    assert second.size_bytes == 3
+
+
+def test_failed_build_leaves_nothing(tmp_path):
+    cache = ExportCache(tmp_path)
+
+    def build(tmp: Path) -> dict:
+        (tmp / "half-written").write_bytes(b"x")
+        raise RuntimeError("conversion failed")
+
+    with pytest.raises(RuntimeError):
+        cache.get_or_build("k", build)
+    assert cache.lookup("k") is None
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete_file", "delete_entry_json", "extra_file"])
+def test_damaged_entry_is_detected_and_rebuilt(tmp_path, damage):
+    cache, calls = ExportCache(tmp_path), []
+    entry = cache.get_or_build("k", _build_writing(b"weights", calls))
+    weights = entry.path / "model.mlpackage" / "weights.bin"
+    if damage == "truncate":
+        weights.write_bytes(b"wei")
+    elif damage == "flip":
+        weights.write_bytes(b"weighTs")
+    elif damage == "delete_file":
+        weights.unlink()
+    elif damage == "delete_entry_json":
+        (entry.path / "entry.json").unlink()
+    else:
+        (entry.path / "model.mlpackage" / "stray.bin").write_bytes(b"?")
+    assert cache.lookup("k") is None
+    rebuilt = cache.get_or_build("k", _build_writing(b"weights", calls))
+    assert len(calls) == 2 and not rebuilt.hit
+    assert (rebuilt.path / "model.mlpackage" / "weights.bin").read_bytes() == b"weights"
+
+
+def _slow_build_in_process(root: str, log: str, key: str = "k"):
+    def build(tmp: Path) -> dict:
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(1.0)
+        return _build_writing(b"slow")(tmp)
+
+    ExportCache(root).get_or_build(key, build)
+
+
+def test_concurrent_processes_build_once(tmp_path):
+    log = tmp_path / "builds.log"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_slow_build_in_process, args=(str(tmp_path / "c"), str(log))) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len(log.read_text().split()) == 1
+    assert ExportCache(tmp_path / "c").lookup("k").hit
+
+
+def _hanging_build(root: str, started: str):
+    def build(tmp: Path) -> dict:
+        (tmp / "partial.bin").write_bytes(b"half")
+        Path(started).write_text("1")
+        time.sleep(600)
+        return {}
+
+    ExportCache(root).get_or_build("k", build)
+
+
+def test_killed_export_leaves_no_usable_entry(tmp_path):
+    started = tmp_path / "started"
+    proc = multiprocessing.get_context("spawn").Process(target=_hanging_build, args=(str(tmp_path / "c"), str(started)))
+    proc.start()
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    cache = ExportCache(tmp_path / "c")
+    assert cache.lookup("k") is None
+    assert cache.get_or_build("k", _build_writing(b"ok")).info["package"] == "model.mlpackage"
+
+
+def test_key_covers_every_part():
+    base = dict(kind="component", model="m" * 64, component="encoder", options={"compute_precision": "float16"})
+    variants = [
+        {**base, "model": "n" * 64},
+        {**base, "component": "joint"},
+        {**base, "options": {"compute_precision": "float32"}},
+    ]
+    keys = {cache_key(**base)} | {cache_key(**v) for v in variants}
+    assert len(keys) == 4
+    assert cache_key(**base) == cache_key(**dict(reversed(list(base.items()))))
+
+
+def test_key_covers_versions_and_exporter_code(monkeypatch):
+    from exporters import cache
+
+    before = cache_key(model="m")
+    monkeypatch.setattr(cache, "tool_versions", lambda: {"torch": "0.0", "coremltools": "0", "nemo_toolkit": "0"})
+    assert cache_key(model="m") != before
+    monkeypatch.undo()
+    monkeypatch.setattr(cache, "exporter_code_digest", lambda: "edited")
+    assert cache_key(model="m") != before
+
+
+def test_cache_location_option_and_environment(tmp_path, monkeypatch):
+    from exporters.cache import ENV_VAR, default_cache_dir
+
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "env"))
+    assert default_cache_dir() == tmp_path / "env"
+    assert ExportCache().root == tmp_path / "env"
+    assert ExportCache(tmp_path / "opt").root == tmp_path / "opt"
+    monkeypatch.delenv(ENV_VAR)
+    assert "parakeet-coreml" in str(default_cache_dir())

@@ -1,0 +1,124 @@
+"""Model sources: a real .nemo round trip, bad checkpoints, the offline hub, the presets."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import torch
+
+from exporters.components import ExportError
+from exporters.presets import PRESETS, TDT_DURATIONS
+from exporters.sources import ModelSource
+
+
+@pytest.fixture(scope="session")
+def tiny_nemo(tmp_path_factory, torch_model, model_source):
+    if model_source != ModelSource("preset", "tiny"):
+        pytest.skip("the .nemo round trip saves the tiny preset; this session runs another model")
+    path = tmp_path_factory.mktemp("nemo") / "tiny.nemo"
+    torch_model.save_to(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def ctc_nemo(tmp_path_factory):
+    """A real NeMo CTC checkpoint: a valid .nemo that is not an RNNT/TDT model."""
+    from nemo.collections.asr.models import EncDecCTCModelBPE
+    from omegaconf import OmegaConf
+
+    from exporters.presets import model_config, train_tokenizer
+
+    tiny = PRESETS["tiny"]
+    tok_dir = tmp_path_factory.mktemp("ctc_tokenizer")
+    train_tokenizer(tiny.vocab_size, 0, tok_dir)
+    cfg = model_config(tiny, str(tok_dir))
+    for key in ("decoder", "joint", "loss", "decoding", "model_defaults"):
+        cfg.pop(key)
+    cfg["decoder"] = {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": tiny.d_model,
+                      "num_classes": -1, "vocabulary": []}
+    path = tmp_path_factory.mktemp("nemo") / "ctc.nemo"
+    EncDecCTCModelBPE(cfg=OmegaConf.create(cfg)).save_to(str(path))
+    return path
+
+
+def test_nemo_round_trip_loads_the_same_weights(tiny_nemo, torch_model):
+    source = ModelSource.from_options(nemo_path=str(tiny_nemo))
+    restored = source.load()
+    assert type(restored).__name__ == "EncDecRNNTBPEModel"
+    ours, theirs = torch_model.state_dict(), restored.state_dict()
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(theirs[name], ours[name], rtol=0, atol=0, msg=name)
+    assert source.key() == hashlib.sha256(tiny_nemo.read_bytes()).hexdigest()
+    assert restored.preprocessor.featurizer.dither == 0.0 and not restored.training
+
+
+def test_preset_is_deterministic_and_parakeet_shaped(torch_model):
+    """Same recipe, same weights: the cache keys a preset by its recipe alone."""
+    from exporters.presets import build_model
+
+    again = build_model(PRESETS["tiny"])
+    for name, tensor in torch_model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    cfg = torch_model.cfg
+    assert (cfg.encoder.subsampling, cfg.encoder.subsampling_factor) == ("dw_striding", 8)
+    assert (cfg.encoder.self_attention_model, cfg.encoder.conv_kernel_size) == ("rel_pos", 9)
+    assert list(cfg.decoding.durations) == list(TDT_DURATIONS) and cfg.decoding.model_type == "tdt"
+    assert torch_model.decoder.blank_as_pad and torch_model.decoder.pred_rnn_layers == 2
+    assert torch_model.tokenizer.vocab_size == PRESETS["tiny"].vocab_size
+    assert type(torch_model.tokenizer).__name__ == "SentencePieceTokenizer"
+
+
+@pytest.mark.slow
+def test_full_preset_has_parakeet_v3_size():
+    model = ModelSource("preset", "parakeet-tdt-0.6b-v3").load()
+    assert 620e6 < sum(p.numel() for p in model.parameters()) < 635e6
+    assert model.joint.num_classes_with_blank == 8192 + 1 + 5
+
+
+def test_not_rnnt_checkpoint_is_refused(ctc_nemo):
+    with pytest.raises(ExportError, match="EncDecCTCModelBPE; expected an RNNT/TDT model"):
+        ModelSource.from_options(nemo_path=str(ctc_nemo)).load()
+
+
+def test_missing_and_corrupt_checkpoints_are_refused(tmp_path):
+    with pytest.raises(ExportError, match="no such file"):
+        ModelSource.from_options(nemo_path=str(tmp_path / "absent.nemo"))
+    (tmp_path / "text.nemo").write_text("not a tar")
+    with pytest.raises(ExportError, match="not a NeMo checkpoint"):
+        ModelSource.from_options(nemo_path=str(tmp_path / "text.nemo"))
+    with tarfile.open(tmp_path / "empty.nemo", "w") as tar:
+        info = tarfile.TarInfo("readme.txt")
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(ExportError, match="could not restore the checkpoint"):
+        ModelSource.from_options(nemo_path=str(tmp_path / "empty.nemo")).load()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "no model given"),
+    ({"preset": "tiny", "model_id": "a/b"}, "not several"),
+    ({"preset": "huge"}, "unknown preset 'huge'; expected one of"),
+    ({"model_id": "parakeet"}, "expected OWNER/NAME"),
+])
+def test_bad_source_options(kwargs, message):
+    with pytest.raises(ExportError, match=message):
+        ModelSource.from_options(**kwargs).key()
+
+
+def test_unreachable_hub_fails_fast_with_one_line(tmp_path):
+    env = {"HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "exporters.cli", "convert", "--model-id", "nvidia/parakeet-tdt-0.6b-v3",
+         "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "--nemo-path" in lines[0] and "nvidia/parakeet-tdt-0.6b-v3" in lines[0]
+    assert not (tmp_path / "out").exists()

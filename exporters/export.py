@@ -87,9 +87,10 @@ class Exporter:
         def build(tmp: Path) -> dict:
             from exporters.convert import convert_component, program_precision
 
+            model, dims = self.model, self.dims
             self.progress(f"  {component.name}: tracing and converting ...")
             t = time.perf_counter()
-            mlmodel = convert_component(self.model, component, self.dims, self.options)
+            mlmodel = convert_component(model, component, dims, self.options)
             package = f"{component.name}.mlpackage"
             mlmodel.save(str(tmp / package))
             seconds = time.perf_counter() - t
@@ -97,8 +98,8 @@ class Exporter:
                 "component": component.name,
                 "summary": component.summary,
                 "package": package,
-                "inputs": [s.as_dict() for s in component.inputs(self.dims)],
-                "outputs": [s.as_dict() for s in component.outputs(self.dims)],
+                "inputs": [s.as_dict() for s in component.inputs(dims)],
+                "outputs": [s.as_dict() for s in component.outputs(dims)],
                 **program_precision(mlmodel._mil_program),
                 "options": self.options.as_dict(),
                 "convert_seconds": round(seconds, 2),

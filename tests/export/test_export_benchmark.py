@@ -1,0 +1,50 @@
+"""Cold and warm export of every component, timed with pytest-benchmark.
+
+Runs the ``convert`` command in a child process so its peak memory is the export's own
+(``ru_maxrss`` of the children). Targets on a 2-core machine for the full-size preset:
+cold <= 3 min at <= 8 GB peak, warm <= 10 s. Times are recorded, not asserted; the memory
+bound is asserted because it does not depend on a noisy clock.
+
+    pytest -m slow tests/export --preset parakeet-tdt-0.6b-v3 --benchmark-json export.json
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+
+import pytest
+
+PEAK_MEMORY_LIMIT_BYTES = 8e9
+
+
+def _convert(model_source, cache_dir, out):
+    flag = {"preset": "--preset", "nemo": "--nemo-path", "hub": "--model-id"}[model_source.kind]
+    done = subprocess.run([sys.executable, "-m", "exporters.cli", "convert", flag, model_source.value,
+                           "--output-dir", str(out), "--cache-dir", str(cache_dir)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+@pytest.fixture(scope="module")
+def fresh_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("export-cache")
+
+
+@pytest.mark.slow
+def test_cold_export(benchmark, model_source, fresh_cache, tmp_path):
+    log = benchmark.pedantic(_convert, args=(model_source, fresh_cache, tmp_path / "out"), rounds=1, iterations=1)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux reports KiB
+    benchmark.extra_info.update(model=model_source.describe(), peak_rss_bytes=peak)
+    assert "cached" not in log
+    assert peak <= PEAK_MEMORY_LIMIT_BYTES, f"cold export peaked at {peak / 1e9:.2f} GB"
+
+
+@pytest.mark.slow
+def test_warm_export(benchmark, model_source, fresh_cache, tmp_path):
+    _convert(model_source, fresh_cache, tmp_path / "fill")  # a no-op after the cold test
+    log = benchmark.pedantic(_convert, args=(model_source, fresh_cache, tmp_path / "out"), rounds=1, iterations=1)
+    benchmark.extra_info.update(model=model_source.describe())
+    assert "converted" not in log and "loading" not in log

@@ -1,0 +1,28 @@
+"""Fixtures of the unit tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporters.presets import PRESETS
+
+
+@pytest.fixture(scope="session")
+def ctc_nemo(tmp_path_factory):
+    """A real NeMo CTC checkpoint: a valid .nemo that is not an RNNT/TDT model."""
+    from nemo.collections.asr.models import EncDecCTCModelBPE
+    from omegaconf import OmegaConf
+
+    from exporters.presets import model_config, train_tokenizer
+
+    tiny = PRESETS["tiny"]
+    tok_dir = tmp_path_factory.mktemp("ctc_tokenizer")
+    train_tokenizer(tiny.vocab_size, 0, tok_dir)
+    cfg = model_config(tiny, str(tok_dir))
+    for key in ("decoder", "joint", "loss", "decoding", "model_defaults"):
+        cfg.pop(key)
+    cfg["decoder"] = {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": tiny.d_model,
+                      "num_classes": -1, "vocabulary": []}
+    path = tmp_path_factory.mktemp("nemo") / "ctc.nemo"
+    EncDecCTCModelBPE(cfg=OmegaConf.create(cfg)).save_to(str(path))
+    return path

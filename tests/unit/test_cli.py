@@ -1,0 +1,126 @@
+"""The ``convert`` command: output layout, metadata, reuse of pytest's exports, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from exporters.cli import main
+from exporters.components import COMPONENTS
+
+
+def _convert(*args):
+    return main(["convert", *args])
+
+
+@pytest.fixture(scope="session")
+def pytest_exports(exporters):
+    """Every fp16 component, exported by the session's fixtures into the session's cache."""
+    return {e.name: e for e in exporters["float16"].export_all()}
+
+
+def _run_convert(model_source, export_cache, out, capsys):
+    flag = {"preset": "--preset", "nemo": "--nemo-path", "hub": "--model-id"}[model_source.kind]
+    code = _convert(flag, model_source.value, "--output-dir", str(out), "--cache-dir", str(export_cache.root))
+    return code, capsys.readouterr()
+
+
+def test_convert_after_pytest_reuses_every_export(pytest_exports, model_source, export_cache, tmp_path, capsys):
+    mtimes = {n: e.entry.path.stat().st_mtime_ns for n, e in pytest_exports.items()}
+    code, captured = _run_convert(model_source, export_cache, tmp_path / "out", capsys)
+    assert code == 0, captured.err
+    progress = [line for line in captured.err.splitlines() if line.startswith("[")]
+    assert len(progress) == len(COMPONENTS)
+    assert all(": cached," in line for line in progress), captured.err
+    assert "converting" not in captured.err and "loading" not in captured.err
+    assert {n: e.entry.path.stat().st_mtime_ns for n, e in pytest_exports.items()} == mtimes
+
+
+def test_convert_writes_packages_and_metadata(pytest_exports, model_source, export_cache, dims, tmp_path, capsys):
+    out = tmp_path / "parakeet_coreml"
+    code, captured = _run_convert(model_source, export_cache, out, capsys)
+    assert code == 0, captured.err
+    meta = json.loads((out / "metadata.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.mlpackage" for n in COMPONENTS] + ["metadata.json"])
+    assert (meta["sample_rate"], meta["max_audio_seconds"], meta["max_audio_samples"]) == (16000, 15.0, 240000)
+    assert (meta["vocab_size"], meta["blank_id"]) == (dims.vocab_size, dims.vocab_size)
+    assert meta["durations"] == [0, 1, 2, 3, 4] and meta["joint_extra_outputs"] == 5
+    assert meta["model"] == model_source.describe()
+    coreml = meta["coreml"]
+    assert (coreml["compute_units"], coreml["compute_precision"], coreml["minimum_deployment_target"]) == (
+        "ALL", "float16", "iOS17")
+    assert coreml["coremltools_version"] == "9.0" and coreml["torch_version"].startswith("2.13")
+    for name, component in meta["components"].items():
+        package = out / component["path"]
+        assert package.is_dir()
+        assert component["size_bytes"] == sum(f.stat().st_size for f in package.rglob("*") if f.is_file())
+        expected = COMPONENTS[name]
+        assert [i["name"] for i in component["inputs"]] == [s.name for s in expected.inputs(dims)]
+        assert [o["shape"] for o in component["outputs"]] == [list(s.shape) for s in expected.outputs(dims)]
+    assert meta["components"]["preprocessor"]["compute_precision"] == "float32"
+
+
+def test_convert_selected_components_into_existing_dir(pytest_exports, model_source, export_cache, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    flag = {"preset": "--preset", "nemo": "--nemo-path", "hub": "--model-id"}[model_source.kind]
+    code = _convert(flag, model_source.value, "--output-dir", str(out), "--cache-dir", str(export_cache.root),
+                    "--components", "decoder,joint", "joint")
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["decoder.mlpackage", "joint.mlpackage", "metadata.json",
+                                                   "notes.txt"]
+    assert list(json.loads((out / "metadata.json").read_text())["components"]) == ["decoder", "joint"]
+
+
+def _assert_clean_failure(code, captured, out, message):
+    """Exit 2; one error line, last, after any progress lines; no traceback; no output left."""
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    errors = [line for line in lines if "error" in line.lower()]
+    assert errors == [lines[-1]] and lines[-1].startswith("parakeet-coreml convert: error:"), captured.err
+    assert "Traceback" not in captured.err
+    assert message in lines[-1]
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}.partial-*"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--preset", "tiny", "--components", "encoder,vocoder"], "unknown component(s) vocoder"),
+    (["--nemo-path", "/nonexistent/model.nemo"], "no such file"),
+])
+def test_bad_input_fails_with_one_line(args, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = _convert(*args, "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"))
+    _assert_clean_failure(code, capsys.readouterr(), out, message)
+
+
+def test_corrupt_checkpoint_leaves_no_output(tmp_path, capsys):
+    import tarfile
+
+    bad = tmp_path / "bad.nemo"
+    with tarfile.open(bad, "w"):
+        pass
+    out = tmp_path / "out"
+    code = _convert("--nemo-path", str(bad), "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"))
+    _assert_clean_failure(code, capsys.readouterr(), out, "could not restore the checkpoint")
+
+
+def test_not_rnnt_checkpoint_leaves_no_output(ctc_nemo, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = _convert("--nemo-path", str(ctc_nemo), "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"))
+    _assert_clean_failure(code, capsys.readouterr(), out, "expected an RNNT/TDT model")
+
+
+def test_unwritable_output_dir(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = blocker / "out"
+    code = _convert("--preset", "tiny", "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"))
+    _assert_clean_failure(code, capsys.readouterr(), out, "cannot write there")
+    code = _convert("--preset", "tiny", "--output-dir", str(blocker), "--cache-dir", str(tmp_path / "cache"))
+    captured = capsys.readouterr()
+    assert code == 2 and "is not a directory" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert blocker.read_text() == ""

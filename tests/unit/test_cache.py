@@ -49,7 +49,8 @@ def test_failed_build_leaves_nothing(tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete_file", "delete_entry_json", "extra_file"])
 def test_damaged_entry_is_detected_and_rebuilt(tmp_path, damage):
-    cache, calls = ExportCache(tmp_path), []
+    calls = []
+    cache = ExportCache(tmp_path)
     entry = cache.get_or_build("k", _build_writing(b"weights", calls))
     weights = entry.path / "model.mlpackage" / "weights.bin"
     if damage == "truncate":
@@ -62,8 +63,8 @@ def test_damaged_entry_is_detected_and_rebuilt(tmp_path, damage):
         (entry.path / "entry.json").unlink()
     else:
         (entry.path / "model.mlpackage" / "stray.bin").write_bytes(b"?")
-    assert cache.lookup("k") is None
-    rebuilt = cache.get_or_build("k", _build_writing(b"weights", calls))
+    assert ExportCache(tmp_path).lookup("k") is None  # a new process notices the damage
+    rebuilt = ExportCache(tmp_path).get_or_build("k", _build_writing(b"weights", calls))
     assert len(calls) == 2 and not rebuilt.hit
     assert (rebuilt.path / "model.mlpackage" / "weights.bin").read_bytes() == b"weights"
 

@@ -1,0 +1,32 @@
+"""The README's two commands are the ones CI and the macOS workflow run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _readme_commands():
+    return [b.strip() for b in re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)][:2]
+
+
+def test_readme_opens_with_setup_and_test_commands():
+    setup, tests = _readme_commands()
+    assert "pip install" in setup and "parakeet-coreml convert --preset" in setup
+    assert "pytest" in tests
+    readme = (ROOT / "README.md").read_text()
+    assert readme.index(setup) < readme.index("## ")  # before any section
+
+
+def test_macos_workflow_runs_the_readme_commands():
+    workflow = (ROOT / ".github" / "workflows" / "macos.yml").read_text()
+    runs = [line.split("run:", 1)[1].strip() for line in workflow.splitlines() if line.strip().startswith("run:")]
+    assert runs == _readme_commands()
+    assert "macos-14" in workflow  # arm64 runners
+
+
+def test_ci_runs_the_readme_commands():
+    script = (ROOT / ".ci" / "run").read_text()
+    assert "readme_command 0" in script and "readme_command 1" in script

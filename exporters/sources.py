@@ -66,6 +66,10 @@ class ModelSource:
         source.validate()
         return source
 
+    def cli_args(self) -> list[str]:
+        """The command-line options that name this source."""
+        return [{"preset": "--preset", "nemo": "--nemo-path", "hub": "--model-id"}[self.kind], self.value]
+
     def describe(self) -> str:
         return {"preset": "preset:", "nemo": "", "hub": "hub:"}[self.kind] + self.value
 

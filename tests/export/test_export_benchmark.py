@@ -20,8 +20,7 @@ PEAK_MEMORY_LIMIT_BYTES = 8e9
 
 
 def _convert(model_source, cache_dir, out):
-    flag = {"preset": "--preset", "nemo": "--nemo-path", "hub": "--model-id"}[model_source.kind]
-    done = subprocess.run([sys.executable, "-m", "exporters.cli", "convert", flag, model_source.value,
+    done = subprocess.run([sys.executable, "-m", "exporters.cli", "convert", *model_source.cli_args(),
                            "--output-dir", str(out), "--cache-dir", str(cache_dir)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -21,8 +21,7 @@ def pytest_exports(exporters):
 
 
 def _run_convert(model_source, export_cache, out, capsys):
-    flag = {"preset": "--preset", "nemo": "--nemo-path", "hub": "--model-id"}[model_source.kind]
-    code = _convert(flag, model_source.value, "--output-dir", str(out), "--cache-dir", str(export_cache.root))
+    code = _convert(*model_source.cli_args(), "--output-dir", str(out), "--cache-dir", str(export_cache.root))
     return code, capsys.readouterr()
 
 
@@ -65,8 +64,7 @@ def test_convert_selected_components_into_existing_dir(pytest_exports, model_sou
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    flag = {"preset": "--preset", "nemo": "--nemo-path", "hub": "--model-id"}[model_source.kind]
-    code = _convert(flag, model_source.value, "--output-dir", str(out), "--cache-dir", str(export_cache.root),
+    code = _convert(*model_source.cli_args(), "--output-dir", str(out), "--cache-dir", str(export_cache.root),
                     "--components", "decoder,joint", "joint")
     assert code == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["decoder.mlpackage", "joint.mlpackage", "metadata.json",

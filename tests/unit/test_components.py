@@ -60,7 +60,8 @@ def test_wrapper_matches_contract(torch_model, dims, name):
     with torch.no_grad():
         outputs = component.wrapper(torch_model).eval()(*(torch.from_numpy(v) for v in inputs.values()))
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-    got = [(s.name, tuple(o.shape), str(o.dtype).removeprefix("torch.")) for s, o in zip(component.outputs(dims), outputs)]
+    got = [(s.name, tuple(o.shape), str(o.dtype).removeprefix("torch."))
+           for s, o in zip(component.outputs(dims), outputs)]
     assert got == _table_io(component, dims)[1]
 
 

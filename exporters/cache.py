@@ -69,14 +69,14 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _manifest(root: Path) -> dict:
     return {
-        str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.name != ENTRY_FILE
     }

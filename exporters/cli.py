@@ -81,7 +81,7 @@ def run_convert(args) -> int:
         exported = exporter.export_all(names)
         for e in exported:
             shutil.copytree(e.package, staging / e.package.name)
-        metadata = exporter.metadata(exported, package_dir=args.output_dir)
+        metadata = exporter.metadata(exported, relative_paths=True)
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
         _publish(staging, args.output_dir)
     finally:

@@ -120,8 +120,9 @@ class Exporter:
             done.append(exported)
         return done
 
-    def metadata(self, exported: list[ExportedComponent], package_dir: Path | None = None) -> dict:
-        """The ``metadata.json`` document; package paths relative to ``package_dir`` if given."""
+    def metadata(self, exported: list[ExportedComponent], relative_paths: bool = False) -> dict:
+        """The ``metadata.json`` document; with ``relative_paths``, package paths are relative to
+        the directory the document is written beside (``convert``), else the cache entries'."""
         dims = self.dims
         return {
             "model": self.source.describe(),
@@ -149,7 +150,7 @@ class Exporter:
                 e.name: {
                     "inputs": e.info["inputs"],
                     "outputs": e.info["outputs"],
-                    "path": e.info["package"] if package_dir else str(e.package),
+                    "path": e.info["package"] if relative_paths else str(e.package),
                     "size_bytes": e.entry.size_bytes,
                     "compute_precision": e.info["compute_precision"],
                     "fp16_ops": e.info["fp16_ops"],

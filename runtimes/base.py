@@ -1,0 +1,84 @@
+"""What every backend shares: the ``predict`` contract, input checking and backend choice."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from typing import Mapping, Protocol
+
+import numpy as np
+
+BACKENDS = ("auto", "coreml", "mil")
+COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run on this host; the message says why."""
+
+
+class InputMismatch(ValueError):
+    """Inputs that do not fit the program's declared inputs."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.dtype.name}{list(self.shape)}"
+
+
+class Predictor(Protocol):
+    backend: str
+    input_specs: tuple[InputSpec, ...]
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def check_inputs(specs: tuple[InputSpec, ...], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inputs as arrays, or an ``InputMismatch`` listing every problem and the expected inputs."""
+    if not isinstance(inputs, Mapping):
+        raise InputMismatch(f"inputs must be a dict of name -> array; got {type(inputs).__name__}. "
+                            f"Expected: {', '.join(map(str, specs))}")
+    expected = {s.name: s for s in specs}
+    problems = [f"missing input {name!r}" for name in expected if name not in inputs]
+    problems += [f"unexpected input {name!r}" for name in inputs if name not in expected]
+    arrays = {}
+    for name, spec in expected.items():
+        if name not in inputs:
+            continue
+        value = inputs[name]
+        if not isinstance(value, np.ndarray):
+            problems.append(f"{name!r} is a {type(value).__name__}, not a numpy array")
+            continue
+        if value.dtype != spec.dtype:
+            problems.append(f"{name!r} has dtype {value.dtype.name}, expected {spec.dtype.name}")
+        if tuple(value.shape) != spec.shape:
+            problems.append(f"{name!r} has shape {list(value.shape)}, expected {list(spec.shape)}")
+        arrays[name] = value
+    if problems:
+        raise InputMismatch("; ".join(problems) + ". Expected inputs: " + ", ".join(map(str, specs)))
+    return arrays
+
+
+def resolve_backend(name: str) -> str:
+    """``auto`` is Core ML on macOS and the MIL executor elsewhere."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of: {', '.join(BACKENDS)}")
+    if name == "auto":
+        return "coreml" if platform.system() == "Darwin" else "mil"
+    return name
+
+
+def load_predictor(package, backend: str = "auto", compute_units: str = "CPU_ONLY") -> Predictor:
+    """A predictor for an exported package (a path or a ``coremltools.models.MLModel``)."""
+    backend = resolve_backend(backend)
+    if backend == "coreml":
+        from runtimes.coreml import CoreMLModel
+
+        return CoreMLModel(package, compute_units=compute_units)
+    from runtimes.mil import MILModel
+
+    return MILModel(package)

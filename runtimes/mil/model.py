@@ -1,0 +1,196 @@
+"""Run an exported ML Program on the CPU by evaluating its MIL operations in order.
+
+The program and its weights are read with coremltools' own loaders (the proto and
+``weights/weight.bin``); the arithmetic is ``runtimes.mil.ops``.
+
+Precision. Every op computes in float32: fp16 inputs are widened on entry, and each output is
+rounded to the type the program declares, so an fp16 program carries fp16 tensors between ops
+exactly as its types say while accumulating in fp32 inside an op. Apple's CPU path (BNNS) computes
+fp16 programs the same way in spirit; the GPU accumulates in fp32 or fp16 depending on the
+kernel, and the Neural Engine computes in fp16 throughout (with wider accumulators in its
+matrix units), so fp16 results from the GPU and Neural Engine differ from this executor by more
+than rounding. An fp32 program runs in fp32 here and on the CPU and GPU; the Neural Engine has
+no fp32 and runs such ops on the CPU or GPU instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from runtimes.base import InputSpec, check_inputs
+from runtimes.mil.ops import KERNELS, Unsupported
+
+
+class UnsupportedOperation(Exception):
+    """An op, or a parameter of one, that this executor does not implement."""
+
+
+@dataclass
+class _Step:
+    name: str  # the op's first output name
+    op_type: str
+    opset: str
+    kernel: object
+    args: dict  # parameter -> ("var", name) | ("vars", [names]) | ("const", value)
+    outputs: list[str]
+    dtypes: list[np.dtype]
+
+
+def _np_dtype(builtin) -> np.dtype:
+    from coremltools.converters.mil.mil import types
+
+    if types.is_str(builtin):
+        return np.dtype(object)
+    return np.dtype(types.nptype_from_builtin(builtin))
+
+
+def _value(var):
+    """A const var's value for computing: fp16 arrays are widened once here."""
+    value = var.val
+    if isinstance(value, np.ndarray) and value.dtype == np.float16:
+        return value.astype(np.float32)
+    if isinstance(value, np.generic) and value.dtype == np.float16:
+        return np.float32(value)
+    return value
+
+
+def _load_program(model):
+    """The MIL program and the model spec, from an ``MLModel`` or an ``.mlpackage`` path."""
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto.load import load
+
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not (path / "Manifest.json").is_file():
+            raise FileNotFoundError(f"{path} is not an .mlpackage (no Manifest.json)")
+        model = ct.models.MLModel(str(path), skip_model_load=True)
+    if not isinstance(model, ct.models.MLModel):
+        raise TypeError(f"expected an MLModel or a path to an .mlpackage, got {type(model).__name__}")
+    spec = model.get_spec()
+    if spec.WhichOneof("Type") != "mlProgram":
+        raise TypeError(f"the model is a {spec.WhichOneof('Type')}, not an ML Program")
+    return load(spec, spec.specificationVersion, file_weights_dir=model.weights_dir or ""), spec
+
+
+class MILModel:
+    """Evaluates an ML Program's ``main`` function with numpy.
+
+    ``MILModel(model).predict(inputs)`` returns every program output by name, with the dtype and
+    shape Core ML would give; ``predict(inputs, intermediates=[...])`` (or ``intermediates="all"``)
+    adds the named intermediate variables.
+    """
+
+    backend = "mil"
+
+    def __init__(self, model):
+        program, spec = _load_program(model)
+        function = program.functions["main"]
+        self.opset = str(function.opset_version).split(".")[-1] if function.opset_version else "iOS15"
+        self.input_specs = tuple(
+            InputSpec(name, tuple(int(d) for d in var.shape), _np_dtype(var.dtype))
+            for name, var in function.inputs.items()
+        )
+        self.output_names = [var.name for var in function.outputs]
+        self._output_shapes = {var.name: tuple(var.shape) for var in function.outputs}
+        self._constants: dict[str, object] = {}
+        self.steps: list[_Step] = []
+        for op in function.operations:
+            self._plan(op)
+        self.variables = [name for step in self.steps for name in step.outputs]
+        last_use = {}
+        for i, step in enumerate(self.steps):
+            for kind, ref in step.args.values():
+                for name in (ref if kind == "vars" else [ref] if kind == "var" else []):
+                    last_use[name] = i
+        # variables no later step reads, freed after step i unless asked for
+        self._released = [[] for _ in self.steps]
+        for name, i in last_use.items():
+            self._released[i].append(name)
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def _fail(self, op, detail: str) -> UnsupportedOperation:
+        return UnsupportedOperation(f"{op.op_type} (opset {self.opset}) at {op.outputs[0].name!r}: {detail}")
+
+    def _plan(self, op) -> None:
+        if op.op_type == "const":
+            self._constants[op.outputs[0].name] = _value(op.outputs[0])
+            return
+        fn = KERNELS.get(op.op_type)
+        if fn is None:
+            raise self._fail(op, "operation not implemented by the MIL executor")
+        accepted = inspect.signature(fn).parameters
+        args = {}
+        for param, var in op.inputs.items():
+            if param not in accepted:
+                raise self._fail(op, f"parameter {param!r} not implemented")
+            if isinstance(var, (list, tuple)):
+                args[param] = ("vars", [v.name for v in var])
+            elif var.name in self._constants:
+                args[param] = ("const", self._constants[var.name])
+            else:
+                args[param] = ("var", var.name)
+        step = _Step(op.outputs[0].name, op.op_type, self.opset, fn, args,
+                     [v.name for v in op.outputs], [_np_dtype(v.dtype) for v in op.outputs])
+        if op.op_type.startswith("constexpr_"):
+            # compile-time ops: decompress once, the result is an ordinary constant
+            for name, value in zip(step.outputs, self._run_step(step, {})):
+                self._constants[name] = value.astype(np.float32) if value.dtype == np.float16 else value
+            return
+        self.steps.append(step)
+
+    # -- running --------------------------------------------------------------------------------
+
+    def _resolve(self, kind, ref, env):
+        if kind == "const":
+            return ref
+        if kind == "var":
+            return self._widened(env[ref] if ref in env else self._constants[ref])
+        return [self._widened(env[r] if r in env else self._constants[r]) for r in ref]
+
+    @staticmethod
+    def _widened(value):
+        if isinstance(value, np.ndarray) and value.dtype == np.float16:
+            return value.astype(np.float32)
+        return value
+
+    def _run_step(self, step: _Step, env) -> list[np.ndarray]:
+        args = {param: self._resolve(kind, ref, env) for param, (kind, ref) in step.args.items()}
+        try:
+            with np.errstate(all="ignore"):
+                result = step.kernel(**args)
+        except Unsupported as error:
+            raise UnsupportedOperation(f"{step.op_type} (opset {step.opset}) at {step.name!r}: {error}") from None
+        except (ValueError, IndexError, TypeError) as error:
+            raise RuntimeError(f"{step.op_type} (opset {step.opset}) at {step.name!r} failed: {error}") from error
+        results = result if isinstance(result, tuple) else (result,)
+        with np.errstate(all="ignore"):
+            return [np.asarray(r).astype(dtype, copy=False) for r, dtype in zip(results, step.dtypes)]
+
+    def predict(self, inputs: Mapping[str, np.ndarray], intermediates: Iterable[str] | str = ()) -> dict:
+        env = dict(check_inputs(self.input_specs, inputs))
+        keep = set(self.variables) if intermediates == "all" else set(intermediates)
+        unknown = keep - set(self.variables) - set(env)
+        if unknown:
+            raise KeyError(f"no such variables in the program: {sorted(unknown)[:5]}")
+        keep |= set(self.output_names)
+        for i, step in enumerate(self.steps):
+            for name, value in zip(step.outputs, self._run_step(step, env)):
+                env[name] = value
+            for name in self._released[i]:
+                if name not in keep:
+                    env.pop(name, None)
+        results = {name: env[name] for name in self.output_names}
+        for name, value in results.items():
+            declared = self._output_shapes[name]
+            if all(isinstance(d, (int, np.integer)) for d in declared) and value.shape != tuple(declared):
+                raise RuntimeError(f"output {name!r} came out as {list(value.shape)}, "
+                                   f"the program declares {list(declared)}")
+        results.update({name: env[name] for name in keep if name in env and name not in results})
+        return results

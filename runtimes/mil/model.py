@@ -61,21 +61,24 @@ def _value(var):
 
 
 def _load_program(model):
-    """The MIL program and the model spec, from an ``MLModel`` or an ``.mlpackage`` path."""
+    """The MIL program, from an ``MLModel``, an ``.mlpackage`` path or a pymil ``Program``."""
     import coremltools as ct
     from coremltools.converters.mil.frontend.milproto.load import load
+    from coremltools.converters.mil.mil import Program
 
+    if isinstance(model, Program):
+        return model
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         if not (path / "Manifest.json").is_file():
             raise FileNotFoundError(f"{path} is not an .mlpackage (no Manifest.json)")
         model = ct.models.MLModel(str(path), skip_model_load=True)
     if not isinstance(model, ct.models.MLModel):
-        raise TypeError(f"expected an MLModel or a path to an .mlpackage, got {type(model).__name__}")
+        raise TypeError(f"expected an MLModel, a path to an .mlpackage or a MIL Program, got {type(model).__name__}")
     spec = model.get_spec()
     if spec.WhichOneof("Type") != "mlProgram":
         raise TypeError(f"the model is a {spec.WhichOneof('Type')}, not an ML Program")
-    return load(spec, spec.specificationVersion, file_weights_dir=model.weights_dir or ""), spec
+    return load(spec, spec.specificationVersion, file_weights_dir=model.weights_dir or "")
 
 
 class MILModel:
@@ -89,7 +92,7 @@ class MILModel:
     backend = "mil"
 
     def __init__(self, model):
-        program, spec = _load_program(model)
+        program = _load_program(model)
         function = program.functions["main"]
         self.opset = str(function.opset_version).split(".")[-1] if function.opset_version else "iOS15"
         self.input_specs = tuple(

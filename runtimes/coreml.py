@@ -1,0 +1,67 @@
+"""Apple's Core ML runtime through coremltools; macOS only."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from runtimes.base import COMPUTE_UNITS, BackendUnavailable, InputSpec, check_inputs
+
+
+def unavailable_reason() -> str | None:
+    """Why Core ML cannot run here, or None when it can."""
+    if platform.system() != "Darwin":
+        return f"Apple's Core ML runtime exists only on macOS; this host runs {platform.system()}"
+    try:
+        from coremltools.libcoremlpython import _MLModelProxy  # noqa: F401
+    except ImportError as error:
+        return f"coremltools was installed without its Core ML bindings ({error})"
+    return None
+
+
+class CoreMLModel:
+    """An exported package compiled and loaded by Core ML on the chosen compute units."""
+
+    backend = "coreml"
+
+    def __init__(self, package, compute_units: str = "CPU_ONLY"):
+        reason = unavailable_reason()
+        if reason:
+            raise BackendUnavailable(reason)
+        if compute_units not in COMPUTE_UNITS:
+            raise ValueError(f"unknown compute units {compute_units!r}; expected one of: {', '.join(COMPUTE_UNITS)}")
+        import coremltools as ct
+
+        self.compute_units = compute_units
+        path = package if isinstance(package, (str, os.PathLike)) else package.package_path
+        if not (Path(path) / "Manifest.json").is_file():
+            raise FileNotFoundError(f"{path} is not an .mlpackage (no Manifest.json)")
+        t = time.perf_counter()
+        self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
+        self.load_seconds = time.perf_counter() - t
+        description = self.model.get_spec().description
+        self.input_specs = tuple(_input_spec(feature) for feature in description.input)
+        self.output_names = [feature.name for feature in description.output]
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = check_inputs(self.input_specs, inputs)
+        outputs = self.model.predict(arrays)
+        return {name: np.asarray(outputs[name]) for name in self.output_names}
+
+
+def _input_spec(feature) -> InputSpec:
+    from coremltools.proto import FeatureTypes_pb2
+
+    array = feature.type.multiArrayType
+    dtypes = {
+        FeatureTypes_pb2.ArrayFeatureType.FLOAT32: np.float32,
+        FeatureTypes_pb2.ArrayFeatureType.FLOAT16: np.float16,
+        FeatureTypes_pb2.ArrayFeatureType.INT32: np.int32,
+        FeatureTypes_pb2.ArrayFeatureType.DOUBLE: np.float64,
+    }
+    return InputSpec(feature.name, tuple(int(d) for d in array.shape), np.dtype(dtypes[array.dataType]))

@@ -12,6 +12,7 @@ from exporters.cache import ExportCache
 from exporters.convert import COMPUTE_UNITS, ExportOptions
 from exporters.export import Exporter
 from exporters.sources import DEFAULT_PRESET, ModelSource, add_source_options
+from runtimes.base import BACKENDS, BackendUnavailable, load_predictor, resolve_backend
 
 
 def pytest_addoption(parser):
@@ -19,7 +20,11 @@ def pytest_addoption(parser):
     add_source_options(group.addoption)
     group.addoption("--cache-dir", dest="cache_dir", default=None,
                     help="export cache (default: $PARAKEET_COREML_CACHE or the per-user cache directory)")
-    group.addoption("--compute-units", dest="compute_units", default="ALL", choices=COMPUTE_UNITS)
+    group.addoption("--compute-units", dest="compute_units", default="ALL", choices=COMPUTE_UNITS,
+                    help="compute units of the exports, and of Core ML when it runs them (default ALL)")
+    group.addoption("--backend", dest="backend", default="auto", choices=BACKENDS,
+                    help="what runs the exported packages: coreml (macOS), mil (our executor, any OS) "
+                         "or auto (coreml on macOS, mil elsewhere)")
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +58,27 @@ def exporters(model_source, export_cache, pytestconfig):
 @pytest.fixture(scope="session")
 def dims(exporters):
     return exporters["float32"].dims
+
+
+@pytest.fixture(scope="session")
+def backend(pytestconfig) -> str:
+    """The backend that runs exported packages this session (``auto`` resolved)."""
+    return resolve_backend(pytestconfig.option.backend)
+
+
+@pytest.fixture(scope="session")
+def predictor(backend, pytestconfig):
+    """``predictor(package)``: the package loaded once on the session's backend; a test that needs
+    a backend this host lacks is skipped with the reason."""
+    loaded = {}
+
+    def load(package):
+        key = str(package)
+        if key not in loaded:
+            try:
+                loaded[key] = load_predictor(package, backend, pytestconfig.option.compute_units)
+            except BackendUnavailable as error:
+                pytest.skip(f"backend {backend!r} unavailable: {error}")
+        return loaded[key]
+
+    return load

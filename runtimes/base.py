@@ -8,8 +8,11 @@ from typing import Mapping, Protocol
 
 import numpy as np
 
+from exporters.convert import COMPUTE_UNITS
+
 BACKENDS = ("auto", "coreml", "mil")
-COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
+__all__ = ["BACKENDS", "COMPUTE_UNITS", "BackendUnavailable", "InputMismatch", "InputSpec", "check_inputs",
+           "load_predictor", "resolve_backend"]
 
 
 class BackendUnavailable(RuntimeError):

@@ -50,6 +50,12 @@ def _np_dtype(builtin) -> np.dtype:
     return np.dtype(types.nptype_from_builtin(builtin))
 
 
+def _opset_name(target) -> str:
+    from coremltools.converters.mil._deployment_compatibility import AvailableTarget
+
+    return "iOS15" if target is None else AvailableTarget(target).name
+
+
 def _value(var):
     """A const var's value for computing: fp16 arrays are widened once here."""
     value = var.val
@@ -94,7 +100,7 @@ class MILModel:
     def __init__(self, model):
         program = _load_program(model)
         function = program.functions["main"]
-        self.opset = str(function.opset_version).split(".")[-1] if function.opset_version else "iOS15"
+        self.opset = _opset_name(function.opset_version)
         self.input_specs = tuple(
             InputSpec(name, tuple(int(d) for d in var.shape), _np_dtype(var.dtype))
             for name, var in function.inputs.items()

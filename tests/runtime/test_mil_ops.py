@@ -480,3 +480,32 @@ def test_nan_and_inf_propagate(run_mil):
     assert np.isnan(summed).all()
     assert np.isnan(relu[0, 0]) and relu[0, 2] == np.inf and relu[0, 3] == 0
 
+
+
+# ---- what the executor refuses -----------------------------------------------------------------
+
+def test_unimplemented_operation_is_named_with_its_opset(run_mil):
+    from runtimes.mil import UnsupportedOperation
+
+    x = np.ones((1, 2, 5), np.float32)
+    with pytest.raises(UnsupportedOperation, match=r"conv_transpose \(opset iOS17\) .*not implemented"):
+        run_mil(lambda x: mb.conv_transpose(x=x, weight=np.ones((2, 2, 3), np.float32)), {"x": x})
+
+
+def test_unimplemented_parameter_value_is_named(run_mil):
+    from runtimes.mil import UnsupportedOperation
+
+    x, h = np.ones((2, 1, 3), np.float32), np.zeros((1, 4), np.float32)
+    w_ih, w_hh = np.ones((16, 3), np.float32), np.ones((16, 4), np.float32)
+    with pytest.raises(UnsupportedOperation, match=r"lstm \(opset iOS17\) .*parameter 'clip'"):
+        run_mil(lambda x, h, c: list(mb.lstm(x=x, initial_h=h, initial_c=c, weight_ih=w_ih, weight_hh=w_hh,
+                                             clip=np.float32(1.0))), {"x": x, "h": h, "c": h})
+
+
+def test_unimplemented_parameter_is_refused_when_loading(run_mil, monkeypatch):
+    from runtimes.mil import UnsupportedOperation
+    from runtimes.mil.ops import KERNELS
+
+    monkeypatch.setitem(KERNELS, "relu", lambda data: data)  # a kernel that knows no 'x'
+    with pytest.raises(UnsupportedOperation, match=r"relu \(opset iOS17\) .*parameter 'x' not implemented"):
+        run_mil(lambda x: mb.relu(x=x), {"x": np.ones((3,), np.float32)})

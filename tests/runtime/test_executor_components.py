@@ -1,0 +1,146 @@
+"""The executor on every exported component: against Torch at fp32, against Core ML on macOS,
+and on bad input."""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import pytest
+import torch
+
+from exporters.components import COMPONENTS, example_inputs
+from runtimes.base import BackendUnavailable, InputMismatch, resolve_backend
+from runtimes.coreml import CoreMLModel, unavailable_reason
+from runtimes.mil import MILModel
+
+FP32 = np.finfo(np.float32).eps
+# Largest |executor - torch| per component at fp32, relative to the output's largest magnitude.
+# Measured on the tiny preset: encoder 5.9e-7 (5 ulp), mel_encoder 3.8e-6, decoder 5.8e-7,
+# joint 2.6e-7, token_prob 7.5e-7. The preprocessor's normalized log-mel is held to an absolute
+# bound instead: the log of near-zero mel energies and the per-feature normalisation amplify
+# summation-order differences of the 512-tap STFT (measured 1.3e-3 on noise, 1.7e-3 on speech).
+RELATIVE_BOUND = 2e-5
+MEL_ABS_BOUND = 5e-3
+
+
+def _torch_outputs(component, model, inputs, dims):
+    wrapper = component.wrapper(model).eval()
+    with torch.no_grad():
+        out = wrapper(*[torch.from_numpy(inputs[s.name]) for s in component.inputs(dims)])
+    out = out if isinstance(out, tuple) else (out,)
+    return {spec.name: o.numpy() for spec, o in zip(component.outputs(dims), out)}
+
+
+def _decision_margins(model, inputs, dims):
+    """Top-1/top-2 margins of the Torch joint's tokens and durations, per decision."""
+    joint = COMPONENTS["joint"]
+    logits = _torch_outputs(joint, model, inputs, dims)["logits"]
+    tokens, durations = logits[..., :dims.joint_classes], logits[..., dims.joint_classes:]
+
+    def margin(values):
+        top = np.sort(values, axis=-1)
+        return top[..., -1] - top[..., -2]
+
+    return {"token_id": margin(tokens), "duration": margin(durations)}
+
+
+@pytest.fixture(scope="module")
+def fp32_packages(exporters):
+    return {name: exporters["float32"].export(component) for name, component in COMPONENTS.items()}
+
+
+@pytest.mark.parametrize("name", list(COMPONENTS))
+def test_fp32_export_runs_like_torch(name, fp32_packages, torch_model, dims):
+    component = COMPONENTS[name]
+    inputs = example_inputs(component, dims)
+    ours = MILModel(fp32_packages[name].package).predict(inputs)
+    reference = _torch_outputs(component, torch_model, inputs, dims)
+    for spec in component.outputs(dims):
+        got, want = ours[spec.name], reference[spec.name]
+        assert got.dtype == np.dtype(spec.dtype) and got.shape == tuple(spec.shape), spec.name
+        if np.issubdtype(want.dtype, np.integer):
+            differ = got != want
+            if differ.any() and spec.name in ("token_id", "duration"):
+                # a tie in the Torch logits may go either way; any other disagreement is a bug
+                margins = _decision_margins(torch_model, inputs, dims)[spec.name].reshape(got.shape)
+                assert margins[differ].max() < 64 * FP32, f"{spec.name} differs where Torch's margin is clear"
+            else:
+                assert not differ.any(), f"{spec.name}: {int(differ.sum())} of {differ.size} differ"
+            continue
+        error = np.abs(got.astype(np.float64) - want).max()
+        if name == "preprocessor":
+            assert error <= MEL_ABS_BOUND, f"{spec.name}: max |error| {error:.3g} > {MEL_ABS_BOUND}"
+        else:
+            relative = error / max(np.abs(want).max(), np.finfo(np.float32).tiny)
+            assert relative <= RELATIVE_BOUND, f"{spec.name}: max |error| / max |ref| = {relative:.3g}"
+
+
+@pytest.mark.skipif(unavailable_reason() is not None, reason=f"needs Core ML: {unavailable_reason()}")
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+@pytest.mark.parametrize("name", list(COMPONENTS))
+def test_executor_matches_core_ml_cpu(name, precision, exporters, dims):
+    """Same package, same input: the executor against Apple's runtime on the CPU."""
+    package = exporters[precision].export(COMPONENTS[name]).package
+    inputs = example_inputs(COMPONENTS[name], dims)
+    ours = MILModel(package).predict(inputs)
+    apple = CoreMLModel(package, compute_units="CPU_ONLY").predict(inputs)
+    rtol = 1e-4 if precision == "float32" else 1e-2
+    for key, want in apple.items():
+        got = ours[key]
+        assert got.dtype == want.dtype and got.shape == want.shape, key
+        if np.issubdtype(want.dtype, np.integer):
+            assert np.mean(got == want) >= 0.99, key
+        else:
+            scale = max(np.abs(want).max(), 1e-6)
+            assert np.abs(got.astype(np.float64) - want).max() <= rtol * scale, key
+
+
+@pytest.mark.skipif(platform.system() == "Darwin", reason="checks how Core ML is refused off macOS")
+def test_core_ml_backend_says_why_it_is_unavailable(fp32_packages):
+    with pytest.raises(BackendUnavailable, match="only on macOS"):
+        CoreMLModel(fp32_packages["joint"].package)
+    assert resolve_backend("auto") == "mil"
+
+
+@pytest.fixture(scope="module")
+def encoder(fp32_packages):
+    return MILModel(fp32_packages["encoder"].package)
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda x: {"mel": x["mel"]}, "missing input 'mel_length'"),
+    (lambda x: {**x, "extra": x["mel"]}, "unexpected input 'extra'"),
+    (lambda x: {**x, "mel": x["mel"][:, :, :100]}, "'mel' has shape [1, 128, 100], expected [1, 128, 1501]"),
+    (lambda x: {**x, "mel_length": x["mel_length"].astype(np.int64)}, "'mel_length' has dtype int64, expected int32"),
+    (lambda x: {**x, "mel": x["mel"].tolist()}, "'mel' is a list, not a numpy array"),
+])
+def test_bad_input_lists_expected_inputs(encoder, dims, change, problem):
+    inputs = example_inputs(COMPONENTS["encoder"], dims)
+    with pytest.raises(InputMismatch) as error:
+        encoder.predict(change(inputs))
+    message = str(error.value).replace(str(dims.n_mels), "128").replace(str(dims.mel_frames), "1501")
+    assert problem in message
+    assert f"Expected inputs: mel: float32[1, {dims.n_mels}, {dims.mel_frames}], mel_length: int32[1]" \
+        in str(error.value)
+
+
+def test_nan_and_inf_inputs_propagate_without_crashing(encoder, dims):
+    inputs = example_inputs(COMPONENTS["encoder"], dims)
+    inputs["mel"][0, :, 700] = np.nan
+    inputs["mel"][0, 0, 10] = np.inf
+    out = encoder.predict(inputs)
+    assert np.isnan(out["encoder"]).any()  # self-attention spreads NaN over every frame
+    assert out["encoder_length"][0] == dims.encoder_frames
+
+
+def test_intermediates_by_name(encoder, dims):
+    inputs = example_inputs(COMPONENTS["encoder"], dims)
+    everything = encoder.predict(inputs, intermediates="all")
+    assert set(encoder.variables) <= set(everything)
+    name = encoder.steps[len(encoder.steps) // 2].name
+    some = encoder.predict(inputs, intermediates=[name])
+    assert set(some) == {*encoder.output_names, name}
+    np.testing.assert_array_equal(some[name], everything[name])
+    with pytest.raises(KeyError, match="no such variables"):
+        encoder.predict(inputs, intermediates=["not_a_variable"])

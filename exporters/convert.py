@@ -88,6 +88,25 @@ def convert_component(model, component: Component, dims: ModelDims, options: Exp
     )
 
 
+def op_origins(program) -> dict[str, dict]:
+    """Where each op came from in Torch: ``{first output name: {module, module_type, torch_op}}``.
+
+    coremltools keeps the TorchScript module scope of every op it converts; the package itself
+    does not, so the export records it beside the package for locating divergences later.
+    """
+    from coremltools.converters.mil.mil.scope import ScopeSource
+
+    origins = {}
+    for op in program.functions["main"].operations:
+        names = op.scopes.get(ScopeSource.TORCHSCRIPT_MODULE_NAME) if op.op_type != "const" else None
+        if not names:
+            continue
+        types_ = op.scopes.get(ScopeSource.TORCHSCRIPT_MODULE_TYPE) or [""]
+        origins[op.outputs[0].name] = {"module": ".".join(names[:-1]), "module_type": ".".join(types_[:-1]),
+                                       "torch_op": types_[-1]}
+    return origins
+
+
 def program_precision(program) -> dict:
     """The precision the program really computes in, read from its ops' output types.
 

@@ -5,6 +5,7 @@ The model is loaded only when some component (or the model's facts) is missing f
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 import time
@@ -17,6 +18,9 @@ from exporters.cache import Entry, ExportCache, cache_key, tool_versions
 from exporters.components import Component, ExportError, ModelDims, get_components
 from exporters.convert import ExportOptions
 from exporters.sources import ModelSource
+
+
+ORIGINS_FILE = "op_origins.json"
 
 
 def print_progress(message: str) -> None:
@@ -35,6 +39,10 @@ class ExportedComponent:
     @property
     def info(self) -> dict:
         return self.entry.info
+
+    def op_origins(self) -> dict[str, dict]:
+        """The Torch module each op of the package came from (``convert.op_origins``)."""
+        return json.loads((self.entry.path / ORIGINS_FILE).read_text())
 
 
 class Exporter:
@@ -85,7 +93,7 @@ class Exporter:
                         options=self.options.as_dict())
 
         def build(tmp: Path) -> dict:
-            from exporters.convert import convert_component, program_precision
+            from exporters.convert import convert_component, op_origins, program_precision
 
             model, dims = self.model, self.dims
             self.progress(f"  {component.name}: tracing and converting ...")
@@ -93,6 +101,7 @@ class Exporter:
             mlmodel = convert_component(model, component, dims, self.options)
             package = f"{component.name}.mlpackage"
             mlmodel.save(str(tmp / package))
+            (tmp / ORIGINS_FILE).write_text(json.dumps(op_origins(mlmodel._mil_program)))
             seconds = time.perf_counter() - t
             return {
                 "component": component.name,

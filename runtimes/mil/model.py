@@ -15,6 +15,7 @@ no fp32 and runs such ops on the CPU or GPU instead.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ class _Step:
     op_type: str
     opset: str
     kernel: object
-    args: dict  # parameter -> ("var", name) | ("vars", [names]) | ("const", value)
+    args: dict  # parameter -> ("var", name) | ("vars", [names]) | ("const", name)
     outputs: list[str]
     dtypes: list[np.dtype]
 
@@ -56,13 +57,10 @@ def _opset_name(target) -> str:
     return "iOS15" if target is None else AvailableTarget(target).name
 
 
-def _value(var):
-    """A const var's value for computing: fp16 arrays are widened once here."""
-    value = var.val
-    if isinstance(value, np.ndarray) and value.dtype == np.float16:
+def _widened(value):
+    """fp16 values as fp32, for computing; anything else as it is."""
+    if isinstance(value, (np.ndarray, np.generic)) and value.dtype == np.float16:
         return value.astype(np.float32)
-    if isinstance(value, np.generic) and value.dtype == np.float16:
-        return np.float32(value)
     return value
 
 
@@ -98,19 +96,10 @@ class MILModel:
     backend = "mil"
 
     def __init__(self, model):
-        program = _load_program(model)
-        function = program.functions["main"]
-        self.opset = _opset_name(function.opset_version)
-        self.input_specs = tuple(
-            InputSpec(name, tuple(int(d) for d in var.shape), _np_dtype(var.dtype))
-            for name, var in function.inputs.items()
-        )
-        self.output_names = [var.name for var in function.outputs]
-        self._output_shapes = {var.name: tuple(var.shape) for var in function.outputs}
         self._constants: dict[str, object] = {}
         self.steps: list[_Step] = []
-        for op in function.operations:
-            self._plan(op)
+        self._plan_program(_load_program(model))
+        self._widen_constants()
         self.variables = [name for step in self.steps for name in step.outputs]
         last_use = {}
         for i, step in enumerate(self.steps):
@@ -124,12 +113,24 @@ class MILModel:
 
     # -- loading --------------------------------------------------------------------------------
 
+    def _plan_program(self, program) -> None:
+        function = program.functions["main"]
+        self.opset = _opset_name(function.opset_version)
+        self.input_specs = tuple(
+            InputSpec(name, tuple(int(d) for d in var.shape), _np_dtype(var.dtype))
+            for name, var in function.inputs.items()
+        )
+        self.output_names = [var.name for var in function.outputs]
+        self._output_shapes = {var.name: tuple(var.shape) for var in function.outputs}
+        for op in function.operations:
+            self._plan(op)
+
     def _fail(self, op, detail: str) -> UnsupportedOperation:
         return UnsupportedOperation(f"{op.op_type} (opset {self.opset}) at {op.outputs[0].name!r}: {detail}")
 
     def _plan(self, op) -> None:
         if op.op_type == "const":
-            self._constants[op.outputs[0].name] = _value(op.outputs[0])
+            self._constants[op.outputs[0].name] = op.outputs[0].val
             return
         fn = KERNELS.get(op.op_type)
         if fn is None:
@@ -142,7 +143,7 @@ class MILModel:
             if isinstance(var, (list, tuple)):
                 args[param] = ("vars", [v.name for v in var])
             elif var.name in self._constants:
-                args[param] = ("const", self._constants[var.name])
+                args[param] = ("const", var.name)
             else:
                 args[param] = ("var", var.name)
         step = _Step(op.outputs[0].name, op.op_type, self.opset, fn, args,
@@ -150,24 +151,29 @@ class MILModel:
         if op.op_type.startswith("constexpr_"):
             # compile-time ops: decompress once, the result is an ordinary constant
             for name, value in zip(step.outputs, self._run_step(step, {})):
-                self._constants[name] = value.astype(np.float32) if value.dtype == np.float16 else value
+                self._constants[name] = value
             return
         self.steps.append(step)
+
+    def _widen_constants(self) -> None:
+        """fp16 constants become fp32 once, here, rather than at every use: each op computes in
+        fp32 anyway. Done after the loaded program is released, one array at a time, so the fp16
+        and fp32 copies of all weights never coexist."""
+        half = [name for name, value in self._constants.items()
+                if isinstance(value, (np.ndarray, np.generic)) and value.dtype == np.float16]
+        if sum(self._constants[name].nbytes for name in half) > 64 << 20:
+            gc.collect()  # the loaded program is a graph of cycles: free its references to the weights
+        for name in half:
+            self._constants[name] = _widened(self._constants[name])
 
     # -- running --------------------------------------------------------------------------------
 
     def _resolve(self, kind, ref, env):
         if kind == "const":
-            return ref
+            return _widened(self._constants[ref])
         if kind == "var":
-            return self._widened(env[ref] if ref in env else self._constants[ref])
-        return [self._widened(env[r] if r in env else self._constants[r]) for r in ref]
-
-    @staticmethod
-    def _widened(value):
-        if isinstance(value, np.ndarray) and value.dtype == np.float16:
-            return value.astype(np.float32)
-        return value
+            return _widened(env[ref])
+        return [_widened(env[r] if r in env else self._constants[r]) for r in ref]
 
     def _run_step(self, step: _Step, env) -> list[np.ndarray]:
         args = {param: self._resolve(kind, ref, env) for param, (kind, ref) in step.args.items()}

@@ -40,6 +40,11 @@ class ExportedComponent:
     def info(self) -> dict:
         return self.entry.info
 
+    @property
+    def size_bytes(self) -> int:
+        """The package's own size (the cache entry also holds its op origins)."""
+        return sum(f.stat().st_size for f in self.package.rglob("*") if f.is_file())
+
     def op_origins(self) -> dict[str, dict]:
         """The Torch module each op of the package came from (``convert.op_origins``)."""
         return json.loads((self.entry.path / ORIGINS_FILE).read_text())
@@ -123,7 +128,7 @@ class Exporter:
             t = time.perf_counter()
             exported = self.export(component)
             how = "cached" if exported.entry.hit else f"converted in {exported.info['convert_seconds']:.1f} s"
-            size_mb = exported.entry.size_bytes / 1e6
+            size_mb = exported.size_bytes / 1e6
             self.progress(f"[{i}/{len(components)}] {component.name}: {how}, {size_mb:.1f} MB, "
                           f"{exported.info['compute_precision']} ({time.perf_counter() - t:.1f} s)")
             done.append(exported)
@@ -160,7 +165,7 @@ class Exporter:
                     "inputs": e.info["inputs"],
                     "outputs": e.info["outputs"],
                     "path": e.info["package"] if relative_paths else str(e.package),
-                    "size_bytes": e.entry.size_bytes,
+                    "size_bytes": e.size_bytes,
                     "compute_precision": e.info["compute_precision"],
                     "fp16_ops": e.info["fp16_ops"],
                     "fp32_ops": e.info["fp32_ops"],

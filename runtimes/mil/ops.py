@@ -302,29 +302,29 @@ def l2_pool(x, kernel_sizes, strides=None, pad_type="valid", pad=None, ceil_mode
 
 # ---- normalization ---------------------------------------------------------------------------
 
+def _scale_shift(y, gamma, beta, shape):
+    """A normalization's optional affine part, with gamma and beta reshaped to ``shape``."""
+    if gamma is not None:
+        y = y * np.reshape(gamma, shape)
+    if beta is not None:
+        y = y + np.reshape(beta, shape)
+    return y
+
+
 @kernel("layer_norm")
 def layer_norm(x, axes=None, gamma=None, beta=None, epsilon=1e-5):
     axes = tuple(range(x.ndim)) if axes is None else _axes(axes, x.ndim)
     mean = np.mean(x, axis=axes, keepdims=True)
     var = np.mean(np.square(x - mean), axis=axes, keepdims=True)
     y = (x - mean) / np.sqrt(var + epsilon)
-    shape = [x.shape[a] if a in axes else 1 for a in range(x.ndim)]
-    if gamma is not None:
-        y = y * np.reshape(gamma, shape)
-    if beta is not None:
-        y = y + np.reshape(beta, shape)
-    return y
+    return _scale_shift(y, gamma, beta, [x.shape[a] if a in axes else 1 for a in range(x.ndim)])
 
 
 @kernel("batch_norm")
 def batch_norm(x, mean, variance, gamma=None, beta=None, epsilon=1e-5):
     shape = (1, -1) + (1,) * (x.ndim - 2)
     y = (x - np.reshape(mean, shape)) / np.sqrt(np.reshape(variance, shape) + epsilon)
-    if gamma is not None:
-        y = y * np.reshape(gamma, shape)
-    if beta is not None:
-        y = y + np.reshape(beta, shape)
-    return y
+    return _scale_shift(y, gamma, beta, shape)
 
 
 @kernel("l2_norm")

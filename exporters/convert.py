@@ -88,8 +88,8 @@ def convert_component(model, component: Component, dims: ModelDims, options: Exp
     )
 
 
-def op_origins(program) -> dict[str, dict]:
-    """Where each op came from in Torch: ``{first output name: {module, module_type, torch_op}}``.
+def op_origins(program) -> dict[str, str]:
+    """The TorchScript module scope each op came from: ``{first output name: "encoder.0.conv"}``.
 
     coremltools keeps the TorchScript module scope of every op it converts; the package itself
     does not, so the export records it beside the package for locating divergences later.
@@ -101,9 +101,7 @@ def op_origins(program) -> dict[str, dict]:
         names = op.scopes.get(ScopeSource.TORCHSCRIPT_MODULE_NAME) if op.op_type != "const" else None
         if not names:
             continue
-        types_ = op.scopes.get(ScopeSource.TORCHSCRIPT_MODULE_TYPE) or [""]
-        origins[op.outputs[0].name] = {"module": ".".join(names[:-1]), "module_type": ".".join(types_[:-1]),
-                                       "torch_op": types_[-1]}
+        origins[op.outputs[0].name] = ".".join(names[:-1])  # the last name is the Torch value's
     return origins
 
 

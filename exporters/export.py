@@ -45,7 +45,7 @@ class ExportedComponent:
         """The package's own size (the cache entry also holds its op origins)."""
         return sum(f.stat().st_size for f in self.package.rglob("*") if f.is_file())
 
-    def op_origins(self) -> dict[str, dict]:
+    def op_origins(self) -> dict[str, str]:
         """The Torch module each op of the package came from (``convert.op_origins``)."""
         return json.loads((self.entry.path / ORIGINS_FILE).read_text())
 

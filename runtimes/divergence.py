@@ -2,13 +2,14 @@
 
 Torch side: a forward hook on every submodule records its output. Program side: the executor
 returns every intermediate variable, and the export's op origins (``exporters.convert.op_origins``)
-say which Torch module each op came from, by TorchScript scope (see ``scope_paths``). A module's output is matched to the last op of that
-module, in program order, whose value has the module output's shape.
+say which Torch module each op came from, by TorchScript scope (see ``scope_paths``). A module's
+output is matched to the last op, in program order, of that module or its submodules whose value
+has the module output's shape.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -21,16 +22,13 @@ class Divergence:
     variable: str  # the program variable
     op_type: str
     module: str  # the Torch module it came from ("" for the wrapper itself)
-    module_type: str
+    module_type: str  # its class
     max_abs: float
     relative: float  # max_abs / max |torch output|
 
     def __str__(self) -> str:
         return (f"{self.variable} ({self.op_type}) from {self.module or '<top>'} [{self.module_type}]: "
                 f"max |error| {self.max_abs:.3g}, {self.relative:.3g} of the output's scale")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def torch_module_outputs(module, args: Sequence) -> dict[str, np.ndarray]:
@@ -73,7 +71,7 @@ def scope_paths(module) -> dict[str, str]:
     return paths
 
 
-def compare_modules(program: MILModel, origins: Mapping[str, dict], module, inputs: Mapping[str, np.ndarray],
+def compare_modules(program: MILModel, origins: Mapping[str, str], module, inputs: Mapping[str, np.ndarray],
                     input_order: Sequence[str]) -> list[Divergence]:
     """Every Torch module matched to a program variable, with its error, in program order."""
     import torch
@@ -83,8 +81,7 @@ def compare_modules(program: MILModel, origins: Mapping[str, dict], module, inpu
     paths = scope_paths(module)
     last_by_module: dict[str, list] = {}
     for position, step in enumerate(program.steps):
-        origin = origins.get(step.name)
-        path = paths.get(origin["module"]) if origin else None
+        path = paths.get(origins.get(step.name))
         parts = path.split(".") if path else []
         for depth in range(1, len(parts) + 1):  # an op belongs to its module and every ancestor
             ancestor = ".".join(parts[:depth])
@@ -100,15 +97,15 @@ def compare_modules(program: MILModel, origins: Mapping[str, dict], module, inpu
             with np.errstate(all="ignore"):
                 max_abs = float(np.nanmax(np.abs(got.astype(np.float64) - want))) if want.size else 0.0
                 scale = float(np.nanmax(np.abs(want))) if want.size else 0.0
-            found.append((position, Divergence(step.name, step.op_type, path, type(module.get_submodule(path)).__name__,
-                                               max_abs,
-                                               max_abs / scale if scale > 0 else max_abs)))
+            module_type = type(module.get_submodule(path)).__name__
+            relative = max_abs / scale if scale > 0 else max_abs
+            found.append((position, Divergence(step.name, step.op_type, path, module_type, max_abs, relative)))
             break
     # program order; where a module and its parent end on the same op, the innermost first
     return [d for _, d in sorted(found, key=lambda item: (item[0], -item[1].module.count(".")))]
 
 
-def first_divergences(program: MILModel, origins: Mapping[str, dict], module, inputs: Mapping[str, np.ndarray],
+def first_divergences(program: MILModel, origins: Mapping[str, str], module, inputs: Mapping[str, np.ndarray],
                       input_order: Sequence[str], threshold: float, limit: int = 5) -> list[Divergence]:
     """The first ``limit`` modules, in program order, whose relative error exceeds ``threshold``."""
     diverged = [d for d in compare_modules(program, origins, module, inputs, input_order)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 from pathlib import Path
 from typing import Mapping
 
@@ -41,9 +40,7 @@ class CoreMLModel:
         path = package if isinstance(package, (str, os.PathLike)) else package.package_path
         if not (Path(path) / "Manifest.json").is_file():
             raise FileNotFoundError(f"{path} is not an .mlpackage (no Manifest.json)")
-        t = time.perf_counter()
         self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
-        self.load_seconds = time.perf_counter() - t
         description = self.model.get_spec().description
         self.input_specs = tuple(_input_spec(feature) for feature in description.input)
         self.output_names = [feature.name for feature in description.output]

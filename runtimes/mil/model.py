@@ -36,7 +36,6 @@ class UnsupportedOperation(Exception):
 class _Step:
     name: str  # the op's first output name
     op_type: str
-    opset: str
     kernel: object
     args: dict  # parameter -> ("var", name) | ("vars", [names]) | ("const", name)
     outputs: list[str]
@@ -125,8 +124,11 @@ class MILModel:
         for op in function.operations:
             self._plan(op)
 
+    def _where(self, op_type: str, name: str) -> str:
+        return f"{op_type} (opset {self.opset}) at {name!r}"
+
     def _fail(self, op, detail: str) -> UnsupportedOperation:
-        return UnsupportedOperation(f"{op.op_type} (opset {self.opset}) at {op.outputs[0].name!r}: {detail}")
+        return UnsupportedOperation(f"{self._where(op.op_type, op.outputs[0].name)}: {detail}")
 
     def _plan(self, op) -> None:
         if op.op_type == "const":
@@ -146,7 +148,7 @@ class MILModel:
                 args[param] = ("const", var.name)
             else:
                 args[param] = ("var", var.name)
-        step = _Step(op.outputs[0].name, op.op_type, self.opset, fn, args,
+        step = _Step(op.outputs[0].name, op.op_type, fn, args,
                      [v.name for v in op.outputs], [_np_dtype(v.dtype) for v in op.outputs])
         if op.op_type.startswith("constexpr_"):
             # compile-time ops: decompress once, the result is an ordinary constant
@@ -181,9 +183,9 @@ class MILModel:
             with np.errstate(all="ignore"):
                 result = step.kernel(**args)
         except Unsupported as error:
-            raise UnsupportedOperation(f"{step.op_type} (opset {step.opset}) at {step.name!r}: {error}") from None
+            raise UnsupportedOperation(f"{self._where(step.op_type, step.name)}: {error}") from None
         except (ValueError, IndexError, TypeError) as error:
-            raise RuntimeError(f"{step.op_type} (opset {step.opset}) at {step.name!r} failed: {error}") from error
+            raise RuntimeError(f"{self._where(step.op_type, step.name)} failed: {error}") from error
         results = result if isinstance(result, tuple) else (result,)
         with np.errstate(all="ignore"):
             return [np.asarray(r).astype(dtype, copy=False) for r, dtype in zip(results, step.dtypes)]

@@ -328,9 +328,9 @@ def batch_norm(x, mean, variance, gamma=None, beta=None, epsilon=1e-5):
 
 
 @kernel("l2_norm")
-def l2_norm(x, axes=None, epsilon=1e-6):
-    axes = tuple(range(x.ndim)) if axes is None else _axes(axes, x.ndim)
-    return x / np.sqrt(np.sum(np.square(x), axis=axes, keepdims=True) + epsilon)
+def l2_norm(x, epsilon=1e-6):
+    """Over the last three dims; leading dims are batch."""
+    return x / np.sqrt(np.sum(np.square(x), axis=(-3, -2, -1), keepdims=True) + epsilon)
 
 
 # ---- reductions ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from hypothesis.extra import numpy as hnp
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 EXAMPLES = settings(max_examples=25, deadline=None)
+PER_OP = settings(max_examples=8, deadline=None)  # for tests parametrized over a table of ops
 FLOATS = st.sampled_from([np.float32, np.float16])
 
 
@@ -43,16 +44,16 @@ def arrays(shape, dtype, low=-3.0, high=3.0):
 
 BINARY = {
     "add": np.add, "sub": np.subtract, "mul": np.multiply, "maximum": np.maximum, "minimum": np.minimum,
-    "real_div": lambda x, y: x / np.where(np.abs(y) < 0.25, 0.25, y),
+    "real_div": lambda x, y: x / np.where(np.abs(y) < 0.25, 0.25, y), "pow": np.power,
 }
 
 
-@EXAMPLES
-@given(st.sampled_from(sorted(BINARY)), FLOATS, hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=1, max_dims=4),
-       st.data())
+@pytest.mark.parametrize("op", sorted(BINARY))
+@PER_OP
+@given(FLOATS, hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=1, max_dims=4), st.data())
 def test_binary_broadcasts_like_numpy(run_mil, op, dtype, shapes, data):
-    x = data.draw(arrays(shapes.input_shapes[0], dtype))
-    y = data.draw(arrays(shapes.input_shapes[1], dtype))
+    x = data.draw(arrays(shapes.input_shapes[0], dtype, 0.25 if op == "pow" else -3.0, 3.0))
+    y = data.draw(arrays(shapes.input_shapes[1], dtype, -2.0 if op == "pow" else -3.0, 2.0 if op == "pow" else 3.0))
     if op == "real_div":
         y = np.where(np.abs(y) < 0.25, 0.25, y).astype(dtype)
     (out,) = run_mil(lambda x, y: getattr(mb, op)(x=x, y=y), {"x": x, "y": y})
@@ -74,6 +75,18 @@ def test_comparisons(run_mil, op, shapes, data):
 
 
 @EXAMPLES
+@given(hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=1, max_dims=3), st.data())
+def test_logical_ops(run_mil, shapes, data):
+    x = data.draw(hnp.arrays(np.bool_, shapes.input_shapes[0]))
+    y = data.draw(hnp.arrays(np.bool_, shapes.input_shapes[1]))
+    both, either, one, negated = run_mil(lambda x, y: [mb.logical_and(x=x, y=y), mb.logical_or(x=x, y=y),
+                                                       mb.logical_xor(x=x, y=y), mb.logical_not(x=x)], {"x": x, "y": y})
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    for out, ref in zip([both, either, one, negated], [tx & ty, tx | ty, tx ^ ty, ~tx], strict=True):
+        assert out.dtype == np.bool_ and np.array_equal(out, ref.numpy())
+
+
+@EXAMPLES
 @given(hnp.arrays(np.int32, (7,), elements=st.integers(-50, 50)),
        hnp.arrays(np.int32, (7,), elements=st.integers(1, 9) | st.integers(-9, -1)))
 def test_floor_div_and_mod_round_toward_negative_infinity(run_mil, x, y):
@@ -90,11 +103,15 @@ UNARY = {
     "relu6": (lambda v: np.minimum(np.maximum(v, 0), 6), -8, 8), "atan": (np.arctan, -3, 3),
     "erf": (lambda v: torch.erf(torch.from_numpy(v)).numpy(), -3, 3),
     "softplus": (lambda v: np.log1p(np.exp(v)), -3, 3), "softsign": (lambda v: v / (1 + np.abs(v)), -3, 3),
+    "acos": (np.arccos, -0.875, 0.875), "asin": (np.arcsin, -0.875, 0.875), "atanh": (np.arctanh, -0.875, 0.875),
+    "cosh": (np.cosh, -3, 3), "sinh": (np.sinh, -3, 3), "tan": (np.tan, -1.25, 1.25), "exp2": (np.exp2, -3, 3),
+    "round": (lambda v: torch.round(torch.from_numpy(v)).numpy(), -3, 3), "identity": (lambda v: v, -3, 3),
 }
 
 
-@EXAMPLES
-@given(st.sampled_from(sorted(UNARY)), FLOATS, hnp.array_shapes(max_dims=3), st.data())
+@pytest.mark.parametrize("op", sorted(UNARY))
+@PER_OP
+@given(FLOATS, hnp.array_shapes(max_dims=3), st.data())
 def test_unary(run_mil, op, dtype, shape, data):
     fn, low, high = UNARY[op]
     x = data.draw(arrays(shape, dtype, low, high))
@@ -120,16 +137,26 @@ def test_epsilon_ops(run_mil, dtype, epsilon, data):
 def test_parametric_activations(run_mil, dtype, alpha, beta, data):
     x = data.draw(arrays((2, 3, 4), dtype))
     a, b = np.dtype(dtype).type(alpha), np.dtype(dtype).type(beta)
+    slopes = data.draw(arrays((3,), dtype, 0.125, 2.0))  # per channel (axis 1)
     t = torch.from_numpy(x.astype(np.float64))
+    per_channel = torch.from_numpy(slopes.astype(np.float64)).reshape(1, 3, 1, 1)
+    t4 = t[..., None]
     outs = run_mil(lambda x: [
         mb.leaky_relu(x=x, alpha=a), mb.elu(x=x, alpha=a), mb.clip(x=x, alpha=-b, beta=b),
         mb.gelu(x=x, mode="EXACT"), mb.gelu(x=x, mode="TANH_APPROXIMATION"),
         mb.sigmoid_hard(x=x, alpha=a, beta=b), mb.thresholded_relu(x=x, alpha=a), mb.threshold(x=x, alpha=a),
-    ], {"x": x})
+        mb.gelu(x=x, mode="SIGMOID_APPROXIMATION"), mb.clamped_relu(x=x, alpha=a, beta=b),
+        mb.linear_activation(x=x, alpha=a, beta=b), mb.scaled_tanh(x=x, alpha=a, beta=b),
+        mb.prelu(x=mb.expand_dims(x=x, axes=[-1]), alpha=slopes),
+        mb.softplus_parametric(x=mb.expand_dims(x=x, axes=[-1]), alpha=slopes, beta=slopes),
+    ], {"x": x})  # prelu and softplus_parametric take rank-4 (N, C, H, W) inputs
     expected = [F.leaky_relu(t, float(a)), F.elu(t, float(a)), torch.clamp(t, -float(b), float(b)),
                 F.gelu(t), F.gelu(t, approximate="tanh"), torch.clamp(float(a) * t + float(b), 0, 1),
-                torch.where(t > float(a), t, 0.0), torch.clamp(t, min=float(a))]
-    for out, ref in zip(outs, expected):
+                torch.where(t > float(a), t, 0.0), torch.clamp(t, min=float(a)), t * torch.sigmoid(1.702 * t),
+                torch.clamp(torch.where(t >= 0, t, float(a) * t), max=float(b)), float(a) * t + float(b),
+                float(a) * torch.tanh(float(b) * t), torch.where(t4 >= 0, t4, per_channel * t4),
+                per_channel * F.softplus(per_channel * t4)]
+    for out, ref in zip(outs, expected, strict=True):
         close(out, ref.numpy())
 
 
@@ -221,7 +248,7 @@ def test_conv(run_mil, dtype, rank, groups, kernel, stride, pad_type, with_bias,
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.sampled_from(["max_pool", "avg_pool"]), st.integers(1, 2), st.integers(1, 3), st.integers(1, 2),
+@given(st.sampled_from(["max_pool", "avg_pool", "l2_pool"]), st.integers(1, 2), st.integers(1, 3), st.integers(1, 2),
        st.booleans(), st.data())
 def test_pools(run_mil, op, rank, kernel, stride, exclude_padding, data):
     size = data.draw(st.lists(st.integers(kernel, 8), min_size=rank, max_size=rank))
@@ -235,6 +262,8 @@ def test_pools(run_mil, op, rank, kernel, stride, exclude_padding, data):
     t = torch.from_numpy(x.astype(np.float64))
     if op == "max_pool":
         ref = {1: F.max_pool1d, 2: F.max_pool2d}[rank](F.pad(t, flat, value=-np.inf), kernel, stride)
+    elif op == "l2_pool":
+        ref = {1: F.lp_pool1d, 2: F.lp_pool2d}[rank](F.pad(t, flat), 2, kernel, stride)
     else:
         summed = {1: F.avg_pool1d, 2: F.avg_pool2d}[rank](F.pad(t, flat), kernel, stride) * kernel**rank
         ones = F.pad(torch.ones_like(t), flat)
@@ -266,6 +295,17 @@ def test_layer_norm_over_trailing_axes(run_mil, dtype, shape, n_axes, data):
     close(out, ref.numpy(), scale=8 * conditioning * max(1.0, float(np.max(np.abs(gamma)))))
 
 
+@EXAMPLES
+@given(FLOATS, hnp.array_shapes(min_dims=3, max_dims=5, max_side=4), st.data())
+def test_l2_norm_over_the_last_three_dims(run_mil, dtype, shape, data):
+    x = data.draw(arrays(shape, dtype, -2.0, 2.0))
+    eps = np.dtype(dtype).type(1e-6)
+    (out,) = run_mil(lambda x: mb.l2_norm(x=x, epsilon=eps), {"x": x})
+    t = torch.from_numpy(x.astype(np.float64))
+    norm = torch.sqrt((t * t).flatten(start_dim=-3).sum(-1) + float(eps))
+    close(out, (t / norm[..., None, None, None]).numpy())
+
+
 def test_batch_norm(run_mil):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 3, 5)).astype(np.float32)
@@ -283,14 +323,16 @@ REDUCTIONS = {
     "reduce_prod": np.prod, "reduce_sum_square": lambda v, axis, keepdims: np.sum(v * v, axis=axis, keepdims=keepdims),
     "reduce_l2_norm": lambda v, axis, keepdims: np.sqrt(np.sum(v * v, axis=axis, keepdims=keepdims)),
     "reduce_log_sum_exp": lambda v, axis, keepdims: np.log(np.sum(np.exp(v), axis=axis, keepdims=keepdims)),
+    "reduce_l1_norm": lambda v, axis, keepdims: np.sum(np.abs(v), axis=axis, keepdims=keepdims),
+    "reduce_log_sum": lambda v, axis, keepdims: np.log(np.sum(v, axis=axis, keepdims=keepdims)),
 }
 
 
-@EXAMPLES
-@given(st.sampled_from(sorted(REDUCTIONS)), FLOATS, hnp.array_shapes(min_dims=1, max_dims=4, max_side=5),
-       st.booleans(), st.data())
+@pytest.mark.parametrize("op", sorted(REDUCTIONS))
+@PER_OP
+@given(FLOATS, hnp.array_shapes(min_dims=1, max_dims=4, max_side=5), st.booleans(), st.data())
 def test_reductions(run_mil, op, dtype, shape, keep_dims, data):
-    x = data.draw(arrays(shape, dtype, -1.5, 1.5))
+    x = data.draw(arrays(shape, dtype, 0.125 if op == "reduce_log_sum" else -1.5, 1.5))
     axes = data.draw(st.lists(st.integers(-len(shape), len(shape) - 1), min_size=1, max_size=len(shape),
                               unique_by=lambda a: a % len(shape)))
     (out,) = run_mil(lambda x: getattr(mb, op)(x=x, axes=axes, keep_dims=keep_dims), {"x": x})
@@ -402,6 +444,28 @@ def test_shape_ops(run_mil):
                 t[1:2, :, 2:4], rev, t[:, :, :1], t[:, :, 1:]]
     for out, ref in zip(outs, expected, strict=True):
         assert np.array_equal(out, ref.numpy())
+
+
+def test_fill_range_shape_and_dequantize(run_mil):
+    x = np.zeros((2, 5, 3), np.float32)
+    q = np.array([[0, 128, 255], [10, 20, 30]], np.uint8)
+    scale, zero = np.array([0.5, 2.0], np.float32), np.array([128, 10], np.uint8)
+    filled, counted, shape, dequantized = run_mil(lambda x: [
+        mb.fill(shape=np.array([2, 3], np.int32), value=np.float32(1.25)),
+        mb.range_1d(end=np.int32(10), start=np.int32(1), step=np.int32(3)), mb.shape(x=x),
+        mb.dequantize(input=q, scale=scale, zero_point=zero, axis=0)], {"x": x})
+    assert np.array_equal(filled, np.full((2, 3), 1.25, np.float32))
+    assert np.array_equal(counted, [1, 4, 7])
+    assert shape.dtype == np.int32 and np.array_equal(shape, [2, 5, 3])
+    assert np.array_equal(dequantized, [[-64.0, 0.0, 63.5], [0.0, 20.0, 40.0]])
+
+
+def test_constexpr_cast_widens_an_fp16_constant(run_mil):
+    weights = np.array([0.1, -2.5, 65504.0], np.float16)
+    x = np.ones((3,), np.float32)
+    (out,) = run_mil(lambda x: mb.mul(x=x, y=mb.constexpr_cast(source_val=weights, output_dtype="fp32")), {"x": x},
+                     opset="iOS16")
+    assert out.dtype == np.float32 and np.array_equal(out, weights.astype(np.float32))
 
 
 # ---- recurrent ---------------------------------------------------------------------------------

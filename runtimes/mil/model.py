@@ -171,11 +171,11 @@ class MILModel:
     # -- running --------------------------------------------------------------------------------
 
     def _resolve(self, kind, ref, env):
-        if kind == "const":
-            return _widened(self._constants[ref])
+        if kind == "const":  # widened once at load
+            return self._constants[ref]
         if kind == "var":
             return _widened(env[ref])
-        return [_widened(env[r] if r in env else self._constants[r]) for r in ref]
+        return [_widened(env[r]) if r in env else self._constants[r] for r in ref]
 
     def _run_step(self, step: _Step, env) -> list[np.ndarray]:
         args = {param: self._resolve(kind, ref, env) for param, (kind, ref) in step.args.items()}

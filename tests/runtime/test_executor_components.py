@@ -111,18 +111,17 @@ def encoder(fp32_packages):
 @pytest.mark.parametrize("change, problem", [
     (lambda x: {"mel": x["mel"]}, "missing input 'mel_length'"),
     (lambda x: {**x, "extra": x["mel"]}, "unexpected input 'extra'"),
-    (lambda x: {**x, "mel": x["mel"][:, :, :100]}, "'mel' has shape [1, 128, 100], expected [1, 128, 1501]"),
+    (lambda x: {**x, "mel": x["mel"][:, :, :100]}, "'mel' has shape [1, {n_mels}, 100], expected {mel_shape}"),
     (lambda x: {**x, "mel_length": x["mel_length"].astype(np.int64)}, "'mel_length' has dtype int64, expected int32"),
     (lambda x: {**x, "mel": x["mel"].tolist()}, "'mel' is a list, not a numpy array"),
 ])
 def test_bad_input_lists_expected_inputs(encoder, dims, change, problem):
     inputs = example_inputs(COMPONENTS["encoder"], dims)
+    mel_shape = [1, dims.n_mels, dims.mel_frames]
     with pytest.raises(InputMismatch) as error:
         encoder.predict(change(inputs))
-    message = str(error.value).replace(str(dims.n_mels), "128").replace(str(dims.mel_frames), "1501")
-    assert problem in message
-    assert f"Expected inputs: mel: float32[1, {dims.n_mels}, {dims.mel_frames}], mel_length: int32[1]" \
-        in str(error.value)
+    assert problem.format(n_mels=dims.n_mels, mel_shape=mel_shape) in str(error.value)
+    assert f"Expected inputs: mel: float32{mel_shape}, mel_length: int32[1]" in str(error.value)
 
 
 def test_nan_and_inf_inputs_propagate_without_crashing(encoder, dims):

@@ -6,13 +6,18 @@ the suites run on the ``tiny`` preset.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from exporters.cache import ExportCache
-from exporters.convert import COMPUTE_UNITS, ExportOptions
+from exporters.components import ExportError
+from exporters.convert import COMPUTE_PRECISIONS, COMPUTE_UNITS, ExportOptions
 from exporters.export import Exporter
 from exporters.sources import DEFAULT_PRESET, ModelSource, add_source_options
 from runtimes.base import BACKENDS, BackendUnavailable, load_predictor, resolve_backend
+
+pytest_plugins = ["reports.plugin"]
 
 
 def pytest_addoption(parser):
@@ -25,6 +30,39 @@ def pytest_addoption(parser):
     group.addoption("--backend", dest="backend", default="auto", choices=BACKENDS,
                     help="what runs the exported packages: coreml (macOS), mil (our executor, any OS) "
                          "or auto (coreml on macOS, mil elsewhere)")
+    group.addoption("--compute-precision", dest="compute_precision", default="float16", choices=COMPUTE_PRECISIONS,
+                    help="precision of the exports the parity checks validate (default float16, as convert); "
+                         "end-to-end transcripts are checked at float32 too")
+    group.addoption("--audio", dest="audio", type=Path, default=None, metavar="FILE",
+                    help="a recording of your own for the parity checks (any rate, channels, common format), "
+                         "besides the synthetic speech and the edge inputs")
+    group.addoption("--tolerance", dest="tolerances", action="append", default=[], metavar="KEY:atol=A,rtol=R",
+                    help="override one entry of the tolerance table (validation/tolerances.py); repeatable")
+    group.addoption("--psnr-floor", dest="psnr_floor", type=float, default=None, metavar="DB",
+                    help="the PSNR every float output must reach (default 35 dB)")
+
+
+TOLERANCES = pytest.StashKey["ToleranceTable"]()
+
+
+def pytest_configure(config):
+    """Refuse bad tolerances and unusable --audio before any model is built."""
+    from validation.audio import read_audio
+    from validation.tolerances import load_tolerances
+
+    opt = config.option
+    try:
+        config.stash[TOLERANCES] = load_tolerances(config.rootpath / "pyproject.toml", opt.tolerances, opt.psnr_floor)
+        if opt.audio is not None:
+            read_audio(opt.audio)
+    except ExportError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
+@pytest.fixture(scope="session")
+def tolerances(pytestconfig):
+    """The tolerance table: defaults, pyproject.toml, then --tolerance / --psnr-floor."""
+    return pytestconfig.stash[TOLERANCES]
 
 
 @pytest.fixture(scope="session")

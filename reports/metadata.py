@@ -1,0 +1,95 @@
+"""``metadata.json``: the export's description, and the blocks the suites add to it.
+
+``convert`` writes the description; parity (``validation``), latency and quantization add their
+blocks. A block is only ever written beside the description of the model it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from exporters.components import ExportError
+from validation.checks import DECISION_CHECKS, FUSED_CHECKS, TORCH_CHECKS, TRANSCRIPT_CHECK, ClipParity
+
+METADATA = "metadata.json"
+
+
+def update_metadata(directory: Path, description: dict, **blocks) -> Path:
+    """Set ``blocks`` in ``directory/metadata.json``, creating it from ``description`` if absent.
+
+    Refuses (``ExportError``) a file that describes another model: its packages were not the
+    ones measured. Written to a temporary file and renamed, so readers never see half a file.
+    """
+    path = Path(directory) / METADATA
+    document = description
+    if path.exists():
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ExportError(f"{path}: not readable JSON ({e}); remove it or choose another directory") from None
+        theirs = document.get("model_source", {}).get("content_sha256")
+        ours = description["model_source"]["content_sha256"]
+        if theirs != ours:
+            raise ExportError(f"{path} describes {document.get('model', 'another model')}, not "
+                              f"{description['model']}; choose another directory")
+    document.update(blocks)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".metadata-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(document, indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _place(key: str) -> tuple[str, str]:
+    """The (component, output) a check key reports under."""
+    if key in TORCH_CHECKS:
+        return TORCH_CHECKS[key]
+    if key in DECISION_CHECKS:
+        return DECISION_CHECKS[key], "decisions"
+    if key in FUSED_CHECKS:
+        return FUSED_CHECKS[key], "fused_vs_separate"
+    if key == TRANSCRIPT_CHECK:
+        return "end_to_end", "transcript"
+    raise KeyError(key)
+
+
+def components_block(run: ClipParity) -> dict:
+    """Per component: each output's metrics with its match flag, the length check, any error."""
+    block: dict[str, dict] = {}
+    for key, result in run.results.items():
+        component, output = _place(key)
+        entry = block.setdefault(component, {"outputs": {}, "error": None})
+        record = result.as_dict()
+        if output.endswith("_length"):
+            entry["length_match"] = result.passed
+            entry[output] = record
+            continue
+        entry["outputs"][output] = record
+        if result.error and entry["error"] is None:
+            entry["error"] = result.error
+    return block
+
+
+def validation_block(runs: dict[str, ClipParity], primary: str, context: dict, transcripts: dict) -> dict:
+    """The ``validation`` block: ``context`` (backend, precision, tolerances, symbol steps) plus
+    the primary clip's components, every clip's checks, and the end-to-end transcripts."""
+    statuses = [r.as_dict()["status"] for run in runs.values() for r in run.results.values()]
+    statuses += [t["status"] for by_clip in transcripts.values() for t in by_clip.values()]
+    status = "failed" if any(s in ("failed", "error") for s in statuses) else "passed"
+    return {
+        **context,
+        "status": status,
+        "audio": [run.clip.as_dict() for run in runs.values()],
+        "primary_audio": primary,
+        "components": components_block(runs[primary]),
+        "clips": {name: {key: r.as_dict() for key, r in run.results.items()} for name, run in runs.items()},
+        "end_to_end": transcripts,
+    }

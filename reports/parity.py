@@ -1,0 +1,48 @@
+"""Parity results of one session (pytest or ``compare``), and how they are written out."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reports.metadata import update_metadata, validation_block
+from reports.plots import PARITY_DIR, parity_plots
+from validation.checks import TRANSCRIPT_CHECK, ClipParity
+
+
+@dataclass
+class ParityReport:
+    """Runs by precision and clip; ``precision`` is the one the ``validation`` block describes
+    (end-to-end transcripts of other precisions are kept too)."""
+
+    description: dict  # the export's metadata (``Exporter.metadata``)
+    context: dict  # requested and resolved backend, precision, tolerances, symbol steps
+    precision: str
+    primary_clip: str
+    runs: dict[str, dict[str, ClipParity]] = field(default_factory=dict)
+
+    def add(self, precision: str, run: ClipParity) -> None:
+        self.runs.setdefault(precision, {})[run.clip.name] = run
+
+    def _transcripts(self) -> dict:
+        return {precision: {name: run.results[TRANSCRIPT_CHECK].as_dict() for name, run in runs.items()
+                            if TRANSCRIPT_CHECK in run.results}
+                for precision, runs in self.runs.items()}
+
+    def title(self) -> str:
+        host = f"{platform.system()} {platform.machine()}"
+        return (f"{self.description['model']} · backend {self.context['backend']} · {self.precision} · {host}")
+
+    def write(self, directory: Path) -> tuple[Path, list[Path]]:
+        """``metadata.json``'s validation block and the plots of the primary clip (or, in a
+        session that selected other clips only, of the first clip run)."""
+        runs = self.runs.get(self.precision, {})
+        if not runs:
+            raise ValueError(f"no {self.precision} parity run to report")
+        primary = self.primary_clip if self.primary_clip in runs else next(iter(runs))
+        block = validation_block(runs, primary, self.context, self._transcripts())
+        path = update_metadata(directory, self.description, validation=block)
+        plots = parity_plots(runs[primary].series, self.title(), Path(directory) / PARITY_DIR,
+                             token_classes=self.description["vocab_size"] + 1)
+        return path, plots

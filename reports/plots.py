@@ -1,0 +1,152 @@
+"""Parity plots, drawn from the series a ``ClipParity`` keeps (``validation.checks``).
+
+Each figure's title names the model, backend, precision and host, so a PNG read on its own
+says what it shows.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+PARITY_DIR = Path("plots") / "compare-components"
+TOP_K = 10
+
+
+def _figure(rows: int, height: float = 2.6, width: float = 11.0):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, 1, figsize=(width, 1.2 + height * rows), squeeze=False)
+    return plt, fig, axes[:, 0]
+
+
+def _save(plt, fig, title: str, subject: str, path: Path) -> Path:
+    fig.suptitle("\n".join(textwrap.wrap(f"{subject} — {title}", 110)), fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _torch_vs_exported(ax, torch_values, exported: dict, ylabel: str, xlabel: str) -> None:
+    ax.plot(torch_values, label="Torch (NeMo)", color="black", linewidth=1.6)
+    for (name, values), style in zip(exported.items(), ("--", ":")):
+        ax.plot(values, style, label=name, linewidth=1.2)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel(xlabel)
+    ax.legend(loc="upper right", fontsize=8)
+
+
+def _delta(ax, torch_values, exported: dict, xlabel: str) -> None:
+    for name, values in exported.items():
+        ax.plot(np.asarray(values) - np.asarray(torch_values), label=f"{name} − Torch", linewidth=1.0)
+    ax.axhline(0.0, color="grey", linewidth=0.6)
+    ax.set_ylabel("Δ L2")
+    ax.set_xlabel(xlabel)
+    ax.legend(loc="upper right", fontsize=8)
+
+
+def mel_composite(series: dict, title: str, out_dir: Path) -> Path:
+    plt, fig, (a, b, d) = _figure(3)
+    torch_mel, exported_mel = series["mel_torch"], series["mel_exported"]
+    limits = dict(vmin=float(torch_mel.min()), vmax=float(torch_mel.max()))
+    for ax, values, name in ((a, torch_mel, "Torch mel"), (b, exported_mel, "exported mel")):
+        image = ax.imshow(values, aspect="auto", origin="lower", cmap="magma", **limits)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("mel bin")
+        fig.colorbar(image, ax=ax, pad=0.01)
+    difference = exported_mel - torch_mel
+    bound = float(np.abs(difference).max()) or 1e-12
+    image = d.imshow(difference, aspect="auto", origin="lower", cmap="coolwarm", vmin=-bound, vmax=bound)
+    d.set_title(f"exported − Torch (max |Δ| {bound:.3g})", fontsize=9)
+    d.set_ylabel("mel bin")
+    d.set_xlabel("frame (10 ms)")
+    fig.colorbar(image, ax=d, pad=0.01)
+    return _save(plt, fig, title, "Mel spectrogram", out_dir / "mel_composite.png")
+
+
+def encoder_l2(series: dict, title: str, out_dir: Path) -> Path:
+    exported = {name: series[key] for name, key in (("encoder", "encoder_l2_exported"),
+                                                    ("mel_encoder", "mel_encoder_l2_exported")) if key in series}
+    plt, fig, (top, bottom) = _figure(2)
+    _torch_vs_exported(top, series["encoder_l2_torch"], exported, "L2 over channels", "encoder frame (80 ms)")
+    _delta(bottom, series["encoder_l2_torch"], exported, "encoder frame (80 ms)")
+    return _save(plt, fig, title, "Encoder and mel_encoder output L2 per frame", out_dir / "encoder_l2.png")
+
+
+def decoder_steps(series: dict, title: str, out_dir: Path) -> Path:
+    exported = {"decoder": series["decoder_l2_exported"]}
+    plt, fig, (top, bottom) = _figure(2)
+    _torch_vs_exported(top, series["decoder_l2_torch"], exported, "L2 of decoder output", "symbol step")
+    _delta(bottom, series["decoder_l2_torch"], exported, "symbol step")
+    return _save(plt, fig, title, "Decoder rolled out over symbol steps (h, c carried)", out_dir / "decoder_steps.png")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(shifted.astype(np.float64))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def joint_topk(series: dict, title: str, out_dir: Path, token_classes: int) -> Path:
+    torch_p = _softmax(series["joint_logits_torch"][:, :token_classes])
+    exported_p = _softmax(series["joint_logits_exported"][:, :token_classes])
+    order = np.argsort(-torch_p, axis=-1)[:, :TOP_K]  # Torch's top-k tokens per frame
+    torch_top = np.take_along_axis(torch_p, order, axis=-1)
+    exported_top = np.take_along_axis(exported_p, order, axis=-1)
+    plt, fig, (dist, top, bottom) = _figure(3)
+    ranks = np.arange(1, TOP_K + 1)
+    width = 0.38
+    dist.bar(ranks - width / 2, torch_top.mean(0), width, yerr=torch_top.std(0), label="Torch", color="black",
+             alpha=0.7, capsize=2)
+    dist.bar(ranks + width / 2, exported_top.mean(0), width, yerr=exported_top.std(0), label="exported joint",
+             alpha=0.7, capsize=2)
+    dist.set_xticks(ranks)
+    dist.set_xlabel("rank of the token in Torch's distribution (mean ± std over frames)")
+    dist.set_ylabel("token probability")
+    dist.legend(loc="upper right", fontsize=8)
+    exported = {"joint": series["joint_l2_exported"]}
+    _torch_vs_exported(top, series["joint_l2_torch"], exported, "L2 of logits", "encoder frame")
+    _delta(bottom, series["joint_l2_torch"], exported, "encoder frame")
+    return _save(plt, fig, title, f"Joint: top-{TOP_K} token probabilities and logit L2 per frame",
+                 out_dir / "joint_topk_l2.png")
+
+
+def decisions(series: dict, title: str, out_dir: Path) -> Path:
+    torch_tokens, exported_tokens = series["decision_token_torch"], series["decision_token_exported"]
+    agree = torch_tokens == exported_tokens
+    frames = np.arange(torch_tokens.size)
+    plt, fig, (tokens, probs) = _figure(2)
+    tokens.scatter(frames, torch_tokens, s=28, facecolors="none", edgecolors="black", label="Torch")
+    tokens.scatter(frames[agree], exported_tokens[agree], s=8, color="tab:green", label="joint_decision, agrees")
+    tokens.scatter(frames[~agree], exported_tokens[~agree], s=14, color="tab:red", marker="x",
+                   label="joint_decision, differs")
+    tokens.set_title(f"token agreement {agree.mean():.1%} ({int((~agree).sum())} of {agree.size} frames differ)",
+                     fontsize=9)
+    tokens.set_ylabel("token id")
+    tokens.set_xlabel("encoder frame")
+    tokens.legend(loc="upper right", fontsize=8)
+    _torch_vs_exported(probs, series["decision_prob_torch"], {"joint_decision": series["decision_prob_exported"]},
+                       "token probability", "encoder frame")
+    return _save(plt, fig, title, "Joint decision: token agreement and token probability", out_dir / "joint_decision.png")
+
+
+def parity_plots(series: dict, title: str, out_dir: Path, token_classes: int) -> list[Path]:
+    """Every parity plot whose series the run produced (a component not exported draws nothing)."""
+    drawn = []
+    for needs, draw in (
+        (("mel_torch", "mel_exported"), lambda: mel_composite(series, title, out_dir)),
+        (("encoder_l2_torch",), lambda: encoder_l2(series, title, out_dir)),
+        (("decoder_l2_torch", "decoder_l2_exported"), lambda: decoder_steps(series, title, out_dir)),
+        (("joint_logits_torch", "joint_logits_exported"), lambda: joint_topk(series, title, out_dir, token_classes)),
+        (("decision_token_torch", "decision_token_exported"), lambda: decisions(series, title, out_dir)),
+    ):
+        if all(k in series for k in needs):
+            drawn.append(draw())
+    return drawn

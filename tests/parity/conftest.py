@@ -1,0 +1,68 @@
+"""The parity suite's session: clips, one runner per precision, and the report it feeds."""
+
+from __future__ import annotations
+
+import pytest
+
+from reports.parity import ParityReport
+from reports.plugin import PARITY_REPORT
+from validation.audio import EDGE_CLIPS, edge_clips, load_audio_file, synthetic_speech
+from validation.checks import SYMBOL_STEPS, ParityRunner
+
+
+def clip_names(config) -> list[str]:
+    audio = config.option.audio
+    return ([f"audio-{audio.stem}"] if audio else []) + ["speech", *EDGE_CLIPS]
+
+
+def pytest_generate_tests(metafunc):
+    if "clip_name" in metafunc.fixturenames:
+        metafunc.parametrize("clip_name", clip_names(metafunc.config))
+
+
+@pytest.fixture(scope="session")
+def clips(pytestconfig, export_cache, dims):
+    speech = synthetic_speech(export_cache, dims)
+    audio = pytestconfig.option.audio
+    recorded = [load_audio_file(audio, dims)] if audio else []
+    return {clip.name: clip for clip in recorded + [speech] + edge_clips(speech, dims)}
+
+
+@pytest.fixture(scope="session")
+def parity_report(pytestconfig, exporters, backend, tolerances):
+    opt = pytestconfig.option
+    precision = opt.compute_precision
+    exporter = exporters[precision]
+    context = {
+        "requested_backend": opt.backend,
+        "backend": backend,
+        "values_from": "Apple's Core ML runtime" if backend == "coreml" else
+                       "this project's MIL executor (runtimes/mil), not Core ML",
+        "compute_precision": precision,
+        "compute_units": opt.compute_units,
+        "tolerances": tolerances.as_dict(),
+        "symbol_steps": SYMBOL_STEPS,
+    }
+    report = ParityReport(exporter.metadata(exporter.export_all()), context, precision,
+                          clip_names(pytestconfig)[0])
+    pytestconfig.stash[PARITY_REPORT] = report
+    return report
+
+
+@pytest.fixture(scope="session")
+def parity(exporters, torch_model, dims, predictor, backend, tolerances, clips, parity_report):
+    """``parity(precision, clip_name)``: every check of that clip, run once per session."""
+    runners, done = {}, {}
+
+    def run(precision, clip_name):
+        if (precision, clip_name) not in done:
+            if precision not in runners:
+                exported = {e.name: e for e in exporters[precision].export_all()}
+                runners[precision] = ParityRunner(
+                    torch_model, dims, {name: e.package for name, e in exported.items()}, predictor, tolerances,
+                    backend, precision, origins=lambda name: exported[name].op_origins())
+            run_ = done[(precision, clip_name)] = runners[precision].run(clips[clip_name])
+            parity_report.add(precision, run_)
+        return done[(precision, clip_name)]
+
+    return run

@@ -1,0 +1,165 @@
+"""The audio the parity checks run on: synthetic speech, the user's recording, and edge cases.
+
+Every clip fills the fixed export window (``ModelDims.max_audio_samples`` at 16 kHz) and keeps
+its true length, which the preprocessor honours (per-feature normalisation uses valid frames).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from exporters.cache import ExportCache, cache_key
+from exporters.components import ExportError, ModelDims
+
+# 14.7 s of espeak-ng speech at 150 words per minute: it fits the 15 s window.
+SPEECH_TEXT = (
+    "Speech recognition on a phone has to match the model it came from. "
+    "We export every part of the network, run it beside the original, "
+    "and compare the numbers frame by frame, so a new converter cannot change a word unnoticed."
+)
+ESPEAK_VOICE = "en-us"
+ESPEAK_WORDS_PER_MINUTE = 150
+
+
+EDGE_CLIPS = ("silence", "dc", "clipping", "white_noise", "speech_1s")
+
+
+class AudioError(ExportError):
+    """Audio that cannot be used: the message names the input and what is expected."""
+
+
+class AudioAdjustedWarning(Warning):
+    """A recording was padded or trimmed to the export window."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    name: str
+    samples: np.ndarray  # float32 [max_audio_samples], zero-padded past ``length``
+    length: int  # valid samples
+    description: str
+    notes: tuple[str, ...] = ()  # what was done to fit the window
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        """The preprocessor's (and mel_encoder's) inputs."""
+        return {"audio_signal": self.samples[None, :], "audio_length": np.array([self.length], np.int32)}
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "valid_samples": self.length,
+                "notes": list(self.notes)}
+
+
+def check_samples(samples: np.ndarray, what: str) -> None:
+    """Refuse audio no model should be run on, before any model runs."""
+    if samples.size == 0:
+        raise AudioError(f"{what}: contains no samples; expected up to 15 s of audio")
+    bad = ~np.isfinite(samples)
+    if bad.any():
+        first = int(np.flatnonzero(bad.ravel())[0])
+        raise AudioError(f"{what}: {int(bad.sum())} NaN/Inf sample(s), the first at index {first}; "
+                         f"expected finite samples in [-1, 1]")
+
+
+def fit_window(samples: np.ndarray, dims: ModelDims, name: str, description: str, notes=()) -> Clip:
+    """Pad (or trim) mono 16 kHz ``samples`` to the window, noting a trim or a pad."""
+    notes = list(notes)
+    window = dims.max_audio_samples
+    seconds = samples.size / dims.sample_rate
+    if samples.size > window:
+        notes.append(f"trimmed from {seconds:.2f} s to the {dims.max_audio_seconds:g} s window")
+        samples = samples[:window]
+    elif samples.size < window:
+        notes.append(f"padded from {seconds:.2f} s to the {dims.max_audio_seconds:g} s window (true length kept)")
+    padded = np.zeros(window, np.float32)
+    padded[: samples.size] = samples
+    return Clip(name, padded, int(samples.size), description, tuple(notes))
+
+
+def read_audio(path: Path) -> tuple[np.ndarray, int, list[str]]:
+    """A recording as mono float32 at its own rate, refused with the reason if unusable."""
+    import soundfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"--audio {path}: no such file")
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioError(f"--audio {path}: not a readable audio file ({e}); expected WAV, FLAC, OGG or another "
+                         f"format libsndfile reads") from None
+    check_samples(data, f"--audio {path}")
+    notes = [f"mixed {data.shape[1]} channels to mono"] if data.shape[1] > 1 else []
+    return data.mean(axis=1), rate, notes
+
+
+def load_audio_file(path: Path, dims: ModelDims) -> Clip:
+    """Any rate, channel count and format libsndfile reads, as 16 kHz mono in the window."""
+    import soxr
+
+    path = Path(path)
+    mono, rate, notes = read_audio(path)
+    if rate != dims.sample_rate:
+        notes.append(f"resampled from {rate} Hz to {dims.sample_rate} Hz")
+        mono = soxr.resample(mono, rate, dims.sample_rate).astype(np.float32)
+    clip = fit_window(mono, dims, f"audio-{path.stem}", f"recording {path.name}", notes)
+    adjusted = [n for n in clip.notes if n.startswith(("trimmed", "padded"))]
+    if adjusted:
+        warnings.warn(f"--audio {path}: {adjusted[0]}", AudioAdjustedWarning, stacklevel=2)
+    return clip
+
+
+def espeak_version() -> str:
+    executable = shutil.which("espeak-ng")
+    if executable is None:
+        raise AudioError("espeak-ng is not installed; the parity checks synthesise their speech with it. "
+                         "Install it (Debian/Ubuntu: apt-get install espeak-ng; macOS: brew install espeak-ng)")
+    return subprocess.run([executable, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def synthetic_speech(cache: ExportCache, dims: ModelDims) -> Clip:
+    """:data:`SPEECH_TEXT` spoken by espeak-ng, resampled to the model's rate; cached by text, voice
+    and espeak-ng version."""
+    import soundfile
+    import soxr
+
+    version = espeak_version()
+    key = cache_key(kind="espeak-speech", text=SPEECH_TEXT, voice=ESPEAK_VOICE, wpm=ESPEAK_WORDS_PER_MINUTE,
+                    espeak=version, sample_rate=dims.sample_rate)
+
+    def build(tmp: Path) -> dict:
+        raw = tmp / "raw.wav"
+        subprocess.run(["espeak-ng", "-v", ESPEAK_VOICE, "-s", str(ESPEAK_WORDS_PER_MINUTE), "-w", str(raw),
+                        SPEECH_TEXT], check=True, capture_output=True)
+        data, rate = soundfile.read(str(raw), dtype="float32")
+        raw.unlink()
+        soundfile.write(str(tmp / "speech.wav"), soxr.resample(data, rate, dims.sample_rate), dims.sample_rate,
+                        subtype="FLOAT")
+        return {"espeak": version, "source_rate": rate}
+
+    entry = cache.get_or_build(key, build)
+    samples, _ = soundfile.read(str(entry.path / "speech.wav"), dtype="float32")
+    clip = fit_window(samples, dims, "speech", f"espeak-ng {ESPEAK_VOICE} speech at {ESPEAK_WORDS_PER_MINUTE} wpm")
+    return Clip(clip.name, clip.samples, clip.length, clip.description)  # the pad is by design, not a note
+
+
+def edge_clips(speech: Clip, dims: ModelDims, seed: int = 0) -> list[Clip]:
+    """:data:`EDGE_CLIPS`: silence, DC, full-scale clipping, white noise, and 1 s of speech padded
+    to the window."""
+    window, rate = dims.max_audio_samples, dims.sample_rate
+    rng = np.random.default_rng(seed)
+    one_second = fit_window(speech.samples[:rate], dims, "speech_1s", "the first 1 s of the speech, zero-padded")
+    return [
+        Clip("silence", np.zeros(window, np.float32), window, "digital silence"),
+        Clip("dc", np.full(window, 0.5, np.float32), window, "a constant 0.5 (DC)"),
+        Clip("clipping", np.clip(speech.samples * 20.0, -1.0, 1.0).astype(np.float32), speech.length,
+             "the speech at 20x gain, clipped to full scale"),
+        Clip("white_noise", (0.1 * rng.standard_normal(window)).astype(np.float32), window,
+             "white noise, RMS 0.1"),
+        Clip(one_second.name, one_second.samples, one_second.length, one_second.description),
+    ]

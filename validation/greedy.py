@@ -1,0 +1,109 @@
+"""Greedy TDT decoding driven from the host, as an app drives the exported packages, and NeMo's
+own greedy TDT decoding as the reference.
+
+The rules are NeMo's (``GreedyTDTInfer._greedy_decode``): start from the blank id with zero
+LSTM state; token = argmax of the first V+1 logits, duration = durations[argmax of the rest];
+the prediction network advances only after a non-blank; the frame index advances by the
+duration; at most ``max_symbols`` decisions per frame, after which the frame index also
+advances by one; a blank with duration 0 advances one frame (NeMo repeats the same decision
+until the symbol budget runs out, then moves one frame on: the same outcome).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from exporters.components import ModelDims
+
+MAX_SYMBOLS_PER_FRAME = 10
+
+# (token, h, c) -> (decoder output [1, H, 1], h, c)
+DecoderStep = Callable[[int, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+# (encoder frame [1, D, 1], decoder output [1, H, 1]) -> (token id, token probability, duration index)
+Decide = Callable[[np.ndarray, np.ndarray], tuple[int, float, int]]
+
+
+@dataclass
+class Transcript:
+    tokens: list[int] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)  # the frame each token was emitted at
+    durations: list[int] = field(default_factory=list)  # frames each token advanced
+    token_probs: list[float] = field(default_factory=list)  # only the host decoder knows them
+    emitted_at: list[int] = field(default_factory=list)  # the decision (joint evaluation) of each token
+    decisions: int = 0  # joint evaluations, blanks included
+
+    def as_dict(self) -> dict:
+        return {"tokens": self.tokens, "frames": self.frames, "durations": self.durations,
+                "decisions": self.decisions}
+
+
+def greedy_tdt(encoder: np.ndarray, length: int, dims: ModelDims, decoder_step: DecoderStep, decide: Decide,
+               max_symbols: int = MAX_SYMBOLS_PER_FRAME) -> Transcript:
+    """Decode ``encoder`` [1, D, T] up to ``length`` frames."""
+    blank, durations = dims.blank_id, dims.durations
+    zeros = np.zeros((dims.pred_layers, 1, dims.pred_hidden), np.float32)
+    decoded, h, c = decoder_step(blank, zeros, zeros)
+    transcript = Transcript()
+    t = 0
+    while t < length:
+        frame = encoder[:, :, t:t + 1]
+        for symbols in range(1, max_symbols + 1):
+            token, prob, duration_index = decide(frame, decoded)
+            skip = durations[duration_index]
+            if token != blank:
+                transcript.emitted_at.append(transcript.decisions)
+                transcript.tokens.append(token)
+                transcript.frames.append(t)
+                transcript.durations.append(skip)
+                transcript.token_probs.append(prob)
+                decoded, h, c = decoder_step(token, h, c)
+            transcript.decisions += 1
+            if token == blank and skip == 0:  # NeMo repeats this very decision until the budget is spent
+                symbols = max_symbols
+                break
+            t += skip
+            if skip:
+                break
+        if symbols == max_symbols:
+            t += 1
+    return transcript
+
+
+def package_decoder_step(decoder) -> DecoderStep:
+    """The exported decoder package as a ``DecoderStep``."""
+    length = np.ones(1, np.int32)
+
+    def step(token, h, c):
+        out = decoder.predict({"targets": np.array([[token]], np.int32), "target_length": length,
+                               "h_in": h, "c_in": c})
+        return out["decoder"], out["h_out"], out["c_out"]
+
+    return step
+
+
+def package_decide(joint_decision_single_step) -> Decide:
+    """The exported single-step joint+decision package as a ``Decide``."""
+    def decide(frame, decoded):
+        out = joint_decision_single_step.predict({"encoder_step": frame, "decoder_step": decoded})
+        return int(out["token_id"].item()), float(out["token_prob"].item()), int(out["duration"].item())
+
+    return decide
+
+
+def nemo_greedy_tdt(model, encoder: np.ndarray, length: int, dims: ModelDims,
+                    max_symbols: int = MAX_SYMBOLS_PER_FRAME) -> Transcript:
+    """NeMo's own greedy TDT decoding (``GreedyTDTInfer``) of ``encoder`` [1, D, T]."""
+    import torch
+    from nemo.collections.asr.parts.submodules.rnnt_greedy_decoding import GreedyTDTInfer
+
+    infer = GreedyTDTInfer(decoder_model=model.decoder, joint_model=model.joint, blank_index=dims.blank_id,
+                           durations=list(dims.durations), max_symbols_per_step=max_symbols, include_duration=True)
+    (hypotheses,) = infer(encoder_output=torch.from_numpy(np.ascontiguousarray(encoder)),
+                          encoded_lengths=torch.tensor([length]))
+    hypothesis = hypotheses[0]
+    as_list = lambda x: [int(v) for v in (x.tolist() if hasattr(x, "tolist") else x)]
+    return Transcript(tokens=as_list(hypothesis.y_sequence), frames=as_list(hypothesis.timestamp),
+                      durations=as_list(hypothesis.token_duration))

@@ -1,0 +1,159 @@
+"""How two outputs are compared: every metric the parity, latency and quantization reports use.
+
+One home for the formulas, so a number in ``metadata.json`` means the same thing everywhere.
+``reference`` is always the Torch (or uncompressed) output, ``candidate`` the exported one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``allclose`` bounds for one output (numpy semantics: |c - r| <= atol + rtol * |r|);
+    ``exact`` outputs (token ids, durations, lengths) must be equal element for element."""
+
+    atol: float = 0.0
+    rtol: float = 0.0
+    exact: bool = False
+
+    def __str__(self) -> str:
+        return "exact" if self.exact else f"atol {self.atol:g}, rtol {self.rtol:g}"
+
+    def as_dict(self) -> dict:
+        return {"exact": True} if self.exact else {"atol": self.atol, "rtol": self.rtol}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The metrics of one output against its reference, and whether it meets its tolerance."""
+
+    shape: tuple[int, ...]
+    max_abs: float
+    max_rel: float
+    psnr_db: float  # inf where identical
+    mismatches: int  # elements outside the tolerance
+    worst_index: tuple[int, ...]
+    worst_reference: float
+    worst_candidate: float
+    tolerance: Tolerance
+    psnr_floor_db: float | None  # None for exact outputs
+
+    @property
+    def allclose(self) -> bool:
+        return self.mismatches == 0
+
+    @property
+    def psnr_ok(self) -> bool:
+        return self.psnr_floor_db is None or self.psnr_db >= self.psnr_floor_db
+
+    @property
+    def match(self) -> bool:
+        return self.allclose and self.psnr_ok
+
+    @property
+    def match_rate(self) -> float:
+        size = int(np.prod(self.shape)) if self.shape else 1
+        return 1.0 - self.mismatches / size if size else 1.0
+
+    def problems(self) -> list[str]:
+        """What failed, with the metric, the tolerance and where the worst element sits."""
+        found = []
+        where = (f"worst at index {list(self.worst_index)}: reference {self.worst_reference:.6g}, "
+                 f"exported {self.worst_candidate:.6g}")
+        if not self.allclose:
+            found.append(f"{self.mismatches} of {int(np.prod(self.shape))} elements outside {self.tolerance} "
+                         f"(max_abs {self.max_abs:.4g}, max_rel {self.max_rel:.4g}); {where}")
+        if not self.psnr_ok:
+            found.append(f"PSNR {self.psnr_db:.2f} dB below the floor of {self.psnr_floor_db:g} dB; {where}")
+        return found
+
+    def as_dict(self) -> dict:
+        return {
+            "shape": list(self.shape),
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "psnr_db": None if math.isinf(self.psnr_db) else round(self.psnr_db, 3),
+            "allclose": self.allclose,
+            "mismatches": self.mismatches,
+            "match_rate": self.match_rate,
+            "worst_index": list(self.worst_index),
+            "tolerance": self.tolerance.as_dict(),
+            "psnr_floor_db": self.psnr_floor_db,
+            "match": self.match,
+        }
+
+
+def max_rel(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """max of |r - c| / max(|r|, |c|), taking 0 where both are 0."""
+    r, c = reference.astype(np.float64), candidate.astype(np.float64)
+    denominator = np.maximum(np.abs(r), np.abs(c))
+    with np.errstate(all="ignore"):
+        rel = np.where(denominator > 0, np.abs(r - c) / denominator, 0.0)
+    return float(rel.max()) if rel.size else 0.0
+
+
+def psnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Peak signal-to-noise ratio: 20 log10(max|reference| / RMS error). Scale-free, so one
+    floor serves every output; inf where the two are identical."""
+    r, c = reference.astype(np.float64), candidate.astype(np.float64)
+    rmse = math.sqrt(float(np.mean((r - c) ** 2))) if r.size else 0.0
+    if not math.isfinite(rmse):
+        return -math.inf
+    if rmse == 0.0:
+        return math.inf
+    peak = float(np.max(np.abs(r)))
+    return 20.0 * math.log10(peak / rmse) if peak > 0 else -math.inf
+
+
+def compare(reference, candidate, tolerance: Tolerance, psnr_floor_db: float | None = None) -> Comparison:
+    """Every metric of ``candidate`` against ``reference``; shapes must agree."""
+    reference, candidate = np.asarray(reference), np.asarray(candidate)
+    if reference.shape != candidate.shape:
+        raise ValueError(f"shape {list(candidate.shape)} does not match the reference's {list(reference.shape)}")
+    r, c = reference.astype(np.float64), candidate.astype(np.float64)
+    error = np.abs(r - c)
+    error = np.where(np.isnan(error), np.inf, error)  # a NaN is the worst element there is
+    if tolerance.exact:
+        outside = r != c
+    else:
+        outside = ~(error <= tolerance.atol + tolerance.rtol * np.abs(r))
+    if outside.any():
+        worst = np.unravel_index(int(np.argmax(np.where(outside, error, -1.0))), r.shape)
+    else:
+        worst = np.unravel_index(int(np.argmax(error)), r.shape) if r.size else ()
+    return Comparison(
+        shape=tuple(reference.shape),
+        max_abs=float(error.max()) if error.size else 0.0,
+        max_rel=max_rel(reference, candidate),
+        psnr_db=psnr_db(reference, candidate),
+        mismatches=int(outside.sum()),
+        worst_index=tuple(int(i) for i in worst),
+        worst_reference=float(r[worst]) if r.size else 0.0,
+        worst_candidate=float(c[worst]) if c.size else 0.0,
+        tolerance=tolerance,
+        psnr_floor_db=None if tolerance.exact else psnr_floor_db,
+    )
+
+
+def l2_per_step(x: np.ndarray, step_axis: int) -> np.ndarray:
+    """The L2 norm over every axis but ``step_axis``: one value per time (or decoder) step."""
+    x = np.moveaxis(np.asarray(x, np.float64), step_axis, 0)
+    return np.sqrt((x.reshape(x.shape[0], -1) ** 2).sum(axis=1))
+
+
+def top1_margin(logits: np.ndarray) -> np.ndarray:
+    """The gap between the largest and second-largest logit along the last axis."""
+    top2 = np.partition(np.asarray(logits, np.float64), -2, axis=-1)[..., -2:]
+    return top2[..., 1] - top2[..., 0]
+
+
+def token_edit_distance(reference, candidate) -> int:
+    """Levenshtein distance between two token sequences (insertions, deletions, substitutions)."""
+    from rapidfuzz.distance import Levenshtein
+
+    return int(Levenshtein.distance(list(reference), list(candidate)))

@@ -55,8 +55,10 @@ def torch_module_outputs(module, args: Sequence) -> dict[str, np.ndarray]:
 
 
 def scope_paths(module) -> dict[str, str]:
-    """TorchScript scope path -> module path. Scopes skip containers that are never called
-    (``ModuleList``, ``ModuleDict``): ``encoder.layers.0`` appears as ``encoder.0``."""
+    """TorchScript scope path -> module path. Scopes skip modules that are never called:
+    containers (``ModuleList``, ``ModuleDict``: ``encoder.layers.0`` appears as ``encoder.0``)
+    and modules whose methods, not ``forward``, are called (NeMo's joint: ``joint.enc`` appears
+    as ``enc``). A scope that is a unique tail of a module path maps to that path."""
     import torch
 
     containers = (torch.nn.ModuleList, torch.nn.ModuleDict)
@@ -68,6 +70,14 @@ def scope_paths(module) -> dict[str, str]:
             if not isinstance(parent, containers):
                 kept.append(part)
         paths[".".join(kept)] = path
+    tails: dict[str, set[str]] = {}
+    for scope, path in paths.items():
+        parts = scope.split(".")
+        for start in range(1, len(parts)):
+            tails.setdefault(".".join(parts[start:]), set()).add(path)
+    for tail, found in tails.items():
+        if tail not in paths and len(found) == 1:
+            paths[tail] = found.pop()
     return paths
 
 

@@ -1,0 +1,80 @@
+"""The host's greedy TDT decoder follows NeMo's rules: driven by the Torch modules it must
+reproduce NeMo's ``GreedyTDTInfer`` exactly, token for token, frame for frame."""
+
+from __future__ import annotations
+
+from collections import Counter
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+
+from exporters.components import COMPONENTS
+from validation.checks import _decision_from_logits, _torch
+from validation.greedy import MAX_SYMBOLS_PER_FRAME, greedy_tdt, nemo_greedy_tdt
+
+pytestmark = pytest.mark.parity
+
+SEEDS = range(12)
+
+
+def _torch_callables(model, dims, seen: Counter):
+    decoder = COMPONENTS["decoder"].wrapper(model).eval()
+    joint = COMPONENTS["joint"].wrapper(model).eval()
+
+    def step(token, h, c):
+        return tuple(_torch(decoder, np.array([[token]], np.int32), np.ones(1, np.int32), h, c))
+
+    def decide(frame, decoded):
+        token, prob, duration, _, _ = _decision_from_logits(_torch(joint, frame, decoded)[0], dims)
+        seen[(int(token.item()) == dims.blank_id, dims.durations[int(duration.item())])] += 1
+        return int(token.item()), float(prob.item()), int(duration.item())
+
+    return step, decide
+
+
+@contextmanager
+def _biased_joint(model, dims, blank: float, duration_zero: float):
+    """The random joint almost never says blank; raising the blank and duration-0 biases makes
+    every kind of decision happen. The weights are restored afterwards."""
+    bias = model.joint.joint_net[-1].bias
+    original = bias.detach().clone()
+    with torch.no_grad():
+        bias[dims.blank_id] += blank
+        bias[dims.vocab_size + 1] += duration_zero
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            bias.copy_(original)
+
+
+@pytest.fixture(scope="module")
+def decodes(torch_model, dims):
+    seen = Counter()
+    step, decide = _torch_callables(torch_model, dims, seen)
+    found = []
+    for seed in SEEDS:
+        rng = np.random.default_rng(seed)
+        encoder = (rng.standard_normal((1, dims.encoder_dim, 40)) * (1 + seed % 4)).astype(np.float32)
+        with _biased_joint(torch_model, dims, blank=0.3 * seed, duration_zero=0.08 * seed):
+            found.append((nemo_greedy_tdt(torch_model, encoder, 40, dims), greedy_tdt(encoder, 40, dims, step, decide)))
+    return found, seen
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_host_decoder_equals_nemo(decodes, seed):
+    nemo, host = decodes[0][seed]
+    assert host.tokens == nemo.tokens
+    assert host.frames == nemo.frames
+    assert host.durations == nemo.durations
+
+
+def test_the_cases_cover_every_rule(decodes, dims):
+    """Without this the equality above could hold on paths that never exercise a rule."""
+    found, seen = decodes
+    assert {d for blank, d in seen if not blank} == set(dims.durations), seen  # tokens of every duration
+    assert {d for blank, d in seen if blank} == set(dims.durations), seen  # blanks of every duration, 0 included
+    busiest = max(Counter(host.frames).most_common(1)[0][1] for _, host in found if host.frames)
+    assert busiest == MAX_SYMBOLS_PER_FRAME, "no frame ran out of its symbol budget"

@@ -12,7 +12,7 @@ from exporters.convert import COMPUTE_UNITS
 
 BACKENDS = ("auto", "coreml", "mil")
 __all__ = ["BACKENDS", "COMPUTE_UNITS", "BackendUnavailable", "InputMismatch", "InputSpec", "check_inputs",
-           "load_predictor", "resolve_backend"]
+           "describe_backend", "load_predictor", "resolve_backend"]
 
 
 class BackendUnavailable(RuntimeError):
@@ -73,6 +73,11 @@ def resolve_backend(name: str) -> str:
     if name == "auto":
         return "coreml" if platform.system() == "Darwin" else "mil"
     return name
+
+
+def describe_backend(backend: str) -> str:
+    """What produced a backend's numbers, for every report that shows them."""
+    return "Apple's Core ML runtime" if backend == "coreml" else "this project's MIL executor (runtimes/mil), not Core ML"
 
 
 def load_predictor(package, backend: str = "auto", compute_units: str = "CPU_ONLY") -> Predictor:

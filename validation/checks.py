@@ -237,7 +237,7 @@ class ParityRunner:
 
     def __init__(self, model, dims: ModelDims, packages: dict[str, Path], load: Callable[[Path], object],
                  tolerances: ToleranceTable, backend: str, precision: str,
-                 origins: Callable[[str], dict] | None = None, symbol_steps: int = SYMBOL_STEPS):
+                 origins: Callable[[str], dict | None] | None = None, symbol_steps: int = SYMBOL_STEPS):
         self.model, self.dims, self.packages, self.precision = model, dims, packages, precision
         self.load, self.tolerances, self.backend = load, tolerances, backend
         self.origins, self.symbol_steps = origins, symbol_steps
@@ -253,10 +253,13 @@ class ParityRunner:
             return []
         from runtimes.divergence import first_divergences
 
+        origins = self.origins(component)
+        if origins is None:
+            return ["(not located: the export cache no longer holds this package's op origins)"]
         scale = float(np.max(np.abs(reference))) or 1.0
         order = [s.name for s in COMPONENTS[component].inputs(self.dims)]
         try:
-            found = first_divergences(self.load(self.packages[component]), self.origins(component),
+            found = first_divergences(self.load(self.packages[component]), origins,
                                       self.wrappers[component], inputs, order, threshold=tolerance.atol / scale)
         except Exception as e:  # the locator is a diagnostic; never hide the failure it explains
             return [f"(could not locate: {type(e).__name__}: {e})"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from reports.parity import ParityReport
+from reports.parity import ParityReport, parity_context
 from reports.plugin import PARITY_REPORT
 from validation.audio import EDGE_CLIPS, edge_clips, load_audio_file, synthetic_speech
-from validation.checks import SYMBOL_STEPS, ParityRunner
+from validation.checks import ParityRunner
 
 
 def clip_names(config) -> list[str]:
@@ -33,16 +33,7 @@ def parity_report(pytestconfig, exporters, backend, tolerances):
     opt = pytestconfig.option
     precision = opt.compute_precision
     exporter = exporters[precision]
-    context = {
-        "requested_backend": opt.backend,
-        "backend": backend,
-        "values_from": "Apple's Core ML runtime" if backend == "coreml" else
-                       "this project's MIL executor (runtimes/mil), not Core ML",
-        "compute_precision": precision,
-        "compute_units": opt.compute_units,
-        "tolerances": tolerances.as_dict(),
-        "symbol_steps": SYMBOL_STEPS,
-    }
+    context = parity_context(opt.backend, backend, precision, opt.compute_units, tolerances)
     report = ParityReport(exporter.metadata(exporter.export_all()), context, precision,
                           clip_names(pytestconfig)[0])
     pytestconfig.stash[PARITY_REPORT] = report

@@ -1,0 +1,92 @@
+"""The ``compare`` command: the parity checks and timings on a convert output directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile
+
+from exporters.cli import main
+
+pytestmark = pytest.mark.parity
+
+
+@pytest.fixture(scope="module")
+def converted(exporters, model_source, export_cache, tmp_path_factory):
+    exporters["float16"].export_all()  # into the session's cache, so convert only copies
+    out = tmp_path_factory.mktemp("compare") / "parakeet_coreml"
+    assert main(["convert", *model_source.cli_args(), "--output-dir", str(out),
+                 "--cache-dir", str(export_cache.root)]) == 0
+    return out
+
+
+def _compare(out, export_cache, *args):
+    return main(["compare", "--output-dir", str(out), "--cache-dir", str(export_cache.root), "--backend", "mil",
+                 *args])
+
+
+def test_compare_writes_validation_latency_and_plots(converted, export_cache, capsys):
+    code = _compare(converted, export_cache, "--runs", "2", "--warmup", "1")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    meta = json.loads((converted / "metadata.json").read_text())
+    validation = meta["validation"]
+    assert validation["status"] == "passed" and validation["backend"] == "mil"
+    assert "not Core ML" in validation["values_from"]
+    assert validation["symbol_steps"] == 32 and validation["tolerances"]["psnr_floor_db"] == 35.0
+    assert [a["name"] for a in validation["audio"]] == ["speech", "silence", "dc", "clipping", "white_noise",
+                                                         "speech_1s"]
+    encoder = validation["components"]["encoder"]
+    assert encoder["length_match"] and encoder["outputs"]["encoder"]["match"]
+    assert encoder["outputs"]["encoder"]["psnr_db"] > 35
+    assert validation["end_to_end"]["float16"]["speech"]["status"] == "passed"
+    latency = meta["latency"]
+    assert latency["runs"] == 2 and latency["warmup"] == 1 and latency["backend"] == "mil"
+    assert set(latency["components"]) == set(meta["components"])
+    assert latency["components"]["encoder"]["backend_ms"]["median"] > 0
+    plots = sorted(p.name for p in (converted / "plots" / "compare-components").iterdir())
+    assert plots == ["decoder_steps.png", "encoder_l2.png", "joint_decision.png", "joint_topk_l2.png",
+                     "mel_composite.png"]
+    assert "[6/6] speech_1s: 20 of 20 checks passed" in captured.err
+
+
+def test_a_tolerance_too_tight_fails_with_exit_1_and_says_where(converted, export_cache, capsys):
+    code = _compare(converted, export_cache, "--runs", "0", "--tolerance", "encoder.encoder:atol=1e-6,rtol=0")
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "encoder.encoder on speech:" in captured.err and "outside atol 1e-06, rtol 0" in captured.err
+    assert "first diverging operations" in captured.err
+    assert json.loads((converted / "metadata.json").read_text())["validation"]["status"] == "failed"
+
+
+def _assert_refused(code, captured, message):
+    assert code == 2, captured.err
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("parakeet-coreml compare: error:") and message in last, captured.err
+
+
+def test_bad_input_is_refused_before_any_model_runs(converted, export_cache, tmp_path, capsys):
+    before = (converted / "metadata.json").read_bytes()
+    _assert_refused(_compare(tmp_path / "absent", export_cache), capsys.readouterr(), "no metadata.json; run")
+    noisy = tmp_path / "nan.wav"
+    soundfile.write(str(noisy), np.array([0.0, np.nan], np.float32), 16000, subtype="FLOAT")
+    _assert_refused(_compare(converted, export_cache, "--audio", str(noisy)), capsys.readouterr(),
+                    "1 NaN/Inf sample(s)")
+    _assert_refused(_compare(converted, export_cache, "--tolerance", "encoder.nope:atol=1"), capsys.readouterr(),
+                    "unknown tolerance 'encoder.nope'")
+    assert (converted / "metadata.json").read_bytes() == before
+    with pytest.raises(SystemExit) as exit_info:
+        _compare(converted, export_cache, "--runs", "-1")
+    assert exit_info.value.code == 2 and "expected a whole number >= 0" in capsys.readouterr().err
+
+
+def test_a_directory_of_another_model_is_refused(converted, export_cache, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(converted, other)
+    meta = json.loads((other / "metadata.json").read_text())
+    meta["model_source"]["content_sha256"] = "0" * 64
+    (other / "metadata.json").write_text(json.dumps(meta))
+    _assert_refused(_compare(other, export_cache), capsys.readouterr(), "has changed since it was converted")

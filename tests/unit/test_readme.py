@@ -23,10 +23,16 @@ def test_readme_opens_with_setup_and_test_commands():
 def test_macos_workflow_runs_the_readme_commands():
     workflow = (ROOT / ".github" / "workflows" / "macos.yml").read_text()
     runs = [line.split("run:", 1)[1].strip() for line in workflow.splitlines() if line.strip().startswith("run:")]
-    assert runs == _readme_commands()
+    assert runs == ["brew install espeak-ng", *_readme_commands()]
     assert "macos-14" in workflow  # arm64 runners
 
 
 def test_ci_runs_the_readme_commands():
     script = (ROOT / ".ci" / "run").read_text()
     assert "readme_command 0" in script and "readme_command 1" in script
+    assert "apt-get install -y -qq espeak-ng" in script
+
+
+def test_readme_names_the_espeak_ng_install_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    assert "apt-get install espeak-ng" in readme and "brew install espeak-ng" in readme

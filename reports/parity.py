@@ -21,6 +21,22 @@ def parity_context(requested_backend: str, backend: str, precision: str, compute
             "symbol_steps": SYMBOL_STEPS}
 
 
+# plot series name -> the check whose L2 per step it draws
+_L2_SERIES = {"encoder_l2": "encoder.encoder", "mel_encoder_l2": "mel_encoder.encoder",
+              "decoder_l2": "decoder.decoder", "joint_l2": "joint.logits"}
+
+
+def plot_series(run: ClipParity) -> dict:
+    """The run's series plus, per check that measured one, its L2 per step (reference, exported)."""
+    series = dict(run.series)
+    for name, key in _L2_SERIES.items():
+        result = run.results.get(key)
+        if result is not None and result.l2_per_step:
+            series[f"{name}_torch"] = result.l2_per_step["reference"]
+            series[f"{name}_exported"] = result.l2_per_step["exported"]
+    return series
+
+
 @dataclass
 class ParityReport:
     """Runs by precision and clip; ``precision`` is the one the ``validation`` block describes
@@ -53,6 +69,6 @@ class ParityReport:
         primary = self.primary_clip if self.primary_clip in runs else next(iter(runs))
         block = validation_block(runs, primary, self.context, self._transcripts())
         path = update_metadata(directory, self.description, validation=block)
-        plots = parity_plots(runs[primary].series, self.title(), Path(directory) / PARITY_DIR,
+        plots = parity_plots(plot_series(runs[primary]), self.title(), Path(directory) / PARITY_DIR,
                              token_classes=self.description["vocab_size"] + 1)
         return path, plots

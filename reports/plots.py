@@ -74,9 +74,10 @@ def mel_composite(series: dict, title: str, out_dir: Path) -> Path:
 def encoder_l2(series: dict, title: str, out_dir: Path) -> Path:
     exported = {name: series[key] for name, key in (("encoder", "encoder_l2_exported"),
                                                     ("mel_encoder", "mel_encoder_l2_exported")) if key in series}
+    reference = series.get("encoder_l2_torch", series.get("mel_encoder_l2_torch"))
     plt, fig, (top, bottom) = _figure(2)
-    _torch_vs_exported(top, series["encoder_l2_torch"], exported, "L2 over channels", "encoder frame (80 ms)")
-    _delta(bottom, series["encoder_l2_torch"], exported, "encoder frame (80 ms)")
+    _torch_vs_exported(top, reference, exported, "L2 over channels", "encoder frame (80 ms)")
+    _delta(bottom, reference, exported, "encoder frame (80 ms)")
     return _save(plt, fig, title, "Encoder and mel_encoder output L2 per frame", out_dir / "encoder_l2.png")
 
 
@@ -139,14 +140,16 @@ def decisions(series: dict, title: str, out_dir: Path) -> Path:
 
 def parity_plots(series: dict, title: str, out_dir: Path, token_classes: int) -> list[Path]:
     """Every parity plot whose series the run produced (a component not exported draws nothing)."""
+    has = lambda *names: all(n in series for n in names)  # noqa: E731
     drawn = []
-    for needs, draw in (
-        (("mel_torch", "mel_exported"), lambda: mel_composite(series, title, out_dir)),
-        (("encoder_l2_torch",), lambda: encoder_l2(series, title, out_dir)),
-        (("decoder_l2_torch", "decoder_l2_exported"), lambda: decoder_steps(series, title, out_dir)),
-        (("joint_logits_torch", "joint_logits_exported"), lambda: joint_topk(series, title, out_dir, token_classes)),
-        (("decision_token_torch", "decision_token_exported"), lambda: decisions(series, title, out_dir)),
+    for ready, draw in (
+        (has("mel_torch", "mel_exported"), lambda: mel_composite(series, title, out_dir)),
+        (has("encoder_l2_torch") or has("mel_encoder_l2_torch"), lambda: encoder_l2(series, title, out_dir)),
+        (has("decoder_l2_torch", "decoder_l2_exported"), lambda: decoder_steps(series, title, out_dir)),
+        (has("joint_logits_torch", "joint_logits_exported", "joint_l2_torch"),
+         lambda: joint_topk(series, title, out_dir, token_classes)),
+        (has("decision_token_torch", "decision_token_exported"), lambda: decisions(series, title, out_dir)),
     ):
-        if all(k in series for k in needs):
+        if ready:
             drawn.append(draw())
     return drawn

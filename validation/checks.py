@@ -56,6 +56,12 @@ FUSED_CHECKS = {
     "fused.joint_decision_single_step": "joint_decision_single_step",
 }
 TRANSCRIPT_CHECK = "transcript"
+# The time (or decoder-step) axis of each float output, for its L2 norm per step.
+STEP_AXES = {
+    "preprocessor.mel": 2, "encoder.encoder": 2, "mel_encoder.encoder": 2, "fused.mel_encoder.encoder": 2,
+    "decoder.decoder": 0, "decoder.h_out": 0, "decoder.c_out": 0, "decoder.logits": 0, "joint.logits": 1,
+    "joint_decision.token_prob": 1, "joint_decision_single_step.token_prob": 1,
+}
 
 
 @dataclass
@@ -164,6 +170,7 @@ class CheckResult:
     comparison: Comparison | None = None
     decisions: DecisionAgreement | None = None
     transcript: TranscriptCheck | None = None
+    l2_per_step: dict | None = None  # {"reference": [...], "exported": [...]} along the output's step axis
     error: str | None = None  # the check could not run (a package failed, say)
     skipped: str | None = None  # the check does not apply (the component was not exported)
     divergences: list[str] = field(default_factory=list)
@@ -195,6 +202,8 @@ class CheckResult:
             d["error"] = self.error
         if self.measured is not None and not self.error:
             d.update(self.measured.as_dict())
+        if self.l2_per_step:
+            d["l2_per_step"] = self.l2_per_step
         if self.divergences:
             d["first_divergences"] = self.divergences
         return d
@@ -204,7 +213,7 @@ class CheckResult:
 class ClipParity:
     clip: Clip
     results: dict[str, CheckResult]
-    series: dict[str, np.ndarray]  # what the plots draw, by name
+    series: dict[str, np.ndarray]  # what the plots draw besides the results' L2 per step, by name
 
     def failed(self) -> list[CheckResult]:
         return [r for r in self.results.values() if not r.passed and not r.skipped]
@@ -303,6 +312,9 @@ class _RunContext:
         tolerance = tolerance or self.r.tolerances.tolerances.get(key, EXACT)
         comparison = compare(reference, candidate, tolerance, self.r.tolerances.psnr_floor_db)
         result = CheckResult(key, self.clip.name, comparison=comparison)
+        if key in STEP_AXES:
+            result.l2_per_step = {side: [float(f"{v:.6g}") for v in l2_per_step(values, STEP_AXES[key])]
+                                  for side, values in (("reference", reference), ("exported", candidate))}
         if not comparison.match and component is not None:
             result.divergences = self.r._divergences(component, inputs, reference, tolerance)
         return result
@@ -313,7 +325,7 @@ class _RunContext:
         audio = clip.inputs()
         mel_t, mel_length_t = _torch(r.wrappers["preprocessor"], audio["audio_signal"], audio["audio_length"])
         encoder_t, encoder_length_t = _torch(r.wrappers["encoder"], mel_t, mel_length_t)
-        self.series.update(mel_torch=mel_t[0], encoder_l2_torch=l2_per_step(encoder_t[0], 1))
+        self.series["mel_torch"] = mel_t[0]
         mel_inputs = {"mel": mel_t, "mel_length": mel_length_t}
         exported = {}
 
@@ -326,14 +338,12 @@ class _RunContext:
 
         def encoder():
             out = r._predict("encoder", mel_inputs)
-            self.series["encoder_l2_exported"] = l2_per_step(out["encoder"][0], 1)
             self._record("encoder.encoder_length", (), lambda: self._compare(
                 "encoder.encoder_length", encoder_length_t, out["encoder_length"]))
             return self._compare("encoder.encoder", encoder_t, out["encoder"], "encoder", mel_inputs)
 
         def mel_encoder():
             out = exported["mel_encoder"] = r._predict("mel_encoder", audio)
-            self.series["mel_encoder_l2_exported"] = l2_per_step(out["encoder"][0], 1)
             self._record("mel_encoder.encoder_length", (), lambda: self._compare(
                 "mel_encoder.encoder_length", encoder_length_t, out["encoder_length"]))
             return self._compare("mel_encoder.encoder", encoder_t, out["encoder"], "mel_encoder", audio)
@@ -400,8 +410,6 @@ class _RunContext:
                     states[side] = (h, c)
                     outputs[side].append((decoded, h, c))
             stacked = {side: [np.stack([o[i] for o in outputs[side]]) for i in range(3)] for side in outputs}
-            self.series.update(decoder_l2_torch=l2_per_step(stacked["torch"][0], 0),
-                               decoder_l2_exported=l2_per_step(stacked["exported"][0], 0))
             for i, name in enumerate(("h_out", "c_out")):
                 self._record(f"decoder.{name}", (), lambda i=i, name=name: self._compare(
                     f"decoder.{name}", stacked["torch"][i + 1], stacked["exported"][i + 1]))
@@ -434,13 +442,13 @@ class _RunContext:
         joint_inputs = {"encoder": encoder_t, "decoder": decoded_t}
         (logits_t,) = _torch(r.wrappers["joint"], encoder_t, decoded_t)
         ref = _decision_from_logits(logits_t, dims)
-        self.series.update(joint_logits_torch=logits_t[0, :, 0], joint_l2_torch=l2_per_step(logits_t[0, :, 0], 0),
-                           decision_token_torch=ref[0].ravel(), decision_prob_torch=ref[1].ravel())
+        self.series.update(joint_logits_torch=logits_t[0, :, 0], decision_token_torch=ref[0].ravel(),
+                           decision_prob_torch=ref[1].ravel())
         state = {}
 
         def joint():
             logits = state["logits"] = r._predict("joint", joint_inputs)["logits"]
-            self.series.update(joint_logits_exported=logits[0, :, 0], joint_l2_exported=l2_per_step(logits[0, :, 0], 0))
+            self.series["joint_logits_exported"] = logits[0, :, 0]
             return self._compare("joint.logits", logits_t, logits, "joint", joint_inputs)
 
         joint_result = self._record("joint.logits", ["joint"], joint)

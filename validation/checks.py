@@ -357,7 +357,7 @@ class _RunContext:
         reference_path = self._reference_transcript(encoder_t, int(encoder_length_t[0]))
         self._decoder_rollout(encoder_t, reference_path[0].tokens)
         self._joint_checks(encoder_t)
-        self._record(TRANSCRIPT_CHECK, ["decoder", "joint_decision_single_step"],
+        self._record(TRANSCRIPT_CHECK, ["mel_encoder", "decoder", "joint_decision_single_step"],
                      lambda: self._transcript(exported, encoder_t, int(encoder_length_t[0]), reference_path))
 
     def _fused_mel_encoder(self, exported) -> CheckResult:
@@ -495,11 +495,7 @@ class _RunContext:
 
     def _transcript(self, exported, encoder_t, length, reference) -> CheckResult:
         r, dims, model = self.r, self.dims, self.r.model
-        if "mel_encoder" in exported:
-            encoder_x = exported["mel_encoder"]["encoder"]
-        else:
-            encoder_x = r._predict("mel_encoder", self.clip.inputs())["encoder"]
-        host = greedy_tdt(encoder_x, length, dims, package_decoder_step(r.load(r.packages["decoder"])),
+        host = greedy_tdt(exported["mel_encoder"]["encoder"], length, dims, package_decoder_step(r.load(r.packages["decoder"])),
                           package_decide(r.load(r.packages["joint_decision_single_step"])))
         nemo = nemo_greedy_tdt(model, encoder_t, length, dims)
         joint = self.results.get("joint.logits")

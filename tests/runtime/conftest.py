@@ -4,13 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import settings
-
-# Same examples on every run, so CI cannot fail by luck; `--hypothesis-profile explore` draws
-# fresh ones to hunt for new failures.
-settings.register_profile("deterministic", derandomize=True)
-settings.register_profile("explore", derandomize=False)
-settings.load_profile("deterministic")
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,12 @@ def pytest_addoption(parser):
                     help="override one entry of the tolerance table (validation/tolerances.py); repeatable")
     group.addoption("--psnr-floor", dest="psnr_floor", type=float, default=None, metavar="DB",
                     help="the PSNR every float output must reach (default 35 dB)")
+    group.addoption("--latency-rounds", dest="latency_rounds", type=int, default=10, metavar="N",
+                    help="timed calls per side in the latency suite (default 10)")
+    group.addoption("--latency-warmup", dest="latency_warmup", type=int, default=3, metavar="N",
+                    help="untimed calls before them (default 3)")
+    group.addoption("--threads", dest="threads", type=int, default=None, metavar="N",
+                    help="threads for Torch and the executor's BLAS in the latency suite (default: every CPU)")
 
 
 TOLERANCES = pytest.StashKey["ToleranceTable"]()
@@ -51,6 +57,12 @@ def pytest_configure(config):
     from validation.tolerances import load_tolerances
 
     opt = config.option
+    for name in ("latency_rounds", "threads"):
+        value = getattr(opt, name)
+        if value is not None and value < 1:
+            raise pytest.UsageError(f"--{name.replace('_', '-')} {value}: expected a whole number of at least 1")
+    if opt.latency_warmup < 0:
+        raise pytest.UsageError(f"--latency-warmup {opt.latency_warmup}: expected 0 or more")
     try:
         config.stash[TOLERANCES] = load_tolerances(config.rootpath / "pyproject.toml", opt.tolerances, opt.psnr_floor)
         if opt.audio is not None:

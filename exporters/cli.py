@@ -124,12 +124,13 @@ def run_compare(args) -> int:
     from exporters.components import ModelDims
     from exporters.export import ORIGINS_FILE, print_progress
     from exporters.sources import ModelSource
-    from reports.metadata import METADATA, update_metadata
+    from reports.metadata import METADATA
     from reports.parity import ParityReport, parity_context
     from runtimes.base import BackendUnavailable, load_predictor, resolve_backend
     from validation.audio import edge_clips, load_audio_file, read_audio, synthetic_speech
     from validation.checks import ParityRunner
-    from validation.timing import latency_block
+    from reports.latency import write_latency
+    from validation.timing import all_cases, environment, latency_block, measure
     from validation.tolerances import load_tolerances
 
     directory = args.output_dir
@@ -177,11 +178,14 @@ def run_compare(args) -> int:
     for clip in clips:
         for note in clip.notes:
             print_progress(f"{clip.name}: {note}")
-    blocks = {}
+    latency = None
     if args.runs:
-        print_progress(f"timing {len(packages)} component(s): {args.warmup} warm-up and {args.runs} timed calls each")
-        blocks["latency"] = latency_block(model, dims, packages, load, clips[0], backend, args.runs, args.warmup,
-                                          print_progress)
+        cases = all_cases(model, dims, packages, load, lambda p: load_predictor(p, backend, units), clips[0])
+        print_progress(f"timing {len(cases)} case(s) on {clips[0].name}: a cold start, then {args.warmup} warm-up "
+                       f"and {args.runs} timed calls of each side")
+        audio_seconds = clips[0].length / dims.sample_rate
+        latency = latency_block(measure(cases, args.runs, args.warmup, audio_seconds, backend, print_progress),
+                                environment(backend, units, precision), audio_seconds)
     context = parity_context(args.backend, backend, precision, units, tolerances)
     report = ParityReport(description, context, precision, clips[0].name)
     def origins(name):
@@ -197,11 +201,12 @@ def run_compare(args) -> int:
         print_progress(f"[{i}/{len(clips)}] {clip.name}: {len(run.results) - len(failed)} of {len(run.results)} "
                        f"checks passed" + "".join(f"\n{r.message()}" for r in failed))
     path, plots = report.write(directory)
-    if blocks:
-        update_metadata(directory, description, **blocks)
+    if latency is not None:
+        _, latency_plotted = write_latency(directory, description, latency)
+        plots += latency_plotted
     status = json.loads(path.read_text())["validation"]["status"]
-    print(f"parity {status} on {backend} ({context['values_from']}); validation block in {path}, "
-          f"{len(plots)} plots in {plots[0].parent if plots else directory}")
+    print(f"parity {status} on {backend} ({context['values_from']}); validation{' and latency' if latency else ''} "
+          f"blocks in {path}, {len(plots)} plots in {plots[0].parent if plots else directory}")
     return 0 if status == "passed" else 1
 
 

@@ -48,6 +48,9 @@ class ParityReport:
     primary_clip: str
     runs: dict[str, dict[str, ClipParity]] = field(default_factory=dict)
 
+    def ready(self) -> bool:
+        return bool(self.runs)
+
     def add(self, precision: str, run: ClipParity) -> None:
         self.runs.setdefault(precision, {})[run.clip.name] = run
 

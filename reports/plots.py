@@ -153,3 +153,77 @@ def parity_plots(series: dict, title: str, out_dir: Path, token_classes: int) ->
         if ready:
             drawn.append(draw())
     return drawn
+
+
+def latency_title(block: dict, model: str) -> str:
+    """Host, OS, backend (labelled as executor timings where they are), compute units, versions."""
+    host, versions = block["host"], block["versions"]
+    backend = block["backend"] + (" — MIL executor timings, not Core ML" if block["backend"] == "mil" else "")
+    return (f"{model} · {backend} · {block['compute_units']} · {block['compute_precision']} · "
+            f"{host['os']} ({host['machine']}, {host['cpus']} CPUs, Torch threads {block['threads']['torch']}) · "
+            + ", ".join(f"{k} {v}" for k, v in versions.items()))
+
+
+def _paired_bars(ax, names: list[str], sides: list[tuple[str, list[dict], str]], ylabel: str) -> None:
+    """Bars of the median per side with the std as error bars; log scale, labels on the bars."""
+    x = np.arange(len(names))
+    width = 0.8 / len(sides)
+    for i, (label, stats, color) in enumerate(sides):
+        medians = [s["median"] for s in stats]
+        bars = ax.bar(x + (i - (len(sides) - 1) / 2) * width, medians, width, yerr=[s["std"] for s in stats],
+                      capsize=3, label=label, color=color, alpha=0.85)
+        ax.bar_label(bars, labels=[f"{m:.3g}" for m in medians], fontsize=7, padding=2)
+    ax.set_xticks(x, names, rotation=15, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.margins(y=0.25)
+    ax.legend(loc="upper right", fontsize=8)
+
+
+def _speedup_bars(ax, names: list[str], speedups: list[float], ylabel: str) -> None:
+    colors = ["tab:green" if s >= 1 else "tab:red" for s in speedups]
+    bars = ax.bar(names, speedups, color=colors, alpha=0.85)
+    ax.bar_label(bars, labels=[f"{s:.2f}×" for s in speedups], fontsize=8, padding=2)
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_ylabel(ylabel)
+    ax.set_yscale("log")
+    ax.margins(y=0.25)
+    ax.tick_params(axis="x", rotation=15)
+
+
+def latency_plots(block: dict, model: str, out_dir: Path) -> list[Path]:
+    """Latency summary, speedup, fused against separate, fused speedup."""
+    title = latency_title(block, model)
+    backend = "executor" if block["backend"] == "mil" else block["backend"]
+    rows = {**block["components"], **{f"end to end ({k})": v for k, v in block["end_to_end"].items()}}
+    drawn = []
+    if rows:
+        names = list(rows)
+        plt, fig, (ax,) = _figure(1, height=4.2)
+        _paired_bars(ax, names, [("Torch CPU", [rows[n]["torch_ms"] for n in names], "dimgray"),
+                                 (f"exported ({backend})", [rows[n]["backend_ms"] for n in names], "tab:blue")],
+                     f"ms per call (median ± std of {block_runs(rows)} runs)")
+        drawn.append(_save(plt, fig, title, "Latency per component, Torch against the exported package",
+                           out_dir / "latency_summary.png"))
+        plt, fig, (ax,) = _figure(1, height=3.6)
+        _speedup_bars(ax, names, [rows[n]["speedup"] for n in names], f"speedup (Torch / {backend}, medians)")
+        drawn.append(_save(plt, fig, title, "Speedup of the exported packages over Torch", out_dir / "latency_speedup.png"))
+    fused = block["fused"]
+    if fused:
+        names = list(fused)
+        plt, fig, (ax,) = _figure(1, height=3.8)
+        _paired_bars(ax, names, [("separate packages", [fused[n]["separate_ms"] for n in names], "tab:orange"),
+                                 ("fused package", [fused[n]["fused_ms"] for n in names], "tab:blue")],
+                     f"ms per call ({backend}, median ± std)")
+        drawn.append(_save(plt, fig, title, "Fused packages against their parts run in sequence "
+                           "(mel_encoder vs preprocessor→encoder; joint_decision vs joint + host decision)",
+                           out_dir / "latency_fused_vs_separate.png"))
+        plt, fig, (ax,) = _figure(1, height=3.2)
+        _speedup_bars(ax, names, [fused[n]["speedup"] for n in names], "speedup (separate / fused, medians)")
+        drawn.append(_save(plt, fig, title, "Speedup of fusing", out_dir / "latency_fused_speedup.png"))
+    return drawn
+
+
+def block_runs(rows: dict) -> str:
+    runs = sorted({entry["runs"] for entry in rows.values()})
+    return "/".join(str(r) for r in runs)

@@ -1,8 +1,9 @@
 """The pytest plugin: at the end of a session, the suites' results go into ``metadata.json``
 and plots under ``--report-dir``.
 
-Suites hand their results to the plugin through ``config.stash[PARITY_REPORT]``; a session
-that ran no parity test writes nothing.
+Suites hand their results to the plugin through ``config.stash[PARITY_REPORT]`` and
+``config.stash[LATENCY_REPORT]``; a session that ran neither suite writes nothing. The latency
+block also goes into pytest-benchmark's own JSON through its hooks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 from exporters.components import ExportError
 
 PARITY_REPORT = pytest.StashKey["object"]()
+LATENCY_REPORT = pytest.StashKey["object"]()
 _WRITTEN = pytest.StashKey[list]()
 
 
@@ -26,17 +28,36 @@ def pytest_addoption(parser):
 
 def pytest_sessionfinish(session, exitstatus):
     config = session.config
-    report = config.stash.get(PARITY_REPORT, None)
     lines = config.stash.setdefault(_WRITTEN, [])
-    if report is None or not report.runs:
-        return
-    try:
-        path, plots = report.write(config.option.report_dir)
-    except (ExportError, ValueError) as e:
-        lines.append(f"parity report not written: {e}")
-        return
-    lines.append(f"parity report: validation block in {path}; {len(plots)} plot(s) in "
-                 f"{plots[0].parent if plots else 'none'}")
+    for kind, key, block in (("parity", PARITY_REPORT, "validation"), ("latency", LATENCY_REPORT, "latency")):
+        report = config.stash.get(key, None)
+        if report is None or not report.ready():
+            continue
+        try:
+            path, plots = report.write(config.option.report_dir)
+        except (ExportError, ValueError) as e:
+            lines.append(f"{kind} report not written: {e}")
+            continue
+        lines.append(f"{kind} report: {block} block in {path}; {len(plots)} plot(s) in "
+                     f"{plots[0].parent if plots else 'none'}")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """pytest-benchmark's own JSON (--benchmark-json, --benchmark-save) carries the latency block too."""
+    report = config.stash.get(LATENCY_REPORT, None)
+    if report is not None and report.ready():
+        output_json["parakeet_coreml"] = {"model": report.description["model"], "latency": report.block()}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """What the timings depend on beyond the CPU: the backend and the library versions."""
+    report = config.stash.get(LATENCY_REPORT, None)
+    if report is not None:
+        env = report.environment
+        machine_info["parakeet_coreml"] = {k: env[k] for k in ("backend", "values_from", "compute_units",
+                                                                "compute_precision", "threads", "versions")}
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -44,12 +44,18 @@ def test_compare_writes_validation_latency_and_plots(converted, export_cache, ca
     assert encoder["outputs"]["encoder"]["psnr_db"] > 35
     assert validation["end_to_end"]["float16"]["speech"]["status"] == "passed"
     latency = meta["latency"]
-    assert latency["runs"] == 2 and latency["warmup"] == 1 and latency["backend"] == "mil"
+    assert latency["backend"] == "mil" and "not Core ML" in latency["values_from"]
     assert set(latency["components"]) == set(meta["components"])
-    assert latency["components"]["encoder"]["backend_ms"]["median"] > 0
+    encoder = latency["components"]["encoder"]
+    assert encoder["runs"] == 2 and encoder["warmup"] == 1 and encoder["backend_ms"]["rounds"] == 2
+    assert encoder["backend_ms"]["median"] > 0 and encoder["load_ms"] > 0 and encoder["first_call_ms"] > 0
+    assert encoder["speedup"] == pytest.approx(encoder["torch_ms"]["median"] / encoder["backend_ms"]["median"])
+    assert set(latency["fused"]) == {"mel_encoder", "joint_decision"}
+    assert latency["end_to_end"]["greedy_tdt"]["rtf"]["backend"] > 0
     plots = sorted(p.name for p in (converted / "plots" / "compare-components").iterdir())
     assert plots == ["decoder_steps.png", "encoder_l2.png", "joint_decision.png", "joint_topk_l2.png",
-                     "mel_composite.png"]
+                     "latency_fused_speedup.png", "latency_fused_vs_separate.png", "latency_speedup.png",
+                     "latency_summary.png", "mel_composite.png"]
     assert "[6/6] speech_1s: 20 of 20 checks passed" in captured.err
 
 

@@ -17,8 +17,10 @@ import numpy as np
 
 from exporters.components import COMPONENTS, ModelDims
 from validation.audio import Clip
-from validation.greedy import Transcript, greedy_tdt, nemo_greedy_tdt, package_decide, package_decoder_step
-from validation.metrics import Comparison, Tolerance, compare, l2_per_step, token_edit_distance, top1_margin
+from validation.greedy import (Transcript, decision_from_logits, greedy_tdt, nemo_greedy_tdt, package_decide,
+                               package_decoder_step, run_torch, torch_decoder_step,
+                               torch_greedy_tdt)
+from validation.metrics import Comparison, Tolerance, compare, l2_per_step, token_edit_distance
 from validation.tolerances import EXACT, ToleranceTable
 
 SYMBOL_STEPS = 32
@@ -219,28 +221,6 @@ class ClipParity:
         return [r for r in self.results.values() if not r.passed and not r.skipped]
 
 
-def _torch(module, *arrays):
-    import torch
-
-    with torch.no_grad():
-        out = module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
-    return [o.detach().float().numpy() if o.is_floating_point() else o.numpy().astype(np.int32)
-            for o in (out if isinstance(out, tuple) else (out,))]
-
-
-def _decision_from_logits(logits: np.ndarray, dims: ModelDims):
-    """The host's decision on raw logits: token argmax and its softmax probability over the
-    V+1 token logits, duration index argmax over the rest; with both margins."""
-    classes = dims.vocab_size + 1
-    token_logits = logits[..., :classes].astype(np.float64)
-    duration_logits = logits[..., classes:]
-    shifted = token_logits - token_logits.max(axis=-1, keepdims=True)
-    prob = 1.0 / np.exp(shifted).sum(axis=-1)
-    return (token_logits.argmax(axis=-1).astype(np.int32), prob.astype(np.float32),
-            duration_logits.argmax(axis=-1).astype(np.int32), top1_margin(token_logits),
-            top1_margin(duration_logits))
-
-
 class ParityRunner:
     """Runs every check of one model's exports on one backend."""
 
@@ -323,8 +303,8 @@ class _RunContext:
     def run_all(self) -> None:
         r, clip = self.r, self.clip
         audio = clip.inputs()
-        mel_t, mel_length_t = _torch(r.wrappers["preprocessor"], audio["audio_signal"], audio["audio_length"])
-        encoder_t, encoder_length_t = _torch(r.wrappers["encoder"], mel_t, mel_length_t)
+        mel_t, mel_length_t = run_torch(r.wrappers["preprocessor"], audio["audio_signal"], audio["audio_length"])
+        encoder_t, encoder_length_t = run_torch(r.wrappers["encoder"], mel_t, mel_length_t)
         self.series["mel_torch"] = mel_t[0]
         mel_inputs = {"mel": mel_t, "mel_length": mel_length_t}
         exported = {}
@@ -369,26 +349,10 @@ class _RunContext:
                                  f"{separate['encoder_length'].tolist()} from preprocessor then encoder")
         return self._compare("fused.mel_encoder.encoder", separate["encoder"], fused["encoder"])
 
-    def _torch_decoder_step(self):
-        wrapper = self.r.wrappers["decoder"]
-
-        def step(token, h, c):
-            return tuple(_torch(wrapper, np.array([[token]], np.int32), np.ones(1, np.int32), h, c))
-        return step
-
     def _reference_transcript(self, encoder_t, length) -> tuple[Transcript, list[float]]:
         """The host decoder's rules on the Torch modules, recording each decision's margins.
         (That these rules are NeMo's is proven by the unit tests against ``GreedyTDTInfer``.)"""
-        wrapper, dims = self.r.wrappers["joint"], self.dims
-        margins = []
-
-        def decide(frame, decoded):
-            (logits,) = _torch(wrapper, frame, decoded)
-            token, prob, duration, token_margin, duration_margin = _decision_from_logits(logits, dims)
-            margins.append(min(float(token_margin.item()), float(duration_margin.item())))
-            return int(token.item()), float(prob.item()), int(duration.item())
-
-        return greedy_tdt(encoder_t, length, dims, self._torch_decoder_step(), decide), margins
+        return torch_greedy_tdt(self.r.wrappers["decoder"], self.r.wrappers["joint"], encoder_t, length, self.dims)
 
     def _decoder_rollout(self, encoder_t, reference_tokens) -> None:
         """``symbol_steps`` decoder steps, each side carrying its own h and c, fed the same tokens
@@ -397,7 +361,7 @@ class _RunContext:
         rng = np.random.default_rng(0)
         extra = rng.integers(0, dims.vocab_size, size=steps).tolist()
         feed = ([dims.blank_id] + list(reference_tokens) + extra)[:steps]
-        torch_step = self._torch_decoder_step()
+        torch_step = torch_decoder_step(r.wrappers["decoder"])
         outputs = {"torch": [], "exported": []}
 
         def rollout():
@@ -426,11 +390,11 @@ class _RunContext:
 
     def _rollout_logits(self, encoder_t, outputs) -> CheckResult:
         r, dims = self.r, self.dims
-        torch_logits = np.stack([_torch(r.wrappers["joint"], encoder_t, d)[0] for d, _, _ in outputs["torch"]])
+        torch_logits = np.stack([run_torch(r.wrappers["joint"], encoder_t, d)[0] for d, _, _ in outputs["torch"]])
         exported_logits = np.stack([r._predict("joint", {"encoder": encoder_t, "decoder": d})["logits"]
                                     for d, _, _ in outputs["exported"]])
         result = self._compare("decoder.logits", torch_logits, exported_logits)
-        ref, got = _decision_from_logits(torch_logits, dims), _decision_from_logits(exported_logits, dims)
+        ref, got = decision_from_logits(torch_logits, dims), decision_from_logits(exported_logits, dims)
         self._record("decisions.joint", (), lambda: CheckResult("decisions.joint", self.clip.name, decisions=(
             decision_agreement(ref[0], ref[2], got[0], got[2], ref[3], ref[4], 2 * result.comparison.max_abs))))
         return result
@@ -438,10 +402,10 @@ class _RunContext:
     def _joint_checks(self, encoder_t) -> None:
         r, dims = self.r, self.dims
         zeros = np.zeros((dims.pred_layers, 1, dims.pred_hidden), np.float32)
-        decoded_t = self._torch_decoder_step()(dims.blank_id, zeros, zeros)[0]
+        decoded_t = torch_decoder_step(r.wrappers["decoder"])(dims.blank_id, zeros, zeros)[0]
         joint_inputs = {"encoder": encoder_t, "decoder": decoded_t}
-        (logits_t,) = _torch(r.wrappers["joint"], encoder_t, decoded_t)
-        ref = _decision_from_logits(logits_t, dims)
+        (logits_t,) = run_torch(r.wrappers["joint"], encoder_t, decoded_t)
+        ref = decision_from_logits(logits_t, dims)
         self.series.update(joint_logits_torch=logits_t[0, :, 0], decision_token_torch=ref[0].ravel(),
                            decision_prob_torch=ref[1].ravel())
         state = {}
@@ -459,7 +423,7 @@ class _RunContext:
                 ref[0], ref[2], outputs["token_id"], outputs["duration"], ref[3], ref[4], threshold))
 
         def fused_of(component, outputs):
-            host = _decision_from_logits(state["logits"], dims)
+            host = decision_from_logits(state["logits"], dims)
             agreement = decision_agreement(host[0], host[2], outputs["token_id"], outputs["duration"])
             prob = compare(host[1], outputs["token_prob"], self.r.tolerances["fused.token_prob"],
                            self.r.tolerances.psnr_floor_db)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from exporters.components import ModelDims
+from validation.metrics import top1_margin
 
 MAX_SYMBOLS_PER_FRAME = 10
 
@@ -91,6 +92,52 @@ def package_decide(joint_decision_single_step) -> Decide:
         return int(out["token_id"].item()), float(out["token_prob"].item()), int(out["duration"].item())
 
     return decide
+
+
+def run_torch(module, *arrays) -> list[np.ndarray]:
+    """A Torch wrapper called on numpy arrays: float outputs as float32, integer ones as int32."""
+    import torch
+
+    with torch.no_grad():
+        out = module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+    return [o.detach().float().numpy() if o.is_floating_point() else o.numpy().astype(np.int32)
+            for o in (out if isinstance(out, tuple) else (out,))]
+
+
+def decision_from_logits(logits: np.ndarray, dims: ModelDims):
+    """The host's decision on raw logits: token argmax and its softmax probability over the
+    V+1 token logits, duration index argmax over the rest; with both margins."""
+    classes = dims.vocab_size + 1
+    token_logits = logits[..., :classes].astype(np.float64)
+    duration_logits = logits[..., classes:]
+    shifted = token_logits - token_logits.max(axis=-1, keepdims=True)
+    prob = 1.0 / np.exp(shifted).sum(axis=-1)
+    return (token_logits.argmax(axis=-1).astype(np.int32), prob.astype(np.float32),
+            duration_logits.argmax(axis=-1).astype(np.int32), top1_margin(token_logits),
+            top1_margin(duration_logits))
+
+
+def torch_decoder_step(decoder) -> DecoderStep:
+    """The Torch ``Decoder`` wrapper as a ``DecoderStep``."""
+    def step(token, h, c):
+        return tuple(run_torch(decoder, np.array([[token]], np.int32), np.ones(1, np.int32), h, c))
+
+    return step
+
+
+def torch_greedy_tdt(decoder, joint, encoder: np.ndarray, length: int, dims: ModelDims
+                     ) -> tuple[Transcript, list[float]]:
+    """The host rules on the Torch ``Decoder`` and ``Joint`` wrappers, with every decision's margin
+    (the smaller of the token and duration top-1/top-2 logit margins)."""
+    margins = []
+
+    def decide(frame, decoded):
+        (logits,) = run_torch(joint, frame, decoded)
+        token, prob, duration, token_margin, duration_margin = decision_from_logits(logits, dims)
+        margins.append(min(float(token_margin.item()), float(duration_margin.item())))
+        return int(token.item()), float(prob.item()), int(duration.item())
+
+    return greedy_tdt(encoder, length, dims, torch_decoder_step(decoder), decide), margins
 
 
 def nemo_greedy_tdt(model, encoder: np.ndarray, length: int, dims: ModelDims,

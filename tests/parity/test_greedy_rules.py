@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from exporters.components import COMPONENTS
-from validation.checks import _decision_from_logits, _torch
-from validation.greedy import MAX_SYMBOLS_PER_FRAME, greedy_tdt, nemo_greedy_tdt
+from validation.greedy import (MAX_SYMBOLS_PER_FRAME, decision_from_logits, greedy_tdt, nemo_greedy_tdt, run_torch,
+                               torch_decoder_step)
 
 pytestmark = pytest.mark.parity
 
@@ -23,15 +23,12 @@ def _torch_callables(model, dims, seen: Counter):
     decoder = COMPONENTS["decoder"].wrapper(model).eval()
     joint = COMPONENTS["joint"].wrapper(model).eval()
 
-    def step(token, h, c):
-        return tuple(_torch(decoder, np.array([[token]], np.int32), np.ones(1, np.int32), h, c))
-
     def decide(frame, decoded):
-        token, prob, duration, _, _ = _decision_from_logits(_torch(joint, frame, decoded)[0], dims)
+        token, prob, duration, _, _ = decision_from_logits(run_torch(joint, frame, decoded)[0], dims)
         seen[(int(token.item()) == dims.blank_id, dims.durations[int(duration.item())])] += 1
         return int(token.item()), float(prob.item()), int(duration.item())
 
-    return step, decide
+    return torch_decoder_step(decoder), decide
 
 
 @contextmanager

@@ -27,6 +27,11 @@ def print_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def package_size(package: Path) -> int:
+    """Bytes of an ``.mlpackage`` directory."""
+    return sum(f.stat().st_size for f in Path(package).rglob("*") if f.is_file())
+
+
 @dataclass(frozen=True)
 class ExportedComponent:
     name: str
@@ -43,7 +48,7 @@ class ExportedComponent:
     @property
     def size_bytes(self) -> int:
         """The package's own size (the cache entry also holds its op origins)."""
-        return sum(f.stat().st_size for f in self.package.rglob("*") if f.is_file())
+        return package_size(self.package)
 
     def op_origins(self) -> dict[str, str]:
         """The Torch module each op of the package came from (``convert.op_origins``)."""

@@ -63,7 +63,7 @@ def _widened(value):
     return value
 
 
-def _load_program(model):
+def load_program(model):
     """The MIL program, from an ``MLModel``, an ``.mlpackage`` path or a pymil ``Program``."""
     import coremltools as ct
     from coremltools.converters.mil.frontend.milproto.load import load
@@ -97,7 +97,7 @@ class MILModel:
     def __init__(self, model):
         self._constants: dict[str, object] = {}
         self.steps: list[_Step] = []
-        self._plan_program(_load_program(model))
+        self._plan_program(load_program(model))
         self._widen_constants()
         self.variables = [name for step in self.steps for name in step.outputs]
         last_use = {}

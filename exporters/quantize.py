@@ -1,0 +1,238 @@
+"""Compressed variants of the exported packages (``coremltools.optimize.coreml``), cached like
+the exports they start from.
+
+A :class:`Variant` says, per component, which compression steps to apply in order (``"*"``
+for every component it does not name). The decoder's LSTM weights are left as they are unless
+a variant says otherwise: Core ML has no compressed LSTM kernel and the state it carries makes
+it the most fragile part. A variant that needs newer operations (int4 per block: iOS18) starts
+from an export for that target; the variant records it. The front end (the preprocessor, and
+the mel_encoder's preprocessor ops) is never compressed: its weights are the STFT basis and the
+mel filterbank, fixed signal processing rather than learned parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from exporters.cache import ExportCache, cache_key
+from exporters.components import ExportError
+from exporters.export import ExportedComponent, package_size
+
+STEP_KINDS = ("linear", "palettize", "prune")
+# Weights smaller than this stay uncompressed (coremltools' own default): biases, norms.
+WEIGHT_THRESHOLD = 2048
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ``coremltools.optimize.coreml`` pass: ``kind`` and its op config's arguments."""
+
+    kind: str
+    options: tuple[tuple[str, object], ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in STEP_KINDS:
+            raise ExportError(f"unknown compression step {self.kind!r}; expected one of: {', '.join(STEP_KINDS)}")
+
+    @classmethod
+    def of(cls, kind: str, **options) -> "Step":
+        return cls(kind, tuple(sorted(options.items())))
+
+    def describe(self) -> str:
+        return f"{self.kind}(" + ", ".join(f"{k}={v}" for k, v in self.options) + ")"
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, **dict(self.options)}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    summary: str
+    steps: dict[str, tuple[Step, ...]]  # component name or "*" -> steps in order
+    minimum_deployment_target: str = "iOS17"
+    keep_lstm: bool = True
+
+    def steps_for(self, component: str) -> tuple[Step, ...]:
+        return self.steps.get(component, self.steps.get("*", ()))
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "summary": self.summary, "minimum_deployment_target": self.minimum_deployment_target,
+                "keep_lstm": self.keep_lstm,
+                "steps": {c: [s.as_dict() for s in steps] for c, steps in self.steps.items()}}
+
+
+INT8_PER_CHANNEL = Step.of("linear", mode="linear", dtype="int8", granularity="per_channel")
+PALETTE = {bits: Step.of("palettize", mode="kmeans", nbits=bits, granularity="per_tensor") for bits in (8, 6, 4)}
+ENCODERS = ("encoder", "mel_encoder")
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("int8_per_channel", "int8 linear, per output channel", {"*": (INT8_PER_CHANNEL,)}),
+    Variant("int8_per_tensor_symmetric", "int8 linear, one symmetric scale per tensor",
+            {"*": (Step.of("linear", mode="linear_symmetric", dtype="int8", granularity="per_tensor"),)}),
+    *(Variant(f"palettize_{bits}bit", f"k-means palettization, {bits}-bit lookup table per tensor",
+              {"*": (PALETTE[bits],)}) for bits in (8, 6, 4)),
+    Variant("int4_per_block", "int4 linear per block of 32 (needs iOS18: exported for that target)",
+            {"*": (Step.of("linear", mode="linear_symmetric", dtype="int4", granularity="per_block",
+                           block_size=32),)}, minimum_deployment_target="iOS18"),
+    Variant("pruned_int8", "50% magnitude pruning, then int8 per channel on the kept weights "
+            "(joint compression needs iOS18: exported for that target)",
+            {"*": (Step.of("prune", target_sparsity=0.5), INT8_PER_CHANNEL)}, minimum_deployment_target="iOS18"),
+    Variant("mixed_8bit", "everything 8-bit: encoders palettized to 8 bits, the rest int8 per channel",
+            {**{c: (PALETTE[8],) for c in ENCODERS}, "*": (INT8_PER_CHANNEL,)}),
+    Variant("encoder_6bit_rest_int8", "encoders palettized to 6 bits, the rest int8 per channel",
+            {**{c: (PALETTE[6],) for c in ENCODERS}, "*": (INT8_PER_CHANNEL,)}),
+)}
+
+
+def _optimization_config(step: Step, keep_lstm: bool, untouched_ops: tuple[str, ...] = ()):
+    import coremltools.optimize.coreml as cto
+
+    config_class = {"linear": cto.OpLinearQuantizerConfig, "palettize": cto.OpPalettizerConfig,
+                    "prune": cto.OpMagnitudePrunerConfig}[step.kind]
+    options = {"weight_threshold": WEIGHT_THRESHOLD, **dict(step.options)}
+    try:
+        op_config = config_class(**options)
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"compression step {step.describe()}: {e}") from None
+    return cto.OptimizationConfig(global_config=op_config, op_type_configs={"lstm": None} if keep_lstm else None,
+                                  op_name_configs=dict.fromkeys(untouched_ops) or None)
+
+
+def apply_steps(mlmodel, steps: tuple[Step, ...], keep_lstm: bool, untouched_ops: tuple[str, ...] = ()):
+    """``mlmodel`` with each step applied in order; a step after another compresses jointly
+    (e.g. int8 of the pruned weights keeps their sparsity)."""
+    import coremltools.optimize.coreml as cto
+
+    passes = {"linear": cto.linear_quantize_weights, "palettize": cto.palettize_weights, "prune": cto.prune_weights}
+    for i, step in enumerate(steps):
+        config = _optimization_config(step, keep_lstm, untouched_ops)
+        mlmodel = passes[step.kind](mlmodel, config, joint_compression=i > 0)
+    return mlmodel
+
+
+def front_end_ops(base: ExportedComponent) -> tuple[str, ...] | None:
+    """Ops of ``base`` under its component's fp32 scopes (``Component.fp32_scopes``): the front
+    end's STFT basis and mel filterbank are not learned weights, and rounding them moves every
+    mel value (int8 on the preprocessor measured quality 0.944). None: the whole component."""
+    from exporters.components import COMPONENTS
+    from runtimes.mil.model import load_program
+
+    scopes = COMPONENTS[base.name].fp32_scopes
+    if "*" in scopes:
+        return None
+    if not scopes:
+        return ()
+    front = {out for out, origin in base.op_origins().items() if origin.split(".")[0] in scopes}
+    program = load_program(base.package)
+    return tuple(op.name for op in program.functions["main"].operations if op.outputs and op.outputs[0].name in front)
+
+
+@dataclass(frozen=True)
+class CompressedComponent:
+    """A variant's package of one component: compressed, or the base export where the variant
+    leaves the component alone."""
+
+    name: str
+    variant: str
+    package: Path
+    steps: tuple[Step, ...]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        return package_size(self.package)
+
+
+def compress(base: ExportedComponent, variant: Variant, cache: ExportCache, progress=lambda message: None
+             ) -> CompressedComponent:
+    """``base`` compressed by ``variant``, built once per (base package, steps) and cached."""
+    steps = variant.steps_for(base.name)
+    untouched = front_end_ops(base) if steps else None
+    if untouched is None:
+        return CompressedComponent(base.name, variant.name, base.package, (), {"uncompressed": True})
+    key = cache_key(kind="compressed", base=base.entry.path.name, component=base.name,
+                    steps=[s.as_dict() for s in steps], keep_lstm=variant.keep_lstm,
+                    code=hashlib.sha256(Path(__file__).read_bytes()).hexdigest())
+
+    def build(tmp: Path) -> dict:
+        import coremltools as ct
+
+        progress(f"  {variant.name}/{base.name}: " + " then ".join(s.describe() for s in steps) + " ...")
+        start = time.perf_counter()
+        mlmodel = ct.models.MLModel(str(base.package), skip_model_load=True)
+        try:
+            compressed = apply_steps(mlmodel, steps, variant.keep_lstm, untouched)
+        except ExportError:
+            raise
+        except Exception as e:  # a variant that cannot be built is an error, never the base package
+            raise ExportError(f"variant {variant.name} cannot compress {base.name}: {type(e).__name__}: {e}") from e
+        package = f"{base.name}.mlpackage"
+        compressed.save(str(tmp / package))
+        # Weights too small or of shapes a step cannot take (int4 blocks of 32 on a width of 48)
+        # stay as they were; a package where that is every weight is the base, re-saved.
+        constexprs = sum(op.op_type.startswith("constexpr_") for op in compressed._mil_program.functions["main"].operations)
+        return {"component": base.name, "variant": variant.name, "package": package,
+                "steps": [s.as_dict() for s in steps], "base_key": base.entry.path.name,
+                "front_end_ops_kept": len(untouched), "compressed_weights": constexprs,
+                "uncompressed": constexprs == 0,
+                "minimum_deployment_target": variant.minimum_deployment_target,
+                "compress_seconds": round(time.perf_counter() - start, 2)}
+
+    entry = cache.get_or_build(key, build)
+    return CompressedComponent(base.name, variant.name, entry.path / entry.info["package"], steps,
+                               {**entry.info, "cached": entry.hit})
+
+
+def variant_table(path: Path | None = None) -> dict[str, Variant]:
+    """The built-in variants plus those of ``[tool.parakeet-coreml.quantization.variants]`` in
+    ``pyproject.toml``: each a table with ``summary``, optional ``minimum_deployment_target`` and
+    ``keep_lstm``, and per component (or ``"*"``) a list of steps like
+    ``{ kind = "palettize", nbits = 6 }``."""
+    import tomllib
+
+    table = dict(VARIANTS)
+    if path is None or not Path(path).is_file():
+        return table
+    with open(path, "rb") as f:
+        declared = tomllib.load(f).get("tool", {}).get("parakeet-coreml", {}).get("quantization", {}).get("variants", {})
+    for name, spec in declared.items():
+        table[name] = parse_variant(name, spec, f"{path} [tool.parakeet-coreml.quantization.variants.{name}]")
+    return table
+
+
+def parse_variant(name: str, spec, where: str) -> Variant:
+    """A variant from its declaration (a mapping, or its JSON text from the command line)."""
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except ValueError as e:
+            raise ExportError(f"{where}: not JSON ({e})") from None
+    if not isinstance(spec, dict):
+        raise ExportError(f"{where}: expected a table of component -> list of steps")
+    spec = dict(spec)
+    summary = str(spec.pop("summary", name))
+    target = spec.pop("minimum_deployment_target", "iOS17")
+    keep_lstm = bool(spec.pop("keep_lstm", True))
+    from exporters.components import COMPONENTS
+    from exporters.convert import DEPLOYMENT_TARGETS
+
+    if target not in DEPLOYMENT_TARGETS:
+        raise ExportError(f"{where}: minimum_deployment_target {target!r}; expected one of {', '.join(DEPLOYMENT_TARGETS)}")
+    steps = {}
+    for component, declared in spec.items():
+        if component != "*" and component not in COMPONENTS:
+            raise ExportError(f"{where}: unknown component {component!r}; expected '*' or one of: "
+                              f"{', '.join(COMPONENTS)}")
+        if not isinstance(declared, list) or not all(isinstance(s, dict) and "kind" in s for s in declared):
+            raise ExportError(f"{where}: {component} must be a list of steps like {{\"kind\": \"linear\", ...}}")
+        steps[component] = tuple(Step.of(**s) for s in declared)
+        for step in steps[component]:
+            _optimization_config(step, keep_lstm)  # refuse bad arguments now, not mid-sweep
+    if not steps:
+        raise ExportError(f"{where}: no steps; name components (or '*') with their steps")
+    return Variant(name, summary, steps, target, keep_lstm)

@@ -44,6 +44,10 @@ def pytest_addoption(parser):
                     help="timed calls per side in the latency suite (default 10)")
     group.addoption("--latency-warmup", dest="latency_warmup", type=int, default=3, metavar="N",
                     help="untimed calls before them (default 3)")
+    group.addoption("--quantization-runs", dest="quantization_runs", type=int, default=3, metavar="N",
+                    help="timed calls per compressed package in the quantization suite (default 3; 0: no timing)")
+    group.addoption("--gate", dest="gates", action="append", default=[], metavar="VARIANT:METRIC=VALUE",
+                    help="override a quantization gate (validation/tolerances.py); repeatable")
     group.addoption("--threads", dest="threads", type=int, default=None, metavar="N",
                     help="threads for Torch and the executor's BLAS in the latency suite (default: every CPU)")
 
@@ -52,19 +56,21 @@ TOLERANCES = pytest.StashKey["ToleranceTable"]()
 
 
 def pytest_configure(config):
-    """Refuse bad tolerances and unusable --audio before any model is built."""
+    """Refuse bad tolerances, gates and unusable --audio before any model is built."""
     from validation.audio import read_audio
-    from validation.tolerances import load_tolerances
+    from validation.tolerances import load_gates, load_tolerances
 
     opt = config.option
     for name in ("latency_rounds", "threads"):
         value = getattr(opt, name)
         if value is not None and value < 1:
             raise pytest.UsageError(f"--{name.replace('_', '-')} {value}: expected a whole number of at least 1")
-    if opt.latency_warmup < 0:
-        raise pytest.UsageError(f"--latency-warmup {opt.latency_warmup}: expected 0 or more")
+    for name in ("latency_warmup", "quantization_runs"):
+        if getattr(opt, name) < 0:
+            raise pytest.UsageError(f"--{name.replace('_', '-')} {getattr(opt, name)}: expected 0 or more")
     try:
         config.stash[TOLERANCES] = load_tolerances(config.rootpath / "pyproject.toml", opt.tolerances, opt.psnr_floor)
+        load_gates(config.rootpath / "pyproject.toml", opt.gates)
         if opt.audio is not None:
             read_audio(opt.audio)
     except ExportError as e:
@@ -132,3 +138,38 @@ def predictor(backend, pytestconfig):
         return loaded[key]
 
     return load
+
+
+HELD_OUT_DECODE = ["mel_encoder", "decoder", "joint_decision_single_step"]
+
+
+@pytest.fixture(scope="session")
+def held_out(torch_model, dims, export_cache, exporters, predictor, pytestconfig):
+    """The held-out test set transcribed by NeMo and by the fp32, fp16 and int8-per-channel
+    exports (``validation.held_out``); shared by the parity and quantization suites and put in
+    the validation block. Skips on a model whose transcripts mean nothing."""
+    from exporters.quantize import VARIANTS, compress
+    from reports.plugin import HELD_OUT, PARITY_REPORT
+    from validation.checks import CONFIDENT_MEDIAN_PROB
+    from validation.held_out import (held_out_clips, median_token_probability, nemo_transcriber,
+                                     package_transcriber, transcribe_held_out)
+
+    clips = held_out_clips(export_cache, dims)
+    confidence = median_token_probability(torch_model, dims, [clip for _, clip in clips[:20]])
+    if confidence <= CONFIDENT_MEDIAN_PROB:
+        pytest.skip(f"the model is not confident (median top-1 probability {confidence:.3g} <= "
+                    f"{CONFIDENT_MEDIAN_PROB}): a random-weight preset's transcripts test nothing; "
+                    "the default --preset parakeet-tdt-tiny-trained runs this")
+    exported = {precision: {e.name: e for e in exporters[precision].export_all(HELD_OUT_DECODE)}
+                for precision in ("float32", "float16")}
+    packages = {precision: {name: e.package for name, e in by_name.items()} for precision, by_name in exported.items()}
+    int8 = VARIANTS["int8_per_channel"]
+    packages[int8.name] = {name: compress(e, int8, export_cache).package for name, e in exported["float16"].items()}
+    transcribers = {"nemo": nemo_transcriber(torch_model, dims),
+                    **{label: package_transcriber(p, predictor, dims) for label, p in packages.items()}}
+    result = transcribe_held_out(torch_model, clips, transcribers)
+    summary = pytestconfig.stash[HELD_OUT] = {**result.as_dict(), "median_token_prob": confidence}
+    report = pytestconfig.stash.get(PARITY_REPORT, None)
+    if report is not None:
+        report.held_out = summary
+    return result

@@ -227,3 +227,84 @@ def latency_plots(block: dict, model: str, out_dir: Path) -> list[Path]:
 def block_runs(rows: dict) -> str:
     runs = sorted({entry["runs"] for entry in rows.values()})
     return "/".join(str(r) for r in runs)
+
+
+QUANTIZE_DIR = Path("plots") / "quantize"
+FUSED_COMPONENTS = ("mel_encoder", "joint_decision", "joint_decision_single_step")
+
+
+def _variant_bars(ax, summary: dict, components: list[str], metric: str, ylabel: str, fmt: str = "{:.3g}",
+                  log: bool = False) -> None:
+    """Grouped bars: one group per component, one bar per variant."""
+    variants = [v for v, entry in summary.items() if not entry.get("error")]
+    x = np.arange(len(components))
+    width = 0.85 / max(1, len(variants))
+    cmap = __import__("matplotlib").colormaps["tab10"]
+    for i, variant in enumerate(variants):
+        values = [summary[variant]["components"].get(c, {}).get(metric) for c in components]
+        heights = [np.nan if v is None else v for v in values]
+        ax.bar(x + (i - (len(variants) - 1) / 2) * width, heights, width, label=variant, color=cmap(i % 10))
+    ax.set_xticks(x, components, rotation=15, ha="right")
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.legend(fontsize=7, ncol=min(5, len(variants)), loc="upper center", bbox_to_anchor=(0.5, -0.22))
+
+
+def quantization_plots(summary: dict, title: str, out_dir: Path) -> tuple[list[Path], list[str]]:
+    """Per-component quality, size, compression, latency and compile time; the fused packages'
+    quality, size, compression and latency; quality against size. Returns the plots and a line
+    per plot that could not be drawn (no such measurement here)."""
+    built = [v for v, e in summary.items() if not e.get("error")]
+    if not built:
+        return [], ["no variant was built"]
+    components = list(summary[built[0]]["components"])
+    drawn, skipped = [], []
+    per_component = (("quality", "quality (1 − ‖ref − q‖ / ‖ref‖)", "quantize_quality.png", False),
+                     ("size_mb", "package size (MB)", "quantize_size.png", True),
+                     ("compression_ratio", "compression ratio (uncompressed / compressed)", "quantize_compression.png",
+                      False),
+                     ("latency_ms", "latency (ms, median)", "quantize_latency.png", True),
+                     ("compile_ms", "Core ML compile time (ms)", "quantize_compile_time.png", True))
+    for metric, label, name, log in per_component:
+        if not any(summary[v]["components"][c].get(metric) is not None for v in built for c in components):
+            skipped.append(f"{name}: no {metric} measured"
+                           + (" (Core ML compiles only on macOS)" if metric == "compile_ms" else
+                              " (timing off: --runs 0)" if metric == "latency_ms" else ""))
+            continue
+        plt, fig, (ax,) = _figure(1, height=4.0)
+        _variant_bars(ax, summary, components, metric, label, log=log)
+        if metric == "quality":
+            ax.set_ylim(0, 1.05)
+            ax.axhline(0.95, color="grey", linestyle="--", linewidth=0.8)
+        drawn.append(_save(plt, fig, title, f"Per component: {label}", out_dir / name))
+    fused = [c for c in FUSED_COMPONENTS if c in components]
+    if fused:
+        metrics = [m for m in ("quality", "size_mb", "compression_ratio", "latency_ms")
+                   if any(summary[v]["components"][c].get(m) is not None for v in built for c in fused)]
+        plt, fig, axes = _figure(len(metrics), height=2.8)
+        for ax, metric in zip(axes, metrics):
+            _variant_bars(ax, summary, fused, metric, metric, log=metric in ("size_mb", "latency_ms"))
+            if ax is not axes[-1]:
+                ax.get_legend().remove()
+        drawn.append(_save(plt, fig, title, "Fused packages: quality, size, compression, latency",
+                           out_dir / "quantize_fused.png"))
+    plt, fig, (ax,) = _figure(1, height=4.6)
+    cmap = __import__("matplotlib").colormaps["tab10"]
+    markers = "osD^v<>pPX*"
+    for i, variant in enumerate(built):
+        for j, component in enumerate(components):
+            entry = summary[variant]["components"][component]
+            ax.scatter(entry["size_mb"], entry["quality"], color=cmap(i % 10), marker=markers[j % len(markers)],
+                       s=40, label=variant if j == 0 else None)
+    for j, component in enumerate(components):
+        ax.scatter([], [], color="grey", marker=markers[j % len(markers)], label=component)
+    ax.set_xscale("log")
+    ax.set_xlabel("package size (MB, log)")
+    ax.set_ylabel("quality")
+    ax.set_ylim(min(0.9, ax.get_ylim()[0]), 1.01)
+    ax.axhline(0.95, color="grey", linestyle="--", linewidth=0.8)
+    ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    drawn.append(_save(plt, fig, title, "Quality against size: each point a component of a variant",
+                       out_dir / "quantize_quality_vs_size.png"))
+    return drawn, skipped

@@ -16,6 +16,9 @@ from exporters.components import ExportError
 
 PARITY_REPORT = pytest.StashKey["object"]()
 LATENCY_REPORT = pytest.StashKey["object"]()
+# {"context": dict, "results": {variant: VariantResult}}, and the held-out transcription's summary
+QUANTIZATION_REPORT = pytest.StashKey[dict]()
+HELD_OUT = pytest.StashKey[dict]()
 _WRITTEN = pytest.StashKey[list]()
 
 
@@ -24,6 +27,9 @@ def pytest_addoption(parser):
     group.addoption("--report-dir", dest="report_dir", type=Path, default=Path("parakeet_coreml"),
                     help="where metadata.json and plots/ are written (default parakeet_coreml, the directory "
                          "the README's convert writes); a metadata.json there must describe the tested model")
+    group.addoption("--quantized-dir", dest="quantized_dir", type=Path, default=Path("parakeet_coreml_quantized"),
+                    help="where the quantization suite writes its variants, quantization_summary.json and "
+                         "plots/quantize/ (default parakeet_coreml_quantized, as the quantize command)")
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -40,6 +46,39 @@ def pytest_sessionfinish(session, exitstatus):
             continue
         lines.append(f"{kind} report: {block} block in {path}; {len(plots)} plot(s) in "
                      f"{plots[0].parent if plots else 'none'}")
+    quantization = config.stash.get(QUANTIZATION_REPORT, None)
+    if quantization and quantization["results"]:
+        try:
+            lines.append(_write_quantization(config, quantization))
+        except ExportError as e:
+            lines.append(f"quantization report not written: {e}")
+
+
+def _write_quantization(config, report: dict) -> str:
+    import shutil
+
+    from exporters.publish import publish, staging_dir
+    from reports.quantization import write_quantization
+    from validation.tolerances import load_gates
+
+    results = list(report["results"].values())
+    held_out = config.stash.get(HELD_OUT, None)
+    for result in results:
+        if held_out and result.variant.name in held_out["wer"]:
+            name = result.variant.name
+            result.held_out = {"utterances": held_out["utterances"], "wer": held_out["wer"][name],
+                               "wer_nemo": held_out["wer"]["nemo"],
+                               "wer_difference_to_nemo": held_out["wer_difference_to_nemo"][name]}
+    root = config.option.quantized_dir
+    staging = staging_dir(root, "--quantized-dir")
+    try:
+        path, plots, skipped = write_quantization(staging, results, report["context"],
+                                                  load_gates(config.rootpath / "pyproject.toml", config.option.gates))
+        publish(staging, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    notes = "".join(f"; not drawn: {line}" for line in skipped)
+    return f"quantization report: {root / path.name}; {len(plots)} plot(s){notes}"
 
 
 @pytest.hookimpl(optionalhook=True)

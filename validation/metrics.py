@@ -157,3 +157,26 @@ def token_edit_distance(reference, candidate) -> int:
     from rapidfuzz.distance import Levenshtein
 
     return int(Levenshtein.distance(list(reference), list(candidate)))
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    """Word edits (insertions, deletions, substitutions) over all reference words, as a fraction."""
+    from rapidfuzz.distance import Levenshtein
+
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    words = sum(len(r.split()) for r in references)
+    edits = sum(Levenshtein.distance(r.split(), h.split()) for r, h in zip(references, hypotheses))
+    return edits / words if words else float(edits > 0)
+
+
+def quality(reference, candidate) -> float:
+    """max(0, 1 - ||reference - candidate|| / ||reference||): 1 is identical, 0 is no better than
+    silence. Scale-free, for compressed packages against the uncompressed export."""
+    reference = np.asarray(reference, np.float64)
+    candidate = np.asarray(candidate, np.float64)
+    norm = float(np.linalg.norm(reference))
+    error = float(np.linalg.norm(reference - candidate))
+    if norm == 0.0:
+        return 1.0 if error == 0.0 else 0.0
+    return max(0.0, 1.0 - error / norm)

@@ -113,3 +113,61 @@ def load_tolerances(pyproject: Path | None = None, cli: list[str] = (), psnr_flo
     if overrides or psnr_floor_db is not None:
         table = table.with_overrides(overrides, psnr_floor_db, "command line")
     return table
+
+
+# Quantization gates: variant -> metric -> the minimum it must reach. "quality" holds for every
+# component of the variant, "joint_decision.acc" for the decision package's token-id match.
+# Per-tensor symmetric int8 and 4-bit palettization are measured, not gated: they are known to
+# hurt the encoder.
+QUANTIZATION_GATES: dict[str, dict[str, float]] = {
+    "int8_per_channel": {"quality": 0.95, "joint_decision.acc": 0.99},
+    "palettize_8bit": {"quality": 0.95},
+}
+GATE_METRICS = ("quality", "joint_decision.acc", "joint_decision.duration_match")
+
+
+def load_gates(pyproject: Path | None = None, cli: list[str] = ()) -> dict[str, dict[str, float]]:
+    """The gate table: defaults, then ``[tool.parakeet-coreml.quantization.gates.VARIANT]`` in
+    ``pyproject.toml``, then ``--gate VARIANT:METRIC=VALUE`` (the command line wins)."""
+    gates = {variant: dict(metrics) for variant, metrics in QUANTIZATION_GATES.items()}
+
+    def put(variant, metric, value, where):
+        if metric not in GATE_METRICS:
+            raise ExportError(f"{where}: unknown gate metric {metric!r}; expected one of: {', '.join(GATE_METRICS)}")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ExportError(f"{where}: {variant}.{metric} = {value!r} is not a number") from None
+        if not 0.0 <= value <= 1.0:
+            raise ExportError(f"{where}: {variant}.{metric} = {value} is outside [0, 1]")
+        gates.setdefault(variant, {})[metric] = value
+
+    if pyproject is not None and pyproject.is_file():
+        try:
+            section = tomllib.loads(pyproject.read_text()).get("tool", {}).get("parakeet-coreml", {})
+        except tomllib.TOMLDecodeError as e:
+            raise ExportError(f"{pyproject}: not valid TOML ({e})") from None
+        for variant, metrics in section.get("quantization", {}).get("gates", {}).items():
+            for metric, value in metrics.items():
+                put(variant, metric, value, str(pyproject))
+    for text in cli:
+        variant, sep, rest = text.partition(":")
+        metric, eq, value = rest.partition("=")
+        if not (sep and eq and variant and metric):
+            raise ExportError(f"--gate {text!r}: expected VARIANT:METRIC=VALUE (e.g. int8_per_channel:quality=0.95)")
+        put(variant, metric, value, "--gate")
+    return gates
+
+
+def gate_failures(variant: str, result: dict, gates: dict[str, dict[str, float]]) -> list[str]:
+    """What ``result`` (a variant's summary entry) misses of its gates, one line each."""
+    failures = []
+    for metric, minimum in gates.get(variant, {}).items():
+        if metric == "quality":
+            found = {name: c["quality"] for name, c in result["components"].items()}
+        else:
+            component, key = metric.split(".")
+            found = {component: result["components"][component][key]} if component in result["components"] else {}
+        failures += [f"{variant}: {name} {metric.split('.')[-1]} {value:.4f} < {minimum}"
+                     for name, value in found.items() if value < minimum]
+    return failures

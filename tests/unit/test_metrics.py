@@ -81,3 +81,29 @@ def test_token_edit_distance():
     assert token_edit_distance([1, 2, 3, 4], [1, 3, 4]) == 1
     assert token_edit_distance([1, 2], [2, 1]) == 2
     assert token_edit_distance([], [7]) == 1
+
+
+def test_word_error_rate_counts_word_edits_over_reference_words():
+    from validation.metrics import word_error_rate
+
+    # one substitution, one deletion over 3 + 2 reference words; an insertion in the second pair
+    assert word_error_rate(["the cat sat", "a dog"], ["the bat", "a big dog"]) == pytest.approx(3 / 5)
+    assert word_error_rate(["same words"], ["same words"]) == 0.0
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        word_error_rate(["a", "b"], ["a"])
+
+
+def test_held_out_verdicts_exact_for_fp32_bounded_for_the_rest():
+    from validation.held_out import HeldOutResult
+
+    refs = [" ".join(["w"] * 100), "x y"]
+    result = HeldOutResult(refs, texts={"nemo": refs, "float32": refs, "float16": [refs[0], "x z"],
+                                        "int8_per_channel": [refs[0], "q r"]},
+                           tokens={"nemo": [[1], [2, 3]], "float32": [[1], [2, 3]], "float16": [[1], [2, 4]],
+                                   "int8_per_channel": [[1], [5, 6]]})
+    assert result.failure("float32") is None
+    # 1 word of 102 differs: 0.98 points, over the half-point bound
+    assert "+0.98 points" in result.failure("float16")
+    result.tokens["float32"] = result.tokens["float16"]
+    assert "1 of 2 transcripts differ" in result.failure("float32")
+    assert result.as_dict()["status"] == "failed"

@@ -1,0 +1,53 @@
+"""A quantization sweep written out: each variant's folder (its packages and
+``quantization_metadata.json``), ``quantization_summary.json`` and the plots under
+``plots/quantize/<compute_units>/``. Used by ``parakeet-coreml quantize`` and the pytest plugin."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from pathlib import Path
+
+from reports.plots import QUANTIZE_DIR, quantization_plots
+from validation.tolerances import gate_failures
+
+SUMMARY = "quantization_summary.json"
+VARIANT_METADATA = "quantization_metadata.json"
+
+
+def summary_of(results, context: dict, gates: dict) -> dict:
+    """{variant: {summary, steps, components: {name: {quality, size_bytes, size_mb, compression_ratio,
+    latency_ms, compile_ms, ...}}, end_to_end, held_out, gates, measured_with}}."""
+    summary = {}
+    for result in results:
+        entry = result.as_dict()
+        gated = gates.get(result.variant.name, {})
+        failures = gate_failures(result.variant.name, entry, gates) if not result.error else []
+        entry["gates"] = {"thresholds": gated, "status": ("error" if result.error else "failed" if failures
+                                                          else "passed" if gated else "not gated"),
+                          "failures": failures}
+        entry["measured_with"] = context
+        summary[result.variant.name] = entry
+    return summary
+
+
+def title_of(context: dict) -> str:
+    return (f"{context['model']} · {context['backend']} ({context['values_from']}) · {context['compute_units']} · "
+            f"{platform.system()} {platform.machine()}")
+
+
+def write_quantization(directory: Path, results, context: dict, gates: dict) -> tuple[Path, list[Path], list[str]]:
+    """Write the sweep into ``directory`` (a staging directory the caller publishes)."""
+    directory = Path(directory)
+    summary = summary_of(results, context, gates)
+    for result in results:
+        folder = directory / result.variant.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, package in result.packages.items():
+            shutil.copytree(package, folder / f"{name}.mlpackage")
+        (folder / VARIANT_METADATA).write_text(json.dumps(summary[result.variant.name], indent=2) + "\n")
+    plots, skipped = quantization_plots(summary, title_of(context), directory / QUANTIZE_DIR / context["compute_units"])
+    path = directory / SUMMARY
+    path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return path, plots, skipped

@@ -114,33 +114,46 @@ def load_audio_file(path: Path, dims: ModelDims) -> Clip:
     return clip
 
 
-def espeak_version() -> str:
+def espeak_executable() -> str:
     executable = shutil.which("espeak-ng")
     if executable is None:
         raise AudioError("espeak-ng is not installed; the parity checks synthesise their speech with it. "
                          "Install it (Debian/Ubuntu: apt-get install espeak-ng; macOS: brew install espeak-ng)")
-    return subprocess.run([executable, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    return executable
+
+
+def espeak_version() -> str:
+    return subprocess.run([espeak_executable(), "--version"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def espeak_say(text: str, sample_rate: int, voice: str = ESPEAK_VOICE, words_per_minute: int = ESPEAK_WORDS_PER_MINUTE,
+               pitch: int = 50) -> np.ndarray:
+    """``text`` spoken by espeak-ng (``voice`` may carry a variant, e.g. ``en-gb+f3``), as float32
+    samples at ``sample_rate``."""
+    import io
+
+    import soundfile
+    import soxr
+
+    wav = subprocess.run([espeak_executable(), "-v", voice, "-s", str(words_per_minute), "-p", str(pitch), "--stdout", text],
+                         check=True, capture_output=True).stdout
+    data, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
+    return soxr.resample(data, rate, sample_rate).astype(np.float32) if rate != sample_rate else data
 
 
 def synthetic_speech(cache: ExportCache, dims: ModelDims) -> Clip:
     """:data:`SPEECH_TEXT` spoken by espeak-ng, resampled to the model's rate; cached by text, voice
     and espeak-ng version."""
     import soundfile
-    import soxr
 
     version = espeak_version()
     key = cache_key(kind="espeak-speech", text=SPEECH_TEXT, voice=ESPEAK_VOICE, wpm=ESPEAK_WORDS_PER_MINUTE,
                     espeak=version, sample_rate=dims.sample_rate)
 
     def build(tmp: Path) -> dict:
-        raw = tmp / "raw.wav"
-        subprocess.run(["espeak-ng", "-v", ESPEAK_VOICE, "-s", str(ESPEAK_WORDS_PER_MINUTE), "-w", str(raw),
-                        SPEECH_TEXT], check=True, capture_output=True)
-        data, rate = soundfile.read(str(raw), dtype="float32")
-        raw.unlink()
-        soundfile.write(str(tmp / "speech.wav"), soxr.resample(data, rate, dims.sample_rate), dims.sample_rate,
-                        subtype="FLOAT")
-        return {"espeak": version, "source_rate": rate}
+        samples = espeak_say(SPEECH_TEXT, dims.sample_rate, voice=ESPEAK_VOICE, words_per_minute=ESPEAK_WORDS_PER_MINUTE)
+        soundfile.write(str(tmp / "speech.wav"), samples, dims.sample_rate, subtype="FLOAT")
+        return {"espeak": version}
 
     entry = cache.get_or_build(key, build)
     samples, _ = soundfile.read(str(entry.path / "speech.wav"), dtype="float32")

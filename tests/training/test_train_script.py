@@ -1,0 +1,32 @@
+"""The training script runs end to end on a few sentences: data, tokenizer, NeMo's training loop
+with the vectorised TDT loss, the checkpoint, its evaluation and the model card."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from exporters.sources import ModelSource
+
+
+def test_train_script_writes_a_loadable_checkpoint_and_its_card(tmp_path):
+    out = tmp_path / "model.nemo"
+    done = subprocess.run(
+        [sys.executable, "-m", "training.train_tiny", "--out", str(out), "--work-dir", str(tmp_path / "work"),
+         "--train-sentences", "32", "--dev-sentences", "4", "--test-sentences", "4", "--max-steps", "3",
+         "--batch-size", "8"],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "step" in done.stdout and "test WER" in done.stdout
+    model = ModelSource.from_options(nemo_path=str(out)).load()
+    assert model.tokenizer.vocab_size == 128 and list(model.cfg.decoding.durations) == [0, 1, 2, 3, 4]
+    assert model.cfg.train_ds.manifest_filepath is None  # no paths of the training machine in the checkpoint
+    card = out.with_suffix(".md").read_text()
+    assert "WER" in card and "3 steps of 8 utterances" in card
+
+
+def test_bad_output_name_is_refused():
+    done = subprocess.run([sys.executable, "-m", "training.train_tiny", "--out", "model.pt"],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "expected a path ending in .nemo" in done.stderr

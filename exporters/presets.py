@@ -73,11 +73,18 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# Presets that are trained checkpoints shipped with the package, loaded like --nemo-path.
+# ``python -m training.train_tiny`` reproduces this one; its model card sits beside it.
+TRAINED_PRESETS: dict[str, Path] = {
+    "parakeet-tdt-tiny-trained": Path(__file__).resolve().parent / "models" / "parakeet-tdt-tiny-trained.nemo",
+}
+
+
 def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        known = ", ".join(sorted(PRESETS))
+        known = ", ".join(sorted([*PRESETS, *TRAINED_PRESETS]))
         raise ValueError(f"unknown preset {name!r}; expected one of: {known}") from None
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from exporters.components import ExportError
 
-DEFAULT_PRESET = "tiny"
+DEFAULT_PRESET = "parakeet-tdt-tiny-trained"
 
 
 def add_source_options(add_option, prefix: str = "--") -> None:
@@ -28,7 +28,21 @@ def add_source_options(add_option, prefix: str = "--") -> None:
     add_option(f"{prefix}model-id", dest="model_id", metavar="ID", default=None,
                help="a Hugging Face hub id, e.g. nvidia/parakeet-tdt-0.6b-v3 (needs the hub or a warm local cache)")
     add_option(f"{prefix}preset", dest="preset", metavar="NAME", default=None,
-               help="a built-in architecture with deterministic weights: parakeet-tdt-0.6b-v3 or tiny")
+               help="a built-in model: parakeet-tdt-0.6b-v3 or tiny (architectures with seeded weights), "
+                    "or parakeet-tdt-tiny-trained (a small trained checkpoint shipped with the package)")
+
+
+def _trained_preset_checkpoint(name: str) -> tuple[str, str] | None:
+    """A trained preset is its shipped ``.nemo``, loaded exactly like ``--nemo-path``."""
+    from exporters.presets import TRAINED_PRESETS
+
+    path = TRAINED_PRESETS.get(name)
+    if path is None:
+        return None
+    if not path.is_file():
+        raise ExportError(f"--preset {name}: its checkpoint {path} is missing from this installation; "
+                          "reproduce it with: python -m training.train_tiny")
+    return "nemo", str(path)
 
 
 @lru_cache(maxsize=8)
@@ -65,6 +79,8 @@ class ModelSource:
                 raise ExportError("no model given; pass --nemo-path FILE.nemo, --model-id ID or --preset NAME")
             given = [("preset", default_preset)]
         kind, value = given[0]
+        if kind == "preset":
+            kind, value = _trained_preset_checkpoint(value) or (kind, value)
         source = cls(kind, str(value))
         source.validate()
         return source

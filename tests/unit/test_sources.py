@@ -12,24 +12,27 @@ import pytest
 import torch
 
 from exporters.components import ExportError
-from exporters.presets import PRESETS, TDT_DURATIONS
+from exporters.presets import PRESETS, TDT_DURATIONS, TRAINED_PRESETS
 from exporters.sources import ModelSource
 
 
 @pytest.fixture(scope="session")
-def tiny_nemo(tmp_path_factory, torch_model, model_source):
-    if model_source != ModelSource("preset", "tiny"):
-        pytest.skip("the .nemo round trip saves the tiny preset; this session runs another model")
+def tiny_model():
+    return ModelSource("preset", "tiny").load()
+
+
+@pytest.fixture(scope="session")
+def tiny_nemo(tmp_path_factory, tiny_model):
     path = tmp_path_factory.mktemp("nemo") / "tiny.nemo"
-    torch_model.save_to(str(path))
+    tiny_model.save_to(str(path))
     return path
 
 
-def test_nemo_round_trip_loads_the_same_weights(tiny_nemo, torch_model):
+def test_nemo_round_trip_loads_the_same_weights(tiny_nemo, tiny_model):
     source = ModelSource.from_options(nemo_path=str(tiny_nemo))
     restored = source.load()
     assert type(restored).__name__ == "EncDecRNNTBPEModel"
-    ours, theirs = torch_model.state_dict(), restored.state_dict()
+    ours, theirs = tiny_model.state_dict(), restored.state_dict()
     assert ours.keys() == theirs.keys()
     for name in ours:
         torch.testing.assert_close(theirs[name], ours[name], rtol=0, atol=0, msg=name)
@@ -37,20 +40,43 @@ def test_nemo_round_trip_loads_the_same_weights(tiny_nemo, torch_model):
     assert restored.preprocessor.featurizer.dither == 0.0 and not restored.training
 
 
-def test_preset_is_deterministic_and_parakeet_shaped(torch_model):
-    """Same recipe, same weights: the cache keys a preset by its recipe alone."""
-    from exporters.presets import build_model
-
-    again = build_model(PRESETS["tiny"])
-    for name, tensor in torch_model.state_dict().items():
-        torch.testing.assert_close(again.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
-    cfg = torch_model.cfg
+def assert_parakeet_topology(model):
+    cfg = model.cfg
+    assert type(model).__name__ == "EncDecRNNTBPEModel"
+    assert (cfg.preprocessor.features, cfg.preprocessor.normalize) == (128, "per_feature")
     assert (cfg.encoder.subsampling, cfg.encoder.subsampling_factor) == ("dw_striding", 8)
     assert (cfg.encoder.self_attention_model, cfg.encoder.conv_kernel_size) == ("rel_pos", 9)
     assert list(cfg.decoding.durations) == list(TDT_DURATIONS) and cfg.decoding.model_type == "tdt"
-    assert torch_model.decoder.blank_as_pad and torch_model.decoder.pred_rnn_layers == 2
-    assert torch_model.tokenizer.vocab_size == PRESETS["tiny"].vocab_size
-    assert type(torch_model.tokenizer).__name__ == "SentencePieceTokenizer"
+    assert model.decoder.blank_as_pad and model.decoder.pred_rnn_layers == 2
+    assert type(model.tokenizer).__name__ == "SentencePieceTokenizer"
+
+
+def test_preset_is_deterministic_and_parakeet_shaped(tiny_model):
+    """Same recipe, same weights: the cache keys a preset by its recipe alone."""
+    from exporters.presets import build_model
+
+    model = tiny_model
+    again = build_model(PRESETS["tiny"])
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    assert_parakeet_topology(model)
+    assert model.tokenizer.vocab_size == PRESETS["tiny"].vocab_size
+
+
+def test_trained_preset_is_its_shipped_checkpoint_loaded_like_nemo_path():
+    path = TRAINED_PRESETS["parakeet-tdt-tiny-trained"]
+    source = ModelSource.from_options(preset="parakeet-tdt-tiny-trained")
+    assert source == ModelSource("nemo", str(path))
+    assert path.stat().st_size <= 25e6, "the shipped checkpoint must stay under 25 MB"
+    model = source.load()
+    assert_parakeet_topology(model)
+    assert path.with_suffix(".md").is_file(), "the trained checkpoint ships with its model card"
+
+
+def test_missing_trained_checkpoint_says_how_to_rebuild_it(monkeypatch, tmp_path):
+    monkeypatch.setitem(TRAINED_PRESETS, "parakeet-tdt-tiny-trained", tmp_path / "gone.nemo")
+    with pytest.raises(ExportError, match=r"gone.nemo is missing.*python -m training.train_tiny"):
+        ModelSource.from_options(preset="parakeet-tdt-tiny-trained")
 
 
 @pytest.mark.slow

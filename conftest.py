@@ -1,7 +1,7 @@
 """Command-line options and session fixtures shared by every suite.
 
 The model source options are the command line's own (``exporters.sources``); without one,
-the suites run on the ``tiny`` preset.
+the suites run on the trained test model, ``parakeet-tdt-tiny-trained``.
 """
 
 from __future__ import annotations

@@ -78,11 +78,14 @@ def components_block(run: ClipParity) -> dict:
     return block
 
 
-def validation_block(runs: dict[str, ClipParity], primary: str, context: dict, transcripts: dict) -> dict:
+def validation_block(runs: dict[str, ClipParity], primary: str, context: dict, transcripts: dict,
+                     held_out: dict | None = None) -> dict:
     """The ``validation`` block: ``context`` (backend, precision, tolerances, symbol steps) plus
-    the primary clip's components, every clip's checks, and the end-to-end transcripts."""
+    the primary clip's components, every clip's checks, the end-to-end transcripts and, when
+    the held-out set was transcribed, its WER per export."""
     statuses = [r.as_dict()["status"] for run in runs.values() for r in run.results.values()]
     statuses += [t["status"] for by_clip in transcripts.values() for t in by_clip.values()]
+    statuses += [held_out["status"]] if held_out else []
     status = "failed" if any(s in ("failed", "error") for s in statuses) else "passed"
     return {
         **context,
@@ -92,4 +95,5 @@ def validation_block(runs: dict[str, ClipParity], primary: str, context: dict, t
         "components": components_block(runs[primary]),
         "clips": {name: {key: r.as_dict() for key, r in run.results.items()} for name, run in runs.items()},
         "end_to_end": transcripts,
+        "held_out": held_out,
     }

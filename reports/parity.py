@@ -47,6 +47,7 @@ class ParityReport:
     precision: str
     primary_clip: str
     runs: dict[str, dict[str, ClipParity]] = field(default_factory=dict)
+    held_out: dict | None = None  # ``validation.held_out``: WER of NeMo and each export on the test set
 
     def ready(self) -> bool:
         return bool(self.runs)
@@ -70,7 +71,7 @@ class ParityReport:
         if not runs:
             raise ValueError(f"no {self.precision} parity run to report")
         primary = self.primary_clip if self.primary_clip in runs else next(iter(runs))
-        block = validation_block(runs, primary, self.context, self._transcripts())
+        block = validation_block(runs, primary, self.context, self._transcripts(), self.held_out)
         path = update_metadata(directory, self.description, validation=block)
         plots = parity_plots(plot_series(runs[primary]), self.title(), Path(directory) / PARITY_DIR,
                              token_classes=self.description["vocab_size"] + 1)

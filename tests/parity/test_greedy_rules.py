@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from exporters.components import COMPONENTS
+from exporters.components import COMPONENTS, ModelDims
+from exporters.sources import ModelSource
 from validation.greedy import (MAX_SYMBOLS_PER_FRAME, decision_from_logits, greedy_tdt, nemo_greedy_tdt, run_torch,
                                torch_decoder_step)
 
@@ -48,7 +49,16 @@ def _biased_joint(model, dims, blank: float, duration_zero: float):
 
 
 @pytest.fixture(scope="module")
-def decodes(torch_model, dims):
+def rules_model():
+    """The random-weight tiny preset, whatever the session's model: its near-uniform joint, biased
+    as above, makes every kind of decision, where a trained joint sticks to the few it learned."""
+    model = ModelSource("preset", "tiny").load()
+    return model, ModelDims.from_model(model)
+
+
+@pytest.fixture(scope="module")
+def decodes(rules_model):
+    torch_model, dims = rules_model
     seen = Counter()
     step, decide = _torch_callables(torch_model, dims, seen)
     found = []
@@ -68,9 +78,10 @@ def test_host_decoder_equals_nemo(decodes, seed):
     assert host.durations == nemo.durations
 
 
-def test_the_cases_cover_every_rule(decodes, dims):
+def test_the_cases_cover_every_rule(decodes, rules_model):
     """Without this the equality above could hold on paths that never exercise a rule."""
     found, seen = decodes
+    dims = rules_model[1]
     assert {d for blank, d in seen if not blank} == set(dims.durations), seen  # tokens of every duration
     assert {d for blank, d in seen if blank} == set(dims.durations), seen  # blanks of every duration, 0 included
     busiest = max(Counter(host.frames).most_common(1)[0][1] for _, host in found if host.frames)

@@ -22,6 +22,11 @@ FP32 = np.finfo(np.float32).eps
 # summation-order differences of the 512-tap STFT (measured 1.3e-3 on noise, 1.7e-3 on speech).
 RELATIVE_BOUND = 2e-5
 MEL_ABS_BOUND = 5e-3
+# mel_encoder starts with that same front end, so its output carries the mel's summation-order
+# error through the encoder, which the trained model's learned weights amplify: measured 3.8e-6
+# on tiny and 4.1e-5 on parakeet-tdt-tiny-trained (the encoder alone, fed one mel, stays within
+# RELATIVE_BOUND on both).
+MEL_ENCODER_RELATIVE_BOUND = 2e-4
 
 
 def _torch_outputs(component, model, inputs, dims):
@@ -73,7 +78,8 @@ def test_fp32_export_runs_like_torch(name, fp32_packages, torch_model, dims):
             assert error <= MEL_ABS_BOUND, f"{spec.name}: max |error| {error:.3g} > {MEL_ABS_BOUND}"
         else:
             relative = error / max(np.abs(want).max(), np.finfo(np.float32).tiny)
-            assert relative <= RELATIVE_BOUND, f"{spec.name}: max |error| / max |ref| = {relative:.3g}"
+            bound = MEL_ENCODER_RELATIVE_BOUND if name == "mel_encoder" else RELATIVE_BOUND
+            assert relative <= bound, f"{spec.name}: max |error| / max |ref| = {relative:.3g} > {bound}"
 
 
 @pytest.mark.skipif(unavailable_reason() is not None, reason=f"needs Core ML: {unavailable_reason()}")

@@ -248,7 +248,7 @@ def _variant_bars(ax, summary: dict, components: list[str], metric: str, ylabel:
     ax.set_ylabel(ylabel)
     if log:
         ax.set_yscale("log")
-    ax.legend(fontsize=7, ncol=min(5, len(variants)), loc="upper center", bbox_to_anchor=(0.5, -0.22))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="variant", title_fontsize=7)
 
 
 def quantization_plots(summary: dict, title: str, out_dir: Path) -> tuple[list[Path], list[str]]:
@@ -285,7 +285,7 @@ def quantization_plots(summary: dict, title: str, out_dir: Path) -> tuple[list[P
         plt, fig, axes = _figure(len(metrics), height=2.8)
         for ax, metric in zip(axes, metrics):
             _variant_bars(ax, summary, fused, metric, metric, log=metric in ("size_mb", "latency_ms"))
-            if ax is not axes[-1]:
+            if ax is not axes[0]:
                 ax.get_legend().remove()
         drawn.append(_save(plt, fig, title, "Fused packages: quality, size, compression, latency",
                            out_dir / "quantize_fused.png"))

@@ -88,25 +88,14 @@ def get_preset(name: str) -> Preset:
         raise ValueError(f"unknown preset {name!r}; expected one of: {known}") from None
 
 
-def train_tokenizer(vocab_size: int, seed: int, out_dir: Path) -> Path:
-    """Train a SentencePiece BPE model of ``vocab_size`` pieces on a seeded pseudo-word corpus.
-
-    Deterministic for a given (vocab_size, seed): the same bytes on every machine.
-    """
+def write_tokenizer(sentences, vocab_size: int, out_dir: Path) -> Path:
+    """Train a SentencePiece BPE model of ``vocab_size`` pieces on ``sentences`` into ``out_dir``,
+    with the vocab.txt NeMo's BPE tokenizer setup registers beside it."""
     import sentencepiece as spm
-
-    rng = np.random.default_rng(seed)
-    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-    n_sentences = max(2000, vocab_size * 3)
-
-    def sentences():
-        for _ in range(n_sentences):
-            n_words = rng.integers(4, 12)
-            yield " ".join("".join(rng.choice(letters, rng.integers(2, 9))) for _ in range(n_words))
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=sentences(),
+        sentence_iterator=iter(sentences),
         model_writer=model,
         vocab_size=vocab_size,
         model_type="bpe",
@@ -119,11 +108,25 @@ def train_tokenizer(vocab_size: int, seed: int, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "tokenizer.model"
     path.write_bytes(model.getvalue())
-    # NeMo's BPE tokenizer setup registers vocab.txt beside the model as an artifact.
     processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
     pieces = (processor.id_to_piece(i) for i in range(processor.get_piece_size()))
     (out_dir / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces), encoding="utf-8")
     return path
+
+
+def train_tokenizer(vocab_size: int, seed: int, out_dir: Path) -> Path:
+    """A tokenizer of ``vocab_size`` pieces on a seeded pseudo-word corpus: the same bytes on
+    every machine for a given (vocab_size, seed)."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    n_sentences = max(2000, vocab_size * 3)
+
+    def sentences():
+        for _ in range(n_sentences):
+            n_words = rng.integers(4, 12)
+            yield " ".join("".join(rng.choice(letters, rng.integers(2, 9))) for _ in range(n_words))
+
+    return write_tokenizer(sentences(), vocab_size, out_dir)
 
 
 def model_config(preset: Preset, tokenizer_dir: str) -> dict:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from exporters.presets import TDT_DURATIONS, TRAINED_PRESETS, Preset, model_config
+from exporters.presets import TDT_DURATIONS, TRAINED_PRESETS, Preset, model_config, write_tokenizer
 from training.corpus import SEED, SPLITS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,23 +39,6 @@ SIGMA = 0.02  # Parakeet-TDT v3's logit undernormalisation
 
 def log(message: str) -> None:
     print(f"[train {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> None:
-    """A SentencePiece BPE tokenizer trained on the training text, with NeMo's vocab.txt beside it."""
-    import io
-
-    import sentencepiece as spm
-
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
-                                   model_type="bpe", character_coverage=1.0, bos_id=-1, eos_id=-1,
-                                   num_threads=1, minloglevel=2)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "tokenizer.model").write_bytes(model.getvalue())
-    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
-    pieces = (processor.id_to_piece(i) for i in range(processor.get_piece_size()))
-    (out_dir / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces), encoding="utf-8")
 
 
 def training_config(tokenizer_dir: Path, manifests: dict[str, Path], batch_size: int, max_steps: int) -> dict:
@@ -146,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     synth_s = time.monotonic() - began
 
     tokenizer_dir = work / "tokenizer"
-    train_tokenizer([u.text for u in splits["train"]], ARCHITECTURE.vocab_size, tokenizer_dir)
+    write_tokenizer([u.text for u in splits["train"]], ARCHITECTURE.vocab_size, tokenizer_dir)
     cfg = OmegaConf.create(training_config(tokenizer_dir, manifests, args.batch_size, args.max_steps))
     steps_per_epoch = -(-args.train_sentences // args.batch_size)
     trainer = pl.Trainer(

@@ -187,6 +187,10 @@ def _speedup_bars(ax, names: list[str], speedups: list[float], ylabel: str) -> N
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_ylabel(ylabel)
     ax.set_yscale("log")
+    times = __import__("matplotlib.ticker", fromlist=["FuncFormatter"]).FuncFormatter(lambda v, _: f"{v:.3g}×")
+    ax.yaxis.set_major_formatter(times)
+    ax.yaxis.set_minor_formatter(times)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.margins(y=0.25)
     ax.tick_params(axis="x", rotation=15)
 

@@ -4,6 +4,7 @@ and pytest-benchmark's JSON extended, not replaced."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,11 +50,13 @@ def test_suite_extends_benchmark_json_and_writes_metadata_and_plots(tmp_path, mo
     """A real run of two latency benchmarks: pytest-benchmark's JSON keeps its own keys and gains
     the latency block, metadata.json gets it too, and the plots are drawn."""
     bench, report = tmp_path / "bench.json", tmp_path / "report"
+    # pytest-benchmark turns itself off in a process that inherits an xdist worker's variables
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/latency/test_latency.py", "-k", "test_latency and decoder-",
          "-p", "no:cacheprovider", "--latency-rounds", "2", "--latency-warmup", "0", "--benchmark-json", str(bench),
          "--report-dir", str(report), "--cache-dir", str(export_cache.root), *model_source.cli_args(), "-q"],
-        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=600, check=False)
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=600, check=False, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     data = json.loads(bench.read_text())
     assert {b["name"] for b in data["benchmarks"]} == {"test_latency[decoder-torch]", "test_latency[decoder-backend]"}

@@ -15,7 +15,7 @@ from exporters.components import ExportError
 from exporters.convert import COMPUTE_PRECISIONS, COMPUTE_UNITS, ExportOptions
 from exporters.export import Exporter
 from exporters.sources import DEFAULT_PRESET, ModelSource, add_source_options
-from runtimes.base import BACKENDS, BackendUnavailable, load_predictor, resolve_backend
+from runtimes.base import BACKENDS, BackendUnavailable, LoadedPredictors, resolve_backend
 
 pytest_plugins = ["reports.plugin"]
 
@@ -124,18 +124,16 @@ def backend(pytestconfig) -> str:
 
 @pytest.fixture(scope="session")
 def predictor(backend, pytestconfig):
-    """``predictor(package)``: the package loaded once on the session's backend; a test that needs
-    a backend this host lacks is skipped with the reason."""
-    loaded = {}
+    """``predictor(package)``: the package loaded once on the session's backend and kept within
+    the memory budget of ``runtimes.base.LoadedPredictors``; a test that needs a backend this
+    host lacks is skipped with the reason."""
+    loaded = LoadedPredictors(backend, pytestconfig.option.compute_units)
 
     def load(package):
-        key = str(package)
-        if key not in loaded:
-            try:
-                loaded[key] = load_predictor(package, backend, pytestconfig.option.compute_units)
-            except BackendUnavailable as error:
-                pytest.skip(f"backend {backend!r} unavailable: {error}")
-        return loaded[key]
+        try:
+            return loaded(package)
+        except BackendUnavailable as error:
+            pytest.skip(f"backend {backend!r} unavailable: {error}")
 
     return load
 

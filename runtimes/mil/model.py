@@ -168,6 +168,11 @@ class MILModel:
         for name in half:
             self._constants[name] = _widened(self._constants[name])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the weights held in memory (fp32 after widening)."""
+        return sum(value.nbytes for value in self._constants.values() if isinstance(value, (np.ndarray, np.generic)))
+
     # -- running --------------------------------------------------------------------------------
 
     def _resolve(self, kind, ref, env):

@@ -1,0 +1,79 @@
+"""``LoadedPredictors``: each package loaded once, the least recently used dropped past the
+memory budget (a full-size quantization sweep held every variant's encoders and reached 21 GB
+before it did)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import weakref
+
+import pytest
+
+from exporters.components import COMPONENTS
+from runtimes.base import LoadedPredictors
+from runtimes.mil import MILModel
+
+
+class Weighted:
+    def __init__(self, name, nbytes):
+        self.name, self.nbytes = name, nbytes
+
+
+def cache_of(sizes: dict[str, int], budget: int):
+    loads = []
+
+    def load(package):
+        loads.append(package)
+        return Weighted(package, sizes[package])
+
+    return LoadedPredictors(budget_bytes=budget, load=load), loads
+
+
+def test_a_package_is_loaded_once_while_it_fits():
+    loaded, loads = cache_of({"a": 10, "b": 10}, budget=20)
+    assert loaded("a") is loaded("a")
+    loaded("b")
+    loaded("a")
+    assert loads == ["a", "b"]
+    assert loaded.held_bytes == 20 and loaded.evictions == 0
+
+
+def test_past_the_budget_the_least_recently_used_goes():
+    loaded, loads = cache_of({"a": 10, "b": 10, "c": 10}, budget=20)
+    loaded("a"), loaded("b"), loaded("a")  # b is now the least recently used
+    loaded("c")
+    assert "a" in loaded and "c" in loaded and "b" not in loaded
+    assert loaded.held_bytes == 20 and loaded.evictions == 1
+    loaded("b")  # reloaded, and a (used before c) goes
+    assert loads == ["a", "b", "c", "b"]
+    assert "a" not in loaded
+
+
+def test_a_predictor_larger_than_the_budget_is_kept_alone():
+    loaded, _ = cache_of({"small": 5, "huge": 100}, budget=20)
+    loaded("small")
+    huge = loaded("huge")
+    assert "huge" in loaded and "small" not in loaded
+    assert loaded("huge") is huge
+
+
+def test_an_evicted_predictor_is_freed():
+    loaded, _ = cache_of({"a": 10, "b": 10}, budget=15)
+    first = weakref.ref(loaded("a"))
+    loaded("b")
+    gc.collect()
+    assert first() is None, "the cache still references an evicted predictor"
+
+
+def test_the_default_budget_is_a_share_of_the_host_memory():
+    budget = LoadedPredictors(load=lambda package: None).budget_bytes
+    assert 0 < budget < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def test_an_executor_weighs_its_weights_in_fp32(exporters):
+    """The executor widens fp16 weights once at load: its weight is twice the fp16 package's."""
+    fp16 = exporters["float16"].export(COMPONENTS["joint"])
+    model = MILModel(fp16.package)
+    weights = sum(f.stat().st_size for f in fp16.package.rglob("weight.bin"))
+    assert model.nbytes == pytest.approx(2 * weights, rel=0.05)

@@ -152,7 +152,7 @@ def run_compare(args) -> int:
     from exporters.export import ORIGINS_FILE, print_progress
     from reports.latency import write_latency
     from reports.parity import ParityReport, parity_context
-    from runtimes.base import BackendUnavailable, load_predictor, resolve_backend
+    from runtimes.base import BackendUnavailable, LoadedPredictors, load_predictor, resolve_backend
     from validation.audio import edge_clips, load_audio_file, read_audio, synthetic_speech
     from validation.checks import ParityRunner
     from validation.timing import all_cases, environment, latency_block, measure
@@ -166,13 +166,7 @@ def run_compare(args) -> int:
         read_audio(args.audio)  # refuse unusable audio before any model is loaded
     backend = resolve_backend(args.backend)
     units = args.compute_units or description["coreml"]["compute_units"]
-    loaded = {}
-
-    def load(package):
-        if package not in loaded:
-            loaded[package] = load_predictor(package, backend, units)
-        return loaded[package]
-
+    load = LoadedPredictors(backend, units)
     try:
         load(next(iter(packages.values())))
     except BackendUnavailable as e:
@@ -225,9 +219,9 @@ def run_quantize(args) -> int:
     from exporters.export import Exporter, print_progress
     from exporters.quantize import parse_variant, variant_table
     from reports.quantization import write_quantization
-    from runtimes.base import BackendUnavailable, describe_backend, load_predictor, resolve_backend
+    from runtimes.base import BackendUnavailable, LoadedPredictors, describe_backend, resolve_backend
     from validation.audio import synthetic_speech
-    from validation.quantization import sweep_variant
+    from validation.quantization import reference_of, sweep_variant
     from validation.tolerances import load_gates
 
     description, packages, source = read_convert_dir(args.input_dir, "--input-dir")
@@ -250,13 +244,7 @@ def run_quantize(args) -> int:
     try:
         backend = resolve_backend(args.backend)
         units = args.compute_units or description["coreml"]["compute_units"]
-        loaded = {}
-
-        def load(package):
-            if str(package) not in loaded:
-                loaded[str(package)] = load_predictor(package, backend, units)
-            return loaded[str(package)]
-
+        load = LoadedPredictors(backend, units)
         try:
             load(next(iter(packages.values())))
         except BackendUnavailable as e:
@@ -274,15 +262,18 @@ def run_quantize(args) -> int:
             if target not in bases:
                 options = ExportOptions(precision, description["coreml"]["compute_units"], target)
                 exporter = Exporter(source, options, cache, progress=lambda message: None)
-                bases[target] = {e.name: e for e in exporter.export_all(list(packages))}
+                exports = {e.name: e for e in exporter.export_all(list(packages))}
+                print_progress(f"the uncompressed {target} exports on {clip.name} ...")
+                reference = reference_of({n: e.package for n, e in exports.items()}, load, dims, clip)
+                bases[target] = exports, reference
             print_progress(f"[{i}/{len(names)}] {name}: {variant.summary}"
                            + (f" (from an {target} export)" if target != "iOS17" else ""))
-            result = sweep_variant(variant, bases[target], cache, load, dims, clip, backend=backend,
+            result = sweep_variant(variant, *bases[target], cache, load, dims, clip, backend=backend,
                                    compute_units=units, runs=args.runs, warmup=args.warmup, progress=print_progress)
             if result.error:
                 print_progress(f"  {name}: not built: {result.error}")
             elif name in held_out:
-                result.held_out = _held_out_wer(model, dims, cache, bases[target], result.packages, load)
+                result.held_out = _held_out_wer(model, dims, cache, bases[target][0], result.packages, load)
             results.append(result)
         context = {"model": description["model"], "backend": backend, "values_from": describe_backend(backend),
                    "compute_units": units, "compute_precision": precision, "clip": clip.name, "runs": args.runs,

@@ -81,22 +81,41 @@ class ComponentResult:
                 **(self.decisions or {}), **self.extra}
 
 
-def compare_component(name: str, base_package, variant_package, load, inputs: dict, uncompressed: bool = False
+def compare_component(name: str, reference: "Reference", variant_package, load, uncompressed: bool = False
                       ) -> ComponentResult:
     from exporters.export import package_size
 
-    base_out = load(base_package).predict(inputs)
-    variant_out = load(variant_package).predict(inputs)
+    base_out = reference.outputs[name]
+    variant_out = load(variant_package).predict(reference.inputs[name])
     outputs = {key: quality(value, variant_out[key]) for key, value in base_out.items()
                if np.issubdtype(value.dtype, np.floating)}
     decisions = decision_agreement(base_out, variant_out) if name in DECISIONS else None
-    return ComponentResult(name, package_size(variant_package), package_size(base_package), outputs, decisions,
-                           uncompressed)
+    return ComponentResult(name, package_size(variant_package), package_size(reference.packages[name]), outputs,
+                           decisions, uncompressed)
 
 
 def token_error_rate(reference: list[int], candidate: list[int]) -> float:
     """Token edits over the reference's tokens (the uncompressed export's transcript)."""
     return token_edit_distance(reference, candidate) / max(1, len(reference))
+
+
+@dataclass
+class Reference:
+    """What the uncompressed packages make of the clip, computed once per set of base exports and
+    shared by every variant built from them: each component's input and outputs, and the
+    transcript."""
+
+    packages: dict  # component -> base package
+    inputs: dict[str, dict[str, np.ndarray]]
+    outputs: dict[str, dict[str, np.ndarray]]
+    tokens: list[int] | None  # None: a component of the transcript was not exported
+
+
+def reference_of(base: dict, load, dims: ModelDims, clip: Clip) -> Reference:
+    inputs = reference_inputs(base, load, dims, clip)
+    outputs = {name: load(package).predict(inputs[name]) for name, package in base.items()}
+    tokens = transcript_tokens(base, load, dims, clip) if all(n in base for n in TRANSCRIBE) else None
+    return Reference(dict(base), inputs, outputs, tokens)
 
 
 @dataclass
@@ -134,12 +153,12 @@ def timing_of(package, load, inputs: dict, backend: str, compute_units: str, run
     return found
 
 
-def sweep_variant(variant, base_exports: dict, cache, load, dims: ModelDims, clip: Clip, *, backend: str,
-                  compute_units: str, runs: int = 0, warmup: int = 0, progress=lambda message: None
+def sweep_variant(variant, base_exports: dict, reference: Reference, cache, load, dims: ModelDims, clip: Clip, *,
+                  backend: str, compute_units: str, runs: int = 0, warmup: int = 0, progress=lambda message: None
                   ) -> VariantResult:
     """Build ``variant`` from ``base_exports`` (component -> ExportedComponent of the variant's
-    deployment target) and weigh it against them. A variant that cannot be built comes back
-    with its ``error``, never with the base packages in its place."""
+    deployment target) and weigh it against their ``reference``. A variant that cannot be built
+    comes back with its ``error``, never with the base packages in its place."""
     from exporters.components import ExportError
     from exporters.quantize import compress
 
@@ -149,21 +168,18 @@ def sweep_variant(variant, base_exports: dict, cache, load, dims: ModelDims, cli
     except ExportError as e:
         result.error = str(e)
         return result
-    base = {name: e.package for name, e in base_exports.items()}
     result.packages = {name: c.package for name, c in compressed.items()}
-    inputs = reference_inputs(base, load, dims, clip)
     for name, c in compressed.items():
-        component = compare_component(name, base[name], c.package, load, inputs[name],
-                                      uncompressed=bool(c.info.get("uncompressed")))
+        component = compare_component(name, reference, c.package, load, uncompressed=bool(c.info.get("uncompressed")))
         if runs:
-            component.extra.update(timing_of(c.package, load, inputs[name], backend, compute_units, runs, warmup))
+            component.extra.update(timing_of(c.package, load, reference.inputs[name], backend, compute_units, runs,
+                                             warmup))
         result.components[name] = component
-    if all(n in base for n in TRANSCRIBE):
-        reference = transcript_tokens(base, load, dims, clip)
+    if reference.tokens is not None:
         candidate = transcript_tokens(result.packages, load, dims, clip)
-        result.end_to_end = {"clip": clip.name, "reference_tokens": len(reference), "tokens": len(candidate),
-                             "edit_distance": token_edit_distance(reference, candidate),
-                             "token_error_rate": token_error_rate(reference, candidate)}
+        result.end_to_end = {"clip": clip.name, "reference_tokens": len(reference.tokens), "tokens": len(candidate),
+                             "edit_distance": token_edit_distance(reference.tokens, candidate),
+                             "token_error_rate": token_error_rate(reference.tokens, candidate)}
     progress(f"  {variant.name}: " + ", ".join(f"{n} {c.quality:.3f}" for n, c in result.components.items())
              + (f"; token error rate {result.end_to_end['token_error_rate']:.3f}" if result.end_to_end else ""))
     return result

@@ -11,7 +11,7 @@ from exporters.quantize import variant_table
 from reports.plugin import QUANTIZATION_REPORT
 from runtimes.base import describe_backend
 from validation.audio import synthetic_speech
-from validation.quantization import sweep_variant
+from validation.quantization import reference_of, sweep_variant
 from validation.tolerances import load_gates
 
 
@@ -43,8 +43,10 @@ def quantization_sweep(model_source, export_cache, exporters, torch_model, dims,
                 if target != exporter.options.minimum_deployment_target:
                     exporter = Exporter(model_source, ExportOptions(opt.compute_precision, opt.compute_units, target),
                                         export_cache, progress=lambda message: None)
-                bases[target] = {e.name: e for e in exporter.export_all()}
-            results[name] = sweep_variant(variant, bases[target], export_cache, predictor, dims, clip,
+                exports = {e.name: e for e in exporter.export_all()}
+                reference = reference_of({n: e.package for n, e in exports.items()}, predictor, dims, clip)
+                bases[target] = exports, reference
+            results[name] = sweep_variant(variant, *bases[target], export_cache, predictor, dims, clip,
                                           backend=backend, compute_units=opt.compute_units,
                                           runs=opt.quantization_runs, warmup=1 if opt.quantization_runs else 0)
             context = {"model": exporters[opt.compute_precision].metadata([])["model"], "backend": backend,

@@ -68,7 +68,7 @@ class ComponentResult:
     outputs: dict[str, float]  # quality per float output
     decisions: dict | None = None  # decision packages: acc, duration_match, prob_mae
     uncompressed: bool = False
-    extra: dict = field(default_factory=dict)  # latency, compile time, where measured
+    extra: dict = field(default_factory=dict)  # build time, latency, compile time, where measured
 
     @property
     def quality(self) -> float:
@@ -171,6 +171,8 @@ def sweep_variant(variant, base_exports: dict, reference: Reference, cache, load
     result.packages = {name: c.package for name, c in compressed.items()}
     for name, c in compressed.items():
         component = compare_component(name, reference, c.package, load, uncompressed=bool(c.info.get("uncompressed")))
+        if "compress_seconds" in c.info:  # how long the build took, when it was built (cached or not)
+            component.extra["compress_seconds"] = c.info["compress_seconds"]
         if runs:
             component.extra.update(timing_of(c.package, load, reference.inputs[name], backend, compute_units, runs,
                                              warmup))

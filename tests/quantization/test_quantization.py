@@ -17,6 +17,7 @@ def test_variant_builds_and_is_weighed(quantization_sweep, variant_name):
     for name, component in result.components.items():
         assert 0.0 <= component.quality <= 1.0, (name, component.quality)
         assert component.size_bytes > 0 and (component.uncompressed or component.size_bytes < component.base_size_bytes)
+        assert component.uncompressed or component.extra["compress_seconds"] > 0, name
     assert result.end_to_end["reference_tokens"] >= 0
 
 

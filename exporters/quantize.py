@@ -115,16 +115,21 @@ def apply_steps(mlmodel, steps: tuple[Step, ...], keep_lstm: bool, untouched_ops
     return mlmodel
 
 
-def front_end_ops(base: ExportedComponent) -> tuple[str, ...] | None:
+def is_front_end(component: str) -> bool:
+    """A component that is all front end (its fp32 scopes cover everything): never compressed."""
+    from exporters.components import COMPONENTS
+
+    return "*" in COMPONENTS[component].fp32_scopes
+
+
+def front_end_ops(base: ExportedComponent) -> tuple[str, ...]:
     """Ops of ``base`` under its component's fp32 scopes (``Component.fp32_scopes``): the front
     end's STFT basis and mel filterbank are not learned weights, and rounding them moves every
-    mel value (int8 on the preprocessor measured quality 0.944). None: the whole component."""
+    mel value (int8 on the preprocessor measured quality 0.944)."""
     from exporters.components import COMPONENTS
     from runtimes.mil.model import load_program
 
     scopes = COMPONENTS[base.name].fp32_scopes
-    if "*" in scopes:
-        return None
     if not scopes:
         return ()
     front = {out for out, origin in base.op_origins().items() if origin.split(".")[0] in scopes}
@@ -152,8 +157,7 @@ def compress(base: ExportedComponent, variant: Variant, cache: ExportCache, prog
              ) -> CompressedComponent:
     """``base`` compressed by ``variant``, built once per (base package, steps) and cached."""
     steps = variant.steps_for(base.name)
-    untouched = front_end_ops(base) if steps else None
-    if untouched is None:
+    if not steps or is_front_end(base.name):
         return CompressedComponent(base.name, variant.name, base.package, (), {"uncompressed": True})
     key = cache_key(kind="compressed", base=base.entry.path.name, component=base.name,
                     steps=[s.as_dict() for s in steps], keep_lstm=variant.keep_lstm,
@@ -164,6 +168,7 @@ def compress(base: ExportedComponent, variant: Variant, cache: ExportCache, prog
 
         progress(f"  {variant.name}/{base.name}: " + " then ".join(s.describe() for s in steps) + " ...")
         start = time.perf_counter()
+        untouched = front_end_ops(base)  # read the whole program: only when building
         mlmodel = ct.models.MLModel(str(base.package), skip_model_load=True)
         try:
             compressed = apply_steps(mlmodel, steps, variant.keep_lstm, untouched)

@@ -146,13 +146,28 @@ def read_convert_dir(directory: Path, option: str):
     return description, packages, source
 
 
+def _package_loader(args, description: dict, packages: dict):
+    """(backend, compute units, loader) for a convert directory's packages; a backend this host
+    lacks is an error that names the one that runs everywhere."""
+    from runtimes.base import BackendUnavailable, LoadedPredictors, resolve_backend
+
+    backend = resolve_backend(args.backend)
+    units = args.compute_units or description["coreml"]["compute_units"]
+    load = LoadedPredictors(backend, units)
+    try:
+        load(next(iter(packages.values())))
+    except BackendUnavailable as e:
+        raise ExportError(f"--backend {backend}: {e}; use --backend mil to run this project's executor") from None
+    return backend, units, load
+
+
 def run_compare(args) -> int:
     from exporters.cache import ExportCache
     from exporters.components import ModelDims
     from exporters.export import ORIGINS_FILE, print_progress
     from reports.latency import write_latency
     from reports.parity import ParityReport, parity_context
-    from runtimes.base import BackendUnavailable, LoadedPredictors, load_predictor, resolve_backend
+    from runtimes.base import load_predictor
     from validation.audio import edge_clips, load_audio_file, read_audio, synthetic_speech
     from validation.checks import ParityRunner
     from validation.timing import all_cases, environment, latency_block, measure
@@ -164,13 +179,7 @@ def run_compare(args) -> int:
     tolerances = load_tolerances(Path("pyproject.toml"), args.tolerances, args.psnr_floor)
     if args.audio is not None:
         read_audio(args.audio)  # refuse unusable audio before any model is loaded
-    backend = resolve_backend(args.backend)
-    units = args.compute_units or description["coreml"]["compute_units"]
-    load = LoadedPredictors(backend, units)
-    try:
-        load(next(iter(packages.values())))
-    except BackendUnavailable as e:
-        raise ExportError(f"--backend {backend}: {e}; use --backend mil to run this project's executor") from None
+    backend, units, load = _package_loader(args, description, packages)
     print_progress(f"loading {source.describe()} ...")
     model = source.load()
     dims = ModelDims.from_model(model, description["max_audio_seconds"])
@@ -219,7 +228,7 @@ def run_quantize(args) -> int:
     from exporters.export import Exporter, print_progress
     from exporters.quantize import parse_variant, variant_table
     from reports.quantization import write_quantization
-    from runtimes.base import BackendUnavailable, LoadedPredictors, describe_backend, resolve_backend
+    from runtimes.base import describe_backend
     from validation.audio import synthetic_speech
     from validation.quantization import reference_of, sweep_variant
     from validation.tolerances import load_gates
@@ -242,13 +251,7 @@ def run_quantize(args) -> int:
         raise ExportError("--output-root must differ from --input-dir")
     staging = staging_dir(args.output_root, "--output-root")
     try:
-        backend = resolve_backend(args.backend)
-        units = args.compute_units or description["coreml"]["compute_units"]
-        load = LoadedPredictors(backend, units)
-        try:
-            load(next(iter(packages.values())))
-        except BackendUnavailable as e:
-            raise ExportError(f"--backend {backend}: {e}; use --backend mil to run this project's executor") from None
+        backend, units, load = _package_loader(args, description, packages)
         cache = ExportCache(args.cache_dir)
         model = source.load()
         dims = ModelDims.from_model(model, description["max_audio_seconds"])

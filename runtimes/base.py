@@ -117,7 +117,6 @@ class LoadedPredictors:
             else budget_bytes
         self._load = load or (lambda package: load_predictor(package, backend, compute_units))
         self._held: OrderedDict[str, tuple[Predictor, int]] = OrderedDict()
-        self.evictions = 0
 
     @property
     def held_bytes(self) -> int:
@@ -138,11 +137,8 @@ class LoadedPredictors:
 
             size = package_size(Path(package))
         self._held[key] = (predictor, int(size))
-        evicted = False
-        while len(self._held) > 1 and self.held_bytes > self.budget_bytes:
-            self._held.popitem(last=False)
-            self.evictions += 1
-            evicted = True
-        if evicted:
+        if self.held_bytes > self.budget_bytes:
+            while len(self._held) > 1 and self.held_bytes > self.budget_bytes:
+                self._held.popitem(last=False)
             gc.collect()  # an executor's program is a graph of cycles: free its weights now
         return predictor

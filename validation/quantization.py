@@ -15,7 +15,7 @@ import numpy as np
 
 from exporters.components import COMPONENTS, ModelDims, example_inputs
 from validation.audio import Clip
-from validation.greedy import greedy_tdt, package_decide, package_decoder_step
+from validation.held_out import package_transcriber
 from validation.metrics import quality, token_edit_distance
 
 # The output whose quality stands for the component's (plots, gates).
@@ -51,13 +51,6 @@ def decision_agreement(base: dict, variant: dict) -> dict:
     return {"acc": float(np.mean(base["token_id"] == variant["token_id"])),
             "duration_match": float(np.mean(base["duration"] == variant["duration"])),
             "prob_mae": float(np.mean(np.abs(base["token_prob"].astype(np.float64) - variant["token_prob"])))}
-
-
-def transcript_tokens(packages: dict, load, dims: ModelDims, clip: Clip) -> list[int]:
-    out = load(packages["mel_encoder"]).predict(clip.inputs())
-    return greedy_tdt(out["encoder"], int(out["encoder_length"][0]), dims,
-                      package_decoder_step(load(packages["decoder"])),
-                      package_decide(load(packages["joint_decision_single_step"]))).tokens
 
 
 @dataclass
@@ -114,7 +107,7 @@ class Reference:
 def reference_of(base: dict, load, dims: ModelDims, clip: Clip) -> Reference:
     inputs = reference_inputs(base, load, dims, clip)
     outputs = {name: load(package).predict(inputs[name]) for name, package in base.items()}
-    tokens = transcript_tokens(base, load, dims, clip) if all(n in base for n in TRANSCRIBE) else None
+    tokens = package_transcriber(base, load, dims)(clip) if all(n in base for n in TRANSCRIBE) else None
     return Reference(dict(base), inputs, outputs, tokens)
 
 
@@ -178,7 +171,7 @@ def sweep_variant(variant, base_exports: dict, reference: Reference, cache, load
                                              warmup))
         result.components[name] = component
     if reference.tokens is not None:
-        candidate = transcript_tokens(result.packages, load, dims, clip)
+        candidate = package_transcriber(result.packages, load, dims)(clip)
         result.end_to_end = {"clip": clip.name, "reference_tokens": len(reference.tokens), "tokens": len(candidate),
                              "edit_distance": token_edit_distance(reference.tokens, candidate),
                              "token_error_rate": token_error_rate(reference.tokens, candidate)}

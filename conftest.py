@@ -148,16 +148,13 @@ def held_out(torch_model, dims, export_cache, exporters, predictor, pytestconfig
     the validation block. Skips on a model whose transcripts mean nothing."""
     from exporters.quantize import VARIANTS, compress
     from reports.plugin import HELD_OUT, PARITY_REPORT
-    from validation.checks import CONFIDENT_MEDIAN_PROB
-    from validation.held_out import (held_out_clips, median_token_probability, nemo_transcriber,
-                                     package_transcriber, transcribe_held_out)
+    from validation.held_out import (held_out_clips, nemo_transcriber, not_confident_reason, package_transcriber,
+                                     transcribe_held_out)
 
     clips = held_out_clips(export_cache, dims)
-    confidence = median_token_probability(torch_model, dims, [clip for _, clip in clips[:20]])
-    if confidence <= CONFIDENT_MEDIAN_PROB:
-        pytest.skip(f"the model is not confident (median top-1 probability {confidence:.3g} <= "
-                    f"{CONFIDENT_MEDIAN_PROB}): a random-weight preset's transcripts test nothing; "
-                    "the default --preset parakeet-tdt-tiny-trained runs this")
+    confidence, reason = not_confident_reason(torch_model, dims, clips)
+    if reason:
+        pytest.skip(f"{reason}; the default --preset parakeet-tdt-tiny-trained runs this")
     exported = {precision: {e.name: e for e in exporters[precision].export_all(HELD_OUT_DECODE)}
                 for precision in ("float32", "float16")}
     packages = {precision: {name: e.package for name, e in by_name.items()} for precision, by_name in exported.items()}

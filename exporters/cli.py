@@ -132,7 +132,7 @@ def read_convert_dir(directory: Path, option: str):
         description = json.loads(metadata_path.read_text())
         recorded = description["model_source"]
         components = description["components"]
-        description["coreml"]["compute_precision"]
+        description["coreml"]["compute_precision"]  # present: compare and quantize read it
     except (ValueError, KeyError, TypeError) as e:
         raise ExportError(f"{metadata_path}: not a metadata.json written by convert ({e})") from None
     packages = {name: directory / c["path"] for name, c in components.items()}
@@ -297,17 +297,16 @@ def run_quantize(args) -> int:
     return 1 if failures or errors else 0
 
 
-def _held_out_wer(model, dims, cache, base_exports: dict, variant_packages: dict, load) -> dict | None:
-    """WER on the held-out test set: NeMo, the uncompressed export and the variant; None (with
-    the reason) on a model that is not confident enough for transcripts to mean anything."""
-    from validation.checks import CONFIDENT_MEDIAN_PROB
-    from validation.held_out import (held_out_clips, median_token_probability, nemo_transcriber,
-                                     package_transcriber, transcribe_held_out)
+def _held_out_wer(model, dims, cache, base_exports: dict, variant_packages: dict, load) -> dict:
+    """WER on the held-out test set: NeMo, the uncompressed export and the variant; ``{"skipped":
+    reason}`` on a model not confident enough for its transcripts to mean anything."""
+    from validation.held_out import (held_out_clips, nemo_transcriber, not_confident_reason, package_transcriber,
+                                     transcribe_held_out)
 
     clips = held_out_clips(cache, dims)
-    confidence = median_token_probability(model, dims, [clip for _, clip in clips[:20]])
-    if confidence <= CONFIDENT_MEDIAN_PROB:
-        return {"skipped": f"median top-1 probability {confidence:.3g} <= {CONFIDENT_MEDIAN_PROB}: not a trained model"}
+    _, reason = not_confident_reason(model, dims, clips)
+    if reason:
+        return {"skipped": reason}
     base = {name: e.package for name, e in base_exports.items()}
     result = transcribe_held_out(model, clips, {"nemo": nemo_transcriber(model, dims),
                                                 "uncompressed": package_transcriber(base, load, dims),

@@ -89,6 +89,18 @@ def median_token_probability(model, dims: ModelDims, clips: list[Clip]) -> float
     return statistics.median(probs) if probs else 0.0
 
 
+def not_confident_reason(model, dims: ModelDims, clips: list[tuple[str, Clip]]) -> tuple[float, str | None]:
+    """The median top-1 probability on the first 20 held-out clips, and why a held-out WER of
+    this model would mean nothing (None when it is confident enough to mean something)."""
+    from validation.checks import CONFIDENT_MEDIAN_PROB
+
+    confidence = median_token_probability(model, dims, [clip for _, clip in clips[:20]])
+    if confidence > CONFIDENT_MEDIAN_PROB:
+        return confidence, None
+    return confidence, (f"the model is not confident (median top-1 probability {confidence:.3g} <= "
+                        f"{CONFIDENT_MEDIAN_PROB}): a random-weight model's transcripts test nothing")
+
+
 @dataclass
 class HeldOutResult:
     """Transcripts by label ("nemo" and each export), their WER and agreement with NeMo."""

@@ -11,11 +11,16 @@ from pathlib import Path
 import pytest
 
 from exporters.cache import ExportCache
-from exporters.components import ExportError
-from exporters.convert import COMPUTE_PRECISIONS, COMPUTE_UNITS, ExportOptions
+from exporters.components import COMPUTE_PRECISIONS, DECODE, ExportError, ExportOptions
 from exporters.export import Exporter
+from exporters.quantize import VARIANTS, compress
 from exporters.sources import DEFAULT_PRESET, ModelSource, add_source_options
-from runtimes.base import BACKENDS, BackendUnavailable, LoadedPredictors, resolve_backend
+from reports.plugin import HELD_OUT, PARITY_REPORT
+from runtimes.base import BACKENDS, COMPUTE_UNITS, BackendUnavailable, resolve_backend
+from runtimes.loader import LoadedPredictors
+from validation.audio import read_audio
+from validation.held_out import held_out_transcripts
+from validation.tolerances import load_gates, load_tolerances
 
 pytest_plugins = ["reports.plugin"]
 
@@ -57,9 +62,6 @@ TOLERANCES = pytest.StashKey["ToleranceTable"]()
 
 def pytest_configure(config):
     """Refuse bad tolerances, gates and unusable --audio before any model is built."""
-    from validation.audio import read_audio
-    from validation.tolerances import load_gates, load_tolerances
-
     opt = config.option
     for name in ("latency_rounds", "threads"):
         value = getattr(opt, name)
@@ -101,7 +103,7 @@ def torch_model(model_source):
 
 
 @pytest.fixture(scope="session")
-def exporters(model_source, export_cache, pytestconfig):
+def session_exporters(model_source, export_cache, pytestconfig):
     """``exporters[precision]``: one Exporter per compute precision, sharing the cache and model."""
     units = pytestconfig.option.compute_units
     return {
@@ -112,8 +114,8 @@ def exporters(model_source, export_cache, pytestconfig):
 
 
 @pytest.fixture(scope="session")
-def dims(exporters):
-    return exporters["float32"].dims
+def dims(session_exporters):
+    return session_exporters["float32"].dims
 
 
 @pytest.fixture(scope="session")
@@ -125,7 +127,7 @@ def backend(pytestconfig) -> str:
 @pytest.fixture(scope="session")
 def predictor(backend, pytestconfig):
     """``predictor(package)``: the package loaded once on the session's backend and kept within
-    the memory budget of ``runtimes.base.LoadedPredictors``; a test that needs a backend this
+    the memory budget of ``runtimes.loader.LoadedPredictors``; a test that needs a backend this
     host lacks is skipped with the reason."""
     loaded = LoadedPredictors(backend, pytestconfig.option.compute_units)
 
@@ -138,31 +140,19 @@ def predictor(backend, pytestconfig):
     return load
 
 
-HELD_OUT_DECODE = ["mel_encoder", "decoder", "joint_decision_single_step"]
-
-
 @pytest.fixture(scope="session")
-def held_out(torch_model, dims, export_cache, exporters, predictor, pytestconfig):
+def held_out(torch_model, dims, export_cache, session_exporters, predictor, pytestconfig):
     """The held-out test set transcribed by NeMo and by the fp32, fp16 and int8-per-channel
     exports (``validation.held_out``); shared by the parity and quantization suites and put in
     the validation block. Skips on a model whose transcripts mean nothing."""
-    from exporters.quantize import VARIANTS, compress
-    from reports.plugin import HELD_OUT, PARITY_REPORT
-    from validation.held_out import (held_out_clips, nemo_transcriber, not_confident_reason, package_transcriber,
-                                     transcribe_held_out)
-
-    clips = held_out_clips(export_cache, dims)
-    confidence, reason = not_confident_reason(torch_model, dims, clips)
-    if reason:
-        pytest.skip(f"{reason}; the default --preset parakeet-tdt-tiny-trained runs this")
-    exported = {precision: {e.name: e for e in exporters[precision].export_all(HELD_OUT_DECODE)}
+    exported = {precision: {e.name: e for e in session_exporters[precision].export_all(DECODE)}
                 for precision in ("float32", "float16")}
     packages = {precision: {name: e.package for name, e in by_name.items()} for precision, by_name in exported.items()}
     int8 = VARIANTS["int8_per_channel"]
     packages[int8.name] = {name: compress(e, int8, export_cache).package for name, e in exported["float16"].items()}
-    transcribers = {"nemo": nemo_transcriber(torch_model, dims),
-                    **{label: package_transcriber(p, predictor, dims) for label, p in packages.items()}}
-    result = transcribe_held_out(torch_model, clips, transcribers)
+    result, confidence, reason = held_out_transcripts(torch_model, dims, export_cache, packages, predictor)
+    if reason:
+        pytest.skip(f"{reason}; the default --preset parakeet-tdt-tiny-trained runs this")
     summary = pytestconfig.stash[HELD_OUT] = {**result.as_dict(), "median_token_prob": confidence}
     report = pytestconfig.stash.get(PARITY_REPORT, None)
     if report is not None:

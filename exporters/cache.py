@@ -16,12 +16,13 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 from filelock import FileLock
+from platformdirs import user_cache_dir
 
 ENV_VAR = "PARAKEET_COREML_CACHE"
 ENTRY_FILE = "entry.json"
@@ -30,8 +31,6 @@ _STALE_TMP_SECONDS = 24 * 3600
 
 def default_cache_dir() -> Path:
     """``$PARAKEET_COREML_CACHE``, else the per-user cache directory of the platform."""
-    from platformdirs import user_cache_dir
-
     return Path(os.environ.get(ENV_VAR) or user_cache_dir("parakeet-coreml"))
 
 

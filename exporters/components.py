@@ -1,20 +1,30 @@
-"""The component I/O contract: one table saying what each exported package takes and returns.
+"""The component contract: one table of what each exported package takes and returns, and of
+how each output is checked.
 
 Names and layouts follow the public Core ML release of Parakeet-TDT v3 so exported packages
 drop into the Swift apps that load it. Every size comes from the loaded model (``ModelDims``),
-never from constants for the 0.6B model.
+never from constants for the 0.6B model. Every other per-component fact (tolerance keys, step
+axes, headline outputs, fused parts, the decode path) is declared here and derived elsewhere.
+This module imports nothing heavy: the Torch wrappers are bound to the table in
+``exporters.wrappers``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from exporters import wrappers
+from runtimes.base import COMPUTE_UNITS
 
 MAX_AUDIO_SECONDS = 15.0
+COMPUTE_PRECISIONS = ("float16", "float32")
+DEPLOYMENT_TARGETS = ("iOS17", "iOS18")
+
+# What an output is, and so how it is compared: values within a tolerance, decisions (token id,
+# duration) by margin-aware agreement, lengths exactly.
+VALUE, DECISION, LENGTH = "value", "decision", "length"
 
 
 class ExportError(Exception):
@@ -33,7 +43,7 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ModelDims:
-    """The sizes of one loaded model on the fixed export window."""
+    """The sizes of one loaded model on the fixed export window (``exporters.wrappers.model_dims``)."""
 
     sample_rate: int
     max_audio_seconds: float
@@ -62,143 +72,176 @@ class ModelDims:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelDims":
+    def from_dict(cls, d: dict) -> ModelDims:
         return cls(**{**d, "durations": tuple(d["durations"])})
 
-    @classmethod
-    def from_model(cls, model, max_audio_seconds: float = MAX_AUDIO_SECONDS) -> "ModelDims":
-        """Measure the window's sizes by running the model's own front end on silence."""
-        import torch
 
-        sample_rate = int(model.cfg.sample_rate)
-        samples = int(round(sample_rate * max_audio_seconds))
-        with torch.no_grad():
-            mel, mel_length = model.preprocessor(
-                input_signal=torch.zeros(1, samples), length=torch.tensor([samples])
-            )
-            subsampled, _ = model.encoder.pre_encode(x=mel.transpose(1, 2), lengths=mel_length)
-        durations = tuple(int(d) for d in (model.cfg.decoding.get("durations") or ()))
-        if len(durations) != model.joint.num_extra_outputs:
-            raise ExportError(
-                f"the joint has {model.joint.num_extra_outputs} extra outputs but the decoding config lists "
-                f"durations {list(durations)}; expected one duration per extra output"
-            )
-        return cls(
-            sample_rate=sample_rate,
-            max_audio_seconds=max_audio_seconds,
-            max_audio_samples=samples,
-            n_mels=mel.shape[1],
-            mel_frames=mel.shape[2],
-            mel_length=int(mel_length[0]),
-            encoder_dim=model.encoder.d_model,
-            encoder_frames=subsampled.shape[1],
-            pred_hidden=model.decoder.pred_hidden,
-            pred_layers=model.decoder.pred_rnn_layers,
-            vocab_size=model.decoder.vocab_size,
-            durations=durations,
-        )
+@dataclass(frozen=True)
+class Port:
+    """One input or output of a component: its name, dtype and shape for given dims and, for an
+    output, how the parity checks compare it.
 
+    ``tolerance`` is the tolerance table's key for the comparison against Torch (``None``: not
+    compared on its own, as decisions are); ``fused_tolerance`` the key for a fused package's
+    output against the parts it replaces; ``step_axis`` the time (or decoder-step) axis along
+    which its L2 norm per step is plotted.
+    """
 
-def _f32(name, *shape):
-    return TensorSpec(name, tuple(shape), "float32")
+    name: str
+    dtype: str
+    shape: Callable[[ModelDims], tuple[int, ...]]
+    role: str = VALUE
+    tolerance: str | None = None
+    fused_tolerance: str | None = None
+    step_axis: int | None = None
 
-
-def _i32(name, *shape):
-    return TensorSpec(name, tuple(shape), "int32")
-
-
-def _audio(d: ModelDims):
-    return (_f32("audio_signal", 1, d.max_audio_samples), _i32("audio_length", 1))
-
-
-def _encoded(d: ModelDims):
-    return (_f32("encoder", 1, d.encoder_dim, d.encoder_frames), _i32("encoder_length", 1))
-
-
-def _decision(t: int):
-    return (_i32("token_id", 1, t, 1), _f32("token_prob", 1, t, 1), _i32("duration", 1, t, 1))
+    def spec(self, dims: ModelDims) -> TensorSpec:
+        return TensorSpec(self.name, tuple(self.shape(dims)), self.dtype)
 
 
 @dataclass(frozen=True)
 class Component:
     name: str
     summary: str
-    wrapper: Callable
-    inputs: Callable[[ModelDims], tuple[TensorSpec, ...]]
-    outputs: Callable[[ModelDims], tuple[TensorSpec, ...]]
+    input_ports: tuple[Port, ...]
+    output_ports: tuple[Port, ...]
+    headline: str  # the output whose quality stands for the component's (plots, gates)
     # The STFT's power spectrum and the per-feature sums overflow fp16 (max 65504): ops under
     # these wrapper attributes (TorchScript module scopes) always compute in fp32.
     fp32_scopes: tuple[str, ...] = ()
     requires_tdt: bool = False
+    fuses: tuple[str, ...] = ()  # the components this one replaces, run one after the other
+    decode: bool = False  # one of the packages an app's greedy TDT loop drives
+
+    def __post_init__(self):
+        names = [p.name for p in self.output_ports]
+        if self.headline not in names or self.output(self.headline).role != VALUE:
+            raise ValueError(f"{self.name}: headline {self.headline!r} is not one of its value outputs {names}")
+
+    def inputs(self, dims: ModelDims) -> tuple[TensorSpec, ...]:
+        return tuple(p.spec(dims) for p in self.input_ports)
+
+    def outputs(self, dims: ModelDims) -> tuple[TensorSpec, ...]:
+        return tuple(p.spec(dims) for p in self.output_ports)
+
+    def output(self, name: str) -> Port:
+        return next(p for p in self.output_ports if p.name == name)
+
+
+def _f32(name, shape, **checks) -> Port:
+    return Port(name, "float32", shape, **checks)
+
+
+def _i32(name, shape, **checks) -> Port:
+    return Port(name, "int32", shape, **checks)
+
+
+def _one(d):
+    return (1,)
+
+
+def _audio():
+    return (_f32("audio_signal", lambda d: (1, d.max_audio_samples)), _i32("audio_length", _one))
+
+
+def _mel_ports(component: str | None = None):
+    """The mel and its length; as outputs of ``component`` when named."""
+    checks = {"mel": {}, "length": {}}
+    if component:
+        checks = {"mel": {"tolerance": f"{component}.mel", "step_axis": 2},
+                  "length": {"role": LENGTH, "tolerance": f"{component}.mel_length"}}
+    return (_f32("mel", lambda d: (1, d.n_mels, d.mel_frames), **checks["mel"]),
+            _i32("mel_length", _one, **checks["length"]))
+
+
+def _encoded(component: str, fused: bool = False):
+    return (_f32("encoder", lambda d: (1, d.encoder_dim, d.encoder_frames), tolerance=f"{component}.encoder",
+                 fused_tolerance=f"fused.{component}.encoder" if fused else None, step_axis=2),
+            _i32("encoder_length", _one, role=LENGTH, tolerance=f"{component}.encoder_length"))
+
+
+def _state(name, **checks):
+    return _f32(name, lambda d: (d.pred_layers, 1, d.pred_hidden), **checks)
+
+
+def _joint_inputs(encoder: str, decoder: str, frames: Callable[[ModelDims], int]):
+    return (_f32(encoder, lambda d: (1, d.encoder_dim, frames(d))), _f32(decoder, lambda d: (1, d.pred_hidden, 1)))
+
+
+def _decision(component: str, frames: Callable[[ModelDims], int]):
+    shape = lambda d: (1, frames(d), 1)  # noqa: E731
+    return (_i32("token_id", shape, role=DECISION),
+            _f32("token_prob", shape, tolerance=f"{component}.token_prob", fused_tolerance="fused.token_prob",
+                 step_axis=1),
+            _i32("duration", shape, role=DECISION))
+
+
+def _all_frames(d):
+    return d.encoder_frames
+
+
+def _one_frame(d):
+    return 1
 
 
 COMPONENTS: dict[str, Component] = {
     c.name: c
     for c in (
+        Component("preprocessor", "waveform -> normalised log-mel", _audio(), _mel_ports("preprocessor"),
+                  headline="mel", fp32_scopes=("*",)),
+        Component("encoder", "log-mel -> FastConformer encoding", _mel_ports(), _encoded("encoder"),
+                  headline="encoder"),
+        Component("mel_encoder", "waveform -> encoding (preprocessor and encoder fused)", _audio(),
+                  _encoded("mel_encoder", fused=True), headline="encoder", fp32_scopes=("preprocessor",),
+                  fuses=("preprocessor", "encoder"), decode=True),
         Component(
-            "preprocessor",
-            "waveform -> normalised log-mel",
-            wrappers.Preprocessor,
-            _audio,
-            lambda d: (_f32("mel", 1, d.n_mels, d.mel_frames), _i32("mel_length", 1)),
-            fp32_scopes=("*",),
-        ),
-        Component(
-            "encoder",
-            "log-mel -> FastConformer encoding",
-            wrappers.Encoder,
-            lambda d: (_f32("mel", 1, d.n_mels, d.mel_frames), _i32("mel_length", 1)),
-            _encoded,
-        ),
-        Component(
-            "mel_encoder",
-            "waveform -> encoding (preprocessor and encoder fused)",
-            wrappers.MelEncoder,
-            _audio,
-            _encoded,
-            fp32_scopes=("preprocessor",),
-        ),
-        Component(
-            "decoder",
-            "one LSTM prediction-network step with explicit state",
-            wrappers.Decoder,
-            lambda d: (
-                _i32("targets", 1, 1),
-                _i32("target_length", 1),
-                _f32("h_in", d.pred_layers, 1, d.pred_hidden),
-                _f32("c_in", d.pred_layers, 1, d.pred_hidden),
-            ),
-            lambda d: (
-                _f32("decoder", 1, d.pred_hidden, 1),
-                _f32("h_out", d.pred_layers, 1, d.pred_hidden),
-                _f32("c_out", d.pred_layers, 1, d.pred_hidden),
-            ),
-        ),
-        Component(
-            "joint",
-            "encoding x decoder step -> raw token and duration logits",
-            wrappers.Joint,
-            lambda d: (_f32("encoder", 1, d.encoder_dim, d.encoder_frames), _f32("decoder", 1, d.pred_hidden, 1)),
-            lambda d: (_f32("logits", 1, d.encoder_frames, 1, d.joint_classes),),
-        ),
-        Component(
-            "joint_decision",
-            "joint + greedy token/duration decision for every frame",
-            wrappers.JointDecision,
-            lambda d: (_f32("encoder", 1, d.encoder_dim, d.encoder_frames), _f32("decoder", 1, d.pred_hidden, 1)),
-            lambda d: _decision(d.encoder_frames),
-            requires_tdt=True,
-        ),
-        Component(
-            "joint_decision_single_step",
-            "joint + decision for one frame and one decoder step",
-            wrappers.JointDecisionSingleStep,
-            lambda d: (_f32("encoder_step", 1, d.encoder_dim, 1), _f32("decoder_step", 1, d.pred_hidden, 1)),
-            lambda d: _decision(1),
-            requires_tdt=True,
-        ),
+            "decoder", "one LSTM prediction-network step with explicit state",
+            (_i32("targets", lambda d: (1, 1)), _i32("target_length", _one), _state("h_in"), _state("c_in")),
+            # step axis 0: the checks stack the outputs of a rollout of decoder steps
+            (_f32("decoder", lambda d: (1, d.pred_hidden, 1), tolerance="decoder.decoder", step_axis=0),
+             _state("h_out", tolerance="decoder.h_out", step_axis=0),
+             _state("c_out", tolerance="decoder.c_out", step_axis=0)),
+            headline="decoder", decode=True),
+        Component("joint", "encoding x decoder step -> raw token and duration logits",
+                  _joint_inputs("encoder", "decoder", _all_frames),
+                  (_f32("logits", lambda d: (1, d.encoder_frames, 1, d.joint_classes), tolerance="joint.logits",
+                        step_axis=1),),
+                  headline="logits"),
+        Component("joint_decision", "joint + greedy token/duration decision for every frame",
+                  _joint_inputs("encoder", "decoder", _all_frames), _decision("joint_decision", _all_frames),
+                  headline="token_prob", requires_tdt=True, fuses=("joint",)),
+        Component("joint_decision_single_step", "joint + decision for one frame and one decoder step",
+                  _joint_inputs("encoder_step", "decoder_step", _one_frame),
+                  _decision("joint_decision_single_step", _one_frame),
+                  headline="token_prob", requires_tdt=True, fuses=("joint",), decode=True),
     )
 }
+# The packages an app's greedy TDT loop drives: front end and encoder, decoder, single-step joint.
+DECODE = tuple(name for name, c in COMPONENTS.items() if c.decode)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything besides the model and the component that changes an exported package."""
+
+    compute_precision: str = "float16"
+    compute_units: str = "ALL"
+    minimum_deployment_target: str = "iOS17"
+    max_audio_seconds: float = 15.0
+
+    def __post_init__(self):
+        for value, allowed, what in (
+            (self.compute_precision, COMPUTE_PRECISIONS, "compute precision"),
+            (self.compute_units, COMPUTE_UNITS, "compute units"),
+            (self.minimum_deployment_target, DEPLOYMENT_TARGETS, "minimum deployment target"),
+        ):
+            if value not in allowed:
+                raise ExportError(f"unknown {what} {value!r}; expected one of: {', '.join(allowed)}")
+        if not 0 < self.max_audio_seconds <= 600:
+            raise ExportError(f"max audio seconds must be in (0, 600], got {self.max_audio_seconds}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 def get_components(names=None) -> list[Component]:
@@ -209,6 +252,16 @@ def get_components(names=None) -> list[Component]:
     if unknown:
         raise ExportError(f"unknown component(s) {', '.join(unknown)}; expected any of: {', '.join(COMPONENTS)}")
     return [COMPONENTS[n] for n in dict.fromkeys(names)]
+
+
+def zero_state(dims: ModelDims) -> np.ndarray:
+    """The LSTM state (h or c) the prediction network starts from."""
+    return np.zeros((dims.pred_layers, 1, dims.pred_hidden), np.float32)
+
+
+def decoder_inputs(token: int, h: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
+    """The decoder package's inputs for one step on ``token``."""
+    return {"targets": np.array([[token]], np.int32), "target_length": np.ones(1, np.int32), "h_in": h, "c_in": c}
 
 
 def example_inputs(component: Component, dims: ModelDims, seed: int = 0) -> dict[str, np.ndarray]:

@@ -3,45 +3,20 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
 
+import coremltools as ct
 import numpy as np
+import torch
+from coremltools.converters.mil.mil import types
+from coremltools.converters.mil.mil.scope import ScopeSource
 
-from exporters.components import Component, ExportError, ModelDims, example_inputs
-
-COMPUTE_PRECISIONS = ("float16", "float32")
-COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
-DEPLOYMENT_TARGETS = ("iOS17", "iOS18")
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """Everything besides the model and the component that changes an exported package."""
-
-    compute_precision: str = "float16"
-    compute_units: str = "ALL"
-    minimum_deployment_target: str = "iOS17"
-    max_audio_seconds: float = 15.0
-
-    def __post_init__(self):
-        for value, allowed, what in (
-            (self.compute_precision, COMPUTE_PRECISIONS, "compute precision"),
-            (self.compute_units, COMPUTE_UNITS, "compute units"),
-            (self.minimum_deployment_target, DEPLOYMENT_TARGETS, "minimum deployment target"),
-        ):
-            if value not in allowed:
-                raise ExportError(f"unknown {what} {value!r}; expected one of: {', '.join(allowed)}")
-        if not 0 < self.max_audio_seconds <= 600:
-            raise ExportError(f"max audio seconds must be in (0, 600], got {self.max_audio_seconds}")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+from exporters import torch_compat
+from exporters.components import Component, ExportOptions, ModelDims, example_inputs
+from exporters.wrappers import wrapper
 
 
 def _keeps_fp32(component: Component):
     """An fp16 op selector that leaves ops under ``component.fp32_scopes`` in fp32."""
-    from coremltools.converters.mil.mil.scope import ScopeSource
-
     scopes = set(component.fp32_scopes)
 
     def selector(op) -> bool:
@@ -52,8 +27,6 @@ def _keeps_fp32(component: Component):
 
 
 def _compute_precision(component: Component, precision: str):
-    import coremltools as ct
-
     if precision == "float32" or "*" in component.fp32_scopes:
         return ct.precision.FLOAT32
     if component.fp32_scopes:
@@ -63,18 +36,13 @@ def _compute_precision(component: Component, precision: str):
 
 def convert_component(model, component: Component, dims: ModelDims, options: ExportOptions):
     """Trace ``component``'s wrapper on ``model`` and convert it; returns a ``ct.models.MLModel``."""
-    import coremltools as ct
-    import torch
-
-    from exporters import torch_compat
-
     torch_compat.install()
-    wrapper = component.wrapper(model).eval()
+    module = wrapper(component.name, model)
     specs = component.inputs(dims)
     example = example_inputs(component, dims)
     args = tuple(torch.from_numpy(example[s.name]) for s in specs)
     with torch.no_grad():
-        traced = torch.jit.trace(wrapper, args, check_trace=False)
+        traced = torch.jit.trace(module, args, check_trace=False)
     return ct.convert(
         traced,
         inputs=[ct.TensorType(name=s.name, shape=s.shape, dtype=np.dtype(s.dtype).type) for s in specs],
@@ -94,8 +62,6 @@ def op_origins(program) -> dict[str, str]:
     coremltools keeps the TorchScript module scope of every op it converts; the package itself
     does not, so the export records it beside the package for locating divergences later.
     """
-    from coremltools.converters.mil.mil.scope import ScopeSource
-
     origins = {}
     for op in program.functions["main"].operations:
         names = op.scopes.get(ScopeSource.TORCHSCRIPT_MODULE_NAME) if op.op_type != "const" else None
@@ -111,8 +77,6 @@ def program_precision(program) -> dict:
     Casts (which coremltools puts at fp16 programs' inputs and outputs) and consts are left
     out; a program with both fp16 and fp32 compute ops is "mixed".
     """
-    from coremltools.converters.mil.mil import types
-
     counts = Counter()
     for op in program.functions["main"].operations:
         if op.op_type in ("const", "cast"):

@@ -9,27 +9,23 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
 
 from exporters.cache import Entry, ExportCache, cache_key, tool_versions
-from exporters.components import Component, ExportError, ModelDims, get_components
-from exporters.convert import ExportOptions
+from exporters.components import Component, ExportError, ExportOptions, ModelDims, get_components
+from exporters.convert import convert_component, op_origins, program_precision
 from exporters.sources import ModelSource
-
+from exporters.wrappers import model_dims
+from runtimes.base import package_size
 
 ORIGINS_FILE = "op_origins.json"
 
 
 def print_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def package_size(package: Path) -> int:
-    """Bytes of an ``.mlpackage`` directory."""
-    return sum(f.stat().st_size for f in Path(package).rglob("*") if f.is_file())
 
 
 @dataclass(frozen=True)
@@ -83,7 +79,7 @@ class Exporter:
         key = cache_key(kind="model-info", model=self.model_key, max_audio_seconds=self.options.max_audio_seconds)
 
         def build(_tmp: Path) -> dict:
-            dims = ModelDims.from_model(self.model, self.options.max_audio_seconds)
+            dims = model_dims(self.model, self.options.max_audio_seconds)
             return {
                 "dims": dims.as_dict(),
                 "model_class": type(self.model).__name__,
@@ -103,8 +99,6 @@ class Exporter:
                         options=self.options.as_dict())
 
         def build(tmp: Path) -> dict:
-            from exporters.convert import convert_component, op_origins, program_precision
-
             model, dims = self.model, self.dims
             self.progress(f"  {component.name}: tracing and converting ...")
             t = time.perf_counter()

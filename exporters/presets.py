@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import sentencepiece as spm
 
 TDT_DURATIONS = (0, 1, 2, 3, 4)
 
@@ -91,8 +92,6 @@ def get_preset(name: str) -> Preset:
 def write_tokenizer(sentences, vocab_size: int, out_dir: Path) -> Path:
     """Train a SentencePiece BPE model of ``vocab_size`` pieces on ``sentences`` into ``out_dir``,
     with the vocab.txt NeMo's BPE tokenizer setup registers beside it."""
-    import sentencepiece as spm
-
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences),
@@ -215,9 +214,9 @@ def model_config(preset: Preset, tokenizer_dir: str) -> dict:
 
 def build_model(preset: Preset):
     """Build the preset as a NeMo ``EncDecRNNTBPEModel`` in eval mode with seeded weights."""
-    import torch
-    from nemo.collections.asr.models import EncDecRNNTBPEModel
-    from omegaconf import OmegaConf
+    import torch  # lazy: torch and NeMo only when a preset is built, not when its key is computed
+    from nemo.collections.asr.models import EncDecRNNTBPEModel  # lazy: see above
+    from omegaconf import OmegaConf  # lazy: see above
 
     # NeMo keeps the tokenizer's path and copies it on save_to, so the directory lives as
     # long as the model does.

@@ -18,9 +18,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import coremltools as ct
+import coremltools.optimize.coreml as cto
+
 from exporters.cache import ExportCache, cache_key
-from exporters.components import ExportError
-from exporters.export import ExportedComponent, package_size
+from exporters.components import COMPONENTS, DEPLOYMENT_TARGETS, ExportError
+from exporters.export import ExportedComponent
+from exporters.settings import tool_settings
+from runtimes.base import package_size
+from runtimes.mil.model import load_program
 
 STEP_KINDS = ("linear", "palettize", "prune")
 # Weights smaller than this stay uncompressed (coremltools' own default): biases, norms.
@@ -39,7 +45,7 @@ class Step:
             raise ExportError(f"unknown compression step {self.kind!r}; expected one of: {', '.join(STEP_KINDS)}")
 
     @classmethod
-    def of(cls, kind: str, **options) -> "Step":
+    def of(cls, kind: str, **options) -> Step:
         return cls(kind, tuple(sorted(options.items())))
 
     def describe(self) -> str:
@@ -90,8 +96,6 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 
 
 def _optimization_config(step: Step, keep_lstm: bool, untouched_ops: tuple[str, ...] = ()):
-    import coremltools.optimize.coreml as cto
-
     config_class = {"linear": cto.OpLinearQuantizerConfig, "palettize": cto.OpPalettizerConfig,
                     "prune": cto.OpMagnitudePrunerConfig}[step.kind]
     options = {"weight_threshold": WEIGHT_THRESHOLD, **dict(step.options)}
@@ -106,8 +110,6 @@ def _optimization_config(step: Step, keep_lstm: bool, untouched_ops: tuple[str, 
 def apply_steps(mlmodel, steps: tuple[Step, ...], keep_lstm: bool, untouched_ops: tuple[str, ...] = ()):
     """``mlmodel`` with each step applied in order; a step after another compresses jointly
     (e.g. int8 of the pruned weights keeps their sparsity)."""
-    import coremltools.optimize.coreml as cto
-
     passes = {"linear": cto.linear_quantize_weights, "palettize": cto.palettize_weights, "prune": cto.prune_weights}
     for i, step in enumerate(steps):
         config = _optimization_config(step, keep_lstm, untouched_ops)
@@ -117,8 +119,6 @@ def apply_steps(mlmodel, steps: tuple[Step, ...], keep_lstm: bool, untouched_ops
 
 def is_front_end(component: str) -> bool:
     """A component that is all front end (its fp32 scopes cover everything): never compressed."""
-    from exporters.components import COMPONENTS
-
     return "*" in COMPONENTS[component].fp32_scopes
 
 
@@ -126,9 +126,6 @@ def front_end_ops(base: ExportedComponent) -> tuple[str, ...]:
     """Ops of ``base`` under its component's fp32 scopes (``Component.fp32_scopes``): the front
     end's STFT basis and mel filterbank are not learned weights, and rounding them moves every
     mel value (int8 on the preprocessor measured quality 0.944)."""
-    from exporters.components import COMPONENTS
-    from runtimes.mil.model import load_program
-
     scopes = COMPONENTS[base.name].fp32_scopes
     if not scopes:
         return ()
@@ -164,8 +161,6 @@ def compress(base: ExportedComponent, variant: Variant, cache: ExportCache, prog
                     code=hashlib.sha256(Path(__file__).read_bytes()).hexdigest())
 
     def build(tmp: Path) -> dict:
-        import coremltools as ct
-
         progress(f"  {variant.name}/{base.name}: " + " then ".join(s.describe() for s in steps) + " ...")
         start = time.perf_counter()
         untouched = front_end_ops(base)  # read the whole program: only when building
@@ -180,7 +175,8 @@ def compress(base: ExportedComponent, variant: Variant, cache: ExportCache, prog
         compressed.save(str(tmp / package))
         # Weights too small or of shapes a step cannot take (int4 blocks of 32 on a width of 48)
         # stay as they were; a package where that is every weight is the base, re-saved.
-        constexprs = sum(op.op_type.startswith("constexpr_") for op in compressed._mil_program.functions["main"].operations)
+        operations = compressed._mil_program.functions["main"].operations
+        constexprs = sum(op.op_type.startswith("constexpr_") for op in operations)
         return {"component": base.name, "variant": variant.name, "package": package,
                 "steps": [s.as_dict() for s in steps], "base_key": base.entry.path.name,
                 "front_end_ops_kept": len(untouched), "compressed_weights": constexprs,
@@ -198,13 +194,10 @@ def variant_table(path: Path | None = None) -> dict[str, Variant]:
     ``pyproject.toml``: each a table with ``summary``, optional ``minimum_deployment_target`` and
     ``keep_lstm``, and per component (or ``"*"``) a list of steps like
     ``{ kind = "palettize", nbits = 6 }``."""
-    import tomllib
-
     table = dict(VARIANTS)
     if path is None or not Path(path).is_file():
         return table
-    with open(path, "rb") as f:
-        declared = tomllib.load(f).get("tool", {}).get("parakeet-coreml", {}).get("quantization", {}).get("variants", {})
+    declared = tool_settings(path).get("quantization", {}).get("variants", {})
     for name, spec in declared.items():
         table[name] = parse_variant(name, spec, f"{path} [tool.parakeet-coreml.quantization.variants.{name}]")
     return table
@@ -223,11 +216,10 @@ def parse_variant(name: str, spec, where: str) -> Variant:
     summary = str(spec.pop("summary", name))
     target = spec.pop("minimum_deployment_target", "iOS17")
     keep_lstm = bool(spec.pop("keep_lstm", True))
-    from exporters.components import COMPONENTS
-    from exporters.convert import DEPLOYMENT_TARGETS
 
     if target not in DEPLOYMENT_TARGETS:
-        raise ExportError(f"{where}: minimum_deployment_target {target!r}; expected one of {', '.join(DEPLOYMENT_TARGETS)}")
+        raise ExportError(f"{where}: minimum_deployment_target {target!r}; "
+                          f"expected one of {', '.join(DEPLOYMENT_TARGETS)}")
     steps = {}
     for component, declared in spec.items():
         if component != "*" and component not in COMPONENTS:

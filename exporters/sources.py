@@ -11,12 +11,17 @@ import hashlib
 import inspect
 import json
 import logging
+import socket
 import tarfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlparse
 
+from exporters import presets
+from exporters.cache import sha256_file
 from exporters.components import ExportError
+from exporters.presets import TRAINED_PRESETS, build_model, get_preset
 
 DEFAULT_PRESET = "parakeet-tdt-tiny-trained"
 
@@ -34,8 +39,6 @@ def add_source_options(add_option, prefix: str = "--") -> None:
 
 def _trained_preset_checkpoint(name: str) -> tuple[str, str] | None:
     """A trained preset is its shipped ``.nemo``, loaded exactly like ``--nemo-path``."""
-    from exporters.presets import TRAINED_PRESETS
-
     path = TRAINED_PRESETS.get(name)
     if path is None:
         return None
@@ -48,8 +51,6 @@ def _trained_preset_checkpoint(name: str) -> tuple[str, str] | None:
 @lru_cache(maxsize=8)
 def _checkpoint_digest(path: str, size: int, mtime_ns: int) -> str:
     """sha256 of a checkpoint, once per process for an unchanged file (a 0.6B .nemo is 2.4 GB)."""
-    from exporters.cache import sha256_file
-
     return sha256_file(Path(path))
 
 
@@ -57,6 +58,7 @@ def quiet_nemo() -> None:
     """NeMo logs every module it builds; keep warnings and errors only."""
     logging.getLogger("nemo_logger").setLevel(logging.WARNING)
     try:
+        # lazy: NeMo takes seconds to import; a warm export cache never needs it
         from nemo.utils import logging as nemo_logging
 
         nemo_logging.setLevel(logging.WARNING)
@@ -70,7 +72,7 @@ class ModelSource:
     value: str
 
     @classmethod
-    def from_options(cls, nemo_path=None, model_id=None, preset=None, default_preset=None) -> "ModelSource":
+    def from_options(cls, nemo_path=None, model_id=None, preset=None, default_preset=None) -> ModelSource:
         given = [(k, v) for k, v in (("nemo", nemo_path), ("hub", model_id), ("preset", preset)) if v]
         if len(given) > 1:
             raise ExportError("give one model source: --nemo-path, --model-id or --preset, not several")
@@ -95,8 +97,6 @@ class ModelSource:
     def validate(self) -> None:
         """Fail fast, before any heavy import, on what can be checked cheaply."""
         if self.kind == "preset":
-            from exporters.presets import get_preset
-
             try:
                 get_preset(self.value)
             except ValueError as e:
@@ -119,8 +119,6 @@ class ModelSource:
     def key(self) -> str:
         """A digest of the model's content: the checkpoint's bytes, or the preset's recipe."""
         if self.kind == "preset":
-            from exporters import presets
-
             recipe = {"preset": presets.get_preset(self.value).as_dict(), "builder": inspect.getsource(presets)}
             return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
         path = self.checkpoint_path().resolve()
@@ -140,8 +138,6 @@ class ModelSource:
 def _load(source: ModelSource):
     quiet_nemo()
     if source.kind == "preset":
-        from exporters.presets import build_model, get_preset
-
         model = build_model(get_preset(source.value))
     else:
         model = _restore(source.checkpoint_path())
@@ -150,10 +146,7 @@ def _load(source: ModelSource):
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """One quick connection to the hub: huggingface_hub itself retries with back-off for ~30 s."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # lazy: the hub client only for --model-id
 
     if constants.HF_HUB_OFFLINE:
         return False
@@ -169,7 +162,7 @@ def _hub_checkpoint(model_id: str) -> Path:
     """Resolve a hub id to its .nemo in the local Hugging Face cache, fetching it if the hub answers."""
     if model_id.count("/") != 1:
         raise ExportError(f"--model-id {model_id!r}: expected OWNER/NAME, e.g. nvidia/parakeet-tdt-0.6b-v3")
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # lazy: the hub client only for --model-id
 
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     filename = model_id.split("/")[1] + ".nemo"
@@ -190,7 +183,7 @@ def _hub_checkpoint(model_id: str) -> Path:
 
 
 def _restore(path: Path):
-    from nemo.collections.asr.models import ASRModel, EncDecRNNTModel
+    from nemo.collections.asr.models import ASRModel, EncDecRNNTModel  # lazy: NeMo only when a checkpoint is restored
 
     try:
         model = ASRModel.restore_from(str(path), map_location="cpu")

@@ -7,6 +7,9 @@ Each fix is a registered op override (coremltools' documented extension point), 
 from __future__ import annotations
 
 import numpy as np
+from coremltools.converters.mil import Builder as mb
+from coremltools.converters.mil.frontend.torch import ops
+from coremltools.converters.mil.frontend.torch.torch_op_registry import register_torch_op
 
 _installed = False
 
@@ -20,9 +23,6 @@ def _scalar_cast(dtype, dtype_name):
     sequence length). Constants take the single element; everything else goes to
     coremltools' own implementation unchanged.
     """
-    from coremltools.converters.mil import Builder as mb
-    from coremltools.converters.mil.frontend.torch import ops
-
     def convert(context, node):
         x = ops._get_inputs(context, node, expected=1)[0]
         if x.can_be_folded_to_const() and np.ndim(x.val) > 0 and np.size(x.val) == 1:
@@ -39,7 +39,6 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from coremltools.converters.mil.frontend.torch.torch_op_registry import register_torch_op
 
     register_torch_op(_scalar_cast(int, "int32"), torch_alias=["int"], override=True)
     register_torch_op(_scalar_cast(bool, "bool"), torch_alias=["bool"], override=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from exporters.components import COMPONENTS, MAX_AUDIO_SECONDS, ExportError, ModelDims
+
 
 class Preprocessor(nn.Module):
     """Waveform -> normalised log-mel, honouring the true ``audio_length`` (per-feature stats)."""
@@ -112,3 +114,51 @@ class JointDecisionSingleStep(JointDecision):
 
     def forward(self, encoder_step, decoder_step):
         return super().forward(encoder_step, decoder_step)
+
+
+# The Torch reference of each component of the contract (``exporters.components``).
+WRAPPERS: dict[str, type[nn.Module]] = {
+    "preprocessor": Preprocessor,
+    "encoder": Encoder,
+    "mel_encoder": MelEncoder,
+    "decoder": Decoder,
+    "joint": Joint,
+    "joint_decision": JointDecision,
+    "joint_decision_single_step": JointDecisionSingleStep,
+}
+if set(WRAPPERS) != set(COMPONENTS):
+    raise ImportError(f"wrappers {sorted(WRAPPERS)} do not match the contract's components {sorted(COMPONENTS)}")
+
+
+def wrapper(name: str, model) -> nn.Module:
+    """Component ``name``'s Torch wrapper on ``model``, in eval mode."""
+    return WRAPPERS[name](model).eval()
+
+
+def model_dims(model, max_audio_seconds: float = MAX_AUDIO_SECONDS) -> ModelDims:
+    """Measure the window's sizes by running the model's own front end on silence."""
+    sample_rate = int(model.cfg.sample_rate)
+    samples = int(round(sample_rate * max_audio_seconds))
+    with torch.no_grad():
+        mel, mel_length = model.preprocessor(input_signal=torch.zeros(1, samples), length=torch.tensor([samples]))
+        subsampled, _ = model.encoder.pre_encode(x=mel.transpose(1, 2), lengths=mel_length)
+    durations = tuple(int(d) for d in (model.cfg.decoding.get("durations") or ()))
+    if len(durations) != model.joint.num_extra_outputs:
+        raise ExportError(
+            f"the joint has {model.joint.num_extra_outputs} extra outputs but the decoding config lists "
+            f"durations {list(durations)}; expected one duration per extra output"
+        )
+    return ModelDims(
+        sample_rate=sample_rate,
+        max_audio_seconds=max_audio_seconds,
+        max_audio_samples=samples,
+        n_mels=mel.shape[1],
+        mel_frames=mel.shape[2],
+        mel_length=int(mel_length[0]),
+        encoder_dim=model.encoder.d_model,
+        encoder_frames=subsampled.shape[1],
+        pred_hidden=model.decoder.pred_hidden,
+        pred_layers=model.decoder.pred_rnn_layers,
+        vocab_size=model.decoder.vocab_size,
+        durations=durations,
+    )

@@ -1,1 +1,1 @@
-"""The pytest report plugin (metadata.json validation and latency blocks, plots): the parity and latency issues."""
+"""Reports: metadata.json's validation, latency and quantization blocks, pytest-benchmark's JSON, and plots."""

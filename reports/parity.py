@@ -8,14 +8,12 @@ from pathlib import Path
 
 from reports.metadata import update_metadata, validation_block
 from reports.plots import PARITY_DIR, parity_plots
-from validation.checks import TRANSCRIPT_CHECK, ClipParity
+from runtimes.base import describe_backend
+from validation.checks import SYMBOL_STEPS, TRANSCRIPT_CHECK, ClipParity
 
 
 def parity_context(requested_backend: str, backend: str, precision: str, compute_units: str, tolerances) -> dict:
     """What a validation block was measured with."""
-    from runtimes.base import describe_backend
-    from validation.checks import SYMBOL_STEPS
-
     return {"requested_backend": requested_backend, "backend": backend, "values_from": describe_backend(backend),
             "compute_precision": precision, "compute_units": compute_units, "tolerances": tolerances.as_dict(),
             "symbol_steps": SYMBOL_STEPS}

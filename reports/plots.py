@@ -16,10 +16,10 @@ TOP_K = 10
 
 
 def _figure(rows: int, height: float = 2.6, width: float = 11.0):
-    import matplotlib
+    import matplotlib  # lazy: pyplot fixes its backend when imported: Agg is chosen only when drawing
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: as above
 
     fig, axes = plt.subplots(rows, 1, figsize=(width, 1.2 + height * rows), squeeze=False)
     return plt, fig, axes[:, 0]
@@ -135,7 +135,8 @@ def decisions(series: dict, title: str, out_dir: Path) -> Path:
     tokens.legend(loc="upper right", fontsize=8)
     _torch_vs_exported(probs, series["decision_prob_torch"], {"joint_decision": series["decision_prob_exported"]},
                        "token probability", "encoder frame")
-    return _save(plt, fig, title, "Joint decision: token agreement and token probability", out_dir / "joint_decision.png")
+    return _save(plt, fig, title, "Joint decision: token agreement and token probability",
+                 out_dir / "joint_decision.png")
 
 
 def parity_plots(series: dict, title: str, out_dir: Path, token_classes: int) -> list[Path]:
@@ -211,7 +212,8 @@ def latency_plots(block: dict, model: str, out_dir: Path) -> list[Path]:
                            out_dir / "latency_summary.png"))
         plt, fig, (ax,) = _figure(1, height=3.6)
         _speedup_bars(ax, names, [rows[n]["speedup"] for n in names], f"speedup (Torch / {backend}, medians)")
-        drawn.append(_save(plt, fig, title, "Speedup of the exported packages over Torch", out_dir / "latency_speedup.png"))
+        drawn.append(_save(plt, fig, title, "Speedup of the exported packages over Torch",
+                           out_dir / "latency_speedup.png"))
     fused = block["fused"]
     if fused:
         names = list(fused)

@@ -8,11 +8,15 @@ block also goes into pytest-benchmark's own JSON through its hooks.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from exporters.components import ExportError
+from exporters.publish import publish, staging_dir
+from reports.quantization import write_quantization
+from validation.tolerances import load_gates
 
 PARITY_REPORT = pytest.StashKey["object"]()
 LATENCY_REPORT = pytest.StashKey["object"]()
@@ -55,12 +59,6 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def _write_quantization(config, report: dict) -> str:
-    import shutil
-
-    from exporters.publish import publish, staging_dir
-    from reports.quantization import write_quantization
-    from validation.tolerances import load_gates
-
     results = list(report["results"].values())
     held_out = config.stash.get(HELD_OUT, None)
     for result in results:

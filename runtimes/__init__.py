@@ -1,1 +1,1 @@
-"""Runtimes for exported packages (Core ML on macOS, the MIL executor everywhere): the executor issue."""
+"""Runtimes for exported packages: Apple's Core ML on macOS, and the MIL executor on any OS."""

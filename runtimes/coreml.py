@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import time
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -17,6 +20,7 @@ def unavailable_reason() -> str | None:
     if platform.system() != "Darwin":
         return f"Apple's Core ML runtime exists only on macOS; this host runs {platform.system()}"
     try:
+        # lazy: probes whether the Core ML bindings exist
         from coremltools.libcoremlpython import _MLModelProxy  # noqa: F401
     except ImportError as error:
         return f"coremltools was installed without its Core ML bindings ({error})"
@@ -34,7 +38,7 @@ class CoreMLModel:
             raise BackendUnavailable(reason)
         if compute_units not in COMPUTE_UNITS:
             raise ValueError(f"unknown compute units {compute_units!r}; expected one of: {', '.join(COMPUTE_UNITS)}")
-        import coremltools as ct
+        import coremltools as ct  # lazy: coremltools imports torch; only Core ML runs need it
 
         self.compute_units = compute_units
         path = package if isinstance(package, (str, os.PathLike)) else package.package_path
@@ -57,13 +61,10 @@ def compile_and_place(package, compute_units: str = "ALL") -> dict:
     reason = unavailable_reason()
     if reason:
         raise BackendUnavailable(reason)
-    import shutil
-    import time
-    from collections import Counter
 
-    import coremltools as ct
-    from coremltools.models.compute_plan import MLComputePlan
-    from coremltools.models.utils import compile_model
+    import coremltools as ct  # lazy: coremltools imports torch; only Core ML runs need it
+    from coremltools.models.compute_plan import MLComputePlan  # lazy: as above
+    from coremltools.models.utils import compile_model  # lazy: as above
 
     path = package if isinstance(package, (str, os.PathLike)) else package.package_path
     start = time.perf_counter()
@@ -86,7 +87,7 @@ def compile_and_place(package, compute_units: str = "ALL") -> dict:
 
 
 def _input_spec(feature) -> InputSpec:
-    from coremltools.proto import FeatureTypes_pb2
+    from coremltools.proto import FeatureTypes_pb2  # lazy: as above
 
     array = feature.type.multiArrayType
     dtypes = {

@@ -9,10 +9,11 @@ has the module output's shape.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
+import torch
 
 from runtimes.mil import MILModel
 
@@ -33,8 +34,6 @@ class Divergence:
 
 def torch_module_outputs(module, args: Sequence) -> dict[str, np.ndarray]:
     """Each submodule's output (its first tensor) for one forward pass, by module path."""
-    import torch
-
     captured: dict[str, np.ndarray] = {}
 
     def hook(path):
@@ -59,8 +58,6 @@ def scope_paths(module) -> dict[str, str]:
     containers (``ModuleList``, ``ModuleDict``: ``encoder.layers.0`` appears as ``encoder.0``)
     and modules whose methods, not ``forward``, are called (NeMo's joint: ``joint.enc`` appears
     as ``enc``). A scope that is a unique tail of a module path maps to that path."""
-    import torch
-
     containers = (torch.nn.ModuleList, torch.nn.ModuleDict)
     paths = {}
     for path, _ in module.named_modules():
@@ -84,8 +81,6 @@ def scope_paths(module) -> dict[str, str]:
 def compare_modules(program: MILModel, origins: Mapping[str, str], module, inputs: Mapping[str, np.ndarray],
                     input_order: Sequence[str]) -> list[Divergence]:
     """Every Torch module matched to a program variable, with its error, in program order."""
-    import torch
-
     values = program.predict(inputs, intermediates="all")
     reference = torch_module_outputs(module, [torch.from_numpy(inputs[name]) for name in input_order])
     paths = scope_paths(module)

@@ -1,1 +1,1 @@
-"""Training of the small Parakeet-TDT test model (issue 7): a CPU TDT loss, synthetic data, the script."""
+"""Training of the small Parakeet-TDT test model: a TDT loss that runs on a CPU, and the training script."""

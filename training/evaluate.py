@@ -12,6 +12,14 @@ import json
 import sys
 from pathlib import Path
 
+import soundfile
+
+from exporters.sources import ModelSource
+from exporters.wrappers import model_dims
+from validation.audio import fit_window
+from validation.held_out import median_token_probability
+from validation.metrics import word_error_rate
+
 
 def read_manifest(manifest: Path) -> list[dict]:
     return [json.loads(line) for line in Path(manifest).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -27,17 +35,10 @@ def nemo_transcripts(model, paths: list[str], batch_size: int = 16) -> list[str]
 
 def evaluate(model, manifest: Path) -> dict:
     """Test WER of NeMo's greedy TDT, and the median top-1 probability of the emitted tokens."""
-    import soundfile
-
-    from exporters.components import ModelDims
-    from validation.audio import fit_window
-    from validation.held_out import median_token_probability
-    from validation.metrics import word_error_rate
-
     rows = read_manifest(manifest)
     references = [r["text"] for r in rows]
     hypotheses = nemo_transcripts(model, [r["audio_filepath"] for r in rows])
-    dims = ModelDims.from_model(model)
+    dims = model_dims(model)
     clips = [fit_window(soundfile.read(r["audio_filepath"], dtype="float32")[0], dims, f"test_{i}", r["text"])
              for i, r in enumerate(rows)]
     return {
@@ -64,13 +65,14 @@ hundred words of a generated corpus spoken by espeak-ng.
 ## Architecture
 Parakeet-TDT v3's topology (NeMo `EncDecRNNTBPEModel`): 128 mel features, FastConformer
 encoder with 8x depthwise-striding subsampling ({architecture.subsampling_conv_channels} channels),
-{architecture.n_layers} layers, d_model {architecture.d_model}, {architecture.n_heads} heads, relative positions, conv kernel
-{architecture.conv_kernel_size}; {architecture.pred_rnn_layers}-layer LSTM prediction network of {architecture.pred_hidden};
+{architecture.n_layers} layers, d_model {architecture.d_model}, {architecture.n_heads} heads, relative positions, \
+conv kernel {architecture.conv_kernel_size}; {architecture.pred_rnn_layers}-layer LSTM prediction network of \
+{architecture.pred_hidden};
 joint of {architecture.joint_hidden}; a SentencePiece BPE tokenizer of {architecture.vocab_size} pieces trained on the
 training text; TDT durations [0, 1, 2, 3, 4]. {record['parameters']:,} parameters.
 
 ## Data
-Sentences generated from grammar patterns over a fixed English vocabulary (`training/corpus.py`),
+Sentences generated from grammar patterns over a fixed English vocabulary (`validation/corpus.py`),
 seed {record['seed']}: {record['sentences']['train']} training sentences ({hours['train']} h),
 {record['sentences']['dev']} dev and {record['sentences']['test']} test sentences ({hours['test']} h) that never
 occur in training. Each utterance is spoken by espeak-ng with a random English voice and
@@ -103,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nemo", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, required=True, help="a NeMo manifest, e.g. training-work/test.json")
     args = parser.parse_args(argv)
-    from exporters.sources import ModelSource
 
     model = ModelSource("nemo", str(args.nemo)).load()
     result = evaluate(model, args.manifest)

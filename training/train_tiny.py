@@ -16,8 +16,17 @@ import sys
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from nemo.collections.asr.models import EncDecRNNTBPEModel
+from omegaconf import OmegaConf, open_dict
+
 from exporters.presets import TDT_DURATIONS, TRAINED_PRESETS, Preset, model_config, write_tokenizer
-from training.corpus import SEED, SPLITS
+from exporters.sources import quiet_nemo
+from training.evaluate import evaluate, write_model_card
+from training.tdt_loss import TDTLoss
+from validation.corpus import SEED, SPLITS, split_utterances, write_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,8 +67,6 @@ def training_config(tokenizer_dir: Path, manifests: dict[str, Path], batch_size:
 
 
 def progress_callback(every: int):
-    from lightning.pytorch.callbacks import Callback
-
     class Progress(Callback):
         """One line every ``every`` steps and after each validation: a log a CI job can show."""
 
@@ -98,16 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.suffix != ".nemo":
         parser.error(f"--out {args.out}: expected a path ending in .nemo")
 
-    import lightning.pytorch as pl
-    import torch
-    from nemo.collections.asr.models import EncDecRNNTBPEModel
-    from omegaconf import OmegaConf, open_dict
-
-    from exporters.sources import quiet_nemo
-    from training.corpus import split_utterances, write_manifest
-    from training.evaluate import evaluate, write_model_card
-    from training.tdt_loss import TDTLoss
-
     began = time.monotonic()
     torch.set_num_threads(os.cpu_count() or 1)
     pl.seed_everything(args.seed, workers=True, verbose=False)
@@ -124,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"synthesising {len(items)} {split} utterances with espeak-ng")
             every = max(1, len(items) // 10)
             write_manifest(items, work / split, manifest, 16000,
-                           progress=lambda done, total: done % every == 0 and log(f"  {split}: {done}/{total}"))
+                           progress=lambda done, total, every=every, split=split:
+                           done % every == 0 and log(f"  {split}: {done}/{total}"))
         manifests[split] = manifest
     synth_s = time.monotonic() - began
 
@@ -162,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"test WER {100 * result['wer']:.2f}% on {result['utterances']} utterances, "
         f"median top-1 probability {result['median_token_prob']:.4f}")
     record = {
-        "seed": args.seed, "sigma": SIGMA, "parameters": parameters, "max_steps": args.max_steps, "batch_size": args.batch_size,
+        "seed": args.seed, "sigma": SIGMA, "parameters": parameters, "max_steps": args.max_steps,
+        "batch_size": args.batch_size,
         "sentences": {k: len(v) for k, v in splits.items()},
         "audio_hours": {k: round(sum(json.loads(r)["duration"] for r in manifests[k].open()) / 3600, 2)
                         for k in manifests},

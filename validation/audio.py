@@ -6,6 +6,7 @@ its true length, which the preprocessor honours (per-feature normalisation uses 
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 import warnings
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile
+import soxr
 
 from exporters.cache import ExportCache, cache_key
 from exporters.components import ExportError, ModelDims
@@ -83,8 +86,6 @@ def fit_window(samples: np.ndarray, dims: ModelDims, name: str, description: str
 
 def read_audio(path: Path) -> tuple[np.ndarray, int, list[str]]:
     """A recording as mono float32 at its own rate, refused with the reason if unusable."""
-    import soundfile
-
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"--audio {path}: no such file")
@@ -98,16 +99,30 @@ def read_audio(path: Path) -> tuple[np.ndarray, int, list[str]]:
     return data.mean(axis=1), rate, notes
 
 
+def recording_name(path: Path) -> str:
+    """The clip name of a user's recording."""
+    return f"audio-{Path(path).stem}"
+
+
+def parity_clip_names(audio: Path | None) -> list[str]:
+    """The clips the parity checks run, in order: the user's recording first, when given."""
+    return ([recording_name(audio)] if audio else []) + ["speech", *EDGE_CLIPS]
+
+
+def parity_clips(cache: ExportCache, dims: ModelDims, audio: Path | None = None) -> list[Clip]:
+    """The user's recording (when given), the synthetic speech and the edge clips, in that order."""
+    speech = synthetic_speech(cache, dims)
+    return ([load_audio_file(audio, dims)] if audio else []) + [speech] + edge_clips(speech, dims)
+
+
 def load_audio_file(path: Path, dims: ModelDims) -> Clip:
     """Any rate, channel count and format libsndfile reads, as 16 kHz mono in the window."""
-    import soxr
-
     path = Path(path)
     mono, rate, notes = read_audio(path)
     if rate != dims.sample_rate:
         notes.append(f"resampled from {rate} Hz to {dims.sample_rate} Hz")
         mono = soxr.resample(mono, rate, dims.sample_rate).astype(np.float32)
-    clip = fit_window(mono, dims, f"audio-{path.stem}", f"recording {path.name}", notes)
+    clip = fit_window(mono, dims, recording_name(path), f"recording {path.name}", notes)
     adjusted = [n for n in clip.notes if n.startswith(("trimmed", "padded"))]
     if adjusted:
         warnings.warn(f"--audio {path}: {adjusted[0]}", AudioAdjustedWarning, stacklevel=2)
@@ -130,13 +145,8 @@ def espeak_say(text: str, sample_rate: int, voice: str = ESPEAK_VOICE, words_per
                pitch: int = 50) -> np.ndarray:
     """``text`` spoken by espeak-ng (``voice`` may carry a variant, e.g. ``en-gb+f3``), as float32
     samples at ``sample_rate``."""
-    import io
-
-    import soundfile
-    import soxr
-
-    wav = subprocess.run([espeak_executable(), "-v", voice, "-s", str(words_per_minute), "-p", str(pitch), "--stdout", text],
-                         check=True, capture_output=True).stdout
+    command = [espeak_executable(), "-v", voice, "-s", str(words_per_minute), "-p", str(pitch), "--stdout", text]
+    wav = subprocess.run(command, check=True, capture_output=True).stdout
     data, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
     return soxr.resample(data, rate, sample_rate).astype(np.float32) if rate != sample_rate else data
 
@@ -144,14 +154,13 @@ def espeak_say(text: str, sample_rate: int, voice: str = ESPEAK_VOICE, words_per
 def synthetic_speech(cache: ExportCache, dims: ModelDims) -> Clip:
     """:data:`SPEECH_TEXT` spoken by espeak-ng, resampled to the model's rate; cached by text, voice
     and espeak-ng version."""
-    import soundfile
-
     version = espeak_version()
     key = cache_key(kind="espeak-speech", text=SPEECH_TEXT, voice=ESPEAK_VOICE, wpm=ESPEAK_WORDS_PER_MINUTE,
                     espeak=version, sample_rate=dims.sample_rate)
 
     def build(tmp: Path) -> dict:
-        samples = espeak_say(SPEECH_TEXT, dims.sample_rate, voice=ESPEAK_VOICE, words_per_minute=ESPEAK_WORDS_PER_MINUTE)
+        samples = espeak_say(SPEECH_TEXT, dims.sample_rate, voice=ESPEAK_VOICE,
+                             words_per_minute=ESPEAK_WORDS_PER_MINUTE)
         soundfile.write(str(tmp / "speech.wav"), samples, dims.sample_rate, subtype="FLOAT")
         return {"espeak": version}
 

@@ -15,55 +15,75 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters.components import COMPONENTS, ModelDims
+from exporters.components import COMPONENTS, DECISION, DECODE, Component, ModelDims, decoder_inputs, zero_state
+from exporters.wrappers import wrapper
+from runtimes.divergence import first_divergences
 from validation.audio import Clip
-from validation.greedy import (Transcript, decision_from_logits, greedy_tdt, nemo_greedy_tdt, package_decide,
-                               package_decoder_step, run_torch, torch_decoder_step,
-                               torch_greedy_tdt)
+from validation.greedy import (
+    Decision,
+    Transcript,
+    decision_from_logits,
+    greedy_tdt,
+    nemo_greedy_tdt,
+    package_decide,
+    package_decoder_step,
+    run_torch,
+    torch_decoder_step,
+    torch_greedy_tdt,
+)
 from validation.metrics import Comparison, Tolerance, compare, l2_per_step, token_edit_distance
-from validation.tolerances import EXACT, ToleranceTable
+from validation.tolerances import DECODER_ROLLOUT_LOGITS, ToleranceTable
 
 SYMBOL_STEPS = 32
 # A model is "confident" when its median top-1 token probability along the greedy path exceeds
 # this; fp32 exports of such a model must transcribe identically to NeMo.
 CONFIDENT_MEDIAN_PROB = 0.9
 
-# check key -> (component whose package it needs, output)
-TORCH_CHECKS = {
-    "preprocessor.mel": ("preprocessor", "mel"),
-    "preprocessor.mel_length": ("preprocessor", "mel_length"),
-    "encoder.encoder": ("encoder", "encoder"),
-    "encoder.encoder_length": ("encoder", "encoder_length"),
-    "mel_encoder.encoder": ("mel_encoder", "encoder"),
-    "mel_encoder.encoder_length": ("mel_encoder", "encoder_length"),
-    "decoder.decoder": ("decoder", "decoder"),
-    "decoder.h_out": ("decoder", "h_out"),
-    "decoder.c_out": ("decoder", "c_out"),
-    "decoder.logits": ("decoder", "logits"),
-    "joint.logits": ("joint", "logits"),
-    "joint_decision.token_prob": ("joint_decision", "token_prob"),
-    "joint_decision_single_step.token_prob": ("joint_decision_single_step", "token_prob"),
-}
+
+def _torch_checks() -> dict[str, tuple[str, str]]:
+    """Check key -> (component, output) of every output compared with Torch, the decoder rollout's
+    joint logits right after the decoder's own outputs."""
+    checks = {}
+    for component in COMPONENTS.values():
+        checks.update({p.tolerance: (component.name, p.name) for p in component.output_ports if p.tolerance})
+        if component.name == "decoder":
+            checks[DECODER_ROLLOUT_LOGITS] = ("decoder", "logits")
+    return checks
+
+
+def _decides(component: Component) -> bool:
+    return any(p.role == DECISION for p in component.output_ports)
+
+
+def _fused_checks() -> dict[str, str]:
+    """Check key -> fused component. A fused package that decides is checked as a whole
+    (``fused.<component>``: its decisions, then its token probability); one that computes values
+    output by output under each output's ``fused_tolerance`` key."""
+    checks = {}
+    for component in COMPONENTS.values():
+        if not component.fuses:
+            continue
+        if _decides(component):
+            checks[f"fused.{component.name}"] = component.name
+        else:
+            checks.update({p.fused_tolerance: component.name for p in component.output_ports if p.fused_tolerance})
+    return checks
+
+
+# Check tables, all derived from the contract (``exporters.components``).
+TORCH_CHECKS = _torch_checks()
 # Decisions (token id and duration) taken from Torch logits against the exported ones: equal
-# wherever the Torch top-1/top-2 margin exceeds twice the measured logit error.
-DECISION_CHECKS = {
-    "decisions.joint": "joint",
-    "decisions.joint_decision": "joint_decision",
-    "decisions.joint_decision_single_step": "joint_decision_single_step",
-}
+# wherever the Torch top-1/top-2 margin exceeds twice the measured logit error. The joint's are
+# its logits along the decoder rollout, decided on the host.
+DECISION_CHECKS = {"decisions.joint": "joint",
+                   **{f"decisions.{c.name}": c.name for c in COMPONENTS.values() if _decides(c)}}
 # Fused packages against the exported parts they replace.
-FUSED_CHECKS = {
-    "fused.mel_encoder.encoder": "mel_encoder",
-    "fused.joint_decision": "joint_decision",
-    "fused.joint_decision_single_step": "joint_decision_single_step",
-}
+FUSED_CHECKS = _fused_checks()
 TRANSCRIPT_CHECK = "transcript"
 # The time (or decoder-step) axis of each float output, for its L2 norm per step.
-STEP_AXES = {
-    "preprocessor.mel": 2, "encoder.encoder": 2, "mel_encoder.encoder": 2, "fused.mel_encoder.encoder": 2,
-    "decoder.decoder": 0, "decoder.h_out": 0, "decoder.c_out": 0, "decoder.logits": 0, "joint.logits": 1,
-    "joint_decision.token_prob": 1, "joint_decision_single_step.token_prob": 1,
-}
+STEP_AXES = {DECODER_ROLLOUT_LOGITS: 0, **{key: p.step_axis for c in COMPONENTS.values() for p in c.output_ports
+                                           for key in (p.tolerance, p.fused_tolerance)
+                                           if key and p.step_axis is not None}}
 
 
 @dataclass
@@ -221,6 +241,55 @@ class ClipParity:
         return [r for r in self.results.values() if not r.passed and not r.skipped]
 
 
+@dataclass
+class TorchReference:
+    """The NeMo/Torch side of one clip, computed once: what each package is fed and what Torch
+    makes of it."""
+
+    audio: dict[str, np.ndarray]
+    mel: dict[str, np.ndarray]  # mel, mel_length
+    encoded: dict[str, np.ndarray]  # encoder, encoder_length
+    decoded_blank: np.ndarray  # the decoder's output for the blank start from the zero state
+    logits: np.ndarray  # the joint on every frame and the blank start
+    decision: Decision  # the host's decisions on those logits
+    path: Transcript  # the host's greedy rules on the Torch modules
+    margins: list[float]  # the smaller top-1/top-2 margin of each of the path's decisions
+
+    @property
+    def length(self) -> int:
+        return int(self.encoded["encoder_length"][0])
+
+    @property
+    def joint_inputs(self) -> dict[str, np.ndarray]:
+        return {"encoder": self.encoded["encoder"], "decoder": self.decoded_blank}
+
+    def decisions(self) -> dict[str, np.ndarray]:
+        return {"token_id": self.decision.token_id, "token_prob": self.decision.token_prob,
+                "duration": self.decision.duration}
+
+
+def torch_reference(wrappers: dict, dims: ModelDims, clip: Clip) -> TorchReference:
+    audio = clip.inputs()
+    mel = dict(zip(("mel", "mel_length"), run_torch(wrappers["preprocessor"], *audio.values())))
+    encoded = dict(zip(("encoder", "encoder_length"), run_torch(wrappers["encoder"], *mel.values())))
+    zeros = zero_state(dims)
+    decoded = torch_decoder_step(wrappers["decoder"])(dims.blank_id, zeros, zeros)[0]
+    (logits,) = run_torch(wrappers["joint"], encoded["encoder"], decoded)
+    # (That the host's rules are NeMo's is proven by the unit tests against ``GreedyTDTInfer``.)
+    path, margins = torch_greedy_tdt(wrappers["decoder"], wrappers["joint"], encoded["encoder"],
+                                     int(encoded["encoder_length"][0]), dims)
+    return TorchReference(audio, mel, encoded, decoded, logits, decision_from_logits(logits, dims), path, margins)
+
+
+@dataclass
+class ComponentRun:
+    """One package run on the reference's inputs, with Torch's outputs for the same inputs."""
+
+    inputs: dict[str, np.ndarray] | None  # what the package was fed; None when fed frame by frame
+    reference: dict[str, np.ndarray]
+    exported: dict[str, np.ndarray]
+
+
 class ParityRunner:
     """Runs every check of one model's exports on one backend."""
 
@@ -230,18 +299,67 @@ class ParityRunner:
         self.model, self.dims, self.packages, self.precision = model, dims, packages, precision
         self.load, self.tolerances, self.backend = load, tolerances, backend
         self.origins, self.symbol_steps = origins, symbol_steps
-        self.wrappers = {name: c.wrapper(model).eval() for name, c in COMPONENTS.items()
+        self.wrappers = {name: wrapper(name, model) for name, c in COMPONENTS.items()
                          if not c.requires_tdt or dims.durations}
 
-    def _predict(self, component: str, inputs: dict) -> dict[str, np.ndarray]:
+    def predict(self, component: str, inputs: dict) -> dict[str, np.ndarray]:
         return self.load(self.packages[component]).predict(inputs)
 
-    def _divergences(self, component: str, inputs: dict, reference: np.ndarray, tolerance: Tolerance) -> list[str]:
+    def run(self, clip: Clip) -> ClipParity:
+        reference = torch_reference(self.wrappers, self.dims, clip)
+        checks = _ClipChecks(self, clip, reference)
+        checks.run_all()
+        return ClipParity(clip, checks.results, checks.series)
+
+    # -- how each package runs on the reference's inputs -------------------------------------
+    def run_component(self, name: str, ref: TorchReference) -> ComponentRun:
+        if name == "preprocessor":
+            return ComponentRun(ref.audio, ref.mel, self.predict(name, ref.audio))
+        if name == "encoder":
+            return ComponentRun(ref.mel, ref.encoded, self.predict(name, ref.mel))
+        if name == "mel_encoder":
+            return ComponentRun(ref.audio, ref.encoded, self.predict(name, ref.audio))
+        if name == "decoder":
+            return self.decoder_rollout(ref)
+        if name == "joint":
+            return ComponentRun(ref.joint_inputs, {"logits": ref.logits}, self.predict(name, ref.joint_inputs))
+        if name == "joint_decision":
+            return ComponentRun(ref.joint_inputs, ref.decisions(), self.predict(name, ref.joint_inputs))
+        if name == "joint_decision_single_step":
+            encoder = ref.encoded["encoder"]
+            frames = [self.predict(name, {"encoder_step": encoder[:, :, t:t + 1], "decoder_step": ref.decoded_blank})
+                      for t in range(self.dims.encoder_frames)]
+            return ComponentRun(None, ref.decisions(), {k: np.concatenate([f[k] for f in frames], axis=1)
+                                                        for k in frames[0]})
+        raise KeyError(f"no parity run for component {name!r}")
+
+    def rollout_tokens(self, ref: TorchReference) -> list[int]:
+        """What the rollout feeds: the blank start, NeMo's transcript of the clip, then seeded
+        random tokens, ``symbol_steps`` in all."""
+        extra = np.random.default_rng(0).integers(0, self.dims.vocab_size, size=self.symbol_steps).tolist()
+        return ([self.dims.blank_id] + list(ref.path.tokens) + extra)[:self.symbol_steps]
+
+    def decoder_rollout(self, ref: TorchReference) -> ComponentRun:
+        """``symbol_steps`` decoder steps, each side carrying its own h and c, fed the same tokens;
+        outputs stacked along a new first axis, one entry per step."""
+        zeros = zero_state(self.dims)
+        steps = {"torch": torch_decoder_step(self.wrappers["decoder"]),
+                 "exported": package_decoder_step(self.load(self.packages["decoder"]))}
+        stacked = {}
+        for side, step in steps.items():
+            h, c, outputs = zeros, zeros, []
+            for token in self.rollout_tokens(ref):
+                decoded, h, c = step(token, h, c)
+                outputs.append((decoded, h, c))
+            stacked[side] = {name: np.stack([o[i] for o in outputs]) for i, name in enumerate(("decoder", "h_out",
+                                                                                                 "c_out"))}
+        return ComponentRun(decoder_inputs(self.dims.blank_id, zeros, zeros), stacked["torch"], stacked["exported"])
+
+    def divergences(self, component: str, inputs: dict | None, reference: np.ndarray,
+                    tolerance: Tolerance) -> list[str]:
         """On the mil backend, the first Torch modules whose output departs from the program's."""
         if self.backend != "mil" or self.origins is None or tolerance.exact:
             return []
-        from runtimes.divergence import first_divergences
-
         origins = self.origins(component)
         if origins is None:
             return ["(not located: the export cache no longer holds this package's op origins)"]
@@ -254,224 +372,142 @@ class ParityRunner:
             return [f"(could not locate: {type(e).__name__}: {e})"]
         return [str(d) for d in found]
 
-    def run(self, clip: Clip) -> ClipParity:
-        results: dict[str, CheckResult] = {}
-        series: dict[str, np.ndarray] = {}
-        context = _RunContext(self, clip, results, series)
-        context.run_all()
-        return ClipParity(clip, results, series)
 
+class _ClipChecks:
+    """The checks of one clip: every declared output of every package against Torch, then the
+    decoder rollout's logits, the decisions, the fused packages and the transcript."""
 
-class _RunContext:
-    """One clip's run: the Torch reference once, each exported component against it."""
+    def __init__(self, runner: ParityRunner, clip: Clip, reference: TorchReference):
+        self.runner, self.clip, self.ref, self.dims = runner, clip, reference, runner.dims
+        self.results: dict[str, CheckResult] = {}
+        self.series: dict[str, np.ndarray] = {"mel_torch": reference.mel["mel"][0]}
+        self.runs: dict[str, ComponentRun] = {}
+        self.failures: dict[str, str] = {}  # component -> why its run failed
 
-    def __init__(self, runner: ParityRunner, clip: Clip, results: dict, series: dict):
-        self.r, self.clip, self.results, self.series = runner, clip, results, series
-        self.dims = runner.dims
+    def run_all(self) -> None:
+        for name in COMPONENTS:
+            self.component_outputs(name)
+            if name == "decoder":
+                self.record(DECODER_ROLLOUT_LOGITS, ("decoder", "joint"), self.rollout_logits)
+                if "decisions.joint" not in self.results:  # the rollout did not get as far as deciding
+                    rollout = self.results[DECODER_ROLLOUT_LOGITS]
+                    self.results["decisions.joint"] = CheckResult("decisions.joint", self.clip.name,
+                                                                  skipped=rollout.skipped, error=rollout.error)
+        for key, component in DECISION_CHECKS.items():
+            if component != "joint":
+                self.record(key, (component, "joint"), lambda c=component: self.decisions_of(c))
+        for key, component in FUSED_CHECKS.items():
+            self.record(key, (component, *COMPONENTS[component].fuses), lambda k=key, c=component: self.fused(k, c))
+        self.record(TRANSCRIPT_CHECK, DECODE, self.transcript)
+        self.series.update(self.plotted())
 
     # -- bookkeeping -------------------------------------------------------------------------
-    def _missing(self, components) -> str | None:
-        absent = [c for c in components if c not in self.r.packages]
-        return f"not exported: {', '.join(absent)}" if absent else None
-
-    def _record(self, key: str, needs, measure: Callable[[], CheckResult]) -> CheckResult | None:
-        reason = self._missing(needs)
-        if reason:
-            self.results[key] = CheckResult(key, self.clip.name, skipped=reason)
-            return None
+    def record(self, key: str, needs, measure: Callable[[], CheckResult]) -> None:
+        """``measure()``'s result under ``key``; skipped when a package it needs was not exported,
+        an error when one failed to run or the measurement raised."""
+        absent = [c for c in needs if c not in self.runner.packages]
+        failed = [f"{c} failed to run ({self.failures[c]})" for c in needs if c in self.failures]
+        if absent:
+            self.results[key] = CheckResult(key, self.clip.name, skipped=f"not exported: {', '.join(absent)}")
+            return
+        if failed:
+            self.results[key] = CheckResult(key, self.clip.name, error="; ".join(failed))
+            return
         try:
-            result = measure()
+            self.results[key] = measure()
         except Exception as e:
-            frame = traceback.extract_tb(e.__traceback__)[-1]
-            result = CheckResult(key, self.clip.name, error=f"{type(e).__name__}: {e} "
-                                 f"(at {Path(frame.filename).name}:{frame.lineno})")
-        self.results[key] = result
-        return result
+            self.results[key] = CheckResult(key, self.clip.name, error=_describe(e))
 
-    def _compare(self, key, reference, candidate, component=None, inputs=None, tolerance=None) -> CheckResult:
-        tolerance = tolerance or self.r.tolerances.tolerances.get(key, EXACT)
-        comparison = compare(reference, candidate, tolerance, self.r.tolerances.psnr_floor_db)
+    def compare(self, key, reference, candidate, component=None, inputs=None, tolerance=None) -> CheckResult:
+        tolerance = tolerance or self.runner.tolerances[key]
+        comparison = compare(reference, candidate, tolerance, self.runner.tolerances.psnr_floor_db)
         result = CheckResult(key, self.clip.name, comparison=comparison)
         if key in STEP_AXES:
             result.l2_per_step = {side: [float(f"{v:.6g}") for v in l2_per_step(values, STEP_AXES[key])]
                                   for side, values in (("reference", reference), ("exported", candidate))}
         if not comparison.match and component is not None:
-            result.divergences = self.r._divergences(component, inputs, reference, tolerance)
+            result.divergences = self.runner.divergences(component, inputs, reference, tolerance)
         return result
+
+    def joint_threshold(self) -> float | None:
+        """Twice the joint's measured logit error: decisions whose margin is within it may differ."""
+        joint = self.results.get("joint.logits")
+        return 2 * joint.comparison.max_abs if joint is not None and joint.comparison else None
 
     # -- the checks --------------------------------------------------------------------------
-    def run_all(self) -> None:
-        r, clip = self.r, self.clip
-        audio = clip.inputs()
-        mel_t, mel_length_t = run_torch(r.wrappers["preprocessor"], audio["audio_signal"], audio["audio_length"])
-        encoder_t, encoder_length_t = run_torch(r.wrappers["encoder"], mel_t, mel_length_t)
-        self.series["mel_torch"] = mel_t[0]
-        mel_inputs = {"mel": mel_t, "mel_length": mel_length_t}
-        exported = {}
+    def component_outputs(self, name: str) -> None:
+        """The package on the reference's inputs; each output that declares a tolerance against Torch."""
+        compared = [p for p in COMPONENTS[name].output_ports if p.tolerance]
+        if name in self.runner.packages:
+            try:
+                self.runs[name] = self.runner.run_component(name, self.ref)
+            except Exception as e:
+                self.failures[name] = _describe(e)
+        for port in compared:
+            self.record(port.tolerance, (name,), lambda p=port: self.compare(
+                p.tolerance, self.runs[name].reference[p.name], self.runs[name].exported[p.name], name,
+                self.runs[name].inputs))
 
-        def preprocessor():
-            out = exported["preprocessor"] = r._predict("preprocessor", audio)
-            self.series["mel_exported"] = out["mel"][0]
-            self._record("preprocessor.mel_length", (), lambda: self._compare(
-                "preprocessor.mel_length", mel_length_t, out["mel_length"]))
-            return self._compare("preprocessor.mel", mel_t, out["mel"], "preprocessor", audio)
-
-        def encoder():
-            out = r._predict("encoder", mel_inputs)
-            self._record("encoder.encoder_length", (), lambda: self._compare(
-                "encoder.encoder_length", encoder_length_t, out["encoder_length"]))
-            return self._compare("encoder.encoder", encoder_t, out["encoder"], "encoder", mel_inputs)
-
-        def mel_encoder():
-            out = exported["mel_encoder"] = r._predict("mel_encoder", audio)
-            self._record("mel_encoder.encoder_length", (), lambda: self._compare(
-                "mel_encoder.encoder_length", encoder_length_t, out["encoder_length"]))
-            return self._compare("mel_encoder.encoder", encoder_t, out["encoder"], "mel_encoder", audio)
-
-        self._record("preprocessor.mel", ["preprocessor"], preprocessor)
-        self._record("encoder.encoder", ["encoder"], encoder)
-        self._record("mel_encoder.encoder", ["mel_encoder"], mel_encoder)
-        self._record("fused.mel_encoder.encoder", ["preprocessor", "encoder", "mel_encoder"],
-                     lambda: self._fused_mel_encoder(exported))
-
-        reference_path = self._reference_transcript(encoder_t, int(encoder_length_t[0]))
-        self._decoder_rollout(encoder_t, reference_path[0].tokens)
-        self._joint_checks(encoder_t)
-        self._record(TRANSCRIPT_CHECK, ["mel_encoder", "decoder", "joint_decision_single_step"],
-                     lambda: self._transcript(exported, encoder_t, int(encoder_length_t[0]), reference_path))
-
-    def _fused_mel_encoder(self, exported) -> CheckResult:
-        mel = exported["preprocessor"]
-        separate = self.r._predict("encoder", {"mel": mel["mel"], "mel_length": mel["mel_length"]})
-        fused = exported["mel_encoder"]
-        if not np.array_equal(separate["encoder_length"], fused["encoder_length"]):
-            raise AssertionError(f"encoder_length {fused['encoder_length'].tolist()} from the fused package, "
-                                 f"{separate['encoder_length'].tolist()} from preprocessor then encoder")
-        return self._compare("fused.mel_encoder.encoder", separate["encoder"], fused["encoder"])
-
-    def _reference_transcript(self, encoder_t, length) -> tuple[Transcript, list[float]]:
-        """The host decoder's rules on the Torch modules, recording each decision's margins.
-        (That these rules are NeMo's is proven by the unit tests against ``GreedyTDTInfer``.)"""
-        return torch_greedy_tdt(self.r.wrappers["decoder"], self.r.wrappers["joint"], encoder_t, length, self.dims)
-
-    def _decoder_rollout(self, encoder_t, reference_tokens) -> None:
-        """``symbol_steps`` decoder steps, each side carrying its own h and c, fed the same tokens
-        (NeMo's transcript of the clip, then seeded random tokens); the joint on every step."""
-        r, dims, steps = self.r, self.dims, self.r.symbol_steps
-        rng = np.random.default_rng(0)
-        extra = rng.integers(0, dims.vocab_size, size=steps).tolist()
-        feed = ([dims.blank_id] + list(reference_tokens) + extra)[:steps]
-        torch_step = torch_decoder_step(r.wrappers["decoder"])
-        outputs = {"torch": [], "exported": []}
-
-        def rollout():
-            zeros = np.zeros((dims.pred_layers, 1, dims.pred_hidden), np.float32)
-            states = {"torch": (zeros, zeros), "exported": (zeros, zeros)}
-            exported_step = package_decoder_step(r.load(r.packages["decoder"]))
-            for token in feed:
-                for side, step in (("torch", torch_step), ("exported", exported_step)):
-                    decoded, h, c = step(token, *states[side])
-                    states[side] = (h, c)
-                    outputs[side].append((decoded, h, c))
-            stacked = {side: [np.stack([o[i] for o in outputs[side]]) for i in range(3)] for side in outputs}
-            for i, name in enumerate(("h_out", "c_out")):
-                self._record(f"decoder.{name}", (), lambda i=i, name=name: self._compare(
-                    f"decoder.{name}", stacked["torch"][i + 1], stacked["exported"][i + 1]))
-            return self._compare("decoder.decoder", stacked["torch"][0], stacked["exported"][0],
-                                 "decoder", self._decoder_inputs(dims.blank_id, zeros, zeros))
-
-        self._record("decoder.decoder", ["decoder"], rollout)
-        if "decoder.decoder" in self.results and not self.results["decoder.decoder"].error:
-            self._record("decoder.logits", ["decoder", "joint"], lambda: self._rollout_logits(encoder_t, outputs))
-
-    @staticmethod
-    def _decoder_inputs(token, h, c):
-        return {"targets": np.array([[token]], np.int32), "target_length": np.ones(1, np.int32), "h_in": h, "c_in": c}
-
-    def _rollout_logits(self, encoder_t, outputs) -> CheckResult:
-        r, dims = self.r, self.dims
-        torch_logits = np.stack([run_torch(r.wrappers["joint"], encoder_t, d)[0] for d, _, _ in outputs["torch"]])
-        exported_logits = np.stack([r._predict("joint", {"encoder": encoder_t, "decoder": d})["logits"]
-                                    for d, _, _ in outputs["exported"]])
-        result = self._compare("decoder.logits", torch_logits, exported_logits)
-        ref, got = decision_from_logits(torch_logits, dims), decision_from_logits(exported_logits, dims)
-        self._record("decisions.joint", (), lambda: CheckResult("decisions.joint", self.clip.name, decisions=(
-            decision_agreement(ref[0], ref[2], got[0], got[2], ref[3], ref[4], 2 * result.comparison.max_abs))))
+    def rollout_logits(self) -> CheckResult:
+        """The exported joint on each exported decoder step against the Torch joint on Torch's, and
+        the decisions taken from both."""
+        rollout = self.runs["decoder"]
+        encoder = self.ref.encoded["encoder"]
+        torch_logits = np.stack([run_torch(self.runner.wrappers["joint"], encoder, d)[0]
+                                 for d in rollout.reference["decoder"]])
+        exported_logits = np.stack([self.runner.predict("joint", {"encoder": encoder, "decoder": d})["logits"]
+                                    for d in rollout.exported["decoder"]])
+        result = self.compare(DECODER_ROLLOUT_LOGITS, torch_logits, exported_logits)
+        ref, got = decision_from_logits(torch_logits, self.dims), decision_from_logits(exported_logits, self.dims)
+        self.results["decisions.joint"] = CheckResult("decisions.joint", self.clip.name, decisions=decision_agreement(
+            ref.token_id, ref.duration, got.token_id, got.duration, ref.token_margin, ref.duration_margin,
+            2 * result.comparison.max_abs))
         return result
 
-    def _joint_checks(self, encoder_t) -> None:
-        r, dims = self.r, self.dims
-        zeros = np.zeros((dims.pred_layers, 1, dims.pred_hidden), np.float32)
-        decoded_t = torch_decoder_step(r.wrappers["decoder"])(dims.blank_id, zeros, zeros)[0]
-        joint_inputs = {"encoder": encoder_t, "decoder": decoded_t}
-        (logits_t,) = run_torch(r.wrappers["joint"], encoder_t, decoded_t)
-        ref = decision_from_logits(logits_t, dims)
-        self.series.update(joint_logits_torch=logits_t[0, :, 0], decision_token_torch=ref[0].ravel(),
-                           decision_prob_torch=ref[1].ravel())
-        state = {}
+    def decisions_of(self, component: str) -> CheckResult:
+        ref, out = self.ref.decision, self.runs[component].exported
+        return CheckResult(f"decisions.{component}", self.clip.name, decisions=decision_agreement(
+            ref.token_id, ref.duration, out["token_id"], out["duration"], ref.token_margin, ref.duration_margin,
+            self.joint_threshold()))
 
-        def joint():
-            logits = state["logits"] = r._predict("joint", joint_inputs)["logits"]
-            self.series["joint_logits_exported"] = logits[0, :, 0]
-            return self._compare("joint.logits", logits_t, logits, "joint", joint_inputs)
+    def fused(self, key: str, component: str) -> CheckResult:
+        """The fused package against its exported parts run one after the other."""
+        fused = self.runs[component].exported
+        if _decides(COMPONENTS[component]):  # the joint's exported logits, decided on the host
+            host = decision_from_logits(self.runs["joint"].exported["logits"], self.dims)
+            agreement = decision_agreement(host.token_id, host.duration, fused["token_id"], fused["duration"])
+            if not agreement.match:
+                return CheckResult(key, self.clip.name, decisions=agreement)
+            port = next(p for p in COMPONENTS[component].output_ports if p.fused_tolerance)
+            return CheckResult(key, self.clip.name, comparison=compare(
+                host.token_prob, fused[port.name], self.runner.tolerances[port.fused_tolerance],
+                self.runner.tolerances.psnr_floor_db))
+        mel = self.runs["preprocessor"].exported
+        separate = self.runner.predict("encoder", {"mel": mel["mel"], "mel_length": mel["mel_length"]})
+        if not np.array_equal(separate["encoder_length"], fused["encoder_length"]):
+            return CheckResult(key, self.clip.name, error=(
+                f"encoder_length {fused['encoder_length'].tolist()} from the fused package, "
+                f"{separate['encoder_length'].tolist()} from preprocessor then encoder"))
+        port = next(p for p in COMPONENTS[component].output_ports if p.fused_tolerance == key)
+        return self.compare(key, separate[port.name], fused[port.name])
 
-        joint_result = self._record("joint.logits", ["joint"], joint)
-        threshold = 2 * joint_result.comparison.max_abs if joint_result and joint_result.comparison else None
-
-        def decisions_of(component, outputs):
-            return CheckResult(f"decisions.{component}", self.clip.name, decisions=decision_agreement(
-                ref[0], ref[2], outputs["token_id"], outputs["duration"], ref[3], ref[4], threshold))
-
-        def fused_of(component, outputs):
-            host = decision_from_logits(state["logits"], dims)
-            agreement = decision_agreement(host[0], host[2], outputs["token_id"], outputs["duration"])
-            prob = compare(host[1], outputs["token_prob"], self.r.tolerances["fused.token_prob"],
-                           self.r.tolerances.psnr_floor_db)
-            return CheckResult(f"fused.{component}", self.clip.name,
-                               comparison=prob if agreement.match else None,
-                               decisions=None if agreement.match else agreement)
-
-        for component in ("joint_decision", "joint_decision_single_step"):
-            def run(component=component):
-                if component == "joint_decision":
-                    out = r._predict(component, joint_inputs)
-                else:
-                    frames = [r._predict(component, {"encoder_step": encoder_t[:, :, t:t + 1],
-                                                     "decoder_step": decoded_t}) for t in range(dims.encoder_frames)]
-                    out = {k: np.concatenate([f[k] for f in frames], axis=1) for k in frames[0]}
-                state[component] = out
-                if component == "joint_decision":
-                    self.series.update(decision_token_exported=out["token_id"].ravel(),
-                                       decision_prob_exported=out["token_prob"].ravel())
-                key = f"{component}.token_prob"
-                return self._compare(key, ref[1], out["token_prob"], component, joint_inputs
-                                     if component == "joint_decision" else None)
-
-            if self._record(f"{component}.token_prob", [component], run) and component in state:
-                self._record(f"decisions.{component}", ["joint"],
-                             lambda c=component: decisions_of(c, state[c]))
-                self._record(f"fused.{component}", ["joint"], lambda c=component: fused_of(c, state[c]))
-            else:
-                for key in (f"decisions.{component}", f"fused.{component}"):
-                    self.results.setdefault(key, CheckResult(key, self.clip.name,
-                                                             skipped=self.results[f"{component}.token_prob"].skipped,
-                                                             error=self.results[f"{component}.token_prob"].error))
-
-    def _transcript(self, exported, encoder_t, length, reference) -> CheckResult:
-        r, dims, model = self.r, self.dims, self.r.model
-        host = greedy_tdt(exported["mel_encoder"]["encoder"], length, dims, package_decoder_step(r.load(r.packages["decoder"])),
-                          package_decide(r.load(r.packages["joint_decision_single_step"])))
-        nemo = nemo_greedy_tdt(model, encoder_t, length, dims)
-        joint = self.results.get("joint.logits")
-        threshold = 2 * joint.comparison.max_abs if joint is not None and joint.comparison else 0.0
+    def transcript(self) -> CheckResult:
+        runner, dims, model, ref = self.runner, self.dims, self.runner.model, self.ref
+        encoder = self.runs["mel_encoder"].exported["encoder"]
+        host = greedy_tdt(encoder, ref.length, dims, package_decoder_step(runner.load(runner.packages["decoder"])),
+                          package_decide(runner.load(runner.packages["joint_decision_single_step"])))
+        nemo = nemo_greedy_tdt(model, ref.encoded["encoder"], ref.length, dims)
+        threshold = self.joint_threshold() or 0.0
         # NeMo's tokens before the first decision whose margin is within the measured logit error
-        path, margins = reference
-        ambiguous = next((i for i, m in enumerate(margins) if m <= threshold), len(margins))
-        decisive_tokens = sum(1 for d in path.emitted_at if d < ambiguous)
-        median_prob = statistics.median(path.token_probs) if path.token_probs else 0.0
+        ambiguous = next((i for i, m in enumerate(ref.margins) if m <= threshold), len(ref.margins))
+        decisive_tokens = sum(1 for d in ref.path.emitted_at if d < ambiguous)
+        median_prob = statistics.median(ref.path.token_probs) if ref.path.token_probs else 0.0
         confident = median_prob > CONFIDENT_MEDIAN_PROB
-        exact_required = confident and r.precision == "float32"
-        text = lambda t: model.tokenizer.ids_to_text(t.tokens) if t.tokens else ""
+        exact_required = confident and runner.precision == "float32"
+
+        def text(t: Transcript) -> str:
+            return model.tokenizer.ids_to_text(t.tokens) if t.tokens else ""
+
         check = TranscriptCheck(
             reference=nemo, exported=host, reference_text=text(nemo), exported_text=text(host),
             edit_distance=token_edit_distance(nemo.tokens, host.tokens), decisive_tokens=decisive_tokens,
@@ -479,3 +515,24 @@ class _RunContext:
             confident=confident, median_token_prob=median_prob)
         return CheckResult(TRANSCRIPT_CHECK, self.clip.name, transcript=check)
 
+    def plotted(self) -> dict[str, np.ndarray]:
+        """What the plots draw besides the L2 per step: the mel, the joint's logits on frame 0's
+        decoder state and the decisions, Torch's and (where they ran) the exported ones."""
+        series = {"joint_logits_torch": self.ref.logits[0, :, 0],
+                  "decision_token_torch": self.ref.decision.token_id.ravel(),
+                  "decision_prob_torch": self.ref.decision.token_prob.ravel()}
+        if "preprocessor" in self.runs:
+            series["mel_exported"] = self.runs["preprocessor"].exported["mel"][0]
+        if "joint" in self.runs:
+            series["joint_logits_exported"] = self.runs["joint"].exported["logits"][0, :, 0]
+        if "joint_decision" in self.runs:
+            out = self.runs["joint_decision"].exported
+            series.update(decision_token_exported=out["token_id"].ravel(),
+                          decision_prob_exported=out["token_prob"].ravel())
+        return series
+
+
+def _describe(error: Exception) -> str:
+    """An exception as a check's error: its type, message and the line that raised it."""
+    frame = traceback.extract_tb(error.__traceback__)[-1]
+    return f"{type(error).__name__}: {error} (at {Path(frame.filename).name}:{frame.lineno})"

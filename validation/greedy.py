@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
+import torch
 
-from exporters.components import ModelDims
+from exporters.components import ModelDims, decoder_inputs, zero_state
 from validation.metrics import top1_margin
 
 MAX_SYMBOLS_PER_FRAME = 10
@@ -45,8 +47,7 @@ def greedy_tdt(encoder: np.ndarray, length: int, dims: ModelDims, decoder_step: 
                max_symbols: int = MAX_SYMBOLS_PER_FRAME) -> Transcript:
     """Decode ``encoder`` [1, D, T] up to ``length`` frames."""
     blank, durations = dims.blank_id, dims.durations
-    zeros = np.zeros((dims.pred_layers, 1, dims.pred_hidden), np.float32)
-    decoded, h, c = decoder_step(blank, zeros, zeros)
+    decoded, h, c = decoder_step(blank, zero_state(dims), zero_state(dims))
     transcript = Transcript()
     t = 0
     while t < length:
@@ -75,11 +76,8 @@ def greedy_tdt(encoder: np.ndarray, length: int, dims: ModelDims, decoder_step: 
 
 def package_decoder_step(decoder) -> DecoderStep:
     """The exported decoder package as a ``DecoderStep``."""
-    length = np.ones(1, np.int32)
-
     def step(token, h, c):
-        out = decoder.predict({"targets": np.array([[token]], np.int32), "target_length": length,
-                               "h_in": h, "c_in": c})
+        out = decoder.predict(decoder_inputs(token, h, c))
         return out["decoder"], out["h_out"], out["c_out"]
 
     return step
@@ -96,15 +94,23 @@ def package_decide(joint_decision_single_step) -> Decide:
 
 def run_torch(module, *arrays) -> list[np.ndarray]:
     """A Torch wrapper called on numpy arrays: float outputs as float32, integer ones as int32."""
-    import torch
-
     with torch.no_grad():
         out = module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
     return [o.detach().float().numpy() if o.is_floating_point() else o.numpy().astype(np.int32)
             for o in (out if isinstance(out, tuple) else (out,))]
 
 
-def decision_from_logits(logits: np.ndarray, dims: ModelDims):
+class Decision(NamedTuple):
+    """The host's decisions on logits, with the top-1/top-2 margin of each."""
+
+    token_id: np.ndarray
+    token_prob: np.ndarray
+    duration: np.ndarray  # index into the model's durations
+    token_margin: np.ndarray
+    duration_margin: np.ndarray
+
+
+def decision_from_logits(logits: np.ndarray, dims: ModelDims) -> Decision:
     """The host's decision on raw logits: token argmax and its softmax probability over the
     V+1 token logits, duration index argmax over the rest; with both margins."""
     classes = dims.vocab_size + 1
@@ -112,15 +118,16 @@ def decision_from_logits(logits: np.ndarray, dims: ModelDims):
     duration_logits = logits[..., classes:]
     shifted = token_logits - token_logits.max(axis=-1, keepdims=True)
     prob = 1.0 / np.exp(shifted).sum(axis=-1)
-    return (token_logits.argmax(axis=-1).astype(np.int32), prob.astype(np.float32),
-            duration_logits.argmax(axis=-1).astype(np.int32), top1_margin(token_logits),
-            top1_margin(duration_logits))
+    return Decision(token_logits.argmax(axis=-1).astype(np.int32), prob.astype(np.float32),
+                    duration_logits.argmax(axis=-1).astype(np.int32), top1_margin(token_logits),
+                    top1_margin(duration_logits))
 
 
 def torch_decoder_step(decoder) -> DecoderStep:
     """The Torch ``Decoder`` wrapper as a ``DecoderStep``."""
     def step(token, h, c):
-        return tuple(run_torch(decoder, np.array([[token]], np.int32), np.ones(1, np.int32), h, c))
+        inputs = decoder_inputs(token, h, c)
+        return tuple(run_torch(decoder, *(inputs[k] for k in ("targets", "target_length", "h_in", "c_in"))))
 
     return step
 
@@ -133,9 +140,9 @@ def torch_greedy_tdt(decoder, joint, encoder: np.ndarray, length: int, dims: Mod
 
     def decide(frame, decoded):
         (logits,) = run_torch(joint, frame, decoded)
-        token, prob, duration, token_margin, duration_margin = decision_from_logits(logits, dims)
-        margins.append(min(float(token_margin.item()), float(duration_margin.item())))
-        return int(token.item()), float(prob.item()), int(duration.item())
+        d = decision_from_logits(logits, dims)
+        margins.append(min(float(d.token_margin.item()), float(d.duration_margin.item())))
+        return int(d.token_id.item()), float(d.token_prob.item()), int(d.duration.item())
 
     return greedy_tdt(encoder, length, dims, torch_decoder_step(decoder), decide), margins
 
@@ -143,14 +150,16 @@ def torch_greedy_tdt(decoder, joint, encoder: np.ndarray, length: int, dims: Mod
 def nemo_greedy_tdt(model, encoder: np.ndarray, length: int, dims: ModelDims,
                     max_symbols: int = MAX_SYMBOLS_PER_FRAME) -> Transcript:
     """NeMo's own greedy TDT decoding (``GreedyTDTInfer``) of ``encoder`` [1, D, T]."""
-    import torch
+    # lazy: NeMo takes seconds to import and logs as it does; only the reference decode needs it
     from nemo.collections.asr.parts.submodules.rnnt_greedy_decoding import GreedyTDTInfer
-
     infer = GreedyTDTInfer(decoder_model=model.decoder, joint_model=model.joint, blank_index=dims.blank_id,
                            durations=list(dims.durations), max_symbols_per_step=max_symbols, include_duration=True)
     (hypotheses,) = infer(encoder_output=torch.from_numpy(np.ascontiguousarray(encoder)),
                           encoded_lengths=torch.tensor([length]))
     hypothesis = hypotheses[0]
-    as_list = lambda x: [int(v) for v in (x.tolist() if hasattr(x, "tolist") else x)]
+
+    def as_list(x):
+        return [int(v) for v in (x.tolist() if hasattr(x, "tolist") else x)]
+
     return Transcript(tokens=as_list(hypothesis.y_sequence), frames=as_list(hypothesis.timestamp),
                       durations=as_list(hypothesis.token_duration))

@@ -1,7 +1,7 @@
 """The held-out synthetic test set transcribed by NeMo and by exported packages: WER of each
 against the text, and how many transcripts match NeMo's exactly.
 
-The set is the trained preset's own test split (``training.corpus``): sentences it never saw
+The set is the trained preset's own test split (``validation.corpus``): sentences it never saw
 in training, spoken by espeak-ng, rendered once and cached in the export cache. Each utterance
 is padded to the export window with its true length kept, and both sides decode the same
 window: NeMo with its front end and encoder in Torch and ``GreedyTDTInfer``; the packages with
@@ -15,12 +15,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import soundfile
 
 from exporters.cache import ExportCache, cache_key
-from exporters.components import COMPONENTS, ModelDims
+from exporters.components import ModelDims
+from exporters.wrappers import wrapper
 from validation.audio import Clip, espeak_version, fit_window
-from validation.greedy import (greedy_tdt, nemo_greedy_tdt, package_decide, package_decoder_step, run_torch,
-                               torch_greedy_tdt)
+from validation.checks import CONFIDENT_MEDIAN_PROB
+from validation.corpus import SEED, SPLITS, split_utterances
+from validation.greedy import (
+    greedy_tdt,
+    nemo_greedy_tdt,
+    package_decide,
+    package_decoder_step,
+    run_torch,
+    torch_greedy_tdt,
+)
 from validation.metrics import word_error_rate
 
 # Half a point of WER: how far fp16 and int8 exports may drift from NeMo.
@@ -30,11 +40,7 @@ EXACT_LABELS = ("float32",)
 
 
 def held_out_clips(cache: ExportCache, dims: ModelDims) -> list[tuple[str, Clip]]:
-    """(text, clip) for every test utterance of ``training.corpus``'s split, synthesised once."""
-    import soundfile
-
-    from training.corpus import SEED, SPLITS, split_utterances
-
+    """(text, clip) for every test utterance of ``validation.corpus``'s split, synthesised once."""
     test = split_utterances(SEED, SPLITS)["test"]
     key = cache_key(kind="held-out-set", utterances=[u.__dict__ for u in test], espeak=espeak_version(),
                     sample_rate=dims.sample_rate)
@@ -49,7 +55,8 @@ def held_out_clips(cache: ExportCache, dims: ModelDims) -> list[tuple[str, Clip]
     clips = []
     for i, utterance in enumerate(test):
         samples, _ = soundfile.read(str(entry.path / f"{i:04d}.wav"), dtype="float32")
-        clips.append((utterance.text, fit_window(samples, dims, f"held_out_{i:04d}", f"{utterance.voice}: {utterance.text}")))
+        description = f"{utterance.voice}: {utterance.text}"
+        clips.append((utterance.text, fit_window(samples, dims, f"held_out_{i:04d}", description)))
     return clips
 
 
@@ -57,7 +64,7 @@ Transcriber = Callable[[Clip], list[int]]
 
 
 def nemo_transcriber(model, dims: ModelDims) -> Transcriber:
-    front = COMPONENTS["mel_encoder"].wrapper(model).eval()
+    front = wrapper("mel_encoder", model)
 
     def transcribe(clip: Clip) -> list[int]:
         encoder, length = run_torch(front, clip.samples[None, :], np.array([clip.length], np.int32))
@@ -80,8 +87,7 @@ def package_transcriber(packages: dict, load, dims: ModelDims) -> Transcriber:
 def median_token_probability(model, dims: ModelDims, clips: list[Clip]) -> float:
     """The median top-1 probability of the tokens NeMo's greedy path emits: the model is
     confident (its decisions mean something) when it exceeds ``validation.checks``' bar."""
-    front = COMPONENTS["mel_encoder"].wrapper(model).eval()
-    decoder, joint = COMPONENTS["decoder"].wrapper(model).eval(), COMPONENTS["joint"].wrapper(model).eval()
+    front, decoder, joint = (wrapper(name, model) for name in ("mel_encoder", "decoder", "joint"))
     probs = []
     for clip in clips:
         encoder, length = run_torch(front, clip.samples[None, :], np.array([clip.length], np.int32))
@@ -92,8 +98,6 @@ def median_token_probability(model, dims: ModelDims, clips: list[Clip]) -> float
 def not_confident_reason(model, dims: ModelDims, clips: list[tuple[str, Clip]]) -> tuple[float, str | None]:
     """The median top-1 probability on the first 20 held-out clips, and why a held-out WER of
     this model would mean nothing (None when it is confident enough to mean something)."""
-    from validation.checks import CONFIDENT_MEDIAN_PROB
-
     confidence = median_token_probability(model, dims, [clip for _, clip in clips[:20]])
     if confidence > CONFIDENT_MEDIAN_PROB:
         return confidence, None
@@ -137,14 +141,14 @@ class HeldOutResult:
 
     def as_dict(self) -> dict:
         nemo_wer = self.wer("nemo")
-        labels = [label for label in self.texts if label != "nemo"]
-        return {"status": "failed" if any(self.failure(label) for label in labels) else "passed",
+        exports = [label for label in self.texts if label != "nemo"]
+        return {"status": "failed" if any(self.failure(label) for label in exports) else "passed",
                 "utterances": len(self.references), "words": sum(len(r.split()) for r in self.references),
                 "max_wer_difference": MAX_WER_DIFFERENCE, "exact": list(EXACT_LABELS),
                 "wer": {label: self.wer(label) for label in self.texts},
-                "wer_difference_to_nemo": {label: self.wer(label) - nemo_wer for label in self.texts if label != "nemo"},
-                "identical_to_nemo": {label: self.identical_to_nemo(label) for label in self.texts if label != "nemo"},
-                "examples_differing": {label: self.differing(label) for label in self.texts if label != "nemo"}}
+                "wer_difference_to_nemo": {label: self.wer(label) - nemo_wer for label in exports},
+                "identical_to_nemo": {label: self.identical_to_nemo(label) for label in exports},
+                "examples_differing": {label: self.differing(label) for label in exports}}
 
 
 def transcribe_held_out(model, clips: list[tuple[str, Clip]], transcribers: dict[str, Transcriber],
@@ -159,3 +163,17 @@ def transcribe_held_out(model, clips: list[tuple[str, Clip]], transcribers: dict
         result.tokens[label] = tokens
         result.texts[label] = [model.tokenizer.ids_to_text(t) if t else "" for t in tokens]
     return result
+
+
+def held_out_transcripts(model, dims: ModelDims, cache: ExportCache, packages: dict[str, dict], load,
+                         progress=lambda message: None) -> tuple[HeldOutResult | None, float, str | None]:
+    """The held-out set transcribed by NeMo and by each labelled set of decode packages
+    (``packages``: label -> component -> package); with the model's confidence. On a model not
+    confident enough for its transcripts to mean anything: ``(None, confidence, why)``."""
+    clips = held_out_clips(cache, dims)
+    confidence, reason = not_confident_reason(model, dims, clips)
+    if reason:
+        return None, confidence, reason
+    transcribers = {"nemo": nemo_transcriber(model, dims),
+                    **{label: package_transcriber(p, load, dims) for label, p in packages.items()}}
+    return transcribe_held_out(model, clips, transcribers, progress), confidence, None

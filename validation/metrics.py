@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
 
 @dataclass(frozen=True)
@@ -154,15 +155,11 @@ def top1_margin(logits: np.ndarray) -> np.ndarray:
 
 def token_edit_distance(reference, candidate) -> int:
     """Levenshtein distance between two token sequences (insertions, deletions, substitutions)."""
-    from rapidfuzz.distance import Levenshtein
-
     return int(Levenshtein.distance(list(reference), list(candidate)))
 
 
 def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
     """Word edits (insertions, deletions, substitutions) over all reference words, as a fraction."""
-    from rapidfuzz.distance import Levenshtein
-
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     words = sum(len(r.split()) for r in references)
@@ -172,11 +169,14 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
 
 def quality(reference, candidate) -> float:
     """max(0, 1 - ||reference - candidate|| / ||reference||): 1 is identical, 0 is no better than
-    silence. Scale-free, for compressed packages against the uncompressed export."""
+    silence. Scale-free, for compressed packages against the uncompressed export. A non-finite
+    candidate is NaN, never a quality."""
     reference = np.asarray(reference, np.float64)
     candidate = np.asarray(candidate, np.float64)
     norm = float(np.linalg.norm(reference))
     error = float(np.linalg.norm(reference - candidate))
+    if not np.isfinite(error):
+        return math.nan
     if norm == 0.0:
         return 1.0 if error == 0.0 else 0.0
     return max(0.0, 1.0 - error / norm)

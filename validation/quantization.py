@@ -9,20 +9,29 @@ audio components, and what the uncompressed packages make of it for the rest.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from exporters.components import COMPONENTS, ModelDims, example_inputs
+from exporters.components import (
+    COMPONENTS,
+    DECISION,
+    DECODE,
+    ExportError,
+    ModelDims,
+    decoder_inputs,
+    example_inputs,
+    zero_state,
+)
+from exporters.export import Exporter
+from exporters.quantize import compress
+from runtimes.base import describe_backend, package_size
+from runtimes.coreml import compile_and_place, unavailable_reason
 from validation.audio import Clip
 from validation.held_out import package_transcriber
 from validation.metrics import quality, token_edit_distance
-
-# The output whose quality stands for the component's (plots, gates).
-PRIMARY_OUTPUT = {"preprocessor": "mel", "encoder": "encoder", "mel_encoder": "encoder", "decoder": "decoder",
-                  "joint": "logits", "joint_decision": "token_prob", "joint_decision_single_step": "token_prob"}
-DECISIONS = ("joint_decision", "joint_decision_single_step")
-TRANSCRIBE = ("mel_encoder", "decoder", "joint_decision_single_step")
+from validation.timing import summary, time_calls
 
 
 def reference_inputs(base: dict, load, dims: ModelDims, clip: Clip) -> dict[str, dict[str, np.ndarray]]:
@@ -37,10 +46,8 @@ def reference_inputs(base: dict, load, dims: ModelDims, clip: Clip) -> dict[str,
     inputs["decoder"] = example_inputs(COMPONENTS["decoder"], dims)
     if "mel_encoder" in base and "decoder" in base:
         encoder = load(base["mel_encoder"]).predict(audio)["encoder"]
-        zeros = np.zeros((dims.pred_layers, 1, dims.pred_hidden), np.float32)
-        decoded = load(base["decoder"]).predict({"targets": np.array([[dims.blank_id]], np.int32),
-                                                 "target_length": np.ones(1, np.int32), "h_in": zeros,
-                                                 "c_in": zeros})["decoder"]
+        zeros = zero_state(dims)
+        decoded = load(base["decoder"]).predict(decoder_inputs(dims.blank_id, zeros, zeros))["decoder"]
         inputs["joint"] = inputs["joint_decision"] = {"encoder": encoder, "decoder": decoded}
         inputs["joint_decision_single_step"] = {"encoder_step": encoder[:, :, :1], "decoder_step": decoded}
     return {name: value for name, value in inputs.items() if name in base}
@@ -65,7 +72,7 @@ class ComponentResult:
 
     @property
     def quality(self) -> float:
-        return self.outputs[PRIMARY_OUTPUT[self.name]]
+        return self.outputs[COMPONENTS[self.name].headline]
 
     def as_dict(self) -> dict:
         return {"quality": self.quality, "outputs": self.outputs, "size_bytes": self.size_bytes,
@@ -74,15 +81,14 @@ class ComponentResult:
                 **(self.decisions or {}), **self.extra}
 
 
-def compare_component(name: str, reference: "Reference", variant_package, load, uncompressed: bool = False
+def compare_component(name: str, reference: Reference, variant_package, load, uncompressed: bool = False
                       ) -> ComponentResult:
-    from exporters.export import package_size
-
     base_out = reference.outputs[name]
     variant_out = load(variant_package).predict(reference.inputs[name])
     outputs = {key: quality(value, variant_out[key]) for key, value in base_out.items()
                if np.issubdtype(value.dtype, np.floating)}
-    decisions = decision_agreement(base_out, variant_out) if name in DECISIONS else None
+    has_decisions = any(p.role == DECISION for p in COMPONENTS[name].output_ports)
+    decisions = decision_agreement(base_out, variant_out) if has_decisions else None
     return ComponentResult(name, package_size(variant_package), package_size(reference.packages[name]), outputs,
                            decisions, uncompressed)
 
@@ -107,7 +113,7 @@ class Reference:
 def reference_of(base: dict, load, dims: ModelDims, clip: Clip) -> Reference:
     inputs = reference_inputs(base, load, dims, clip)
     outputs = {name: load(package).predict(inputs[name]) for name, package in base.items()}
-    tokens = package_transcriber(base, load, dims)(clip) if all(n in base for n in TRANSCRIBE) else None
+    tokens = package_transcriber(base, load, dims)(clip) if all(n in base for n in DECODE) else None
     return Reference(dict(base), inputs, outputs, tokens)
 
 
@@ -129,19 +135,12 @@ class VariantResult:
 def timing_of(package, load, inputs: dict, backend: str, compute_units: str, runs: int, warmup: int) -> dict:
     """Latency of one package (median, mean, std ms) and, on Core ML, its compile time; labelled
     with what measured it. Off macOS the compile time is null with the reason."""
-    from runtimes.base import describe_backend
-    from validation.timing import summary, time_calls
-
     found = {"latency_ms": summary(time_calls(lambda: load(package).predict(inputs), runs, warmup))["median"],
              "latency_from": describe_backend(backend)}
     if backend == "coreml":
-        from runtimes.coreml import compile_and_place
-
         placed = compile_and_place(package, compute_units)
         found.update(compile_ms=placed["compile_ms"], placement=placed["placement"])
     else:
-        from runtimes.coreml import unavailable_reason
-
         found.update(compile_ms=None, compile_skipped=unavailable_reason() or f"backend {backend} compiles nothing")
     return found
 
@@ -152,9 +151,6 @@ def sweep_variant(variant, base_exports: dict, reference: Reference, cache, load
     """Build ``variant`` from ``base_exports`` (component -> ExportedComponent of the variant's
     deployment target) and weigh it against their ``reference``. A variant that cannot be built
     comes back with its ``error``, never with the base packages in its place."""
-    from exporters.components import ExportError
-    from exporters.quantize import compress
-
     result = VariantResult(variant)
     try:
         compressed = {name: compress(e, variant, cache, progress) for name, e in base_exports.items()}
@@ -178,3 +174,35 @@ def sweep_variant(variant, base_exports: dict, reference: Reference, cache, load
     progress(f"  {variant.name}: " + ", ".join(f"{n} {c.quality:.3f}" for n, c in result.components.items())
              + (f"; token error rate {result.end_to_end['token_error_rate']:.3f}" if result.end_to_end else ""))
     return result
+
+
+class QuantizationSweep:
+    """``sweep(name)``: variant ``name`` of ``table`` built and weighed once, each against the
+    uncompressed exports of its deployment target (exported, and their ``Reference`` computed,
+    once per target). Shared by ``pytest -m quantization`` and ``parakeet-coreml quantize``."""
+
+    def __init__(self, table: dict, exporter_for: Callable[[str], Exporter], components: list[str] | None, cache,
+                 load, dims: ModelDims, clip: Clip, *, backend: str, compute_units: str, runs: int, warmup: int,
+                 progress=lambda message: None):
+        self.table, self.exporter_for, self.components = table, exporter_for, components
+        self.cache, self.load, self.dims, self.clip = cache, load, dims, clip
+        self.timing = {"backend": backend, "compute_units": compute_units, "runs": runs, "warmup": warmup}
+        self.progress = progress
+        self.bases: dict[str, tuple[dict, Reference]] = {}  # deployment target -> (exports, reference)
+        self.results: dict[str, VariantResult] = {}
+
+    def base(self, target: str) -> tuple[dict, Reference]:
+        """The uncompressed exports of ``target`` and what they make of the clip."""
+        if target not in self.bases:
+            exports = {e.name: e for e in self.exporter_for(target).export_all(self.components)}
+            self.progress(f"the uncompressed {target} exports on {self.clip.name} ...")
+            reference = reference_of({n: e.package for n, e in exports.items()}, self.load, self.dims, self.clip)
+            self.bases[target] = exports, reference
+        return self.bases[target]
+
+    def __call__(self, name: str) -> VariantResult:
+        if name not in self.results:
+            variant = self.table[name]
+            self.results[name] = sweep_variant(variant, *self.base(variant.minimum_deployment_target), self.cache,
+                                               self.load, self.dims, self.clip, progress=self.progress, **self.timing)
+        return self.results[name]

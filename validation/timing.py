@@ -10,19 +10,23 @@ block with :func:`latency_block`. Backend timings are labelled with what produce
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 
 import numpy as np
+import torch
+from threadpoolctl import threadpool_info
 
 from exporters.components import COMPONENTS, ModelDims, example_inputs
+from exporters.wrappers import wrapper
 from runtimes.base import describe_backend
 from validation.audio import Clip
-from validation.greedy import (decision_from_logits, greedy_tdt, nemo_greedy_tdt, package_decide,
-                               package_decoder_step)
+from validation.greedy import decision_from_logits, greedy_tdt, nemo_greedy_tdt, package_decide, package_decoder_step
 
 # The sides of each kind of case: (reference, candidate). Speedup = reference / candidate.
 SIDES = {"component": ("torch", "backend"), "fused": ("separate", "fused"), "end_to_end": ("torch", "backend")}
@@ -73,15 +77,13 @@ def cold_start(fresh, package, inputs: dict) -> Callable[[], dict]:
 
 
 def component_case(name: str, model, dims: ModelDims, package, load, fresh, clip: Clip) -> Case:
-    import torch
-
     inputs = component_inputs(name, dims, clip)
-    wrapper = COMPONENTS[name].wrapper(model).eval()
+    module = wrapper(name, model)
     tensors = [torch.from_numpy(inputs[s.name]) for s in COMPONENTS[name].inputs(dims)]
 
     def torch_call():
         with torch.no_grad():
-            return wrapper(*tensors)
+            return module(*tensors)
 
     return Case(name, "component", {"torch": torch_call, "backend": lambda: load(package).predict(inputs)},
                 cold_start(fresh, package, inputs))
@@ -112,10 +114,8 @@ def fused_case(name: str, dims: ModelDims, packages: dict, load, fresh, clip: Cl
 def end_to_end_case(model, dims: ModelDims, packages: dict, load, clip: Clip) -> Case:
     """The greedy TDT decode of the clip: NeMo (Torch front end and encoder, ``GreedyTDTInfer``)
     against the exported mel_encoder, decoder and single-step joint driven from the host."""
-    import torch
-
     audio = clip.inputs()
-    front = COMPONENTS["mel_encoder"].wrapper(model).eval()
+    front = wrapper("mel_encoder", model)
 
     def nemo():
         with torch.no_grad():
@@ -187,12 +187,6 @@ def case_entry(case: Case, samples_ms: dict[str, list[float]], first: dict, runs
 
 def environment(backend: str, compute_units: str, precision: str) -> dict:
     """Host, OS, threads and versions: what the numbers depend on."""
-    import os
-    from importlib.metadata import version
-
-    import torch
-    from threadpoolctl import threadpool_info
-
     blas = sorted({f"{i['internal_api']}:{i['num_threads']}" for i in threadpool_info()})
     return {
         "backend": backend, "values_from": describe_backend(backend), "compute_units": compute_units,

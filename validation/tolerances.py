@@ -15,16 +15,21 @@ and from the command line (``--tolerance encoder.encoder:atol=0.05,rtol=0.005``,
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from exporters.components import ExportError
+from exporters.components import COMPONENTS, LENGTH, Component, ExportError
+from exporters.settings import tool_settings
 from validation.metrics import Tolerance
 
 EXACT = Tolerance(exact=True)
 PSNR_FLOOR_DB = 35.0
+# The one value check beyond the contract's outputs: the exported joint on every step of the
+# decoder rollout, against the Torch joint on the Torch decoder's steps.
+DECODER_ROLLOUT_LOGITS = "decoder.logits"
 
+# Keys are those the contract declares (``exporters.components``: each output's ``tolerance``
+# and ``fused_tolerance``) plus ``DECODER_ROLLOUT_LOGITS``; ``check_coverage`` holds them equal.
 # "component.output" against the Torch reference; "fused.*" compares a fused package with the
 # exported parts it replaces (joint_decision against the joint's logits decided on the host).
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
@@ -46,6 +51,33 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fused.mel_encoder.encoder": Tolerance(5e-2, 5e-3),
     "fused.token_prob": Tolerance(1e-3, 0.0),
 }
+
+
+def declared_keys(components: dict[str, Component] = COMPONENTS) -> dict[str, bool]:
+    """Every tolerance key the checks look up, with whether it must be exact (lengths)."""
+    keys = {DECODER_ROLLOUT_LOGITS: False}
+    for component in components.values():
+        for port in component.output_ports:
+            if port.tolerance:
+                keys[port.tolerance] = port.role == LENGTH
+            if port.fused_tolerance:
+                keys[port.fused_tolerance] = False
+    return keys
+
+
+def check_coverage(tolerances: dict[str, Tolerance], components: dict[str, Component] = COMPONENTS) -> None:
+    """Every key the contract declares has a tolerance, exact for lengths and only for them, and
+    the table holds no key nothing looks up: a check never falls back to a default."""
+    declared = declared_keys(components)
+    problems = [f"no tolerance for {key!r}" for key in declared if key not in tolerances]
+    problems += [f"{key!r} is declared by no output of the contract" for key in tolerances if key not in declared]
+    problems += [f"{key!r} must {'' if exact else 'not '}be exact ({'a length' if exact else 'a value'})"
+                 for key, exact in declared.items() if key in tolerances and tolerances[key].exact != exact]
+    if problems:
+        raise ValueError("the tolerance table does not fit the component contract: " + "; ".join(problems))
+
+
+check_coverage(DEFAULT_TOLERANCES)
 
 
 @dataclass(frozen=True)
@@ -95,18 +127,17 @@ def parse_cli_tolerance(text: str) -> tuple[str, dict]:
     key, sep, rest = text.partition(":")
     pairs = [p.partition("=") for p in rest.split(",") if p]
     if not sep or not key or not pairs or any(not eq or not name for name, eq, _ in pairs):
-        raise ExportError(f"--tolerance {text!r}: expected KEY:atol=A,rtol=R (e.g. encoder.encoder:atol=0.05,rtol=0.005)")
+        raise ExportError(f"--tolerance {text!r}: expected KEY:atol=A,rtol=R "
+                          "(e.g. encoder.encoder:atol=0.05,rtol=0.005)")
     return key, {name.strip(): value.strip() for name, _, value in pairs}
 
 
-def load_tolerances(pyproject: Path | None = None, cli: list[str] = (), psnr_floor_db: float | None = None) -> ToleranceTable:
+def load_tolerances(pyproject: Path | None = None, cli: list[str] = (),
+                    psnr_floor_db: float | None = None) -> ToleranceTable:
     """Defaults, then ``pyproject.toml``'s ``[tool.parakeet-coreml.parity]``, then the command line."""
     table = ToleranceTable()
     if pyproject is not None and pyproject.is_file():
-        try:
-            section = tomllib.loads(pyproject.read_text()).get("tool", {}).get("parakeet-coreml", {}).get("parity", {})
-        except tomllib.TOMLDecodeError as e:
-            raise ExportError(f"{pyproject}: not valid TOML ({e})") from None
+        section = tool_settings(pyproject).get("parity", {})
         if section:
             table = table.with_overrides(section.get("tolerances", {}), section.get("psnr_floor_db"), str(pyproject))
     overrides = dict(parse_cli_tolerance(text) for text in cli)
@@ -143,10 +174,7 @@ def load_gates(pyproject: Path | None = None, cli: list[str] = ()) -> dict[str, 
         gates.setdefault(variant, {})[metric] = value
 
     if pyproject is not None and pyproject.is_file():
-        try:
-            section = tomllib.loads(pyproject.read_text()).get("tool", {}).get("parakeet-coreml", {})
-        except tomllib.TOMLDecodeError as e:
-            raise ExportError(f"{pyproject}: not valid TOML ({e})") from None
+        section = tool_settings(pyproject)
         for variant, metrics in section.get("quantization", {}).get("gates", {}).items():
             for metric, value in metrics.items():
                 put(variant, metric, value, str(pyproject))

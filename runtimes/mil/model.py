@@ -18,9 +18,9 @@ from __future__ import annotations
 import gc
 import inspect
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class _Step:
 
 
 def _np_dtype(builtin) -> np.dtype:
-    from coremltools.converters.mil.mil import types
+    from coremltools.converters.mil.mil import types  # lazy: coremltools imports torch: only when a program is read
 
     if types.is_str(builtin):
         return np.dtype(object)
@@ -51,7 +51,7 @@ def _np_dtype(builtin) -> np.dtype:
 
 
 def _opset_name(target) -> str:
-    from coremltools.converters.mil._deployment_compatibility import AvailableTarget
+    from coremltools.converters.mil._deployment_compatibility import AvailableTarget  # lazy: as above
 
     return "iOS15" if target is None else AvailableTarget(target).name
 
@@ -65,9 +65,9 @@ def _widened(value):
 
 def load_program(model):
     """The MIL program, from an ``MLModel``, an ``.mlpackage`` path or a pymil ``Program``."""
-    import coremltools as ct
-    from coremltools.converters.mil.frontend.milproto.load import load
-    from coremltools.converters.mil.mil import Program
+    import coremltools as ct  # lazy: as above
+    from coremltools.converters.mil.frontend.milproto.load import load  # lazy: as above
+    from coremltools.converters.mil.mil import Program  # lazy: as above
 
     if isinstance(model, Program):
         return model

@@ -9,7 +9,7 @@ a parameter value a kernel does not implement raises ``Unsupported`` naming it.
 from __future__ import annotations
 
 import itertools
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view

@@ -20,7 +20,7 @@ PEAK_MEMORY_LIMIT_BYTES = 8e9
 
 
 def _convert(model_source, cache_dir, out):
-    done = subprocess.run([sys.executable, "-m", "exporters.cli", "convert", *model_source.cli_args(),
+    done = subprocess.run([sys.executable, "-m", "cli.main", "convert", *model_source.cli_args(),
                            "--output-dir", str(out), "--cache-dir", str(cache_dir)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

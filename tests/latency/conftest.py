@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
+from threadpoolctl import threadpool_limits
 
 from reports.latency import LatencyReport
 from reports.plugin import LATENCY_REPORT
-from runtimes.base import BackendUnavailable, load_predictor
+from runtimes.base import BackendUnavailable
+from runtimes.loader import load_predictor
 from validation.audio import synthetic_speech
 from validation.timing import all_cases, environment
 
@@ -16,9 +19,6 @@ from validation.timing import all_cases, environment
 @pytest.fixture(scope="session", autouse=True)
 def latency_threads(pytestconfig):
     """Torch's threads and the executor's BLAS threads, set for the session and recorded."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
     threads = pytestconfig.option.threads or os.cpu_count() or 1
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -28,14 +28,14 @@ def latency_threads(pytestconfig):
 
 
 @pytest.fixture(scope="session")
-def latency_packages(exporters, pytestconfig):
-    return {e.name: e for e in exporters[pytestconfig.option.compute_precision].export_all()}
+def latency_packages(session_exporters, pytestconfig):
+    return {e.name: e for e in session_exporters[pytestconfig.option.compute_precision].export_all()}
 
 
 @pytest.fixture(scope="session")
-def latency_report(pytestconfig, latency_packages, exporters, backend, dims, export_cache, latency_threads):
+def latency_report(pytestconfig, latency_packages, session_exporters, backend, dims, export_cache, latency_threads):
     opt = pytestconfig.option
-    exporter = exporters[opt.compute_precision]
+    exporter = session_exporters[opt.compute_precision]
     clip = synthetic_speech(export_cache, dims)
     report = LatencyReport(exporter.metadata(list(latency_packages.values())),
                            environment(backend, opt.compute_units, opt.compute_precision),

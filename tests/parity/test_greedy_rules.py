@@ -10,10 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from exporters.components import COMPONENTS, ModelDims
 from exporters.sources import ModelSource
-from validation.greedy import (MAX_SYMBOLS_PER_FRAME, decision_from_logits, greedy_tdt, nemo_greedy_tdt, run_torch,
-                               torch_decoder_step)
+from exporters.wrappers import model_dims, wrapper
+from validation.greedy import (
+    MAX_SYMBOLS_PER_FRAME,
+    decision_from_logits,
+    greedy_tdt,
+    nemo_greedy_tdt,
+    run_torch,
+    torch_decoder_step,
+)
 
 pytestmark = pytest.mark.parity
 
@@ -21,8 +27,8 @@ SEEDS = range(12)
 
 
 def _torch_callables(model, dims, seen: Counter):
-    decoder = COMPONENTS["decoder"].wrapper(model).eval()
-    joint = COMPONENTS["joint"].wrapper(model).eval()
+    decoder = wrapper("decoder", model)
+    joint = wrapper("joint", model)
 
     def decide(frame, decoded):
         token, prob, duration, _, _ = decision_from_logits(run_torch(joint, frame, decoded)[0], dims)
@@ -53,7 +59,7 @@ def rules_model():
     """The random-weight tiny preset, whatever the session's model: its near-uniform joint, biased
     as above, makes every kind of decision, where a trained joint sticks to the few it learned."""
     model = ModelSource("preset", "tiny").load()
-    return model, ModelDims.from_model(model)
+    return model, model_dims(model)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ def _into_the_validation_block(parity_report):
 
 def test_trained_model_has_learned(held_out):
     assert held_out.wer("nemo") <= LEARNED_WER, (
-        f"NeMo's greedy TDT: WER {100 * held_out.wer('nemo'):.1f}% on the held-out set (at most {100 * LEARNED_WER:.0f}%)")
+        f"NeMo's greedy TDT: WER {100 * held_out.wer('nemo'):.1f}% on the held-out set "
+        f"(at most {100 * LEARNED_WER:.0f}%)")
 
 
 def test_fp32_export_transcribes_exactly_like_nemo(held_out):

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import coremltools as ct
 import numpy as np
 import pytest
+from coremltools.converters.mil.mil import Builder as mb
+from coremltools.converters.mil.mil import Function, Program, types
+
+from runtimes.mil import MILModel
 
 
 @pytest.fixture(scope="session")
@@ -11,12 +16,6 @@ def run_mil():
     """``run_mil(build, inputs, opset="iOS17")``: build a one-function program whose inputs are
     ``inputs`` (name -> array; their dtypes become the input types), run it on the executor and
     return its outputs as a list."""
-    import coremltools as ct
-    from coremltools.converters.mil.mil import Builder as mb
-    from coremltools.converters.mil.mil import Function, Program, types
-
-    from runtimes.mil import MILModel
-
     def run(build, inputs: dict[str, np.ndarray], opset: str = "iOS17"):
         specs = {name: mb.placeholder(shape=value.shape, dtype=types.numpy_type_to_builtin_type(value.dtype))
                  for name, value in inputs.items()}

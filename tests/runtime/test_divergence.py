@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from exporters.components import COMPONENTS, example_inputs
+from exporters.wrappers import wrapper
 from runtimes.divergence import compare_modules, first_divergences
 from runtimes.mil import MILModel
 
@@ -15,8 +16,8 @@ PERTURBED = "encoder.layers.1.feed_forward2.linear2"
 
 
 @pytest.fixture(scope="module")
-def encoder_export(exporters):
-    exported = exporters["float32"].export(COMPONENTS["encoder"])
+def encoder_export(session_exporters):
+    exported = session_exporters["float32"].export(COMPONENTS["encoder"])
     return MILModel(exported.package), exported.op_origins()
 
 
@@ -31,7 +32,7 @@ def _run(encoder_export, module, dims, threshold=None):
 
 
 def test_every_layer_is_matched_and_agrees_at_fp32(encoder_export, torch_model, dims):
-    matched = _run(encoder_export, COMPONENTS["encoder"].wrapper(torch_model).eval(), dims)
+    matched = _run(encoder_export, wrapper("encoder", torch_model), dims)
     modules = {d.module for d in matched}
     assert PERTURBED in modules and "encoder.pre_encode.out" in modules
     assert len(modules) >= 20, sorted(modules)
@@ -40,10 +41,10 @@ def test_every_layer_is_matched_and_agrees_at_fp32(encoder_export, torch_model, 
 
 
 def test_a_changed_layer_is_reported_first(encoder_export, torch_model, dims):
-    wrapper = copy.deepcopy(COMPONENTS["encoder"].wrapper(torch_model)).eval()
+    perturbed = copy.deepcopy(wrapper("encoder", torch_model))
     with torch.no_grad():
-        wrapper.get_submodule(PERTURBED).weight.mul_(1.5)
-    found = _run(encoder_export, wrapper, dims, threshold=1e-3)
+        perturbed.get_submodule(PERTURBED).weight.mul_(1.5)
+    found = _run(encoder_export, perturbed, dims, threshold=1e-3)
     assert found, "the changed layer went unnoticed"
     assert found[0].module == PERTURBED and found[0].op_type == "linear", [str(d) for d in found]
     upstream = ("encoder.pre_encode", "encoder.layers.0.", "encoder.layers.1.feed_forward1")

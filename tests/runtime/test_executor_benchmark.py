@@ -19,6 +19,8 @@ import pytest
 import torch
 
 from exporters.components import COMPONENTS, example_inputs
+from exporters.wrappers import wrapper
+from runtimes.mil import MILModel
 
 ROUNDS = 3
 
@@ -46,8 +48,8 @@ print(json.dumps({"peak_rss_after_imports": before, "peak_rss": peak()}))
 
 
 @pytest.fixture(scope="module")
-def encoder_fp16(exporters):
-    return exporters["float16"].export(COMPONENTS["encoder"])
+def encoder_fp16(session_exporters):
+    return session_exporters["float16"].export(COMPONENTS["encoder"])
 
 
 def _weights_bytes(package) -> int:
@@ -59,12 +61,12 @@ def _weights_bytes(package) -> int:
 def test_torch_encoder(benchmark, torch_model, dims, model_source):
     component = COMPONENTS["encoder"]
     inputs = example_inputs(component, dims)
-    wrapper = component.wrapper(torch_model).eval()
+    module = wrapper(component.name, torch_model)
     args = [torch.from_numpy(inputs[s.name]) for s in component.inputs(dims)]
 
     def run():
         with torch.no_grad():
-            return wrapper(*args)
+            return module(*args)
 
     run()
     benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
@@ -74,8 +76,6 @@ def test_torch_encoder(benchmark, torch_model, dims, model_source):
 @pytest.mark.slow
 @pytest.mark.benchmark(group="encoder: torch fp32 vs executor fp16")
 def test_executor_encoder(benchmark, encoder_fp16, dims, model_source):
-    from runtimes.mil import MILModel
-
     model = MILModel(encoder_fp16.package)
     inputs = example_inputs(COMPONENTS["encoder"], dims)
     out = model.predict(inputs)

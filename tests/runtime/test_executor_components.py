@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from exporters.components import COMPONENTS, example_inputs
+from exporters.wrappers import wrapper
 from runtimes.base import BackendUnavailable, InputMismatch, resolve_backend
 from runtimes.coreml import CoreMLModel, unavailable_reason
 from runtimes.mil import MILModel
@@ -30,9 +31,9 @@ MEL_ENCODER_RELATIVE_BOUND = 2e-4
 
 
 def _torch_outputs(component, model, inputs, dims):
-    wrapper = component.wrapper(model).eval()
+    module = wrapper(component.name, model)
     with torch.no_grad():
-        out = wrapper(*[torch.from_numpy(inputs[s.name]) for s in component.inputs(dims)])
+        out = module(*[torch.from_numpy(inputs[s.name]) for s in component.inputs(dims)])
     out = out if isinstance(out, tuple) else (out,)
     return {spec.name: o.numpy() for spec, o in zip(component.outputs(dims), out)}
 
@@ -41,7 +42,8 @@ def _decision_margins(model, inputs, dims):
     """Top-1/top-2 margins of the Torch joint's tokens and durations, per decision."""
     joint = COMPONENTS["joint"]
     logits = _torch_outputs(joint, model, inputs, dims)["logits"]
-    tokens, durations = logits[..., :dims.joint_classes], logits[..., dims.joint_classes:]
+    token_classes = dims.vocab_size + 1  # the blank included; the durations' logits follow
+    tokens, durations = logits[..., :token_classes], logits[..., token_classes:]
 
     def margin(values):
         top = np.sort(values, axis=-1)
@@ -51,8 +53,8 @@ def _decision_margins(model, inputs, dims):
 
 
 @pytest.fixture(scope="module")
-def fp32_packages(exporters):
-    return {name: exporters["float32"].export(component) for name, component in COMPONENTS.items()}
+def fp32_packages(session_exporters):
+    return {name: session_exporters["float32"].export(component) for name, component in COMPONENTS.items()}
 
 
 @pytest.mark.parametrize("name", list(COMPONENTS))
@@ -85,9 +87,9 @@ def test_fp32_export_runs_like_torch(name, fp32_packages, torch_model, dims):
 @pytest.mark.skipif(unavailable_reason() is not None, reason=f"needs Core ML: {unavailable_reason()}")
 @pytest.mark.parametrize("precision", ["float32", "float16"])
 @pytest.mark.parametrize("name", list(COMPONENTS))
-def test_executor_matches_core_ml_cpu(name, precision, exporters, dims):
+def test_executor_matches_core_ml_cpu(name, precision, session_exporters, dims):
     """Same package, same input: the executor against Apple's runtime on the CPU."""
-    package = exporters[precision].export(COMPONENTS[name]).package
+    package = session_exporters[precision].export(COMPONENTS[name]).package
     inputs = example_inputs(COMPONENTS[name], dims)
     ours = MILModel(package).predict(inputs)
     apple = CoreMLModel(package, compute_units="CPU_ONLY").predict(inputs)

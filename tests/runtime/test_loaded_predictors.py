@@ -11,7 +11,7 @@ import weakref
 import pytest
 
 from exporters.components import COMPONENTS
-from runtimes.base import LoadedPredictors
+from runtimes.loader import LoadedPredictors
 from runtimes.mil import MILModel
 
 
@@ -71,9 +71,9 @@ def test_the_default_budget_is_a_share_of_the_host_memory():
     assert 0 < budget < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def test_an_executor_weighs_its_weights_in_fp32(exporters):
+def test_an_executor_weighs_its_weights_in_fp32(session_exporters):
     """The executor widens fp16 weights once at load: its weight is twice the fp16 package's."""
-    fp16 = exporters["float16"].export(COMPONENTS["joint"])
+    fp16 = session_exporters["float16"].export(COMPONENTS["joint"])
     model = MILModel(fp16.package)
     weights = sum(f.stat().st_size for f in fp16.package.rglob("weight.bin"))
     assert model.nbytes == pytest.approx(2 * weights, rel=0.05)

@@ -6,9 +6,12 @@ ops (code independent of ours) and applies the layer in float64 numpy.
 
 from __future__ import annotations
 
+import coremltools as ct
+import coremltools.optimize.coreml as cto
 import numpy as np
 import pytest
 import torch
+from coremltools.converters.mil.frontend.milproto.load import load
 
 from runtimes.mil import MILModel
 
@@ -16,8 +19,6 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 def _config(kind: str):
-    import coremltools.optimize.coreml as cto
-
     small = dict(weight_threshold=0)
     return {
         "int8_per_channel": (cto.OpLinearQuantizerConfig(mode="linear", granularity="per_channel", **small), False),
@@ -81,10 +82,6 @@ def _reference(program, x):
 @pytest.mark.parametrize("kind, target", [(kind, target) for kind in sorted(COMPRESS) for target in ("iOS16", "iOS18")
                                           if target == "iOS18" or kind in IOS16_KINDS])
 def test_compressed_package_matches_its_decompressed_weights(kind, target, tmp_path):
-    import coremltools as ct
-    import coremltools.optimize.coreml as cto
-    from coremltools.converters.mil.frontend.milproto.load import load
-
     torch.manual_seed(0)
     net = Net().eval()
     x = np.random.default_rng(1).normal(size=(1, 8, 10)).astype(np.float32)
@@ -105,7 +102,8 @@ def test_compressed_package_matches_its_decompressed_weights(kind, target, tmp_p
     reloaded = ct.models.MLModel(str(path), skip_model_load=True)
     spec = reloaded.get_spec()
     program = load(spec, spec.specificationVersion, file_weights_dir=reloaded.weights_dir)
-    constexpr = sorted({op.op_type for op in program.functions["main"].operations if op.op_type.startswith("constexpr")})
+    operations = program.functions["main"].operations
+    constexpr = sorted({op.op_type for op in operations if op.op_type.startswith("constexpr")})
     assert constexpr, f"{kind} left no compressed weight in the program"
 
     out = MILModel(path).predict({"x": x})

@@ -17,6 +17,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from runtimes.mil import UnsupportedOperation
+from runtimes.mil.ops import KERNELS
+
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 EXAMPLES = settings(max_examples=25, deadline=None)
 PER_OP = settings(max_examples=8, deadline=None)  # for tests parametrized over a table of ops
@@ -555,16 +558,12 @@ def test_nan_and_inf_propagate(run_mil):
 # ---- what the executor refuses -----------------------------------------------------------------
 
 def test_unimplemented_operation_is_named_with_its_opset(run_mil):
-    from runtimes.mil import UnsupportedOperation
-
     x = np.ones((1, 2, 5), np.float32)
     with pytest.raises(UnsupportedOperation, match=r"conv_transpose \(opset iOS17\) .*not implemented"):
         run_mil(lambda x: mb.conv_transpose(x=x, weight=np.ones((2, 2, 3), np.float32)), {"x": x})
 
 
 def test_unimplemented_parameter_value_is_named(run_mil):
-    from runtimes.mil import UnsupportedOperation
-
     x, h = np.ones((2, 1, 3), np.float32), np.zeros((1, 4), np.float32)
     w_ih, w_hh = np.ones((16, 3), np.float32), np.ones((16, 4), np.float32)
     with pytest.raises(UnsupportedOperation, match=r"lstm \(opset iOS17\) .*parameter 'clip'"):
@@ -573,9 +572,6 @@ def test_unimplemented_parameter_value_is_named(run_mil):
 
 
 def test_unimplemented_parameter_is_refused_when_loading(run_mil, monkeypatch):
-    from runtimes.mil import UnsupportedOperation
-    from runtimes.mil.ops import KERNELS
-
     monkeypatch.setitem(KERNELS, "relu", lambda data: data)  # a kernel that knows no 'x'
     with pytest.raises(UnsupportedOperation, match=r"relu \(opset iOS17\) .*parameter 'x' not implemented"):
         run_mil(lambda x: mb.relu(x=x), {"x": np.ones((3,), np.float32)})

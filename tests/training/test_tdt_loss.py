@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from nemo.collections.asr.losses.rnnt_pytorch import TDTLossPytorch
 
 from training.tdt_loss import TDTLoss, tdt_log_likelihood
 
@@ -91,8 +92,6 @@ def test_brute_force_counts_the_paths_it_should():
 @pytest.fixture
 def nemo_reference(monkeypatch):
     """NeMo's pure-PyTorch TDT loss, made to run on a CPU: it calls ``.cuda()`` on two tensors."""
-    from nemo.collections.asr.losses.rnnt_pytorch import TDTLossPytorch
-
     monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)
     return TDTLossPytorch
 

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from nemo.collections.asr.models import EncDecCTCModelBPE
+from omegaconf import OmegaConf
 
-from exporters.presets import PRESETS
+from exporters.presets import PRESETS, model_config, train_tokenizer
 
 
 @pytest.fixture(scope="session")
 def ctc_nemo(tmp_path_factory):
     """A real NeMo CTC checkpoint: a valid .nemo that is not an RNNT/TDT model."""
-    from nemo.collections.asr.models import EncDecCTCModelBPE
-    from omegaconf import OmegaConf
-
-    from exporters.presets import model_config, train_tokenizer
-
     tiny = PRESETS["tiny"]
     tok_dir = tmp_path_factory.mktemp("ctc_tokenizer")
     train_tokenizer(tiny.vocab_size, 0, tok_dir)

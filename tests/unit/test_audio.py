@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 import soundfile
 
+from exporters.cache import ExportCache
 from exporters.components import ModelDims
-from validation.audio import (EDGE_CLIPS, AudioAdjustedWarning, AudioError, Clip, edge_clips, load_audio_file,
-                              synthetic_speech)
+from validation.audio import (
+    EDGE_CLIPS,
+    AudioAdjustedWarning,
+    AudioError,
+    Clip,
+    edge_clips,
+    load_audio_file,
+    synthetic_speech,
+)
 
 DIMS = ModelDims(sample_rate=16000, max_audio_seconds=15.0, max_audio_samples=240000, n_mels=128, mel_frames=1501,
                  mel_length=1500, encoder_dim=64, encoder_frames=188, pred_hidden=48, pred_layers=2, vocab_size=256,
@@ -64,8 +72,6 @@ def test_unreadable_and_missing_files_are_refused(tmp_path):
 
 
 def test_espeak_speech_is_voiced_and_fits_the_window(tmp_path):
-    from exporters.cache import ExportCache
-
     cache = ExportCache(tmp_path)
     clip = synthetic_speech(cache, DIMS)
     assert 12 * 16000 < clip.length <= 240000

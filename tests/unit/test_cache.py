@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from exporters.cache import ExportCache, cache_key
+from exporters import cache
+from exporters.cache import ENV_VAR, ExportCache, cache_key, default_cache_dir
 
 
 def _build_writing(payload: bytes, calls: list | None = None):
@@ -129,8 +130,6 @@ def test_key_covers_every_part():
 
 
 def test_key_covers_versions_and_exporter_code(monkeypatch):
-    from exporters import cache
-
     before = cache_key(model="m")
     monkeypatch.setattr(cache, "tool_versions", lambda: {"torch": "0.0", "coremltools": "0", "nemo_toolkit": "0"})
     assert cache_key(model="m") != before
@@ -140,8 +139,6 @@ def test_key_covers_versions_and_exporter_code(monkeypatch):
 
 
 def test_cache_location_option_and_environment(tmp_path, monkeypatch):
-    from exporters.cache import ENV_VAR, default_cache_dir
-
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "env"))
     assert default_cache_dir() == tmp_path / "env"
     assert ExportCache().root == tmp_path / "env"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import tarfile
 
 import pytest
 
-from exporters.cli import main
+from cli.main import main
 from exporters.components import COMPONENTS
 
 
@@ -15,9 +16,9 @@ def _convert(*args):
 
 
 @pytest.fixture(scope="session")
-def pytest_exports(exporters):
+def pytest_exports(session_exporters):
     """Every fp16 component, exported by the session's fixtures into the session's cache."""
-    return {e.name: e for e in exporters["float16"].export_all()}
+    return {e.name: e for e in session_exporters["float16"].export_all()}
 
 
 def _run_convert(model_source, export_cache, out, capsys):
@@ -96,8 +97,6 @@ def test_bad_input_fails_with_one_line(args, message, tmp_path, capsys):
 
 
 def test_corrupt_checkpoint_leaves_no_output(tmp_path, capsys):
-    import tarfile
-
     bad = tmp_path / "bad.nemo"
     with tarfile.open(bad, "w"):
         pass

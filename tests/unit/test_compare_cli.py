@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import soundfile
 
-from exporters.cli import main
+from cli.main import main
 
 pytestmark = pytest.mark.parity
 
 
 @pytest.fixture(scope="module")
-def converted(exporters, model_source, export_cache, tmp_path_factory):
-    exporters["float16"].export_all()  # into the session's cache, so convert only copies
+def converted(session_exporters, model_source, export_cache, tmp_path_factory):
+    session_exporters["float16"].export_all()  # into the session's cache, so convert only copies
     out = tmp_path_factory.mktemp("compare") / "parakeet_coreml"
     assert main(["convert", *model_source.cli_args(), "--output-dir", str(out),
                  "--cache-dir", str(export_cache.root)]) == 0

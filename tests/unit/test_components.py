@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import coremltools as ct
 import numpy as np
 import pytest
 import torch
+from coremltools.proto import FeatureTypes_pb2
 
-from exporters.components import COMPONENTS, example_inputs
-from exporters.wrappers import Joint, JointDecision, raw_joint_logits
+from exporters.components import COMPONENTS, example_inputs, get_components
+from exporters.wrappers import Joint, JointDecision, raw_joint_logits, wrapper
 
 
 def _package_io(path):
-    import coremltools as ct
-    from coremltools.proto import FeatureTypes_pb2
-
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     name_of = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name
     dtypes = {"FLOAT32": "float32", "INT32": "int32", "FLOAT16": "float16"}
@@ -48,8 +47,8 @@ def test_dims_come_from_the_loaded_model(torch_model, dims):
 
 @pytest.mark.parametrize("precision", ["float32", "float16"])
 @pytest.mark.parametrize("name", list(COMPONENTS))
-def test_package_matches_contract(exporters, dims, name, precision):
-    exported = exporters[precision].export(COMPONENTS[name])
+def test_package_matches_contract(session_exporters, dims, name, precision):
+    exported = session_exporters[precision].export(COMPONENTS[name])
     assert _package_io(exported.package) == _table_io(COMPONENTS[name], dims)
 
 
@@ -58,23 +57,21 @@ def test_wrapper_matches_contract(torch_model, dims, name):
     component = COMPONENTS[name]
     inputs = example_inputs(component, dims)
     with torch.no_grad():
-        outputs = component.wrapper(torch_model).eval()(*(torch.from_numpy(v) for v in inputs.values()))
+        outputs = wrapper(component.name, torch_model)(*(torch.from_numpy(v) for v in inputs.values()))
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
     got = [(s.name, tuple(o.shape), str(o.dtype).removeprefix("torch."))
            for s, o in zip(component.outputs(dims), outputs)]
     assert got == _table_io(component, dims)[1]
 
 
-def test_recorded_precision_is_the_programs(exporters):
-    from exporters.components import get_components
-
-    fp16 = {c.name: exporters["float16"].export(c).info for c in get_components()}
+def test_recorded_precision_is_the_programs(session_exporters):
+    fp16 = {c.name: session_exporters["float16"].export(c).info for c in get_components()}
     assert fp16["preprocessor"]["compute_precision"] == "float32"  # fp16 would overflow the power spectrum
     assert fp16["encoder"]["compute_precision"] == "float16"
     assert fp16["mel_encoder"]["compute_precision"] == "mixed"
     # the fused package keeps exactly the preprocessor's ops in fp32
     assert fp16["mel_encoder"]["fp32_ops"] == fp16["preprocessor"]["fp32_ops"]
-    fp32 = exporters["float32"].export(COMPONENTS["encoder"]).info
+    fp32 = session_exporters["float32"].export(COMPONENTS["encoder"]).info
     assert (fp32["compute_precision"], fp32["fp16_ops"]) == ("float32", 0)
 
 

@@ -7,7 +7,18 @@ import math
 import numpy as np
 import pytest
 
-from validation.metrics import Tolerance, compare, l2_per_step, max_rel, psnr_db, token_edit_distance, top1_margin
+from validation.held_out import HeldOutResult
+from validation.metrics import (
+    Tolerance,
+    compare,
+    l2_per_step,
+    max_rel,
+    psnr_db,
+    quality,
+    token_edit_distance,
+    top1_margin,
+    word_error_rate,
+)
 
 
 def test_max_rel_is_zero_where_both_are_zero_and_symmetric():
@@ -84,8 +95,6 @@ def test_token_edit_distance():
 
 
 def test_word_error_rate_counts_word_edits_over_reference_words():
-    from validation.metrics import word_error_rate
-
     # one substitution, one deletion over 3 + 2 reference words; an insertion in the second pair
     assert word_error_rate(["the cat sat", "a dog"], ["the bat", "a big dog"]) == pytest.approx(3 / 5)
     assert word_error_rate(["same words"], ["same words"]) == 0.0
@@ -94,8 +103,6 @@ def test_word_error_rate_counts_word_edits_over_reference_words():
 
 
 def test_held_out_verdicts_exact_for_fp32_bounded_for_the_rest():
-    from validation.held_out import HeldOutResult
-
     refs = [" ".join(["w"] * 100), "x y"]
     result = HeldOutResult(refs, texts={"nemo": refs, "float32": refs, "float16": [refs[0], "x z"],
                                         "int8_per_channel": [refs[0], "q r"]},
@@ -107,3 +114,11 @@ def test_held_out_verdicts_exact_for_fp32_bounded_for_the_rest():
     result.tokens["float32"] = result.tokens["float16"]
     assert "1 of 2 transcripts differ" in result.failure("float32")
     assert result.as_dict()["status"] == "failed"
+
+
+def test_quality_is_nan_for_a_non_finite_candidate_and_one_for_identical():
+    reference = np.array([1.0, -2.0, 3.0])
+    assert quality(reference, reference) == 1.0
+    assert quality(reference, np.zeros(3)) == 0.0  # no better than silence
+    assert math.isnan(quality(reference, np.array([1.0, np.nan, 3.0])))
+    assert math.isnan(quality(reference, np.array([np.inf, -2.0, 3.0])))

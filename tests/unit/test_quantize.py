@@ -43,8 +43,8 @@ def test_pyproject_extends_the_table(tmp_path):
     assert table["joint_only"].steps_for("encoder") == ()
 
 
-def test_int8_per_channel_is_smaller_cached_and_untouched_where_the_variant_says(exporters, export_cache):
-    joint = exporters["float32"].export_all(["joint"])[0]
+def test_int8_per_channel_is_smaller_cached_and_untouched_where_the_variant_says(session_exporters, export_cache):
+    joint = session_exporters["float32"].export_all(["joint"])[0]
     variant = VARIANTS["int8_per_channel"]
     first = compress(joint, variant, export_cache)
     again = compress(joint, variant, export_cache)
@@ -54,7 +54,7 @@ def test_int8_per_channel_is_smaller_cached_and_untouched_where_the_variant_says
     assert untouched.package == joint.package and untouched.info["uncompressed"]
 
 
-def test_a_variant_that_cannot_be_built_is_an_error(exporters, export_cache):
-    joint = exporters["float32"].export_all(["joint"])[0]  # an iOS17 package: int4 per block needs iOS18
+def test_a_variant_that_cannot_be_built_is_an_error(session_exporters, export_cache):
+    joint = session_exporters["float32"].export_all(["joint"])[0]  # an iOS17 package: int4 per block needs iOS18
     with pytest.raises(ExportError, match="variant int4_per_block cannot compress joint"):
         compress(joint, VARIANTS["int4_per_block"], export_cache)

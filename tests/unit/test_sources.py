@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from exporters.components import ExportError
-from exporters.presets import PRESETS, TDT_DURATIONS, TRAINED_PRESETS
+from exporters.presets import PRESETS, TDT_DURATIONS, TRAINED_PRESETS, build_model
 from exporters.sources import ModelSource
 
 
@@ -53,8 +53,6 @@ def assert_parakeet_topology(model):
 
 def test_preset_is_deterministic_and_parakeet_shaped(tiny_model):
     """Same recipe, same weights: the cache keys a preset by its recipe alone."""
-    from exporters.presets import build_model
-
     model = tiny_model
     again = build_model(PRESETS["tiny"])
     for name, tensor in model.state_dict().items():
@@ -118,7 +116,7 @@ def test_bad_source_options(kwargs, message):
 def test_unreachable_hub_fails_fast_with_one_line(tmp_path):
     env = {"HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-m", "exporters.cli", "convert", "--model-id", "nvidia/parakeet-tdt-0.6b-v3",
+        [sys.executable, "-m", "cli.main", "convert", "--model-id", "nvidia/parakeet-tdt-0.6b-v3",
          "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")],
         capture_output=True, text=True, timeout=120, env=env,
     )

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import coremltools as ct
 import numpy as np
 import pytest
 import torch
+from coremltools.converters.mil.frontend.torch import ops
+from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+
+from exporters import torch_compat
 
 
 class RelativePositionSlice(torch.nn.Module):
@@ -22,8 +27,6 @@ class RelativePositionSlice(torch.nn.Module):
 
 
 def _convert():
-    import coremltools as ct
-
     traced = torch.jit.trace(RelativePositionSlice(), torch.zeros(1, 8))
     return ct.convert(traced, inputs=[ct.TensorType(name="x", shape=(1, 8), dtype=np.float32)],
                       convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, skip_model_load=True)
@@ -32,11 +35,6 @@ def _convert():
 @pytest.fixture
 def stock_int_conversion():
     """coremltools' own aten::int conversion, restored for the test."""
-    from coremltools.converters.mil.frontend.torch import ops
-    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
-
-    from exporters import torch_compat
-
     torch_compat.install()
     ours = _TORCH_OPS_REGISTRY.name_to_func_mapping["int"]
     for name in ("int", "_int"):
@@ -52,8 +50,6 @@ def test_stock_coremltools_rejects_int_of_one_element_tensor(stock_int_conversio
 
 
 def test_override_converts_int_of_one_element_tensor():
-    from exporters import torch_compat
-
     torch_compat.install()
     model = _convert()
     out = model.get_spec().description.output[0]

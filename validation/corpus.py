@@ -1,4 +1,5 @@
-"""A generated English corpus and its espeak-ng recordings: the small model's training data.
+"""A generated English corpus and its espeak-ng recordings: the trained test model's training
+data, and the held-out test set the parity checks transcribe.
 
 Sentences are drawn from a few grammar patterns over a fixed vocabulary, so every word of the
 test set is known while its sentences are not: the held-out sentences never occur in training.
@@ -13,6 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile
+
+from validation.audio import espeak_say
 
 NOUNS = (
     "cat dog bird fish horse child teacher doctor farmer driver singer player captain student friend neighbour "
@@ -95,8 +99,6 @@ class Utterance:
 
     def render(self, sample_rate: int) -> np.ndarray:
         """The recording: espeak-ng speech, 0.1 to 0.3 s of silence around it, white noise at snr_db."""
-        from validation.audio import espeak_say
-
         rng = np.random.default_rng(self.noise_seed)
         speech = espeak_say(self.text, sample_rate, voice=self.voice, words_per_minute=self.words_per_minute,
                             pitch=self.pitch)
@@ -133,8 +135,6 @@ def split_utterances(seed: int = SEED, sizes: dict[str, int] | None = None) -> d
 def write_manifest(items: list[Utterance], audio_dir: Path, manifest: Path, sample_rate: int,
                    progress=None) -> Path:
     """Render every utterance to ``audio_dir`` and write NeMo's JSON-lines manifest."""
-    import soundfile
-
     audio_dir.mkdir(parents=True, exist_ok=True)
 
     def render(index_item):

@@ -1,0 +1,1 @@
+"""The ``parakeet-coreml`` command line: the application on top of exporters, validation and reports."""

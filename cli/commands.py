@@ -1,0 +1,215 @@
+"""What each ``parakeet-coreml`` command does, once its arguments are parsed (``cli.main``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from exporters.cache import ExportCache
+from exporters.components import ExportError, ExportOptions, get_components
+from exporters.export import ORIGINS_FILE, Exporter, print_progress
+from exporters.publish import publish, staging_dir
+from exporters.quantize import parse_variant, variant_table
+from exporters.settings import config_path
+from exporters.sources import ModelSource
+from exporters.wrappers import model_dims
+from reports.latency import write_latency
+from reports.metadata import METADATA
+from reports.parity import ParityReport, parity_context
+from reports.quantization import write_quantization
+from runtimes.base import BackendUnavailable, describe_backend, resolve_backend
+from runtimes.loader import LoadedPredictors, load_predictor
+from validation.audio import parity_clips, read_audio, synthetic_speech
+from validation.checks import ParityRunner
+from validation.held_out import held_out_transcripts
+from validation.quantization import QuantizationSweep
+from validation.timing import all_cases, environment, latency_block, measure
+from validation.tolerances import load_gates, load_tolerances
+
+
+def component_list(values: list[str]) -> list[str]:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]``."""
+    return [name for value in values for name in value.split(",") if name]
+
+
+def run_convert(args) -> int:
+    source = ModelSource.from_options(args.nemo_path, args.model_id, args.preset)
+    names = [c.name for c in get_components(component_list(args.components or []))]
+    options = ExportOptions(args.compute_precision, args.compute_units, args.minimum_deployment_target)
+    staging = staging_dir(args.output_dir)
+    try:
+        exporter = Exporter(source, options, ExportCache(args.cache_dir))
+        exported = exporter.export_all(names)
+        for e in exported:
+            shutil.copytree(e.package, staging / e.package.name)
+        metadata = exporter.metadata(exported, relative_paths=True)
+        (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        publish(staging, args.output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    total = sum(c["size_bytes"] for c in metadata["components"].values()) / 1e6
+    print(f"wrote {len(exported)} package(s), {total:.1f} MB, and metadata.json to {args.output_dir}")
+    return 0
+
+
+def read_convert_dir(directory: Path, option: str):
+    """A directory ``convert`` wrote: its metadata, packages and model source, refused with the
+    reason if anything is missing or the model changed since."""
+    metadata_path = directory / METADATA
+    if not metadata_path.is_file():
+        raise ExportError(f"{option} {directory}: no {METADATA}; run parakeet-coreml convert --output-dir "
+                          f"{directory} first")
+    try:
+        description = json.loads(metadata_path.read_text())
+        recorded = description["model_source"]
+        components = description["components"]
+        description["coreml"]["compute_precision"]  # present: compare and quantize read it
+    except (ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"{metadata_path}: not a metadata.json written by convert ({e})") from None
+    packages = {name: directory / c["path"] for name, c in components.items()}
+    absent = [str(p) for p in packages.values() if not p.is_dir()]
+    if absent:
+        raise ExportError(f"{option} {directory}: package(s) listed in {METADATA} are missing: {', '.join(absent)}")
+    source = ModelSource(recorded["kind"], recorded["value"])
+    source.validate()
+    if source.key() != recorded["content_sha256"]:
+        raise ExportError(f"{source.describe()} has changed since it was converted into {directory}; convert again")
+    return description, packages, source
+
+
+def _package_loader(args, description: dict, packages: dict):
+    """(backend, compute units, loader) for a convert directory's packages; a backend this host
+    lacks is an error that names the one that runs everywhere."""
+    backend = resolve_backend(args.backend)
+    units = args.compute_units or description["coreml"]["compute_units"]
+    load = LoadedPredictors(backend, units)
+    try:
+        load(next(iter(packages.values())))
+    except BackendUnavailable as e:
+        raise ExportError(f"--backend {backend}: {e}; use --backend mil to run this project's executor") from None
+    return backend, units, load
+
+
+def run_compare(args) -> int:
+    directory = args.output_dir
+    description, packages, source = read_convert_dir(directory, "--output-dir")
+    precision = description["coreml"]["compute_precision"]
+    tolerances = load_tolerances(config_path(args.config), args.tolerances, args.psnr_floor)
+    if args.audio is not None:
+        read_audio(args.audio)  # refuse unusable audio before any model is loaded
+    backend, units, load = _package_loader(args, description, packages)
+    print_progress(f"loading {source.describe()} ...")
+    model = source.load()
+    dims = model_dims(model, description["max_audio_seconds"])
+    cache = ExportCache(args.cache_dir)
+    clips = parity_clips(cache, dims, args.audio)
+    for clip in clips:
+        for note in clip.notes:
+            print_progress(f"{clip.name}: {note}")
+    latency = None
+    if args.runs:
+        cases = all_cases(model, dims, packages, load, lambda p: load_predictor(p, backend, units), clips[0])
+        print_progress(f"timing {len(cases)} case(s) on {clips[0].name}: a cold start, then {args.warmup} warm-up "
+                       f"and {args.runs} timed calls of each side")
+        audio_seconds = clips[0].length / dims.sample_rate
+        latency = latency_block(measure(cases, args.runs, args.warmup, audio_seconds, backend, print_progress),
+                                environment(backend, units, precision), audio_seconds)
+    context = parity_context(args.backend, backend, precision, units, tolerances)
+    report = ParityReport(description, context, precision, clips[0].name)
+    def origins(name):
+        """The op origins convert's cache entry recorded beside the package, if still cached."""
+        entry = cache.lookup(description["components"][name].get("cache_key", ""))
+        return json.loads((entry.path / ORIGINS_FILE).read_text()) if entry else None
+
+    runner = ParityRunner(model, dims, packages, load, tolerances, backend, precision, origins=origins)
+    for i, clip in enumerate(clips, 1):
+        run = runner.run(clip)
+        report.add(precision, run)
+        failed = run.failed()
+        print_progress(f"[{i}/{len(clips)}] {clip.name}: {len(run.results) - len(failed)} of {len(run.results)} "
+                       f"checks passed" + "".join(f"\n{r.message()}" for r in failed))
+    path, plots = report.write(directory)
+    if latency is not None:
+        _, latency_plotted = write_latency(directory, description, latency)
+        plots += latency_plotted
+    status = json.loads(path.read_text())["validation"]["status"]
+    print(f"parity {status} on {backend} ({context['values_from']}); validation{' and latency' if latency else ''} "
+          f"blocks in {path}, {len(plots)} plots in {plots[0].parent if plots else directory}")
+    return 0 if status == "passed" else 1
+
+
+def run_quantize(args) -> int:
+    description, packages, source = read_convert_dir(args.input_dir, "--input-dir")
+    pyproject = config_path(args.config)
+    gates = load_gates(pyproject, args.gates)
+    table = variant_table(pyproject)
+    for text in args.declared:
+        name, sep, spec = text.partition("=")
+        if not sep or not name:
+            raise ExportError(f"--variant {text!r}: expected NAME=JSON")
+        table[name] = parse_variant(name, spec, f"--variant {name}")
+    names = component_list([args.variants]) if args.variants else list(table)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ExportError(f"--variants: unknown variant(s) {', '.join(unknown)}; expected: {', '.join(table)}")
+    held_out = [] if args.held_out == "none" else component_list([args.held_out])
+    if args.output_root.resolve() == args.input_dir.resolve():
+        raise ExportError("--output-root must differ from --input-dir")
+    staging = staging_dir(args.output_root, "--output-root")
+    try:
+        backend, units, load = _package_loader(args, description, packages)
+        cache = ExportCache(args.cache_dir)
+        model = source.load()
+        dims = model_dims(model, description["max_audio_seconds"])
+        clip = synthetic_speech(cache, dims)
+        precision = description["coreml"]["compute_precision"]
+
+        def exporter_for(target):
+            options = ExportOptions(precision, description["coreml"]["compute_units"], target)
+            return Exporter(source, options, cache, progress=lambda message: None)
+
+        sweep = QuantizationSweep(table, exporter_for, list(packages), cache, load, dims, clip, backend=backend,
+                                  compute_units=units, runs=args.runs, warmup=args.warmup, progress=print_progress)
+        results = []
+        for i, name in enumerate(names, 1):
+            variant = table[name]
+            target = variant.minimum_deployment_target
+            sweep.base(target)
+            print_progress(f"[{i}/{len(names)}] {name}: {variant.summary}"
+                           + (f" (from an {target} export)" if target != "iOS17" else ""))
+            result = sweep(name)
+            if result.error:
+                print_progress(f"  {name}: not built: {result.error}")
+            elif name in held_out:
+                result.held_out = _held_out_wer(model, dims, cache, sweep.bases[target][0], result.packages, load)
+            results.append(result)
+        context = {"model": description["model"], "backend": backend, "values_from": describe_backend(backend),
+                   "compute_units": units, "compute_precision": precision, "clip": clip.name, "runs": args.runs,
+                   "warmup": args.warmup}
+        summary_path, plots, skipped = write_quantization(staging, results, context, gates)
+        publish(staging, args.output_root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    summary = json.loads((args.output_root / summary_path.name).read_text())
+    for line in skipped:
+        print_progress(f"plot not drawn: {line}")
+    failures = [f for entry in summary.values() for f in entry["gates"]["failures"]]
+    errors = [f"{name}: {entry['error']}" for name, entry in summary.items() if entry["error"]]
+    for line in failures + errors:
+        print(f"FAILED {line}", file=sys.stderr)
+    print(f"{len(results)} variant(s) in {args.output_root}: {len(errors)} not built, {len(failures)} gate failure(s); "
+          f"{len(plots)} plots in {plots[0].parent.relative_to(staging) if plots else 'none'}")
+    return 1 if failures or errors else 0
+
+
+def _held_out_wer(model, dims, cache, base_exports: dict, variant_packages: dict, load) -> dict:
+    """WER on the held-out test set: NeMo, the uncompressed export and the variant; ``{"skipped":
+    reason}`` on a model not confident enough for its transcripts to mean anything."""
+    base = {name: e.package for name, e in base_exports.items()}
+    result, _, reason = held_out_transcripts(model, dims, cache, {"uncompressed": base, "variant": variant_packages},
+                                             load)
+    if reason:
+        return {"skipped": reason}
+    return {key: value for key, value in result.as_dict().items() if key != "exact"}

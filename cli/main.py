@@ -1,0 +1,122 @@
+"""``parakeet-coreml``: export Parakeet-TDT to Core ML (``convert``), prove the export matches
+NeMo (``compare``), and weigh compressed variants of it (``quantize``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from exporters.components import COMPONENTS, COMPUTE_PRECISIONS, DEPLOYMENT_TARGETS, ExportError
+from exporters.sources import add_source_options
+from runtimes.base import BACKENDS, COMPUTE_UNITS
+
+CONFIG_HELP = ("a pyproject.toml-style file whose [tool.parakeet-coreml] sets tolerances, gates and variants "
+               "(default: this project's pyproject.toml when run inside its checkout, else none)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parakeet-coreml", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    convert = commands.add_parser("convert", help="export components to .mlpackage files and metadata.json")
+    source = convert.add_argument_group("model source (exactly one)")
+    add_source_options(source.add_argument)
+    convert.add_argument("--output-dir", required=True, type=Path, help="where the packages and metadata.json go")
+    convert.add_argument("--components", nargs="+", default=None, metavar="NAME",
+                         help=f"components to export (default: all): {', '.join(COMPONENTS)}")
+    convert.add_argument("--compute-units", default="ALL", choices=COMPUTE_UNITS)
+    convert.add_argument("--compute-precision", default="float16", choices=COMPUTE_PRECISIONS,
+                         help="the preprocessor and mel_encoder's front end stay float32 either way")
+    convert.add_argument("--minimum-deployment-target", default="iOS17", choices=DEPLOYMENT_TARGETS)
+    convert.add_argument("--cache-dir", type=Path, default=None,
+                         help="export cache (default: $PARAKEET_COREML_CACHE or the per-user cache directory)")
+
+    compare = commands.add_parser("compare", help="run the parity checks (and timings) on a convert output directory")
+    compare.add_argument("--output-dir", required=True, type=Path,
+                         help="a directory written by convert; its metadata.json gets the validation block")
+    compare.add_argument("--backend", default="auto", choices=BACKENDS,
+                         help="coreml (macOS), mil (this project's executor, any OS), auto (coreml on macOS)")
+    compare.add_argument("--compute-units", default=None, choices=COMPUTE_UNITS,
+                         help="Core ML compute units (default: those recorded at convert)")
+    compare.add_argument("--audio", type=Path, default=None, metavar="FILE",
+                         help="a recording of your own, checked first (any rate, channels, common format)")
+    compare.add_argument("--tolerance", dest="tolerances", action="append", default=[], metavar="KEY:atol=A,rtol=R",
+                         help="override one tolerance (see validation/tolerances.py); repeatable")
+    compare.add_argument("--psnr-floor", type=float, default=None, metavar="DB", help="default 35 dB")
+    compare.add_argument("--runs", type=_count, default=10, help="timed calls per component (0: no timing)")
+    compare.add_argument("--warmup", type=_count, default=3, help="untimed calls before the timed ones")
+    compare.add_argument("--cache-dir", type=Path, default=None, help="where the synthetic speech is cached")
+    compare.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+
+    quantize = commands.add_parser("quantize", help="build compressed variants of a convert output directory and "
+                                                    "weigh size, quality and speed")
+    quantize.add_argument("--input-dir", type=Path, default=Path("parakeet_coreml"),
+                          help="a directory written by convert (default parakeet_coreml)")
+    quantize.add_argument("--output-root", type=Path, default=Path("parakeet_coreml_quantized"),
+                          help="one folder per variant, quantization_summary.json and plots/quantize/ "
+                               "(default parakeet_coreml_quantized)")
+    quantize.add_argument("--variants", default=None, metavar="A,B",
+                          help="variants to build (default: all of the table; see exporters/quantize.py)")
+    quantize.add_argument("--variant", dest="declared", action="append", default=[], metavar="NAME=JSON",
+                          help='add or replace a variant, e.g. \'enc4={"encoder": [{"kind": "palettize", "nbits": 4}], '
+                               '"*": [{"kind": "linear", "granularity": "per_channel"}]}\'; repeatable')
+    quantize.add_argument("--gate", dest="gates", action="append", default=[], metavar="VARIANT:METRIC=VALUE",
+                          help="override a quality gate (validation/tolerances.py); repeatable")
+    quantize.add_argument("--backend", default="auto", choices=BACKENDS,
+                          help="what runs the packages: coreml (macOS), mil (this project's executor), auto")
+    quantize.add_argument("--compute-units", default=None, choices=COMPUTE_UNITS,
+                          help="Core ML compute units (default: those recorded at convert)")
+    quantize.add_argument("--runs", type=_count, default=10, help="timed calls per package (0: no timing)")
+    quantize.add_argument("--warmup", type=_count, default=3, help="untimed calls before the timed ones")
+    quantize.add_argument("--held-out", default="int8_per_channel", metavar="A,B",
+                          help="variants whose held-out test-set WER is measured against NeMo, on a confident "
+                               "(trained) model (default int8_per_channel; 'none' for none)")
+    quantize.add_argument("--cache-dir", type=Path, default=None, help="export cache (compressed packages too)")
+    quantize.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _quiet_third_party() -> None:
+    warnings.filterwarnings("ignore")
+    for name in ("coremltools", "nemo_logger", "torch", "numba"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.debug:
+        _quiet_third_party()
+    try:
+        from cli import commands  # lazy: torch, coremltools and NeMo load only once a command runs, not for --help
+
+        return getattr(commands, f"run_{args.command}")(args)
+    except ExportError as e:
+        print(f"parakeet-coreml {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"parakeet-coreml {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"parakeet-coreml {args.command}: error: {type(e).__name__}: {e} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

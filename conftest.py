@@ -13,7 +13,7 @@ import pytest
 from exporters.cache import ExportCache
 from exporters.components import COMPUTE_PRECISIONS, DECODE, ExportError, ExportOptions
 from exporters.export import Exporter
-from exporters.quantize import VARIANTS, compress
+from exporters.quantize import VARIANTS, compress, variant_table
 from exporters.sources import DEFAULT_PRESET, ModelSource, add_source_options
 from reports.plugin import HELD_OUT, PARITY_REPORT
 from runtimes.base import BACKENDS, COMPUTE_UNITS, BackendUnavailable, resolve_backend
@@ -72,7 +72,7 @@ def pytest_configure(config):
             raise pytest.UsageError(f"--{name.replace('_', '-')} {getattr(opt, name)}: expected 0 or more")
     try:
         config.stash[TOLERANCES] = load_tolerances(config.rootpath / "pyproject.toml", opt.tolerances, opt.psnr_floor)
-        load_gates(config.rootpath / "pyproject.toml", opt.gates)
+        load_gates(config.rootpath / "pyproject.toml", opt.gates, variant_table(config.rootpath / "pyproject.toml"))
         if opt.audio is not None:
             read_audio(opt.audio)
     except ExportError as e:
@@ -94,6 +94,16 @@ def model_source(pytestconfig) -> ModelSource:
 @pytest.fixture(scope="session")
 def export_cache(pytestconfig) -> ExportCache:
     return ExportCache(pytestconfig.option.cache_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scratch(export_cache, tmp_path_factory):
+    """The session's temporary files in the cache's scratch directory, removed at the end (and
+    by the next session, should this one be killed); pytest's own ``tmp_path`` stays where
+    pytest keeps it."""
+    tmp_path_factory.getbasetemp()
+    with export_cache.scratch() as directory:
+        yield directory
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from exporters.cache import ExportCache
 from exporters.components import ExportError, ExportOptions, get_components
 from exporters.export import ORIGINS_FILE, Exporter, print_progress
-from exporters.publish import publish, staging_dir
+from exporters.publish import copy_package, publish, staged_output
 from exporters.quantize import parse_variant, variant_table
 from exporters.settings import config_path
 from exporters.sources import ModelSource
@@ -38,17 +37,14 @@ def run_convert(args) -> int:
     source = ModelSource.from_options(args.nemo_path, args.model_id, args.preset)
     names = [c.name for c in get_components(component_list(args.components or []))]
     options = ExportOptions(args.compute_precision, args.compute_units, args.minimum_deployment_target)
-    staging = staging_dir(args.output_dir)
-    try:
+    with staged_output(args.output_dir) as staging:
         exporter = Exporter(source, options, ExportCache(args.cache_dir))
         exported = exporter.export_all(names)
         for e in exported:
-            shutil.copytree(e.package, staging / e.package.name)
+            copy_package(e.package, staging / e.package.name)
         metadata = exporter.metadata(exported, relative_paths=True)
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
         publish(staging, args.output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     total = sum(c["size_bytes"] for c in metadata["components"].values()) / 1e6
     print(f"wrote {len(exported)} package(s), {total:.1f} MB, and metadata.json to {args.output_dir}")
     return 0
@@ -68,6 +64,13 @@ def read_convert_dir(directory: Path, option: str):
         description["coreml"]["compute_precision"]  # present: compare and quantize read it
     except (ValueError, KeyError, TypeError) as e:
         raise ExportError(f"{metadata_path}: not a metadata.json written by convert ({e})") from None
+    if not isinstance(components, dict):
+        raise ExportError(f"{metadata_path}: 'components' is not a table of component -> package")
+    unreadable = [name for name, c in components.items()
+                  if not isinstance(c, dict) or not isinstance(c.get("path"), str)]
+    if unreadable:
+        raise ExportError(f"{metadata_path}: no package path for component(s) {', '.join(unreadable)}; expected "
+                          f"an entry with its \"path\" each, as convert writes")
     packages = {name: directory / c["path"] for name, c in components.items()}
     absent = [str(p) for p in packages.values() if not p.is_dir()]
     if absent:
@@ -143,13 +146,13 @@ def run_compare(args) -> int:
 def run_quantize(args) -> int:
     description, packages, source = read_convert_dir(args.input_dir, "--input-dir")
     pyproject = config_path(args.config)
-    gates = load_gates(pyproject, args.gates)
     table = variant_table(pyproject)
     for text in args.declared:
         name, sep, spec = text.partition("=")
         if not sep or not name:
             raise ExportError(f"--variant {text!r}: expected NAME=JSON")
         table[name] = parse_variant(name, spec, f"--variant {name}")
+    gates = load_gates(pyproject, args.gates, table)
     names = component_list([args.variants]) if args.variants else list(table)
     unknown = [n for n in names if n not in table]
     if unknown:
@@ -157,8 +160,7 @@ def run_quantize(args) -> int:
     held_out = [] if args.held_out == "none" else component_list([args.held_out])
     if args.output_root.resolve() == args.input_dir.resolve():
         raise ExportError("--output-root must differ from --input-dir")
-    staging = staging_dir(args.output_root, "--output-root")
-    try:
+    with staged_output(args.output_root, "--output-root") as staging:
         backend, units, load = _package_loader(args, description, packages)
         cache = ExportCache(args.cache_dir)
         model = source.load()
@@ -190,8 +192,6 @@ def run_quantize(args) -> int:
                    "warmup": args.warmup}
         summary_path, plots, skipped = write_quantization(staging, results, context, gates)
         publish(staging, args.output_root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     summary = json.loads((args.output_root / summary_path.name).read_text())
     for line in skipped:
         print_progress(f"plot not drawn: {line}")

@@ -5,16 +5,26 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
 
+from exporters.cache import ExportCache
 from exporters.components import COMPONENTS, COMPUTE_PRECISIONS, DEPLOYMENT_TARGETS, ExportError
 from exporters.sources import add_source_options
 from runtimes.base import BACKENDS, COMPUTE_UNITS
 
 CONFIG_HELP = ("a pyproject.toml-style file whose [tool.parakeet-coreml] sets tolerances, gates and variants "
                "(default: this project's pyproject.toml when run inside its checkout, else none)")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that every clean-up runs as it does for Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,22 +110,27 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
         _quiet_third_party()
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         from cli import commands  # lazy: torch, coremltools and NeMo load only once a command runs, not for --help
 
-        return getattr(commands, f"run_{args.command}")(args)
+        with ExportCache(args.cache_dir).scratch():
+            return getattr(commands, f"run_{args.command}")(args)
     except ExportError as e:
         print(f"parakeet-coreml {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"parakeet-coreml {args.command}: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"parakeet-coreml {args.command}: {how}; nothing was written", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     except Exception as e:
         if args.debug:
             raise
         print(f"parakeet-coreml {args.command}: error: {type(e).__name__}: {e} (--debug shows the traceback)",
               file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

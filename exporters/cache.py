@@ -3,9 +3,10 @@
 An entry's key digests the model's content, the model config, the component, the export
 options and the versions of torch, coremltools, NeMo and this exporter's code. Entries are
 built in a temporary directory and renamed into place, so a killed export never leaves an
-entry that is used later; every entry carries a manifest (sizes and sha256 of its files) that
-is checked on each use, so a damaged entry is rebuilt. A per-key file lock makes concurrent
-processes (``pytest -n 2``) convert a component once.
+entry that is used later; every entry carries a manifest (sizes and sha256 of its files) and a
+digest of its own ``entry.json``, both checked on each use, so a damaged entry is rebuilt. A
+per-key file lock makes concurrent processes (``pytest -n 2``) convert a component once, and
+tells the next run which temporary directories belong to a process that is gone.
 """
 
 from __future__ import annotations
@@ -16,16 +17,22 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from platformdirs import user_cache_dir
+
+from exporters.components import ExportError
 
 ENV_VAR = "PARAKEET_COREML_CACHE"
 ENTRY_FILE = "entry.json"
+DIGEST = "entry_sha256"  # in entry.json: the digest of everything else it records
+SCRATCH = "scratch-"  # a process's own temporary directory under tmp/, locked while it lives
+# Temporary directories of older versions carry no lock to ask; they go after a day.
 _STALE_TMP_SECONDS = 24 * 3600
 
 
@@ -73,6 +80,23 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def _info_digest(info: dict) -> str:
+    return hashlib.sha256(json.dumps({k: v for k, v in info.items() if k != DIGEST}, sort_keys=True).encode()
+                          ).hexdigest()
+
+
+def _owner_gone(lock_path: Path) -> bool:
+    """Whether nobody holds ``lock_path`` (its owner finished or was killed): a lock is released
+    by the system when its process dies."""
+    lock = FileLock(str(lock_path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return False
+    lock.release()
+    return True
+
+
 def _manifest(root: Path) -> dict:
     return {
         str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
@@ -112,7 +136,7 @@ class ExportCache:
             return None
         try:
             info = json.loads(info_path.read_text())
-            intact = _manifest(path) == info["manifest"]
+            intact = info[DIGEST] == _info_digest(info) and _manifest(path) == info["manifest"]
         except (OSError, ValueError, KeyError):
             intact = False
         if not intact:
@@ -137,12 +161,13 @@ class ExportCache:
             entry = self.lookup(key)  # another process may have built it while we waited
             if entry:
                 return entry
-            self._remove_stale_tmp(tmp_root)
-            tmp = Path(tempfile.mkdtemp(prefix=f"{key[:16]}-", dir=tmp_root))
+            self.remove_abandoned()
+            tmp = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=tmp_root))
             try:
                 info = dict(build(tmp))
                 info["manifest"] = _manifest(tmp)
                 info["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                info[DIGEST] = _info_digest(info)
                 (tmp / ENTRY_FILE).write_text(json.dumps(info, indent=2))
                 os.replace(tmp, final)
             except BaseException:
@@ -151,13 +176,50 @@ class ExportCache:
         self._verified[key] = Entry(final, info, hit=True)
         return Entry(final, info, hit=False)
 
-    @staticmethod
-    def _remove_stale_tmp(tmp_root: Path) -> None:
-        """Left-overs of killed exports (nothing ever reads them) older than a day."""
-        now = time.time()
-        for d in tmp_root.iterdir():
-            try:
-                if now - d.stat().st_mtime > _STALE_TMP_SECONDS:
-                    shutil.rmtree(d, ignore_errors=True)
-            except OSError:
-                pass
+    def remove_abandoned(self) -> list[Path]:
+        """Temporary directories under ``tmp/`` whose process is gone: an export's (its key's lock
+        is free) or a process's scratch (its own lock is free). Removed."""
+        tmp_root = self.root / "tmp"
+        removed = []
+        for d in sorted(tmp_root.iterdir()) if tmp_root.is_dir() else ():
+            if d.suffix == ".lock":
+                continue
+            key = d.name.rsplit("-", 1)[0]
+            if d.name.startswith(SCRATCH):
+                gone = _owner_gone(d.with_name(d.name + ".lock"))
+            elif len(key) == 64:
+                gone = _owner_gone(self._dirs(key)[1])
+            else:
+                try:
+                    gone = time.time() - d.stat().st_mtime > _STALE_TMP_SECONDS
+                except OSError:
+                    continue
+            if gone:
+                shutil.rmtree(d, ignore_errors=True)
+                d.with_name(d.name + ".lock").unlink(missing_ok=True)
+                removed.append(d)
+        return removed
+
+    @contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """The process's temporary files (coremltools' converted packages, NeMo's tokenizer
+        copies) in a directory of the cache's own, locked while the process lives: what a killed
+        run leaves there, the next run removes."""
+        tmp_root = self.root / "tmp"
+        try:
+            tmp_root.mkdir(parents=True, exist_ok=True)
+            self.remove_abandoned()
+            directory = Path(tempfile.mkdtemp(prefix=SCRATCH, dir=tmp_root))
+        except OSError as e:
+            raise ExportError(f"export cache {self.root}: cannot write there ({e.strerror or e}); "
+                              f"choose another with --cache-dir or ${ENV_VAR}") from None
+        lock = FileLock(str(directory.with_name(directory.name + ".lock")))
+        lock.acquire()
+        previous, tempfile.tempdir = tempfile.tempdir, str(directory)
+        try:
+            yield directory
+        finally:
+            tempfile.tempdir = previous
+            shutil.rmtree(directory, ignore_errors=True)
+            lock.release()
+            directory.with_name(directory.name + ".lock").unlink(missing_ok=True)

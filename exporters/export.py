@@ -17,6 +17,7 @@ from pathlib import Path
 from exporters.cache import Entry, ExportCache, cache_key, tool_versions
 from exporters.components import Component, ExportError, ExportOptions, ModelDims, get_components
 from exporters.convert import convert_component, op_origins, program_precision
+from exporters.faults import fault_point
 from exporters.sources import ModelSource
 from exporters.wrappers import model_dims
 from runtimes.base import package_size
@@ -105,6 +106,7 @@ class Exporter:
             mlmodel = convert_component(model, component, dims, self.options)
             package = f"{component.name}.mlpackage"
             mlmodel.save(str(tmp / package))
+            fault_point("export")
             (tmp / ORIGINS_FILE).write_text(json.dumps(op_origins(mlmodel._mil_program)))
             seconds = time.perf_counter() - t
             return {

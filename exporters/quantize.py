@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from runtimes.base import package_size
 from runtimes.mil.model import load_program
 
 STEP_KINDS = ("linear", "palettize", "prune")
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # Weights smaller than this stay uncompressed (coremltools' own default): biases, norms.
 WEIGHT_THRESHOLD = 2048
 
@@ -203,8 +205,34 @@ def variant_table(path: Path | None = None) -> dict[str, Variant]:
     return table
 
 
+# Lookup-table sizes Core ML's palettized weights take, by deployment target (3-bit from iOS 18).
+PALETTE_BITS = {"iOS17": (1, 2, 4, 6, 8), "iOS18": (1, 2, 3, 4, 6, 8)}
+
+
+def _checked_step(declared: dict, target: str, where: str) -> dict:
+    """The arguments coremltools accepts when it is configured but refuses minutes later, or
+    refuses with a message of several hundred characters, checked here in a line each."""
+    declared = dict(declared)
+    if declared.get("kind") == "palettize" and "nbits" in declared:
+        allowed = PALETTE_BITS[target]
+        if declared["nbits"] not in allowed:
+            raise ExportError(f"{where}: palettize nbits {declared['nbits']!r} is not possible for {target}; "
+                              f"expected one of {', '.join(map(str, allowed))}"
+                              + (" (3 bits needs minimum_deployment_target iOS18)" if declared["nbits"] == 3 else ""))
+    if declared.get("kind") == "prune" and "target_sparsity" in declared:
+        sparsity = declared["target_sparsity"]
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+            raise ExportError(f"{where}: prune target_sparsity {sparsity!r}; expected a fraction in [0, 1), "
+                              "e.g. 0.5 for half the weights")
+        declared["target_sparsity"] = float(sparsity)
+    return declared
+
+
 def parse_variant(name: str, spec, where: str) -> Variant:
     """A variant from its declaration (a mapping, or its JSON text from the command line)."""
+    if not VARIANT_NAME.fullmatch(name):
+        raise ExportError(f"{where}: variant name {name!r} must be letters, digits, '_' and '-' only "
+                          "(it names a folder of the output)")
     if isinstance(spec, str):
         try:
             spec = json.loads(spec)
@@ -227,7 +255,7 @@ def parse_variant(name: str, spec, where: str) -> Variant:
                               f"{', '.join(COMPONENTS)}")
         if not isinstance(declared, list) or not all(isinstance(s, dict) and "kind" in s for s in declared):
             raise ExportError(f"{where}: {component} must be a list of steps like {{\"kind\": \"linear\", ...}}")
-        steps[component] = tuple(Step.of(**s) for s in declared)
+        steps[component] = tuple(Step.of(**_checked_step(s, target, f"{where}: {component}")) for s in declared)
         for step in steps[component]:
             _optimization_config(step, keep_lstm)  # refuse bad arguments now, not mid-sweep
     if not steps:

@@ -103,6 +103,8 @@ class ModelSource:
                 raise ExportError(str(e)) from None
         elif self.kind == "nemo":
             path = Path(self.value)
+            if path.is_dir():
+                raise ExportError(f"--nemo-path {path}: is a directory; expected a .nemo checkpoint file")
             if not path.is_file():
                 raise ExportError(f"--nemo-path {path}: no such file; expected a .nemo checkpoint")
             if not tarfile.is_tarfile(path):

@@ -7,6 +7,7 @@ blocks. A block is only ever written beside the description of the model it meas
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +16,23 @@ from exporters.components import ExportError
 from validation.checks import DECISION_CHECKS, FUSED_CHECKS, TORCH_CHECKS, TRANSCRIPT_CHECK, ClipParity
 
 METADATA = "metadata.json"
+
+
+def json_safe(value):
+    """``value`` with every NaN or infinite float written as null, and the reason beside it in
+    its mapping's ``non_finite`` entry: a metric that went non-finite never costs the report."""
+    if isinstance(value, dict):
+        safe = {key: json_safe(item) for key, item in value.items()}
+        reasons = {key: repr(item) for key, item in value.items()
+                   if isinstance(item, float) and not math.isfinite(item)}
+        if reasons:
+            safe["non_finite"] = {**safe.get("non_finite", {}), **reasons}
+        return safe
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def update_metadata(directory: Path, description: dict, **blocks) -> Path:
@@ -40,7 +58,7 @@ def update_metadata(directory: Path, description: dict, **blocks) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".metadata-", suffix=".json", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(document, indent=2, allow_nan=False) + "\n")
+            f.write(json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

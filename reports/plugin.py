@@ -8,13 +8,12 @@ block also goes into pytest-benchmark's own JSON through its hooks.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from exporters.components import ExportError
-from exporters.publish import publish, staging_dir
+from exporters.publish import publish, staged_output
 from reports.quantization import write_quantization
 from validation.tolerances import load_gates
 
@@ -68,13 +67,10 @@ def _write_quantization(config, report: dict) -> str:
                                "wer_nemo": held_out["wer"]["nemo"],
                                "wer_difference_to_nemo": held_out["wer_difference_to_nemo"][name]}
     root = config.option.quantized_dir
-    staging = staging_dir(root, "--quantized-dir")
-    try:
+    with staged_output(root, "--quantized-dir") as staging:
         path, plots, skipped = write_quantization(staging, results, report["context"],
                                                   load_gates(config.rootpath / "pyproject.toml", config.option.gates))
         publish(staging, root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     notes = "".join(f"; not drawn: {line}" for line in skipped)
     return f"quantization report: {root / path.name}; {len(plots)} plot(s){notes}"
 

@@ -9,6 +9,7 @@ import platform
 import shutil
 from pathlib import Path
 
+from reports.metadata import json_safe
 from reports.plots import QUANTIZE_DIR, quantization_plots
 from validation.tolerances import gate_failures
 
@@ -46,8 +47,9 @@ def write_quantization(directory: Path, results, context: dict, gates: dict) -> 
         folder.mkdir(parents=True, exist_ok=True)
         for name, package in result.packages.items():
             shutil.copytree(package, folder / f"{name}.mlpackage")
-        (folder / VARIANT_METADATA).write_text(json.dumps(summary[result.variant.name], indent=2) + "\n")
+        variant_summary = json_safe(summary[result.variant.name])
+        (folder / VARIANT_METADATA).write_text(json.dumps(variant_summary, indent=2, allow_nan=False) + "\n")
     plots, skipped = quantization_plots(summary, title_of(context), directory / QUANTIZE_DIR / context["compute_units"])
     path = directory / SUMMARY
-    path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
     return path, plots, skipped

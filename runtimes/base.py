@@ -13,12 +13,16 @@ import numpy as np
 
 BACKENDS = ("auto", "coreml", "mil")
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
-__all__ = ["BACKENDS", "COMPUTE_UNITS", "BackendUnavailable", "InputMismatch", "InputSpec", "check_inputs",
-           "describe_backend", "package_size", "resolve_backend"]
+__all__ = ["BACKENDS", "COMPUTE_UNITS", "BackendUnavailable", "InputMismatch", "InputSpec", "PackageError",
+           "check_inputs", "describe_backend", "package_size", "resolve_backend"]
 
 
 class BackendUnavailable(RuntimeError):
     """The backend cannot run on this host; the message says why."""
+
+
+class PackageError(ValueError):
+    """A package that cannot be read: the message names it and what is wrong with it."""
 
 
 class InputMismatch(ValueError):

@@ -7,6 +7,7 @@ its true length, which the preprocessor honours (per-feature normalisation uses 
 from __future__ import annotations
 
 import io
+import math
 import shutil
 import subprocess
 import warnings
@@ -18,7 +19,7 @@ import soundfile
 import soxr
 
 from exporters.cache import ExportCache, cache_key
-from exporters.components import ExportError, ModelDims
+from exporters.components import MAX_AUDIO_SECONDS, ExportError, ModelDims
 
 # 14.7 s of espeak-ng speech at 150 words per minute: it fits the 15 s window.
 SPEECH_TEXT = (
@@ -84,18 +85,25 @@ def fit_window(samples: np.ndarray, dims: ModelDims, name: str, description: str
     return Clip(name, padded, int(samples.size), description, tuple(notes))
 
 
-def read_audio(path: Path) -> tuple[np.ndarray, int, list[str]]:
-    """A recording as mono float32 at its own rate, refused with the reason if unusable."""
+def read_audio(path: Path, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[np.ndarray, int, list[str]]:
+    """The first ``max_seconds`` of a recording as mono float32 at its own rate, refused with the
+    reason if unusable. Only those frames are decoded: memory does not grow with the file."""
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"--audio {path}: is a directory; expected an audio file")
     if not path.is_file():
         raise AudioError(f"--audio {path}: no such file")
     try:
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        info = soundfile.info(str(path))
+        frames = min(info.frames, math.ceil(max_seconds * info.samplerate))
+        data, rate = soundfile.read(str(path), frames=frames, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioError(f"--audio {path}: not a readable audio file ({e}); expected WAV, FLAC, OGG or another "
                          f"format libsndfile reads") from None
     check_samples(data, f"--audio {path}")
     notes = [f"mixed {data.shape[1]} channels to mono"] if data.shape[1] > 1 else []
+    if info.frames > frames:
+        notes.append(f"trimmed from {info.frames / rate:.2f} s to the {max_seconds:g} s window")
     return data.mean(axis=1), rate, notes
 
 
@@ -118,7 +126,7 @@ def parity_clips(cache: ExportCache, dims: ModelDims, audio: Path | None = None)
 def load_audio_file(path: Path, dims: ModelDims) -> Clip:
     """Any rate, channel count and format libsndfile reads, as 16 kHz mono in the window."""
     path = Path(path)
-    mono, rate, notes = read_audio(path)
+    mono, rate, notes = read_audio(path, dims.max_audio_seconds)
     if rate != dims.sample_rate:
         notes.append(f"resampled from {rate} Hz to {dims.sample_rate} Hz")
         mono = soxr.resample(mono, rate, dims.sample_rate).astype(np.float32)

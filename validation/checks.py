@@ -285,7 +285,7 @@ def torch_reference(wrappers: dict, dims: ModelDims, clip: Clip) -> TorchReferen
 class ComponentRun:
     """One package run on the reference's inputs, with Torch's outputs for the same inputs."""
 
-    inputs: dict[str, np.ndarray] | None  # what the package was fed; None when fed frame by frame
+    inputs: dict[str, np.ndarray]  # what the package was fed (its first frame, when fed frame by frame)
     reference: dict[str, np.ndarray]
     exported: dict[str, np.ndarray]
 
@@ -329,8 +329,9 @@ class ParityRunner:
             encoder = ref.encoded["encoder"]
             frames = [self.predict(name, {"encoder_step": encoder[:, :, t:t + 1], "decoder_step": ref.decoded_blank})
                       for t in range(self.dims.encoder_frames)]
-            return ComponentRun(None, ref.decisions(), {k: np.concatenate([f[k] for f in frames], axis=1)
-                                                        for k in frames[0]})
+            first_frame = {"encoder_step": encoder[:, :, :1], "decoder_step": ref.decoded_blank}
+            return ComponentRun(first_frame, ref.decisions(), {k: np.concatenate([f[k] for f in frames], axis=1)
+                                                               for k in frames[0]})
         raise KeyError(f"no parity run for component {name!r}")
 
     def rollout_tokens(self, ref: TorchReference) -> list[int]:
@@ -355,7 +356,19 @@ class ParityRunner:
                                                                                                  "c_out"))}
         return ComponentRun(decoder_inputs(self.dims.blank_id, zeros, zeros), stacked["torch"], stacked["exported"])
 
-    def divergences(self, component: str, inputs: dict | None, reference: np.ndarray,
+    def non_finite_origin(self, component: str, inputs: dict) -> str:
+        """Which op of the package first computes a NaN or an infinity (the mil backend reads its
+        intermediates; Core ML's are out of reach)."""
+        predictor = self.load(self.packages[component])
+        if not hasattr(predictor, "first_non_finite"):
+            return f"non-finite output (the {self.backend} backend cannot show where it starts; --backend mil can)"
+        try:
+            found = predictor.first_non_finite(inputs)
+        except Exception as e:  # a diagnostic; never hide the failure it explains
+            return f"non-finite output (could not locate: {type(e).__name__}: {e})"
+        return f"non-finite output: {found or 'not reproduced on the first input'}"
+
+    def divergences(self, component: str, inputs: dict, reference: np.ndarray,
                     tolerance: Tolerance) -> list[str]:
         """On the mil backend, the first Torch modules whose output departs from the program's."""
         if self.backend != "mil" or self.origins is None or tolerance.exact:
@@ -427,6 +440,8 @@ class _ClipChecks:
                                   for side, values in (("reference", reference), ("exported", candidate))}
         if not comparison.match and component is not None:
             result.divergences = self.runner.divergences(component, inputs, reference, tolerance)
+            if not np.isfinite(np.asarray(candidate, np.float64)).all():
+                result.divergences.insert(0, self.runner.non_finite_origin(component, inputs))
         return result
 
     def joint_threshold(self) -> float | None:

@@ -15,6 +15,7 @@ and from the command line (``--tolerance encoder.encoder:atol=0.05,rtol=0.005``,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -93,7 +94,7 @@ class ToleranceTable:
         table = dict(self.tolerances)
         for key, values in overrides.items():
             table[key] = _parse_entry(key, values, table.get(key), source)
-        floor = self.psnr_floor_db if psnr_floor_db is None else float(psnr_floor_db)
+        floor = self.psnr_floor_db if psnr_floor_db is None else _finite(psnr_floor_db, f"{source}: psnr_floor_db")
         return replace(self, tolerances=table, psnr_floor_db=floor, sources=self.sources + (source,))
 
     def as_dict(self) -> dict:
@@ -102,6 +103,16 @@ class ToleranceTable:
             "sources": list(self.sources),
             **{key: tol.as_dict() for key, tol in self.tolerances.items()},
         }
+
+
+def _finite(value, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ExportError(f"{what} = {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ExportError(f"{what} = {value!r}: expected a finite number")
+    return number
 
 
 def _parse_entry(key: str, values, current: Tolerance | None, source: str) -> Tolerance:
@@ -117,8 +128,8 @@ def _parse_entry(key: str, values, current: Tolerance | None, source: str) -> To
         rtol = float(values.get("rtol", current.rtol))
     except (TypeError, ValueError):
         raise ExportError(f"{source}: tolerance {key!r}: atol and rtol must be numbers; got {values!r}") from None
-    if not (atol >= 0 and rtol >= 0):
-        raise ExportError(f"{source}: tolerance {key!r}: atol and rtol must be >= 0; got {values!r}")
+    if not (math.isfinite(atol) and math.isfinite(rtol) and atol >= 0 and rtol >= 0):
+        raise ExportError(f"{source}: tolerance {key!r}: atol and rtol must be >= 0 and finite; got {values!r}")
     return Tolerance(atol, rtol)
 
 
@@ -157,9 +168,10 @@ QUANTIZATION_GATES: dict[str, dict[str, float]] = {
 GATE_METRICS = ("quality", "joint_decision.acc", "joint_decision.duration_match")
 
 
-def load_gates(pyproject: Path | None = None, cli: list[str] = ()) -> dict[str, dict[str, float]]:
+def load_gates(pyproject: Path | None = None, cli: list[str] = (), variants=None) -> dict[str, dict[str, float]]:
     """The gate table: defaults, then ``[tool.parakeet-coreml.quantization.gates.VARIANT]`` in
-    ``pyproject.toml``, then ``--gate VARIANT:METRIC=VALUE`` (the command line wins)."""
+    ``pyproject.toml``, then ``--gate VARIANT:METRIC=VALUE`` (the command line wins). Given the
+    ``variants`` there are, a gate of any other is an error: a typo must not drop a gate."""
     gates = {variant: dict(metrics) for variant, metrics in QUANTIZATION_GATES.items()}
 
     def put(variant, metric, value, where):
@@ -184,6 +196,10 @@ def load_gates(pyproject: Path | None = None, cli: list[str] = ()) -> dict[str, 
         if not (sep and eq and variant and metric):
             raise ExportError(f"--gate {text!r}: expected VARIANT:METRIC=VALUE (e.g. int8_per_channel:quality=0.95)")
         put(variant, metric, value, "--gate")
+    unknown = sorted(set(gates) - set(variants)) if variants is not None else []
+    if unknown:
+        raise ExportError(f"gate(s) for unknown variant(s) {', '.join(unknown)}; the variants are: "
+                          f"{', '.join(variants)}")
     return gates
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtimes.base import InputSpec, check_inputs
+from runtimes.base import InputSpec, PackageError, check_inputs
 from runtimes.mil.ops import KERNELS, Unsupported
 
 
@@ -97,7 +97,14 @@ class MILModel:
     def __init__(self, model):
         self._constants: dict[str, object] = {}
         self.steps: list[_Step] = []
-        self._plan_program(load_program(model))
+        try:
+            program = load_program(model)
+        except (FileNotFoundError, TypeError):
+            raise
+        except Exception as error:  # protobuf, JSON and weight-file errors of a damaged package
+            raise PackageError(f"{model}: not a readable ML Program package ({type(error).__name__}: {error}); "
+                               "re-export or re-download it") from None
+        self._plan_program(program)
         self._widen_constants()
         self.variables = [name for step in self.steps for name in step.outputs]
         last_use = {}
@@ -197,7 +204,10 @@ class MILModel:
 
     def predict(self, inputs: Mapping[str, np.ndarray], intermediates: Iterable[str] | str = ()) -> dict:
         env = dict(check_inputs(self.input_specs, inputs))
-        keep = set(self.variables) if intermediates == "all" else set(intermediates)
+        if isinstance(intermediates, str):  # one name, or "all"
+            keep = set(self.variables) if intermediates == "all" else {intermediates}
+        else:
+            keep = set(intermediates)
         unknown = keep - set(self.variables) - set(env)
         if unknown:
             raise KeyError(f"no such variables in the program: {sorted(unknown)[:5]}")
@@ -216,3 +226,19 @@ class MILModel:
                                    f"the program declares {list(declared)}")
         results.update({name: env[name] for name in keep if name in env and name not in results})
         return results
+
+    def first_non_finite(self, inputs: Mapping[str, np.ndarray]) -> str | None:
+        """Where a NaN or an infinity first appears in the program on ``inputs``: a non-finite input,
+        or the first op (in program order) whose output holds one; None when nothing does."""
+        arrays = check_inputs(self.input_specs, inputs)
+        for name, value in arrays.items():
+            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                return f"input {name!r} is already non-finite"
+        values = self.predict(arrays, intermediates="all")
+        for step in self.steps:
+            for name in step.outputs:
+                value = values.get(name)
+                if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating) \
+                        and not np.isfinite(value).all():
+                    return f"{self._where(step.op_type, name)} is the first op with a non-finite output"
+        return None

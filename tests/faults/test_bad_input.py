@@ -1,0 +1,132 @@
+"""Bad input of every kind the fault sweep found ends in one clear line naming what is wrong
+and what is expected, a non-zero exit, and nothing written."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import shutil
+import tracemalloc
+
+import numpy as np
+import pytest
+import soundfile
+
+from cli.main import main
+from exporters.components import ExportError
+from exporters.quantize import parse_variant
+from reports.metadata import update_metadata
+from tests.faults.conftest import convert, leftovers
+from validation.audio import read_audio
+from validation.tolerances import load_gates, load_tolerances
+
+
+@pytest.fixture(scope="module")
+def converted(fault_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("converted") / "out"
+    assert convert(fault_cache, out) == 0
+    return out
+
+
+def _last_error(code, captured, command="compare"):
+    assert code == 2, captured.err
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith(f"parakeet-coreml {command}: error:"), captured.err
+    return last
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_non_finite_psnr_floor_is_refused_up_front(converted, fault_cache, value, capsys):
+    before = (converted / "metadata.json").read_bytes()
+    code = main(["compare", "--output-dir", str(converted), "--cache-dir", str(fault_cache), f"--psnr-floor={value}"])
+    assert "expected a finite number" in _last_error(code, capsys.readouterr())
+    assert (converted / "metadata.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("text", ["joint.logits:atol=inf", "joint.logits:rtol=nan"])
+def test_a_non_finite_tolerance_is_refused(text):
+    with pytest.raises(ExportError, match="must be >= 0 and finite"):
+        load_tolerances(None, [text])
+
+
+def test_a_nan_metric_is_written_as_null_with_the_reason(tmp_path):
+    description = {"model": "m", "model_source": {"content_sha256": "x"}}
+    path = update_metadata(tmp_path, description, validation={"max_abs": math.nan, "psnr_db": math.inf, "ok": 1.0})
+    block = json.loads(path.read_text())["validation"]
+    assert block == {"max_abs": None, "psnr_db": None, "ok": 1.0, "non_finite": {"max_abs": "nan", "psnr_db": "inf"}}
+
+
+def test_a_variant_name_that_is_no_identifier_is_refused_and_writes_nothing(converted, fault_cache, tmp_path, capsys):
+    root = tmp_path / "quantized"
+    code = main(["quantize", "--input-dir", str(converted), "--output-root", str(root), "--cache-dir",
+                 str(fault_cache), "--variant", '../escaped={"joint": [{"kind": "linear"}]}', "--variants",
+                 "../escaped"])
+    assert "must be letters, digits, '_' and '-' only" in _last_error(code, capsys.readouterr(), "quantize")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_gate_of_an_unknown_variant_is_an_error_naming_the_known_ones():
+    with pytest.raises(ExportError, match=r"unknown variant\(s\) nope; the variants are: int8_per_channel, "):
+        load_gates(None, ["nope:quality=0.5"], ["int8_per_channel", "palettize_8bit"])
+    assert load_gates(None, ["palettize_8bit:quality=0.5"], ["int8_per_channel", "palettize_8bit"])
+
+
+def test_palettization_bits_the_target_cannot_take_are_refused_at_once():
+    with pytest.raises(ExportError, match="nbits 3 is not possible for iOS17.*3 bits needs minimum_deployment_target"):
+        parse_variant("p3", {"joint": [{"kind": "palettize", "nbits": 3}]}, "--variant p3")
+    assert parse_variant("p3", {"joint": [{"kind": "palettize", "nbits": 3}], "minimum_deployment_target": "iOS18"},
+                         "--variant p3").minimum_deployment_target == "iOS18"
+
+
+def test_a_sparsity_out_of_range_is_one_short_line():
+    with pytest.raises(ExportError) as raised:
+        parse_variant("p", {"joint": [{"kind": "prune", "target_sparsity": 2}]}, "--variant p")
+    assert "expected a fraction in [0, 1)" in str(raised.value) and len(str(raised.value)) < 160
+
+
+def test_a_directory_given_as_a_file_is_named_as_such(tmp_path, capsys):
+    code = main(["convert", "--nemo-path", str(tmp_path), "--output-dir", str(tmp_path / "out")])
+    assert "is a directory; expected a .nemo checkpoint file" in _last_error(code, capsys.readouterr(), "convert")
+    with pytest.raises(ExportError, match="is a directory; expected an audio file"):
+        read_audio(tmp_path)
+
+
+def test_a_null_component_in_metadata_is_named(converted, fault_cache, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(converted, broken)
+    meta = json.loads((broken / "metadata.json").read_text())
+    meta["components"]["joint"] = None
+    (broken / "metadata.json").write_text(json.dumps(meta))
+    code = main(["compare", "--output-dir", str(broken), "--cache-dir", str(fault_cache)])
+    assert "no package path for component(s) joint" in _last_error(code, capsys.readouterr())
+
+
+def test_a_full_disk_is_one_line_with_the_place_and_the_size(fault_cache, tmp_path, monkeypatch, capsys):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", full)  # what copytree's copy2 writes each file with
+    out = tmp_path / "out"
+    code = convert(fault_cache, out)
+    last = _last_error(code, capsys.readouterr(), "convert")
+    assert "no space left on the device of" in last and "MB are free" in last and "decoder.mlpackage needs" in last
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_reading_a_long_recording_takes_memory_for_the_window_only(tmp_path):
+    path = tmp_path / "long.wav"
+    rate, seconds = 48000, 180
+    with soundfile.SoundFile(str(path), "w", rate, 2, subtype="PCM_16") as f:
+        for _ in range(seconds // 10):
+            f.write(np.zeros((rate * 10, 2), np.int16))
+    tracemalloc.start()
+    try:
+        samples, got_rate, notes = read_audio(path, 15.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    window_bytes = 15 * rate * 2 * 4  # the window's frames, both channels, float32
+    assert samples.size == 15 * rate and got_rate == rate
+    assert "trimmed from 180.00 s to the 15 s window" in notes
+    assert peak < 2.5 * window_bytes, f"peak {peak / 1e6:.1f} MB for a {window_bytes / 1e6:.1f} MB window"

@@ -1,0 +1,60 @@
+"""Every kind of damage to a cache entry is noticed on use and the entry is rebuilt; an edited
+``entry.json`` never reaches metadata.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from exporters.cache import ENTRY_FILE, ExportCache, cache_key
+from exporters.components import ExportOptions
+from exporters.export import Exporter
+from exporters.sources import ModelSource
+
+
+def _edit_info(entry):
+    info = json.loads((entry / ENTRY_FILE).read_text())
+    info["answer"] = 43
+    (entry / ENTRY_FILE).write_text(json.dumps(info))
+
+
+DAMAGE = {
+    "entry.json edited": _edit_info,
+    "entry.json removed": lambda entry: (entry / ENTRY_FILE).unlink(),
+    "entry.json not JSON": lambda entry: (entry / ENTRY_FILE).write_text("{"),
+    "file truncated": lambda entry: (entry / "weights.bin").write_bytes(b"\0" * 10),
+    "file changed, same size": lambda entry: (entry / "weights.bin").write_bytes(b"\1" * 1000),
+    "file removed": lambda entry: (entry / "weights.bin").unlink(),
+    "file added": lambda entry: (entry / "extra.bin").write_bytes(b"x"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_entry_is_rebuilt(tmp_path, damage):
+    builds = []
+
+    def build(tmp):
+        builds.append(tmp)
+        (tmp / "weights.bin").write_bytes(b"\0" * 1000)
+        return {"answer": 42}
+
+    key = cache_key(kind="test", n=1)
+    entry = ExportCache(tmp_path).get_or_build(key, build)
+    DAMAGE[damage](entry.path)
+    again = ExportCache(tmp_path).get_or_build(key, build)  # a new process: nothing verified yet
+    assert len(builds) == 2, f"{damage}: the damaged entry was used"
+    assert again.info["answer"] == 42 and (again.path / "weights.bin").read_bytes() == b"\0" * 1000
+
+
+def test_an_edited_model_facts_entry_does_not_reach_the_metadata(fault_cache):
+    source = ModelSource("preset", "tiny")
+    exporter = Exporter(source, ExportOptions(), ExportCache(fault_cache), progress=lambda message: None)
+    vocab_size = exporter.dims.vocab_size
+    key = cache_key(kind="model-info", model=source.key(), max_audio_seconds=ExportOptions().max_audio_seconds)
+    path = ExportCache(fault_cache).lookup(key).path / ENTRY_FILE
+    info = json.loads(path.read_text())
+    info["dims"]["vocab_size"] = vocab_size + 1
+    path.write_text(json.dumps(info))
+    fresh = Exporter(source, ExportOptions(), ExportCache(fault_cache), progress=lambda message: None)
+    assert fresh.metadata([])["vocab_size"] == vocab_size

@@ -6,6 +6,7 @@ the suites run on the trained test model, ``parakeet-tdt-tiny-trained``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,9 @@ from reports.plugin import HELD_OUT, PARITY_REPORT
 from runtimes.base import BACKENDS, COMPUTE_UNITS, BackendUnavailable, resolve_backend
 from runtimes.loader import LoadedPredictors
 from validation.audio import read_audio
-from validation.held_out import held_out_transcripts
-from validation.tolerances import load_gates, load_tolerances
+from validation.held_out import held_out_evaluation
+from validation.metrics import NORMALIZERS
+from validation.tolerances import MAX_WER_DIFFERENCE_POINTS, load_gates, load_tolerances
 
 pytest_plugins = ["reports.plugin"]
 
@@ -41,6 +43,14 @@ def pytest_addoption(parser):
     group.addoption("--audio", dest="audio", type=Path, default=None, metavar="FILE",
                     help="a recording of your own for the parity checks (any rate, channels, common format), "
                          "besides the synthetic speech and the edge inputs")
+    group.addoption("--manifest", dest="manifest", default=None, metavar="FILE.jsonl",
+                    help="evaluate a data set with -m parity, one test per utterance: NeMo's manifest, or "
+                         "builtin:held-out / builtin:long-form (the trained model's own)")
+    group.addoption("--normalizer", dest="normalizer", default="whisper-english", choices=NORMALIZERS,
+                    help="text normalisation before WER in the data-set evaluation (default whisper-english)")
+    group.addoption("--max-wer-difference", dest="max_wer_difference", type=float, default=MAX_WER_DIFFERENCE_POINTS,
+                    metavar="POINTS", help="how far the export's WER may stray from NeMo's on the same windows "
+                                           f"(default {MAX_WER_DIFFERENCE_POINTS} points)")
     group.addoption("--tolerance", dest="tolerances", action="append", default=[], metavar="KEY:atol=A,rtol=R",
                     help="override one entry of the tolerance table (validation/tolerances.py); repeatable")
     group.addoption("--psnr-floor", dest="psnr_floor", type=float, default=None, metavar="DB",
@@ -67,6 +77,8 @@ def pytest_configure(config):
         value = getattr(opt, name)
         if value is not None and value < 1:
             raise pytest.UsageError(f"--{name.replace('_', '-')} {value}: expected a whole number of at least 1")
+    if not (math.isfinite(opt.max_wer_difference) and opt.max_wer_difference >= 0):
+        raise pytest.UsageError(f"--max-wer-difference {opt.max_wer_difference}: expected a finite number >= 0")
     for name in ("latency_warmup", "quantization_runs"):
         if getattr(opt, name) < 0:
             raise pytest.UsageError(f"--{name.replace('_', '-')} {getattr(opt, name)}: expected 0 or more")
@@ -152,18 +164,18 @@ def predictor(backend, pytestconfig):
 
 @pytest.fixture(scope="session")
 def held_out(torch_model, dims, export_cache, session_exporters, predictor, pytestconfig):
-    """The held-out test set transcribed by NeMo and by the fp32, fp16 and int8-per-channel
-    exports (``validation.held_out``); shared by the parity and quantization suites and put in
-    the validation block. Skips on a model whose transcripts mean nothing."""
+    """The held-out set evaluated (``validation.held_out``) for the fp32, fp16 and int8-per-channel
+    exports; shared by the parity and quantization suites and put in the validation block. Skips
+    on a model whose transcripts mean nothing."""
     exported = {precision: {e.name: e for e in session_exporters[precision].export_all(DECODE)}
                 for precision in ("float32", "float16")}
     packages = {precision: {name: e.package for name, e in by_name.items()} for precision, by_name in exported.items()}
     int8 = VARIANTS["int8_per_channel"]
     packages[int8.name] = {name: compress(e, int8, export_cache).package for name, e in exported["float16"].items()}
-    result, confidence, reason = held_out_transcripts(torch_model, dims, export_cache, packages, predictor)
+    result, confidence, reason = held_out_evaluation(torch_model, dims, export_cache, packages, predictor)
     if reason:
         pytest.skip(f"{reason}; the default --preset parakeet-tdt-tiny-trained runs this")
-    summary = pytestconfig.stash[HELD_OUT] = {**result.as_dict(), "median_token_prob": confidence}
+    summary = pytestconfig.stash[HELD_OUT] = result.block({"set": "builtin:held-out"})
     report = pytestconfig.stash.get(PARITY_REPORT, None)
     if report is not None:
         report.held_out = summary

@@ -6,14 +6,17 @@ import json
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from exporters.cache import ExportCache
-from exporters.components import ExportError, ExportOptions, get_components
+from exporters.components import DECODE, ExportError, ExportOptions, get_components
 from exporters.export import ORIGINS_FILE, Exporter, print_progress
 from exporters.publish import copy_package, publish, staged_output
 from exporters.quantize import parse_variant, variant_table
 from exporters.settings import config_path
 from exporters.sources import ModelSource
 from exporters.wrappers import model_dims
+from reports.evaluation import EVALUATION_DIR, write_evaluation
 from reports.latency import write_latency
 from reports.metadata import METADATA
 from reports.parity import ParityReport, parity_context
@@ -22,10 +25,27 @@ from runtimes.base import BackendUnavailable, describe_backend, resolve_backend
 from runtimes.loader import LoadedPredictors, load_predictor
 from validation.audio import parity_clips, read_audio, synthetic_speech
 from validation.checks import ParityRunner
-from validation.held_out import held_out_transcripts
+from validation.evaluation import (
+    JOURNAL,
+    decoders_for,
+    evaluate,
+    read_manifest,
+    recordings,
+    token_text,
+    window_description,
+)
+from validation.held_out import held_out_evaluation, manifest_path
 from validation.quantization import QuantizationSweep
 from validation.timing import all_cases, environment, latency_block, measure
 from validation.tolerances import load_gates, load_tolerances
+
+
+def progress_bar(what: str, unit: str = "utterance"):
+    """``progress(items, total)``: a bar with the rate and ETA on stderr while ``items`` are worked."""
+    def progress(items, total):
+        return tqdm(items, total=total, desc=what, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+    return progress
 
 
 def component_list(values: list[str]) -> list[str]:
@@ -143,6 +163,58 @@ def run_compare(args) -> int:
     return 0 if status == "passed" else 1
 
 
+def run_evaluate(args) -> int:
+    description, packages, source = read_convert_dir(args.output_dir, "--output-dir")
+    absent = [name for name in DECODE if name not in packages]
+    if absent:
+        raise ExportError(f"--output-dir {args.output_dir}: evaluate decodes with {', '.join(DECODE)}; not exported: "
+                          f"{', '.join(absent)} (convert them with --components)")
+    cache = ExportCache(args.cache_dir)
+    precision = description["coreml"]["compute_precision"]
+    options = ExportOptions(precision, description["coreml"]["compute_units"],
+                            description["coreml"]["minimum_deployment_target"], description["max_audio_seconds"])
+    dims = Exporter(source, options, cache, progress=lambda message: None).dims  # cached: no model load
+    if args.manifest is not None:
+        manifest = manifest_path(args.manifest, cache, dims)
+        utterances, bad = read_manifest(manifest)
+    else:
+        manifest, utterances, bad = None, recordings(args.audio), []
+    for line in bad:
+        print_progress(f"skipped {line}")
+    if not utterances:
+        raise ExportError(f"--manifest {args.manifest}: no line could be used ({len(bad)} skipped, above)")
+    backend, units, load = _package_loader(args, description, packages)
+    print_progress(f"loading {source.describe()} ...")
+    model = source.load()
+    report_dir = args.report_dir or args.output_dir
+    exports = {"export": {name: packages[name] for name in DECODE}}
+    result = evaluate(utterances, decoders_for(model, dims, exports, load), token_text(model), dims,
+                      normalizer=args.normalizer, max_wer_difference=args.max_wer_difference / 100,
+                      exact=["export"] if precision == "float32" else [], bad=bad, journal=report_dir / JOURNAL,
+                      resume=args.resume, progress=progress_bar("evaluate"))
+    context = {"manifest": str(manifest) if manifest else None, "audio": [str(p) for p in args.audio or []],
+               "backend": backend, "values_from": describe_backend(backend), "compute_units": units,
+               "compute_precision": precision, "windows": window_description(dims),
+               "versions": environment(backend, units, precision)["versions"]}
+    block = result.block(context)
+    path, plots, skipped = write_evaluation(report_dir, description, block, result.records)
+    for line in skipped:
+        print_progress(f"plot not drawn: {line}")
+    wer = block["wer"]
+    if wer:
+        print("WER " + ", ".join(f"{label} {100 * wer[label]['wer']:.2f}%" for label in wer)
+              + f" ({block['with_text']} utterances with text, {args.normalizer} normaliser)")
+    parts = block["decomposition_points"]
+    if parts["model"] is not None:
+        print(f"model {parts['model']:.2f} points, windowing {parts['windowing']:+.2f}, "
+              f"export {parts['export']['export']:+.2f}")
+    for line in block["failures"]:
+        print(f"FAILED {line}", file=sys.stderr)
+    print(f"evaluation {block['status']}: {block['utterances']} utterance(s), {len(result.bad)} unreadable; "
+          f"{JOURNAL} and the evaluation block in {path.parent}, {len(plots)} plots in {path.parent / EVALUATION_DIR}")
+    return 0 if block["status"] == "passed" else 1
+
+
 def run_quantize(args) -> int:
     description, packages, source = read_convert_dir(args.input_dir, "--input-dir")
     pyproject = config_path(args.config)
@@ -208,8 +280,8 @@ def _held_out_wer(model, dims, cache, base_exports: dict, variant_packages: dict
     """WER on the held-out test set: NeMo, the uncompressed export and the variant; ``{"skipped":
     reason}`` on a model not confident enough for its transcripts to mean anything."""
     base = {name: e.package for name, e in base_exports.items()}
-    result, _, reason = held_out_transcripts(model, dims, cache, {"uncompressed": base, "variant": variant_packages},
-                                             load)
+    result, _, reason = held_out_evaluation(model, dims, cache, {"uncompressed": base, "variant": variant_packages},
+                                            load, progress=progress_bar("held-out set"))
     if reason:
         return {"skipped": reason}
-    return {key: value for key, value in result.as_dict().items() if key != "exact"}
+    return result.block({"set": "builtin:held-out"})

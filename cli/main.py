@@ -1,10 +1,12 @@
 """``parakeet-coreml``: export Parakeet-TDT to Core ML (``convert``), prove the export matches
-NeMo (``compare``), and weigh compressed variants of it (``quantize``)."""
+NeMo (``compare``), transcribe a data set with both and take any WER gap apart (``evaluate``),
+and weigh compressed variants of the export (``quantize``)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import warnings
@@ -14,6 +16,8 @@ from exporters.cache import ExportCache
 from exporters.components import COMPONENTS, COMPUTE_PRECISIONS, DEPLOYMENT_TARGETS, ExportError
 from exporters.sources import add_source_options
 from runtimes.base import BACKENDS, COMPUTE_UNITS
+from validation.metrics import NORMALIZERS
+from validation.tolerances import MAX_WER_DIFFERENCE_POINTS
 
 CONFIG_HELP = ("a pyproject.toml-style file whose [tool.parakeet-coreml] sets tolerances, gates and variants "
                "(default: this project's pyproject.toml when run inside its checkout, else none)")
@@ -62,6 +66,33 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--cache-dir", type=Path, default=None, help="where the synthetic speech is cached")
     compare.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
 
+    evaluate = commands.add_parser("evaluate", help="transcribe a data set with NeMo and the export, and take the "
+                                                    "WER gap apart: model, windowing, export numerics")
+    evaluate.add_argument("--output-dir", required=True, type=Path,
+                          help="a directory written by convert; its metadata.json gets the evaluation block")
+    inputs = evaluate.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--manifest", metavar="FILE.jsonl",
+                        help="NeMo's manifest (audio_filepath, text, optional offset and duration; relative paths "
+                             "from the manifest's folder), or a built-in set: builtin:held-out, builtin:long-form")
+    inputs.add_argument("--audio", type=Path, nargs="+", metavar="FILE",
+                        help="recordings without reference texts: agreement with NeMo only")
+    evaluate.add_argument("--backend", default="auto", choices=BACKENDS,
+                          help="coreml (macOS), mil (this project's executor, any OS), auto (coreml on macOS)")
+    evaluate.add_argument("--compute-units", default=None, choices=COMPUTE_UNITS,
+                          help="Core ML compute units (default: those recorded at convert)")
+    evaluate.add_argument("--normalizer", default="whisper-english", choices=NORMALIZERS,
+                          help="text normalisation before WER (default whisper-english, as the Open ASR Leaderboard; "
+                               "the raw WER is recorded too)")
+    evaluate.add_argument("--max-wer-difference", type=_points, default=MAX_WER_DIFFERENCE_POINTS, metavar="POINTS",
+                          help=f"how far the export's WER may stray from NeMo's on the same windows "
+                               f"(default {MAX_WER_DIFFERENCE_POINTS} points)")
+    evaluate.add_argument("--report-dir", type=Path, default=None,
+                          help="where evaluation.jsonl, the metadata block and plots go (default: --output-dir)")
+    evaluate.add_argument("--resume", action="store_true",
+                          help="continue an interrupted run from its evaluation.jsonl")
+    evaluate.add_argument("--cache-dir", type=Path, default=None,
+                          help="export cache (built-in sets are rendered there)")
+
     quantize = commands.add_parser("quantize", help="build compressed variants of a convert output directory and "
                                                     "weigh size, quality and speed")
     quantize.add_argument("--input-dir", type=Path, default=Path("parakeet_coreml"),
@@ -88,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--cache-dir", type=Path, default=None, help="export cache (compressed packages too)")
     quantize.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     return parser
+
+
+def _points(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number of WER points >= 0, got {text!r}")
+    return value
 
 
 def _count(text: str) -> int:

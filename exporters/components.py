@@ -53,6 +53,7 @@ class ModelDims:
     mel_length: int  # valid mel frames of a full window (the STFT's centre padding adds one)
     encoder_dim: int
     encoder_frames: int
+    encoder_hop: int  # audio samples per encoder frame: the mel hop times the subsampling factor
     pred_hidden: int
     pred_layers: int
     vocab_size: int

@@ -157,6 +157,7 @@ def model_dims(model, max_audio_seconds: float = MAX_AUDIO_SECONDS) -> ModelDims
         mel_length=int(mel_length[0]),
         encoder_dim=model.encoder.d_model,
         encoder_frames=subsampled.shape[1],
+        encoder_hop=int(round(model.cfg.preprocessor.window_stride * sample_rate)) * model.encoder.subsampling_factor,
         pred_hidden=model.decoder.pred_hidden,
         pred_layers=model.decoder.pred_rnn_layers,
         vocab_size=model.decoder.vocab_size,

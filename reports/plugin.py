@@ -14,7 +14,9 @@ import pytest
 
 from exporters.components import ExportError
 from exporters.publish import publish, staged_output
+from reports.evaluation import EVALUATION_DIR, write_evaluation
 from reports.quantization import write_quantization
+from validation.evaluation import BadInput, Evaluation
 from validation.tolerances import load_gates
 
 PARITY_REPORT = pytest.StashKey["object"]()
@@ -23,6 +25,7 @@ LATENCY_REPORT = pytest.StashKey["object"]()
 QUANTIZATION_REPORT = pytest.StashKey[dict]()
 HELD_OUT = pytest.StashKey[dict]()
 _WRITTEN = pytest.StashKey[list]()
+EVALUATION = pytest.StashKey["EvaluationRecords"]()
 
 
 def pytest_addoption(parser):
@@ -35,9 +38,42 @@ def pytest_addoption(parser):
                          "plots/quantize/ (default parakeet_coreml_quantized, as the quantize command)")
 
 
+class EvaluationRecords:
+    """What the utterances' tests sent (``tests/parity/test_evaluation.py``), gathered from their
+    reports: with ``-n`` on the controller, from every worker."""
+
+    def __init__(self):
+        self.records: dict[str, dict] = {}
+        self.bad: list[str] = []
+        self.context: dict | None = None
+
+    def pytest_runtest_logreport(self, report):
+        properties = dict(report.user_properties)
+        if report.when != "call" or "evaluation_context" not in properties:
+            return
+        self.context = properties["evaluation_context"]
+        if "evaluation" in properties:
+            self.records[properties["evaluation"]["key"]] = properties["evaluation"]
+        if "evaluation_bad" in properties:
+            self.bad.append(properties["evaluation_bad"])
+
+
+def pytest_configure(config):
+    config.stash[EVALUATION] = EvaluationRecords()
+    config.pluginmanager.register(config.stash[EVALUATION], "parakeet-evaluation-records")
+
+
 def pytest_sessionfinish(session, exitstatus):
     config = session.config
     lines = config.stash.setdefault(_WRITTEN, [])
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller writes every report
+        return
+    gathered = config.stash[EVALUATION]
+    if gathered.context is not None:
+        line, passed = _write_evaluation(config, gathered)
+        lines.append(line)
+        if not passed:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     for kind, key, block in (("parity", PARITY_REPORT, "validation"), ("latency", LATENCY_REPORT, "latency")):
         report = config.stash.get(key, None)
         if report is None or not report.ready():
@@ -57,15 +93,34 @@ def pytest_sessionfinish(session, exitstatus):
             lines.append(f"quantization report not written: {e}")
 
 
+def _write_evaluation(config, gathered: EvaluationRecords) -> tuple[str, bool]:
+    """The evaluation block and plots from the utterances' records, and the set's verdict."""
+    context = dict(gathered.context)
+    description = context.pop("description")
+    records = sorted(gathered.records.values(), key=lambda r: r["key"])
+    result = Evaluation(["export"], context.pop("normalizer"), context.pop("max_wer_difference_points") / 100,
+                        ["export"] if context["compute_precision"] == "float32" else [], records,
+                        [BadInput(*line.split(": ", 1)) for line in sorted(gathered.bad)])
+    block = result.block(context)
+    passed = block["status"] == "passed"
+    verdict = "passed" if passed else "FAILED: " + "; ".join(block["failures"])
+    try:
+        path, plots, _ = write_evaluation(config.option.report_dir, description, block, records)
+    except ExportError as e:
+        return f"evaluation {verdict}; its report not written: {e}", passed
+    return (f"evaluation of {len(records)} utterance(s) {verdict}; evaluation block in {path}, {len(plots)} plot(s) "
+            f"in {path.parent / EVALUATION_DIR}"), passed
+
+
 def _write_quantization(config, report: dict) -> str:
     results = list(report["results"].values())
     held_out = config.stash.get(HELD_OUT, None)
     for result in results:
         if held_out and result.variant.name in held_out["wer"]:
             name = result.variant.name
-            result.held_out = {"utterances": held_out["utterances"], "wer": held_out["wer"][name],
-                               "wer_nemo": held_out["wer"]["nemo"],
-                               "wer_difference_to_nemo": held_out["wer_difference_to_nemo"][name]}
+            result.held_out = {"utterances": held_out["utterances"], "wer": held_out["wer"][name]["wer"],
+                               "wer_nemo": held_out["wer"]["nemo_windowed"]["wer"],
+                               "wer_difference_to_nemo": held_out["decomposition_points"]["export"][name] / 100}
     root = config.option.quantized_dir
     with staged_output(root, "--quantized-dir") as staging:
         path, plots, skipped = write_quantization(staging, results, report["context"],

@@ -1,87 +1,115 @@
-"""The held-out synthetic test set transcribed by NeMo and by exported packages: WER of each
-against the text, and how many transcripts match NeMo's exactly.
+"""The trained test model's built-in evaluation sets, and its held-out check.
 
-The set is the trained preset's own test split (``validation.corpus``): sentences it never saw
-in training, spoken by espeak-ng, rendered once and cached in the export cache. Each utterance
-is padded to the export window with its true length kept, and both sides decode the same
-window: NeMo with its front end and encoder in Torch and ``GreedyTDTInfer``; the packages with
-the exported mel_encoder, decoder and single-step joint driven by the host's greedy TDT loop.
+``held-out``: the test split of ``validation.corpus`` (sentences the model never saw in
+training), spoken by espeak-ng. ``long-form``: the same recordings joined into recordings of 30 to
+120 s with short pauses between them, and their joined text. Each is rendered once into the
+export cache with a NeMo manifest beside it, and evaluated by ``validation.evaluation`` like any
+manifest of a user's (``--manifest builtin:held-out``).
 """
 
 from __future__ import annotations
 
+import json
 import statistics
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import soundfile
 
 from exporters.cache import ExportCache, cache_key
-from exporters.components import ModelDims
+from exporters.components import ExportError, ModelDims
 from exporters.wrappers import wrapper
 from validation.audio import Clip, espeak_version, fit_window
 from validation.checks import CONFIDENT_MEDIAN_PROB
 from validation.corpus import SEED, SPLITS, split_utterances
-from validation.greedy import (
-    greedy_tdt,
-    nemo_greedy_tdt,
-    package_decide,
-    package_decoder_step,
-    run_torch,
-    torch_greedy_tdt,
+from validation.evaluation import (
+    BUILTIN_PREFIX,
+    Evaluation,
+    decoders_for,
+    evaluate,
+    read_manifest,
+    read_utterance,
+    token_text,
 )
-from validation.metrics import word_error_rate
+from validation.greedy import run_torch, torch_greedy_tdt
 
-# Half a point of WER: how far fp16 and int8 exports may drift from NeMo.
-MAX_WER_DIFFERENCE = 0.005
 # fp32 exports of a confident model must transcribe exactly like NeMo; the rest within the bound.
 EXACT_LABELS = ("float32",)
+MANIFEST = "manifest.jsonl"
+LONG_FORM_SECONDS = (30.0, 120.0)  # each long recording's length is drawn from this range
+LONG_FORM_PAUSE_SECONDS = (0.3, 0.8)  # and the silence between its sentences from this one
 
 
-def held_out_clips(cache: ExportCache, dims: ModelDims) -> list[tuple[str, Clip]]:
-    """(text, clip) for every test utterance of ``validation.corpus``'s split, synthesised once."""
+def _write_manifest(directory: Path, rows: list[dict]) -> None:
+    (directory / MANIFEST).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def held_out_manifest(cache: ExportCache, dims: ModelDims) -> Path:
+    """Every test utterance of ``validation.corpus``'s split, synthesised once, with its manifest."""
     test = split_utterances(SEED, SPLITS)["test"]
     key = cache_key(kind="held-out-set", utterances=[u.__dict__ for u in test], espeak=espeak_version(),
-                    sample_rate=dims.sample_rate)
+                    sample_rate=dims.sample_rate, manifest=MANIFEST)
 
     def build(tmp):
+        rows = []
         for i, utterance in enumerate(test):
-            soundfile.write(str(tmp / f"{i:04d}.wav"), utterance.render(dims.sample_rate), dims.sample_rate,
-                            subtype="FLOAT")
+            audio = utterance.render(dims.sample_rate)
+            soundfile.write(str(tmp / f"{i:04d}.wav"), audio, dims.sample_rate, subtype="FLOAT")
+            rows.append({"audio_filepath": f"{i:04d}.wav", "text": utterance.text,
+                         "duration": round(audio.size / dims.sample_rate, 3), "voice": utterance.voice})
+        _write_manifest(tmp, rows)
         return {"utterances": len(test)}
 
-    entry = cache.get_or_build(key, build)
-    clips = []
-    for i, utterance in enumerate(test):
-        samples, _ = soundfile.read(str(entry.path / f"{i:04d}.wav"), dtype="float32")
-        description = f"{utterance.voice}: {utterance.text}"
-        clips.append((utterance.text, fit_window(samples, dims, f"held_out_{i:04d}", description)))
-    return clips
+    return cache.get_or_build(key, build).path / MANIFEST
 
 
-Transcriber = Callable[[Clip], list[int]]
+def long_form_manifest(cache: ExportCache, dims: ModelDims, seed: int = SEED) -> Path:
+    """The held-out recordings in order, joined into recordings of 30 to 120 s with a short
+    silence between sentences; the text is the sentences' joined."""
+    held_out = held_out_manifest(cache, dims)
+    key = cache_key(kind="long-form-set", held_out=held_out.parent.name, seed=seed, seconds=LONG_FORM_SECONDS,
+                    pauses=LONG_FORM_PAUSE_SECONDS)
+
+    def build(tmp):
+        rows, rng = [], np.random.default_rng(seed)
+        sentences = [json.loads(line) for line in held_out.read_text(encoding="utf-8").splitlines()]
+        target, parts, texts = rng.uniform(*LONG_FORM_SECONDS), [], []
+
+        def flush():
+            audio = np.concatenate(parts)
+            name = f"long_{len(rows):03d}.wav"
+            soundfile.write(str(tmp / name), audio, dims.sample_rate, subtype="FLOAT")
+            rows.append({"audio_filepath": name, "text": " ".join(texts),
+                         "duration": round(audio.size / dims.sample_rate, 3)})
+
+        for sentence in sentences:
+            samples, _ = soundfile.read(str(held_out.parent / sentence["audio_filepath"]), dtype="float32")
+            pause = np.zeros(int(rng.uniform(*LONG_FORM_PAUSE_SECONDS) * dims.sample_rate), np.float32)
+            parts += [samples, pause]
+            texts.append(sentence["text"])
+            if sum(p.size for p in parts) >= target * dims.sample_rate:
+                flush()
+                target, parts, texts = rng.uniform(*LONG_FORM_SECONDS), [], []
+        if parts and sum(p.size for p in parts) >= LONG_FORM_SECONDS[0] * dims.sample_rate:
+            flush()  # a remainder shorter than the range is left out
+        _write_manifest(tmp, rows)
+        return {"utterances": len(rows)}
+
+    return cache.get_or_build(key, build).path / MANIFEST
 
 
-def nemo_transcriber(model, dims: ModelDims) -> Transcriber:
-    front = wrapper("mel_encoder", model)
-
-    def transcribe(clip: Clip) -> list[int]:
-        encoder, length = run_torch(front, clip.samples[None, :], np.array([clip.length], np.int32))
-        return nemo_greedy_tdt(model, encoder, int(length[0]), dims).tokens
-
-    return transcribe
+BUILTIN_SETS = {"held-out": held_out_manifest, "long-form": long_form_manifest}
 
 
-def package_transcriber(packages: dict, load, dims: ModelDims) -> Transcriber:
-    """``packages``: component -> package of mel_encoder, decoder and joint_decision_single_step."""
-    def transcribe(clip: Clip) -> list[int]:
-        out = load(packages["mel_encoder"]).predict(clip.inputs())
-        return greedy_tdt(out["encoder"], int(out["encoder_length"][0]), dims,
-                          package_decoder_step(load(packages["decoder"])),
-                          package_decide(load(packages["joint_decision_single_step"]))).tokens
-
-    return transcribe
+def manifest_path(text: str, cache: ExportCache, dims: ModelDims) -> Path:
+    """``builtin:NAME`` (one of ``BUILTIN_SETS``, rendered on first use) or a manifest's path."""
+    if not text.startswith(BUILTIN_PREFIX):
+        return Path(text)
+    name = text.removeprefix(BUILTIN_PREFIX)
+    if name not in BUILTIN_SETS:
+        raise ExportError(f"--manifest {text}: no such built-in set; expected one of: "
+                          f"{', '.join(BUILTIN_PREFIX + n for n in BUILTIN_SETS)}")
+    return BUILTIN_SETS[name](cache, dims)
 
 
 def median_token_probability(model, dims: ModelDims, clips: list[Clip]) -> float:
@@ -95,85 +123,28 @@ def median_token_probability(model, dims: ModelDims, clips: list[Clip]) -> float
     return statistics.median(probs) if probs else 0.0
 
 
-def not_confident_reason(model, dims: ModelDims, clips: list[tuple[str, Clip]]) -> tuple[float, str | None]:
-    """The median top-1 probability on the first 20 held-out clips, and why a held-out WER of
-    this model would mean nothing (None when it is confident enough to mean something)."""
-    confidence = median_token_probability(model, dims, [clip for _, clip in clips[:20]])
+def not_confident_reason(model, dims: ModelDims, clips: list[Clip]) -> tuple[float, str | None]:
+    """The median top-1 probability on ``clips``, and why a WER of this model would mean nothing
+    (None when it is confident enough to mean something)."""
+    confidence = median_token_probability(model, dims, clips)
     if confidence > CONFIDENT_MEDIAN_PROB:
         return confidence, None
     return confidence, (f"the model is not confident (median top-1 probability {confidence:.3g} <= "
                         f"{CONFIDENT_MEDIAN_PROB}): a random-weight model's transcripts test nothing")
 
 
-@dataclass
-class HeldOutResult:
-    """Transcripts by label ("nemo" and each export), their WER and agreement with NeMo."""
-
-    references: list[str]
-    texts: dict[str, list[str]] = field(default_factory=dict)
-    tokens: dict[str, list[list[int]]] = field(default_factory=dict)
-
-    def wer(self, label: str) -> float:
-        return word_error_rate(self.references, self.texts[label])
-
-    def identical_to_nemo(self, label: str) -> int:
-        return sum(a == b for a, b in zip(self.tokens["nemo"], self.tokens[label]))
-
-    def differing(self, label: str, limit: int = 3) -> list[dict]:
-        return [{"reference": r, "nemo": n, label: e}
-                for r, n, e, a, b in zip(self.references, self.texts["nemo"], self.texts[label],
-                                         self.tokens["nemo"], self.tokens[label]) if a != b][:limit]
-
-    def failure(self, label: str) -> str | None:
-        """Why ``label``'s transcripts fall short of NeMo's, or None."""
-        if label in EXACT_LABELS:
-            same = self.identical_to_nemo(label)
-            if same != len(self.references):
-                return (f"{label}: {len(self.references) - same} of {len(self.references)} transcripts differ from "
-                        f"NeMo's, e.g. {self.differing(label)}")
-            return None
-        difference = self.wer(label) - self.wer("nemo")
-        if abs(difference) > MAX_WER_DIFFERENCE:
-            return (f"{label}: WER {100 * self.wer(label):.2f}% against NeMo's {100 * self.wer('nemo'):.2f}%, "
-                    f"{100 * difference:+.2f} points (at most ±{100 * MAX_WER_DIFFERENCE:.1f}); "
-                    f"e.g. {self.differing(label)}")
-        return None
-
-    def as_dict(self) -> dict:
-        nemo_wer = self.wer("nemo")
-        exports = [label for label in self.texts if label != "nemo"]
-        return {"status": "failed" if any(self.failure(label) for label in exports) else "passed",
-                "utterances": len(self.references), "words": sum(len(r.split()) for r in self.references),
-                "max_wer_difference": MAX_WER_DIFFERENCE, "exact": list(EXACT_LABELS),
-                "wer": {label: self.wer(label) for label in self.texts},
-                "wer_difference_to_nemo": {label: self.wer(label) - nemo_wer for label in exports},
-                "identical_to_nemo": {label: self.identical_to_nemo(label) for label in exports},
-                "examples_differing": {label: self.differing(label) for label in exports}}
-
-
-def transcribe_held_out(model, clips: list[tuple[str, Clip]], transcribers: dict[str, Transcriber],
-                        progress=lambda message: None) -> HeldOutResult:
-    result = HeldOutResult([text for text, _ in clips])
-    for label, transcribe in transcribers.items():
-        tokens = []
-        for i, (_, clip) in enumerate(clips, 1):
-            tokens.append(transcribe(clip))
-            if i % 50 == 0 or i == len(clips):
-                progress(f"  {label}: {i}/{len(clips)} utterances")
-        result.tokens[label] = tokens
-        result.texts[label] = [model.tokenizer.ids_to_text(t) if t else "" for t in tokens]
-    return result
-
-
-def held_out_transcripts(model, dims: ModelDims, cache: ExportCache, packages: dict[str, dict], load,
-                         progress=lambda message: None) -> tuple[HeldOutResult | None, float, str | None]:
-    """The held-out set transcribed by NeMo and by each labelled set of decode packages
-    (``packages``: label -> component -> package); with the model's confidence. On a model not
-    confident enough for its transcripts to mean anything: ``(None, confidence, why)``."""
-    clips = held_out_clips(cache, dims)
+def held_out_evaluation(model, dims: ModelDims, cache: ExportCache, exports: dict[str, dict], load,
+                        progress=lambda items, total: items) -> tuple[Evaluation | None, float, str | None]:
+    """The held-out set evaluated for each labelled set of decode packages (label -> component ->
+    package): fp32 exports must transcribe exactly like NeMo on the same windows, the rest within
+    half a WER point. On a model not confident enough for its transcripts to mean anything (its
+    first 20 utterances decide): ``(None, confidence, why)``."""
+    utterances, bad = read_manifest(held_out_manifest(cache, dims))
+    clips = [fit_window(read_utterance(u, dims.sample_rate), dims, u.key, "") for u in utterances[:20]]
     confidence, reason = not_confident_reason(model, dims, clips)
     if reason:
         return None, confidence, reason
-    transcribers = {"nemo": nemo_transcriber(model, dims),
-                    **{label: package_transcriber(p, load, dims) for label, p in packages.items()}}
-    return transcribe_held_out(model, clips, transcribers, progress), confidence, None
+    result = evaluate(utterances, decoders_for(model, dims, exports, load), token_text(model), dims,
+                      normalizer="none", exact=list(EXACT_LABELS), bad=bad,
+                      progress=progress)
+    return result, confidence, None

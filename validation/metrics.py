@@ -7,10 +7,14 @@ One home for the formulas, so a number in ``metadata.json`` means the same thing
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import jiwer
 import numpy as np
 from rapidfuzz.distance import Levenshtein
+from whisper_normalizer.english import EnglishTextNormalizer
 
 
 @dataclass(frozen=True)
@@ -158,13 +162,65 @@ def token_edit_distance(reference, candidate) -> int:
     return int(Levenshtein.distance(list(reference), list(candidate)))
 
 
-def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+# Text normalisers for WER: none; basic (lower case, punctuation removed); the English normaliser
+# of Whisper that the Open ASR Leaderboard scores with (numbers, spellings, contractions).
+NORMALIZERS = ("none", "basic", "whisper-english")
+
+
+def text_normalizer(name: str) -> Callable[[str], str]:
+    if name == "none":
+        return str.strip
+    if name == "basic":
+        return lambda text: " ".join(re.sub(r"[^\w\s']|(?<!\w)'|'(?!\w)", " ", text.lower()).split())
+    if name == "whisper-english":
+        return EnglishTextNormalizer()
+    raise ValueError(f"unknown normalizer {name!r}; expected one of: {', '.join(NORMALIZERS)}")
+
+
+@dataclass(frozen=True)
+class WordErrors:
+    """Word alignment counts of hypotheses against references (jiwer)."""
+
+    substitutions: int
+    insertions: int
+    deletions: int
+    words: int  # reference words
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.insertions + self.deletions
+
+    @property
+    def wer(self) -> float:
+        return self.errors / self.words if self.words else float(self.errors > 0)
+
+    def __add__(self, other: WordErrors) -> WordErrors:
+        return WordErrors(self.substitutions + other.substitutions, self.insertions + other.insertions,
+                          self.deletions + other.deletions, self.words + other.words)
+
+    def as_dict(self) -> dict:
+        return {"wer": self.wer, "substitutions": self.substitutions, "insertions": self.insertions,
+                "deletions": self.deletions, "words": self.words}
+
+
+def word_errors(reference: str, hypothesis: str, normalizer: str = "none") -> WordErrors:
+    """The word errors of one hypothesis, both texts normalised first; an empty reference counts
+    every hypothesis word as an insertion."""
+    normalize = text_normalizer(normalizer)
+    ref, hyp = normalize(reference).split(), normalize(hypothesis).split()
+    if not ref:
+        return WordErrors(0, len(hyp), 0, 0)
+    if not hyp:
+        return WordErrors(0, 0, len(ref), len(ref))
+    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    return WordErrors(out.substitutions, out.insertions, out.deletions, len(ref))
+
+
+def word_error_rate(references: list[str], hypotheses: list[str], normalizer: str = "none") -> float:
     """Word edits (insertions, deletions, substitutions) over all reference words, as a fraction."""
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    words = sum(len(r.split()) for r in references)
-    edits = sum(Levenshtein.distance(r.split(), h.split()) for r, h in zip(references, hypotheses))
-    return edits / words if words else float(edits > 0)
+    return sum((word_errors(r, h, normalizer) for r, h in zip(references, hypotheses)), WordErrors(0, 0, 0, 0)).wer
 
 
 def quality(reference, candidate) -> float:

@@ -29,7 +29,7 @@ from exporters.quantize import compress
 from runtimes.base import describe_backend, package_size
 from runtimes.coreml import compile_and_place, unavailable_reason
 from validation.audio import Clip
-from validation.held_out import package_transcriber
+from validation.evaluation import package_window_decoder
 from validation.metrics import quality, token_edit_distance
 from validation.timing import summary, time_calls
 
@@ -110,10 +110,15 @@ class Reference:
     tokens: list[int] | None  # None: a component of the transcript was not exported
 
 
+def transcribe(packages: dict, load, dims: ModelDims, clip: Clip) -> list[int]:
+    """The clip's tokens through the decode packages, as an app drives them."""
+    return package_window_decoder(packages, load, dims)(clip.samples, clip.length).tokens
+
+
 def reference_of(base: dict, load, dims: ModelDims, clip: Clip) -> Reference:
     inputs = reference_inputs(base, load, dims, clip)
     outputs = {name: load(package).predict(inputs[name]) for name, package in base.items()}
-    tokens = package_transcriber(base, load, dims)(clip) if all(n in base for n in DECODE) else None
+    tokens = transcribe(base, load, dims, clip) if all(n in base for n in DECODE) else None
     return Reference(dict(base), inputs, outputs, tokens)
 
 
@@ -167,7 +172,7 @@ def sweep_variant(variant, base_exports: dict, reference: Reference, cache, load
                                              warmup))
         result.components[name] = component
     if reference.tokens is not None:
-        candidate = package_transcriber(result.packages, load, dims)(clip)
+        candidate = transcribe(result.packages, load, dims, clip)
         result.end_to_end = {"clip": clip.name, "reference_tokens": len(reference.tokens), "tokens": len(candidate),
                              "edit_distance": token_edit_distance(reference.tokens, candidate),
                              "token_error_rate": token_error_rate(reference.tokens, candidate)}

@@ -157,6 +157,10 @@ def load_tolerances(pyproject: Path | None = None, cli: list[str] = (),
     return table
 
 
+# Data-set evaluation (validation.evaluation): how far an export's WER may stray from NeMo's on
+# the same windows, in WER points.
+MAX_WER_DIFFERENCE_POINTS = 0.5
+
 # Quantization gates: variant -> metric -> the minimum it must reach. "quality" holds for every
 # component of the variant, "joint_decision.acc" for the decision package's token-id match.
 # Per-tensor symmetric int8 and 4-bit palettization are measured, not gated: they are known to

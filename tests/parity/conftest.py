@@ -1,18 +1,78 @@
-"""The parity suite's session: clips, one runner per precision, and the report it feeds."""
+"""The parity suite's session: clips, one runner per precision, the data set of ``--manifest``
+(one test per utterance), and the reports they feed."""
 
 from __future__ import annotations
 
 import pytest
 
+from exporters.cache import ExportCache
+from exporters.components import DECODE, ExportError, ExportOptions
+from exporters.export import Exporter
+from exporters.sources import DEFAULT_PRESET, ModelSource
 from reports.parity import ParityReport, parity_context
 from reports.plugin import PARITY_REPORT
+from runtimes.base import describe_backend
 from validation.audio import parity_clip_names, parity_clips
 from validation.checks import ParityRunner
+from validation.evaluation import decoders_for, evaluate_utterance, read_manifest, read_utterance, token_text
+from validation.held_out import manifest_path
 
 
 def pytest_generate_tests(metafunc):
     if "clip_name" in metafunc.fixturenames:
         metafunc.parametrize("clip_name", parity_clip_names(metafunc.config.option.audio))
+    if "utterance" in metafunc.fixturenames:
+        metafunc.parametrize("utterance", manifest_items(metafunc.config),
+                             ids=lambda item: getattr(item, "key", None) or getattr(item, "where", "none"))
+
+
+def _manifest(config):
+    """The ``--manifest`` path, a built-in set rendered first (which needs the model's sizes)."""
+    opt = config.option
+    source = ModelSource.from_options(opt.nemo_path, opt.model_id, opt.preset, default_preset=DEFAULT_PRESET)
+    cache = ExportCache(opt.cache_dir)
+    return manifest_path(opt.manifest, cache, Exporter(source, ExportOptions(), cache, lambda message: None).dims)
+
+
+def manifest_items(config) -> list:
+    """The utterances of ``--manifest`` and its unusable lines (each a test that fails with the
+    reason); without ``--manifest`` one test skipped with how to ask for it."""
+    if config.option.manifest is None:
+        return [pytest.param(None, marks=pytest.mark.skip(
+            reason="no data set: pass --manifest FILE.jsonl (or builtin:held-out, builtin:long-form)"), id="none")]
+    try:
+        utterances, bad = read_manifest(_manifest(config))
+    except ExportError as e:
+        raise pytest.UsageError(str(e)) from None
+    return [*utterances, *bad]
+
+
+@pytest.fixture(scope="session")
+def evaluate_one(pytestconfig, session_exporters, torch_model, dims, predictor, backend):
+    """``evaluate_one(utterance)``: its evaluation record (``validation.evaluation``), with this
+    session's exports at ``--compute-precision`` as ``export``."""
+    opt = pytestconfig.option
+    packages = {e.name: e.package for e in session_exporters[opt.compute_precision].export_all(DECODE)}
+    decoders = decoders_for(torch_model, dims, {"export": packages}, predictor)
+    text = token_text(torch_model)
+
+    def run(utterance):
+        samples = read_utterance(utterance, dims.sample_rate)
+        return evaluate_utterance(utterance, samples, decoders, text, dims, opt.normalizer)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def evaluation_context(pytestconfig, session_exporters, backend) -> dict:
+    """What the plugin needs to write the evaluation block, sent with every utterance's report
+    (under ``-n`` the controller has no fixtures of its own)."""
+    opt = pytestconfig.option
+    exporter = session_exporters[opt.compute_precision]
+    return {"description": exporter.metadata(exporter.export_all(DECODE)), "manifest": opt.manifest,
+            "normalizer": opt.normalizer, "max_wer_difference_points": opt.max_wer_difference,
+            "compute_precision": opt.compute_precision, "backend": backend, "values_from": describe_backend(backend),
+            "compute_units": opt.compute_units}
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,7 @@ def test_dims_come_from_the_loaded_model(torch_model, dims):
     for _ in range(3):
         frames = (frames - 1) // 2 + 1
     assert dims.encoder_frames == frames
+    assert dims.encoder_hop == 160 * 8  # 10 ms mel hop, 8x subsampling: 80 ms per encoder frame
 
 
 @pytest.mark.parametrize("precision", ["float32", "float16"])

@@ -1,0 +1,161 @@
+"""Data-set evaluation without a model: manifests (and every kind of bad line), reading spans of
+recordings, the windows long audio is cut into and their merge, where two transcripts first
+differ, and the set's verdicts."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile
+
+from exporters.components import ExportError, ModelDims
+from validation.audio import AudioError
+from validation.evaluation import (
+    Decoded,
+    Evaluation,
+    Utterance,
+    decode_windowed,
+    first_difference,
+    plan_windows,
+    read_manifest,
+    read_utterance,
+)
+from validation.metrics import word_errors
+
+DIMS = ModelDims(sample_rate=16000, max_audio_seconds=15.0, max_audio_samples=240000, n_mels=128, mel_frames=1501,
+                 mel_length=1500, encoder_dim=64, encoder_frames=188, encoder_hop=1280, pred_hidden=48, pred_layers=2,
+                 vocab_size=256, durations=(0, 1, 2, 3, 4))
+
+
+def _wav(path, seconds, rate=16000, channels=1, value=0.1):
+    soundfile.write(str(path), np.full((int(seconds * rate), channels), value, np.float32), rate, subtype="FLOAT")
+    return path
+
+
+def test_a_manifest_line_that_cannot_be_used_is_reported_and_the_rest_kept(tmp_path):
+    (tmp_path / "audio").mkdir()
+    _wav(tmp_path / "audio" / "a.wav", 1.0)
+    lines = [json.dumps({"audio_filepath": "audio/a.wav", "text": "hello", "offset": 0.5, "duration": 0.25}),
+             "{not json",
+             json.dumps({"text": "no audio"}),
+             json.dumps({"audio_filepath": "audio/a.wav", "duration": "long"}),
+             "",
+             json.dumps({"audio_filepath": "audio/a.wav", "offset": -1}),
+             json.dumps({"audio_filepath": str(tmp_path / "audio" / "a.wav")})]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    utterances, bad = read_manifest(tmp_path / "m.jsonl")
+    assert [u.key for u in utterances] == ["m.jsonl:1", "m.jsonl:7"]
+    assert utterances[0] == Utterance("m.jsonl:1", tmp_path / "audio" / "a.wav", "hello", 0.5, 0.25)
+    assert utterances[1].text is None  # agreement with NeMo only
+    assert [b.where for b in bad] == ["m.jsonl:2", "m.jsonl:3", "m.jsonl:4", "m.jsonl:6"]
+    assert "not JSON" in bad[0].reason and "no audio_filepath" in bad[1].reason
+    assert "not numbers" in bad[2].reason and "must be >= 0" in bad[3].reason
+
+
+def test_an_empty_manifest_is_an_error(tmp_path):
+    (tmp_path / "m.jsonl").write_text("\n\n")
+    with pytest.raises(ExportError, match="empty; expected one JSON object per line"):
+        read_manifest(tmp_path / "m.jsonl")
+    with pytest.raises(ExportError, match="no such file"):
+        read_manifest(tmp_path / "absent.jsonl")
+
+
+def test_a_span_is_read_mono_at_the_model_rate_whatever_the_file(tmp_path):
+    rate = 44100
+    t = np.arange(int(3 * rate)) / rate
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.zeros_like(t)], axis=1).astype(np.float32)
+    soundfile.write(str(tmp_path / "s.wav"), stereo, rate, subtype="FLOAT")
+    samples = read_utterance(Utterance("k", tmp_path / "s.wav", None, offset=1.0, duration=1.5), 16000,
+                             block_seconds=0.25)
+    assert abs(samples.size - 24000) <= 16 and samples.dtype == np.float32
+    assert np.max(np.abs(samples)) == pytest.approx(0.5, abs=0.02)  # two channels averaged
+
+
+@pytest.mark.parametrize("values, message", [(np.zeros(0), "contains no samples"),
+                                             (np.array([0.0, np.nan]), "NaN/Inf sample")])
+def test_unusable_audio_is_refused_with_the_reason(tmp_path, values, message):
+    soundfile.write(str(tmp_path / "bad.wav"), values.astype(np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=message):
+        read_utterance(Utterance("k", tmp_path / "bad.wav", None), 16000)
+
+
+def test_silence_is_valid_audio(tmp_path):
+    assert np.all(read_utterance(Utterance("k", _wav(tmp_path / "z.wav", 2.0, value=0.0), None), 16000) == 0)
+
+
+@pytest.mark.parametrize("samples", [16000, 240000])
+def test_audio_up_to_the_window_is_one_window(samples):
+    (window,) = plan_windows(samples, DIMS)
+    assert (window.start, window.length, window.first_frame, window.keep) == (0, samples, 0, (0, math.inf))
+
+
+@pytest.mark.parametrize("seconds", [15.01, 29.0, 61.3, 120.0])
+def test_windows_overlap_by_two_seconds_on_frame_boundaries_and_share_every_frame_out(seconds):
+    samples = int(seconds * 16000)
+    windows = plan_windows(samples, DIMS)
+    assert windows[0].start == 0 and windows[-1].start + windows[-1].length == samples
+    for a, b in zip(windows, windows[1:]):
+        assert b.start % DIMS.encoder_hop == 0 and a.start + DIMS.max_audio_samples - b.start >= 2 * 16000
+        assert a.keep[1] == b.keep[0]  # every frame belongs to exactly one window
+        assert b.first_frame < b.keep[0] < a.first_frame + DIMS.max_audio_samples // DIMS.encoder_hop
+    assert windows[0].keep[0] == 0 and windows[-1].keep[1] == math.inf
+    assert all(w.length <= DIMS.max_audio_samples for w in windows)
+
+
+def test_the_merge_keeps_each_frame_from_one_window_in_the_utterance_frames():
+    samples = np.zeros(int(30 * 16000), np.float32)
+    windows = plan_windows(samples.size, DIMS)
+    assert len(windows) == 3
+
+    def decode(window, length):  # one token on every 10th frame of the window, its id the frame
+        frames = list(range(0, math.ceil(length / DIMS.encoder_hop), 10))
+        return Decoded(frames, frames)
+
+    merged = decode_windowed(samples, DIMS, decode)
+    assert merged.frames == sorted(merged.frames) and len(set(merged.frames)) == len(merged.frames)
+    kept_by = [next(i for i, w in enumerate(windows) if w.keep[0] <= f < w.keep[1]) for f in merged.frames]
+    assert [f - windows[k].first_frame for f, k in zip(merged.frames, kept_by)] == merged.tokens
+
+
+def test_first_difference_says_where_with_the_margin():
+    nemo = Decoded([5, 6, 7], [0, 10, 20], [0.9, 0.8, 0.7], [3.0, 0.4, 2.0])
+    same = Decoded([5, 6, 7], [0, 10, 20])
+    assert first_difference(nemo, same, 0.08, lambda t: f"<{t[0]}>") is None
+    found = first_difference(nemo, Decoded([5, 9, 7], [0, 10, 20]), 0.08, lambda t: f"<{t[0]}>")
+    assert found == {"token_index": 1, "time_s": 0.8, "nemo_token": 6, "nemo_piece": "<6>", "export_token": 9,
+                     "export_piece": "<9>", "nemo_margin": 0.4}
+    shorter = first_difference(nemo, Decoded([5, 6], [0, 10]), 0.08, str)
+    assert shorter["token_index"] == 2 and shorter["export_token"] is None and shorter["time_s"] == 1.6
+
+
+def _record(key, reference, nemo, export, probs=(0.99,)):
+    texts = {"nemo_full": nemo, "nemo_windowed": nemo, "export": export}
+    return {"key": key, "seconds": 1.0, "reference": reference, "transcripts": texts,
+            "token_probs": list(probs), "identical": {"export": nemo == export},
+            "decode_seconds": {"nemo_full": 0.1, "nemo_windowed": 0.2, "export": 0.4},
+            "first_difference": {"export": None},
+            "wer": {label: word_errors(reference, t).as_dict() for label, t in texts.items()},
+            "wer_raw": {label: word_errors(reference, t).as_dict() for label, t in texts.items()},
+            "agreement": {"export": word_errors(nemo, export).as_dict()}}
+
+
+def test_the_verdicts_exact_for_fp32_of_a_confident_model_bounded_for_the_rest():
+    words = " ".join(["w"] * 100)
+    records = [_record("a", words, words, words), _record("b", "x y", "x y", "x z")]
+    bounded = Evaluation(["export"], "none", 0.005, [], records)
+    # 1 word of 102 differs: 0.98 points, over the half-point bound
+    assert "+0.98 points (at most ±0.50)" in bounded.failure("export")
+    assert bounded.decomposition() == {"model": 0.0, "windowing": 0.0, "export": {"export": pytest.approx(100 / 102)}}
+    loose = Evaluation(["export"], "none", 0.01, [], records)
+    assert loose.failure("export") is None
+    exact = Evaluation(["export"], "none", 0.01, ["export"], records)
+    assert "1 of 2 transcripts differ" in exact.failure("export")
+    unsure = Evaluation(["export"], "none", 0.01, ["export"], [_record("a", words, words, words, probs=(0.5,)),
+                                                               _record("b", "x y", "x y", "x z", probs=(0.5,))])
+    assert unsure.failure("export") is None, "exact transcripts are asked of a confident model only"
+    assert bounded.block({})["status"] == "failed" and loose.block({})["worst"]["export"][0]["key"] == "b"
+    assert loose.seconds_per_audio_minute() == {"nemo_full": pytest.approx(6.0), "nemo_windowed": pytest.approx(12.0),
+                                                "export": pytest.approx(24.0)}

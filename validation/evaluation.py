@@ -1,0 +1,493 @@
+"""Data-set evaluation: does an export transcribe a set of recordings like NeMo, and where it does
+not, is it the model, the windowing or the export?
+
+Every utterance is transcribed three ways:
+
+1. ``nemo_full``: NeMo's front end and encoder on the whole utterance, NeMo's greedy TDT
+   (``GreedyTDTInfer``): what a NeMo user gets.
+2. ``nemo_windowed``: NeMo's Torch modules on exactly the windows the export sees, merged by the
+   same rule.
+3. each export (``export``, or several labels): the exported mel_encoder, decoder and single-step
+   joint driven by the host's greedy TDT loop, window by window, merged.
+
+So the report takes the gap apart: the model (1 against the reference text), the windowing (2
+against 1) and the export's numerics (3 against 2).
+
+Windows. An utterance that fits the export's window is one window, zero-padded with its true
+length given. A longer one is cut into windows of the export's length whose starts lie on
+encoder-frame multiples (80 ms for Parakeet), ``stride`` apart, so neighbours overlap by at least
+``OVERLAP_SECONDS``. Each window decodes on its own (blank start, zero LSTM state). Merge: each
+window keeps the tokens it emitted at encoder frames between the midpoints of its overlaps with
+its neighbours, so every kept token was decided with about a second of audio on either side of it
+(except at the utterance's own edges), and each frame belongs to exactly one window.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+from exporters.components import ExportError, ModelDims
+from exporters.wrappers import wrapper
+from validation.audio import AudioError, check_samples, fit_window
+from validation.checks import CONFIDENT_MEDIAN_PROB
+from validation.greedy import (
+    greedy_tdt,
+    nemo_greedy_tdt,
+    package_decide,
+    package_decoder_step,
+    run_torch,
+    torch_greedy_tdt,
+)
+from validation.metrics import NORMALIZERS, WordErrors, word_errors
+from validation.tolerances import MAX_WER_DIFFERENCE_POINTS
+
+OVERLAP_SECONDS = 2.0
+REFERENCE = "nemo_windowed"
+NEMO_PATHS = ("nemo_full", REFERENCE)
+WORST = 10
+BUILTIN_PREFIX = "builtin:"
+JOURNAL = "evaluation.jsonl"  # one record per utterance, appended as each is done
+
+
+# -- what is evaluated ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Utterance:
+    key: str  # unique in the set: "<manifest name>:<line>" or the file's path
+    audio: Path
+    text: str | None  # None: agreement with NeMo only
+    offset: float = 0.0
+    duration: float | None = None
+
+
+@dataclass(frozen=True)
+class BadInput:
+    where: str  # "<manifest>:<line>" or the file
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+def read_manifest(path: Path) -> tuple[list[Utterance], list[BadInput]]:
+    """NeMo's manifest: JSON lines with ``audio_filepath`` (relative to the manifest's folder),
+    optional ``text``, ``offset`` and ``duration``. Lines that cannot be used are returned with the
+    reason; a manifest with no line at all is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"--manifest {path}: no such file; expected NeMo's JSON-lines manifest")
+    utterances, bad = [], []
+    lines = [(i, line) for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    if not lines:
+        raise ExportError(f"--manifest {path}: empty; expected one JSON object per line with audio_filepath")
+    for number, line in lines:
+        where = f"{path.name}:{number}"
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            bad.append(BadInput(where, f"not JSON ({e})"))
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("audio_filepath"), str):
+            bad.append(BadInput(where, "no audio_filepath"))
+            continue
+        audio = Path(row["audio_filepath"])
+        audio = audio if audio.is_absolute() else path.parent / audio
+        text = row.get("text")
+        try:
+            offset = float(row.get("offset") or 0.0)
+            duration = None if row.get("duration") is None else float(row["duration"])
+        except (TypeError, ValueError):
+            bad.append(BadInput(where, f"offset/duration are not numbers: {row.get('offset')!r}, "
+                                       f"{row.get('duration')!r}"))
+            continue
+        if not math.isfinite(offset) or offset < 0 or (duration is not None and not duration > 0):
+            bad.append(BadInput(where, f"offset {offset} must be >= 0 and duration {duration} > 0"))
+            continue
+        utterances.append(Utterance(where, audio, text if isinstance(text, str) else None, offset, duration))
+    return utterances, bad
+
+
+def recordings(paths: list[Path]) -> list[Utterance]:
+    """``--audio`` files: no reference text, agreement with NeMo only."""
+    return [Utterance(str(p), Path(p), None) for p in paths]
+
+
+def read_utterance(utterance: Utterance, sample_rate: int, block_seconds: float = 10.0) -> np.ndarray:
+    """The utterance's span as mono float32 at ``sample_rate``, decoded and resampled block by block
+    (memory: the result and one block, whatever the file's rate and channels)."""
+    path = utterance.audio
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory; expected an audio file")
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    try:
+        info = soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"{path}: not a readable audio file ({e})") from None
+    start = int(round(utterance.offset * info.samplerate))
+    stop = info.frames if utterance.duration is None else min(
+        info.frames, start + int(round(utterance.duration * info.samplerate)))
+    if info.frames == 0:
+        check_samples(np.zeros(0, np.float32), str(path))
+    if start >= info.frames:
+        raise AudioError(f"{path}: offset {utterance.offset} s is past its end ({info.frames / info.samplerate:.2f} s)")
+    resampler = soxr.ResampleStream(info.samplerate, sample_rate, 1, dtype="float32") \
+        if info.samplerate != sample_rate else None
+    parts = []
+    for block in soundfile.blocks(str(path), blocksize=int(block_seconds * info.samplerate), start=start, stop=stop,
+                                  dtype="float32", always_2d=True):
+        check_samples(block, str(path))
+        mono = block.mean(axis=1)
+        parts.append(resampler.resample_chunk(mono) if resampler else mono)
+    if resampler is not None:
+        parts.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+    samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    check_samples(samples, str(path))
+    return samples.astype(np.float32, copy=False)
+
+
+# -- windows and their merge ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Window:
+    start: int  # first sample
+    length: int  # valid samples (the rest of the window is padding)
+    first_frame: int  # the utterance's encoder frame at the window's start
+    keep: tuple[float, float]  # the utterance's encoder frames whose tokens this window keeps: [from, to)
+
+
+def window_stride(dims: ModelDims, overlap_seconds: float = OVERLAP_SECONDS) -> int:
+    """Samples between window starts: a whole number of encoder frames, overlap at least as asked."""
+    stride = (dims.max_audio_samples - math.ceil(overlap_seconds * dims.sample_rate)) // dims.encoder_hop \
+        * dims.encoder_hop
+    if stride <= 0:
+        raise ExportError(f"a {dims.max_audio_seconds:g} s window cannot overlap by {overlap_seconds:g} s")
+    return stride
+
+
+def plan_windows(samples: int, dims: ModelDims, overlap_seconds: float = OVERLAP_SECONDS) -> list[Window]:
+    window, hop = dims.max_audio_samples, dims.encoder_hop
+    if samples <= window:
+        return [Window(0, samples, 0, (0, math.inf))]
+    stride = window_stride(dims, overlap_seconds)
+    count = 1 + math.ceil((samples - window) / stride)
+    starts = [k * stride for k in range(count)]
+    # the frame halfway through each overlap: tokens before it from the earlier window, after it from the later
+    bounds = [(start + (window - stride) // 2) // hop for start in starts[1:]]
+    keeps = list(zip([0, *bounds], [*bounds, math.inf]))
+    return [Window(start, min(window, samples - start), start // hop, keep) for start, keep in zip(starts, keeps)]
+
+
+@dataclass
+class Decoded:
+    """A transcript in the utterance's encoder frames, with what the decoder knew of each token."""
+
+    tokens: list[int] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)  # top-1 probability, where the decoder knows it
+    margins: list[float] = field(default_factory=list)  # top-1/top-2 logit margin, where known
+
+    def extend(self, other: Decoded, first_frame: int, keep: tuple[float, float]) -> None:
+        for i, (token, frame) in enumerate(zip(other.tokens, other.frames)):
+            if keep[0] <= first_frame + frame < keep[1]:
+                self.tokens.append(token)
+                self.frames.append(first_frame + frame)
+                if other.probs:
+                    self.probs.append(other.probs[i])
+                if other.margins:
+                    self.margins.append(other.margins[i])
+
+
+def window_description(dims: ModelDims) -> dict:
+    """How long audio is cut, for the report."""
+    stride = window_stride(dims)
+    return {"window_s": dims.max_audio_seconds, "stride_s": stride / dims.sample_rate,
+            "overlap_s": (dims.max_audio_samples - stride) / dims.sample_rate,
+            "frame_s": dims.encoder_hop / dims.sample_rate,
+            "merge": "each window keeps its tokens between the midpoints of its overlaps with its neighbours"}
+
+
+Decode = Callable[[np.ndarray, int], Decoded]  # (window samples padded to the window, valid samples)
+
+
+def decode_windowed(samples: np.ndarray, dims: ModelDims, decode: Decode) -> Decoded:
+    merged = Decoded()
+    for w in plan_windows(samples.size, dims):
+        clip = fit_window(samples[w.start:w.start + w.length], dims, "window", "")
+        merged.extend(decode(clip.samples, clip.length), w.first_frame, w.keep)
+    return merged
+
+
+def nemo_full_decoder(model, dims: ModelDims) -> Callable[[np.ndarray], Decoded]:
+    """NeMo's front end and encoder on the whole utterance, then ``GreedyTDTInfer``."""
+    front = wrapper("mel_encoder", model)
+
+    def decode(samples: np.ndarray) -> Decoded:
+        encoder, length = run_torch(front, samples[None, :], np.array([samples.size], np.int32))
+        t = nemo_greedy_tdt(model, encoder, int(length[0]), dims)
+        return Decoded(t.tokens, t.frames)
+
+    return decode
+
+
+def nemo_window_decoder(model, dims: ModelDims) -> Decode:
+    """NeMo's Torch modules on one window, decoded by the host's rules (NeMo's, proven by the
+    greedy-rule tests), recording each token's probability and margin."""
+    front, decoder, joint = (wrapper(name, model) for name in ("mel_encoder", "decoder", "joint"))
+
+    def decode(window: np.ndarray, length: int) -> Decoded:
+        encoder, encoded = run_torch(front, window[None, :], np.array([length], np.int32))
+        t, margins = torch_greedy_tdt(decoder, joint, encoder, int(encoded[0]), dims)
+        return Decoded(t.tokens, t.frames, t.token_probs, [margins[d] for d in t.emitted_at])
+
+    return decode
+
+
+def package_window_decoder(packages: dict, load, dims: ModelDims) -> Decode:
+    """The exported mel_encoder, decoder and single-step joint on one window."""
+    def decode(window: np.ndarray, length: int) -> Decoded:
+        out = load(packages["mel_encoder"]).predict({"audio_signal": window[None, :],
+                                                      "audio_length": np.array([length], np.int32)})
+        t = greedy_tdt(out["encoder"], int(out["encoder_length"][0]), dims,
+                       package_decoder_step(load(packages["decoder"])),
+                       package_decide(load(packages["joint_decision_single_step"])))
+        return Decoded(t.tokens, t.frames, t.token_probs)
+
+    return decode
+
+
+# -- one utterance -------------------------------------------------------------------------------
+
+def first_difference(reference: Decoded, candidate: Decoded, seconds_per_frame: float, text) -> dict | None:
+    """Where ``candidate``'s tokens first depart from ``reference``'s."""
+    n = next((i for i, (a, b) in enumerate(zip(reference.tokens, candidate.tokens)) if a != b),
+             min(len(reference.tokens), len(candidate.tokens)))
+    if n == len(reference.tokens) == len(candidate.tokens):
+        return None
+
+    def at(d: Decoded):
+        return (int(d.tokens[n]), text([d.tokens[n]])) if n < len(d.tokens) else (None, None)
+
+    (ref_id, ref_piece), (cand_id, cand_piece) = at(reference), at(candidate)
+    frame = reference.frames[n] if n < len(reference.frames) else candidate.frames[n]
+    return {"token_index": n, "time_s": round(frame * seconds_per_frame, 3),
+            "nemo_token": ref_id, "nemo_piece": ref_piece, "export_token": cand_id, "export_piece": cand_piece,
+            "nemo_margin": reference.margins[n] if n < len(reference.margins) else None}
+
+
+def evaluate_utterance(utterance: Utterance, samples: np.ndarray, decoders: dict, text, dims: ModelDims,
+                       normalizer: str) -> dict:
+    """The utterance's transcripts by path and export, their word errors (normalised, and raw)
+    against the reference text, and each export's agreement with NeMo on the same windows."""
+    decoded, took = {}, {}
+    for label, decode in decoders.items():
+        start = time.perf_counter()
+        decoded[label] = decode(samples) if label == "nemo_full" else decode_windowed(samples, dims, decode)
+        took[label] = round(time.perf_counter() - start, 4)
+    texts = {label: text(d.tokens) for label, d in decoded.items()}
+    record = {"key": utterance.key, "audio": str(utterance.audio), "seconds": round(samples.size / dims.sample_rate, 3),
+              "windows": len(plan_windows(samples.size, dims)), "reference": utterance.text, "transcripts": texts,
+              "tokens": {label: d.tokens for label, d in decoded.items()},
+              "token_probs": [round(p, 4) for p in decoded[REFERENCE].probs], "decode_seconds": took}
+    if utterance.text is not None:
+        record["wer"] = {label: word_errors(utterance.text, t, normalizer).as_dict() for label, t in texts.items()}
+        record["wer_raw"] = {label: word_errors(utterance.text, t, "none").as_dict() for label, t in texts.items()}
+    exports = [label for label in decoded if label not in NEMO_PATHS]
+    record["agreement"] = {label: word_errors(texts[REFERENCE], texts[label], normalizer).as_dict()
+                           for label in exports}
+    record["agreement"]["nemo_windowed_vs_full"] = word_errors(texts["nemo_full"], texts[REFERENCE],
+                                                               normalizer).as_dict()
+    seconds_per_frame = dims.encoder_hop / dims.sample_rate
+    record["identical"] = {label: decoded[label].tokens == decoded[REFERENCE].tokens for label in exports}
+    record["first_difference"] = {label: first_difference(decoded[REFERENCE], decoded[label], seconds_per_frame,
+                                                          text) for label in exports}
+    return record
+
+
+# -- the set -------------------------------------------------------------------------------------
+
+def _errors(record: dict, kind: str, label: str) -> WordErrors:
+    d = record[kind][label]
+    return WordErrors(d["substitutions"], d["insertions"], d["deletions"], d["words"])
+
+
+@dataclass
+class Evaluation:
+    """Per-utterance records of a set, and what they add up to."""
+
+    exports: list[str]
+    normalizer: str
+    max_wer_difference: float  # a fraction (0.005 is half a point)
+    exact: list[str]  # exports that must transcribe exactly like NeMo's windows (fp32 of a confident model)
+    records: list[dict] = field(default_factory=list)
+    bad: list[BadInput] = field(default_factory=list)
+
+    def with_text(self) -> list[dict]:
+        return [r for r in self.records if "wer" in r]
+
+    def total(self, kind: str, label: str) -> WordErrors | None:
+        records = self.with_text() if kind in ("wer", "wer_raw") else self.records
+        if not records:
+            return None
+        return sum((_errors(r, kind, label) for r in records), WordErrors(0, 0, 0, 0))
+
+    def wer(self, label: str) -> float:
+        """``label``'s WER over the utterances with a reference text."""
+        return self.total("wer", label).wer
+
+    def median_token_prob(self) -> float:
+        probs = [p for r in self.records for p in r["token_probs"]]
+        return statistics.median(probs) if probs else 0.0
+
+    def confident(self) -> bool:
+        return self.median_token_prob() > CONFIDENT_MEDIAN_PROB
+
+    def wer_difference(self, label: str) -> float | None:
+        """The export's WER minus NeMo's on the same windows (fractions), over utterances with text."""
+        ours, theirs = self.total("wer", label), self.total("wer", REFERENCE)
+        return None if ours is None else ours.wer - theirs.wer
+
+    def failure(self, label: str) -> str | None:
+        """Why ``label`` falls short of NeMo on the same windows, or None."""
+        if label in self.exact and self.confident():
+            differing = [r["key"] for r in self.records if not r["identical"][label]]
+            if differing:
+                return (f"{label}: {len(differing)} of {len(self.records)} transcripts differ from NeMo's on the same "
+                        f"windows (identical ones are required of it on a confident model), e.g. {differing[:3]}")
+        difference = self.wer_difference(label)
+        if difference is not None:
+            if abs(difference) > self.max_wer_difference:
+                return (f"{label}: WER {100 * self.total('wer', label).wer:.2f}% against NeMo's "
+                        f"{100 * self.total('wer', REFERENCE).wer:.2f}% on the same windows, {100 * difference:+.2f} "
+                        f"points (at most ±{100 * self.max_wer_difference:.2f})")
+        elif self.records:
+            agreement = self.total("agreement", label).wer
+            if agreement > self.max_wer_difference:
+                return (f"{label}: {100 * agreement:.2f}% word errors against NeMo's transcripts on the same windows "
+                        f"(at most {100 * self.max_wer_difference:.2f}%; no reference texts)")
+        return None
+
+    def failures(self) -> list[str]:
+        found = [f for f in (self.failure(label) for label in self.exports) if f]
+        if self.bad:
+            found.append(f"{len(self.bad)} input(s) could not be evaluated: " + "; ".join(map(str, self.bad[:3])))
+        return found
+
+    def decomposition(self) -> dict:
+        """Model (NeMo on whole utterances against the text), windowing (NeMo on windows minus NeMo
+        on whole utterances) and each export's numerics (the export minus NeMo on the same
+        windows), in WER points; None without reference texts."""
+        if not self.with_text():
+            return {"model": None, "windowing": None, "export": {label: None for label in self.exports}}
+        full, windowed = self.total("wer", "nemo_full").wer, self.total("wer", REFERENCE).wer
+        return {"model": 100 * full, "windowing": 100 * (windowed - full),
+                "export": {label: 100 * self.wer_difference(label) for label in self.exports}}
+
+    def seconds_per_audio_minute(self) -> dict:
+        """Each path's decoding time per minute of audio (front end and encoder included)."""
+        audio = sum(r["seconds"] for r in self.records)
+        labels = [*NEMO_PATHS, *self.exports]
+        return {label: 60 * sum(r["decode_seconds"][label] for r in self.records) / audio if audio else None
+                for label in labels}
+
+    def worst(self, label: str, count: int = WORST) -> list[dict]:
+        """The utterances where ``label`` departs most from NeMo on the same windows."""
+        def gap(r):
+            return abs(r["wer"][label]["wer"] - r["wer"][REFERENCE]["wer"]) if "wer" in r \
+                else r["agreement"][label]["wer"]
+
+        ranked = sorted((r for r in self.records if not r["identical"][label]), key=gap, reverse=True)[:count]
+        return [{"key": r["key"], "gap": gap(r), "reference": r["reference"],
+                 REFERENCE: r["transcripts"][REFERENCE], label: r["transcripts"][label],
+                 "first_difference": r["first_difference"][label]} for r in ranked]
+
+    def block(self, context: dict) -> dict:
+        paths = [*NEMO_PATHS, *self.exports]
+        failures = self.failures()
+        return {
+            **context,
+            "status": "failed" if failures else "passed",
+            "failures": failures,
+            "normalizer": self.normalizer,
+            "max_wer_difference_points": 100 * self.max_wer_difference,
+            "exact": [label for label in self.exact if self.confident()],
+            "median_token_prob": self.median_token_prob(),
+            "utterances": len(self.records), "with_text": len(self.with_text()),
+            "audio_seconds": round(sum(r["seconds"] for r in self.records), 2),
+            "unreadable": [str(b) for b in self.bad],
+            "wer": {label: t.as_dict() for label in paths if (t := self.total("wer", label))},
+            "wer_raw": {label: t.as_dict() for label in paths if (t := self.total("wer_raw", label))},
+            "agreement_with_nemo_windowed": {label: self.total("agreement", label).as_dict() for label in self.exports}
+            if self.records else {},
+            "identical_to_nemo_windowed": {label: sum(r["identical"][label] for r in self.records)
+                                           for label in self.exports},
+            "decomposition_points": self.decomposition(),
+            "seconds_per_audio_minute": self.seconds_per_audio_minute(),
+            "worst": {label: self.worst(label) for label in self.exports},
+        }
+
+
+def load_records(path: Path) -> list[dict]:
+    """What an earlier, interrupted run appended to ``path`` (a torn last line is dropped)."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            break
+    return records
+
+
+def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims, *, normalizer: str = "whisper-english",
+             max_wer_difference: float = MAX_WER_DIFFERENCE_POINTS / 100, exact: list[str] = (),
+             bad: list[BadInput] = (), journal: Path | None = None, resume: bool = False,
+             progress: Callable[[Iterator, int], Iterator] = lambda items, total: items) -> Evaluation:
+    """Every utterance through every decoder (``nemo_full``, ``nemo_windowed`` and the exports);
+    each record appended to ``journal`` as it is done. With ``resume``, the utterances the journal
+    already holds are taken from it."""
+    if normalizer not in NORMALIZERS:
+        raise ExportError(f"--normalizer {normalizer!r}; expected one of: {', '.join(NORMALIZERS)}")
+    exports = [label for label in decoders if label not in NEMO_PATHS]
+    result = Evaluation(exports, normalizer, max_wer_difference, list(exact), bad=list(bad))
+    done = {}
+    if journal is not None and resume and journal.is_file():
+        done = {r["key"]: r for r in load_records(journal) if set(exports) <= set(r["identical"])}
+    if journal is not None:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        journal.write_text("".join(json.dumps(r) + "\n" for r in done.values()), encoding="utf-8")
+    for utterance in progress(iter(utterances), len(utterances)):
+        if utterance.key in done:
+            result.records.append(done[utterance.key])
+            continue
+        try:
+            samples = read_utterance(utterance, dims.sample_rate)
+        except AudioError as e:
+            result.bad.append(BadInput(utterance.key, str(e)))
+            continue
+        record = evaluate_utterance(utterance, samples, decoders, text, dims, normalizer)
+        result.records.append(record)
+        if journal is not None:
+            with open(journal, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+    return result
+
+
+def decoders_for(model, dims: ModelDims, exports: dict[str, dict], load) -> dict:
+    """The three paths: NeMo on whole utterances, NeMo on the windows, and each export (label ->
+    component -> package) on the windows."""
+    return {"nemo_full": nemo_full_decoder(model, dims), REFERENCE: nemo_window_decoder(model, dims),
+            **{label: package_window_decoder(packages, load, dims) for label, packages in exports.items()}}
+
+
+def token_text(model) -> Callable[[list[int]], str]:
+    return lambda tokens: model.tokenizer.ids_to_text(list(tokens)) if len(tokens) else ""

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from validation.held_out import HeldOutResult
 from validation.metrics import (
     Tolerance,
+    WordErrors,
     compare,
     l2_per_step,
     max_rel,
@@ -18,6 +18,7 @@ from validation.metrics import (
     token_edit_distance,
     top1_margin,
     word_error_rate,
+    word_errors,
 )
 
 
@@ -102,23 +103,26 @@ def test_word_error_rate_counts_word_edits_over_reference_words():
         word_error_rate(["a", "b"], ["a"])
 
 
-def test_held_out_verdicts_exact_for_fp32_bounded_for_the_rest():
-    refs = [" ".join(["w"] * 100), "x y"]
-    result = HeldOutResult(refs, texts={"nemo": refs, "float32": refs, "float16": [refs[0], "x z"],
-                                        "int8_per_channel": [refs[0], "q r"]},
-                           tokens={"nemo": [[1], [2, 3]], "float32": [[1], [2, 3]], "float16": [[1], [2, 4]],
-                                   "int8_per_channel": [[1], [5, 6]]})
-    assert result.failure("float32") is None
-    # 1 word of 102 differs: 0.98 points, over the half-point bound
-    assert "+0.98 points" in result.failure("float16")
-    result.tokens["float32"] = result.tokens["float16"]
-    assert "1 of 2 transcripts differ" in result.failure("float32")
-    assert result.as_dict()["status"] == "failed"
-
-
 def test_quality_is_nan_for_a_non_finite_candidate_and_one_for_identical():
     reference = np.array([1.0, -2.0, 3.0])
     assert quality(reference, reference) == 1.0
     assert quality(reference, np.zeros(3)) == 0.0  # no better than silence
     assert math.isnan(quality(reference, np.array([1.0, np.nan, 3.0])))
     assert math.isnan(quality(reference, np.array([np.inf, -2.0, 3.0])))
+
+
+@pytest.mark.parametrize("normalizer, reference, hypothesis, errors", [
+    ("none", "Hello, world.", "hello world", 2),  # case and punctuation count as they are
+    ("basic", "Hello, world.", "hello world", 0),
+    ("whisper-english", "It is twelve o'clock, Mr. Smith.", "it is 12 o'clock mister smith", 0),
+])
+def test_wer_after_each_normaliser(normalizer, reference, hypothesis, errors):
+    assert word_errors(reference, hypothesis, normalizer).errors == errors
+
+
+def test_word_errors_count_each_kind():
+    found = word_errors("one two three four five", "one too three five five six")
+    assert (found.substitutions, found.deletions, found.insertions, found.words) == (2, 0, 1, 5)
+    assert word_errors("one two three four five", "one three four five").deletions == 1
+    assert found.wer == pytest.approx(3 / 5)
+    assert word_errors("", "noise") == WordErrors(0, 1, 0, 0)  # silence transcribed as a word

@@ -1,0 +1,33 @@
+"""The long-form set (held-out sentences joined into 30 to 120 s recordings): every recording is
+cut into overlapping windows and merged, and the export transcribes the windows like NeMo does,
+within the gate. What windowing costs against NeMo on whole recordings is reported, not gated."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporters.components import DECODE
+from validation.evaluation import decoders_for, evaluate, read_manifest, token_text
+from validation.held_out import long_form_manifest
+
+pytestmark = pytest.mark.parity
+
+
+@pytest.fixture(scope="module")
+def long_form(torch_model, dims, export_cache, session_exporters, predictor):
+    utterances, bad = read_manifest(long_form_manifest(export_cache, dims))
+    assert not bad and len(utterances) >= 5
+    packages = {e.name: e.package for e in session_exporters["float16"].export_all(DECODE)}
+    return evaluate(utterances, decoders_for(torch_model, dims, {"export": packages}, predictor),
+                    token_text(torch_model), dims)
+
+
+def test_every_recording_is_30_to_120_s_and_cut_into_windows(long_form):
+    assert all(30 <= r["seconds"] <= 130 and r["windows"] >= 3 for r in long_form.records), \
+        [(r["seconds"], r["windows"]) for r in long_form.records]
+
+
+def test_the_export_transcribes_the_windows_like_nemo(long_form):
+    assert long_form.failure("export") is None, long_form.failure("export")
+    block = long_form.block({})
+    assert block["agreement_with_nemo_windowed"]["export"]["wer"] <= 0.01, block["agreement_with_nemo_windowed"]

@@ -1,0 +1,122 @@
+"""The ``evaluate`` command on a convert directory of the trained model: a manifest with bad lines
+among good ones, ``--resume`` after a killed run, recordings without text, long audio cut into
+windows, and input refused before any model loads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile
+
+from cli.main import main
+from exporters.components import DECODE
+from validation.evaluation import JOURNAL
+from validation.held_out import held_out_manifest
+
+pytestmark = pytest.mark.parity
+
+
+@pytest.fixture(scope="module")
+def converted(session_exporters, model_source, export_cache, tmp_path_factory):
+    session_exporters["float16"].export_all(DECODE)  # into the session's cache, so convert only copies
+    out = tmp_path_factory.mktemp("evaluate") / "parakeet_coreml"
+    assert main(["convert", *model_source.cli_args(), "--output-dir", str(out), "--cache-dir", str(export_cache.root),
+                 "--components", *DECODE]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def held_out_rows(export_cache, dims):
+    manifest = held_out_manifest(export_cache, dims)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()[:4]]
+    for row in rows:
+        row["audio_filepath"] = str(manifest.parent / row["audio_filepath"])
+    return rows
+
+
+def _evaluate(out, export_cache, *args):
+    return main(["evaluate", "--output-dir", str(out), "--cache-dir", str(export_cache.root), "--backend", "mil",
+                 *args])
+
+
+def test_bad_lines_are_reported_the_rest_evaluated_and_the_exit_is_non_zero(converted, export_cache, held_out_rows,
+                                                                            tmp_path, capsys):
+    manifest = tmp_path / "set.jsonl"
+    lines = [json.dumps(r) for r in held_out_rows] + ["{oops", json.dumps({"audio_filepath": "gone.wav"})]
+    manifest.write_text("\n".join(lines) + "\n")
+    report = tmp_path / "report"
+    code = _evaluate(converted, export_cache, "--manifest", str(manifest), "--report-dir", str(report))
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    assert "skipped set.jsonl:5: not JSON" in captured.err
+    assert "FAILED 2 input(s) could not be evaluated" in captured.err and "set.jsonl:6:" in captured.err
+    assert "evaluation failed: 4 utterance(s), 2 unreadable" in captured.out
+    records = [json.loads(line) for line in (report / JOURNAL).read_text().splitlines()]
+    assert [r["key"] for r in records] == [f"set.jsonl:{i}" for i in range(1, 5)]
+    block = json.loads((report / "metadata.json").read_text())["evaluation"]
+    assert block["utterances"] == 4 and block["with_text"] == 4 and len(block["unreadable"]) == 2
+    assert set(block["wer"]) == {"nemo_full", "nemo_windowed", "export"} and block["normalizer"] == "whisper-english"
+    assert abs(block["decomposition_points"]["export"]["export"]) <= 0.5
+    assert sorted(p.name for p in (report / "plots" / "evaluation").iterdir()) == [
+        "wer_decomposition.png", "wer_differences.png", "wer_scatter.png"]
+
+
+def test_resume_continues_a_killed_run_from_its_journal(converted, export_cache, held_out_rows, tmp_path, capsys):
+    manifest = tmp_path / "set.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in held_out_rows))
+    report = tmp_path / "report"
+    assert _evaluate(converted, export_cache, "--manifest", str(manifest), "--report-dir", str(report)) == 0
+    done = (report / JOURNAL).read_text().splitlines()
+    marked = json.loads(done[0])
+    marked["decode_seconds"]["export"] = 1234.0  # a value no run measures: kept only if not recomputed
+    (report / JOURNAL).write_text(json.dumps(marked) + "\n" + done[1] + "\n" + done[2][: len(done[2]) // 2])
+    assert _evaluate(converted, export_cache, "--manifest", str(manifest), "--report-dir", str(report),
+                     "--resume") == 0, capsys.readouterr().err
+    records = [json.loads(line) for line in (report / JOURNAL).read_text().splitlines()]
+    assert [r["key"] for r in records] == [f"set.jsonl:{i}" for i in range(1, 5)]
+    assert records[0]["decode_seconds"]["export"] == 1234.0 and records[2]["decode_seconds"]["export"] < 1234.0
+
+
+def test_recordings_without_text_are_measured_for_agreement_only(converted, export_cache, held_out_rows, tmp_path,
+                                                                  capsys):
+    """A 40 s recording (held-out sentences joined) is cut into windows; silence is valid audio."""
+    joined = np.concatenate([soundfile.read(r["audio_filepath"], dtype="float32")[0] for r in held_out_rows] * 3)
+    joined = np.concatenate([joined, np.zeros(max(0, 40 * 16000 - joined.size), np.float32)])
+    soundfile.write(str(tmp_path / "long.wav"), joined, 16000, subtype="FLOAT")
+    soundfile.write(str(tmp_path / "silence.wav"), np.zeros(16000, np.float32), 16000, subtype="FLOAT")
+    report = tmp_path / "report"
+    code = _evaluate(converted, export_cache, "--audio", str(tmp_path / "long.wav"), str(tmp_path / "silence.wav"),
+                     "--report-dir", str(report))
+    assert code == 0, capsys.readouterr().err
+    block = json.loads((report / "metadata.json").read_text())["evaluation"]
+    assert block["with_text"] == 0 and block["wer"] == {} and block["decomposition_points"]["model"] is None
+    assert block["agreement_with_nemo_windowed"]["export"]["words"] > 20
+    records = {r["key"]: r for r in map(json.loads, (report / JOURNAL).read_text().splitlines())}
+    assert records[str(tmp_path / "long.wav")]["windows"] == 3
+    silence = records[str(tmp_path / "silence.wav")]["transcripts"]  # evaluated like any audio, not refused
+    assert silence["export"] == silence["nemo_windowed"]
+
+
+@pytest.mark.parametrize("content, message", [("\n", "empty; expected one JSON object per line"),
+                                              ("{oops\n", "no line could be used (1 skipped, above)")])
+def test_a_manifest_with_nothing_to_evaluate_is_refused_before_any_model_loads(converted, export_cache, tmp_path,
+                                                                              capsys, content, message):
+    (tmp_path / "m.jsonl").write_text(content)
+    code = _evaluate(converted, export_cache, "--manifest", str(tmp_path / "m.jsonl"))
+    captured = capsys.readouterr()
+    assert code == 2 and message in captured.err.strip().splitlines()[-1]
+    assert "loading" not in captured.err
+    assert "evaluation" not in json.loads((converted / "metadata.json").read_text())
+
+
+def test_a_convert_directory_without_the_decode_packages_is_refused(converted, export_cache, tmp_path, capsys):
+    partial = tmp_path / "partial"
+    shutil.copytree(converted, partial)
+    meta = json.loads((partial / "metadata.json").read_text())
+    del meta["components"]["decoder"]
+    (partial / "metadata.json").write_text(json.dumps(meta))
+    assert _evaluate(partial, export_cache, "--audio", str(tmp_path)) == 2
+    assert "not exported: decoder" in capsys.readouterr().err

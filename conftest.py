@@ -16,7 +16,7 @@ from exporters.components import COMPUTE_PRECISIONS, DECODE, ExportError, Export
 from exporters.export import Exporter
 from exporters.quantize import VARIANTS, compress, variant_table
 from exporters.sources import DEFAULT_PRESET, ModelSource, add_source_options
-from reports.plugin import HELD_OUT, PARITY_REPORT
+from reports.plugin import send
 from runtimes.base import BACKENDS, COMPUTE_UNITS, BackendUnavailable, resolve_backend
 from runtimes.loader import LoadedPredictors
 from validation.audio import read_audio
@@ -175,8 +175,5 @@ def held_out(torch_model, dims, export_cache, session_exporters, predictor, pyte
     result, confidence, reason = held_out_evaluation(torch_model, dims, export_cache, packages, predictor)
     if reason:
         pytest.skip(f"{reason}; the default --preset parakeet-tdt-tiny-trained runs this")
-    summary = pytestconfig.stash[HELD_OUT] = result.block({"set": "builtin:held-out"})
-    report = pytestconfig.stash.get(PARITY_REPORT, None)
-    if report is not None:
-        report.held_out = summary
+    send(pytestconfig, "held_out", result.block({"set": "builtin:held-out"}))
     return result

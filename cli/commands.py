@@ -149,7 +149,7 @@ def run_compare(args) -> int:
     runner = ParityRunner(model, dims, packages, load, tolerances, backend, precision, origins=origins)
     for i, clip in enumerate(clips, 1):
         run = runner.run(clip)
-        report.add(precision, run)
+        report.add(precision, run.record(with_series=i == 1))
         failed = run.failed()
         print_progress(f"[{i}/{len(clips)}] {clip.name}: {len(run.results) - len(failed)} of {len(run.results)} "
                        f"checks passed" + "".join(f"\n{r.message()}" for r in failed))
@@ -262,7 +262,7 @@ def run_quantize(args) -> int:
         context = {"model": description["model"], "backend": backend, "values_from": describe_backend(backend),
                    "compute_units": units, "compute_precision": precision, "clip": clip.name, "runs": args.runs,
                    "warmup": args.warmup}
-        summary_path, plots, skipped = write_quantization(staging, results, context, gates)
+        summary_path, plots, skipped = write_quantization(staging, [r.record() for r in results], context, gates)
         publish(staging, args.output_root)
     summary = json.loads((args.output_root / summary_path.name).read_text())
     for line in skipped:

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from exporters.components import ExportError
-from validation.checks import DECISION_CHECKS, FUSED_CHECKS, TORCH_CHECKS, TRANSCRIPT_CHECK, ClipParity
+from validation.checks import DECISION_CHECKS, FUSED_CHECKS, TORCH_CHECKS, TRANSCRIPT_CHECK
 
 METADATA = "metadata.json"
 
@@ -79,39 +79,38 @@ def _place(key: str) -> tuple[str, str]:
     raise KeyError(key)
 
 
-def components_block(run: ClipParity) -> dict:
+def components_block(run: dict) -> dict:
     """Per component: each output's metrics with its match flag, the length check, any error."""
     block: dict[str, dict] = {}
-    for key, result in run.results.items():
+    for key, result in run["results"].items():
         component, output = _place(key)
         entry = block.setdefault(component, {"outputs": {}, "error": None})
-        record = result.as_dict()
         if output.endswith("_length"):
-            entry["length_match"] = result.passed
-            entry[output] = record
+            entry["length_match"] = result["status"] == "passed"
+            entry[output] = result
             continue
-        entry["outputs"][output] = record
-        if result.error and entry["error"] is None:
-            entry["error"] = result.error
+        entry["outputs"][output] = result
+        if result.get("error") and entry["error"] is None:
+            entry["error"] = result["error"]
     return block
 
 
-def validation_block(runs: dict[str, ClipParity], primary: str, context: dict, transcripts: dict,
+def validation_block(runs: dict[str, dict], primary: str, context: dict, transcripts: dict,
                      held_out: dict | None = None) -> dict:
     """The ``validation`` block: ``context`` (backend, precision, tolerances, symbol steps) plus
     the primary clip's components, every clip's checks, the end-to-end transcripts and, when
     the held-out set was transcribed, its WER per export."""
-    statuses = [r.as_dict()["status"] for run in runs.values() for r in run.results.values()]
+    statuses = [r["status"] for run in runs.values() for r in run["results"].values()]
     statuses += [t["status"] for by_clip in transcripts.values() for t in by_clip.values()]
     statuses += [held_out["status"]] if held_out else []
     status = "failed" if any(s in ("failed", "error") for s in statuses) else "passed"
     return {
         **context,
         "status": status,
-        "audio": [run.clip.as_dict() for run in runs.values()],
+        "audio": [run["clip"] for run in runs.values()],
         "primary_audio": primary,
         "components": components_block(runs[primary]),
-        "clips": {name: {key: r.as_dict() for key, r in run.results.items()} for name, run in runs.items()},
+        "clips": {name: run["results"] for name, run in runs.items()},
         "end_to_end": transcripts,
         "held_out": held_out,
     }

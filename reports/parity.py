@@ -6,10 +6,12 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from reports.metadata import update_metadata, validation_block
 from reports.plots import PARITY_DIR, parity_plots
 from runtimes.base import describe_backend
-from validation.checks import SYMBOL_STEPS, TRANSCRIPT_CHECK, ClipParity
+from validation.checks import SYMBOL_STEPS, TRANSCRIPT_CHECK
 
 
 def parity_context(requested_backend: str, backend: str, precision: str, compute_units: str, tolerances) -> dict:
@@ -24,14 +26,14 @@ _L2_SERIES = {"encoder_l2": "encoder.encoder", "mel_encoder_l2": "mel_encoder.en
               "decoder_l2": "decoder.decoder", "joint_l2": "joint.logits"}
 
 
-def plot_series(run: ClipParity) -> dict:
+def plot_series(run: dict) -> dict:
     """The run's series plus, per check that measured one, its L2 per step (reference, exported)."""
-    series = dict(run.series)
+    series = {name: np.asarray(values) for name, values in run["series"].items()}
     for name, key in _L2_SERIES.items():
-        result = run.results.get(key)
-        if result is not None and result.l2_per_step:
-            series[f"{name}_torch"] = result.l2_per_step["reference"]
-            series[f"{name}_exported"] = result.l2_per_step["exported"]
+        result = run["results"].get(key)
+        if result is not None and result.get("l2_per_step"):
+            series[f"{name}_torch"] = result["l2_per_step"]["reference"]
+            series[f"{name}_exported"] = result["l2_per_step"]["exported"]
     return series
 
 
@@ -44,18 +46,18 @@ class ParityReport:
     context: dict  # requested and resolved backend, precision, tolerances, symbol steps
     precision: str
     primary_clip: str
-    runs: dict[str, dict[str, ClipParity]] = field(default_factory=dict)
+    runs: dict[str, dict[str, dict]] = field(default_factory=dict)  # precision -> clip -> ClipParity.record()
     held_out: dict | None = None  # ``validation.held_out``: WER of NeMo and each export on the test set
 
     def ready(self) -> bool:
         return bool(self.runs)
 
-    def add(self, precision: str, run: ClipParity) -> None:
-        self.runs.setdefault(precision, {})[run.clip.name] = run
+    def add(self, precision: str, run: dict) -> None:
+        self.runs.setdefault(precision, {})[run["clip"]["name"]] = run
 
     def _transcripts(self) -> dict:
-        return {precision: {name: run.results[TRANSCRIPT_CHECK].as_dict() for name, run in runs.items()
-                            if TRANSCRIPT_CHECK in run.results}
+        return {precision: {name: run["results"][TRANSCRIPT_CHECK] for name, run in runs.items()
+                            if TRANSCRIPT_CHECK in run["results"]}
                 for precision, runs in self.runs.items()}
 
     def title(self) -> str:
@@ -63,8 +65,8 @@ class ParityReport:
         return (f"{self.description['model']} · backend {self.context['backend']} · {self.precision} · {host}")
 
     def write(self, directory: Path) -> tuple[Path, list[Path]]:
-        """``metadata.json``'s validation block and the plots of the primary clip (or, in a
-        session that selected other clips only, of the first clip run)."""
+        """``metadata.json``'s validation block and the plots of the primary clip (the one whose
+        record carries its series: a session that selected other clips only draws none)."""
         runs = self.runs.get(self.precision, {})
         if not runs:
             raise ValueError(f"no {self.precision} parity run to report")

@@ -1,9 +1,11 @@
 """The pytest plugin: at the end of a session, the suites' results go into ``metadata.json``
 and plots under ``--report-dir``.
 
-Suites hand their results to the plugin through ``config.stash[PARITY_REPORT]`` and
-``config.stash[LATENCY_REPORT]``; a session that ran neither suite writes nothing. The latency
-block also goes into pytest-benchmark's own JSON through its hooks.
+Suites hand their results to the plugin with :func:`send`: they travel in the test reports, so a
+run spread over xdist workers writes the same reports as one in a single process. The latency
+suite hands its report through ``config.stash[LATENCY_REPORT]`` (pytest-benchmark turns itself
+off under xdist, so there is nothing to gather from workers); its block also goes into
+pytest-benchmark's own JSON through its hooks. A session that ran no suite writes nothing.
 """
 
 from __future__ import annotations
@@ -15,17 +17,61 @@ import pytest
 from exporters.components import ExportError
 from exporters.publish import publish, staged_output
 from reports.evaluation import EVALUATION_DIR, write_evaluation
+from reports.parity import ParityReport
 from reports.quantization import write_quantization
 from validation.evaluation import BadInput, Evaluation
 from validation.tolerances import load_gates
 
-PARITY_REPORT = pytest.StashKey["object"]()
 LATENCY_REPORT = pytest.StashKey["object"]()
-# {"context": dict, "results": {variant: VariantResult}}, and the held-out transcription's summary
-QUANTIZATION_REPORT = pytest.StashKey[dict]()
-HELD_OUT = pytest.StashKey[dict]()
+_OUTBOX = pytest.StashKey[list]()
+_GATHERED = pytest.StashKey["Gathered"]()
 _WRITTEN = pytest.StashKey[list]()
-EVALUATION = pytest.StashKey["EvaluationRecords"]()
+
+
+def send(config, kind: str, payload) -> None:
+    """Hand a result to the reports: it travels in the current test's report (``user_properties``),
+    so the process that writes the reports (with ``-n``, xdist's controller) gathers it from
+    every worker, and a run writes the same reports with and without ``-n``."""
+    config.stash.setdefault(_OUTBOX, []).append((kind, payload))
+
+
+@pytest.fixture(autouse=True)
+def _results_travel_with_the_test(request):
+    """What the test (or a fixture it set up) sent goes into its teardown report."""
+    yield
+    outbox = request.config.stash.get(_OUTBOX, [])
+    if outbox:
+        request.node.user_properties.append(("parakeet_results", list(outbox)))
+        outbox.clear()
+
+
+class Gathered:
+    """The results the tests sent, by kind: ``parity_context`` and ``parity`` (``ClipParity``
+    records), ``held_out``, ``quantization_context`` and ``quantization`` (variant records),
+    ``evaluation_context``, ``evaluation`` and ``evaluation_bad``."""
+
+    def __init__(self):
+        self.latest: dict[str, object] = {}
+        self.parity: dict[str, dict[str, dict]] = {}  # precision -> clip -> record
+        self.variants: dict[str, dict] = {}
+        self.evaluation: dict[str, dict] = {}
+        self.evaluation_bad: list[str] = []
+
+    def pytest_runtest_logreport(self, report):
+        for name, sent in report.user_properties:
+            if name != "parakeet_results":
+                continue
+            for kind, payload in sent:
+                if kind == "parity":
+                    self.parity.setdefault(payload["precision"], {})[payload["record"]["clip"]["name"]] = payload
+                elif kind == "quantization":
+                    self.variants[payload["name"]] = payload
+                elif kind == "evaluation":
+                    self.evaluation[payload["key"]] = payload
+                elif kind == "evaluation_bad":
+                    self.evaluation_bad.append(payload)
+                else:
+                    self.latest[kind] = payload
 
 
 def pytest_addoption(parser):
@@ -38,29 +84,9 @@ def pytest_addoption(parser):
                          "plots/quantize/ (default parakeet_coreml_quantized, as the quantize command)")
 
 
-class EvaluationRecords:
-    """What the utterances' tests sent (``tests/parity/test_evaluation.py``), gathered from their
-    reports: with ``-n`` on the controller, from every worker."""
-
-    def __init__(self):
-        self.records: dict[str, dict] = {}
-        self.bad: list[str] = []
-        self.context: dict | None = None
-
-    def pytest_runtest_logreport(self, report):
-        properties = dict(report.user_properties)
-        if report.when != "call" or "evaluation_context" not in properties:
-            return
-        self.context = properties["evaluation_context"]
-        if "evaluation" in properties:
-            self.records[properties["evaluation"]["key"]] = properties["evaluation"]
-        if "evaluation_bad" in properties:
-            self.bad.append(properties["evaluation_bad"])
-
-
 def pytest_configure(config):
-    config.stash[EVALUATION] = EvaluationRecords()
-    config.pluginmanager.register(config.stash[EVALUATION], "parakeet-evaluation-records")
+    config.stash[_GATHERED] = Gathered()
+    config.pluginmanager.register(config.stash[_GATHERED], "parakeet-gathered-results")
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -68,14 +94,16 @@ def pytest_sessionfinish(session, exitstatus):
     lines = config.stash.setdefault(_WRITTEN, [])
     if hasattr(config, "workerinput"):  # an xdist worker: the controller writes every report
         return
-    gathered = config.stash[EVALUATION]
-    if gathered.context is not None:
+    gathered = config.stash[_GATHERED]
+    if "evaluation_context" in gathered.latest:
         line, passed = _write_evaluation(config, gathered)
         lines.append(line)
         if not passed:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    for kind, key, block in (("parity", PARITY_REPORT, "validation"), ("latency", LATENCY_REPORT, "latency")):
-        report = config.stash.get(key, None)
+    reports = [("latency", config.stash.get(LATENCY_REPORT, None), "latency")]
+    if "parity_context" in gathered.latest:
+        reports.insert(0, ("parity", _parity_report(gathered), "validation"))
+    for kind, report, block in reports:
         if report is None or not report.ready():
             continue
         try:
@@ -85,22 +113,29 @@ def pytest_sessionfinish(session, exitstatus):
             continue
         lines.append(f"{kind} report: {block} block in {path}; {len(plots)} plot(s) in "
                      f"{plots[0].parent if plots else 'none'}")
-    quantization = config.stash.get(QUANTIZATION_REPORT, None)
-    if quantization and quantization["results"]:
+    if gathered.variants and "quantization_context" in gathered.latest:
         try:
-            lines.append(_write_quantization(config, quantization))
+            lines.append(_write_quantization(config, gathered))
         except ExportError as e:
             lines.append(f"quantization report not written: {e}")
 
 
-def _write_evaluation(config, gathered: EvaluationRecords) -> tuple[str, bool]:
+def _parity_report(gathered: Gathered) -> ParityReport:
+    report = ParityReport(**gathered.latest["parity_context"], held_out=gathered.latest.get("held_out"))
+    for precision, runs in gathered.parity.items():
+        for sent in runs.values():
+            report.add(precision, sent["record"])
+    return report
+
+
+def _write_evaluation(config, gathered: Gathered) -> tuple[str, bool]:
     """The evaluation block and plots from the utterances' records, and the set's verdict."""
-    context = dict(gathered.context)
+    context = dict(gathered.latest["evaluation_context"])
     description = context.pop("description")
-    records = sorted(gathered.records.values(), key=lambda r: r["key"])
+    records = sorted(gathered.evaluation.values(), key=lambda r: r["key"])
     result = Evaluation(["export"], context.pop("normalizer"), context.pop("max_wer_difference_points") / 100,
                         ["export"] if context["compute_precision"] == "float32" else [], records,
-                        [BadInput(*line.split(": ", 1)) for line in sorted(gathered.bad)])
+                        [BadInput(*line.split(": ", 1)) for line in sorted(gathered.evaluation_bad)])
     block = result.block(context)
     passed = block["status"] == "passed"
     verdict = "passed" if passed else "FAILED: " + "; ".join(block["failures"])
@@ -112,18 +147,19 @@ def _write_evaluation(config, gathered: EvaluationRecords) -> tuple[str, bool]:
             f"in {path.parent / EVALUATION_DIR}"), passed
 
 
-def _write_quantization(config, report: dict) -> str:
-    results = list(report["results"].values())
-    held_out = config.stash.get(HELD_OUT, None)
-    for result in results:
-        if held_out and result.variant.name in held_out["wer"]:
-            name = result.variant.name
-            result.held_out = {"utterances": held_out["utterances"], "wer": held_out["wer"][name]["wer"],
-                               "wer_nemo": held_out["wer"]["nemo_windowed"]["wer"],
-                               "wer_difference_to_nemo": held_out["decomposition_points"]["export"][name] / 100}
+def _write_quantization(config, gathered: Gathered) -> str:
+    records = [gathered.variants[name] for name in sorted(gathered.variants)]
+    held_out = gathered.latest.get("held_out")
+    for record in records:
+        name = record["name"]
+        if held_out and name in held_out["wer"]:
+            record["entry"]["held_out"] = {
+                "utterances": held_out["utterances"], "wer": held_out["wer"][name]["wer"],
+                "wer_nemo": held_out["wer"]["nemo_windowed"]["wer"],
+                "wer_difference_to_nemo": held_out["decomposition_points"]["export"][name] / 100}
     root = config.option.quantized_dir
     with staged_output(root, "--quantized-dir") as staging:
-        path, plots, skipped = write_quantization(staging, results, report["context"],
+        path, plots, skipped = write_quantization(staging, records, gathered.latest["quantization_context"],
                                                   load_gates(config.rootpath / "pyproject.toml", config.option.gates))
         publish(staging, root)
     notes = "".join(f"; not drawn: {line}" for line in skipped)

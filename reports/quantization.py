@@ -17,19 +17,19 @@ SUMMARY = "quantization_summary.json"
 VARIANT_METADATA = "quantization_metadata.json"
 
 
-def summary_of(results, context: dict, gates: dict) -> dict:
+def summary_of(records: list[dict], context: dict, gates: dict) -> dict:
     """{variant: {summary, steps, components: {name: {quality, size_bytes, size_mb, compression_ratio,
     latency_ms, compile_ms, ...}}, end_to_end, held_out, gates, measured_with}}."""
     summary = {}
-    for result in results:
-        entry = result.as_dict()
-        gated = gates.get(result.variant.name, {})
-        failures = gate_failures(result.variant.name, entry, gates) if not result.error else []
-        entry["gates"] = {"thresholds": gated, "status": ("error" if result.error else "failed" if failures
+    for record in records:
+        name, entry = record["name"], dict(record["entry"])
+        gated = gates.get(name, {})
+        failures = gate_failures(name, entry, gates) if not entry["error"] else []
+        entry["gates"] = {"thresholds": gated, "status": ("error" if entry["error"] else "failed" if failures
                                                           else "passed" if gated else "not gated"),
                           "failures": failures}
         entry["measured_with"] = context
-        summary[result.variant.name] = entry
+        summary[name] = entry
     return summary
 
 
@@ -38,16 +38,18 @@ def title_of(context: dict) -> str:
             f"{platform.system()} {platform.machine()}")
 
 
-def write_quantization(directory: Path, results, context: dict, gates: dict) -> tuple[Path, list[Path], list[str]]:
-    """Write the sweep into ``directory`` (a staging directory the caller publishes)."""
+def write_quantization(directory: Path, records: list[dict], context: dict, gates: dict
+                       ) -> tuple[Path, list[Path], list[str]]:
+    """Write the sweep (``VariantResult.record()`` of each variant) into ``directory`` (a staging
+    directory the caller publishes)."""
     directory = Path(directory)
-    summary = summary_of(results, context, gates)
-    for result in results:
-        folder = directory / result.variant.name
+    summary = summary_of(records, context, gates)
+    for record in records:
+        folder = directory / record["name"]
         folder.mkdir(parents=True, exist_ok=True)
-        for name, package in result.packages.items():
+        for name, package in record["packages"].items():
             shutil.copytree(package, folder / f"{name}.mlpackage")
-        variant_summary = json_safe(summary[result.variant.name])
+        variant_summary = json_safe(summary[record["name"]])
         (folder / VARIANT_METADATA).write_text(json.dumps(variant_summary, indent=2, allow_nan=False) + "\n")
     plots, skipped = quantization_plots(summary, title_of(context), directory / QUANTIZE_DIR / context["compute_units"])
     path = directory / SUMMARY

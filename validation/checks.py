@@ -240,6 +240,13 @@ class ClipParity:
     def failed(self) -> list[CheckResult]:
         return [r for r in self.results.values() if not r.passed and not r.skipped]
 
+    def record(self, with_series: bool) -> dict:
+        """The run as plain data, what the reports are written from (and what crosses from an
+        xdist worker): the clip, every check's result and, for the plotted clip, the series."""
+        series = {name: np.asarray(values).tolist() for name, values in self.series.items()} if with_series else {}
+        return {"clip": self.clip.as_dict(), "results": {key: r.as_dict() for key, r in self.results.items()},
+                "series": series}
+
 
 @dataclass
 class TorchReference:

@@ -136,6 +136,12 @@ class VariantResult:
                 "components": {name: c.as_dict() for name, c in self.components.items()},
                 "end_to_end": self.end_to_end, "held_out": self.held_out}
 
+    def record(self) -> dict:
+        """The result as plain data, what the report is written from (and what crosses from an
+        xdist worker): the variant's name, its summary entry and its packages."""
+        return {"name": self.variant.name, "entry": self.as_dict(),
+                "packages": {name: str(package) for name, package in self.packages.items()}}
+
 
 def timing_of(package, load, inputs: dict, backend: str, compute_units: str, runs: int, warmup: int) -> dict:
     """Latency of one package (median, mean, std ms) and, on Core ML, its compile time; labelled

@@ -9,8 +9,8 @@ from exporters.cache import ExportCache
 from exporters.components import DECODE, ExportError, ExportOptions
 from exporters.export import Exporter
 from exporters.sources import DEFAULT_PRESET, ModelSource
-from reports.parity import ParityReport, parity_context
-from reports.plugin import PARITY_REPORT
+from reports.parity import parity_context
+from reports.plugin import send
 from runtimes.base import describe_backend
 from validation.audio import parity_clip_names, parity_clips
 from validation.checks import ParityRunner
@@ -65,14 +65,16 @@ def evaluate_one(pytestconfig, session_exporters, torch_model, dims, predictor, 
 
 @pytest.fixture(scope="session")
 def evaluation_context(pytestconfig, session_exporters, backend) -> dict:
-    """What the plugin needs to write the evaluation block, sent with every utterance's report
-    (under ``-n`` the controller has no fixtures of its own)."""
+    """What the plugin needs to write the evaluation block (sent once per process: under ``-n``
+    the controller has no fixtures of its own)."""
     opt = pytestconfig.option
     exporter = session_exporters[opt.compute_precision]
-    return {"description": exporter.metadata(exporter.export_all(DECODE)), "manifest": opt.manifest,
-            "normalizer": opt.normalizer, "max_wer_difference_points": opt.max_wer_difference,
-            "compute_precision": opt.compute_precision, "backend": backend, "values_from": describe_backend(backend),
-            "compute_units": opt.compute_units}
+    context = {"description": exporter.metadata(exporter.export_all(DECODE)), "manifest": opt.manifest,
+               "normalizer": opt.normalizer, "max_wer_difference_points": opt.max_wer_difference,
+               "compute_precision": opt.compute_precision, "backend": backend,
+               "values_from": describe_backend(backend), "compute_units": opt.compute_units}
+    send(pytestconfig, "evaluation_context", context)
+    return context
 
 
 @pytest.fixture(scope="session")
@@ -86,14 +88,14 @@ def parity_report(pytestconfig, session_exporters, backend, tolerances):
     precision = opt.compute_precision
     exporter = session_exporters[precision]
     context = parity_context(opt.backend, backend, precision, opt.compute_units, tolerances)
-    report = ParityReport(exporter.metadata(exporter.export_all()), context, precision,
-                          parity_clip_names(pytestconfig.option.audio)[0])
-    pytestconfig.stash[PARITY_REPORT] = report
+    report = {"description": exporter.metadata(exporter.export_all()), "context": context, "precision": precision,
+              "primary_clip": parity_clip_names(pytestconfig.option.audio)[0]}
+    send(pytestconfig, "parity_context", report)
     return report
 
 
 @pytest.fixture(scope="session")
-def parity(session_exporters, torch_model, dims, predictor, backend, tolerances, clips, parity_report):
+def parity(session_exporters, torch_model, dims, predictor, backend, tolerances, clips, parity_report, pytestconfig):
     """``parity(precision, clip_name)``: every check of that clip, run once per session."""
     runners, done = {}, {}
 
@@ -105,7 +107,8 @@ def parity(session_exporters, torch_model, dims, predictor, backend, tolerances,
                     torch_model, dims, {name: e.package for name, e in exported.items()}, predictor, tolerances,
                     backend, precision, origins=lambda name: exported[name].op_origins())
             run_ = done[(precision, clip_name)] = runners[precision].run(clips[clip_name])
-            parity_report.add(precision, run_)
+            plotted = precision == parity_report["precision"] and clip_name == parity_report["primary_clip"]
+            send(pytestconfig, "parity", {"precision": precision, "record": run_.record(with_series=plotted)})
         return done[(precision, clip_name)]
 
     return run

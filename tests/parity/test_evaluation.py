@@ -1,13 +1,14 @@
 """A data set of the user's (``--manifest``), one test per utterance: NeMo on the whole
 utterance, NeMo on the export's windows and the export on them. Each record travels in the test
-report (``user_properties``), so the plugin writes the same ``evaluation`` block with and without
-``-n``, and fails the session when the set's gate fails (the export's WER more than
+report (``reports.plugin.send``), so the plugin writes the same ``evaluation`` block with and
+without ``-n``, and fails the session when the set's gate fails (the export's WER more than
 ``--max-wer-difference`` points from NeMo's on the same windows)."""
 
 from __future__ import annotations
 
 import pytest
 
+from reports.plugin import send
 from validation.audio import AudioError
 from validation.checks import CONFIDENT_MEDIAN_PROB
 from validation.evaluation import BadInput
@@ -15,17 +16,16 @@ from validation.evaluation import BadInput
 pytestmark = pytest.mark.parity
 
 
-def test_utterance(utterance, evaluate_one, evaluation_context, record_property):
-    record_property("evaluation_context", evaluation_context)
+def test_utterance(utterance, evaluate_one, evaluation_context, pytestconfig):
     if isinstance(utterance, BadInput):
-        record_property("evaluation_bad", str(utterance))
+        send(pytestconfig, "evaluation_bad", str(utterance))
         pytest.fail(f"unusable manifest line {utterance}")
     try:
         record = evaluate_one(utterance)
     except AudioError as e:
-        record_property("evaluation_bad", f"{utterance.key}: {e}")
+        send(pytestconfig, "evaluation_bad", f"{utterance.key}: {e}")
         pytest.fail(f"{utterance.key}: {e}")
-    record_property("evaluation", record)
+    send(pytestconfig, "evaluation", record)
     probs = sorted(record["token_probs"])
     confident = bool(probs) and probs[len(probs) // 2] > CONFIDENT_MEDIAN_PROB
     if evaluation_context["compute_precision"] == "float32" and confident:

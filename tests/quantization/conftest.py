@@ -8,7 +8,7 @@ import pytest
 from exporters.components import ExportOptions
 from exporters.export import Exporter
 from exporters.quantize import variant_table
-from reports.plugin import QUANTIZATION_REPORT
+from reports.plugin import send
 from runtimes.base import describe_backend
 from validation.audio import synthetic_speech
 from validation.quantization import QuantizationSweep
@@ -49,10 +49,11 @@ def quantization_sweep(model_source, export_cache, session_exporters, dims, pred
                "values_from": describe_backend(backend), "compute_units": opt.compute_units,
                "compute_precision": opt.compute_precision, "clip": clip.name, "runs": runs, "warmup": 1 if runs else 0}
 
+    send(pytestconfig, "quantization_context", context)
+
     def run(name):
-        result = sweep(name)
-        report = pytestconfig.stash.setdefault(QUANTIZATION_REPORT, {"context": context, "results": {}})
-        report["results"][name] = result
-        return result
+        if name not in sweep.results:
+            send(pytestconfig, "quantization", sweep(name).record())
+        return sweep(name)
 
     return run

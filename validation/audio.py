@@ -85,16 +85,25 @@ def fit_window(samples: np.ndarray, dims: ModelDims, name: str, description: str
     return Clip(name, padded, int(samples.size), description, tuple(notes))
 
 
+def audio_info(path: Path, what: str):
+    """``soundfile.info`` of a recording, refused with the reason if it is none."""
+    if path.is_dir():
+        raise AudioError(f"{what}: is a directory; expected an audio file")
+    if not path.is_file():
+        raise AudioError(f"{what}: no such file")
+    try:
+        return soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioError(f"{what}: not a readable audio file ({e}); expected WAV, FLAC, OGG or another "
+                         f"format libsndfile reads") from None
+
+
 def read_audio(path: Path, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[np.ndarray, int, list[str]]:
     """The first ``max_seconds`` of a recording as mono float32 at its own rate, refused with the
     reason if unusable. Only those frames are decoded: memory does not grow with the file."""
     path = Path(path)
-    if path.is_dir():
-        raise AudioError(f"--audio {path}: is a directory; expected an audio file")
-    if not path.is_file():
-        raise AudioError(f"--audio {path}: no such file")
+    info = audio_info(path, f"--audio {path}")
     try:
-        info = soundfile.info(str(path))
         frames = min(info.frames, math.ceil(max_seconds * info.samplerate))
         data, rate = soundfile.read(str(path), frames=frames, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:

@@ -38,7 +38,7 @@ import soxr
 
 from exporters.components import ExportError, ModelDims
 from exporters.wrappers import wrapper
-from validation.audio import AudioError, check_samples, fit_window
+from validation.audio import AudioError, audio_info, check_samples, fit_window
 from validation.checks import CONFIDENT_MEDIAN_PROB
 from validation.greedy import (
     greedy_tdt,
@@ -126,14 +126,7 @@ def read_utterance(utterance: Utterance, sample_rate: int, block_seconds: float 
     """The utterance's span as mono float32 at ``sample_rate``, decoded and resampled block by block
     (memory: the result and one block, whatever the file's rate and channels)."""
     path = utterance.audio
-    if path.is_dir():
-        raise AudioError(f"{path}: is a directory; expected an audio file")
-    if not path.is_file():
-        raise AudioError(f"{path}: no such file")
-    try:
-        info = soundfile.info(str(path))
-    except (soundfile.LibsndfileError, RuntimeError) as e:
-        raise AudioError(f"{path}: not a readable audio file ({e})") from None
+    info = audio_info(path, str(path))
     start = int(round(utterance.offset * info.samplerate))
     stop = info.frames if utterance.duration is None else min(
         info.frames, start + int(round(utterance.duration * info.samplerate)))

@@ -7,7 +7,7 @@ import pytest
 import soundfile
 
 from exporters.cache import ExportCache
-from exporters.components import ModelDims
+from tests.unit.conftest import DIMS
 from validation.audio import (
     EDGE_CLIPS,
     AudioAdjustedWarning,
@@ -17,10 +17,6 @@ from validation.audio import (
     load_audio_file,
     synthetic_speech,
 )
-
-DIMS = ModelDims(sample_rate=16000, max_audio_seconds=15.0, max_audio_samples=240000, n_mels=128, mel_frames=1501,
-                 mel_length=1500, encoder_dim=64, encoder_frames=188, encoder_hop=1280, pred_hidden=48, pred_layers=2,
-                 vocab_size=256, durations=(0, 1, 2, 3, 4))
 
 
 def _tone(seconds, rate, channels=1):

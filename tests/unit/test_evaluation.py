@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from exporters.components import ExportError, ModelDims
+from exporters.components import ExportError
+from tests.unit.conftest import DIMS
 from validation.audio import AudioError
 from validation.evaluation import (
     Decoded,
@@ -24,10 +25,6 @@ from validation.evaluation import (
     read_utterance,
 )
 from validation.metrics import word_errors
-
-DIMS = ModelDims(sample_rate=16000, max_audio_seconds=15.0, max_audio_samples=240000, n_mels=128, mel_frames=1501,
-                 mel_length=1500, encoder_dim=64, encoder_frames=188, encoder_hop=1280, pred_hidden=48, pred_layers=2,
-                 vocab_size=256, durations=(0, 1, 2, 3, 4))
 
 
 def _wav(path, seconds, rate=16000, channels=1, value=0.1):

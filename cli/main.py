@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--output-dir", required=True, type=Path, help="where the packages and metadata.json go")
     convert.add_argument("--components", nargs="+", default=None, metavar="NAME",
                          help=f"components to export (default: all): {', '.join(COMPONENTS)}")
-    convert.add_argument("--compute-units", default="ALL", choices=COMPUTE_UNITS)
+    convert.add_argument("--compute-units", default="ALL", choices=COMPUTE_UNITS,
+                         help="the compute units recorded in the packages, which Core ML uses by default "
+                              "(default ALL)")
     convert.add_argument("--compute-precision", default="float16", choices=COMPUTE_PRECISIONS,
                          help="the preprocessor and mel_encoder's front end stay float32 either way")
     convert.add_argument("--minimum-deployment-target", default="iOS17", choices=DEPLOYMENT_TARGETS)

@@ -164,7 +164,9 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt as e:
         how = "terminated" if isinstance(e, Terminated) else "interrupted"
-        print(f"parakeet-coreml {args.command}: {how}; nothing was written", file=sys.stderr)
+        kept = ("the utterances done are in evaluation.jsonl (--resume continues)" if args.command == "evaluate"
+                else "nothing was written")
+        print(f"parakeet-coreml {args.command}: {how}; {kept}", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     except Exception as e:
         if args.debug:

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import signal
 
+import numpy as np
 import pytest
+import soundfile
 
+import validation.evaluation as evaluation
+from cli.main import main
 from tests.faults.conftest import convert_process, leftovers
 
 
@@ -43,3 +47,28 @@ def test_sigkill_inside_an_export_leaves_what_the_next_run_removes(places):
     assert leftovers(out.parent) == []
     assert _cache_tmp(cache) == []
     assert list(tmpdir.iterdir()) == []
+
+
+def test_an_interrupted_evaluation_keeps_what_it_did_and_says_so(fault_cache, tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the middle of ``evaluate``: the journal keeps the utterances done, and the
+    message says so rather than claiming nothing was written."""
+    out = tmp_path / "out"
+    assert main(["convert", "--preset", "tiny", "--components", "mel_encoder,decoder,joint_decision_single_step",
+                 "--output-dir", str(out), "--cache-dir", str(fault_cache)]) == 0
+    for name in ("a", "b"):
+        soundfile.write(str(tmp_path / f"{name}.wav"), np.zeros(8000, np.float32), 16000, subtype="FLOAT")
+    real, calls = evaluation.evaluate_utterance, []
+
+    def second_is_interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_utterance", second_is_interrupted)
+    code = main(["evaluate", "--output-dir", str(out), "--cache-dir", str(fault_cache), "--backend", "mil",
+                 "--audio", str(tmp_path / "a.wav"), str(tmp_path / "b.wav")])
+    assert code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "parakeet-coreml evaluate: interrupted; the utterances done are in evaluation.jsonl (--resume continues)")
+    assert len((out / "evaluation.jsonl").read_text().splitlines()) == 1

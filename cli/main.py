@@ -123,24 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _points(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number of WER points >= 0, got {text!r}")
-    return value
+def _at_least_zero(cast, what: str):
+    """An argparse type: ``cast(text)``, finite and >= 0, or an error naming what is expected."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = -1
+        if not (math.isfinite(value) and value >= 0):
+            raise argparse.ArgumentTypeError(f"expected {what} >= 0, got {text!r}")
+        return value
+
+    return parse
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
+_count = _at_least_zero(int, "a whole number")
+_points = _at_least_zero(float, "a finite number of WER points")
 
 
 def _quiet_third_party() -> None:

@@ -18,7 +18,6 @@ import soundfile
 
 from exporters.cache import ExportCache, cache_key
 from exporters.components import ExportError, ModelDims
-from exporters.wrappers import wrapper
 from validation.audio import Clip, espeak_version, fit_window
 from validation.checks import CONFIDENT_MEDIAN_PROB
 from validation.corpus import SEED, SPLITS, split_utterances
@@ -27,11 +26,11 @@ from validation.evaluation import (
     Evaluation,
     decoders_for,
     evaluate,
+    nemo_window_decoder,
     read_manifest,
     read_utterance,
     token_text,
 )
-from validation.greedy import run_torch, torch_greedy_tdt
 
 # fp32 exports of a confident model must transcribe exactly like NeMo; the rest within the bound.
 EXACT_LABELS = ("float32",)
@@ -115,11 +114,8 @@ def manifest_path(text: str, cache: ExportCache, dims: ModelDims) -> Path:
 def median_token_probability(model, dims: ModelDims, clips: list[Clip]) -> float:
     """The median top-1 probability of the tokens NeMo's greedy path emits: the model is
     confident (its decisions mean something) when it exceeds ``validation.checks``' bar."""
-    front, decoder, joint = (wrapper(name, model) for name in ("mel_encoder", "decoder", "joint"))
-    probs = []
-    for clip in clips:
-        encoder, length = run_torch(front, clip.samples[None, :], np.array([clip.length], np.int32))
-        probs += torch_greedy_tdt(decoder, joint, encoder, int(length[0]), dims)[0].token_probs
+    decode = nemo_window_decoder(model, dims)
+    probs = [p for clip in clips for p in decode(clip.samples, clip.length).probs]
     return statistics.median(probs) if probs else 0.0
 
 

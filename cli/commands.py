@@ -36,7 +36,7 @@ from validation.evaluation import (
 )
 from validation.held_out import held_out_evaluation, manifest_path
 from validation.quantization import QuantizationSweep
-from validation.timing import all_cases, environment, latency_block, measure
+from validation.timing import all_cases, environment, flagged, latency_block, measure
 from validation.tolerances import load_gates, load_tolerances
 
 
@@ -158,8 +158,10 @@ def run_compare(args) -> int:
         _, latency_plotted = write_latency(directory, description, latency)
         plots += latency_plotted
     status = json.loads(path.read_text())["validation"]["status"]
+    noisy = flagged(latency) if latency else []
     print(f"parity {status} on {backend} ({context['values_from']}); validation{' and latency' if latency else ''} "
-          f"blocks in {path}, {len(plots)} plots in {plots[0].parent if plots else directory}")
+          f"blocks in {path}, {len(plots)} plots in {plots[0].parent if plots else directory}"
+          + (f"; {len(noisy)} latency case(s) flagged, read them with care: " + "; ".join(noisy) if noisy else ""))
     return 0 if status == "passed" else 1
 
 
@@ -264,16 +266,16 @@ def run_quantize(args) -> int:
                    "warmup": args.warmup}
         summary_path, plots, skipped = write_quantization(staging, [r.record() for r in results], context, gates)
         publish(staging, args.output_root)
-    summary = json.loads((args.output_root / summary_path.name).read_text())
+    verdict = json.loads((args.output_root / summary_path.name).read_text())["overall"]
     for line in skipped:
         print_progress(f"plot not drawn: {line}")
-    failures = [f for entry in summary.values() for f in entry["gates"]["failures"]]
-    errors = [f"{name}: {entry['error']}" for name, entry in summary.items() if entry["error"]]
-    for line in failures + errors:
+    for line in verdict["failures"]:
         print(f"FAILED {line}", file=sys.stderr)
-    print(f"{len(results)} variant(s) in {args.output_root}: {len(errors)} not built, {len(failures)} gate failure(s); "
-          f"{len(plots)} plots in {plots[0].parent.relative_to(staging) if plots else 'none'}")
-    return 1 if failures or errors else 0
+    print(f"quantization {verdict['status']}: {verdict['variants']} variant(s) in {args.output_root}, "
+          f"{verdict['passed']} passed, {verdict['failed']} failed, {verdict['not_gated']} not gated, "
+          f"{verdict['error']} not built; {len(plots)} plots in "
+          f"{plots[0].parent.relative_to(staging) if plots else 'none'}")
+    return 0 if verdict["status"] == "passed" else 1
 
 
 def _held_out_wer(model, dims, cache, base_exports: dict, variant_packages: dict, load) -> dict:

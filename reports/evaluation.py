@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from reports.metadata import update_metadata
-from reports.plots import EVALUATION_DIR, evaluation_plots
+from reports.plots import EVALUATION_DIR, Caption, evaluation_plots
 
 
 def write_evaluation(directory: Path, description: dict, block: dict, records: list[dict]
                      ) -> tuple[Path, list[Path], list[str]]:
     """The ``evaluation`` block into ``directory``/metadata.json, and the plots beside it."""
     path = update_metadata(directory, description, evaluation=block)
-    model = Path(description["model"]).name if "/" in description["model"] else description["model"]
-    title = (f"{model} · {block['utterances']} utterances · backend {block.get('backend', '?')} · "
-             f"{block['normalizer']} normaliser")
-    plots, skipped = evaluation_plots(block, records, title, Path(directory) / EVALUATION_DIR)
+    caption = Caption(description["model"], f"{block['utterances']} utterances · backend {block.get('backend', '?')} · "
+                                            f"{block['normalizer']} normaliser")
+    plots, skipped = evaluation_plots(block, records, caption, Path(directory) / EVALUATION_DIR)
     return path, plots, skipped

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from reports.metadata import update_metadata, validation_block
-from reports.plots import PARITY_DIR, parity_plots
+from reports.plots import PARITY_DIR, Caption, parity_plots
 from runtimes.base import describe_backend
 from validation.checks import SYMBOL_STEPS, TRANSCRIPT_CHECK
 
@@ -60,9 +59,9 @@ class ParityReport:
                             if TRANSCRIPT_CHECK in run["results"]}
                 for precision, runs in self.runs.items()}
 
-    def title(self) -> str:
-        host = f"{platform.system()} {platform.machine()}"
-        return (f"{self.description['model']} · backend {self.context['backend']} · {self.precision} · {host}")
+    def caption(self) -> Caption:
+        return Caption(self.description["model"], f"backend {self.context['backend']} "
+                                                  f"({self.context['values_from']}) · {self.precision}")
 
     def write(self, directory: Path) -> tuple[Path, list[Path]]:
         """``metadata.json``'s validation block and the plots of the primary clip (the one whose
@@ -73,6 +72,6 @@ class ParityReport:
         primary = self.primary_clip if self.primary_clip in runs else next(iter(runs))
         block = validation_block(runs, primary, self.context, self._transcripts(), self.held_out)
         path = update_metadata(directory, self.description, validation=block)
-        plots = parity_plots(plot_series(runs[primary]), self.title(), Path(directory) / PARITY_DIR,
+        plots = parity_plots(plot_series(runs[primary]), self.caption(), Path(directory) / PARITY_DIR,
                              token_classes=self.description["vocab_size"] + 1)
         return path, plots

@@ -1,18 +1,50 @@
-"""Parity plots, drawn from the series a ``ClipParity`` keeps (``validation.checks``).
+"""Every plot the reports draw: parity (from the series a ``ClipParity`` keeps), latency,
+quantization and data-set evaluation.
 
-Each figure's title names the model, backend, precision and host, so a PNG read on its own
-says what it shows.
+Each figure's title names what it shows and the model (by its file or preset name); a footer
+line says how it was measured (backend, precision, host, versions), so a PNG read on its own
+says what it is.
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import textwrap
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 
 PARITY_DIR = Path("plots") / "compare-components"
 TOP_K = 10
+
+
+@dataclass(frozen=True)
+class Caption:
+    """What a figure says about itself beyond its subject."""
+
+    model: str  # as ``Exporter.metadata`` describes it: preset:NAME, hub:ID or a .nemo path
+    measured: str  # backend, precision, compute units: what the numbers were measured with
+
+    @property
+    def model_name(self) -> str:
+        """The preset, hub id or checkpoint file name, never the directory it sits in."""
+        kind, sep, value = self.model.partition(":")
+        if sep and kind in ("preset", "hub"):
+            return f"{value} ({kind})"
+        return Path(self.model).name
+
+    def footer(self) -> str:
+        versions = []
+        for package in ("torch", "coremltools", "nemo_toolkit", "numpy"):
+            try:
+                versions.append(f"{package} {version(package)}")
+            except PackageNotFoundError:
+                continue
+        host = f"{platform.system()} {platform.release()} {platform.machine()}, {os.cpu_count()} CPUs"
+        return " · ".join([self.measured, host, ", ".join(versions)])
 
 
 def _figure(rows: int, height: float = 2.6, width: float = 11.0):
@@ -25,9 +57,14 @@ def _figure(rows: int, height: float = 2.6, width: float = 11.0):
     return plt, fig, axes[:, 0]
 
 
-def _save(plt, fig, title: str, subject: str, path: Path) -> Path:
-    fig.suptitle("\n".join(textwrap.wrap(f"{subject} — {title}", 110)), fontsize=10)
-    fig.tight_layout()
+def _save(plt, fig, caption: Caption, subject: str, path: Path, right: float = 1.0) -> Path:
+    """Title (subject and model), footer (how it was measured), then the file; ``right`` keeps
+    the figure's right edge free for a figure legend."""
+    fig.suptitle("\n".join(textwrap.wrap(f"{subject} — {caption.model_name}", 100)), fontsize=10)
+    footer = textwrap.wrap(caption.footer(), 170)
+    fig.text(0.01, 0.005, "\n".join(footer), fontsize=6.5, color="dimgray", ha="left", va="bottom")
+    inches = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, (0.05 + 0.13 * len(footer)) / inches, right, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -52,7 +89,7 @@ def _delta(ax, torch_values, exported: dict, xlabel: str) -> None:
     ax.legend(loc="upper right", fontsize=8)
 
 
-def mel_composite(series: dict, title: str, out_dir: Path) -> Path:
+def mel_composite(series: dict, caption: Caption, out_dir: Path) -> Path:
     plt, fig, (a, b, d) = _figure(3)
     torch_mel, exported_mel = series["mel_torch"], series["mel_exported"]
     limits = dict(vmin=float(torch_mel.min()), vmax=float(torch_mel.max()))
@@ -68,25 +105,26 @@ def mel_composite(series: dict, title: str, out_dir: Path) -> Path:
     d.set_ylabel("mel bin")
     d.set_xlabel("frame (10 ms)")
     fig.colorbar(image, ax=d, pad=0.01)
-    return _save(plt, fig, title, "Mel spectrogram", out_dir / "mel_composite.png")
+    return _save(plt, fig, caption, "Mel spectrogram", out_dir / "mel_composite.png")
 
 
-def encoder_l2(series: dict, title: str, out_dir: Path) -> Path:
+def encoder_l2(series: dict, caption: Caption, out_dir: Path) -> Path:
     exported = {name: series[key] for name, key in (("encoder", "encoder_l2_exported"),
                                                     ("mel_encoder", "mel_encoder_l2_exported")) if key in series}
     reference = series.get("encoder_l2_torch", series.get("mel_encoder_l2_torch"))
     plt, fig, (top, bottom) = _figure(2)
     _torch_vs_exported(top, reference, exported, "L2 over channels", "encoder frame (80 ms)")
     _delta(bottom, reference, exported, "encoder frame (80 ms)")
-    return _save(plt, fig, title, "Encoder and mel_encoder output L2 per frame", out_dir / "encoder_l2.png")
+    return _save(plt, fig, caption, "Encoder and mel_encoder output L2 per frame", out_dir / "encoder_l2.png")
 
 
-def decoder_steps(series: dict, title: str, out_dir: Path) -> Path:
+def decoder_steps(series: dict, caption: Caption, out_dir: Path) -> Path:
     exported = {"decoder": series["decoder_l2_exported"]}
     plt, fig, (top, bottom) = _figure(2)
     _torch_vs_exported(top, series["decoder_l2_torch"], exported, "L2 of decoder output", "symbol step")
     _delta(bottom, series["decoder_l2_torch"], exported, "symbol step")
-    return _save(plt, fig, title, "Decoder rolled out over symbol steps (h, c carried)", out_dir / "decoder_steps.png")
+    return _save(plt, fig, caption, "Decoder rolled out over symbol steps (h, c carried)",
+                 out_dir / "decoder_steps.png")
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -95,7 +133,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def joint_topk(series: dict, title: str, out_dir: Path, token_classes: int) -> Path:
+def joint_topk(series: dict, caption: Caption, out_dir: Path, token_classes: int) -> Path:
     torch_p = _softmax(series["joint_logits_torch"][:, :token_classes])
     exported_p = _softmax(series["joint_logits_exported"][:, :token_classes])
     order = np.argsort(-torch_p, axis=-1)[:, :TOP_K]  # Torch's top-k tokens per frame
@@ -115,90 +153,111 @@ def joint_topk(series: dict, title: str, out_dir: Path, token_classes: int) -> P
     exported = {"joint": series["joint_l2_exported"]}
     _torch_vs_exported(top, series["joint_l2_torch"], exported, "L2 of logits", "encoder frame")
     _delta(bottom, series["joint_l2_torch"], exported, "encoder frame")
-    return _save(plt, fig, title, f"Joint: top-{TOP_K} token probabilities and logit L2 per frame",
+    return _save(plt, fig, caption, f"Joint: top-{TOP_K} token probabilities and logit L2 per frame",
                  out_dir / "joint_topk_l2.png")
 
 
-def decisions(series: dict, title: str, out_dir: Path) -> Path:
+def decisions(series: dict, caption: Caption, out_dir: Path, blank: int) -> Path:
     torch_tokens, exported_tokens = series["decision_token_torch"], series["decision_token_exported"]
     agree = torch_tokens == exported_tokens
     frames = np.arange(torch_tokens.size)
     plt, fig, (tokens, probs) = _figure(2)
+    tokens.axhline(blank, color="tab:purple", linewidth=0.8, linestyle=":", label=f"blank (id {blank})")
     tokens.scatter(frames, torch_tokens, s=28, facecolors="none", edgecolors="black", label="Torch")
     tokens.scatter(frames[agree], exported_tokens[agree], s=8, color="tab:green", label="joint_decision, agrees")
     tokens.scatter(frames[~agree], exported_tokens[~agree], s=14, color="tab:red", marker="x",
                    label="joint_decision, differs")
-    tokens.set_title(f"token agreement {agree.mean():.1%} ({int((~agree).sum())} of {agree.size} frames differ)",
-                     fontsize=9)
+    tokens.set_title(f"token agreement {agree.mean():.1%} ({int((~agree).sum())} of {agree.size} frames differ; "
+                     f"{int((torch_tokens == blank).sum())} of Torch's decisions are blank)", fontsize=9)
     tokens.set_ylabel("token id")
     tokens.set_xlabel("encoder frame")
-    tokens.legend(loc="upper right", fontsize=8)
+    tokens.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     _torch_vs_exported(probs, series["decision_prob_torch"], {"joint_decision": series["decision_prob_exported"]},
                        "token probability", "encoder frame")
-    return _save(plt, fig, title, "Joint decision: token agreement and token probability",
+    probs.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    return _save(plt, fig, caption, "Joint decision: token agreement and token probability",
                  out_dir / "joint_decision.png")
 
 
-def parity_plots(series: dict, title: str, out_dir: Path, token_classes: int) -> list[Path]:
-    """Every parity plot whose series the run produced (a component not exported draws nothing)."""
+def parity_plots(series: dict, caption: Caption, out_dir: Path, token_classes: int) -> list[Path]:
+    """Every parity plot whose series the run produced (a component not exported draws nothing).
+    ``token_classes`` counts the blank, the last class."""
     has = lambda *names: all(n in series for n in names)  # noqa: E731
     drawn = []
     for ready, draw in (
-        (has("mel_torch", "mel_exported"), lambda: mel_composite(series, title, out_dir)),
-        (has("encoder_l2_torch") or has("mel_encoder_l2_torch"), lambda: encoder_l2(series, title, out_dir)),
-        (has("decoder_l2_torch", "decoder_l2_exported"), lambda: decoder_steps(series, title, out_dir)),
+        (has("mel_torch", "mel_exported"), lambda: mel_composite(series, caption, out_dir)),
+        (has("encoder_l2_torch") or has("mel_encoder_l2_torch"), lambda: encoder_l2(series, caption, out_dir)),
+        (has("decoder_l2_torch", "decoder_l2_exported"), lambda: decoder_steps(series, caption, out_dir)),
         (has("joint_logits_torch", "joint_logits_exported", "joint_l2_torch"),
-         lambda: joint_topk(series, title, out_dir, token_classes)),
-        (has("decision_token_torch", "decision_token_exported"), lambda: decisions(series, title, out_dir)),
+         lambda: joint_topk(series, caption, out_dir, token_classes)),
+        (has("decision_token_torch", "decision_token_exported"),
+         lambda: decisions(series, caption, out_dir, blank=token_classes - 1)),
     ):
         if ready:
             drawn.append(draw())
     return drawn
 
 
-def latency_title(block: dict, model: str) -> str:
-    """Host, OS, backend (labelled as executor timings where they are), compute units, versions."""
-    host, versions = block["host"], block["versions"]
-    backend = block["backend"] + (" — MIL executor timings, not Core ML" if block["backend"] == "mil" else "")
-    return (f"{model} · {backend} · {block['compute_units']} · {block['compute_precision']} · "
-            f"{host['os']} ({host['machine']}, {host['cpus']} CPUs, Torch threads {block['threads']['torch']}) · "
-            + ", ".join(f"{k} {v}" for k, v in versions.items()))
+def latency_caption(block: dict, model: str) -> Caption:
+    """Backend (labelled as executor timings where they are), compute units, precision, threads."""
+    backend = block["backend"] + (" (MIL executor timings, not Core ML)" if block["backend"] == "mil" else "")
+    return Caption(model, f"{backend} · {block['compute_units']} · {block['compute_precision']} · "
+                          f"Torch threads {block['threads']['torch']}")
 
 
 def _paired_bars(ax, names: list[str], sides: list[tuple[str, list[dict], str]], ylabel: str) -> None:
-    """Bars of the median per side with the std as error bars; log scale, labels on the bars."""
+    """Bars of the median per side, whiskers from the fastest to the 90th percentile (a range a log
+    axis can hold, unlike ± std); log scale, the median written on each bar."""
     x = np.arange(len(names))
     width = 0.8 / len(sides)
     for i, (label, stats, color) in enumerate(sides):
-        medians = [s["median"] for s in stats]
-        bars = ax.bar(x + (i - (len(sides) - 1) / 2) * width, medians, width, yerr=[s["std"] for s in stats],
-                      capsize=3, label=label, color=color, alpha=0.85)
+        medians = np.array([s["median"] for s in stats])
+        spread = [medians - [s["min"] for s in stats], [s["p90"] for s in stats] - medians]
+        bars = ax.bar(x + (i - (len(sides) - 1) / 2) * width, medians, width, yerr=spread, capsize=3, label=label,
+                      color=color, alpha=0.85, error_kw={"elinewidth": 1})
         ax.bar_label(bars, labels=[f"{m:.3g}" for m in medians], fontsize=7, padding=2)
     ax.set_xticks(x, names, rotation=15, ha="right")
     ax.set_yscale("log")
     ax.set_ylabel(ylabel)
     ax.margins(y=0.25)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8, title="bar: median; whisker: min to p90", title_fontsize=7)
 
 
-def _speedup_bars(ax, names: list[str], speedups: list[float], ylabel: str) -> None:
+def _times_axis(ax) -> None:
+    """A log axis of factors labelled 0.1×, 0.2×, 0.5×, 1×, 2× … and no labels in between."""
+    from matplotlib import ticker  # lazy: matplotlib loads only when drawing
+
+    ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _speedup_bars(ax, names: list[str], entries: list[dict], ylabel: str) -> None:
+    """Each case's paired speedup with its 95 % interval; a flagged case hatched and marked."""
+    speedups = np.array([e["speedup"] for e in entries])
+    # the axis spans the speedups and 1×, a factor 4 beyond; a wider interval (few rounds) is cut at its edge
+    bottom, top = min(speedups.min(), 1.0) / 4, max(speedups.max(), 1.0) * 4
+    low = speedups - np.clip([e["speedup_ci95"][0] for e in entries], bottom, top)
+    high = np.clip([e["speedup_ci95"][1] for e in entries], bottom, top) - speedups
     colors = ["tab:green" if s >= 1 else "tab:red" for s in speedups]
-    bars = ax.bar(names, speedups, color=colors, alpha=0.85)
-    ax.bar_label(bars, labels=[f"{s:.2f}×" for s in speedups], fontsize=8, padding=2)
+    bars = ax.bar(names, speedups, color=colors, alpha=0.85, yerr=[low, high], capsize=4,
+                  hatch=["//" if e["flags"] else "" for e in entries], edgecolor="white")
+    ax.bar_label(bars, labels=[f"{s:.2f}×" + (" (flagged)" if e["flags"] else "") for s, e in zip(speedups, entries)],
+                 fontsize=8, label_type="center", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_ylabel(ylabel)
     ax.set_yscale("log")
-    times = __import__("matplotlib.ticker", fromlist=["FuncFormatter"]).FuncFormatter(lambda v, _: f"{v:.3g}×")
-    ax.yaxis.set_major_formatter(times)
-    ax.yaxis.set_minor_formatter(times)
-    ax.tick_params(axis="y", which="minor", labelsize=7)
-    ax.margins(y=0.25)
+    ax.set_ylim(bottom, top)
+    _times_axis(ax)
     ax.tick_params(axis="x", rotation=15)
+    if any(e["flags"] for e in entries):
+        ax.set_xlabel("hatched: flagged, read with care (a side's spread above 10 % CV, or a busy host: see the "
+                      "latency block)", fontsize=8)
 
 
 def latency_plots(block: dict, model: str, out_dir: Path) -> list[Path]:
     """Latency summary, speedup, fused against separate, fused speedup."""
-    title = latency_title(block, model)
+    caption = latency_caption(block, model)
     backend = "executor" if block["backend"] == "mil" else block["backend"]
     rows = {**block["components"], **{f"end to end ({k})": v for k, v in block["end_to_end"].items()}}
     drawn = []
@@ -207,12 +266,13 @@ def latency_plots(block: dict, model: str, out_dir: Path) -> list[Path]:
         plt, fig, (ax,) = _figure(1, height=4.2)
         _paired_bars(ax, names, [("Torch CPU", [rows[n]["torch_ms"] for n in names], "dimgray"),
                                  (f"exported ({backend})", [rows[n]["backend_ms"] for n in names], "tab:blue")],
-                     f"ms per call (median ± std of {block_runs(rows)} runs)")
-        drawn.append(_save(plt, fig, title, "Latency per component, Torch against the exported package",
+                     f"ms per call ({block_runs(rows)} rounds per side)")
+        drawn.append(_save(plt, fig, caption, "Latency per component, Torch against the exported package",
                            out_dir / "latency_summary.png"))
         plt, fig, (ax,) = _figure(1, height=3.6)
-        _speedup_bars(ax, names, [rows[n]["speedup"] for n in names], f"speedup (Torch / {backend}, medians)")
-        drawn.append(_save(plt, fig, title, "Speedup of the exported packages over Torch",
+        _speedup_bars(ax, names, [rows[n] for n in names],
+                      f"Torch time / {backend} time\n(geometric mean of paired rounds, 95 % CI)")
+        drawn.append(_save(plt, fig, caption, "Speedup of the exported packages over Torch",
                            out_dir / "latency_speedup.png"))
     fused = block["fused"]
     if fused:
@@ -220,100 +280,153 @@ def latency_plots(block: dict, model: str, out_dir: Path) -> list[Path]:
         plt, fig, (ax,) = _figure(1, height=3.8)
         _paired_bars(ax, names, [("separate packages", [fused[n]["separate_ms"] for n in names], "tab:orange"),
                                  ("fused package", [fused[n]["fused_ms"] for n in names], "tab:blue")],
-                     f"ms per call ({backend}, median ± std)")
-        drawn.append(_save(plt, fig, title, "Fused packages against their parts run in sequence "
+                     f"ms per call ({backend}, {block_runs(fused)} rounds per side)")
+        drawn.append(_save(plt, fig, caption, "Fused packages against their parts run in sequence "
                            "(mel_encoder vs preprocessor→encoder; joint_decision vs joint + host decision)",
                            out_dir / "latency_fused_vs_separate.png"))
         plt, fig, (ax,) = _figure(1, height=3.2)
-        _speedup_bars(ax, names, [fused[n]["speedup"] for n in names], "speedup (separate / fused, medians)")
-        drawn.append(_save(plt, fig, title, "Speedup of fusing", out_dir / "latency_fused_speedup.png"))
+        _speedup_bars(ax, names, [fused[n] for n in names],
+                      "separate time / fused time\n(geometric mean of paired rounds, 95 % CI)")
+        drawn.append(_save(plt, fig, caption, "Speedup of fusing", out_dir / "latency_fused_speedup.png"))
     return drawn
 
 
 def block_runs(rows: dict) -> str:
-    runs = sorted({entry["runs"] for entry in rows.values()})
-    return "/".join(str(r) for r in runs)
+    rounds = sorted({entry["paired_rounds"] for entry in rows.values()})
+    return "/".join(str(r) for r in rounds)
 
 
 QUANTIZE_DIR = Path("plots") / "quantize"
 FUSED_COMPONENTS = ("mel_encoder", "joint_decision", "joint_decision_single_step")
+# metric -> (axis label, log axis, the uncompressed export's value in the same entry, file)
+QUANTIZE_METRICS = {
+    "quality": ("quality (1 − ‖ref − q‖ / ‖ref‖)", False, None, "quantize_quality.png"),
+    "size_mb": ("package size (MB)", True, "base_size_mb", "quantize_size.png"),
+    "compression_ratio": ("compression ratio (uncompressed / compressed)", False, None, "quantize_compression.png"),
+    "latency_ms": ("latency per call (ms, median)", True, "base_latency_ms", "quantize_latency.png"),
+    "compile_ms": ("Core ML compile time (ms)", True, None, "quantize_compile_time.png"),
+}
+# 1 − quality below this is drawn on the floor: the variant left that output as it was
+IDENTICAL = 1e-6
 
 
-def _variant_bars(ax, summary: dict, components: list[str], metric: str, ylabel: str, fmt: str = "{:.3g}",
-                  log: bool = False) -> None:
-    """Grouped bars: one group per component, one bar per variant."""
+def _variant_colors(variants: list[str]) -> dict:
+    """A colour per variant from tab20 without its greys, which the legends keep for shapes and
+    the uncompressed baseline."""
+    from matplotlib import colormaps  # lazy: matplotlib loads only when drawing
+
+    palette = [colormaps["tab20"](i) for i in (0, 2, 4, 6, 8, 10, 12, 16, 18, 1, 3, 5, 7, 9, 11, 13, 17, 19)]
+    return {v: palette[i % len(palette)] for i, v in enumerate(variants)}
+
+
+def _quality_gates(summary: dict) -> dict[float, list[str]]:
+    """Quality threshold -> the variants gated at it."""
+    gates: dict[float, list[str]] = {}
+    for variant, entry in summary.items():
+        threshold = entry.get("gates", {}).get("thresholds", {}).get("quality")
+        if threshold is not None:
+            gates.setdefault(threshold, []).append(variant)
+    return gates
+
+
+def _gate_lines(ax, summary: dict, at=lambda threshold: threshold) -> None:
+    """One labelled dashed line per quality gate, at ``at(threshold)`` on the axis."""
+    gated = _quality_gates(summary)
+    for (threshold, variants), style in zip(sorted(gated.items()), ["--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))] * 9):
+        who = "every gated variant" if len(gated) == 1 else ", ".join(variants)
+        ax.axhline(at(threshold), color="black", linestyle=style, linewidth=0.9,
+                   label=f"quality gate ≥ {threshold:g} ({who})")
+
+
+def _variant_bars(ax, summary: dict, components: list[str], metric: str, colors: dict) -> None:
+    """Grouped bars: one group per component; the uncompressed export first where the metric has
+    a baseline, then one bar per variant."""
+    ylabel, log, baseline, _ = QUANTIZE_METRICS[metric]
     variants = [v for v, entry in summary.items() if not entry.get("error")]
+    series = [(variant, colors[variant], [summary[variant]["components"].get(c, {}).get(metric) for c in components])
+              for variant in variants]
+    if baseline is not None:
+        base = [next((summary[v]["components"][c].get(baseline) for v in variants
+                      if summary[v]["components"].get(c, {}).get(baseline) is not None), None) for c in components]
+        if any(b is not None for b in base):
+            series.insert(0, ("uncompressed export", "black", base))
     x = np.arange(len(components))
-    width = 0.85 / max(1, len(variants))
-    cmap = __import__("matplotlib").colormaps["tab10"]
-    for i, variant in enumerate(variants):
-        values = [summary[variant]["components"].get(c, {}).get(metric) for c in components]
+    width = 0.85 / max(1, len(series))
+    for i, (label, color, values) in enumerate(series):
         heights = [np.nan if v is None else v for v in values]
-        ax.bar(x + (i - (len(variants) - 1) / 2) * width, heights, width, label=variant, color=cmap(i % 10))
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=label, color=color)
     ax.set_xticks(x, components, rotation=15, ha="right")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(ylabel, fontsize=8)
     if log:
         ax.set_yscale("log")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="variant", title_fontsize=7)
+    if metric == "quality":
+        ax.set_ylim(0, 1.05)
+        _gate_lines(ax, summary)
 
 
-def quantization_plots(summary: dict, title: str, out_dir: Path) -> tuple[list[Path], list[str]]:
+def quantization_plots(summary: dict, caption: Caption, out_dir: Path) -> tuple[list[Path], list[str]]:
     """Per-component quality, size, compression, latency and compile time; the fused packages'
-    quality, size, compression and latency; quality against size. Returns the plots and a line
-    per plot that could not be drawn (no such measurement here)."""
+    quality, size, compression and latency; quality against size. ``summary`` maps each variant to
+    its entry. Returns the plots and a line per plot that could not be drawn (no such measurement
+    here)."""
     built = [v for v, e in summary.items() if not e.get("error")]
     if not built:
         return [], ["no variant was built"]
+    colors = _variant_colors(built)
     components = list(summary[built[0]]["components"])
+    measured = lambda metric, names: any(summary[v]["components"][c].get(metric) is not None  # noqa: E731
+                                         for v in built for c in names)
     drawn, skipped = [], []
-    per_component = (("quality", "quality (1 − ‖ref − q‖ / ‖ref‖)", "quantize_quality.png", False),
-                     ("size_mb", "package size (MB)", "quantize_size.png", True),
-                     ("compression_ratio", "compression ratio (uncompressed / compressed)", "quantize_compression.png",
-                      False),
-                     ("latency_ms", "latency (ms, median)", "quantize_latency.png", True),
-                     ("compile_ms", "Core ML compile time (ms)", "quantize_compile_time.png", True))
-    for metric, label, name, log in per_component:
-        if not any(summary[v]["components"][c].get(metric) is not None for v in built for c in components):
+    for metric, (label, _, _, name) in QUANTIZE_METRICS.items():
+        if not measured(metric, components):
             skipped.append(f"{name}: no {metric} measured"
                            + (" (Core ML compiles only on macOS)" if metric == "compile_ms" else
                               " (timing off: --runs 0)" if metric == "latency_ms" else ""))
             continue
         plt, fig, (ax,) = _figure(1, height=4.0)
-        _variant_bars(ax, summary, components, metric, label, log=log)
-        if metric == "quality":
-            ax.set_ylim(0, 1.05)
-            ax.axhline(0.95, color="grey", linestyle="--", linewidth=0.8)
-        drawn.append(_save(plt, fig, title, f"Per component: {label}", out_dir / name))
+        _variant_bars(ax, summary, components, metric, colors)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        drawn.append(_save(plt, fig, caption, f"Per component: {label}", out_dir / name))
     fused = [c for c in FUSED_COMPONENTS if c in components]
     if fused:
-        metrics = [m for m in ("quality", "size_mb", "compression_ratio", "latency_ms")
-                   if any(summary[v]["components"][c].get(m) is not None for v in built for c in fused)]
+        metrics = [m for m in ("quality", "size_mb", "compression_ratio", "latency_ms") if measured(m, fused)]
         plt, fig, axes = _figure(len(metrics), height=2.8)
         for ax, metric in zip(axes, metrics):
-            _variant_bars(ax, summary, fused, metric, metric, log=metric in ("size_mb", "latency_ms"))
-            if ax is not axes[0]:
-                ax.get_legend().remove()
-        drawn.append(_save(plt, fig, title, "Fused packages: quality, size, compression, latency",
-                           out_dir / "quantize_fused.png"))
-    plt, fig, (ax,) = _figure(1, height=4.6)
-    cmap = __import__("matplotlib").colormaps["tab10"]
+            _variant_bars(ax, summary, fused, metric, colors)
+        handles = {}
+        for ax in axes:  # one legend for every panel: the baseline and the gate appear in some only
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+        fig.legend(list(handles.values()), list(handles), fontsize=7, loc="center right")
+        drawn.append(_save(plt, fig, caption, "Fused packages: quality, size, compression, latency",
+                           out_dir / "quantize_fused.png", right=0.78))
+    drawn.append(_quality_against_size(summary, built, components, colors, caption, out_dir))
+    return drawn, skipped
+
+
+def _quality_against_size(summary: dict, built: list[str], components: list[str], colors: dict, caption: Caption,
+                          out_dir: Path) -> Path:
+    """1 − quality on a log axis, so variants near quality 1 stay apart; better is up."""
+    plt, fig, (ax,) = _figure(1, height=4.8)
     markers = "osD^v<>pPX*"
-    for i, variant in enumerate(built):
+    for variant in built:
         for j, component in enumerate(components):
             entry = summary[variant]["components"][component]
-            ax.scatter(entry["size_mb"], entry["quality"], color=cmap(i % 10), marker=markers[j % len(markers)],
-                       s=40, label=variant if j == 0 else None)
+            ax.scatter(entry["size_mb"], max(1 - entry["quality"], IDENTICAL), color=colors[variant],
+                       marker=markers[j % len(markers)], s=40, label=variant if j == 0 else None)
     for j, component in enumerate(components):
-        ax.scatter([], [], color="grey", marker=markers[j % len(markers)], label=component)
+        ax.scatter([], [], facecolors="none", edgecolors="black", marker=markers[j % len(markers)], label=component)
     ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.invert_yaxis()
+    ax.axhline(IDENTICAL, color="lightgrey", linewidth=3, zorder=0,
+               label=f"output unchanged (1 − quality < {IDENTICAL:g})")
+    _gate_lines(ax, summary, at=lambda threshold: max(1 - threshold, IDENTICAL))
     ax.set_xlabel("package size (MB, log)")
-    ax.set_ylabel("quality")
-    ax.set_ylim(min(0.9, ax.get_ylim()[0]), 1.01)
-    ax.axhline(0.95, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_ylabel("1 − quality (log; up is closer\nto the uncompressed export)")
     ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    drawn.append(_save(plt, fig, title, "Quality against size: each point a component of a variant",
-                       out_dir / "quantize_quality_vs_size.png"))
-    return drawn, skipped
+    return _save(plt, fig, caption, "Quality against size: each point a component of a variant (colour: variant, "
+                 "shape: component)", out_dir / "quantize_quality_vs_size.png")
 
 
 # Data-set evaluation (validation.evaluation): per-utterance WER of the export against NeMo's on the
@@ -321,7 +434,7 @@ def quantization_plots(summary: dict, title: str, out_dir: Path) -> tuple[list[P
 EVALUATION_DIR = Path("plots") / "evaluation"
 
 
-def evaluation_plots(block: dict, records: list[dict], title: str, out_dir: Path) -> tuple[list[Path], list[str]]:
+def evaluation_plots(block: dict, records: list[dict], caption: Caption, out_dir: Path) -> tuple[list[Path], list[str]]:
     """The plots, and a line for each one that cannot be drawn (no reference texts)."""
     drawn, skipped = [], []
     scored = [r for r in records if "wer" in r]
@@ -340,7 +453,7 @@ def evaluation_plots(block: dict, records: list[dict], title: str, out_dir: Path
         ax.set_xlabel("NeMo on the same windows: WER per utterance (%)")
         ax.set_ylabel("export: WER per utterance (%)")
         ax.legend(fontsize=8, loc="upper left")
-        drawn.append(_save(plt, fig, title, "Per-utterance WER, export against NeMo", out_dir / "wer_scatter.png"))
+        drawn.append(_save(plt, fig, caption, "Per-utterance WER, export against NeMo", out_dir / "wer_scatter.png"))
 
         plt, fig, (ax,) = _figure(1, height=3.4)
         for label in exports:
@@ -351,7 +464,7 @@ def evaluation_plots(block: dict, records: list[dict], title: str, out_dir: Path
         ax.set_xlabel("export WER − NeMo WER on the same windows, per utterance (points)")
         ax.set_ylabel("utterances")
         ax.legend(fontsize=8)
-        drawn.append(_save(plt, fig, title, "Per-utterance WER differences", out_dir / "wer_differences.png"))
+        drawn.append(_save(plt, fig, caption, "Per-utterance WER differences", out_dir / "wer_differences.png"))
 
     parts = block["decomposition_points"]
     if parts["model"] is None:
@@ -366,5 +479,5 @@ def evaluation_plots(block: dict, records: list[dict], title: str, out_dir: Path
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_ylabel("WER points")
         ax.tick_params(axis="x", labelsize=8)
-        drawn.append(_save(plt, fig, title, "Where the WER comes from", out_dir / "wer_decomposition.png"))
+        drawn.append(_save(plt, fig, caption, "Where the WER comes from", out_dir / "wer_decomposition.png"))
     return drawn, skipped

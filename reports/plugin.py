@@ -20,6 +20,7 @@ from reports.evaluation import EVALUATION_DIR, write_evaluation
 from reports.parity import ParityReport
 from reports.quantization import write_quantization
 from validation.evaluation import BadInput, Evaluation
+from validation.timing import flagged
 from validation.tolerances import load_gates
 
 LATENCY_REPORT = pytest.StashKey["object"]()
@@ -111,8 +112,11 @@ def pytest_sessionfinish(session, exitstatus):
         except (ExportError, ValueError) as e:
             lines.append(f"{kind} report not written: {e}")
             continue
-        lines.append(f"{kind} report: {block} block in {path}; {len(plots)} plot(s) in "
-                     f"{plots[0].parent if plots else 'none'}")
+        line = f"{kind} report: {block} block in {path}; {len(plots)} plot(s) in {plots[0].parent if plots else 'none'}"
+        if kind == "latency":
+            noisy = flagged(report.block())
+            line += f"; {len(noisy)} case(s) flagged" + "".join(f"\n  FLAGGED {n}" for n in noisy)
+        lines.append(line)
     if gathered.variants and "quantization_context" in gathered.latest:
         try:
             lines.append(_write_quantization(config, gathered))

@@ -1,16 +1,16 @@
 """A quantization sweep written out: each variant's folder (its packages and
-``quantization_metadata.json``), ``quantization_summary.json`` and the plots under
-``plots/quantize/<compute_units>/``. Used by ``parakeet-coreml quantize`` and the pytest plugin."""
+``quantization_metadata.json``), ``quantization_summary.json`` (the overall verdict, then each
+variant) and the plots under ``plots/quantize/<compute_units>/``. Used by ``parakeet-coreml
+quantize`` and the pytest plugin."""
 
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 from pathlib import Path
 
 from reports.metadata import json_safe
-from reports.plots import QUANTIZE_DIR, quantization_plots
+from reports.plots import QUANTIZE_DIR, Caption, quantization_plots
 from validation.tolerances import gate_failures
 
 SUMMARY = "quantization_summary.json"
@@ -19,7 +19,8 @@ VARIANT_METADATA = "quantization_metadata.json"
 
 def summary_of(records: list[dict], context: dict, gates: dict) -> dict:
     """{variant: {summary, steps, components: {name: {quality, size_bytes, size_mb, compression_ratio,
-    latency_ms, compile_ms, ...}}, end_to_end, held_out, gates, measured_with}}."""
+    latency_ms, compile_ms, base_size_mb, base_latency_ms, ...}}, end_to_end, held_out, gates,
+    measured_with}}."""
     summary = {}
     for record in records:
         name, entry = record["name"], dict(record["entry"])
@@ -33,9 +34,20 @@ def summary_of(records: list[dict], context: dict, gates: dict) -> dict:
     return summary
 
 
-def title_of(context: dict) -> str:
-    return (f"{context['model']} · {context['backend']} ({context['values_from']}) · {context['compute_units']} · "
-            f"{platform.system()} {platform.machine()}")
+def overall(summary: dict) -> dict:
+    """The sweep's verdict, as ``metadata.json``'s validation block gives one: failed when a gate
+    failed or a variant could not be built; counts of each gate status."""
+    counts = {status: sum(entry["gates"]["status"] == status for entry in summary.values())
+              for status in ("passed", "failed", "not gated", "error")}
+    return {"status": "failed" if counts["failed"] or counts["error"] else "passed", "variants": len(summary),
+            **{status.replace(" ", "_"): n for status, n in counts.items()},
+            "failures": [f for entry in summary.values() for f in entry["gates"]["failures"]]
+            + [f"{name}: not built: {entry['error']}" for name, entry in summary.items() if entry["error"]]}
+
+
+def caption_of(context: dict) -> Caption:
+    return Caption(context["model"], f"{context['backend']} ({context['values_from']}) · "
+                                     f"{context['compute_units']} · {context['compute_precision']}")
 
 
 def write_quantization(directory: Path, records: list[dict], context: dict, gates: dict
@@ -51,7 +63,9 @@ def write_quantization(directory: Path, records: list[dict], context: dict, gate
             shutil.copytree(package, folder / f"{name}.mlpackage")
         variant_summary = json_safe(summary[record["name"]])
         (folder / VARIANT_METADATA).write_text(json.dumps(variant_summary, indent=2, allow_nan=False) + "\n")
-    plots, skipped = quantization_plots(summary, title_of(context), directory / QUANTIZE_DIR / context["compute_units"])
+    plots, skipped = quantization_plots(summary, caption_of(context),
+                                        directory / QUANTIZE_DIR / context["compute_units"])
     path = directory / SUMMARY
-    path.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
+    document = {"overall": overall(summary), "variants": summary}
+    path.write_text(json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n")
     return path, plots, skipped

@@ -77,6 +77,7 @@ class ComponentResult:
     def as_dict(self) -> dict:
         return {"quality": self.quality, "outputs": self.outputs, "size_bytes": self.size_bytes,
                 "size_mb": self.size_bytes / 1e6, "base_size_bytes": self.base_size_bytes,
+                "base_size_mb": self.base_size_bytes / 1e6,
                 "compression_ratio": self.base_size_bytes / self.size_bytes, "uncompressed": self.uncompressed,
                 **(self.decisions or {}), **self.extra}
 
@@ -108,6 +109,7 @@ class Reference:
     inputs: dict[str, dict[str, np.ndarray]]
     outputs: dict[str, dict[str, np.ndarray]]
     tokens: list[int] | None  # None: a component of the transcript was not exported
+    latency_ms: dict[str, float] = field(default_factory=dict)  # component -> median, when timed
 
 
 def transcribe(packages: dict, load, dims: ModelDims, clip: Clip) -> list[int]:
@@ -143,10 +145,15 @@ class VariantResult:
                 "packages": {name: str(package) for name, package in self.packages.items()}}
 
 
+def median_latency(package, load, inputs: dict, runs: int, warmup: int) -> float:
+    """Median ms of ``runs`` calls of the package after ``warmup``."""
+    return summary(time_calls(lambda: load(package).predict(inputs), runs, warmup))["median"]
+
+
 def timing_of(package, load, inputs: dict, backend: str, compute_units: str, runs: int, warmup: int) -> dict:
-    """Latency of one package (median, mean, std ms) and, on Core ML, its compile time; labelled
-    with what measured it. Off macOS the compile time is null with the reason."""
-    found = {"latency_ms": summary(time_calls(lambda: load(package).predict(inputs), runs, warmup))["median"],
+    """Latency of one package (median ms) and, on Core ML, its compile time; labelled with what
+    measured it. Off macOS the compile time is null with the reason."""
+    found = {"latency_ms": median_latency(package, load, inputs, runs, warmup),
              "latency_from": describe_backend(backend)}
     if backend == "coreml":
         placed = compile_and_place(package, compute_units)
@@ -176,6 +183,7 @@ def sweep_variant(variant, base_exports: dict, reference: Reference, cache, load
         if runs:
             component.extra.update(timing_of(c.package, load, reference.inputs[name], backend, compute_units, runs,
                                              warmup))
+            component.extra["base_latency_ms"] = reference.latency_ms.get(name)
         result.components[name] = component
     if reference.tokens is not None:
         candidate = transcribe(result.packages, load, dims, clip)
@@ -208,6 +216,10 @@ class QuantizationSweep:
             exports = {e.name: e for e in self.exporter_for(target).export_all(self.components)}
             self.progress(f"the uncompressed {target} exports on {self.clip.name} ...")
             reference = reference_of({n: e.package for n, e in exports.items()}, self.load, self.dims, self.clip)
+            if self.timing["runs"]:  # the baseline the variants' latency is read against, timed alike
+                reference.latency_ms.update({
+                    name: median_latency(package, self.load, reference.inputs[name], self.timing["runs"],
+                                         self.timing["warmup"]) for name, package in reference.packages.items()})
             self.bases[target] = exports, reference
         return self.bases[target]
 

@@ -2,10 +2,14 @@
 
 A :class:`Case` is one job done two ways on the same 15 s input: a component in Torch and in
 the exported package; a fused package against its parts run one after the other; the whole
-greedy TDT decode by NeMo and through the exported packages. The suite times the sides with
-pytest-benchmark, ``compare`` with :func:`time_calls`; both turn the samples into the same
-block with :func:`latency_block`. Backend timings are labelled with what produced them: on the
-``mil`` backend they are this project's executor, never Core ML.
+greedy TDT decode by NeMo and through the exported packages. The two sides run call by call in
+turn (A/B/A/B), so both see the same load on a shared host, and the speedup is the geometric
+mean of the paired ratios with a 95 % confidence interval. A case whose spread is wide or whose
+host was busy is flagged rather than trusted. The suite times the sides with pytest-benchmark
+(:class:`Partner` runs the other side between its rounds), ``compare`` with :func:`time_paired`;
+both turn the rounds into the same block with :func:`latency_block`. Backend timings are
+labelled with what produced them: on the ``mil`` backend they are this project's executor,
+never Core ML.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from importlib.metadata import version
 
 import numpy as np
 import torch
+from scipy import stats
 from threadpoolctl import threadpool_info
 
 from exporters.components import COMPONENTS, ModelDims, example_inputs
@@ -32,6 +37,8 @@ from validation.greedy import decision_from_logits, greedy_tdt, nemo_greedy_tdt,
 SIDES = {"component": ("torch", "backend"), "fused": ("separate", "fused"), "end_to_end": ("torch", "backend")}
 FUSED = {"mel_encoder": ("preprocessor", "encoder"), "joint_decision": ("joint",)}
 END_TO_END = "greedy_tdt"
+# A side whose samples' coefficient of variation is above this is too noisy to read alone.
+MAX_CV = 0.10
 # Every (case id, side) there is to time, known before any model is loaded.
 TIMED = ([(name, side) for name in COMPONENTS for side in SIDES["component"]]
          + [(f"fused:{name}", side) for name in FUSED for side in SIDES["fused"]]
@@ -82,7 +89,7 @@ def component_case(name: str, model, dims: ModelDims, package, load, fresh, clip
     tensors = [torch.from_numpy(inputs[s.name]) for s in COMPONENTS[name].inputs(dims)]
 
     def torch_call():
-        with torch.no_grad():
+        with torch.inference_mode():
             return module(*tensors)
 
     return Case(name, "component", {"torch": torch_call, "backend": lambda: load(package).predict(inputs)},
@@ -118,7 +125,7 @@ def end_to_end_case(model, dims: ModelDims, packages: dict, load, clip: Clip) ->
     front = wrapper("mel_encoder", model)
 
     def nemo():
-        with torch.no_grad():
+        with torch.inference_mode():
             encoder, length = front(*(torch.from_numpy(audio[k]) for k in ("audio_signal", "audio_length")))
         return nemo_greedy_tdt(model, encoder.numpy(), int(length[0]), dims)
 
@@ -143,8 +150,43 @@ def all_cases(model, dims: ModelDims, packages: dict, load, fresh, clip: Clip) -
 
 
 def summary(samples_ms: list[float]) -> dict:
-    return {"mean": statistics.fmean(samples_ms), "std": statistics.stdev(samples_ms) if len(samples_ms) > 1 else 0.0,
-            "median": statistics.median(samples_ms), "min": min(samples_ms), "rounds": len(samples_ms)}
+    """Location and spread of one side's samples (ms); ``cv`` is std over mean."""
+    mean = statistics.fmean(samples_ms)
+    std = statistics.stdev(samples_ms) if len(samples_ms) > 1 else 0.0
+    return {"mean": mean, "std": std, "median": statistics.median(samples_ms), "min": min(samples_ms),
+            "p90": float(np.percentile(samples_ms, 90)), "max": max(samples_ms), "cv": std / mean if mean else 0.0,
+            "rounds": len(samples_ms)}
+
+
+def paired_speedup(pairs: list[tuple[float, float]]) -> dict:
+    """Speedup of the candidate over the reference from rounds timed side by side:
+    the geometric mean of reference / candidate and its 95 % confidence interval (Student's t over
+    the log ratios, so the interval of a ratio stays positive and symmetric in factors)."""
+    logs = np.log([reference / candidate for reference, candidate in pairs])
+    centre = float(np.exp(logs.mean()))
+    if len(logs) < 2:
+        return {"speedup": centre, "speedup_ci95": [centre, centre], "paired_rounds": len(logs)}
+    half = stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / np.sqrt(len(logs))
+    return {"speedup": centre, "speedup_ci95": [float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))],
+            "paired_rounds": len(logs)}
+
+
+def load_average() -> float | None:
+    """The host's one-minute load average (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def flags(side_stats: dict[str, dict], load: float | None, cpus: int | None) -> list[str]:
+    """Why a case's numbers should not be read alone: a side's spread above ``MAX_CV``, or a host
+    whose load average was above its CPU count while the case ran."""
+    found = [f"wide spread: {side} CV {s['cv']:.0%} > {MAX_CV:.0%}" for side, s in side_stats.items()
+             if s["cv"] > MAX_CV]
+    if load is not None and cpus and load > cpus:
+        found.append(f"busy host: load average {load:.1f} > {cpus} CPUs")
+    return found
 
 
 def first_call(case: Case) -> dict:
@@ -161,28 +203,69 @@ def first_call(case: Case) -> dict:
     return timings
 
 
+def timed(call: Callable[[], object]) -> float:
+    """One call's wall time (ms)."""
+    start = time.perf_counter()
+    call()
+    return (time.perf_counter() - start) * 1e3
+
+
 def time_calls(call: Callable[[], object], runs: int, warmup: int) -> list[float]:
     """``warmup`` untimed calls, then ``runs`` timed ones (ms)."""
     for _ in range(warmup):
         call()
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return samples
+    return [timed(call) for _ in range(runs)]
 
 
-def case_entry(case: Case, samples_ms: dict[str, list[float]], first: dict, runs: int, warmup: int,
-               audio_seconds: float, backend: str) -> dict:
-    """One case's entry of the latency block."""
+def time_paired(case: Case, runs: int, warmup: int) -> list[dict[str, float]]:
+    """``runs`` rounds of the case's two sides, one call each, in turn (A/B, then B/A, so neither
+    side always runs second); ``warmup`` untimed rounds first. Each round: {side: ms}."""
     reference, candidate = case.sides
-    ref, cand = summary(samples_ms[reference]), summary(samples_ms[candidate])
+    for _ in range(warmup):
+        case.calls[reference]()
+        case.calls[candidate]()
+    rounds = []
+    for i in range(runs):
+        order = (reference, candidate) if i % 2 == 0 else (candidate, reference)
+        rounds.append({side: timed(case.calls[side]) for side in order})
+    return rounds
+
+
+class Partner:
+    """pytest-benchmark's ``setup`` hook for one side's benchmark: runs the case's other side once
+    before each round and keeps its time, so the suite's rounds are paired like ``time_paired``'s."""
+
+    def __init__(self, call: Callable[[], object]):
+        self.call = call
+        self.samples_ms: list[float] = []
+
+    def __call__(self) -> None:
+        self.samples_ms.append(timed(self.call))
+
+    def rounds(self, warmup: int, runs: int) -> list[float]:
+        """The partner's times of the timed rounds: the warm-up rounds ran it first (and
+        ``--benchmark-cprofile`` runs it again after)."""
+        return self.samples_ms[warmup:warmup + runs]
+
+
+def case_entry(case: Case, rounds: list[dict[str, float]], first: dict, runs: int, warmup: int,
+               audio_seconds: float, backend: str, load: float | None = None, cpus: int | None = None) -> dict:
+    """One case's entry of the latency block from its paired rounds ({side: ms} each): each
+    side's spread, the paired speedup with its interval, and the flags."""
+    reference, candidate = case.sides
+    ref, cand = (summary([r[side] for r in rounds]) for side in case.sides)
     entry = {"runs": runs, "warmup": warmup, **first, f"{reference}_ms": ref, f"{candidate}_ms": cand,
-             "backend": backend, "speedup": ref["median"] / cand["median"]}
+             "backend": backend, **paired_speedup([(r[reference], r[candidate]) for r in rounds]),
+             "load_average": load, "flags": flags({reference: ref, candidate: cand}, load, cpus)}
     if case.kind != "fused":
         entry["rtf"] = {reference: ref["median"] / 1e3 / audio_seconds, candidate: cand["median"] / 1e3 / audio_seconds}
     return entry
+
+
+def flagged(block: dict) -> list[str]:
+    """One line per flagged case of a latency block: ``case: reason; reason``."""
+    return [f"{name}: {'; '.join(entry['flags'])}" for section in ("components", "fused", "end_to_end")
+            for name, entry in block[section].items() if entry.get("flags")]
 
 
 def environment(backend: str, compute_units: str, precision: str) -> dict:
@@ -208,15 +291,26 @@ def latency_block(entries: dict[str, tuple[Case, dict]], env: dict, audio_second
     return block
 
 
+def describe_entry(case: Case, entry: dict) -> str:
+    """A case's line: both medians, the speedup with its interval, the flags."""
+    reference, candidate = case.sides
+    low, high = entry["speedup_ci95"]
+    return (f"{case.id}: {reference} {entry[f'{reference}_ms']['median']:.3g} ms, {candidate} "
+            f"{entry[f'{candidate}_ms']['median']:.3g} ms (medians of {entry['paired_rounds']} paired rounds); "
+            f"speedup {entry['speedup']:.2f}x [95% CI {low:.2f}-{high:.2f}]"
+            + "".join(f"; FLAGGED {reason}" for reason in entry["flags"]))
+
+
 def measure(cases: list[Case], runs: int, warmup: int, audio_seconds: float, backend: str,
             progress=lambda message: None) -> dict[str, tuple[Case, dict]]:
-    """``compare``'s timing: first call, then warm-up and timed calls of each side."""
+    """``compare``'s timing: first call, then warm-up and timed rounds of both sides in turn."""
     entries = {}
     for case in cases:
+        before = load_average()
         first = first_call(case)
-        samples = {side: time_calls(case.calls[side], runs, warmup) for side in case.sides}
-        entry = entries[case.id] = (case, case_entry(case, samples, first, runs, warmup, audio_seconds, backend))
-        reference, candidate = case.sides
-        progress(f"  {case.id}: {reference} {entry[1][f'{reference}_ms']['median']:.2f} ms, "
-                 f"{candidate} {entry[1][f'{candidate}_ms']['median']:.2f} ms (median of {runs})")
+        rounds = time_paired(case, runs, warmup)
+        load = max((x for x in (before, load_average()) if x is not None), default=None)
+        entry = case_entry(case, rounds, first, runs, warmup, audio_seconds, backend, load, os.cpu_count())
+        entries[case.id] = (case, entry)
+        progress("  " + describe_entry(case, entry))
     return entries

@@ -1,8 +1,9 @@
 """Latency of every component, fused package and the whole decode: Torch against the exported
 packages on the same 15 s clip, timed by pytest-benchmark (``pytest --benchmark-only``).
 
-Each test times one side of one case; the report plugin pairs the sides into the ``latency``
-block of metadata.json and the plots. Nothing here asserts a speed: the numbers are recorded.
+Each test times one side of one case with the other side run between its rounds (A/B/A/B, so
+both see the same load); the report plugin turns the paired rounds into the ``latency`` block of
+metadata.json and the plots. Nothing here asserts a speed: the numbers are recorded.
 What is asserted is that each timed call did its job, so a benchmark of a broken call fails.
 """
 
@@ -15,7 +16,7 @@ from exporters.components import COMPONENTS
 from runtimes.base import BackendUnavailable
 from runtimes.coreml import compile_and_place
 from validation.greedy import Transcript
-from validation.timing import TIMED, first_call
+from validation.timing import TIMED, Partner, first_call, load_average
 
 pytestmark = pytest.mark.latency
 
@@ -44,6 +45,7 @@ def test_latency(benchmark, latency_cases, latency_report, latency_packages, bac
                  side):
     case = latency_cases[case_id]
     call = case.calls[side]
+    partner = Partner(case.calls[next(s for s in case.sides if s != side)])
     opt = pytestconfig.option
     first = first_call(case) if side == case.sides[1] else None
     if first is not None and backend == "coreml" and case.kind == "component":
@@ -53,13 +55,17 @@ def test_latency(benchmark, latency_cases, latency_report, latency_packages, bac
                                  "values_from": latency_report.environment["values_from"]
                                  if side in ("backend", "fused", "separate") else "Torch CPU (NeMo)",
                                  **(first or {})})
-    result = benchmark.pedantic(call, rounds=opt.latency_rounds, warmup_rounds=opt.latency_warmup, iterations=1)
+    before = load_average()
+    result = benchmark.pedantic(call, setup=partner, rounds=opt.latency_rounds, warmup_rounds=opt.latency_warmup,
+                                iterations=1)
     _check_result(case, side, result, dims)
     if benchmark.disabled:  # --benchmark-disable, or xdist: the call ran once, untimed
         return
     samples = [t * 1e3 for t in benchmark.stats.stats.data]
     assert len(samples) == opt.latency_rounds
-    latency_report.add(case, side, samples, first)
+    paired = partner.rounds(opt.latency_warmup, opt.latency_rounds)
+    assert len(paired) == opt.latency_rounds, "the other side ran once before each round"
+    latency_report.add(case, side, samples, paired, first, (before, load_average()))
 
 
 def test_coreml_compile_time_and_placement(latency_packages, pytestconfig):

@@ -49,7 +49,9 @@ def test_compare_writes_validation_latency_and_plots(converted, export_cache, ca
     encoder = latency["components"]["encoder"]
     assert encoder["runs"] == 2 and encoder["warmup"] == 1 and encoder["backend_ms"]["rounds"] == 2
     assert encoder["backend_ms"]["median"] > 0 and encoder["load_ms"] > 0 and encoder["first_call_ms"] > 0
-    assert encoder["speedup"] == pytest.approx(encoder["torch_ms"]["median"] / encoder["backend_ms"]["median"])
+    low, high = encoder["speedup_ci95"]
+    assert encoder["paired_rounds"] == 2 and low <= encoder["speedup"] <= high
+    assert "speedup" in captured.err and "95% CI" in captured.err
     assert set(latency["fused"]) == {"mel_encoder", "joint_decision"}
     assert latency["end_to_end"]["greedy_tdt"]["rtf"]["backend"] > 0
     plots = sorted(p.name for p in (converted / "plots" / "compare-components").iterdir())
@@ -96,3 +98,25 @@ def test_a_directory_of_another_model_is_refused(converted, export_cache, tmp_pa
     meta["model_source"]["content_sha256"] = "0" * 64
     (other / "metadata.json").write_text(json.dumps(meta))
     _assert_refused(_compare(other, export_cache), capsys.readouterr(), "has changed since it was converted")
+
+
+def test_quantize_gives_an_overall_verdict_and_the_uncompressed_baseline(converted, export_cache, tmp_path, capsys):
+    """Two variants, one held to a gate it cannot meet (quality 1.0: compression changes every
+    output): the summary's verdict says failed with the counts, the exit is 1, and the latency and
+    size plots have the uncompressed export to read the variants against."""
+    root = tmp_path / "quantized"
+    code = main(["quantize", "--input-dir", str(converted), "--output-root", str(root), "--cache-dir",
+                 str(export_cache.root), "--backend", "mil", "--variants", "int8_per_channel,palettize_8bit",
+                 "--held-out", "none", "--runs", "1", "--warmup", "0", "--gate", "palettize_8bit:quality=1.0"])
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    document = json.loads((root / "quantization_summary.json").read_text())
+    overall = document["overall"]
+    assert (overall["status"], overall["variants"], overall["passed"], overall["failed"], overall["error"]) == (
+        "failed", 2, 1, 1, 0)
+    assert overall["failures"] and all(f.startswith("palettize_8bit: ") for f in overall["failures"])
+    assert "quantization failed: 2 variant(s)" in captured.out and "1 passed, 1 failed" in captured.out
+    encoder = document["variants"]["int8_per_channel"]["components"]["encoder"]
+    assert encoder["base_latency_ms"] > 0 and encoder["base_size_mb"] > encoder["size_mb"]
+    plots = {p.name for p in (root / "plots" / "quantize" / "ALL").iterdir()}
+    assert {"quantize_latency.png", "quantize_size.png", "quantize_quality_vs_size.png"} <= plots

@@ -1,10 +1,13 @@
-"""The latency block: sides paired into entries, speedups and real-time factors from the medians,
-and pytest-benchmark's JSON extended, not replaced."""
+"""The latency block: paired rounds into entries, the speedup as the geometric mean of the paired
+ratios with its interval, flags for wide spread and a busy host, real-time factors from the
+medians, and pytest-benchmark's JSON extended, not replaced."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from reports.latency import LatencyReport
-from validation.timing import SIDES, Case, summary
+from validation.timing import SIDES, Case, Partner, flagged, paired_speedup, summary, time_paired
 
 ENV = {"backend": "mil", "values_from": "executor", "compute_units": "ALL", "compute_precision": "float16",
        "host": {"os": "Linux", "machine": "x86_64", "cpus": 2}, "threads": {"torch": 2}, "versions": {}}
@@ -23,26 +26,66 @@ def _case(name, kind):
 
 
 def test_summary_of_samples():
-    assert summary([1.0, 2.0, 6.0]) == {"mean": 3.0, "std": pytest.approx(2.6457513), "median": 2.0, "min": 1.0,
+    std = math.sqrt(((1 - 3) ** 2 + (2 - 3) ** 2 + (6 - 3) ** 2) / 2)
+    assert summary([1.0, 2.0, 6.0]) == {"mean": 3.0, "std": pytest.approx(std), "median": 2.0, "min": 1.0,
+                                        "p90": pytest.approx(2 + 0.8 * 4), "max": 6.0, "cv": pytest.approx(std / 3),
                                         "rounds": 3}
+
+
+def test_paired_speedup_is_the_geometric_mean_of_the_ratios_with_a_t_interval():
+    pairs = [(100.0, 20.0), (110.0, 25.0), (90.0, 30.0)]
+    logs = [math.log(a / b) for a, b in pairs]
+    half = 4.302652729911275 * statistics.stdev(logs) / math.sqrt(3)  # Student's t, 2 dof, 97.5 %
+    found = paired_speedup(pairs)
+    assert found["speedup"] == pytest.approx((5.0 * 4.4 * 3.0) ** (1 / 3))
+    assert found["speedup_ci95"] == pytest.approx([math.exp(statistics.fmean(logs) - half),
+                                                   math.exp(statistics.fmean(logs) + half)])
+    assert found["paired_rounds"] == 3
+    assert paired_speedup([(4.0, 2.0)]) == {"speedup": 2.0, "speedup_ci95": [2.0, 2.0], "paired_rounds": 1}
+
+
+def test_rounds_alternate_the_sides_and_the_partner_keeps_the_timed_rounds():
+    order = []
+    case = Case("encoder", "component", {"torch": lambda: order.append("A"), "backend": lambda: order.append("B")})
+    rounds = time_paired(case, runs=3, warmup=1)
+    assert order == ["A", "B", "A", "B", "B", "A", "A", "B"]  # warm-up, then A/B, B/A, A/B
+    assert [list(r) for r in rounds] == [["torch", "backend"], ["backend", "torch"], ["torch", "backend"]]
+    partner = Partner(lambda: None)
+    for _ in range(5):  # 1 warm-up round, 3 timed, 1 more (a profiling pass)
+        partner()
+    assert len(partner.rounds(warmup=1, runs=3)) == 3 and partner.rounds(1, 3) == partner.samples_ms[1:4]
 
 
 def test_entries_pair_both_sides_and_derive_speedup_and_rtf():
     report = LatencyReport({"model": "m"}, ENV, audio_seconds=10.0, runs=3, warmup=1)
     encoder, fused = _case("encoder", "component"), _case("mel_encoder", "fused")
-    report.add(encoder, "torch", [100.0, 110.0, 90.0])
-    report.add(encoder, "backend", [20.0, 25.0, 30.0], {"load_ms": 5.0, "first_call_ms": 40.0})
-    report.add(fused, "separate", [30.0, 30.0, 30.0])
-    report.add(fused, "fused", [20.0, 20.0, 20.0])
-    report.add(_case("greedy_tdt", "end_to_end"), "torch", [1.0])  # one side only: not in the block
+    report.add(encoder, "torch", [100.0, 110.0, 90.0], [20.0, 25.0, 30.0])
+    report.add(encoder, "backend", [25.0, 25.0, 25.0], [100.0, 100.0, 100.0], {"load_ms": 5.0, "first_call_ms": 40.0})
+    report.add(fused, "fused", [20.0, 20.0, 20.0], [30.0, 30.0, 30.0])  # one benchmark carries both sides
     block = report.block()
     entry = block["components"]["encoder"]
     assert entry["torch_ms"]["median"] == 100.0 and entry["backend_ms"]["median"] == 25.0
-    assert entry["speedup"] == 4.0
+    assert entry["torch_ms"]["rounds"] == entry["backend_ms"]["rounds"] == entry["paired_rounds"] == 6
+    assert entry["speedup"] == pytest.approx((5.0 * 4.4 * 3.0 * 4.0 * 4.0 * 4.0) ** (1 / 6))
     assert entry["rtf"] == {"torch": 0.01, "backend": 0.0025}
     assert (entry["runs"], entry["warmup"], entry["load_ms"], entry["first_call_ms"]) == (3, 1, 5.0, 40.0)
-    assert block["fused"]["mel_encoder"]["speedup"] == 1.5 and "rtf" not in block["fused"]["mel_encoder"]
+    assert block["fused"]["mel_encoder"]["speedup"] == pytest.approx(1.5) and "rtf" not in block["fused"]["mel_encoder"]
     assert block["end_to_end"] == {} and block["backend"] == "mil" and block["audio_seconds"] == 10.0
+    with pytest.raises(ValueError, match="3 rounds of torch but 2 of its partner"):
+        report.add(encoder, "torch", [1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_wide_spread_and_a_busy_host_are_flagged_in_the_block():
+    report = LatencyReport({"model": "m"}, ENV, audio_seconds=10.0, runs=4, warmup=0)
+    steady, noisy = _case("decoder", "component"), _case("joint", "component")
+    report.add(steady, "torch", [10.0, 10.1, 9.9, 10.0], [5.0, 5.05, 4.95, 5.0], loads=(1.0, 1.5))
+    report.add(noisy, "torch", [10.0, 10.0, 10.0, 10.0], [5.0, 8.0, 4.0, 5.0], loads=(2.5,))  # 2 CPUs
+    block = report.block()
+    assert block["components"]["decoder"]["flags"] == []
+    assert block["components"]["decoder"]["load_average"] == 1.5
+    assert block["components"]["joint"]["flags"] == ["wide spread: backend CV 31% > 10%",
+                                                     "busy host: load average 2.5 > 2 CPUs"]
+    assert flagged(block) == ["joint: wide spread: backend CV 31% > 10%; busy host: load average 2.5 > 2 CPUs"]
 
 
 @pytest.mark.latency
@@ -63,7 +106,9 @@ def test_suite_extends_benchmark_json_and_writes_metadata_and_plots(tmp_path, mo
     assert {"machine_info", "commit_info", "benchmarks", "version"} <= set(data)
     assert data["machine_info"]["parakeet_coreml"]["backend"] == "mil"
     decoder = data["parakeet_coreml"]["latency"]["components"]["decoder"]
-    assert decoder["backend_ms"]["rounds"] == 2 and decoder["first_call_ms"] > 0
+    # two benchmarks of two rounds, each with the other side between its rounds: four pairs
+    assert decoder["backend_ms"]["rounds"] == decoder["paired_rounds"] == 4 and decoder["first_call_ms"] > 0
+    assert decoder["speedup_ci95"][0] <= decoder["speedup"] <= decoder["speedup_ci95"][1]
     metadata = json.loads((report / "metadata.json").read_text())
     assert metadata["latency"]["components"]["decoder"] == decoder
     assert "not Core ML" in metadata["latency"]["values_from"]

@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -206,15 +207,17 @@ class ExportCache:
         copies) in a directory of the cache's own, locked while the process lives: what a killed
         run leaves there, the next run removes."""
         tmp_root = self.root / "tmp"
+        directory = tmp_root / f"{SCRATCH}{uuid.uuid4().hex}"
+        lock = FileLock(str(directory.with_name(directory.name + ".lock")))
         try:
             tmp_root.mkdir(parents=True, exist_ok=True)
             self.remove_abandoned()
-            directory = Path(tempfile.mkdtemp(prefix=SCRATCH, dir=tmp_root))
+            # locked before it exists: another process's remove_abandoned never sees it unowned
+            lock.acquire()
+            directory.mkdir(mode=0o700)
         except OSError as e:
             raise ExportError(f"export cache {self.root}: cannot write there ({e.strerror or e}); "
                               f"choose another with --cache-dir or ${ENV_VAR}") from None
-        lock = FileLock(str(directory.with_name(directory.name + ".lock")))
-        lock.acquire()
         previous, tempfile.tempdir = tempfile.tempdir, str(directory)
         try:
             yield directory

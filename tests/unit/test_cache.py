@@ -145,3 +145,22 @@ def test_cache_location_option_and_environment(tmp_path, monkeypatch):
     assert ExportCache(tmp_path / "opt").root == tmp_path / "opt"
     monkeypatch.delenv(ENV_VAR)
     assert "parakeet-coreml" in str(default_cache_dir())
+
+
+def test_a_scratch_directory_is_locked_before_it_exists(tmp_path, monkeypatch):
+    """Two processes starting at once: one's clean-up of abandoned scratch directories ran
+    between the other's creating its directory and locking it, and removed a live scratch (seen as
+    a FileNotFoundError in NeMo's save_to under pytest -n 2). The lock now comes first."""
+    seen = []
+    mkdir = Path.mkdir
+
+    def watching_mkdir(self, *args, **kwargs):
+        if self.name.startswith(cache.SCRATCH):
+            seen.append(cache._owner_gone(self.with_name(self.name + ".lock")))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", watching_mkdir)
+    with ExportCache(tmp_path).scratch() as directory:
+        assert directory.is_dir()
+        assert ExportCache(tmp_path).remove_abandoned() == []
+    assert seen == [False], "the scratch directory was made while nobody held its lock"

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from exporters.cache import ExportCache
 from exporters.components import DECODE, ExportError, ExportOptions, get_components
-from exporters.export import ORIGINS_FILE, Exporter, print_progress
+from exporters.console import print_progress, print_result, tool_err
+from exporters.export import ORIGINS_FILE, Exporter
 from exporters.publish import copy_package, publish, staged_output
 from exporters.quantize import parse_variant, variant_table
 from exporters.settings import config_path
@@ -43,7 +43,7 @@ from validation.tolerances import load_gates, load_tolerances
 def progress_bar(what: str, unit: str = "utterance"):
     """``progress(items, total)``: a bar with the rate and ETA on stderr while ``items`` are worked."""
     def progress(items, total):
-        return tqdm(items, total=total, desc=what, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        return tqdm(items, total=total, desc=what, unit=unit, file=tool_err(), dynamic_ncols=True)
 
     return progress
 
@@ -66,7 +66,7 @@ def run_convert(args) -> int:
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
         publish(staging, args.output_dir)
     total = sum(c["size_bytes"] for c in metadata["components"].values()) / 1e6
-    print(f"wrote {len(exported)} package(s), {total:.1f} MB, and metadata.json to {args.output_dir}")
+    print_result(f"wrote {len(exported)} package(s), {total:.1f} MB, and metadata.json to {args.output_dir}")
     return 0
 
 
@@ -159,9 +159,11 @@ def run_compare(args) -> int:
         plots += latency_plotted
     status = json.loads(path.read_text())["validation"]["status"]
     noisy = flagged(latency) if latency else []
-    print(f"parity {status} on {backend} ({context['values_from']}); validation{' and latency' if latency else ''} "
-          f"blocks in {path}, {len(plots)} plots in {plots[0].parent if plots else directory}"
-          + (f"; {len(noisy)} latency case(s) flagged, read them with care: " + "; ".join(noisy) if noisy else ""))
+    blocks = "validation and latency blocks" if latency else "validation block"
+    print_result(f"parity {status} on {backend} ({context['values_from']}); {blocks} in {path}, {len(plots)} plots in "
+                 f"{plots[0].parent if plots else directory}"
+                 + (f"; {len(noisy)} latency case(s) flagged, read them with care: " + "; ".join(noisy) if noisy
+                    else ""))
     return 0 if status == "passed" else 1
 
 
@@ -204,16 +206,17 @@ def run_evaluate(args) -> int:
         print_progress(f"plot not drawn: {line}")
     wer = block["wer"]
     if wer:
-        print("WER " + ", ".join(f"{label} {100 * wer[label]['wer']:.2f}%" for label in wer)
-              + f" ({block['with_text']} utterances with text, {args.normalizer} normaliser)")
+        print_result("WER " + ", ".join(f"{label} {100 * wer[label]['wer']:.2f}%" for label in wer)
+                     + f" ({block['with_text']} utterances with text, {args.normalizer} normaliser)")
     parts = block["decomposition_points"]
     if parts["model"] is not None:
-        print(f"model {parts['model']:.2f} points, windowing {parts['windowing']:+.2f}, "
-              f"export {parts['export']['export']:+.2f}")
+        print_result(f"model {parts['model']:.2f} points, windowing {parts['windowing']:+.2f}, "
+                     f"export {parts['export']['export']:+.2f}")
     for line in block["failures"]:
-        print(f"FAILED {line}", file=sys.stderr)
-    print(f"evaluation {block['status']}: {block['utterances']} utterance(s), {len(result.bad)} unreadable; "
-          f"{JOURNAL} and the evaluation block in {path.parent}, {len(plots)} plots in {path.parent / EVALUATION_DIR}")
+        print_progress(f"FAILED {line}")
+    print_result(f"evaluation {block['status']}: {block['utterances']} utterance(s), {len(result.bad)} unreadable; "
+                 f"{JOURNAL} and the evaluation block in {path.parent}, {len(plots)} plots in "
+                 f"{path.parent / EVALUATION_DIR}")
     return 0 if block["status"] == "passed" else 1
 
 
@@ -270,11 +273,11 @@ def run_quantize(args) -> int:
     for line in skipped:
         print_progress(f"plot not drawn: {line}")
     for line in verdict["failures"]:
-        print(f"FAILED {line}", file=sys.stderr)
-    print(f"quantization {verdict['status']}: {verdict['variants']} variant(s) in {args.output_root}, "
-          f"{verdict['passed']} passed, {verdict['failed']} failed, {verdict['not_gated']} not gated, "
-          f"{verdict['error']} not built; {len(plots)} plots in "
-          f"{plots[0].parent.relative_to(staging) if plots else 'none'}")
+        print_progress(f"FAILED {line}")
+    print_result(f"quantization {verdict['status']}: {verdict['variants']} variant(s) in {args.output_root}, "
+                 f"{verdict['passed']} passed, {verdict['failed']} failed, {verdict['not_gated']} not gated, "
+                 f"{verdict['error']} not built; {len(plots)} plots in "
+                 f"{plots[0].parent.relative_to(staging) if plots else 'none'}")
     return 0 if verdict["status"] == "passed" else 1
 
 

@@ -5,15 +5,17 @@ and weigh compressed variants of the export (``quantize``)."""
 from __future__ import annotations
 
 import argparse
-import logging
 import math
+import os
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 
 from exporters.cache import ExportCache
 from exporters.components import COMPONENTS, COMPUTE_PRECISIONS, DEPLOYMENT_TARGETS, ExportError
+from exporters.console import chatter_to, print_progress
 from exporters.sources import add_source_options
 from runtimes.base import BACKENDS, COMPUTE_UNITS
 from validation.metrics import NORMALIZERS
@@ -34,6 +36,9 @@ def _terminate(signum, frame):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parakeet-coreml", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show what NeMo, coremltools and torch print (by default it goes to a log file, "
+                             "whose path is printed when a command fails)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser("convert", help="export components to .mlpackage files and metadata.json")
@@ -141,22 +146,54 @@ _count = _at_least_zero(int, "a whole number")
 _points = _at_least_zero(float, "a finite number of WER points")
 
 
-def _quiet_third_party() -> None:
-    warnings.filterwarnings("ignore")
-    for name in ("coremltools", "nemo_logger", "torch", "numba"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+LOGS_KEPT = 20
+
+
+def chatter_log(command: str) -> Path:
+    """A new log file for this run's third-party output, in the per-user log directory (the
+    oldest beyond ``LOGS_KEPT`` removed)."""
+    from platformdirs import user_log_path  # lazy: only a command that runs needs it, not --help
+
+    directory = user_log_path("parakeet-coreml", appauthor=False, ensure_exists=True)
+    for old in sorted(directory.glob("*.log"), key=lambda p: p.stat().st_mtime)[:-LOGS_KEPT]:
+        old.unlink(missing_ok=True)
+    return directory / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+
+
+def _command(args) -> int:
+    from cli import commands  # lazy: torch, coremltools and NeMo load only once a command runs, not for --help
+
+    return getattr(commands, f"run_{args.command}")(args)
+
+
+def _run(args) -> int:
+    """The command, with third-party chatter (from the first import of NeMo on) in a log file
+    unless ``--verbose``."""
+    with ExportCache(args.cache_dir).scratch():
+        if args.verbose:
+            return _command(args)
+        path = chatter_log(args.command)
+        with open(path, "a", encoding="utf-8") as log, chatter_to(log), warnings.catch_warnings():
+            warnings.simplefilter("default")  # each library warning once, into the log
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: log.write(
+                warnings.formatwarning(message, category, filename, lineno, line))
+            try:
+                code = _command(args)
+            except (ExportError, KeyboardInterrupt):  # bad input or a stop: the one line says it all
+                raise
+            except Exception:
+                print_progress(f"third-party output of this run: {path}")
+                raise
+        if code != 0:
+            print_progress(f"third-party output of this run: {path}")
+        return code
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.debug:
-        _quiet_third_party()
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        from cli import commands  # lazy: torch, coremltools and NeMo load only once a command runs, not for --help
-
-        with ExportCache(args.cache_dir).scratch():
-            return getattr(commands, f"run_{args.command}")(args)
+        return _run(args)
     except ExportError as e:
         print(f"parakeet-coreml {args.command}: error: {e}", file=sys.stderr)
         return 2

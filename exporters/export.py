@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from exporters.cache import Entry, ExportCache, cache_key, tool_versions
 from exporters.components import Component, ExportError, ExportOptions, ModelDims, get_components
+from exporters.console import print_progress
 from exporters.convert import convert_component, op_origins, program_precision
 from exporters.faults import fault_point
 from exporters.sources import ModelSource
@@ -23,10 +23,6 @@ from exporters.wrappers import model_dims
 from runtimes.base import package_size
 
 ORIGINS_FILE = "op_origins.json"
-
-
-def print_progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,14 @@
-"""The ``convert`` command: output layout, metadata, reuse of pytest's exports, bad input."""
+"""The ``convert`` command: output layout, metadata, reuse of pytest's exports, bad input, and
+third-party output kept off the terminal."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +126,25 @@ def test_unwritable_output_dir(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 2 and "is not a directory" in captured.err and len(captured.err.strip().splitlines()) == 1
     assert blocker.read_text() == ""
+
+
+def test_third_party_output_goes_to_a_log_file_unless_verbose(pytest_exports, model_source, export_cache, tmp_path):
+    """In a fresh process, as a user runs it: coremltools' import warnings and NeMo's logger land
+    in the per-user log, the terminal gets the tool's own lines; --verbose shows everything."""
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+
+    def convert(*options):
+        return subprocess.run(
+            [sys.executable, "-m", "cli.main", *options, "convert", *model_source.cli_args(), "--components", "joint",
+             "--output-dir", str(tmp_path / f"out{len(options)}"), "--cache-dir", str(export_cache.root)],
+            cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=600, check=False)
+
+    chatter = "has not been tested with coremltools"  # coremltools' warning on import next to torch 2.13
+    quiet = convert()
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.startswith("wrote 1 package(s)") and "[1/1] joint:" in quiet.stderr
+    assert chatter not in quiet.stdout + quiet.stderr and "NeMo" not in quiet.stdout + quiet.stderr
+    logs = list((tmp_path / "state").rglob("convert-*.log"))
+    assert len(logs) == 1 and chatter in logs[0].read_text()
+    loud = convert("--verbose")
+    assert loud.returncode == 0 and chatter in loud.stdout + loud.stderr

@@ -67,6 +67,7 @@ def test_a_tolerance_too_tight_fails_with_exit_1_and_says_where(converted, expor
     assert code == 1
     assert "encoder.encoder on speech:" in captured.err and "outside atol 1e-06, rtol 0" in captured.err
     assert "first diverging operations" in captured.err
+    assert "third-party output of this run: " in captured.err  # a failure says where the libraries' lines went
     assert json.loads((converted / "metadata.json").read_text())["validation"]["status"] == "failed"
 
 

@@ -1,0 +1,71 @@
+"""Where the tool's own lines go, apart from what the libraries print.
+
+NeMo's logger, coremltools' progress bars and the libraries' warnings would otherwise interleave
+with the tool's progress and results. The command line runs each command inside
+:func:`chatter_to`, which sends everything written to ``sys.stdout``/``sys.stderr`` and every
+logging stream handler to a log file, while :func:`tool_out` and :func:`tool_err` keep writing
+where the tool's output went before (the terminal, or pytest's capture in the tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+_streams: dict[str, TextIO] = {}
+
+
+def tool_out() -> TextIO:
+    """The tool's results: the terminal's stdout even while chatter goes to the log."""
+    return _streams.get("out", sys.stdout)
+
+
+def tool_err() -> TextIO:
+    """The tool's progress and errors: the terminal's stderr even while chatter goes to the log."""
+    return _streams.get("err", sys.stderr)
+
+
+def print_progress(message: str) -> None:
+    print(message, file=tool_err(), flush=True)
+
+
+def print_result(message: str) -> None:
+    print(message, file=tool_out(), flush=True)
+
+
+def _terminal_handlers(*terminals: TextIO) -> list[logging.StreamHandler]:
+    """Logging handlers that write to one of ``terminals`` (NeMo's, torch's); handlers with streams
+    of their own (files, pytest's capture) stay as they are."""
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    return [handler for logger in loggers for handler in logger.handlers
+            if isinstance(handler, logging.StreamHandler) and "stream" in vars(handler)
+            and any(handler.stream is t for t in terminals)]
+
+
+@contextmanager
+def chatter_to(log: TextIO) -> Iterator[None]:
+    """Inside: ``sys.stdout``, ``sys.stderr``, warnings and logging stream handlers write to
+    ``log``; ``tool_out()``/``tool_err()`` to the streams that were current on entry. On exit every
+    handler is pointed back (those made inside, which took ``log``, at the terminal's stderr)."""
+    out, err = sys.stdout, sys.stderr
+    previous = dict(_streams)
+    moved = {handler: handler.stream for handler in _terminal_handlers(out, err, sys.__stdout__, sys.__stderr__)}
+    for handler in moved:
+        handler.setStream(log)
+    _streams.update(out=out, err=err)
+    sys.stdout = sys.stderr = log
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out, err
+        _streams.clear()
+        _streams.update(previous)
+        for handler, stream in moved.items():
+            handler.setStream(stream)
+        for handler in _terminal_handlers(log):  # made inside, on the log: to the terminal from now on
+            handler.setStream(err)
+        log.flush()

@@ -21,16 +21,33 @@ def test_readme_opens_with_setup_and_test_commands():
 
 
 def test_macos_workflow_runs_the_readme_commands():
+    """The setup command as written; the test command twice, split by marker: parity first, then
+    everything else with the benchmarks' JSON (so together exactly what the README's runs)."""
     workflow = (ROOT / ".github" / "workflows" / "macos.yml").read_text()
     runs = [line.split("run:", 1)[1].strip() for line in workflow.splitlines() if line.strip().startswith("run:")]
-    assert runs == ["brew install espeak-ng", *_readme_commands()]
+    setup, tests = _readme_commands()
+    pytest_runs = [r for r in runs if "pytest" in r and not r.startswith("echo")]
+    assert runs[:2] == ["brew install espeak-ng", setup]
+    assert pytest_runs == [f"{tests} -m parity",
+                           f'{tests} -m "not parity and not slow" --benchmark-json=benchmark.json $BENCHMARK_ARGS']
     assert "macos-14" in workflow  # arm64 runners
 
 
-def test_ci_runs_the_readme_commands():
+def test_macos_workflow_keeps_the_reports_and_compares_benchmarks_with_main():
+    workflow = (ROOT / ".github" / "workflows" / "macos.yml").read_text()
+    for kept in ("parakeet_coreml/metadata.json", "parakeet_coreml_quantized/quantization_summary.json",
+                 "parakeet_coreml/plots/", "benchmark.json"):
+        assert kept in workflow
+    assert "--benchmark-compare --benchmark-compare-fail=$BENCHMARK_FAIL" in workflow
+    assert "--benchmark-save=main" in workflow and 'BENCHMARK_FAIL: "median:25%"' in workflow
+
+
+def test_ci_runs_the_readme_commands_and_lints_the_workflows():
     script = (ROOT / ".ci" / "run").read_text()
     assert "readme_command 0" in script and "readme_command 1" in script
     assert "apt-get install -y -qq espeak-ng" in script
+    assert ".venv/bin/actionlint .github/workflows/*.yml" in script
+    assert ".venv/bin/zizmor --offline .github/workflows" in script
 
 
 def test_readme_names_the_espeak_ng_install_ci_runs():

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tqdm import tqdm
-
 from exporters.cache import ExportCache
 from exporters.components import DECODE, ExportError, ExportOptions, get_components
-from exporters.console import print_progress, print_result, tool_err
+from exporters.console import print_progress, print_result, progress_bar
 from exporters.export import ORIGINS_FILE, Exporter
 from exporters.publish import copy_package, publish, staged_output
 from exporters.quantize import parse_variant, variant_table
@@ -40,14 +38,6 @@ from validation.timing import all_cases, environment, flagged, latency_block, me
 from validation.tolerances import load_gates, load_tolerances
 
 
-def progress_bar(what: str, unit: str = "utterance"):
-    """``progress(items, total)``: a bar with the rate and ETA on stderr while ``items`` are worked."""
-    def progress(items, total):
-        return tqdm(items, total=total, desc=what, unit=unit, file=tool_err(), dynamic_ncols=True)
-
-    return progress
-
-
 def component_list(values: list[str]) -> list[str]:
     """``["a,b", "c"]`` -> ``["a", "b", "c"]``."""
     return [name for value in values for name in value.split(",") if name]
@@ -59,7 +49,7 @@ def run_convert(args) -> int:
     options = ExportOptions(args.compute_precision, args.compute_units, args.minimum_deployment_target)
     with staged_output(args.output_dir) as staging:
         exporter = Exporter(source, options, ExportCache(args.cache_dir))
-        exported = exporter.export_all(names)
+        exported = exporter.export_all(names, steps=progress_bar("convert", "component"))
         for e in exported:
             copy_package(e.package, staging / e.package.name)
         metadata = exporter.metadata(exported, relative_paths=True)
@@ -135,9 +125,10 @@ def run_compare(args) -> int:
     if args.runs:
         cases = all_cases(model, dims, packages, load, lambda p: load_predictor(p, backend, units), clips[0])
         print_progress(f"timing {len(cases)} case(s) on {clips[0].name}: a cold start, then {args.warmup} warm-up "
-                       f"and {args.runs} timed calls of each side")
+                       f"and {args.runs} timed rounds, the two sides in turn")
         audio_seconds = clips[0].length / dims.sample_rate
-        latency = latency_block(measure(cases, args.runs, args.warmup, audio_seconds, backend, print_progress),
+        latency = latency_block(measure(progress_bar("timing", "case")(cases, len(cases)), args.runs, args.warmup,
+                                        audio_seconds, backend, print_progress),
                                 environment(backend, units, precision), audio_seconds)
     context = parity_context(args.backend, backend, precision, units, tolerances)
     report = ParityReport(description, context, precision, clips[0].name)
@@ -147,7 +138,7 @@ def run_compare(args) -> int:
         return json.loads((entry.path / ORIGINS_FILE).read_text()) if entry else None
 
     runner = ParityRunner(model, dims, packages, load, tolerances, backend, precision, origins=origins)
-    for i, clip in enumerate(clips, 1):
+    for i, clip in enumerate(progress_bar("parity", "clip")(clips, len(clips)), 1):
         run = runner.run(clip)
         report.add(precision, run.record(with_series=i == 1))
         failed = run.failed()
@@ -195,7 +186,7 @@ def run_evaluate(args) -> int:
     result = evaluate(utterances, decoders_for(model, dims, exports, load), token_text(model), dims,
                       normalizer=args.normalizer, max_wer_difference=args.max_wer_difference / 100,
                       exact=["export"] if precision == "float32" else [], bad=bad, journal=report_dir / JOURNAL,
-                      resume=args.resume, progress=progress_bar("evaluate"))
+                      resume=args.resume, progress=progress_bar("evaluate", "utterance"))
     context = {"manifest": str(manifest) if manifest else None, "audio": [str(p) for p in args.audio or []],
                "backend": backend, "values_from": describe_backend(backend), "compute_units": units,
                "compute_precision": precision, "windows": window_description(dims),
@@ -252,7 +243,7 @@ def run_quantize(args) -> int:
         sweep = QuantizationSweep(table, exporter_for, list(packages), cache, load, dims, clip, backend=backend,
                                   compute_units=units, runs=args.runs, warmup=args.warmup, progress=print_progress)
         results = []
-        for i, name in enumerate(names, 1):
+        for i, name in enumerate(progress_bar("quantize", "variant")(names, len(names)), 1):
             variant = table[name]
             target = variant.minimum_deployment_target
             sweep.base(target)
@@ -286,7 +277,7 @@ def _held_out_wer(model, dims, cache, base_exports: dict, variant_packages: dict
     reason}`` on a model not confident enough for its transcripts to mean anything."""
     base = {name: e.package for name, e in base_exports.items()}
     result, _, reason = held_out_evaluation(model, dims, cache, {"uncompressed": base, "variant": variant_packages},
-                                            load, progress=progress_bar("held-out set"))
+                                            load, progress=progress_bar("held-out set", "utterance"))
     if reason:
         return {"skipped": reason}
     return result.block({"set": "builtin:held-out"})

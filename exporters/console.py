@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from tqdm import tqdm
+
 _streams: dict[str, TextIO] = {}
 
 
@@ -29,11 +31,20 @@ def tool_err() -> TextIO:
 
 
 def print_progress(message: str) -> None:
-    print(message, file=tool_err(), flush=True)
+    """A line of the tool's progress, above any progress bar that is showing."""
+    tqdm.write(message, file=tool_err())
 
 
 def print_result(message: str) -> None:
     print(message, file=tool_out(), flush=True)
+
+
+def progress_bar(what: str, unit: str):
+    """``bar(items, total)``: the items, with a bar of the rate and ETA on the tool's stderr."""
+    def bar(items, total):
+        return tqdm(items, total=total, desc=what, unit=unit, file=tool_err(), dynamic_ncols=True, leave=False)
+
+    return bar
 
 
 def _terminal_handlers(*terminals: TextIO) -> list[logging.StreamHandler]:

@@ -118,10 +118,12 @@ class Exporter:
 
         return ExportedComponent(component.name, self.cache.get_or_build(key, build))
 
-    def export_all(self, names=None) -> list[ExportedComponent]:
+    def export_all(self, names=None, steps=lambda items, total: items) -> list[ExportedComponent]:
+        """Each component exported (or found in the cache); ``steps`` wraps the iteration (a
+        progress bar)."""
         components = get_components(names)
         done = []
-        for i, component in enumerate(components, 1):
+        for i, component in enumerate(steps(components, len(components)), 1):
             t = time.perf_counter()
             exported = self.export(component)
             how = "cached" if exported.entry.hit else f"converted in {exported.info['convert_seconds']:.1f} s"

@@ -18,7 +18,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import version
 
@@ -301,7 +301,7 @@ def describe_entry(case: Case, entry: dict) -> str:
             + "".join(f"; FLAGGED {reason}" for reason in entry["flags"]))
 
 
-def measure(cases: list[Case], runs: int, warmup: int, audio_seconds: float, backend: str,
+def measure(cases: Iterable[Case], runs: int, warmup: int, audio_seconds: float, backend: str,
             progress=lambda message: None) -> dict[str, tuple[Case, dict]]:
     """``compare``'s timing: first call, then warm-up and timed rounds of both sides in turn."""
     entries = {}

@@ -91,6 +91,17 @@ def pytest_configure(config):
         raise pytest.UsageError(str(e)) from None
 
 
+def pytest_collection_modifyitems(config, items):
+    """``--benchmark-only``: the tests without a benchmark are deselected (one count in the
+    summary) rather than each skipped (a summary line per file)."""
+    if not config.getoption("benchmark_only", False):
+        return
+    keep = [item for item in items if "benchmark" in getattr(item, "fixturenames", ())]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
+
+
 @pytest.fixture(scope="session")
 def tolerances(pytestconfig):
     """The tolerance table: defaults, pyproject.toml, then --tolerance / --psnr-floor."""

@@ -115,3 +115,15 @@ def test_suite_extends_benchmark_json_and_writes_metadata_and_plots(tmp_path, mo
     plots = {p.name for p in (report / "plots" / "compare-components").iterdir()}
     assert {"latency_summary.png", "latency_speedup.png"} <= plots
     assert "latency report: latency block in" in done.stdout
+
+
+def test_benchmark_only_deselects_the_tests_without_a_benchmark():
+    """So its summary holds one count, not a skip line per file."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--benchmark-only", "--collect-only", "-q", "-p", "no:cacheprovider",
+         "tests/unit/test_readme.py", "tests/latency/test_latency.py"],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300, check=False, env=env)
+    collected = [line for line in done.stdout.splitlines() if "::" in line]
+    assert collected and all("tests/latency/test_latency.py::test_latency[" in line for line in collected), done.stdout
+    assert "deselected" in done.stdout and "Skipping non-benchmark" not in done.stdout

@@ -1,5 +1,6 @@
 """What every backend shares: the ``predict`` contract, input checking, backend choice and the
-compute units. A leaf module: numpy and the standard library only."""
+compute units. A leaf module: numpy and the standard library only (and coremltools' proto, loaded
+when a model description is read)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 BACKENDS = ("auto", "coreml", "mil")
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 __all__ = ["BACKENDS", "COMPUTE_UNITS", "BackendUnavailable", "InputMismatch", "InputSpec", "PackageError",
-           "check_inputs", "describe_backend", "package_size", "resolve_backend"]
+           "check_inputs", "describe_backend", "input_spec", "package_size", "resolve_backend"]
 
 
 class BackendUnavailable(RuntimeError):
@@ -31,12 +32,41 @@ class InputMismatch(ValueError):
 
 @dataclass(frozen=True)
 class InputSpec:
+    """A program input: its default ``shape`` and, for a flexible input, what else it takes: a
+    (lower, upper) bound per dimension (Core ML's ``RangeDim``; upper None: unbounded) or a set of
+    ``shapes`` (``EnumeratedShapes``)."""
+
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype
+    ranges: tuple[tuple[int, int | None], ...] | None = None
+    shapes: tuple[tuple[int, ...], ...] | None = None
+
+    @property
+    def flexible(self) -> bool:
+        return self.shapes is not None or self.ranges is not None and any(lo != hi for lo, hi in self.ranges)
+
+    def allows(self, shape: tuple[int, ...]) -> bool:
+        shape = tuple(int(d) for d in shape)
+        if self.shapes is not None:
+            return shape in self.shapes
+        if self.ranges is not None:
+            return len(shape) == len(self.ranges) and all(
+                lo <= d and (hi is None or d <= hi) for d, (lo, hi) in zip(shape, self.ranges))
+        return shape == self.shape
+
+    def allowed(self) -> str:
+        """The shapes it takes: ``[1, 1..240000]``, ``one of [1, 3, 10], [1, 3, 20]`` or ``[1, 3]``."""
+        if self.shapes is not None:
+            return "one of " + ", ".join(str(list(s)) for s in self.shapes)
+        if self.ranges is not None:
+            dims = [str(lo) if lo == hi else f"{lo}..{'' if hi is None else hi}" for lo, hi in self.ranges]
+            return "[" + ", ".join(dims) + "]"
+        return str(list(self.shape))
 
     def __str__(self) -> str:
-        return f"{self.name}: {self.dtype.name}{list(self.shape)}"
+        allowed = self.allowed()
+        return f"{self.name}: {self.dtype.name}{allowed if allowed.startswith('[') else ' ' + allowed}"
 
 
 class Predictor(Protocol):
@@ -64,12 +94,38 @@ def check_inputs(specs: tuple[InputSpec, ...], inputs: Mapping[str, np.ndarray])
             continue
         if value.dtype != spec.dtype:
             problems.append(f"{name!r} has dtype {value.dtype.name}, expected {spec.dtype.name}")
-        if tuple(value.shape) != spec.shape:
-            problems.append(f"{name!r} has shape {list(value.shape)}, expected {list(spec.shape)}")
+        if not spec.allows(value.shape):
+            problems.append(f"{name!r} has shape {list(value.shape)}, expected {spec.allowed()}")
         arrays[name] = value
     if problems:
         raise InputMismatch("; ".join(problems) + ". Expected inputs: " + ", ".join(map(str, specs)))
     return arrays
+
+
+def input_spec(feature) -> InputSpec:
+    """An input of a Core ML model description (``spec.description.input[i]``): its dtype, default
+    shape and, where it has them, its shape range or enumerated shapes."""
+    from coremltools.proto import FeatureTypes_pb2  # lazy: coremltools imports torch; only packages read need it
+
+    array = feature.type.multiArrayType
+    dtypes = {
+        FeatureTypes_pb2.ArrayFeatureType.FLOAT32: np.float32,
+        FeatureTypes_pb2.ArrayFeatureType.FLOAT16: np.float16,
+        FeatureTypes_pb2.ArrayFeatureType.INT32: np.int32,
+        FeatureTypes_pb2.ArrayFeatureType.DOUBLE: np.float64,
+    }
+    if feature.type.WhichOneof("Type") != "multiArrayType" or array.dataType not in dtypes:
+        raise PackageError(f"input {feature.name!r}: a {feature.type.WhichOneof('Type')} input; "
+                           "expected a float32, float16, float64 or int32 multi-array")
+    flexibility = array.WhichOneof("ShapeFlexibility")
+    ranges = shapes = None
+    if flexibility == "shapeRange":
+        ranges = tuple((int(r.lowerBound), None if r.upperBound < 0 else int(r.upperBound))
+                       for r in array.shapeRange.sizeRanges)
+    elif flexibility == "enumeratedShapes":
+        shapes = tuple(tuple(int(d) for d in s.shape) for s in array.enumeratedShapes.shapes)
+    return InputSpec(feature.name, tuple(int(d) for d in array.shape), np.dtype(dtypes[array.dataType]), ranges,
+                     shapes)
 
 
 def package_size(package: Path) -> int:

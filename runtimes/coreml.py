@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtimes.base import COMPUTE_UNITS, BackendUnavailable, InputSpec, check_inputs
+from runtimes.base import COMPUTE_UNITS, BackendUnavailable, check_inputs, input_spec
 
 
 def unavailable_reason() -> str | None:
@@ -46,7 +46,7 @@ class CoreMLModel:
             raise FileNotFoundError(f"{path} is not an .mlpackage (no Manifest.json)")
         self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
         description = self.model.get_spec().description
-        self.input_specs = tuple(_input_spec(feature) for feature in description.input)
+        self.input_specs = tuple(input_spec(feature) for feature in description.input)
         self.output_names = [feature.name for feature in description.output]
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -84,16 +84,3 @@ def compile_and_place(package, compute_units: str = "ALL") -> dict:
         return {"compile_ms": compile_ms, "placement": dict(devices)}
     finally:
         shutil.rmtree(compiled, ignore_errors=True)
-
-
-def _input_spec(feature) -> InputSpec:
-    from coremltools.proto import FeatureTypes_pb2  # lazy: as above
-
-    array = feature.type.multiArrayType
-    dtypes = {
-        FeatureTypes_pb2.ArrayFeatureType.FLOAT32: np.float32,
-        FeatureTypes_pb2.ArrayFeatureType.FLOAT16: np.float16,
-        FeatureTypes_pb2.ArrayFeatureType.INT32: np.int32,
-        FeatureTypes_pb2.ArrayFeatureType.DOUBLE: np.float64,
-    }
-    return InputSpec(feature.name, tuple(int(d) for d in array.shape), np.dtype(dtypes[array.dataType]))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtimes.base import InputSpec, PackageError, check_inputs
+from runtimes.base import InputSpec, PackageError, check_inputs, input_spec
 from runtimes.mil.ops import KERNELS, Unsupported
 
 
@@ -50,6 +50,14 @@ def _np_dtype(builtin) -> np.dtype:
     return np.dtype(types.nptype_from_builtin(builtin))
 
 
+def _program_input(name: str, var) -> InputSpec:
+    """An input of an in-memory program: fixed dimensions as they are, symbolic ones 1 or more."""
+    fixed = [isinstance(d, (int, np.integer)) for d in var.shape]
+    shape = tuple(int(d) if f else 1 for d, f in zip(var.shape, fixed))
+    ranges = None if all(fixed) else tuple((d, d) if f else (1, None) for d, f in zip(shape, fixed))
+    return InputSpec(name, shape, _np_dtype(var.dtype), ranges)
+
+
 def _opset_name(target) -> str:
     from coremltools.converters.mil._deployment_compatibility import AvailableTarget  # lazy: as above
 
@@ -65,14 +73,23 @@ def _widened(value):
 
 def load_program(model):
     """The MIL program, from an ``MLModel``, an ``.mlpackage`` path or a pymil ``Program``."""
+    return load_program_and_description(model)[0]
+
+
+def load_program_and_description(model):
+    """The MIL program and the model description (its inputs' flexible shapes live there; None
+    for a pymil ``Program``)."""
     import coremltools as ct  # lazy: as above
     from coremltools.converters.mil.frontend.milproto.load import load  # lazy: as above
     from coremltools.converters.mil.mil import Program  # lazy: as above
 
     if isinstance(model, Program):
-        return model
+        return model, None
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
+        if path.suffix == ".mlmodelc":
+            raise TypeError(f"{path} is a compiled .mlmodelc bundle: only Core ML (macOS, --backend coreml) loads "
+                            "those; the MIL executor reads .mlpackage programs")
         if not (path / "Manifest.json").is_file():
             raise FileNotFoundError(f"{path} is not an .mlpackage (no Manifest.json)")
         model = ct.models.MLModel(str(path), skip_model_load=True)
@@ -81,7 +98,7 @@ def load_program(model):
     spec = model.get_spec()
     if spec.WhichOneof("Type") != "mlProgram":
         raise TypeError(f"the model is a {spec.WhichOneof('Type')}, not an ML Program")
-    return load(spec, spec.specificationVersion, file_weights_dir=model.weights_dir or "")
+    return load(spec, spec.specificationVersion, file_weights_dir=model.weights_dir or ""), spec.description
 
 
 class MILModel:
@@ -98,13 +115,13 @@ class MILModel:
         self._constants: dict[str, object] = {}
         self.steps: list[_Step] = []
         try:
-            program = load_program(model)
+            program, description = load_program_and_description(model)
         except (FileNotFoundError, TypeError):
             raise
         except Exception as error:  # protobuf, JSON and weight-file errors of a damaged package
             raise PackageError(f"{model}: not a readable ML Program package ({type(error).__name__}: {error}); "
                                "re-export or re-download it") from None
-        self._plan_program(program)
+        self._plan_program(program, description)
         self._widen_constants()
         self.variables = [name for step in self.steps for name in step.outputs]
         last_use = {}
@@ -119,13 +136,13 @@ class MILModel:
 
     # -- loading --------------------------------------------------------------------------------
 
-    def _plan_program(self, program) -> None:
+    def _plan_program(self, program, description) -> None:
         function = program.functions["main"]
         self.opset = _opset_name(function.opset_version)
-        self.input_specs = tuple(
-            InputSpec(name, tuple(int(d) for d in var.shape), _np_dtype(var.dtype))
-            for name, var in function.inputs.items()
-        )
+        if description is not None:
+            self.input_specs = tuple(input_spec(feature) for feature in description.input)
+        else:  # a Program built in memory: its symbolic dimensions take any size
+            self.input_specs = tuple(_program_input(name, var) for name, var in function.inputs.items())
         self.output_names = [var.name for var in function.outputs]
         self._output_shapes = {var.name: tuple(var.shape) for var in function.outputs}
         for op in function.operations:

@@ -393,6 +393,9 @@ def squeeze(x, axes=None):
 
 @kernel("concat")
 def concat(values, axis, interleave=False):
+    # scalars join as one-element vectors: coremltools builds shape vectors this way (a flexible
+    # input's length gathered from its shape, concatenated with the fixed dimensions)
+    values = [np.reshape(v, (1,)) if np.ndim(v) == 0 else v for v in values]
     axis = _axis(axis, values[0].ndim)
     if not interleave:
         return np.concatenate(values, axis=axis)

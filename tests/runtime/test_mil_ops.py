@@ -430,6 +430,21 @@ def test_pad_modes(run_mil, shape, mode, data):
     assert np.array_equal(out, ref.reshape(out.shape).numpy())
 
 
+def test_concat_of_scalars_makes_a_vector(run_mil):
+    """As coremltools emits for a flexible input's shape: its length (a scalar, from ``shape``
+    and ``gather``) joined with a fixed dimension; coremltools' own type inference says (2,)."""
+    x = np.zeros((1, 37), np.float32)
+
+    def build(x):
+        length = mb.gather(x=mb.shape(x=x), indices=1, axis=0)
+        joined = mb.concat(values=[np.int32(3), length], axis=0)
+        assert joined.shape == (2,)
+        return joined
+
+    (out,) = run_mil(build, {"x": x})
+    assert out.tolist() == [3, 37] and out.dtype == np.int32
+
+
 def test_shape_ops(run_mil):
     x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     y = -x

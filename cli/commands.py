@@ -8,6 +8,7 @@ from pathlib import Path
 from exporters.cache import ExportCache
 from exporters.components import DECODE, ExportError, ExportOptions, get_components
 from exporters.console import print_progress, print_result, progress_bar
+from exporters.convert import program_precision
 from exporters.export import ORIGINS_FILE, Exporter
 from exporters.publish import copy_package, publish, staged_output
 from exporters.quantize import parse_variant, variant_table
@@ -21,6 +22,7 @@ from reports.parity import ParityReport, parity_context
 from reports.quantization import write_quantization
 from runtimes.base import BackendUnavailable, describe_backend, resolve_backend
 from runtimes.loader import LoadedPredictors, load_predictor
+from runtimes.mil.model import load_program
 from validation.audio import parity_clips, read_audio, synthetic_speech
 from validation.checks import ParityRunner
 from validation.evaluation import (
@@ -33,6 +35,7 @@ from validation.evaluation import (
     window_description,
 )
 from validation.held_out import held_out_evaluation, manifest_path
+from validation.packages import DEFAULT_REPORT_DIR, check_contract, find_packages, parse_named, provenance
 from validation.quantization import QuantizationSweep
 from validation.timing import all_cases, environment, flagged, latency_block, measure
 from validation.tolerances import load_gates, load_tolerances
@@ -46,7 +49,8 @@ def component_list(values: list[str]) -> list[str]:
 def run_convert(args) -> int:
     source = ModelSource.from_options(args.nemo_path, args.model_id, args.preset)
     names = [c.name for c in get_components(component_list(args.components or []))]
-    options = ExportOptions(args.compute_precision, args.compute_units, args.minimum_deployment_target)
+    options = ExportOptions(args.compute_precision, args.compute_units, args.minimum_deployment_target,
+                            flexible_audio=args.flexible_audio)
     with staged_output(args.output_dir) as staging:
         exporter = Exporter(source, options, ExportCache(args.cache_dir))
         exported = exporter.export_all(names, steps=progress_bar("convert", "component"))
@@ -92,6 +96,53 @@ def read_convert_dir(directory: Path, option: str):
     return description, packages, source
 
 
+def read_inputs(args, option: str = "--output-dir"):
+    """(description, packages, model source, report directory) of a convert directory
+    (``option``), or of a package set (``--packages``/``--component`` with a model source)."""
+    directory = getattr(args, option.removeprefix("--").replace("-", "_"))
+    package_set = args.packages is not None or bool(args.components)
+    sources = [o for o, v in (("--nemo-path", args.nemo_path), ("--model-id", args.model_id),
+                              ("--preset", args.preset)) if v]
+    if not package_set:
+        if sources:
+            raise ExportError(f"{sources[0]} goes with --packages or --component; a convert directory ({option}) "
+                              "records its own model source")
+        if directory is None:
+            raise ExportError(f"give {option} DIR (written by convert) or --packages DIR with a model source")
+        description, packages, source = read_convert_dir(directory, option)
+        return description, packages, source, getattr(args, "report_dir", None) or directory
+    if directory is not None and option != "--input-dir":
+        raise ExportError(f"give {option} or --packages/--component, not both")
+    description, packages, source = read_package_set(args)
+    return description, packages, source, getattr(args, "report_dir", None) or DEFAULT_REPORT_DIR
+
+
+def read_package_set(args):
+    """Packages another converter wrote, found by name and held to the contract before anything
+    runs; the description the reports are written from says where they came from."""
+    source = ModelSource.from_options(args.nemo_path, args.model_id, args.preset)
+    packages, unmatched = find_packages(args.packages, parse_named(args.components))
+    cache = ExportCache(args.cache_dir)
+    exporter = Exporter(source, ExportOptions(), cache)
+    interfaces = check_contract(packages, exporter.dims)
+    for name in unmatched:
+        print_progress(f"--packages: {name} names no component; left out (name it with --component NAME=PATH)")
+    origin = provenance(args.packages, packages, interfaces, unmatched)
+    description = exporter.metadata([])
+    description.pop("host")
+    readable = [p for name, p in packages.items() if p.suffix == ".mlpackage" and name in ("encoder", "mel_encoder")]
+    precision = program_precision(load_program(readable[0]))["compute_precision"] if readable else "float16"
+    description["coreml"] = {"compute_units": "ALL", "compute_precision": "float32" if precision == "float32"
+                             else "float16", "package_precision": precision if readable else "not read (no "
+                             ".mlpackage encoder): checked as float16"}
+    description["components"] = {name: {"path": str(path.resolve()), "size_bytes": origin["components"][name][
+        "size_bytes"]} for name, path in packages.items()}
+    description["packages"] = origin
+    print_progress(f"{len(packages)} package(s) from {args.packages or 'the --component options'}: "
+                   + ", ".join(f"{name}={path.name}" for name, path in packages.items()))
+    return description, packages, source
+
+
 def _package_loader(args, description: dict, packages: dict):
     """(backend, compute units, loader) for a convert directory's packages; a backend this host
     lacks is an error that names the one that runs everywhere."""
@@ -106,8 +157,7 @@ def _package_loader(args, description: dict, packages: dict):
 
 
 def run_compare(args) -> int:
-    directory = args.output_dir
-    description, packages, source = read_convert_dir(directory, "--output-dir")
+    description, packages, source, directory = read_inputs(args)
     precision = description["coreml"]["compute_precision"]
     tolerances = load_tolerances(config_path(args.config), args.tolerances, args.psnr_floor)
     if args.audio is not None:
@@ -159,15 +209,14 @@ def run_compare(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    description, packages, source = read_convert_dir(args.output_dir, "--output-dir")
+    description, packages, source, report_dir = read_inputs(args)
     absent = [name for name in DECODE if name not in packages]
     if absent:
-        raise ExportError(f"--output-dir {args.output_dir}: evaluate decodes with {', '.join(DECODE)}; not exported: "
-                          f"{', '.join(absent)} (convert them with --components)")
+        raise ExportError(f"evaluate decodes with {', '.join(DECODE)}; absent: {', '.join(absent)} (convert them "
+                          "with --components, or name them with --component NAME=PATH)")
     cache = ExportCache(args.cache_dir)
     precision = description["coreml"]["compute_precision"]
-    options = ExportOptions(precision, description["coreml"]["compute_units"],
-                            description["coreml"]["minimum_deployment_target"], description["max_audio_seconds"])
+    options = ExportOptions(max_audio_seconds=description["max_audio_seconds"])
     dims = Exporter(source, options, cache, progress=lambda message: None).dims  # cached: no model load
     if args.manifest is not None:
         manifest = manifest_path(args.manifest, cache, dims)
@@ -181,7 +230,6 @@ def run_evaluate(args) -> int:
     backend, units, load = _package_loader(args, description, packages)
     print_progress(f"loading {source.describe()} ...")
     model = source.load()
-    report_dir = args.report_dir or args.output_dir
     exports = {"export": {name: packages[name] for name in DECODE}}
     result = evaluate(utterances, decoders_for(model, dims, exports, load), token_text(model), dims,
                       normalizer=args.normalizer, max_wer_difference=args.max_wer_difference / 100,

@@ -19,6 +19,7 @@ from exporters.console import chatter_to, print_progress
 from exporters.sources import add_source_options
 from runtimes.base import BACKENDS, COMPUTE_UNITS
 from validation.metrics import NORMALIZERS
+from validation.packages import DEFAULT_REPORT_DIR
 from validation.tolerances import MAX_WER_DIFFERENCE_POINTS
 
 CONFIG_HELP = ("a pyproject.toml-style file whose [tool.parakeet-coreml] sets tolerances, gates and variants "
@@ -53,12 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--compute-precision", default="float16", choices=COMPUTE_PRECISIONS,
                          help="the preprocessor and mel_encoder's front end stay float32 either way")
     convert.add_argument("--minimum-deployment-target", default="iOS17", choices=DEPLOYMENT_TARGETS)
+    convert.add_argument("--flexible-audio", action="store_true",
+                         help="the preprocessor takes 1 to a window of samples (a RangeDim), as the public Core ML "
+                              "release's does; default: exactly the 15 s window")
     convert.add_argument("--cache-dir", type=Path, default=None,
                          help="export cache (default: $PARAKEET_COREML_CACHE or the per-user cache directory)")
 
-    compare = commands.add_parser("compare", help="run the parity checks (and timings) on a convert output directory")
-    compare.add_argument("--output-dir", required=True, type=Path,
+    compare = commands.add_parser("compare", help="run the parity checks (and timings) on a convert output directory "
+                                                  "or any package set (--packages)")
+    compare.add_argument("--output-dir", type=Path, default=None,
                          help="a directory written by convert; its metadata.json gets the validation block")
+    _add_package_set_options(compare, "compare")
     compare.add_argument("--backend", default="auto", choices=BACKENDS,
                          help="coreml (macOS), mil (this project's executor, any OS), auto (coreml on macOS)")
     compare.add_argument("--compute-units", default=None, choices=COMPUTE_UNITS,
@@ -75,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="transcribe a data set with NeMo and the export, and take the "
                                                     "WER gap apart: model, windowing, export numerics")
-    evaluate.add_argument("--output-dir", required=True, type=Path,
+    evaluate.add_argument("--output-dir", type=Path, default=None,
                           help="a directory written by convert; its metadata.json gets the evaluation block")
+    _add_package_set_options(evaluate, "evaluate")
     inputs = evaluate.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--manifest", metavar="FILE.jsonl",
                         help="NeMo's manifest (audio_filepath, text, optional offset and duration; relative paths "
@@ -94,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"how far the export's WER may stray from NeMo's on the same windows "
                                f"(default {MAX_WER_DIFFERENCE_POINTS} points)")
     evaluate.add_argument("--report-dir", type=Path, default=None,
-                          help="where evaluation.jsonl, the metadata block and plots go (default: --output-dir)")
+                          help="where evaluation.jsonl, the metadata block and plots go (default: --output-dir, "
+                               f"or {DEFAULT_REPORT_DIR} with --packages)")
     evaluate.add_argument("--resume", action="store_true",
                           help="continue an interrupted run from its evaluation.jsonl")
     evaluate.add_argument("--cache-dir", type=Path, default=None,
@@ -126,6 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--cache-dir", type=Path, default=None, help="export cache (compressed packages too)")
     quantize.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     return parser
+
+
+def _add_package_set_options(parser, command: str) -> None:
+    """Packages another converter wrote, instead of a convert directory: the folder, names to
+    settle, the model source they are held to, and (compare) where the report goes."""
+    group = parser.add_argument_group(
+        "any package set, instead of --output-dir (with one model source)",
+        "components are found by file name (case, separators and prefixes ignored: Encoder.mlpackage, "
+        "parakeet_encoder.mlpackage, MelEncoder.mlmodelc); .mlmodelc bundles load only through Core ML (macOS)")
+    group.add_argument("--packages", type=Path, default=None, metavar="DIR", help="a folder of packages")
+    group.add_argument("--component", dest="components", action="append", default=[], metavar="NAME=PATH",
+                       help="this component's package (repeatable; overrides what --packages finds)")
+    add_source_options(group.add_argument)
+    if command == "compare":
+        group.add_argument("--report-dir", type=Path, default=None,
+                           help=f"where the metadata.json blocks and plots go (default {DEFAULT_REPORT_DIR})")
 
 
 def _at_least_zero(cast, what: str):

@@ -229,6 +229,9 @@ class ExportOptions:
     compute_units: str = "ALL"
     minimum_deployment_target: str = "iOS17"
     max_audio_seconds: float = 15.0
+    # the preprocessor takes 1 to max_audio_samples samples (a RangeDim), as the public release's
+    # does; otherwise exactly the window
+    flexible_audio: bool = False
 
     def __post_init__(self):
         for value, allowed, what in (
@@ -242,7 +245,12 @@ class ExportOptions:
             raise ExportError(f"max audio seconds must be in (0, 600], got {self.max_audio_seconds}")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The options; ``flexible_audio`` only when set, so that the cache keys of exports made
+        before the option existed still hold."""
+        options = asdict(self)
+        if not self.flexible_audio:
+            del options["flexible_audio"]
+        return options
 
 
 def get_components(names=None) -> list[Component]:

@@ -154,6 +154,7 @@ class Exporter:
                 "compute_units": self.options.compute_units,
                 "compute_precision": self.options.compute_precision,
                 "minimum_deployment_target": self.options.minimum_deployment_target,
+                "flexible_audio": self.options.flexible_audio,
                 "coremltools_version": tool_versions()["coremltools"],
                 "torch_version": tool_versions()["torch"],
                 "nemo_version": tool_versions()["nemo_toolkit"],

@@ -80,9 +80,11 @@ def _torch_vs_exported(ax, torch_values, exported: dict, ylabel: str, xlabel: st
     ax.legend(loc="upper right", fontsize=8)
 
 
-def _delta(ax, torch_values, exported: dict, xlabel: str) -> None:
+def _delta(ax, torch_values, exported: dict, xlabel: str, references: dict | None = None) -> None:
+    """Each exported series minus Torch's (``references[name]`` where a package had its own)."""
     for name, values in exported.items():
-        ax.plot(np.asarray(values) - np.asarray(torch_values), label=f"{name} − Torch", linewidth=1.0)
+        reference = (references or {}).get(name, torch_values)
+        ax.plot(np.asarray(values) - np.asarray(reference), label=f"{name} − Torch", linewidth=1.0)
     ax.axhline(0.0, color="grey", linewidth=0.6)
     ax.set_ylabel("Δ L2")
     ax.set_xlabel(xlabel)
@@ -111,10 +113,12 @@ def mel_composite(series: dict, caption: Caption, out_dir: Path) -> Path:
 def encoder_l2(series: dict, caption: Caption, out_dir: Path) -> Path:
     exported = {name: series[key] for name, key in (("encoder", "encoder_l2_exported"),
                                                     ("mel_encoder", "mel_encoder_l2_exported")) if key in series}
-    reference = series.get("encoder_l2_torch", series.get("mel_encoder_l2_torch"))
+    references = {name: series[key] for name, key in (("encoder", "encoder_l2_torch"),
+                                                      ("mel_encoder", "mel_encoder_l2_torch")) if key in series}
+    reference = references.get("encoder", references.get("mel_encoder"))
     plt, fig, (top, bottom) = _figure(2)
     _torch_vs_exported(top, reference, exported, "L2 over channels", "encoder frame (80 ms)")
-    _delta(bottom, reference, exported, "encoder frame (80 ms)")
+    _delta(bottom, reference, exported, "encoder frame (80 ms)", references)
     return _save(plt, fig, caption, "Encoder and mel_encoder output L2 per frame", out_dir / "encoder_l2.png")
 
 

@@ -319,13 +319,27 @@ class ParityRunner:
         return ClipParity(clip, checks.results, checks.series)
 
     # -- how each package runs on the reference's inputs -------------------------------------
+    def unpadded_audio(self, name: str, ref: TorchReference) -> dict[str, np.ndarray] | None:
+        """The clip without its padding, for a package whose waveform input takes it (a flexible
+        input, as the public release has): what an app feeds it. None for a fixed window."""
+        spec = next((s for s in self.load(self.packages[name]).input_specs if s.name == "audio_signal"), None)
+        length = int(ref.audio["audio_length"][0])
+        audio = {"audio_signal": ref.audio["audio_signal"][:, :length], "audio_length": ref.audio["audio_length"]}
+        if spec is None or not spec.flexible or not spec.allows(audio["audio_signal"].shape):
+            return None
+        return audio
+
     def run_component(self, name: str, ref: TorchReference) -> ComponentRun:
-        if name == "preprocessor":
-            return ComponentRun(ref.audio, ref.mel, self.predict(name, ref.audio))
+        if name in ("preprocessor", "mel_encoder"):
+            padded = ref.mel if name == "preprocessor" else ref.encoded
+            audio = self.unpadded_audio(name, ref)
+            if audio is None:
+                return ComponentRun(ref.audio, padded, self.predict(name, ref.audio))
+            # Torch on the same unpadded input
+            reference = dict(zip(padded, run_torch(self.wrappers[name], *audio.values())))
+            return ComponentRun(audio, reference, self.predict(name, audio))
         if name == "encoder":
             return ComponentRun(ref.mel, ref.encoded, self.predict(name, ref.mel))
-        if name == "mel_encoder":
-            return ComponentRun(ref.audio, ref.encoded, self.predict(name, ref.audio))
         if name == "decoder":
             return self.decoder_rollout(ref)
         if name == "joint":
@@ -505,12 +519,18 @@ class _ClipChecks:
                 host.token_prob, fused[port.name], self.runner.tolerances[port.fused_tolerance],
                 self.runner.tolerances.psnr_floor_db))
         mel = self.runs["preprocessor"].exported
-        separate = self.runner.predict("encoder", {"mel": mel["mel"], "mel_length": mel["mel_length"]})
+        frames = self.dims.mel_frames  # a flexible preprocessor's mel, padded to the encoder's window
+        padded = np.zeros(mel["mel"].shape[:-1] + (frames,), mel["mel"].dtype)
+        padded[..., :min(frames, mel["mel"].shape[-1])] = mel["mel"][..., :frames]
+        separate = self.runner.predict("encoder", {"mel": padded, "mel_length": mel["mel_length"]})
         if not np.array_equal(separate["encoder_length"], fused["encoder_length"]):
             return CheckResult(key, self.clip.name, error=(
                 f"encoder_length {fused['encoder_length'].tolist()} from the fused package, "
                 f"{separate['encoder_length'].tolist()} from preprocessor then encoder"))
         port = next(p for p in COMPONENTS[component].output_ports if p.fused_tolerance == key)
+        if separate[port.name].shape != fused[port.name].shape:  # one side unpadded: its valid frames
+            valid = int(fused["encoder_length"][0])
+            return self.compare(key, separate[port.name][..., :valid], fused[port.name][..., :valid])
         return self.compare(key, separate[port.name], fused[port.name])
 
     def transcript(self) -> CheckResult:
@@ -543,7 +563,8 @@ class _ClipChecks:
         series = {"joint_logits_torch": self.ref.logits[0, :, 0],
                   "decision_token_torch": self.ref.decision.token_id.ravel(),
                   "decision_prob_torch": self.ref.decision.token_prob.ravel()}
-        if "preprocessor" in self.runs:
+        if "preprocessor" in self.runs:  # Torch's mel on what the package was fed (unpadded, if flexible)
+            series["mel_torch"] = self.runs["preprocessor"].reference["mel"][0]
             series["mel_exported"] = self.runs["preprocessor"].exported["mel"][0]
         if "joint" in self.runs:
             series["joint_logits_exported"] = self.runs["joint"].exported["logits"][0, :, 0]

@@ -45,8 +45,8 @@ def convert_component(model, component: Component, dims: ModelDims, options: Exp
         traced = torch.jit.trace(module, args, check_trace=False)
     return ct.convert(
         traced,
-        inputs=[ct.TensorType(name=s.name, shape=_input_shape(component, s, dims, options), dtype=np.dtype(s.dtype).type)
-                for s in specs],
+        inputs=[ct.TensorType(name=s.name, shape=_input_shape(component, s, dims, options),
+                              dtype=np.dtype(s.dtype).type) for s in specs],
         # Explicit output dtypes: an fp16 program would otherwise return fp16 arrays.
         outputs=[ct.TensorType(name=s.name, dtype=np.dtype(s.dtype).type) for s in component.outputs(dims)],
         convert_to="mlprogram",

@@ -147,6 +147,10 @@ def _package_loader(args, description: dict, packages: dict):
     """(backend, compute units, loader) for a convert directory's packages; a backend this host
     lacks is an error that names the one that runs everywhere."""
     backend = resolve_backend(args.backend)
+    compiled = [p.name for p in packages.values() if p.suffix == ".mlmodelc"]
+    if compiled and backend != "coreml":
+        raise ExportError(f"{', '.join(compiled)}: compiled .mlmodelc bundles run only on Core ML (macOS, "
+                          f"--backend coreml); the {backend} backend reads .mlpackage programs: give those instead")
     units = args.compute_units or description["coreml"]["compute_units"]
     load = LoadedPredictors(backend, units)
     try:

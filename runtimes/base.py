@@ -4,6 +4,7 @@ when a model description is read)."""
 
 from __future__ import annotations
 
+import json
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import numpy as np
 BACKENDS = ("auto", "coreml", "mil")
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 __all__ = ["BACKENDS", "COMPUTE_UNITS", "BackendUnavailable", "InputMismatch", "InputSpec", "PackageError",
-           "check_inputs", "describe_backend", "input_spec", "package_size", "resolve_backend"]
+           "check_inputs", "compiled_interface", "describe_backend", "input_spec", "package_size", "resolve_backend"]
 
 
 class BackendUnavailable(RuntimeError):
@@ -126,6 +127,31 @@ def input_spec(feature) -> InputSpec:
         shapes = tuple(tuple(int(d) for d in s.shape) for s in array.enumeratedShapes.shapes)
     return InputSpec(feature.name, tuple(int(d) for d in array.shape), np.dtype(dtypes[array.dataType]), ranges,
                      shapes)
+
+
+_SCHEMA_DTYPES = {"float32": "float32", "float16": "float16", "int32": "int32", "double": "float64"}
+
+
+def compiled_interface(bundle: Path) -> tuple[tuple[InputSpec, ...], dict, dict] | None:
+    """A compiled ``.mlmodelc`` bundle's inputs, outputs ({name: (dtype, shape or None)}) and
+    metadata, from the ``metadata.json`` Core ML's compiler leaves in it; None when it has none.
+    Its schema gives no shape ranges, so the inputs take any size here and Core ML checks them."""
+    try:
+        document = json.loads((Path(bundle) / "metadata.json").read_text())
+        meta = document[0] if isinstance(document, list) else document
+
+        def shape(entry) -> tuple[int, ...]:
+            return tuple(int(d) for d in json.loads(entry["shape"])) if entry.get("shape") else ()
+
+        inputs = tuple(InputSpec(e["name"], shape(e), np.dtype(_SCHEMA_DTYPES[e["dataType"].lower()]),
+                                 ranges=tuple((1, None) for _ in shape(e))) for e in meta["inputSchema"])
+        outputs = {e["name"]: (_SCHEMA_DTYPES[e["dataType"].lower()], shape(e) or None) for e in meta["outputSchema"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    user = meta.get("userDefinedMetadata") or {}
+    metadata = {"author": meta.get("author") or None, "version": meta.get("version") or None,
+                **{k: v for k, v in user.items() if k.startswith("com.github.apple.coremltools")}}
+    return inputs, outputs, metadata
 
 
 def package_size(package: Path) -> int:

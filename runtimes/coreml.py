@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtimes.base import COMPUTE_UNITS, BackendUnavailable, check_inputs, input_spec
+from runtimes.base import COMPUTE_UNITS, BackendUnavailable, PackageError, check_inputs, compiled_interface, input_spec
 
 
 def unavailable_reason() -> str | None:
@@ -41,10 +41,20 @@ class CoreMLModel:
         import coremltools as ct  # lazy: coremltools imports torch; only Core ML runs need it
 
         self.compute_units = compute_units
-        path = package if isinstance(package, (str, os.PathLike)) else package.package_path
-        if not (Path(path) / "Manifest.json").is_file():
+        path = Path(package if isinstance(package, (str, os.PathLike)) else package.package_path)
+        units = getattr(ct.ComputeUnit, compute_units)
+        if path.suffix == ".mlmodelc":  # a compiled bundle, as apps download them
+            interface = compiled_interface(path)
+            if interface is None:
+                raise PackageError(f"{path}: a compiled bundle without the metadata.json that names its inputs "
+                                   "and outputs; recompile it with Xcode's or coremltools' compiler")
+            self.model = ct.models.CompiledMLModel(str(path), compute_units=units)
+            self.input_specs, outputs, _ = interface
+            self.output_names = list(outputs)
+            return
+        if not (path / "Manifest.json").is_file():
             raise FileNotFoundError(f"{path} is not an .mlpackage (no Manifest.json)")
-        self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
+        self.model = ct.models.MLModel(str(path), compute_units=units)
         description = self.model.get_spec().description
         self.input_specs = tuple(input_spec(feature) for feature in description.input)
         self.output_names = [feature.name for feature in description.output]

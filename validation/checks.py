@@ -442,7 +442,7 @@ class _ClipChecks:
         absent = [c for c in needs if c not in self.runner.packages]
         failed = [f"{c} failed to run ({self.failures[c]})" for c in needs if c in self.failures]
         if absent:
-            self.results[key] = CheckResult(key, self.clip.name, skipped=f"not exported: {', '.join(absent)}")
+            self.results[key] = CheckResult(key, self.clip.name, skipped=f"no package: {', '.join(absent)}")
             return
         if failed:
             self.results[key] = CheckResult(key, self.clip.name, error="; ".join(failed))

@@ -11,15 +11,12 @@ where the packages came from, so a report about someone else's export is labelle
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from exporters.components import COMPONENTS, ExportError, ModelDims
-from runtimes.base import InputSpec, PackageError, input_spec, package_size
+from runtimes.base import InputSpec, PackageError, compiled_interface, input_spec, package_size
 
 PACKAGE_SUFFIXES = (".mlpackage", ".mlmodelc")
 # where compare and evaluate write about a package set (whose own folder may be read-only)
@@ -103,9 +100,6 @@ class Interface:
     metadata: dict
 
 
-_DTYPES = {"float32": "float32", "float16": "float16", "int32": "int32", "double": "float64", "float64": "float64"}
-
-
 def _read_mlpackage(path: Path) -> Interface:
     import coremltools as ct  # lazy: coremltools imports torch; only package sets are read with it
 
@@ -128,26 +122,11 @@ def _read_mlpackage(path: Path) -> Interface:
 
 
 def _read_mlmodelc(path: Path) -> Interface | None:
-    """A compiled bundle's interface from the ``metadata.json`` it carries, or None without one."""
-    meta_path = path / "metadata.json"
-    try:
-        document = json.loads(meta_path.read_text())
-        meta = document[0] if isinstance(document, list) else document
-
-        def shape(entry):
-            return tuple(json.loads(entry["shape"])) if entry.get("shape") else ()
-
-        inputs = tuple(InputSpec(e["name"], shape(e), np.dtype(_DTYPES[e["dataType"].lower()]))
-                       for e in meta["inputSchema"])
-        outputs = {e["name"]: (_DTYPES[e["dataType"].lower()], shape(e) or None) for e in meta["outputSchema"]}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    found = compiled_interface(path)
+    if found is None:
         return None
-    user = meta.get("userDefinedMetadata", {}) or {}
-    metadata = {"author": meta.get("author") or None, "version": meta.get("version") or None,
-                **{k: user[k] for k in PROVENANCE_KEYS if k in user}}
-    flexible = tuple(InputSpec(s.name, s.shape, s.dtype, ranges=tuple((1, None) for _ in s.shape))
-                     for s in inputs)  # the bundle's schema does not say its ranges: Core ML checks them
-    return Interface(flexible, outputs, {k: v for k, v in metadata.items() if v is not None})
+    inputs, outputs, metadata = found
+    return Interface(inputs, outputs, {k: v for k, v in metadata.items() if v is not None})
 
 
 def read_interface(path: Path) -> Interface | None:

@@ -119,4 +119,4 @@ def test_a_convert_directory_without_the_decode_packages_is_refused(converted, e
     del meta["components"]["decoder"]
     (partial / "metadata.json").write_text(json.dumps(meta))
     assert _evaluate(partial, export_cache, "--audio", str(tmp_path)) == 2
-    assert "not exported: decoder" in capsys.readouterr().err
+    assert "absent: decoder" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from exporters.console import print_progress, print_result, progress_bar
 from exporters.convert import program_precision
 from exporters.export import ORIGINS_FILE, Exporter
 from exporters.publish import copy_package, publish, staged_output
-from exporters.quantize import parse_variant, variant_table
+from exporters.quantize import GivenExports, parse_variant, variant_table
 from exporters.settings import config_path
 from exporters.sources import ModelSource
 from exporters.wrappers import model_dims
@@ -264,7 +264,8 @@ def run_evaluate(args) -> int:
 
 
 def run_quantize(args) -> int:
-    description, packages, source = read_convert_dir(args.input_dir, "--input-dir")
+    description, packages, source, _ = read_inputs(args, "--input-dir")
+    given = "packages" in description  # a package set: its variants are built from the packages as found
     pyproject = config_path(args.config)
     table = variant_table(pyproject)
     for text in args.declared:
@@ -278,7 +279,7 @@ def run_quantize(args) -> int:
     if unknown:
         raise ExportError(f"--variants: unknown variant(s) {', '.join(unknown)}; expected: {', '.join(table)}")
     held_out = [] if args.held_out == "none" else component_list([args.held_out])
-    if args.output_root.resolve() == args.input_dir.resolve():
+    if not given and args.output_root.resolve() == args.input_dir.resolve():
         raise ExportError("--output-root must differ from --input-dir")
     with staged_output(args.output_root, "--output-root") as staging:
         backend, units, load = _package_loader(args, description, packages)
@@ -289,7 +290,10 @@ def run_quantize(args) -> int:
         precision = description["coreml"]["compute_precision"]
 
         def exporter_for(target):
-            options = ExportOptions(precision, description["coreml"]["compute_units"], target)
+            if given:
+                return GivenExports(packages)
+            options = ExportOptions(precision, description["coreml"]["compute_units"], target,
+                                    flexible_audio=description["coreml"].get("flexible_audio", False))
             return Exporter(source, options, cache, progress=lambda message: None)
 
         sweep = QuantizationSweep(table, exporter_for, list(packages), cache, load, dims, clip, backend=backend,
@@ -300,7 +304,7 @@ def run_quantize(args) -> int:
             target = variant.minimum_deployment_target
             sweep.base(target)
             print_progress(f"[{i}/{len(names)}] {name}: {variant.summary}"
-                           + (f" (from an {target} export)" if target != "iOS17" else ""))
+                           + (f" (from an {target} export)" if target != "iOS17" and not given else ""))
             result = sweep(name)
             if result.error:
                 print_progress(f"  {name}: not built: {result.error}")
@@ -309,7 +313,7 @@ def run_quantize(args) -> int:
             results.append(result)
         context = {"model": description["model"], "backend": backend, "values_from": describe_backend(backend),
                    "compute_units": units, "compute_precision": precision, "clip": clip.name, "runs": args.runs,
-                   "warmup": args.warmup}
+                   "warmup": args.warmup, **({"packages": description["packages"]} if given else {})}
         summary_path, plots, skipped = write_quantization(staging, [r.record() for r in results], context, gates)
         publish(staging, args.output_root)
     verdict = json.loads((args.output_root / summary_path.name).read_text())["overall"]

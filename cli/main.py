@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "weigh size, quality and speed")
     quantize.add_argument("--input-dir", type=Path, default=Path("parakeet_coreml"),
                           help="a directory written by convert (default parakeet_coreml)")
+    _add_package_set_options(quantize, "quantize")
     quantize.add_argument("--output-root", type=Path, default=Path("parakeet_coreml_quantized"),
                           help="one folder per variant, quantization_summary.json and plots/quantize/ "
                                "(default parakeet_coreml_quantized)")

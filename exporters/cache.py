@@ -81,6 +81,11 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def content_digest(root: Path) -> str:
+    """sha256 over a directory's files (names, sizes, contents): a package's identity by content."""
+    return hashlib.sha256(json.dumps(_manifest(Path(root)), sort_keys=True).encode()).hexdigest()
+
+
 def _info_digest(info: dict) -> str:
     return hashlib.sha256(json.dumps({k: v for k, v in info.items() if k != DIGEST}, sort_keys=True).encode()
                           ).hexdigest()

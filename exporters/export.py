@@ -39,6 +39,11 @@ class ExportedComponent:
         return self.entry.info
 
     @property
+    def key(self) -> str:
+        """What identifies the package: its cache entry's key."""
+        return self.entry.path.name
+
+    @property
     def size_bytes(self) -> int:
         """The package's own size (the cache entry also holds its op origins)."""
         return package_size(self.package)

@@ -17,12 +17,14 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import coremltools as ct
 import coremltools.optimize.coreml as cto
+import numpy as np
 
-from exporters.cache import ExportCache, cache_key
+from exporters.cache import ExportCache, cache_key, content_digest
 from exporters.components import COMPONENTS, DEPLOYMENT_TARGETS, ExportError
 from exporters.export import ExportedComponent
 from exporters.settings import tool_settings
@@ -124,16 +126,78 @@ def is_front_end(component: str) -> bool:
     return "*" in COMPONENTS[component].fp32_scopes
 
 
-def front_end_ops(base: ExportedComponent) -> tuple[str, ...]:
+def front_end_ops(base) -> tuple[str, ...]:
     """Ops of ``base`` under its component's fp32 scopes (``Component.fp32_scopes``): the front
     end's STFT basis and mel filterbank are not learned weights, and rounding them moves every
-    mel value (int8 on the preprocessor measured quality 0.944)."""
+    mel value (int8 on the preprocessor measured quality 0.944). An export says which ops those
+    are through its op origins; a given package through :meth:`GivenPackage.front_end_ops`."""
     scopes = COMPONENTS[base.name].fp32_scopes
     if not scopes:
         return ()
-    front = {out for out, origin in base.op_origins().items() if origin.split(".")[0] in scopes}
     program = load_program(base.package)
+    if isinstance(base, GivenPackage):
+        return base.front_end_ops(program)
+    front = {out for out, origin in base.op_origins().items() if origin.split(".")[0] in scopes}
     return tuple(op.name for op in program.functions["main"].operations if op.outputs and op.outputs[0].name in front)
+
+
+# a constant this large is a weight, not a scalar or a shape that any two programs may share
+_SHARED_WEIGHT_SIZE = 64
+
+
+def _weight_digests(program) -> dict[str, str]:
+    """Const op name -> a digest of its value (rounded to fp16, so an fp16 and an fp32 copy of
+    one weight agree) for every weight of at least ``_SHARED_WEIGHT_SIZE`` elements."""
+    found = {}
+    for op in program.functions["main"].operations:
+        value = op.outputs[0].val if op.op_type == "const" else None
+        if isinstance(value, np.ndarray) and value.size >= _SHARED_WEIGHT_SIZE and value.dtype.kind == "f":
+            rounded = value.astype(np.float16)
+            found[op.name] = hashlib.sha256(str(rounded.shape).encode() + rounded.tobytes()).hexdigest()
+    return found
+
+
+@dataclass(frozen=True)
+class GivenPackage:
+    """A package this tool did not export (``--packages``), compressed like an export and keyed by
+    its content. It records no op origins; ``front_end`` (the set's preprocessor, if it has one)
+    tells the front end inside a mel_encoder apart: the weights the two packages share."""
+
+    name: str
+    package: Path
+    front_end: Path | None = None
+
+    @cached_property
+    def key(self) -> str:
+        return content_digest(self.package)
+
+    @property
+    def size_bytes(self) -> int:
+        return package_size(self.package)
+
+    def front_end_ops(self, program) -> tuple[str, ...]:
+        """The weights this program shares with the preprocessor, and the ops that read them;
+        none without a preprocessor (then the front end is compressed with the rest)."""
+        if self.front_end is None:
+            return ()
+        shared = set(_weight_digests(load_program(self.front_end)).values())
+        consts = {name for name, digest in _weight_digests(program).items() if digest in shared}
+        readers = [op.name for op in program.functions["main"].operations if op.op_type != "const" and any(
+            var.op is not None and var.op.name in consts for var in op.inputs.values() if hasattr(var, "op"))]
+        return tuple(sorted(consts)) + tuple(readers)
+
+
+class GivenExports:
+    """What the quantization sweep builds its variants from, for a package set: the packages as
+    they are, whatever deployment target a variant asks for (a variant its target's ops cannot
+    express fails to build, with the reason)."""
+
+    def __init__(self, packages: dict[str, Path]):
+        front_end = packages.get("preprocessor")
+        self.packages = {name: GivenPackage(name, Path(path), front_end) for name, path in packages.items()}
+
+    def export_all(self, names=None) -> list[GivenPackage]:
+        return [self.packages[name] for name in (names or self.packages) if name in self.packages]
 
 
 @dataclass(frozen=True)
@@ -158,7 +222,7 @@ def compress(base: ExportedComponent, variant: Variant, cache: ExportCache, prog
     steps = variant.steps_for(base.name)
     if not steps or is_front_end(base.name):
         return CompressedComponent(base.name, variant.name, base.package, (), {"uncompressed": True})
-    key = cache_key(kind="compressed", base=base.entry.path.name, component=base.name,
+    key = cache_key(kind="compressed", base=base.key, component=base.name,
                     steps=[s.as_dict() for s in steps], keep_lstm=variant.keep_lstm,
                     code=hashlib.sha256(Path(__file__).read_bytes()).hexdigest())
 
@@ -180,7 +244,7 @@ def compress(base: ExportedComponent, variant: Variant, cache: ExportCache, prog
         operations = compressed._mil_program.functions["main"].operations
         constexprs = sum(op.op_type.startswith("constexpr_") for op in operations)
         return {"component": base.name, "variant": variant.name, "package": package,
-                "steps": [s.as_dict() for s in steps], "base_key": base.entry.path.name,
+                "steps": [s.as_dict() for s in steps], "base_key": base.key,
                 "front_end_ops_kept": len(untouched), "compressed_weights": constexprs,
                 "uncompressed": constexprs == 0,
                 "minimum_deployment_target": variant.minimum_deployment_target,

@@ -10,12 +10,19 @@ import json
 import coremltools as ct
 import numpy as np
 import pytest
+import soundfile
 import torch
 
 from cli.main import main
 from exporters import torch_compat
 from exporters.components import COMPONENTS, example_inputs
+from exporters.quantize import GivenExports
 from exporters.wrappers import wrapper
+from runtimes.loader import LoadedPredictors
+from runtimes.mil.model import load_program
+from validation.audio import synthetic_speech
+from validation.checks import ParityRunner, torch_reference
+from validation.tolerances import load_tolerances
 
 pytestmark = pytest.mark.parity
 
@@ -104,11 +111,6 @@ def test_a_set_written_by_another_converter_passes_every_check(foreign_set, mode
 
 def test_a_flexible_preprocessor_is_fed_the_unpadded_clip(foreign_set, torch_model, dims, export_cache):
     """As an app feeds it: the clip's own samples, compared against Torch on the same samples."""
-    from runtimes.loader import LoadedPredictors
-    from validation.audio import synthetic_speech
-    from validation.checks import ParityRunner, torch_reference
-    from validation.tolerances import load_tolerances
-
     packages = {"preprocessor": foreign_set / "Preprocessor.mlpackage"}
     runner = ParityRunner(torch_model, dims, packages, LoadedPredictors("mil"), load_tolerances(None, [], None),
                           "mil", "float32")
@@ -155,3 +157,42 @@ def test_contract_differences_are_one_error_naming_each(torch_model, dims, model
     assert "decoder (Decoder.mlpackage): output 'decoder' missing" in last
     assert "joint (Joint.mlpackage): input 'decoder' is float16, expected float32" in last
     assert not report.exists()
+
+
+def test_quantize_and_evaluate_take_a_package_set(foreign_set, model_source, export_cache, dims, tmp_path, capsys):
+    """The variants are built from the packages as found and labelled with where they came from;
+    evaluate decodes with them."""
+    root = tmp_path / "quantized"
+    code = main(["quantize", "--packages", str(foreign_set), *model_source.cli_args(), "--output-root", str(root),
+                 "--cache-dir", str(export_cache.root), "--backend", "mil", "--variants", "palettize_8bit",
+                 "--held-out", "none", "--runs", "0"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    entry = json.loads((root / "quantization_summary.json").read_text())["variants"]["palettize_8bit"]
+    # its gate holds only with the front end inside MelEncoder left as it was: found by the weights
+    # it shares with Preprocessor (compressed with the rest, mel_encoder's quality was 0.946)
+    assert entry["error"] is None and entry["gates"]["status"] == "passed"
+    assert entry["components"]["mel_encoder"]["quality"] > 0.95
+    assert entry["measured_with"]["packages"]["components"]["encoder"]["file"] == "parakeet_encoder.mlpackage"
+    assert entry["components"]["encoder"]["compression_ratio"] > 1.5  # fp32 weights to 8-bit indices
+    speech = tmp_path / "speech.wav"
+    clip = synthetic_speech(export_cache, dims)
+    soundfile.write(str(speech), clip.samples[:clip.length], dims.sample_rate)
+    report = tmp_path / "report"
+    code = main(["evaluate", "--packages", str(foreign_set), *model_source.cli_args(), "--audio", str(speech),
+                 "--report-dir", str(report), "--cache-dir", str(export_cache.root), "--backend", "mil"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    block = json.loads((report / "metadata.json").read_text())["evaluation"]
+    assert block["status"] == "passed" and block["utterances"] == 1
+
+
+def test_the_front_end_of_a_given_mel_encoder_is_found_by_the_weights_it_shares(foreign_set):
+    given = GivenExports({"preprocessor": foreign_set / "Preprocessor.mlpackage",
+                          "mel_encoder": foreign_set / "MelEncoder.mlpackage",
+                          "encoder": foreign_set / "parakeet_encoder.mlpackage"}).packages
+    program = load_program(given["mel_encoder"].package)
+    front = given["mel_encoder"].front_end_ops(program)
+    ops = {op.name: op.op_type for op in program.functions["main"].operations}
+    assert any(ops[name] == "const" for name in front) and any(ops[name] != "const" for name in front)
+    assert given["encoder"].front_end_ops(load_program(given["encoder"].package)) == ()  # shares none

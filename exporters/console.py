@@ -39,10 +39,16 @@ def print_result(message: str) -> None:
     print(message, file=tool_out(), flush=True)
 
 
+# a stage quicker than this shows no bar at all (and a failure in it, only its error line)
+BAR_DELAY_SECONDS = 2.0
+
+
 def progress_bar(what: str, unit: str):
-    """``bar(items, total)``: the items, with a bar of the rate and ETA on the tool's stderr."""
+    """``bar(items, total)``: the items, with a bar of the rate and ETA on the tool's stderr once
+    the stage has run ``BAR_DELAY_SECONDS``; the bar is cleared when the stage ends."""
     def bar(items, total):
-        return tqdm(items, total=total, desc=what, unit=unit, file=tool_err(), dynamic_ncols=True, leave=False)
+        return tqdm(items, total=total, desc=what, unit=unit, file=tool_err(), dynamic_ncols=True, leave=False,
+                    delay=BAR_DELAY_SECONDS)
 
     return bar
 

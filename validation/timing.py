@@ -263,8 +263,9 @@ def case_entry(case: Case, rounds: list[dict[str, float]], first: dict, runs: in
 
 
 def flagged(block: dict) -> list[str]:
-    """One line per flagged case of a latency block: ``case: reason; reason``."""
-    return [f"{name}: {'; '.join(entry['flags'])}" for section in ("components", "fused", "end_to_end")
+    """One line per flagged case of a latency block, named by its case id: ``case: reason; reason``."""
+    prefix = {"components": "", "fused": "fused:", "end_to_end": "end_to_end:"}
+    return [f"{prefix[section]}{name}: {'; '.join(entry['flags'])}" for section in prefix
             for name, entry in block[section].items() if entry.get("flags")]
 
 

@@ -127,3 +127,13 @@ def test_benchmark_only_deselects_the_tests_without_a_benchmark():
     collected = [line for line in done.stdout.splitlines() if "::" in line]
     assert collected and all("tests/latency/test_latency.py::test_latency[" in line for line in collected), done.stdout
     assert "deselected" in done.stdout and "Skipping non-benchmark" not in done.stdout
+
+
+def test_flagged_cases_are_named_by_their_case_id():
+    """The component joint_decision and the fused pair joint_decision are two cases."""
+    report = LatencyReport({"model": "m"}, ENV, audio_seconds=10.0, runs=4, warmup=0)
+    noisy = [10.0, 20.0, 10.0, 20.0]
+    report.add(_case("joint_decision", "component"), "torch", noisy, [5.0] * 4)
+    report.add(_case("joint_decision", "fused"), "fused", noisy, [5.0] * 4)
+    assert [line.split(":")[0] for line in flagged(report.block())] == ["joint_decision", "fused"]
+    assert flagged(report.block())[1].startswith("fused:joint_decision: wide spread: fused CV")

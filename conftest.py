@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import cli  # noqa: F401  first of this project's modules: it settles the BLAS threads before numpy loads
 from exporters.cache import ExportCache
 from exporters.components import COMPUTE_PRECISIONS, DECODE, ExportError, ExportOptions
 from exporters.export import Exporter

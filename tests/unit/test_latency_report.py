@@ -137,3 +137,14 @@ def test_flagged_cases_are_named_by_their_case_id():
     report.add(_case("joint_decision", "fused"), "fused", noisy, [5.0] * 4)
     assert [line.split(":")[0] for line in flagged(report.block())] == ["joint_decision", "fused"]
     assert flagged(report.block())[1].startswith("fused:joint_decision: wide spread: fused CV")
+
+
+def test_the_blas_threads_spin_briefly_in_the_command_and_the_suite():
+    """Set by ``cli`` before numpy loads (later, OpenBLAS would not read it): the conftest imports
+    it first, so the suite's timings get it too."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    done = subprocess.run([sys.executable, "-c", "import sys, os, cli; assert 'numpy' not in sys.modules; "
+                           "print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"],
+                          cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "4", done.stderr
+    assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "4"

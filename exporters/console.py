@@ -45,10 +45,15 @@ BAR_DELAY_SECONDS = 2.0
 
 def progress_bar(what: str, unit: str):
     """``bar(items, total)``: the items, with a bar of the rate and ETA on the tool's stderr once
-    the stage has run ``BAR_DELAY_SECONDS``; the bar is cleared when the stage ends."""
+    the stage has run ``BAR_DELAY_SECONDS``, cleared when the stage ends or fails. Only on a
+    terminal: a log or a pipe gets the tool's progress lines, not carriage returns."""
     def bar(items, total):
-        return tqdm(items, total=total, desc=what, unit=unit, file=tool_err(), dynamic_ncols=True, leave=False,
-                    delay=BAR_DELAY_SECONDS)
+        progress = tqdm(items, total=total, desc=what, unit=unit, file=tool_err(), dynamic_ncols=True, leave=False,
+                        delay=BAR_DELAY_SECONDS, disable=None)
+        try:
+            yield from progress
+        finally:
+            progress.close()
 
     return bar
 

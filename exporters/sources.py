@@ -13,6 +13,7 @@ import json
 import logging
 import socket
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -130,14 +131,16 @@ class ModelSource:
     def load(self):
         """The model in eval mode, made deterministic for export (no dither, no padding).
 
-        Loaded once per process and source: the exports of every precision and the Torch
-        reference share it.
+        Loaded once per process, source and temporary directory: the exports of every precision
+        and the Torch reference share it. A model keeps files in the temporary directory it was
+        loaded under (its tokenizer), and a command's scratch directory goes when the command ends,
+        so a model loaded under another one is loaded again.
         """
-        return _load(self)
+        return _load(self, tempfile.gettempdir())
 
 
 @lru_cache(maxsize=2)
-def _load(source: ModelSource):
+def _load(source: ModelSource, tempdir: str):
     quiet_nemo()
     if source.kind == "preset":
         model = build_model(get_preset(source.value))

@@ -125,3 +125,18 @@ def test_unreachable_hub_fails_fast_with_one_line(tmp_path):
     assert len(lines) == 1, done.stderr
     assert "--nemo-path" in lines[0] and "nvidia/parakeet-tdt-0.6b-v3" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_loaded_inside_a_command_is_not_reused_after_its_scratch_is_gone(tmp_path):
+    """A command loads the model under its scratch directory, where the model keeps its tokenizer,
+    and removes the scratch when it ends. Reused after that, the model could not be saved (seen as
+    a missing tokenizer.model when the fault tests ran before the source tests in one process)."""
+    from exporters.cache import ExportCache  # lazy: only this test opens a scratch of its own
+
+    source = ModelSource("preset", "tiny")
+    with ExportCache(tmp_path / "cache").scratch():
+        inside = source.load()
+    after = source.load()
+    assert after is not inside and after is source.load()
+    after.save_to(str(tmp_path / "after.nemo"))  # reads its tokenizer from where it was built
+    assert (tmp_path / "after.nemo").stat().st_size > 0

@@ -12,7 +12,7 @@ def write_evaluation(directory: Path, description: dict, block: dict, records: l
                      ) -> tuple[Path, list[Path], list[str]]:
     """The ``evaluation`` block into ``directory``/metadata.json, and the plots beside it."""
     path = update_metadata(directory, description, evaluation=block)
-    caption = Caption(description["model"], f"{block['utterances']} utterances · backend {block.get('backend', '?')} · "
-                                            f"{block['normalizer']} normaliser")
+    caption = Caption.of(description, f"{block['utterances']} utterances · backend {block.get('backend', '?')} · "
+                                      f"{block['normalizer']} normaliser")
     plots, skipped = evaluation_plots(block, records, caption, Path(directory) / EVALUATION_DIR)
     return path, plots, skipped

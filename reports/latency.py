@@ -13,7 +13,7 @@ from validation.timing import Case, case_entry, latency_block
 
 def write_latency(directory: Path, description: dict, block: dict) -> tuple[Path, list[Path]]:
     path = update_metadata(directory, description, latency=block)
-    return path, latency_plots(block, description["model"], Path(directory) / PARITY_DIR)
+    return path, latency_plots(block, description, Path(directory) / PARITY_DIR)
 
 
 @dataclass

@@ -60,8 +60,8 @@ class ParityReport:
                 for precision, runs in self.runs.items()}
 
     def caption(self) -> Caption:
-        return Caption(self.description["model"], f"backend {self.context['backend']} "
-                                                  f"({self.context['values_from']}) · {self.precision}")
+        return Caption.of(self.description, f"backend {self.context['backend']} "
+                                            f"({self.context['values_from']}) · {self.precision}")
 
     def write(self, directory: Path) -> tuple[Path, list[Path]]:
         """``metadata.json``'s validation block and the plots of the primary clip (the one whose

@@ -27,6 +27,20 @@ class Caption:
 
     model: str  # as ``Exporter.metadata`` describes it: preset:NAME, hub:ID or a .nemo path
     measured: str  # backend, precision, compute units: what the numbers were measured with
+    packages: dict | None = None  # a package set's provenance (``validation.packages``): not exported here
+
+    @classmethod
+    def of(cls, description: dict, measured: str) -> Caption:
+        """The caption of a report written from ``description`` (a metadata.json document)."""
+        return cls(description["model"], measured, description.get("packages"))
+
+    @property
+    def subject_suffix(self) -> str:
+        """The model, and whose packages were measured when this tool did not export them."""
+        if self.packages is None:
+            return self.model_name
+        folder = Path(self.packages["directory"]).name if self.packages.get("directory") else "--component"
+        return f"{self.model_name}, packages from {folder}/ (not exported here)"
 
     @property
     def model_name(self) -> str:
@@ -60,7 +74,7 @@ def _figure(rows: int, height: float = 2.6, width: float = 11.0):
 def _save(plt, fig, caption: Caption, subject: str, path: Path, right: float = 1.0) -> Path:
     """Title (subject and model), footer (how it was measured), then the file; ``right`` keeps
     the figure's right edge free for a figure legend."""
-    fig.suptitle("\n".join(textwrap.wrap(f"{subject} — {caption.model_name}", 100)), fontsize=10)
+    fig.suptitle("\n".join(textwrap.wrap(f"{subject} — {caption.subject_suffix}", 100)), fontsize=10)
     footer = textwrap.wrap(caption.footer(), 170)
     fig.text(0.01, 0.005, "\n".join(footer), fontsize=6.5, color="dimgray", ha="left", va="bottom")
     inches = fig.get_size_inches()[1]
@@ -202,11 +216,11 @@ def parity_plots(series: dict, caption: Caption, out_dir: Path, token_classes: i
     return drawn
 
 
-def latency_caption(block: dict, model: str) -> Caption:
+def latency_caption(block: dict, description: dict) -> Caption:
     """Backend (labelled as executor timings where they are), compute units, precision, threads."""
     backend = block["backend"] + (" (MIL executor timings, not Core ML)" if block["backend"] == "mil" else "")
-    return Caption(model, f"{backend} · {block['compute_units']} · {block['compute_precision']} · "
-                          f"Torch threads {block['threads']['torch']}")
+    return Caption.of(description, f"{backend} · {block['compute_units']} · {block['compute_precision']} · "
+                                   f"Torch threads {block['threads']['torch']}")
 
 
 def _paired_bars(ax, names: list[str], sides: list[tuple[str, list[dict], str]], ylabel: str) -> None:
@@ -259,9 +273,9 @@ def _speedup_bars(ax, names: list[str], entries: list[dict], ylabel: str) -> Non
                       "latency block)", fontsize=8)
 
 
-def latency_plots(block: dict, model: str, out_dir: Path) -> list[Path]:
+def latency_plots(block: dict, description: dict, out_dir: Path) -> list[Path]:
     """Latency summary, speedup, fused against separate, fused speedup."""
-    caption = latency_caption(block, model)
+    caption = latency_caption(block, description)
     backend = "executor" if block["backend"] == "mil" else block["backend"]
     rows = {**block["components"], **{f"end to end ({k})": v for k, v in block["end_to_end"].items()}}
     drawn = []

@@ -46,8 +46,8 @@ def overall(summary: dict) -> dict:
 
 
 def caption_of(context: dict) -> Caption:
-    return Caption(context["model"], f"{context['backend']} ({context['values_from']}) · "
-                                     f"{context['compute_units']} · {context['compute_precision']}")
+    return Caption.of(context, f"{context['backend']} ({context['values_from']}) · "
+                               f"{context['compute_units']} · {context['compute_precision']}")
 
 
 def write_quantization(directory: Path, records: list[dict], context: dict, gates: dict

@@ -96,3 +96,13 @@ def test_a_compiled_bundle_is_refused_off_core_ml_with_the_reason(tmp_path, mode
                  "--report-dir", str(tmp_path / "report"), "--cache-dir", str(export_cache.root)])
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "JointDecision.mlmodelc: compiled .mlmodelc bundles run only on Core ML" in last
+
+
+def test_plots_of_someone_elses_packages_say_so_in_their_titles():
+    from reports.plots import Caption  # lazy: only this test reads the plots module
+
+    theirs = Caption.of({"model": "/tmp/x/my.nemo", "packages": {"directory": "/data/their_models"}}, "mil")
+    assert theirs.subject_suffix == "my.nemo, packages from their_models/ (not exported here)"
+    assert Caption.of({"model": "preset:tiny"}, "mil").subject_suffix == "tiny (preset)"
+    assert Caption.of({"model": "hub:nvidia/parakeet-tdt-0.6b-v3"}, "mil").subject_suffix == (
+        "nvidia/parakeet-tdt-0.6b-v3 (hub)")

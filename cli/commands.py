@@ -8,7 +8,6 @@ from pathlib import Path
 from exporters.cache import ExportCache
 from exporters.components import DECODE, ExportError, ExportOptions, get_components
 from exporters.console import print_progress, print_result, progress_bar
-from exporters.convert import program_precision
 from exporters.export import ORIGINS_FILE, Exporter
 from exporters.publish import copy_package, publish, staged_output
 from exporters.quantize import GivenExports, parse_variant, variant_table
@@ -22,7 +21,6 @@ from reports.parity import ParityReport, parity_context
 from reports.quantization import write_quantization
 from runtimes.base import BackendUnavailable, describe_backend, resolve_backend
 from runtimes.loader import LoadedPredictors, load_predictor
-from runtimes.mil.model import load_program
 from validation.audio import parity_clips, read_audio, synthetic_speech
 from validation.checks import ParityRunner
 from validation.evaluation import (
@@ -130,11 +128,12 @@ def read_package_set(args):
     origin = provenance(args.packages, packages, interfaces, unmatched)
     description = exporter.metadata([])
     description.pop("host")
-    readable = [p for name, p in packages.items() if p.suffix == ".mlpackage" and name in ("encoder", "mel_encoder")]
-    precision = program_precision(load_program(readable[0]))["compute_precision"] if readable else "float16"
-    description["coreml"] = {"compute_units": "ALL", "compute_precision": "float32" if precision == "float32"
-                             else "float16", "package_precision": precision if readable else "not read (no "
-                             ".mlpackage encoder): checked as float16"}
+    # the encoders' precision decides the rules (float32: the whole transcript must match)
+    read = [interfaces[name].precision for name in ("encoder", "mel_encoder")
+            if interfaces.get(name) is not None and interfaces[name].precision is not None]
+    description["coreml"] = {"compute_units": "ALL", "compute_precision": "float32" if read and all(
+        p == "float32" for p in read) else "float16", "package_precision": read[0] if read else
+        "not read (no .mlpackage encoder): checked as float16"}
     description["components"] = {name: {"path": str(path.resolve()), "size_bytes": origin["components"][name][
         "size_bytes"]} for name, path in packages.items()}
     description["packages"] = origin

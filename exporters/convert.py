@@ -7,8 +7,8 @@ from collections import Counter
 import coremltools as ct
 import numpy as np
 import torch
-from coremltools.converters.mil.mil import types
 from coremltools.converters.mil.mil.scope import ScopeSource
+from coremltools.proto import MIL_pb2
 
 from exporters import torch_compat
 from exporters.components import Component, ExportOptions, ModelDims, example_inputs
@@ -82,21 +82,25 @@ def op_origins(program) -> dict[str, str]:
     return origins
 
 
-def program_precision(program) -> dict:
-    """The precision the program really computes in, read from its ops' output types.
+def program_precision(spec) -> dict:
+    """The precision a package's program really computes in, read from its ops' output types in
+    the model spec (no weights are read, so it is cheap on a 0.6B package written by anyone).
 
     Casts (which coremltools puts at fp16 programs' inputs and outputs) and consts are left
     out; a program with both fp16 and fp32 compute ops is "mixed".
     """
+    function = spec.mlProgram.functions["main"]
     counts = Counter()
-    for op in program.functions["main"].operations:
-        if op.op_type in ("const", "cast"):
+    for op in function.block_specializations[function.opset].operations:
+        if op.type in ("const", "cast"):
             continue
         for out in op.outputs:
-            dtype = out.dtype if types.is_tensor(out.sym_type) or types.is_scalar(out.sym_type) else None
-            if dtype is types.fp16:
+            if out.type.WhichOneof("type") != "tensorType":
+                continue
+            dtype = out.type.tensorType.dataType
+            if dtype == MIL_pb2.DataType.FLOAT16:
                 counts["float16"] += 1
-            elif dtype is types.fp32:
+            elif dtype == MIL_pb2.DataType.FLOAT32:
                 counts["float32"] += 1
     if counts["float16"] and counts["float32"]:
         label = "mixed"

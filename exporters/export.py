@@ -116,7 +116,7 @@ class Exporter:
                 "package": package,
                 "inputs": [s.as_dict() for s in component.inputs(dims)],
                 "outputs": [s.as_dict() for s in component.outputs(dims)],
-                **program_precision(mlmodel._mil_program),
+                **program_precision(mlmodel.get_spec()),
                 "options": self.options.as_dict(),
                 "convert_seconds": round(seconds, 2),
             }

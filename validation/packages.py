@@ -98,10 +98,13 @@ class Interface:
     inputs: tuple[InputSpec, ...]
     outputs: dict[str, tuple[str, tuple[int, ...] | None]]
     metadata: dict
+    precision: str | None = None  # what the program computes in (``exporters.convert.program_precision``)
 
 
 def _read_mlpackage(path: Path) -> Interface:
     import coremltools as ct  # lazy: coremltools imports torch; only package sets are read with it
+
+    from exporters.convert import program_precision  # lazy: as above
 
     try:
         spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
@@ -118,7 +121,8 @@ def _read_mlpackage(path: Path) -> Interface:
                 "short_description": meta.shortDescription or None, "specification_version": spec.specificationVersion,
                 **{k: meta.userDefined[k] for k in PROVENANCE_KEYS if k in meta.userDefined}}
     return Interface(tuple(input_spec(f) for f in description.input), outputs,
-                     {k: v for k, v in metadata.items() if v is not None})
+                     {k: v for k, v in metadata.items() if v is not None},
+                     program_precision(spec)["compute_precision"])
 
 
 def _read_mlmodelc(path: Path) -> Interface | None:

@@ -1,0 +1,130 @@
+"""Matrix products, convolutions and pooling."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from runtimes.mil.ops.base import Unsupported, kernel
+
+
+@kernel("linear")
+def linear(x, weight, bias=None):
+    y = np.matmul(x, weight.T)
+    return y if bias is None else y + bias
+
+
+@kernel("matmul")
+def matmul(x, y, transpose_x=False, transpose_y=False):
+    if transpose_x and x.ndim >= 2:
+        x = np.swapaxes(x, -1, -2)
+    if transpose_y and y.ndim >= 2:
+        y = np.swapaxes(y, -1, -2)
+    return np.matmul(x, y)
+
+
+def _spatial_padding(pad_type, pad, size, kernel_size, strides, dilations):
+    """(begin, end) padding per spatial dim, from MIL's pad_type rules."""
+    n = len(size)
+    if pad_type == "valid":
+        return [(0, 0)] * n
+    if pad_type == "custom":
+        pad = np.zeros(2 * n, dtype=int) if pad is None else np.asarray(pad, dtype=int)
+        return [(int(pad[2 * i]), int(pad[2 * i + 1])) for i in range(n)]
+    if pad_type in ("same", "same_lower"):
+        pads = []
+        for d in range(n):
+            effective = (kernel_size[d] - 1) * dilations[d] + 1
+            out = -(-size[d] // strides[d])
+            total = max((out - 1) * strides[d] + effective - size[d], 0)
+            small = total // 2
+            pads.append((small, total - small) if pad_type == "same" else (total - small, small))
+        return pads
+    raise Unsupported("pad_type", f"{pad_type!r} is not one of valid, same, same_lower, custom")
+
+
+@kernel("conv")
+def conv(x, weight, pad_type="valid", strides=None, dilations=None, pad=None, groups=1, bias=None):
+    n_spatial = x.ndim - 2
+    kernel_size = weight.shape[2:]
+    strides = [1] * n_spatial if strides is None else [int(s) for s in strides]
+    dilations = [1] * n_spatial if dilations is None else [int(d) for d in dilations]
+    pads = _spatial_padding(pad_type, pad, x.shape[2:], kernel_size, strides, dilations)
+    x = np.pad(x, [(0, 0), (0, 0), *pads])
+    groups = int(groups)
+    batch, c_in = x.shape[:2]
+    c_out = weight.shape[0]
+    if c_in % groups or c_out % groups or weight.shape[1] != c_in // groups:
+        raise Unsupported("groups", f"{groups} groups do not fit {c_in} input and {c_out} output channels "
+                                    f"with weight shape {list(weight.shape)}")
+    out_size = [(x.shape[2 + d] - ((kernel_size[d] - 1) * dilations[d] + 1)) // strides[d] + 1
+                for d in range(n_spatial)]
+    if groups == 1:
+        # im2col as a strided view, then one matrix product over (C_in, kernel)
+        window = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilations)]
+        view = sliding_window_view(x, window, axis=tuple(range(2, x.ndim)))
+        index = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides) \
+            + tuple(slice(None, None, d) for d in dilations)
+        patches = view[index]  # N, C_in, *out, *kernel
+        y = np.tensordot(patches, weight, axes=([1] + list(range(2 + n_spatial, 2 + 2 * n_spatial)),
+                                                list(range(1, 2 + n_spatial))))
+        y = np.moveaxis(y, -1, 1)
+    else:
+        # accumulate one kernel tap at a time; depthwise taps are broadcast multiplies
+        xg = x.reshape(batch, groups, c_in // groups, *x.shape[2:])
+        wg = weight.reshape(groups, c_out // groups, c_in // groups, *kernel_size)
+        y = np.zeros((batch, groups, c_out // groups, *out_size), dtype=np.result_type(x, weight))
+        for tap in itertools.product(*(range(k) for k in kernel_size)):
+            region = tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
+                           for t, d, o, s in zip(tap, dilations, out_size, strides))
+            xs = xg[(slice(None), slice(None), slice(None)) + region]
+            w = wg[(slice(None), slice(None), slice(None)) + tap]
+            if w.shape[1:] == (1, 1):
+                y += w.reshape((1, groups, 1) + (1,) * n_spatial) * xs
+            else:
+                flat = xs.reshape(batch, groups, c_in // groups, -1)
+                y += np.matmul(w[None], flat).reshape(y.shape)
+        y = y.reshape(batch, c_out, *out_size)
+    if bias is not None:
+        y = y + np.reshape(bias, (1, -1) + (1,) * n_spatial)
+    return y
+
+
+def _pool(x, kernel_sizes, strides, pad_type, pad, ceil_mode, fill, reduce):
+    if ceil_mode:
+        raise Unsupported("ceil_mode", "True is not implemented")
+    n_spatial = len(kernel_sizes)
+    kernel_sizes = [int(k) for k in kernel_sizes]
+    strides = [1] * n_spatial if strides is None else [int(s) for s in strides]
+    pads = _spatial_padding(pad_type, pad, x.shape[-n_spatial:], kernel_sizes, strides, [1] * n_spatial)
+    lead = [(0, 0)] * (x.ndim - n_spatial)
+    padded = np.pad(x, lead + pads, constant_values=fill)
+    valid = np.pad(np.ones(x.shape[-n_spatial:], dtype=bool), pads, constant_values=False)
+    axes = tuple(range(x.ndim - n_spatial, x.ndim))
+    step = (Ellipsis,) + tuple(slice(None, None, s) for s in strides) + (slice(None),) * n_spatial
+    windows = sliding_window_view(padded, kernel_sizes, axis=axes)[step]
+    counts = sliding_window_view(valid, kernel_sizes)[step[1:]]
+    window_axes = tuple(range(-n_spatial, 0))
+    return reduce(windows, window_axes, counts.sum(axis=window_axes))
+
+
+@kernel("max_pool")
+def max_pool(x, kernel_sizes, strides=None, pad_type="valid", pad=None, ceil_mode=False):
+    return _pool(x, kernel_sizes, strides, pad_type, pad, ceil_mode, -np.inf,
+                 lambda w, axes, n: np.max(w, axis=axes))
+
+
+@kernel("avg_pool")
+def avg_pool(x, kernel_sizes, strides=None, pad_type="valid", pad=None,
+             exclude_padding_from_average=False, ceil_mode=False):
+    size = float(np.prod([int(k) for k in kernel_sizes]))
+    return _pool(x, kernel_sizes, strides, pad_type, pad, ceil_mode, 0.0,
+                 lambda w, axes, n: np.sum(w, axis=axes) / (n if exclude_padding_from_average else size))
+
+
+@kernel("l2_pool")
+def l2_pool(x, kernel_sizes, strides=None, pad_type="valid", pad=None, ceil_mode=False):
+    return _pool(x, kernel_sizes, strides, pad_type, pad, ceil_mode, 0.0,
+                 lambda w, axes, n: np.sqrt(np.sum(w * w, axis=axes)))

@@ -1,0 +1,34 @@
+"""What the op tests share: float64 oracles' tolerances and hypothesis strategies.
+
+fp32 programs must agree with a float64 oracle to fp32 rounding; fp16 programs with the oracle
+computed from the same fp16 inputs and rounded to fp16, within one fp16 ulp (the executor
+accumulates in fp32, whose summation order may flip a last-bit rounding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+EXAMPLES = settings(max_examples=25, deadline=None)
+PER_OP = settings(max_examples=8, deadline=None)  # for tests parametrized over a table of ops
+FLOATS = st.sampled_from([np.float32, np.float16])
+
+
+def tolerance(dtype):
+    """(rtol, atol) for comparing an output of ``dtype`` with its float64 oracle."""
+    return (2e-5, 1e-6) if np.dtype(dtype) == np.float32 else (2**-10, 2**-14)
+
+
+def close(actual, expected, dtype=None, scale=1.0):
+    dtype = dtype or actual.dtype
+    rtol, atol = tolerance(dtype)
+    expected = np.asarray(expected, np.float64)
+    assert actual.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(actual.astype(np.float64), expected, rtol=rtol, atol=atol * scale)
+
+
+def arrays(shape, dtype, low=-3.0, high=3.0):
+    return hnp.arrays(dtype, shape, elements=st.floats(low, high, width=16))

@@ -1,0 +1,62 @@
+"""How the executor rounds fp16, propagates non-finite values and refuses what it does not implement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from coremltools.converters.mil.mil import Builder as mb
+
+from runtimes.mil import UnsupportedOperation
+from runtimes.mil.ops import KERNELS
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+def test_fp16_program_rounds_every_intermediate_to_fp16(run_mil):
+    """(x + y) - x: fp16 rounding of the sum is visible in the result, fp32 would keep y."""
+    x = np.array([1.0, 2048.0], np.float16)
+    y = np.array([2**-12, 0.75], np.float16)
+    (out,) = run_mil(lambda x, y: mb.sub(x=mb.add(x=x, y=y), y=x), {"x": x, "y": y})
+    assert out.dtype == np.float16
+    assert np.array_equal(out, (x + y) - x)  # numpy fp16 rounds after each op
+    assert not np.array_equal(out, y)
+
+
+def test_fp16_matmul_accumulates_in_fp32(run_mil):
+    """A fp16-only accumulation of 4096 ones plus a tiny term stalls at 2048; fp32 accumulation does not."""
+    x = np.ones((1, 4096), np.float16)
+    w = np.ones((4096, 1), np.float16)
+    (out,) = run_mil(lambda x, w: mb.matmul(x=x, y=w), {"x": x, "w": w})
+    assert out.dtype == np.float16 and out[0, 0] == 4096
+
+
+def test_nan_and_inf_propagate(run_mil):
+    x = np.array([[np.nan, 1.0, np.inf, -np.inf]], np.float32)
+    soft, summed, relu = run_mil(lambda x: [mb.softmax(x=x, axis=-1), mb.reduce_sum(x=x, axes=[1]), mb.relu(x=x)],
+                                 {"x": x})
+    assert np.isnan(soft).all()
+    assert np.isnan(summed).all()
+    assert np.isnan(relu[0, 0]) and relu[0, 2] == np.inf and relu[0, 3] == 0
+
+
+
+# ---- what the executor refuses -----------------------------------------------------------------
+
+def test_unimplemented_operation_is_named_with_its_opset(run_mil):
+    x = np.ones((1, 2, 5), np.float32)
+    with pytest.raises(UnsupportedOperation, match=r"conv_transpose \(opset iOS17\) .*not implemented"):
+        run_mil(lambda x: mb.conv_transpose(x=x, weight=np.ones((2, 2, 3), np.float32)), {"x": x})
+
+
+def test_unimplemented_parameter_value_is_named(run_mil):
+    x, h = np.ones((2, 1, 3), np.float32), np.zeros((1, 4), np.float32)
+    w_ih, w_hh = np.ones((16, 3), np.float32), np.ones((16, 4), np.float32)
+    with pytest.raises(UnsupportedOperation, match=r"lstm \(opset iOS17\) .*parameter 'clip'"):
+        run_mil(lambda x, h, c: list(mb.lstm(x=x, initial_h=h, initial_c=c, weight_ih=w_ih, weight_hh=w_hh,
+                                             clip=np.float32(1.0))), {"x": x, "h": h, "c": h})
+
+
+def test_unimplemented_parameter_is_refused_when_loading(run_mil, monkeypatch):
+    monkeypatch.setitem(KERNELS, "relu", lambda data: data)  # a kernel that knows no 'x'
+    with pytest.raises(UnsupportedOperation, match=r"relu \(opset iOS17\) .*parameter 'x' not implemented"):
+        run_mil(lambda x: mb.relu(x=x), {"x": np.ones((3,), np.float32)})

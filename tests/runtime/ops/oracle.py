@@ -8,6 +8,7 @@ accumulates in fp32, whose summation order may flip a last-bit rounding).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -32,3 +33,13 @@ def close(actual, expected, dtype=None, scale=1.0):
 
 def arrays(shape, dtype, low=-3.0, high=3.0):
     return hnp.arrays(dtype, shape, elements=st.floats(low, high, width=16))
+
+
+# the new op families' tests run each case at both precisions, so their pass rate splits by id
+BOTH_PRECISIONS = pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+
+
+def expected_at(dtype, values):
+    """A float64 oracle seen through the program's precision: fp16 programs round their result."""
+    values = np.asarray(values, np.float64)
+    return values.astype(dtype).astype(np.float64) if np.dtype(dtype) == np.float16 else values

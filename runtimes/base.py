@@ -77,8 +77,36 @@ class Predictor(Protocol):
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-def check_inputs(specs: tuple[InputSpec, ...], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Inputs as arrays, or an ``InputMismatch`` listing every problem and the expected inputs."""
+def _converted(name: str, value, spec: InputSpec) -> tuple[np.ndarray | None, str | None]:
+    """``value`` as an array of the declared type, the way Core ML's ``predict`` takes it, or the
+    reason it cannot be one."""
+    if isinstance(value, (str, bytes, Mapping)) or value is None:
+        return None, f"{name!r} is a {type(value).__name__}, not an array or a number"
+    try:
+        array = np.asarray(value)  # lists, numbers, numpy scalars and torch tensors alike
+    except (TypeError, ValueError) as error:
+        return None, f"{name!r} cannot be read as an array ({error})"
+    if array.dtype.kind not in "biuf":
+        return None, f"{name!r} holds {array.dtype.name} values, not numbers"
+    if np.issubdtype(spec.dtype, np.integer) and array.size:
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            return None, f"{name!r} holds NaN or infinite values, which {spec.dtype.name} cannot hold"
+        info = np.iinfo(spec.dtype)
+        if array.min() < info.min or array.max() > info.max:
+            return None, f"{name!r} holds values outside {spec.dtype.name}'s range [{info.min}, {info.max}]"
+    with np.errstate(over="ignore"):  # float64 beyond fp16's range becomes infinite, as in Core ML
+        return array.astype(spec.dtype, copy=False), None
+
+
+def check_inputs(specs: tuple[InputSpec, ...], inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """Inputs as arrays of their declared types, or an ``InputMismatch`` listing every problem and
+    the expected inputs.
+
+    Conversion follows Core ML's ``predict``: any numeric array, list or number is converted to
+    the input's declared type (float64 to float32, float to int32 truncating toward zero, as a C
+    cast does). Refused: unknown or missing names, shapes the input does not allow, values that
+    are not numbers, and values the declared integer type cannot hold (NaN, infinities, values out
+    of its range, where a C cast is undefined)."""
     if not isinstance(inputs, Mapping):
         raise InputMismatch(f"inputs must be a dict of name -> array; got {type(inputs).__name__}. "
                             f"Expected: {', '.join(map(str, specs))}")
@@ -89,33 +117,32 @@ def check_inputs(specs: tuple[InputSpec, ...], inputs: Mapping[str, np.ndarray])
     for name, spec in expected.items():
         if name not in inputs:
             continue
-        value = inputs[name]
-        if not isinstance(value, np.ndarray):
-            problems.append(f"{name!r} is a {type(value).__name__}, not a numpy array")
+        array, problem = _converted(name, inputs[name], spec)
+        if problem is None and not spec.allows(array.shape):
+            problem = f"{name!r} has shape {list(array.shape)}, expected {spec.allowed()}"
+        if problem is not None:
+            problems.append(problem)
             continue
-        if value.dtype != spec.dtype:
-            problems.append(f"{name!r} has dtype {value.dtype.name}, expected {spec.dtype.name}")
-        if not spec.allows(value.shape):
-            problems.append(f"{name!r} has shape {list(value.shape)}, expected {spec.allowed()}")
-        arrays[name] = value
+        arrays[name] = array
     if problems:
         raise InputMismatch("; ".join(problems) + ". Expected inputs: " + ", ".join(map(str, specs)))
     return arrays
 
 
 def input_spec(feature) -> InputSpec:
-    """An input of a Core ML model description (``spec.description.input[i]``): its dtype, default
-    shape and, where it has them, its shape range or enumerated shapes."""
+    """An input (or state) of a Core ML model description (``spec.description.input[i]``): its
+    dtype, default shape and, where it has them, its shape range or enumerated shapes."""
     from coremltools.proto import FeatureTypes_pb2  # lazy: coremltools imports torch; only packages read need it
 
-    array = feature.type.multiArrayType
+    kind = feature.type.WhichOneof("Type")
+    array = feature.type.stateType.arrayType if kind == "stateType" else feature.type.multiArrayType
     dtypes = {
         FeatureTypes_pb2.ArrayFeatureType.FLOAT32: np.float32,
         FeatureTypes_pb2.ArrayFeatureType.FLOAT16: np.float16,
         FeatureTypes_pb2.ArrayFeatureType.INT32: np.int32,
         FeatureTypes_pb2.ArrayFeatureType.DOUBLE: np.float64,
     }
-    if feature.type.WhichOneof("Type") != "multiArrayType" or array.dataType not in dtypes:
+    if kind not in ("multiArrayType", "stateType") or array.dataType not in dtypes:
         raise PackageError(f"input {feature.name!r}: a {feature.type.WhichOneof('Type')} input; "
                            "expected a float32, float16, float64 or int32 multi-array")
     flexibility = array.WhichOneof("ShapeFlexibility")

@@ -120,8 +120,10 @@ def encoder(fp32_packages):
     (lambda x: {"mel": x["mel"]}, "missing input 'mel_length'"),
     (lambda x: {**x, "extra": x["mel"]}, "unexpected input 'extra'"),
     (lambda x: {**x, "mel": x["mel"][:, :, :100]}, "'mel' has shape [1, {n_mels}, 100], expected {mel_shape}"),
-    (lambda x: {**x, "mel_length": x["mel_length"].astype(np.int64)}, "'mel_length' has dtype int64, expected int32"),
-    (lambda x: {**x, "mel": x["mel"].tolist()}, "'mel' is a list, not a numpy array"),
+    (lambda x: {**x, "mel_length": np.array([2**40])}, "'mel_length' holds values outside int32's range"),
+    (lambda x: {**x, "mel_length": np.array([np.nan])}, "'mel_length' holds NaN or infinite values"),
+    (lambda x: {**x, "mel": "clip.wav"}, "'mel' is a str, not an array or a number"),
+    (lambda x: {**x, "mel": np.full(x["mel"].shape, "a")}, "'mel' holds str"),
 ])
 def test_bad_input_lists_expected_inputs(encoder, dims, change, problem):
     inputs = example_inputs(COMPONENTS["encoder"], dims)
@@ -130,6 +132,18 @@ def test_bad_input_lists_expected_inputs(encoder, dims, change, problem):
         encoder.predict(change(inputs))
     assert problem.format(n_mels=dims.n_mels, mel_shape=mel_shape) in str(error.value)
     assert f"Expected inputs: mel: float32{mel_shape}, mel_length: int32[1]" in str(error.value)
+
+
+def test_inputs_are_converted_to_their_declared_types_as_core_ml_does(encoder, dims):
+    """A float64 array for a float32 input, a list of floats for an int32 one: Core ML's predict
+    converts both (truncating toward zero), so the executor must compute the same outputs."""
+    inputs = example_inputs(COMPONENTS["encoder"], dims)
+    converted = {"mel": inputs["mel"].astype(np.float64), "mel_length": [float(inputs["mel_length"][0]) + 0.75]}
+    want = encoder.predict(inputs)
+    got = encoder.predict(converted)
+    for name in want:
+        assert got[name].dtype == want[name].dtype
+        np.testing.assert_array_equal(got[name], want[name])
 
 
 def test_nan_and_inf_inputs_propagate_without_crashing(encoder, dims):

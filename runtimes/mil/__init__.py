@@ -1,5 +1,5 @@
 """The MIL executor: runs an exported ML Program on any OS, numpy arithmetic, declared precision."""
 
-from runtimes.mil.model import MILModel, UnsupportedOperation
+from runtimes.mil.model import MILModel, MILState, UnsupportedOperation
 
-__all__ = ["MILModel", "UnsupportedOperation"]
+__all__ = ["MILModel", "MILState", "UnsupportedOperation"]

@@ -15,16 +15,18 @@ no fp32 and runs such ops on the CPU or GPU instead.
 
 from __future__ import annotations
 
+import functools
 import gc
 import inspect
 import os
+from collections import ChainMap
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from runtimes.base import InputSpec, PackageError, check_inputs, input_spec
+from runtimes.base import InputMismatch, InputSpec, PackageError, check_inputs, input_spec
 from runtimes.mil.ops import KERNELS, Unsupported
 
 
@@ -32,18 +34,80 @@ class UnsupportedOperation(Exception):
     """An op, or a parameter of one, that this executor does not implement."""
 
 
+# ops the executor evaluates itself rather than through a kernel: constants, and the two whose
+# nested blocks it runs
+CONSTANT_OPS = frozenset({"const", "_const_symbolic"})
+BLOCK_OPS = frozenset({"cond", "while_loop"})
+
+
+def implemented_operations() -> frozenset[str]:
+    """Every MIL op type this executor runs."""
+    return frozenset(KERNELS) | CONSTANT_OPS | BLOCK_OPS
+
+
 @dataclass
 class _Step:
     name: str  # the op's first output name
     op_type: str
-    kernel: object
+    kernel: object  # None for cond and while_loop, which run their blocks
     args: dict  # parameter -> ("var", name) | ("vars", [names]) | ("const", name)
     outputs: list[str]
-    dtypes: list[np.dtype]
+    dtypes: list[np.dtype | None]  # None: a list, dictionary or state, kept as it is
+    blocks: list[_Block] = field(default_factory=list)
+
+
+@dataclass
+class _Block:
+    """A nested block of ``cond`` (no inputs) or ``while_loop`` (the loop variables)."""
+    inputs: list[str]
+    steps: list[_Step]
+    outputs: list[str]
+
+
+class StateSlot:
+    """One state of a stateful program: the array its ops read and update in place."""
+
+    def __init__(self, value: np.ndarray):
+        self.value = value
+
+
+class MILState:
+    """The states of one stream of predictions, as ``MLModel.make_state()`` gives them: zeros
+    at first, carried from one ``predict(..., state=...)`` to the next."""
+
+    def __init__(self, specs: tuple[InputSpec, ...]):
+        self._specs = {spec.name: spec for spec in specs}
+        self._slots = {spec.name: StateSlot(np.zeros(spec.shape, spec.dtype)) for spec in specs}
+
+    def read_state(self, name: str) -> np.ndarray:
+        return np.array(self._slot(name).value, copy=True)
+
+    def write_state(self, name: str, value) -> None:
+        self._slot(name)
+        spec = self._specs[name]
+        array = np.asarray(value)
+        if array.shape != spec.shape:
+            raise InputMismatch(f"state {name!r} has shape {list(spec.shape)}; got {list(array.shape)}")
+        self._slots[name].value = array.astype(spec.dtype)
+
+    def _slot(self, name: str) -> StateSlot:
+        if name not in self._slots:
+            raise KeyError(f"no state {name!r}; the program's states: {sorted(self._slots)}")
+        return self._slots[name]
+
+
+def _declared_dtype(var) -> np.dtype | None:
+    """What an op's output is cast to: its element type; None for a list, dictionary or state."""
+    from coremltools.converters.mil.mil import types  # lazy: coremltools imports torch: only when a program is read
+
+    kind = var.sym_type
+    if types.is_list(kind) or types.is_dict(kind) or types.is_state(kind):
+        return None
+    return _np_dtype(var.dtype)
 
 
 def _np_dtype(builtin) -> np.dtype:
-    from coremltools.converters.mil.mil import types  # lazy: coremltools imports torch: only when a program is read
+    from coremltools.converters.mil.mil import types  # lazy: as above
 
     if types.is_str(builtin):
         return np.dtype(object)
@@ -51,11 +115,24 @@ def _np_dtype(builtin) -> np.dtype:
 
 
 def _program_input(name: str, var) -> InputSpec:
-    """An input of an in-memory program: fixed dimensions as they are, symbolic ones 1 or more."""
-    fixed = [isinstance(d, (int, np.integer)) for d in var.shape]
-    shape = tuple(int(d) if f else 1 for d, f in zip(var.shape, fixed))
-    ranges = None if all(fixed) else tuple((d, d) if f else (1, None) for d, f in zip(shape, fixed))
-    return InputSpec(name, shape, _np_dtype(var.dtype), ranges)
+    """An input (or state) of an in-memory program: fixed dimensions as they are, symbolic ones 1 or more."""
+    from coremltools.converters.mil.mil import types  # lazy: as above
+
+    if types.is_state(var.sym_type):
+        tensor = var.sym_type.wrapped_type()
+        shape, dtype = tensor.get_shape(), tensor.get_primitive()
+    else:
+        shape, dtype = var.shape, var.dtype
+    fixed = [isinstance(d, (int, np.integer)) for d in shape]
+    dims = tuple(int(d) if f else 1 for d, f in zip(shape, fixed))
+    ranges = None if all(fixed) else tuple((d, d) if f else (1, None) for d, f in zip(dims, fixed))
+    return InputSpec(name, dims, _np_dtype(dtype), ranges)
+
+
+def _is_state(var) -> bool:
+    from coremltools.converters.mil.mil import types  # lazy: as above
+
+    return types.is_state(var.sym_type)
 
 
 def _opset_name(target) -> str:
@@ -102,18 +179,19 @@ def load_program_and_description(model):
 
 
 class MILModel:
-    """Evaluates an ML Program's ``main`` function with numpy.
+    """Evaluates one function of an ML Program (``main``, or the package's default) with numpy.
 
     ``MILModel(model).predict(inputs)`` returns every program output by name, with the dtype and
     shape Core ML would give; ``predict(inputs, intermediates=[...])`` (or ``intermediates="all"``)
-    adds the named intermediate variables.
+    adds the named top-level intermediate variables. A multi-function package runs the function
+    named by ``function_name``, as ``MLModel`` takes it; a stateful program runs with
+    ``predict(inputs, state=model.make_state())``.
     """
 
     backend = "mil"
 
-    def __init__(self, model):
+    def __init__(self, model, function_name: str | None = None):
         self._constants: dict[str, object] = {}
-        self.steps: list[_Step] = []
         try:
             program, description = load_program_and_description(model)
         except (FileNotFoundError, TypeError):
@@ -121,14 +199,13 @@ class MILModel:
         except Exception as error:  # protobuf, JSON and weight-file errors of a damaged package
             raise PackageError(f"{model}: not a readable ML Program package ({type(error).__name__}: {error}); "
                                "re-export or re-download it") from None
-        self._plan_program(program, description)
+        self.steps = self._plan_program(program, description, function_name)
         self._widen_constants()
         self.variables = [name for step in self.steps for name in step.outputs]
         last_use = {}
         for i, step in enumerate(self.steps):
-            for kind, ref in step.args.values():
-                for name in (ref if kind == "vars" else [ref] if kind == "var" else []):
-                    last_use[name] = i
+            for name in _reads(step):
+                last_use[name] = i
         # variables no later step reads, freed after step i unless asked for
         self._released = [[] for _ in self.steps]
         for name, i in last_use.items():
@@ -136,17 +213,33 @@ class MILModel:
 
     # -- loading --------------------------------------------------------------------------------
 
-    def _plan_program(self, program, description) -> None:
-        function = program.functions["main"]
+    def _plan_program(self, program, description, function_name) -> list[_Step]:
+        if function_name is None:
+            default = description.defaultFunctionName if description is not None else ""
+            function_name = default or "main"
+        if function_name not in program.functions:
+            raise ValueError(f"no function {function_name!r} in the program; it has {sorted(program.functions)}")
+        self.function_name = function_name
+        function = program.functions[function_name]
         self.opset = _opset_name(function.opset_version)
-        if description is not None:
-            self.input_specs = tuple(input_spec(feature) for feature in description.input)
+        described = description
+        if description is not None and len(description.functions):
+            described = next(f for f in description.functions if f.name == function_name)
+        if described is not None:
+            self.input_specs = tuple(input_spec(feature) for feature in described.input)
+            self.state_specs = tuple(input_spec(feature) for feature in described.state)
         else:  # a Program built in memory: its symbolic dimensions take any size
-            self.input_specs = tuple(_program_input(name, var) for name, var in function.inputs.items())
+            self.input_specs = tuple(_program_input(name, var) for name, var in function.inputs.items()
+                                     if not _is_state(var))
+            self.state_specs = tuple(_program_input(name, var) for name, var in function.inputs.items()
+                                     if _is_state(var))
         self.output_names = [var.name for var in function.outputs]
-        self._output_shapes = {var.name: tuple(var.shape) for var in function.outputs}
+        self._output_shapes = {var.name: tuple(var.shape) if var.shape is not None else None
+                               for var in function.outputs}
+        steps: list[_Step] = []
         for op in function.operations:
-            self._plan(op)
+            self._plan(op, steps)
+        return steps
 
     def _where(self, op_type: str, name: str) -> str:
         return f"{op_type} (opset {self.opset}) at {name!r}"
@@ -154,17 +247,10 @@ class MILModel:
     def _fail(self, op, detail: str) -> UnsupportedOperation:
         return UnsupportedOperation(f"{self._where(op.op_type, op.outputs[0].name)}: {detail}")
 
-    def _plan(self, op) -> None:
-        if op.op_type == "const":
-            self._constants[op.outputs[0].name] = op.outputs[0].val
-            return
-        fn = KERNELS.get(op.op_type)
-        if fn is None:
-            raise self._fail(op, "operation not implemented by the MIL executor")
-        accepted = inspect.signature(fn).parameters
+    def _arguments(self, op, accepted) -> dict:
         args = {}
         for param, var in op.inputs.items():
-            if param not in accepted:
+            if accepted is not None and param not in accepted:
                 raise self._fail(op, f"parameter {param!r} not implemented")
             if isinstance(var, (list, tuple)):
                 args[param] = ("vars", [v.name for v in var])
@@ -172,14 +258,37 @@ class MILModel:
                 args[param] = ("const", var.name)
             else:
                 args[param] = ("var", var.name)
-        step = _Step(op.outputs[0].name, op.op_type, fn, args,
-                     [v.name for v in op.outputs], [_np_dtype(v.dtype) for v in op.outputs])
+        return args
+
+    def _plan(self, op, steps: list[_Step]) -> None:
+        if op.op_type in CONSTANT_OPS:
+            self._constants[op.outputs[0].name] = op.outputs[0].val
+            return
+        outputs, dtypes = [v.name for v in op.outputs], [_declared_dtype(v) for v in op.outputs]
+        if op.op_type in BLOCK_OPS:
+            blocks = [self._plan_block(block) for block in op.blocks]
+            steps.append(_Step(outputs[0], op.op_type, None, self._arguments(op, None), outputs, dtypes, blocks))
+            return
+        fn = KERNELS.get(op.op_type)
+        if fn is None:
+            raise self._fail(op, "operation not implemented by the MIL executor")
+        accepted = set(inspect.signature(fn).parameters)
+        if "opset" in accepted:  # a kernel whose rules changed between opsets
+            fn = functools.partial(fn, opset=self.opset)
+            accepted.discard("opset")
+        step = _Step(outputs[0], op.op_type, fn, self._arguments(op, accepted), outputs, dtypes)
         if op.op_type.startswith("constexpr_"):
             # compile-time ops: decompress once, the result is an ordinary constant
             for name, value in zip(step.outputs, self._run_step(step, {})):
                 self._constants[name] = value
             return
-        self.steps.append(step)
+        steps.append(step)
+
+    def _plan_block(self, block) -> _Block:
+        steps: list[_Step] = []
+        for op in block.operations:
+            self._plan(op, steps)
+        return _Block([v.name for v in block.inputs], steps, [v.name for v in block.outputs])
 
     def _widen_constants(self) -> None:
         """fp16 constants become fp32 once, here, rather than at every use: each op computes in
@@ -206,21 +315,50 @@ class MILModel:
             return _widened(env[ref])
         return [_widened(env[r]) if r in env else self._constants[r] for r in ref]
 
-    def _run_step(self, step: _Step, env) -> list[np.ndarray]:
+    def _run_step(self, step: _Step, env) -> list:
         args = {param: self._resolve(kind, ref, env) for param, (kind, ref) in step.args.items()}
         try:
             with np.errstate(all="ignore"):
-                result = step.kernel(**args)
+                result = self._run_blocks(step, args, env) if step.kernel is None else step.kernel(**args)
         except Unsupported as error:
             raise UnsupportedOperation(f"{self._where(step.op_type, step.name)}: {error}") from None
-        except (ValueError, IndexError, TypeError) as error:
+        except (ValueError, IndexError, TypeError, KeyError) as error:
             raise RuntimeError(f"{self._where(step.op_type, step.name)} failed: {error}") from error
         results = result if isinstance(result, tuple) else (result,)
         with np.errstate(all="ignore"):
-            return [np.asarray(r).astype(dtype, copy=False) for r, dtype in zip(results, step.dtypes)]
+            return [_as_declared(r, dtype) for r, dtype in zip(results, step.dtypes)]
 
-    def predict(self, inputs: Mapping[str, np.ndarray], intermediates: Iterable[str] | str = ()) -> dict:
+    def _run_blocks(self, step: _Step, args: dict, env) -> tuple:
+        """``cond`` runs the block its predicate picks; ``while_loop`` runs its body while its
+        condition block says so, each pass on the previous pass's values."""
+        if step.op_type == "cond":
+            block = step.blocks[0] if bool(np.asarray(args["pred"])) else step.blocks[1]
+            return tuple(self._run_block(block, [], env))
+        condition, body = step.blocks
+        values = list(args["loop_vars"])
+        while bool(np.asarray(self._run_block(condition, values, env)[0])):
+            values = self._run_block(body, values, env)
+        return tuple(values)
+
+    def _run_block(self, block: _Block, values: list, env) -> list:
+        local = ChainMap(dict(zip(block.inputs, values)), env)  # writes stay in the block
+        for step in block.steps:
+            for name, value in zip(step.outputs, self._run_step(step, local)):
+                local[name] = value
+        return [local[name] if name in local else self._constants[name] for name in block.outputs]
+
+    def make_state(self) -> MILState:
+        """Fresh states (zeros) for a stateful program, to pass to ``predict`` call after call."""
+        return MILState(self.state_specs)
+
+    def predict(self, inputs: Mapping[str, np.ndarray], intermediates: Iterable[str] | str = (),
+                state: MILState | None = None) -> dict:
         env = dict(check_inputs(self.input_specs, inputs))
+        if self.state_specs:
+            if not isinstance(state, MILState):
+                raise InputMismatch(f"the program has states ({', '.join(s.name for s in self.state_specs)}): "
+                                    "pass state=model.make_state()")
+            env.update({spec.name: state._slot(spec.name) for spec in self.state_specs})
         if isinstance(intermediates, str):  # one name, or "all"
             keep = set(self.variables) if intermediates == "all" else {intermediates}
         else:
@@ -235,23 +373,23 @@ class MILModel:
             for name in self._released[i]:
                 if name not in keep:
                     env.pop(name, None)
-        results = {name: env[name] for name in self.output_names}
+        results = {name: env[name] if name in env else self._constants[name] for name in self.output_names}
         for name, value in results.items():
             declared = self._output_shapes[name]
-            if all(isinstance(d, (int, np.integer)) for d in declared) and value.shape != tuple(declared):
+            if isinstance(value, np.ndarray) and declared is not None and not _fits(value.shape, declared):
                 raise RuntimeError(f"output {name!r} came out as {list(value.shape)}, "
                                    f"the program declares {list(declared)}")
         results.update({name: env[name] for name in keep if name in env and name not in results})
         return results
 
-    def first_non_finite(self, inputs: Mapping[str, np.ndarray]) -> str | None:
+    def first_non_finite(self, inputs: Mapping[str, np.ndarray], state: MILState | None = None) -> str | None:
         """Where a NaN or an infinity first appears in the program on ``inputs``: a non-finite input,
         or the first op (in program order) whose output holds one; None when nothing does."""
         arrays = check_inputs(self.input_specs, inputs)
         for name, value in arrays.items():
             if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
                 return f"input {name!r} is already non-finite"
-        values = self.predict(arrays, intermediates="all")
+        values = self.predict(arrays, intermediates="all", state=state)
         for step in self.steps:
             for name in step.outputs:
                 value = values.get(name)
@@ -259,3 +397,28 @@ class MILModel:
                         and not np.isfinite(value).all():
                     return f"{self._where(step.op_type, name)} is the first op with a non-finite output"
         return None
+
+
+def _as_declared(value, dtype: np.dtype | None):
+    """A kernel's result as the type the program declares; lists, dictionaries, states and
+    strings as they are."""
+    if dtype is None or dtype == np.dtype(object):
+        return value
+    return np.asarray(value).astype(dtype, copy=False)
+
+
+def _fits(shape: tuple, declared: tuple) -> bool:
+    """Whether ``shape`` has the declared rank and every declared size (symbolic dimensions, and
+    the -1 coremltools writes for some sizes known only at run time, take any size)."""
+    return len(shape) == len(declared) and all(
+        not isinstance(d, (int, np.integer)) or d < 0 or d == n for n, d in zip(shape, declared))
+
+
+def _reads(step: _Step):
+    """Every variable ``step`` reads, its nested blocks' reads included."""
+    for kind, ref in step.args.values():
+        yield from ref if kind == "vars" else [ref] if kind == "var" else []
+    for block in step.blocks:
+        yield from block.outputs
+        for inner in block.steps:
+            yield from _reads(inner)

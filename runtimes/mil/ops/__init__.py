@@ -7,7 +7,18 @@ a parameter value a kernel does not implement raises ``Unsupported`` naming it. 
 family of ops; importing the package registers them all.
 """
 
-from runtimes.mil.ops import compression, elementwise, linear, normalization, recurrent, reductions, shape  # noqa: F401  (registers the kernels)
+from runtimes.mil.ops import (  # noqa: F401  (importing a family registers its kernels)
+    compression,
+    control,
+    elementwise,
+    image,
+    linear,
+    normalization,
+    random,
+    recurrent,
+    reductions,
+    shape,
+)
 from runtimes.mil.ops.base import KERNELS, Unsupported
 
 __all__ = ["KERNELS", "Unsupported"]

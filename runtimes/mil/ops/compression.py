@@ -113,3 +113,19 @@ def constexpr_sparse_blockwise_shift_scale(data_mask, nonzero_data, scale, offse
 @kernel("dequantize")
 def dequantize(input, scale, zero_point=None, axis=None):
     return _affine(input, scale, zero_point, axis)
+
+
+@kernel("quantize")
+def quantize(input, scale, output_dtype, zero_point=None, axis=None):
+    """clip(round(input / scale) + zero_point) in the range of ``output_dtype``; halves round to even."""
+    ranges = {"int8": (-128, 127), "uint8": (0, 255)}
+    if output_dtype not in ranges:
+        raise Unsupported("output_dtype", f"{output_dtype!r} is not one of int8, uint8")
+    scale = np.asarray(scale, np.float32)
+    offset = np.zeros((), np.float32) if zero_point is None else np.asarray(zero_point, np.float32)
+    if axis is not None:
+        shape = [1] * input.ndim
+        shape[norm_axis(axis, input.ndim)] = -1
+        scale = scale.reshape(shape) if scale.ndim == 1 else scale
+        offset = offset.reshape(shape) if offset.ndim == 1 else offset
+    return np.clip(np.round(input / scale) + offset, *ranges[output_dtype])

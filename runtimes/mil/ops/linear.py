@@ -128,3 +128,88 @@ def avg_pool(x, kernel_sizes, strides=None, pad_type="valid", pad=None,
 def l2_pool(x, kernel_sizes, strides=None, pad_type="valid", pad=None, ceil_mode=False):
     return _pool(x, kernel_sizes, strides, pad_type, pad, ceil_mode, 0.0,
                  lambda w, axes, n: np.sqrt(np.sum(w * w, axis=axes)))
+
+
+@kernel("conv_quantized")
+def conv_quantized(x, weight, quantization_type, quant_scale, quant_bias, nbits=8, bias=None, strides=None,
+                   pad_type="valid", pad=None, dilations=None, groups=1):
+    if quantization_type != "linear":
+        raise Unsupported("quantization_type", f"{quantization_type!r}: the op specification defines only how "
+                                               "'linear' weights dequantize (W_q * scale + bias)")
+    dense = weight.astype(np.float32) * quant_scale + quant_bias
+    return conv(x, dense, pad_type, strides, dilations, pad, groups, bias)
+
+
+@kernel("conv_transpose")
+def conv_transpose(x, weight, bias=None, pad=None, output_shape=None, pad_type="valid", strides=None,
+                   dilations=None, groups=1):
+    """Each input position spreads ``weight`` over the output, ``strides`` apart; the full result
+    is then cropped by the padding (or to ``output_shape``)."""
+    n_spatial = x.ndim - 2
+    kernel_size = weight.shape[2:]
+    strides = [1] * n_spatial if strides is None else [int(s) for s in strides]
+    dilations = [1] * n_spatial if dilations is None else [int(d) for d in dilations]
+    groups = int(groups)
+    batch, c_in = x.shape[:2]
+    if c_in % groups or weight.shape[0] != c_in:
+        raise Unsupported("groups", f"{groups} groups do not fit {c_in} input channels with weight shape "
+                                    f"{list(weight.shape)}")
+    c_out_group = weight.shape[1]
+    full = [(x.shape[2 + d] - 1) * strides[d] + (kernel_size[d] - 1) * dilations[d] + 1 for d in range(n_spatial)]
+    y = np.zeros((batch, groups, c_out_group, *full), dtype=np.result_type(x, weight))
+    xg = x.reshape(batch, groups, c_in // groups, -1)
+    wg = weight.reshape(groups, c_in // groups, c_out_group, *kernel_size)
+    for tap in itertools.product(*(range(k) for k in kernel_size)):
+        contribution = np.matmul(np.swapaxes(wg[(slice(None),) * 3 + tap], 1, 2)[None], xg)
+        region = tuple(slice(t * d, t * d + (n - 1) * s + 1, s)
+                       for t, d, n, s in zip(tap, dilations, x.shape[2:], strides))
+        y[(slice(None),) * 3 + region] += contribution.reshape(batch, groups, c_out_group, *x.shape[2:])
+    y = y.reshape(batch, groups * c_out_group, *full)
+    if output_shape is not None:
+        out = [int(s) for s in np.ravel(output_shape)][-n_spatial:]
+    elif pad_type == "same":
+        out = [x.shape[2 + d] * strides[d] for d in range(n_spatial)]
+    elif pad_type in ("valid", "custom"):
+        pads = np.zeros(2 * n_spatial, int) if pad is None or pad_type == "valid" else np.asarray(pad, int)
+        out = [full[d] - pads[2 * d] - pads[2 * d + 1] for d in range(n_spatial)]
+    else:
+        raise Unsupported("pad_type", f"{pad_type!r} is not one of valid, same, custom")
+    if pad_type == "custom" and pad is not None:
+        begins = [int(p) for p in np.asarray(pad, int)[::2]]
+    else:  # what is cut goes mostly from the end, as a convolution's "same" padding puts more there
+        begins = [max(full[d] - out[d], 0) // 2 for d in range(n_spatial)]
+    index = (slice(None), slice(None)) + tuple(slice(b, b + o) for b, o in zip(begins, out))
+    cropped = y[index]
+    short = [(0, o - c) for o, c in zip(out, cropped.shape[2:])]  # an output_shape past the full result
+    y = np.pad(cropped, [(0, 0), (0, 0)] + short) if any(s[1] for s in short) else cropped
+    if bias is not None:
+        y = y + np.reshape(bias, (1, -1) + (1,) * n_spatial)
+    return y
+
+
+def _broadcast_labels(equation: str, values):
+    """Operands of ``equation`` with each label's size-1 dimensions broadcast to the label's size."""
+    inputs = equation.replace(" ", "").split("->")[0].split(",")
+    sizes = {}
+    for labels, value in zip(inputs, values):
+        for label, size in zip(labels, value.shape):
+            sizes[label] = max(sizes.get(label, 1), size)
+    return [np.broadcast_to(value, [sizes[label] for label in labels]) for labels, value in zip(inputs, values)]
+
+
+@kernel("einsum")
+def einsum(values, equation):
+    values = list(values)
+    if "..." in equation:
+        return np.einsum(equation, *values)
+    return np.einsum(equation, *_broadcast_labels(equation, values))
+
+
+@kernel("scaled_dot_product_attention")
+def scaled_dot_product_attention(query, key, value, attn_mask=None):
+    scores = np.matmul(query, np.swapaxes(key, -1, -2)) / np.sqrt(query.shape[-1])
+    if attn_mask is not None:
+        scores = np.where(attn_mask, scores, -np.inf) if attn_mask.dtype == np.bool_ else scores + attn_mask
+    scores = scores - np.max(scores, axis=-1, keepdims=True)
+    weights = np.exp(scores)
+    return np.matmul(weights / np.sum(weights, axis=-1, keepdims=True), value)

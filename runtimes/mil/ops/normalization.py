@@ -36,3 +36,23 @@ def batch_norm(x, mean, variance, gamma=None, beta=None, epsilon=1e-5):
 def l2_norm(x, epsilon=1e-6):
     """Over the last three dims; leading dims are batch."""
     return x / np.sqrt(np.sum(np.square(x), axis=(-3, -2, -1), keepdims=True) + epsilon)
+
+
+@kernel("instance_norm")
+def instance_norm(x, gamma=None, beta=None, epsilon=1e-5):
+    """Each (sample, channel) over its spatial dims."""
+    axes = tuple(range(2, x.ndim))
+    mean = np.mean(x, axis=axes, keepdims=True)
+    var = np.mean(np.square(x - mean), axis=axes, keepdims=True)
+    return _scale_shift((x - mean) / np.sqrt(var + epsilon), gamma, beta, (1, -1) + (1,) * (x.ndim - 2))
+
+
+@kernel("local_response_norm")
+def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
+    """Over a window of ``size`` neighbouring channels around each one (the larger half before it
+    when ``size`` is even, as PyTorch's LocalResponseNorm), zero beyond the edges."""
+    size = int(size)
+    before = size // 2
+    squares = np.pad(np.square(x), [(0, 0), (before, size - 1 - before)] + [(0, 0)] * (x.ndim - 2))
+    window_sum = sum(squares[:, i:i + x.shape[1]] for i in range(size))
+    return x / np.power(k + alpha / size * window_sum, beta)

@@ -35,3 +35,28 @@ def reduce_argmax(x, axis=-1, keep_dims=False, output_dtype="int32"):
 @kernel("reduce_argmin")
 def reduce_argmin(x, axis=-1, keep_dims=False, output_dtype="int32"):
     return _arg_reduce(np.argmin, x, axis, keep_dims)
+
+
+def _sort_order(x, axis, ascending):
+    """Indices that sort ``x`` along ``axis``; equal values keep their order in either direction."""
+    if ascending:
+        return np.argsort(x, axis=axis, kind="stable")
+    if x.dtype == np.bool_ or np.issubdtype(x.dtype, np.unsignedinteger):
+        x = x.astype(np.int64)
+    return np.argsort(-x, axis=axis, kind="stable")
+
+
+@kernel("argsort")
+def argsort(x, axis=-1, ascending=False):
+    return _sort_order(x, norm_axis(axis, x.ndim), bool(ascending))
+
+
+@kernel("topk")
+def topk(x, k=1, axis=-1, ascending=False, sort=True, return_indices=True, output_indices_dtype="int32"):
+    """The ``k`` largest (smallest when ``ascending``) along ``axis``, sorted: an unsorted result
+    may come in any order, so sorted is one valid answer."""
+    axis = norm_axis(axis, x.ndim)
+    k = x.shape[axis] if int(k) == -1 else int(k)
+    order = np.take(_sort_order(x, axis, bool(ascending)), np.arange(k), axis=axis)
+    values = np.take_along_axis(x, order, axis=axis)
+    return (values, order) if return_indices else values

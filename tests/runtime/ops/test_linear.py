@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from coremltools.converters.mil.mil import Builder as mb
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
-from tests.runtime.ops.oracle import EXAMPLES, FLOATS, arrays, close
+from tests.runtime.ops.oracle import BOTH_PRECISIONS, EXAMPLES, FLOATS, arrays, close
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -103,3 +104,96 @@ def test_pools(run_mil, op, rank, kernel, stride, exclude_padding, data):
         count = {1: F.avg_pool1d, 2: F.avg_pool2d}[rank](ones, kernel, stride) * kernel**rank
         ref = summed / (count if exclude_padding else kernel**rank)
     close(out, ref.numpy())
+
+
+@BOTH_PRECISIONS
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 2), st.sampled_from([1, 2]), st.integers(1, 3), st.integers(1, 3), st.integers(1, 2),
+       st.sampled_from(["valid", "custom", "output_shape"]), st.booleans(), st.data())
+def test_conv_transpose_matches_torch(run_mil, dtype, rank, groups, kernel, stride, dilation, padding, with_bias,
+                                      data):
+    c_in, c_out = 2 * groups, groups * data.draw(st.integers(1, 2))
+    spatial = tuple(data.draw(st.integers(1, 4)) for _ in range(rank))
+    x = data.draw(arrays((1, c_in) + spatial, dtype))
+    w = data.draw(arrays((c_in, c_out // groups) + (kernel,) * rank, dtype))
+    b = data.draw(arrays((c_out,), dtype)) if with_bias else None
+    full = [(n - 1) * stride + (kernel - 1) * dilation + 1 for n in spatial]
+    pads = [data.draw(st.integers(0, min((kernel - 1) * dilation, (f - 1) // 2))) for f in full] \
+        if padding == "custom" else [0] * rank
+    extra = [data.draw(st.integers(0, stride - 1)) for _ in range(rank)] if padding == "output_shape" else [0] * rank
+    options = dict(strides=[stride] * rank, dilations=[dilation] * rank, groups=groups)
+    if padding == "custom":
+        options.update(pad_type="custom", pad=[p for p in pads for _ in range(2)])
+    elif padding == "output_shape":
+        options.update(pad_type="valid", output_shape=[1, c_out] + [f + e for f, e in zip(full, extra)])
+    if with_bias:
+        options["bias"] = b
+    (out,) = run_mil(lambda x: mb.conv_transpose(x=x, weight=w, **options), {"x": x})
+    transpose = {1: F.conv_transpose1d, 2: F.conv_transpose2d}[rank]
+    ref = transpose(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(w.astype(np.float64)),
+                    None if b is None else torch.from_numpy(b.astype(np.float64)), stride=stride, padding=pads,
+                    output_padding=extra, groups=groups, dilation=dilation)
+    close(out, ref.numpy(), scale=c_in * kernel**rank)
+
+
+def test_conv_transpose_same_padding_multiplies_the_size_by_the_stride(run_mil):
+    x = np.arange(1, 4, dtype=np.float32).reshape(1, 1, 3)
+    (out,) = run_mil(lambda x: mb.conv_transpose(x=x, weight=np.ones((1, 1, 3), np.float32), pad_type="same",
+                                                 strides=[2]), {"x": x})
+    # full result [1, 1, 3, 2, 5, 3, 3] (length 7); "same" keeps 6, cutting one from the end
+    assert out.ravel().tolist() == [1, 1, 3, 2, 5, 3]
+
+
+def test_conv_quantized_dequantizes_its_weights_linearly(run_mil):
+    x = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    quantized = np.array([[[0, 2]], [[4, 255]]], np.uint8).reshape(2, 1, 2)
+    (out,) = run_mil(lambda x: mb.conv_quantized(x=x, weight=quantized, quantization_type="linear", nbits=8,
+                                                 quant_scale=np.float32(0.5), quant_bias=np.float32(-1),
+                                                 groups=2), {"x": x}, opset="iOS15")
+    dense = quantized.astype(np.float64) * 0.5 - 1  # the op's W_float = W_q * scale + bias
+    ref = F.conv1d(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(dense), groups=2)
+    np.testing.assert_allclose(out, ref.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("equation, shapes", [
+    ("nchw,nwhu->nchu", [(2, 3, 4, 5), (2, 5, 4, 6)]),
+    ("nchw,nwhu->nchu", [(1, 3, 4, 5), (2, 5, 1, 6)]),  # batch and height broadcast
+    ("chw,whr->chr", [(3, 4, 5), (5, 4, 2)]),
+    ("abc,cbd->abd", [(3, 1, 5), (5, 4, 2)]),
+])
+@BOTH_PRECISIONS
+def test_einsum_matches_numpy(run_mil, dtype, equation, shapes):
+    rng = np.random.default_rng(0)
+    a, b = (rng.uniform(-2, 2, s).astype(dtype) for s in shapes)
+    (out,) = run_mil(lambda a, b: mb.einsum(values=(a, b), equation=equation), {"a": a, "b": b})
+    inputs = equation.split("->")[0].split(",")
+    size = {label: max(n for labels, s in zip(inputs, shapes) for la, n in zip(labels, s) if la == label)
+            for label in set("".join(inputs))}
+    wide = [np.broadcast_to(v.astype(np.float64), [size[la] for la in labels]) for v, labels in zip((a, b), inputs)]
+    close(out, np.einsum(equation, *wide), scale=8)
+
+
+@pytest.mark.parametrize("mask", [None, "bool", "float"])
+@BOTH_PRECISIONS
+@EXAMPLES
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 5), st.integers(1, 4), st.data())
+def test_scaled_dot_product_attention_matches_torch(run_mil, dtype, mask, heads, target, source, dim, data):
+    q = data.draw(arrays((1, heads, target, dim), dtype))
+    k = data.draw(arrays((1, heads, source, dim), dtype))
+    v = data.draw(arrays((1, heads, source, dim), dtype))
+    inputs = {"q": q, "k": k, "v": v}
+    torch_mask = None
+    if mask == "bool":
+        m = data.draw(hnp.arrays(np.bool_, (target, source)))
+        m[:, 0] = True  # every query sees at least one key
+        inputs["m"] = m
+        torch_mask = torch.from_numpy(m)
+    elif mask == "float":
+        m = data.draw(arrays((target, source), dtype))
+        inputs["m"] = m
+        torch_mask = torch.from_numpy(m.astype(np.float64))
+    (out,) = run_mil(lambda q, k, v, m=None: mb.scaled_dot_product_attention(query=q, key=k, value=v, attn_mask=m),
+                     inputs, opset="iOS18")
+    ref = F.scaled_dot_product_attention(*(torch.from_numpy(a.astype(np.float64)) for a in (q, k, v)),
+                                         attn_mask=torch_mask)
+    close(out, ref.numpy(), scale=4 * dim)

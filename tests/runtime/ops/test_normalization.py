@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tests.runtime.ops.oracle import EXAMPLES, FLOATS, arrays, close
+from tests.runtime.ops.oracle import BOTH_PRECISIONS, EXAMPLES, FLOATS, arrays, close
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -57,4 +57,33 @@ def test_batch_norm(run_mil):
                      {"x": x})
     ref = F.batch_norm(torch.from_numpy(x), torch.from_numpy(mean), torch.from_numpy(var), torch.from_numpy(gamma),
                        torch.from_numpy(beta), eps=1e-3)
+    close(out, ref.numpy())
+
+
+@BOTH_PRECISIONS
+@EXAMPLES
+@given(st.integers(1, 2), st.integers(1, 4), hnp.array_shapes(min_dims=1, max_dims=2, min_side=2, max_side=6),
+       st.data())
+def test_instance_norm_matches_torch(run_mil, dtype, n, c, spatial, data):
+    x = data.draw(arrays((n, c, *spatial), dtype))
+    gamma, beta = data.draw(arrays((c,), dtype)), data.draw(arrays((c,), dtype))
+    eps = np.dtype(dtype).type(1e-3)
+    (out,) = run_mil(lambda x: mb.instance_norm(x=x, gamma=gamma, beta=beta, epsilon=eps), {"x": x})
+    ref = F.instance_norm(torch.from_numpy(x.astype(np.float64)), weight=torch.from_numpy(gamma.astype(np.float64)),
+                          bias=torch.from_numpy(beta.astype(np.float64)), eps=float(eps))
+    # a flat group has a tiny variance: the bound grows with max|x| / std, as for layer_norm
+    x64 = x.astype(np.float64)
+    std = np.sqrt(np.var(x64, axis=tuple(range(2, x.ndim))) + float(eps))
+    conditioning = max(1.0, float(np.max(np.abs(x64)) / np.min(std)))
+    close(out, ref.numpy(), scale=8 * conditioning * max(1.0, float(np.max(np.abs(gamma)))))
+
+
+@BOTH_PRECISIONS
+@EXAMPLES
+@given(st.integers(1, 6), st.integers(1, 7), st.data())
+def test_local_response_norm_matches_torch(run_mil, dtype, channels, size, data):
+    x = data.draw(arrays((2, channels, 3), dtype))
+    alpha, beta, k = np.dtype(dtype).type(0.5), np.dtype(dtype).type(0.75), np.dtype(dtype).type(1.5)
+    (out,) = run_mil(lambda x: mb.local_response_norm(x=x, size=size, alpha=alpha, beta=beta, k=k), {"x": x})
+    ref = torch.nn.LocalResponseNorm(size, float(alpha), float(beta), float(k))(torch.from_numpy(x.astype(np.float64)))
     close(out, ref.numpy())

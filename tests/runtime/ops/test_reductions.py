@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tests.runtime.ops.oracle import EXAMPLES, FLOATS, PER_OP, arrays, close
+from tests.runtime.ops.oracle import BOTH_PRECISIONS, EXAMPLES, FLOATS, PER_OP, arrays, close
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -47,3 +47,31 @@ def test_arg_reductions(run_mil, op, shape, keep_dims, data):
     fn = torch.argmax if op == "reduce_argmax" else torch.argmin
     assert out.dtype == np.int32
     assert np.array_equal(out, fn(torch.from_numpy(x), dim=axis, keepdim=keep_dims).numpy())
+
+
+# ---- sorting -------------------------------------------------------------------------------------
+
+@BOTH_PRECISIONS
+@EXAMPLES
+@given(hnp.array_shapes(min_dims=1, max_dims=3, max_side=6), st.booleans(), st.data())
+def test_topk_and_argsort_match_torch(run_mil, dtype, shape, ascending, data):
+    x = data.draw(hnp.arrays(dtype, shape, elements=st.integers(-200, 200).map(float), unique=True))
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    k = data.draw(st.integers(1, shape[axis]) | st.just(-1))
+    values, indices, only_values, order = run_mil(lambda x: [
+        *mb.topk(x=x, k=k, axis=axis, ascending=ascending), mb.topk(x=x, k=k, axis=axis, return_indices=False),
+        mb.argsort(x=x, axis=axis, ascending=ascending)], {"x": x}, opset="iOS16")
+    t = torch.from_numpy(x.astype(np.float64))
+    count = shape[axis] if k == -1 else k
+    ref_values, ref_indices = torch.topk(t, count, dim=axis, largest=not ascending)
+    assert np.array_equal(values, ref_values.numpy()) and indices.dtype == np.int32
+    assert np.array_equal(indices, ref_indices.numpy())
+    assert np.array_equal(only_values, torch.topk(t, count, dim=axis).values.numpy())
+    assert order.dtype == np.int32
+    assert np.array_equal(order, torch.argsort(t, dim=axis, descending=not ascending).numpy())
+
+
+def test_sorting_keeps_equal_values_in_order(run_mil):
+    x = np.array([[2.0, 1.0, 2.0, 1.0]], np.float32)
+    order_down, order_up = run_mil(lambda x: [mb.argsort(x=x), mb.argsort(x=x, ascending=True)], {"x": x})
+    assert order_down.tolist() == [[0, 2, 1, 3]] and order_up.tolist() == [[1, 3, 0, 2]]

@@ -1,4 +1,5 @@
-"""Reshapes, slices, joins, gathers, padding and fills on the executor, against independent formulas."""
+"""Reshapes, slices, joins, rearrangements, gathers, scatters, padding and fills on the executor, against
+independent formulas."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tests.runtime.ops.oracle import EXAMPLES, arrays
+from tests.runtime.ops.oracle import EXAMPLES, PER_OP, arrays, close
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -143,3 +144,197 @@ def test_constexpr_cast_widens_an_fp16_constant(run_mil):
     (out,) = run_mil(lambda x: mb.mul(x=x, y=mb.constexpr_cast(source_val=weights, output_dtype="fp32")), {"x": x},
                      opset="iOS16")
     assert out.dtype == np.float32 and np.array_equal(out, weights.astype(np.float32))
+
+
+# ---- reordering, rearranging, windows ----------------------------------------------------------
+
+@EXAMPLES
+@given(hnp.array_shapes(min_dims=1, max_dims=4, max_side=5), st.data())
+def test_reverse_and_reverse_sequence(run_mil, shape, data):
+    x = data.draw(hnp.arrays(np.int32, shape, elements=st.integers(-50, 50)))
+    axes = data.draw(st.lists(st.integers(0, len(shape) - 1), min_size=1, unique=True))
+    seq_axis = data.draw(st.integers(0, len(shape) - 1))
+    batch_axis = data.draw(st.integers(0, len(shape) - 1).filter(lambda a: a != seq_axis)) if len(shape) > 1 else 0
+    lengths = np.array([data.draw(st.integers(0, shape[seq_axis])) for _ in range(shape[batch_axis])], np.int32)
+    build = [lambda x: mb.reverse(x=x, axes=axes)]
+    if len(shape) > 1:
+        build.append(lambda x: mb.reverse_sequence(x=x, lengths=lengths, seq_axis=seq_axis, batch_axis=batch_axis))
+    outs = run_mil(lambda x: [b(x) for b in build], {"x": x})
+    assert np.array_equal(outs[0], torch.flip(torch.from_numpy(x), axes).numpy())
+    if len(shape) > 1:
+        expected = x.copy()
+        for index in np.ndindex(*shape):
+            b, t = index[batch_axis], index[seq_axis]
+            if t < lengths[b]:
+                source = list(index)
+                source[seq_axis] = lengths[b] - 1 - t
+                expected[index] = x[tuple(source)]
+        assert np.array_equal(outs[1], expected)
+
+
+@EXAMPLES
+@given(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=7), st.data())
+def test_sliding_windows_match_torch_unfold(run_mil, shape, data):
+    x = data.draw(hnp.arrays(np.int32, shape, elements=st.integers(-9, 9)))
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    size = data.draw(st.integers(1, shape[axis]))
+    stride = data.draw(st.integers(1, 3))
+    (out,) = run_mil(lambda x: mb.sliding_windows(x=x, axis=axis, size=size, stride=stride), {"x": x})
+    ref = torch.from_numpy(x).unfold(axis % len(shape), size, stride)  # windows last
+    assert np.array_equal(out, torch.movedim(ref, -1, axis % len(shape) + 1).numpy())
+
+
+def test_flatten2d_and_reshape_like_follow_their_documented_shapes(run_mil):
+    """flatten2d's documented examples, and reshape_like taking dims from two references."""
+    cases = {(3,): [(-1, (1, 3)), (1, (3, 1))], (4, 3): [(-1, (4, 3))], (2, 3, 2): [(-1, (6, 2))],
+             (5, 5, 2): [(1, (5, 10))]}
+    for shape, checks in cases.items():
+        x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+        outs = run_mil(lambda x, checks=checks: [mb.flatten2d(x=x, axis=axis) for axis, _ in checks], {"x": x})
+        for out, (_, want) in zip(outs, checks, strict=True):
+            assert out.shape == want and np.array_equal(out.ravel(), x.ravel())
+    x = np.arange(24, dtype=np.float32)
+    a, b = np.zeros((2, 3, 5), np.float32), np.zeros((7, 4), np.float32)
+    (out,) = run_mil(lambda x, a, b: mb.reshape_like(x=x, ref_tensors=(a, b), begins=(0, 1), ends=(2, 0),
+                                                     end_masks=(False, True)), {"x": x, "a": a, "b": b})
+    assert out.shape == (2, 3, 4) and np.array_equal(out.ravel(), x)
+
+
+def _tf_depth_to_space(x, b):
+    """TensorFlow's DepthToSpace on (n, C·b², H, W), by its index rule."""
+    n, c, h, w = x.shape
+    out = np.zeros((n, c // (b * b), h * b, w * b), x.dtype)
+    for i, j in np.ndindex(b, b):
+        for k in range(c // (b * b)):
+            out[:, k, i::b, j::b] = x[:, (i * b + j) * (c // (b * b)) + k]
+    return out
+
+
+@EXAMPLES
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3), st.integers(1, 3), st.integers(2, 3), st.data())
+def test_depth_space_and_pixel_shuffles(run_mil, n, c, h, w, block, data):
+    deep = data.draw(hnp.arrays(np.int32, (n, c * block * block, h, w), elements=st.integers(-99, 99)))
+    wide = data.draw(hnp.arrays(np.int32, (n, c, h * block, w * block), elements=st.integers(-99, 99)))
+    to_space, to_depth, shuffled, unshuffled = run_mil(lambda d, s: [
+        mb.depth_to_space(x=d, block_size=block), mb.space_to_depth(x=s, block_size=block),
+        mb.pixel_shuffle(x=d, upscale_factor=block), mb.pixel_unshuffle(x=s, downscale_factor=np.uint32(block))],
+        {"d": deep.astype(np.float32), "s": wide.astype(np.float32)}, opset="iOS16")
+    assert np.array_equal(to_space, _tf_depth_to_space(deep, block))
+    assert np.array_equal(_tf_depth_to_space(to_depth.astype(np.int32), block), wide)  # the inverse
+    assert np.array_equal(shuffled, F.pixel_shuffle(torch.from_numpy(deep), block).numpy())
+    assert np.array_equal(unshuffled, F.pixel_unshuffle(torch.from_numpy(wide), block).numpy())
+
+
+def test_space_to_batch_and_back_worked_example(run_mil):
+    """The specification tests' example: batch 2, 2x2 blocks, two columns of padding in front."""
+    x = np.array([[[[1, 2, 3, 4], [5, 6, 7, 8]]], [[[9, 10, 11, 12], [13, 14, 15, 16]]]], np.float32)
+    batched = np.array([[[[0, 1, 3]]], [[[0, 9, 11]]], [[[0, 2, 4]]], [[[0, 10, 12]]], [[[0, 5, 7]]],
+                        [[[0, 13, 15]]], [[[0, 6, 8]]], [[[0, 14, 16]]]], np.float32)
+    to_batch, back = run_mil(lambda x, y: [mb.space_to_batch(x=x, block_shape=[2, 2], paddings=[[0, 0], [2, 0]]),
+                                           mb.batch_to_space(x=y, block_shape=[2, 2], crops=[[0, 0], [2, 0]])],
+                             {"x": x, "y": batched})
+    assert np.array_equal(to_batch, batched) and np.array_equal(back, x)
+
+
+@EXAMPLES
+@given(hnp.array_shapes(min_dims=3, max_dims=4, min_side=3, max_side=6), st.data())
+def test_crop_and_band_part(run_mil, shape, data):
+    x = data.draw(hnp.arrays(np.float32, shape, elements=st.integers(-9, 9).map(float)))
+    top, bottom = data.draw(st.integers(0, 1)), data.draw(st.integers(0, 1))
+    lower, upper = data.draw(st.integers(-1, 3)), data.draw(st.integers(-1, 3))
+    cropped, band = run_mil(lambda x: [mb.crop(x=x, crop_height=[top, bottom], crop_width=[bottom, top]),
+                                       mb.band_part(x=x, lower=lower, upper=upper)], {"x": x})
+    assert np.array_equal(cropped, x[..., top:shape[-2] - bottom, bottom:shape[-1] - top])
+    t = torch.from_numpy(x)
+    kept = t if lower < 0 else torch.triu(t, -lower)
+    kept = kept if upper < 0 else torch.tril(kept, upper)
+    assert np.array_equal(band, kept.numpy())
+
+
+@EXAMPLES
+@given(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6), st.data())
+def test_slice_update_writes_the_slice_slice_by_index_reads(run_mil, shape, data):
+    x = data.draw(hnp.arrays(np.float32, shape, elements=st.integers(-9, 9).map(float)))
+    begin = [data.draw(st.integers(0, d - 1)) for d in shape]
+    end = [data.draw(st.integers(b + 1, d)) for b, d in zip(begin, shape)]
+    stride = [data.draw(st.integers(1, 2)) for _ in shape]
+    index = tuple(slice(b, e, s) for b, e, s in zip(begin, end, stride))
+    update = np.full(x[index].shape, 100.0, np.float32)
+    (out,) = run_mil(lambda x, u: mb.slice_update(x=x, update=u, begin=begin, end=end, stride=stride),
+                     {"x": x, "u": update}, opset="iOS18")
+    expected = x.copy()
+    expected[index] = 100.0
+    assert np.array_equal(out, expected)
+
+
+@EXAMPLES
+@given(hnp.array_shapes(min_dims=1, max_dims=3, max_side=5), st.integers(1, 5), st.data())
+def test_one_hot_non_zero_and_fill_like(run_mil, shape, depth, data):
+    indices = data.draw(hnp.arrays(np.int32, shape, elements=st.integers(0, depth - 1)))
+    axis = data.draw(st.integers(-len(shape) - 1, len(shape)))
+    sparse = data.draw(hnp.arrays(np.float32, shape, elements=st.sampled_from([0.0, 1.5, -2.0])))
+    hot, where, filled = run_mil(lambda i, s: [
+        mb.one_hot(indices=i, one_hot_vector_size=depth, axis=axis, on_value=np.float32(2), off_value=np.float32(-1)),
+        mb.non_zero(x=s), mb.fill_like(ref_tensor=s, value=np.float32(7))], {"i": indices, "s": sparse}, opset="iOS16")
+    ref = F.one_hot(torch.from_numpy(indices).long(), depth).numpy() * 3.0 - 1.0
+    assert np.array_equal(hot, np.moveaxis(ref, -1, axis % (len(shape) + 1)))
+    assert where.dtype == np.int32 and np.array_equal(where, torch.nonzero(torch.from_numpy(sparse)).numpy())
+    assert np.array_equal(filled, np.full(shape, 7, np.float32))
+
+
+# ---- scatters ------------------------------------------------------------------------------------
+
+MODES = {"update": None, "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+         "max": np.maximum, "min": np.minimum}
+
+
+def _applied(data, positions, updates, mode):
+    """The scatter rule written out: each update combined into its place, in order."""
+    out = data.astype(np.float64)
+    for at, value in zip(positions, updates):
+        out[at] = value if mode == "update" else MODES[mode](out[at], value)
+    return out
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@PER_OP
+@given(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4), st.data())
+def test_scatter_family(run_mil, mode, shape, data):
+    x = data.draw(arrays(shape, np.float32, 0.5, 2.0))
+    axis = data.draw(st.integers(0, len(shape) - 1))
+    unique = mode == "update"  # repeated places under "update" keep an unspecified one of the updates
+    count = data.draw(st.integers(1, shape[axis]))
+    indices = np.array(data.draw(st.lists(st.integers(0, shape[axis] - 1), min_size=count, max_size=count,
+                                          unique=unique)), np.int32)
+    scatter_updates = data.draw(arrays(shape[:axis] + (count,) + shape[axis + 1:], np.float32, 0.5, 2.0))
+    along = data.draw(hnp.arrays(np.int32, shape, elements=st.integers(0, shape[axis] - 1)))
+    if unique:
+        along = np.argsort(data.draw(arrays(shape, np.float32)), axis=axis, kind="stable").astype(np.int32)
+    along_updates = data.draw(arrays(shape, np.float32, 0.5, 2.0))
+    depth = data.draw(st.integers(1, len(shape)))
+    points = data.draw(st.lists(st.tuples(*[st.integers(0, d - 1) for d in shape[:depth]]), min_size=1, max_size=4,
+                                unique=unique))
+    nd_indices = np.array(points, np.int32)
+    nd_updates = data.draw(arrays((len(points),) + shape[depth:], np.float32, 0.5, 2.0))
+    outs = run_mil(lambda x, u1, i2, u2, u3: [
+        mb.scatter(data=x, indices=indices, updates=u1, axis=axis, mode=mode),
+        mb.scatter_along_axis(data=x, indices=i2, updates=u2, axis=axis, mode=mode),
+        mb.scatter_nd(data=x, indices=nd_indices, updates=u3, mode=mode)],
+        {"x": x, "u1": scatter_updates, "i2": along, "u2": along_updates, "u3": nd_updates})
+    grid = list(np.ndindex(*scatter_updates.shape))
+    by_index = [tuple(indices[p[axis]] if a == axis else p[a] for a in range(len(shape))) for p in grid]
+    close(outs[0], _applied(x, by_index, [scatter_updates[p] for p in grid], mode))
+    grid = list(np.ndindex(*shape))
+    by_along = [tuple(along[p] if a == axis else p[a] for a in range(len(shape))) for p in grid]
+    close(outs[1], _applied(x, by_along, [along_updates[p] for p in grid], mode))
+    close(outs[2], _applied(x, [tuple(p) for p in points], list(nd_updates), mode))
+
+
+def test_scatter_negative_indices_count_from_the_end_before_iOS17_only(run_mil):
+    x = np.zeros((3,), np.float32)
+    (out,) = run_mil(lambda x: mb.scatter(data=x, indices=np.array([-1], np.int32), updates=np.ones(1, np.float32),
+                                          mode="add"), {"x": x}, opset="iOS15")
+    assert out.tolist() == [0, 0, 1]
+    with pytest.raises(RuntimeError, match=r"scatter \(opset iOS17\).*indices must be in \[0, 3\) from iOS17"):
+        run_mil(lambda x: mb.scatter(data=x, indices=np.array([-1], np.int32), updates=np.ones(1, np.float32),
+                                     mode="add"), {"x": x}, opset="iOS17")

@@ -91,9 +91,9 @@ def _checked_indices(indices, size, param="indices"):
 
 
 @kernel("gather")
-def gather(x, indices, axis=0, batch_dims=0, validate_indices=False):
+def gather(x, indices, axis=0, batch_dims=0, validate_indices=False, opset="iOS15"):
     axis, batch_dims = norm_axis(axis, x.ndim), int(batch_dims)
-    indices = _checked_indices(indices, x.shape[axis])
+    indices = _opset_indices(indices, x.shape[axis], opset)
     if batch_dims == 0:
         return np.take(x, indices, axis=axis)
     batch_shape = x.shape[:batch_dims]
@@ -330,8 +330,9 @@ _SCATTER_MODES = {
 }
 
 
-def _scatter_indices(indices, size, opset):
-    """From iOS17 on, negative indices are out of range (``opset`` is filled in by the executor)."""
+def _opset_indices(indices, size, opset):
+    """Indices into an axis of ``size``; from iOS17 on, gather and the scatters take negative
+    indices as out of range (``opset`` is filled in by the executor)."""
     indices = np.asarray(indices).astype(np.int64)
     if opset not in ("iOS13", "iOS14", "iOS15", "iOS16") and indices.size and indices.min() < 0:
         raise IndexError(f"indices must be in [0, {size}) from iOS17 on: min {indices.min()}")
@@ -355,7 +356,7 @@ def _scatter_into(data, positions, updates, mode):
 @kernel("scatter")
 def scatter(data, indices, updates, axis=0, mode="update", validate_indices=False, opset="iOS15"):
     axis = norm_axis(axis, data.ndim)
-    indices = _scatter_indices(indices, data.shape[axis], opset)
+    indices = _opset_indices(indices, data.shape[axis], opset)
     grid = list(np.indices(np.shape(updates), sparse=True))
     grid[axis] = indices.reshape([-1 if a == axis else 1 for a in range(data.ndim)])
     positions = np.broadcast_arrays(*grid)
@@ -366,7 +367,7 @@ def scatter(data, indices, updates, axis=0, mode="update", validate_indices=Fals
 def scatter_along_axis(data, indices, updates, axis=0, mode="add", validate_indices=False, opset="iOS15"):
     axis = norm_axis(axis, data.ndim)
     grid = list(np.broadcast_arrays(*np.indices(np.shape(indices), sparse=True)))
-    grid[axis] = _scatter_indices(indices, data.shape[axis], opset)
+    grid[axis] = _opset_indices(indices, data.shape[axis], opset)
     return _scatter_into(data, grid, updates, mode)
 
 
@@ -375,7 +376,7 @@ def scatter_nd(data, indices, updates, mode="add", validate_indices=False, opset
     indices = np.asarray(indices).astype(np.int64)
     depth = indices.shape[-1]
     points = indices.reshape(-1, depth)
-    columns = [_scatter_indices(points[:, d], data.shape[d], opset) for d in range(depth)]
+    columns = [_opset_indices(points[:, d], data.shape[d], opset) for d in range(depth)]
     tail = data.shape[depth:]
     rest = np.indices(tail).reshape(len(tail), -1) if tail else np.zeros((0, 1), np.int64)
     positions = [np.repeat(c, rest.shape[1]) for c in columns] + [np.tile(r, len(points)) for r in rest]

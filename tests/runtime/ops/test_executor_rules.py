@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import coremltools as ct
 import numpy as np
 import pytest
 from coremltools.converters.mil.mil import Builder as mb
+from coremltools.converters.mil.mil import Function, Program, types
 
-from runtimes.mil import UnsupportedOperation
+from runtimes.base import InputMismatch
+from runtimes.mil import MILModel, UnsupportedOperation
 from runtimes.mil.ops import KERNELS
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -61,3 +64,23 @@ def test_unimplemented_parameter_is_refused_when_loading(run_mil, monkeypatch):
     monkeypatch.setitem(KERNELS, "relu", lambda data: data)  # a kernel that knows no 'x'
     with pytest.raises(UnsupportedOperation, match=r"relu \(opset iOS17\) .*parameter 'x' not implemented"):
         run_mil(lambda x: mb.relu(x=x), {"x": np.ones((3,), np.float32)})
+
+
+def test_inputs_convert_to_their_declared_types():
+    """Core ML's predict converts: floats to int32 truncate toward zero, float64 rounds to fp16,
+    lists become arrays; what no conversion fits is refused."""
+    specs = {"i": mb.placeholder(shape=(4,), dtype=types.int32), "h": mb.placeholder(shape=(2,), dtype=types.fp16),
+             "s": mb.placeholder(shape=(1,), dtype=types.fp32)}
+    with Function(specs, ct.target.iOS17) as function:
+        outputs = [mb.identity(x=function.inputs[name]) for name in ("i", "h", "s")]
+        function.set_outputs(outputs)
+    program = Program()
+    program.add_function("main", function)
+    model = MILModel(program)
+    result = model.predict({"i": [1.7, -1.7, 2.0, 0.2], "h": np.array([1 / 3, 70000.0]), "s": [2.5]})
+    as_int, as_half, scalar = (result[v.name] for v in outputs)
+    assert as_int.dtype == np.int32 and as_int.tolist() == [1, -1, 2, 0]
+    assert as_half.dtype == np.float16 and as_half[0] == np.float16(1 / 3) and np.isinf(as_half[1])
+    assert scalar.dtype == np.float32 and scalar.tolist() == [2.5]
+    with pytest.raises(InputMismatch, match=r"'i' holds values outside int32's range.*'s' is a str"):
+        model.predict({"i": [2.0**40, 0, 0, 0], "h": [0, 0], "s": "2.5"})

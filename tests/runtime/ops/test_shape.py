@@ -55,7 +55,7 @@ def test_gather_with_batch_dims(run_mil, shape, batch_dims, data):
     index_shape = shape[:batch_dims] + tuple(data.draw(st.lists(st.integers(1, 3), min_size=1, max_size=2)))
     indices = data.draw(hnp.arrays(np.int32, index_shape, elements=st.integers(-shape[axis], shape[axis] - 1)))
     (out,) = run_mil(lambda x, i: mb.gather(x=x, indices=i, axis=axis, batch_dims=batch_dims),
-                            {"x": x, "i": indices})
+                     {"x": x, "i": indices}, opset="iOS16")  # negative indices count from the end before iOS17
     wrapped = np.where(indices < 0, indices + shape[axis], indices)
     if batch_dims == 0:
         expected = np.take(x, wrapped, axis=axis)
@@ -330,11 +330,13 @@ def test_scatter_family(run_mil, mode, shape, data):
     close(outs[2], _applied(x, [tuple(p) for p in points], list(nd_updates), mode))
 
 
-def test_scatter_negative_indices_count_from_the_end_before_iOS17_only(run_mil):
-    x = np.zeros((3,), np.float32)
-    (out,) = run_mil(lambda x: mb.scatter(data=x, indices=np.array([-1], np.int32), updates=np.ones(1, np.float32),
-                                          mode="add"), {"x": x}, opset="iOS15")
-    assert out.tolist() == [0, 0, 1]
-    with pytest.raises(RuntimeError, match=r"scatter \(opset iOS17\).*indices must be in \[0, 3\) from iOS17"):
-        run_mil(lambda x: mb.scatter(data=x, indices=np.array([-1], np.int32), updates=np.ones(1, np.float32),
-                                     mode="add"), {"x": x}, opset="iOS17")
+@pytest.mark.parametrize("build", [
+    lambda x: mb.scatter(data=x, indices=np.array([-1], np.int32), updates=np.ones(1, np.float32), mode="add"),
+    lambda x: mb.gather(x=x, indices=np.array([-1], np.int32)),
+], ids=["scatter", "gather"])
+def test_negative_indices_count_from_the_end_before_iOS17_only(run_mil, build):
+    x = np.arange(3, dtype=np.float32)
+    (out,) = run_mil(build, {"x": x}, opset="iOS15")
+    assert out.tolist() in ([0, 1, 3], [2])  # scatter adds to, gather reads, the last element
+    with pytest.raises(RuntimeError, match=r"(scatter|gather) \(opset iOS17\).*indices must be in \[0, 3\) from iOS17"):
+        run_mil(build, {"x": x}, opset="iOS17")

@@ -3,9 +3,12 @@
 The program and its weights are read with coremltools' own loaders (the proto and
 ``weights/weight.bin``); the arithmetic is ``runtimes.mil.ops``.
 
-Precision. Every op computes in float32: fp16 inputs are widened on entry, and each output is
-rounded to the type the program declares, so an fp16 program carries fp16 tensors between ops
-exactly as its types say while accumulating in fp32 inside an op. Apple's CPU path (BNNS) computes
+Precision. Every op computes in float32, and each output is rounded to the type the program
+declares, so an fp16 program carries fp16 tensors between ops exactly as its types say while
+accumulating in fp32 inside an op. An fp16 tensor is held as fp32 values on the fp16 grid
+(rounded in place, ties to even, overflowing to infinity, as a cast to fp16 does) and handed out
+as fp16; fp16 weights stay fp16 in memory and are widened into a scratch buffer where an op
+reads them, so the executor holds about the package's weight file, not twice it. Apple's CPU path (BNNS) computes
 fp16 programs the same way in spirit; the GPU accumulates in fp32 or fp16 depending on the
 kernel, and the Neural Engine computes in fp16 throughout (with wider accumulators in its
 matrix units), so fp16 results from the GPU and Neural Engine differ from this executor by more
@@ -16,7 +19,6 @@ no fp32 and runs such ops on the CPU or GPU instead.
 from __future__ import annotations
 
 import functools
-import gc
 import inspect
 import os
 from collections import ChainMap
@@ -141,9 +143,63 @@ def _opset_name(target) -> str:
     return "iOS15" if target is None else AvailableTarget(target).name
 
 
+_HALF, _SINGLE = np.dtype(np.float16), np.dtype(np.float32)
+_WIDEN_AT_USE = 1 << 14  # fp16 constants with at least this many elements stay fp16 in memory
+
+# ops whose fp16 output is already on the fp16 grid when their inputs are: they move, select or
+# compare values without computing new ones, so rounding their output would change nothing
+_EXACT_IN_HALF = frozenset({
+    "reshape", "transpose", "expand_dims", "squeeze", "slice_by_index", "slice_by_size", "split", "concat",
+    "stack", "tile", "gather", "gather_along_axis", "gather_nd", "identity", "reverse", "pad", "select",
+    "reshape_like", "flatten2d", "sliding_windows", "crop", "band_part", "slice_update", "depth_to_space",
+    "space_to_depth", "pixel_shuffle", "pixel_unshuffle", "space_to_batch", "batch_to_space", "relu",
+    "maximum", "minimum", "reduce_max", "reduce_min",
+})
+
+
+def _torch():
+    import torch  # lazy: the fast fp16 conversions; a program without fp16 tensors never needs it
+
+    return torch
+
+
+class _Scratch:
+    """Reusable buffers: fp16 <-> fp32 conversions without allocating (and page-faulting) anew."""
+
+    def __init__(self):
+        self._buffers: dict[tuple, object] = {}
+
+    def buffer(self, key, size: int, dtype):
+        torch = _torch()
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.numel() < size:
+            buffer = self._buffers[key] = torch.empty(max(size, 1), dtype=dtype)
+        return buffer[:size]
+
+    def widened(self, key, value: np.ndarray) -> np.ndarray:
+        """An fp16 array as fp32, in the buffer ``key`` (valid until the next use of that key)."""
+        torch = _torch()
+        out = self.buffer(key, value.size, torch.float32)
+        out.copy_(torch.from_numpy(np.ascontiguousarray(value)).reshape(-1))
+        return out.numpy().reshape(value.shape)
+
+    def holds(self, array: np.ndarray) -> bool:
+        """Whether ``array`` may lie in one of the fp32 buffers."""
+        return any(buffer.dtype == _torch().float32 and np.may_share_memory(array, buffer.numpy())
+                   for buffer in self._buffers.values())
+
+    def round_to_half(self, values: np.ndarray) -> None:
+        """Round a C-contiguous, writable fp32 array to the fp16 grid in place."""
+        torch = _torch()
+        flat = torch.from_numpy(values).reshape(-1)
+        half = self.buffer("half", flat.numel(), torch.float16)
+        half.copy_(flat)
+        flat.copy_(half)
+
+
 def _widened(value):
     """fp16 values as fp32, for computing; anything else as it is."""
-    if isinstance(value, (np.ndarray, np.generic)) and value.dtype == np.float16:
+    if isinstance(value, (np.ndarray, np.generic)) and value.dtype == _HALF:
         return value.astype(np.float32)
     return value
 
@@ -199,8 +255,10 @@ class MILModel:
         except Exception as error:  # protobuf, JSON and weight-file errors of a damaged package
             raise PackageError(f"{model}: not a readable ML Program package ({type(error).__name__}: {error}); "
                                "re-export or re-download it") from None
+        self._scratch = _Scratch()
         self.steps = self._plan_program(program, description, function_name)
-        self._widen_constants()
+        self._widen_small_constants()
+        self._declared = {name: dtype for step in self.steps for name, dtype in zip(step.outputs, step.dtypes)}
         self.variables = [name for step in self.steps for name in step.outputs]
         last_use = {}
         for i, step in enumerate(self.steps):
@@ -290,33 +348,33 @@ class MILModel:
             self._plan(op, steps)
         return _Block([v.name for v in block.inputs], steps, [v.name for v in block.outputs])
 
-    def _widen_constants(self) -> None:
-        """fp16 constants become fp32 once, here, rather than at every use: each op computes in
-        fp32 anyway. Done after the loaded program is released, one array at a time, so the fp16
-        and fp32 copies of all weights never coexist."""
-        half = [name for name, value in self._constants.items()
-                if isinstance(value, (np.ndarray, np.generic)) and value.dtype == np.float16]
-        if sum(self._constants[name].nbytes for name in half) > 64 << 20:
-            gc.collect()  # the loaded program is a graph of cycles: free its references to the weights
-        for name in half:
-            self._constants[name] = _widened(self._constants[name])
+    def _widen_small_constants(self) -> None:
+        """Small fp16 constants (biases, scales, scalars) are widened once here; large ones stay
+        fp16 and are widened into a scratch buffer at each use, so the weights take the memory
+        of the package's weight file."""
+        for name, value in self._constants.items():
+            if isinstance(value, (np.ndarray, np.generic)) and value.dtype == _HALF and value.size < _WIDEN_AT_USE:
+                self._constants[name] = value.astype(np.float32)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the weights held in memory (fp32 after widening)."""
+        """Bytes of the weights held in memory (large fp16 weights as fp16, the rest widened)."""
         return sum(value.nbytes for value in self._constants.values() if isinstance(value, (np.ndarray, np.generic)))
 
     # -- running --------------------------------------------------------------------------------
 
-    def _resolve(self, kind, ref, env):
-        if kind == "const":  # widened once at load
-            return self._constants[ref]
+    def _resolve(self, param, kind, ref, env):
+        if kind == "const":
+            value = self._constants[ref]
+            if isinstance(value, np.ndarray) and value.dtype == _HALF:  # a large weight
+                return self._scratch.widened(param, value)
+            return value
         if kind == "var":
             return _widened(env[ref])
-        return [_widened(env[r]) if r in env else self._constants[r] for r in ref]
+        return [_widened(env[r]) if r in env else _widened(self._constants[r]) for r in ref]
 
     def _run_step(self, step: _Step, env) -> list:
-        args = {param: self._resolve(kind, ref, env) for param, (kind, ref) in step.args.items()}
+        args = {param: self._resolve(param, kind, ref, env) for param, (kind, ref) in step.args.items()}
         try:
             with np.errstate(all="ignore"):
                 result = self._run_blocks(step, args, env) if step.kernel is None else step.kernel(**args)
@@ -326,7 +384,23 @@ class MILModel:
             raise RuntimeError(f"{self._where(step.op_type, step.name)} failed: {error}") from error
         results = result if isinstance(result, tuple) else (result,)
         with np.errstate(all="ignore"):
-            return [_as_declared(r, dtype) for r, dtype in zip(results, step.dtypes)]
+            return [self._as_declared(r, dtype, step.op_type, args) for r, dtype in zip(results, step.dtypes)]
+
+    def _as_declared(self, value, dtype: np.dtype | None, op_type: str, args: dict):
+        """A kernel's result as the type the program declares (fp16 as fp32 on the fp16 grid);
+        lists, dictionaries, states and strings as they are. A result in a scratch buffer is
+        copied out: the buffer is reused by the next op."""
+        if dtype is None or dtype == np.dtype(object):
+            return value
+        array = np.asarray(value)
+        if dtype != _HALF or (op_type in _EXACT_IN_HALF and array.dtype == _SINGLE):
+            array = array.astype(dtype if dtype != _HALF else _SINGLE, copy=False)
+            return array.copy() if self._scratch.holds(array) else array
+        if array.dtype != _SINGLE or not array.flags.c_contiguous or not array.flags.writeable \
+                or _aliases(array, args):
+            array = np.array(array, dtype=np.float32, order="C")  # a fresh copy, to round in place
+        self._scratch.round_to_half(array)
+        return array
 
     def _run_blocks(self, step: _Step, args: dict, env) -> tuple:
         """``cond`` runs the block its predicate picks; ``while_loop`` runs its body while its
@@ -353,7 +427,7 @@ class MILModel:
 
     def predict(self, inputs: Mapping[str, np.ndarray], intermediates: Iterable[str] | str = (),
                 state: MILState | None = None) -> dict:
-        env = dict(check_inputs(self.input_specs, inputs))
+        env = {name: _widened(value) for name, value in check_inputs(self.input_specs, inputs).items()}
         if self.state_specs:
             if not isinstance(state, MILState):
                 raise InputMismatch(f"the program has states ({', '.join(s.name for s in self.state_specs)}): "
@@ -380,7 +454,9 @@ class MILModel:
                 raise RuntimeError(f"output {name!r} came out as {list(value.shape)}, "
                                    f"the program declares {list(declared)}")
         results.update({name: env[name] for name in keep if name in env and name not in results})
-        return results
+        declared = {**{spec.name: spec.dtype for spec in self.input_specs}, **self._declared}
+        return {name: value.astype(_HALF) if declared.get(name) == _HALF and isinstance(value, np.ndarray) else value
+                for name, value in results.items()}
 
     def first_non_finite(self, inputs: Mapping[str, np.ndarray], state: MILState | None = None) -> str | None:
         """Where a NaN or an infinity first appears in the program on ``inputs``: a non-finite input,
@@ -399,12 +475,14 @@ class MILModel:
         return None
 
 
-def _as_declared(value, dtype: np.dtype | None):
-    """A kernel's result as the type the program declares; lists, dictionaries, states and
-    strings as they are."""
-    if dtype is None or dtype == np.dtype(object):
-        return value
-    return np.asarray(value).astype(dtype, copy=False)
+def _aliases(array: np.ndarray, args: dict) -> bool:
+    """Whether ``array`` may share memory with an argument of its op (a view of it, or the
+    argument itself), which rounding in place would change."""
+    for value in args.values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, np.ndarray) and np.may_share_memory(array, item):
+                return True
+    return False
 
 
 def _fits(shape: tuple, declared: tuple) -> bool:

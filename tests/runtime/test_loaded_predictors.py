@@ -8,8 +8,6 @@ import gc
 import os
 import weakref
 
-import pytest
-
 from exporters.components import COMPONENTS
 from runtimes.loader import LoadedPredictors
 from runtimes.mil import MILModel
@@ -71,9 +69,10 @@ def test_the_default_budget_is_a_share_of_the_host_memory():
     assert 0 < budget < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def test_an_executor_weighs_its_weights_in_fp32(session_exporters):
-    """The executor widens fp16 weights once at load: its weight is twice the fp16 package's."""
+def test_an_executor_holds_fp16_weights_at_their_file_size(session_exporters):
+    """Large fp16 weights stay fp16 in memory (widened where an op reads them); only small
+    constants are widened at load, so the executor weighs about its package's weight file."""
     fp16 = session_exporters["float16"].export(COMPONENTS["joint"])
     model = MILModel(fp16.package)
     weights = sum(f.stat().st_size for f in fp16.package.rglob("weight.bin"))
-    assert model.nbytes == pytest.approx(2 * weights, rel=0.05)
+    assert weights * 0.95 <= model.nbytes <= weights * 1.1

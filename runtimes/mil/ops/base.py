@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -33,3 +34,16 @@ def norm_axis(axis, rank: int) -> int:
 
 def norm_axes(axes, rank: int) -> tuple[int, ...] | None:
     return None if axes is None else tuple(sorted(norm_axis(a, rank) for a in np.ravel(axes)))
+
+
+def torch_float32(array):
+    """``array`` as a float32 torch tensor sharing its memory where it can: the heavy kernels
+    (matrix products, convolutions) run on torch's CPU kernels, in fp32."""
+    import torch  # lazy: only programs with such ops need it
+
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():  # read-only constants: torch only reads them here
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from runtimes.mil.ops.base import Unsupported, kernel
+from runtimes.mil.ops.base import Unsupported, kernel, torch_float32
 
 _BINARY = {
     "add": np.add, "sub": np.subtract, "mul": np.multiply, "real_div": np.true_divide,
@@ -31,12 +31,27 @@ _UNARY = {
     "exp2": np.exp2, "floor": np.floor, "logical_not": np.logical_not, "round": np.round,
     "sign": np.sign, "sin": np.sin, "sinh": np.sinh, "sqrt": np.sqrt, "square": np.square,
     "tan": np.tan, "tanh": np.tanh, "relu": lambda x: np.maximum(x, 0),
-    "relu6": lambda x: np.clip(x, 0, 6), "sigmoid": special.expit, "silu": lambda x: x * special.expit(x),
+    "relu6": lambda x: np.clip(x, 0, 6),
     "softsign": lambda x: x / (1 + np.abs(x)), "softplus": lambda x: np.logaddexp(x, 0),
     "identity": lambda x: x,
 }
 for _name, _fn in _UNARY.items():
     kernel(_name)(lambda x, _fn=_fn: _fn(x))
+
+
+# the two hot activations of a conformer run on torch (vectorized, threaded); integers on scipy
+@kernel("sigmoid")
+def sigmoid(x):
+    return torch_float32(x).sigmoid().numpy() if np.asarray(x).dtype.kind == "f" else special.expit(x)
+
+
+@kernel("silu")
+def silu(x):
+    if np.asarray(x).dtype.kind != "f":
+        return x * special.expit(x)
+    import torch.nn.functional as F  # lazy: as torch_float32
+
+    return F.silu(torch_float32(x)).numpy()
 
 
 @kernel("log")

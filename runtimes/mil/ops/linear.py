@@ -7,22 +7,31 @@ import itertools
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from runtimes.mil.ops.base import Unsupported, kernel
+from runtimes.mil.ops.base import Unsupported, kernel, torch_float32
+
+
+def _floats(*arrays) -> bool:
+    return all(np.issubdtype(np.asarray(a).dtype, np.floating) for a in arrays)
 
 
 @kernel("linear")
 def linear(x, weight, bias=None):
-    y = np.matmul(x, weight.T)
+    if not _floats(x, weight):
+        y = np.matmul(x, weight.T)
+    else:
+        y = torch_float32(x).matmul(torch_float32(weight).T).numpy()
     return y if bias is None else y + bias
 
 
 @kernel("matmul")
 def matmul(x, y, transpose_x=False, transpose_y=False):
-    if transpose_x and x.ndim >= 2:
+    if transpose_x and np.ndim(x) >= 2:
         x = np.swapaxes(x, -1, -2)
-    if transpose_y and y.ndim >= 2:
+    if transpose_y and np.ndim(y) >= 2:
         y = np.swapaxes(y, -1, -2)
-    return np.matmul(x, y)
+    if not _floats(x, y) or np.ndim(x) == 0 or np.ndim(y) == 0:
+        return np.matmul(x, y)
+    return torch_float32(x).matmul(torch_float32(y)).numpy()
 
 
 def _spatial_padding(pad_type, pad, size, kernel_size, strides, dilations):
@@ -47,46 +56,26 @@ def _spatial_padding(pad_type, pad, size, kernel_size, strides, dilations):
 
 @kernel("conv")
 def conv(x, weight, pad_type="valid", strides=None, dilations=None, pad=None, groups=1, bias=None):
+    """Padding by MIL's rules, then torch's unpadded convolution in fp32."""
+    import torch.nn.functional as F  # lazy: as torch_float32
+
     n_spatial = x.ndim - 2
+    if n_spatial not in (1, 2, 3):
+        raise Unsupported("x", f"rank {x.ndim}: convolutions take 1 to 3 spatial dimensions")
     kernel_size = weight.shape[2:]
     strides = [1] * n_spatial if strides is None else [int(s) for s in strides]
     dilations = [1] * n_spatial if dilations is None else [int(d) for d in dilations]
     pads = _spatial_padding(pad_type, pad, x.shape[2:], kernel_size, strides, dilations)
-    x = np.pad(x, [(0, 0), (0, 0), *pads])
     groups = int(groups)
-    batch, c_in = x.shape[:2]
-    c_out = weight.shape[0]
+    c_in, c_out = x.shape[1], weight.shape[0]
     if c_in % groups or c_out % groups or weight.shape[1] != c_in // groups:
         raise Unsupported("groups", f"{groups} groups do not fit {c_in} input and {c_out} output channels "
                                     f"with weight shape {list(weight.shape)}")
-    out_size = [(x.shape[2 + d] - ((kernel_size[d] - 1) * dilations[d] + 1)) // strides[d] + 1
-                for d in range(n_spatial)]
-    if groups == 1:
-        # im2col as a strided view, then one matrix product over (C_in, kernel)
-        window = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilations)]
-        view = sliding_window_view(x, window, axis=tuple(range(2, x.ndim)))
-        index = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides) \
-            + tuple(slice(None, None, d) for d in dilations)
-        patches = view[index]  # N, C_in, *out, *kernel
-        y = np.tensordot(patches, weight, axes=([1] + list(range(2 + n_spatial, 2 + 2 * n_spatial)),
-                                                list(range(1, 2 + n_spatial))))
-        y = np.moveaxis(y, -1, 1)
-    else:
-        # accumulate one kernel tap at a time; depthwise taps are broadcast multiplies
-        xg = x.reshape(batch, groups, c_in // groups, *x.shape[2:])
-        wg = weight.reshape(groups, c_out // groups, c_in // groups, *kernel_size)
-        y = np.zeros((batch, groups, c_out // groups, *out_size), dtype=np.result_type(x, weight))
-        for tap in itertools.product(*(range(k) for k in kernel_size)):
-            region = tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
-                           for t, d, o, s in zip(tap, dilations, out_size, strides))
-            xs = xg[(slice(None), slice(None), slice(None)) + region]
-            w = wg[(slice(None), slice(None), slice(None)) + tap]
-            if w.shape[1:] == (1, 1):
-                y += w.reshape((1, groups, 1) + (1,) * n_spatial) * xs
-            else:
-                flat = xs.reshape(batch, groups, c_in // groups, -1)
-                y += np.matmul(w[None], flat).reshape(y.shape)
-        y = y.reshape(batch, c_out, *out_size)
+    padded = torch_float32(x)
+    if any(p for pair in pads for p in pair):
+        padded = F.pad(padded, [p for pair in reversed(pads) for p in pair])
+    convolve = (F.conv1d, F.conv2d, F.conv3d)[n_spatial - 1]
+    y = convolve(padded, torch_float32(weight), stride=strides, dilation=dilations, groups=groups).numpy()
     if bias is not None:
         y = y + np.reshape(bias, (1, -1) + (1,) * n_spatial)
     return y

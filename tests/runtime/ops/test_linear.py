@@ -1,4 +1,5 @@
-"""Matrix products, convolutions and pooling on the executor, against independent formulas (numpy float64 or torch)."""
+"""Matrix products, convolutions and pooling on the executor, against independent formulas: numpy
+float64 for the ops whose kernels run on torch (linear, matmul, conv), torch where they do not."""
 
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ def test_matmul_transposes(run_mil, dtype, batch, m, k, n, tx, ty, data):
     x = data.draw(arrays((batch, k, m) if tx else (batch, m, k), dtype))
     y = data.draw(arrays((n, k) if ty else (k, n), dtype))
     (out,) = run_mil(lambda x, y: mb.matmul(x=x, y=y, transpose_x=tx, transpose_y=ty), {"x": x, "y": y})
-    tx_, ty_ = torch.from_numpy(x.astype(np.float64)), torch.from_numpy(y.astype(np.float64))
-    ref = torch.matmul(tx_.transpose(-1, -2) if tx else tx_, ty_.T if ty else ty_)
-    close(out, ref.numpy(), scale=k)
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)  # numpy: the kernel runs on torch
+    ref = np.matmul(np.swapaxes(x64, -1, -2) if tx else x64, y64.T if ty else y64)
+    close(out, ref, scale=k)
 
 
 @EXAMPLES
@@ -36,18 +37,29 @@ def test_linear(run_mil, dtype, d_in, d_out, with_bias, data):
     b = data.draw(arrays((d_out,), dtype)) if with_bias else None
     (out,) = run_mil(lambda x: mb.linear(x=x, weight=w, bias=b) if with_bias else mb.linear(x=x, weight=w),
                             {"x": x})
-    ref = F.linear(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(w.astype(np.float64)),
-                   None if b is None else torch.from_numpy(b.astype(np.float64)))
-    close(out, ref.numpy(), scale=d_in)
+    ref = x.astype(np.float64) @ w.astype(np.float64).T + (0 if b is None else b.astype(np.float64))
+    close(out, ref, scale=d_in)
 
 
-def _torch_conv(x, w, b, strides, dilations, groups, pads):
-    """Reference conv: explicit (begin, end) padding, then torch's unpadded conv."""
-    flat = [p for pair in reversed(pads) for p in pair]
-    x = F.pad(torch.from_numpy(x.astype(np.float64)), flat)
-    conv = {1: F.conv1d, 2: F.conv2d}[x.dim() - 2]
-    return conv(x, torch.from_numpy(w.astype(np.float64)), None if b is None else torch.from_numpy(
-        b.astype(np.float64)), stride=strides, dilation=dilations, groups=groups).numpy()
+def _numpy_conv(x, w, b, strides, dilations, groups, pads):
+    """Reference conv in float64 numpy, independent of the kernel's torch: explicit (begin, end)
+    padding, then each output position as the sum over its window, channel group by group."""
+    x = np.pad(x.astype(np.float64), [(0, 0), (0, 0), *pads])
+    w = w.astype(np.float64)
+    n_spatial, (batch, c_in), c_out = x.ndim - 2, x.shape[:2], w.shape[0]
+    kernel = w.shape[2:]
+    out_size = [(x.shape[2 + d] - (kernel[d] - 1) * dilations[d] - 1) // strides[d] + 1 for d in range(n_spatial)]
+    y = np.zeros((batch, c_out, *out_size))
+    per_in, per_out = c_in // groups, c_out // groups
+    for position in np.ndindex(*out_size):
+        window = tuple(slice(p * s, p * s + (k - 1) * d + 1, d)
+                       for p, s, k, d in zip(position, strides, kernel, dilations))
+        for g in range(groups):
+            patch = x[(slice(None), slice(g * per_in, (g + 1) * per_in)) + window]  # N, C_in/g, *kernel
+            taps = w[g * per_out:(g + 1) * per_out]  # C_out/g, C_in/g, *kernel
+            y[(slice(None), slice(g * per_out, (g + 1) * per_out)) + position] = np.tensordot(
+                patch, taps, axes=(list(range(1, patch.ndim)), list(range(1, taps.ndim))))
+    return y if b is None else y + b.astype(np.float64).reshape((1, -1) + (1,) * n_spatial)
 
 
 def _same_padding(size, kernel, stride, dilation, lower):
@@ -77,7 +89,7 @@ def test_conv(run_mil, dtype, rank, groups, kernel, stride, pad_type, with_bias,
                   pad_type=pad_type, **({"pad": custom} if pad_type == "custom" else {}),
                   **({"bias": b} if with_bias else {}))
     (out,) = run_mil(lambda x: mb.conv(x=x, **kwargs), {"x": x})
-    ref = _torch_conv(x, w, b, [stride] * rank, [dilation] * rank, groups, pads)
+    ref = _numpy_conv(x, w, b, [stride] * rank, [dilation] * rank, groups, pads)
     close(out, ref, scale=c_in * kernel**rank)
 
 

@@ -18,7 +18,9 @@ no fp32 and runs such ops on the CPU or GPU instead.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import inspect
 import os
 from collections import ChainMap
@@ -427,6 +429,10 @@ class MILModel:
 
     def predict(self, inputs: Mapping[str, np.ndarray], intermediates: Iterable[str] | str = (),
                 state: MILState | None = None) -> dict:
+        with _collector_paused():
+            return self._predict(inputs, intermediates, state)
+
+    def _predict(self, inputs, intermediates, state) -> dict:
         env = {name: _widened(value) for name, value in check_inputs(self.input_specs, inputs).items()}
         if self.state_specs:
             if not isinstance(state, MILState):
@@ -473,6 +479,21 @@ class MILModel:
                         and not np.isfinite(value).all():
                     return f"{self._where(step.op_type, name)} is the first op with a non-finite output"
         return None
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cyclic garbage collector off for one prediction: a prediction makes no cycles,
+    but its thousands of small objects trigger full collections, whose cost grows with everything
+    else the process holds (a loaded NeMo model: 20 % of a full-size encoder call in a test
+    session). Restored afterwards, also on an error."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _aliases(array: np.ndarray, args: dict) -> bool:

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from runtimes.mil.ops.base import Unsupported, kernel, torch_float32
+from runtimes.mil.ops.base import Unsupported, kernel, matrix_product, torch_float32
 
 
 def _floats(*arrays) -> bool:
@@ -16,11 +16,12 @@ def _floats(*arrays) -> bool:
 
 @kernel("linear")
 def linear(x, weight, bias=None):
-    if not _floats(x, weight):
+    if not _floats(x, weight) or (bias is not None and not _floats(bias)):
         y = np.matmul(x, weight.T)
-    else:
-        y = torch_float32(x).matmul(torch_float32(weight).T).numpy()
-    return y if bias is None else y + bias
+        return y if bias is None else y + bias
+    import torch.nn.functional as F  # lazy: as torch_float32
+
+    return F.linear(torch_float32(x), torch_float32(weight), None if bias is None else torch_float32(bias)).numpy()
 
 
 @kernel("matmul")
@@ -29,9 +30,7 @@ def matmul(x, y, transpose_x=False, transpose_y=False):
         x = np.swapaxes(x, -1, -2)
     if transpose_y and np.ndim(y) >= 2:
         y = np.swapaxes(y, -1, -2)
-    if not _floats(x, y) or np.ndim(x) == 0 or np.ndim(y) == 0:
-        return np.matmul(x, y)
-    return torch_float32(x).matmul(torch_float32(y)).numpy()
+    return matrix_product(x, y)
 
 
 def _spatial_padding(pad_type, pad, size, kernel_size, strides, dilations):
@@ -149,7 +148,7 @@ def conv_transpose(x, weight, bias=None, pad=None, output_shape=None, pad_type="
     xg = x.reshape(batch, groups, c_in // groups, -1)
     wg = weight.reshape(groups, c_in // groups, c_out_group, *kernel_size)
     for tap in itertools.product(*(range(k) for k in kernel_size)):
-        contribution = np.matmul(np.swapaxes(wg[(slice(None),) * 3 + tap], 1, 2)[None], xg)
+        contribution = matrix_product(np.swapaxes(wg[(slice(None),) * 3 + tap], 1, 2)[None], xg)
         region = tuple(slice(t * d, t * d + (n - 1) * s + 1, s)
                        for t, d, n, s in zip(tap, dilations, x.shape[2:], strides))
         y[(slice(None),) * 3 + region] += contribution.reshape(batch, groups, c_out_group, *x.shape[2:])
@@ -196,9 +195,9 @@ def einsum(values, equation):
 
 @kernel("scaled_dot_product_attention")
 def scaled_dot_product_attention(query, key, value, attn_mask=None):
-    scores = np.matmul(query, np.swapaxes(key, -1, -2)) / np.sqrt(query.shape[-1])
+    scores = matrix_product(query, np.swapaxes(key, -1, -2)) / np.sqrt(query.shape[-1])
     if attn_mask is not None:
         scores = np.where(attn_mask, scores, -np.inf) if attn_mask.dtype == np.bool_ else scores + attn_mask
     scores = scores - np.max(scores, axis=-1, keepdims=True)
     weights = np.exp(scores)
-    return np.matmul(weights / np.sum(weights, axis=-1, keepdims=True), value)
+    return matrix_product(weights / np.sum(weights, axis=-1, keepdims=True), value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtimes.mil.ops.base import kernel, norm_axes
+from runtimes.mil.ops.base import kernel, norm_axes, torch_float32
 
 
 def _scale_shift(y, gamma, beta, shape):
@@ -19,6 +19,16 @@ def _scale_shift(y, gamma, beta, shape):
 @kernel("layer_norm")
 def layer_norm(x, axes=None, gamma=None, beta=None, epsilon=1e-5):
     axes = tuple(range(x.ndim)) if axes is None else norm_axes(axes, x.ndim)
+    trailing = axes == tuple(range(x.ndim - len(axes), x.ndim))
+    if trailing and np.asarray(x).dtype.kind == "f" and len(axes):  # a transformer's: torch's fused kernel
+        import torch.nn.functional as F  # lazy: as torch_float32
+
+        shape = x.shape[x.ndim - len(axes):]
+
+        def full(v):
+            return None if v is None else torch_float32(np.ascontiguousarray(np.broadcast_to(v, shape)))
+
+        return F.layer_norm(torch_float32(x), shape, full(gamma), full(beta), float(epsilon)).numpy()
     mean = np.mean(x, axis=axes, keepdims=True)
     var = np.mean(np.square(x - mean), axis=axes, keepdims=True)
     y = (x - mean) / np.sqrt(var + epsilon)

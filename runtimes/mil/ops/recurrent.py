@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from runtimes.mil.ops.base import Unsupported, kernel
+from runtimes.mil.ops.base import Unsupported, kernel, matrix_product
 
 _RECURRENT_ACTIVATIONS = {
     "sigmoid": special.expit, "tanh": np.tanh, "relu": lambda v: np.maximum(v, 0), "linear": lambda v: v,
@@ -34,11 +34,11 @@ def _reading_order(x, reverse: bool):
 def _lstm_direction(x, h, c, w_ih, w_hh, bias, peephole, reverse, act_rec, act_cell, act_out):
     """Outputs in reading order, final h and c."""
     hidden = h.shape[-1]
-    gates_x = np.matmul(_reading_order(x, reverse), w_ih.T) + (0 if bias is None else bias)  # i, f, o, z
+    gates_x = matrix_product(_reading_order(x, reverse), w_ih.T) + (0 if bias is None else bias)  # i, f, o, z
     p_i, p_f, p_o = (0, 0, 0) if peephole is None else np.split(peephole, 3)
     outputs = np.empty((x.shape[0],) + h.shape, dtype=gates_x.dtype)
     for t in range(x.shape[0]):
-        g = gates_x[t] + h @ w_hh.T
+        g = gates_x[t] + matrix_product(h, w_hh.T)
         i = act_rec(g[:, :hidden] + p_i * c)
         f = act_rec(g[:, hidden:2 * hidden] + p_f * c)
         z = act_cell(g[:, 3 * hidden:])
@@ -93,7 +93,7 @@ def gru(x, initial_h, weight_ih, weight_hh, bias=None, direction="forward", outp
     act = _activation("activation", activation)
     hidden = initial_h.shape[-1]
     w_r, w_o, w_z = np.split(weight_hh, 3)
-    gates_x = np.matmul(_reading_order(x, _directions(direction)), weight_ih.T)
+    gates_x = matrix_product(_reading_order(x, _directions(direction)), weight_ih.T)
     if input_bias is not None:
         gates_x = gates_x + input_bias
     hidden_bias = np.zeros(3 * hidden, gates_x.dtype)
@@ -107,9 +107,9 @@ def gru(x, initial_h, weight_ih, weight_hh, bias=None, direction="forward", outp
     outputs = np.empty((x.shape[0],) + h.shape, dtype=gates_x.dtype)
     for t in range(x.shape[0]):
         g_r, g_o, g_z = np.split(gates_x[t], 3, axis=-1)
-        r = act_rec(g_r + h @ w_r.T + b_r)
-        z = act_rec(g_z + h @ w_z.T + b_z)
-        o = act(g_o + (r * (h @ w_o.T + b_o) if reset_after else (r * h) @ w_o.T))
+        r = act_rec(g_r + matrix_product(h, w_r.T) + b_r)
+        z = act_rec(g_z + matrix_product(h, w_z.T) + b_z)
+        o = act(g_o + (r * (matrix_product(h, w_o.T) + b_o) if reset_after else matrix_product(r * h, w_o.T)))
         h = (1 - z) * o + z * h
         outputs[t] = h
     return _sequence(outputs, output_sequence), h
@@ -119,10 +119,10 @@ def gru(x, initial_h, weight_ih, weight_hh, bias=None, direction="forward", outp
 def rnn(x, initial_h, weight_ih, weight_hh, bias=None, direction="forward", output_sequence=False,
         activation="tanh"):
     act = _activation("activation", activation)
-    gates_x = np.matmul(_reading_order(x, _directions(direction)), weight_ih.T) + (0 if bias is None else bias)
+    gates_x = matrix_product(_reading_order(x, _directions(direction)), weight_ih.T) + (0 if bias is None else bias)
     h = initial_h
     outputs = np.empty((x.shape[0],) + h.shape, dtype=gates_x.dtype)
     for t in range(x.shape[0]):
-        h = act(gates_x[t] + h @ weight_hh.T)
+        h = act(gates_x[t] + matrix_product(h, weight_hh.T))
         outputs[t] = h
     return _sequence(outputs, output_sequence), h

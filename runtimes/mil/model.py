@@ -7,8 +7,8 @@ Precision. Every op computes in float32, and each output is rounded to the type 
 declares, so an fp16 program carries fp16 tensors between ops exactly as its types say while
 accumulating in fp32 inside an op. An fp16 tensor is held as fp32 values on the fp16 grid
 (rounded in place, ties to even, overflowing to infinity, as a cast to fp16 does) and handed out
-as fp16; fp16 weights stay fp16 in memory and are widened into a scratch buffer where an op
-reads them, so the executor holds about the package's weight file, not twice it. Apple's CPU path (BNNS) computes
+as fp16; the largest fp16 weights stay fp16 in memory and are widened into a scratch buffer where an op
+reads them, so a large package takes about 1.25x its weight file, not twice it. Apple's CPU path (BNNS) computes
 fp16 programs the same way in spirit; the GPU accumulates in fp32 or fp16 depending on the
 kernel, and the Neural Engine computes in fp16 throughout (with wider accumulators in its
 matrix units), so fp16 results from the GPU and Neural Engine differ from this executor by more
@@ -146,7 +146,7 @@ def _opset_name(target) -> str:
 
 
 _HALF, _SINGLE = np.dtype(np.float16), np.dtype(np.float32)
-_WIDEN_AT_USE = 1 << 14  # fp16 constants with at least this many elements stay fp16 in memory
+_TORCH_WIDENS = 1 << 16  # elements: from this size fp16 -> fp32 conversion goes through torch
 
 # ops whose fp16 output is already on the fp16 grid when their inputs are: they move, select or
 # compare values without computing new ones, so rounding their output would change nothing
@@ -199,6 +199,15 @@ class _Scratch:
         flat.copy_(half)
 
 
+def _single(value):
+    """An fp16 array or scalar as a new fp32 one (large arrays through torch's F16C conversion)."""
+    if isinstance(value, np.ndarray) and value.size >= _TORCH_WIDENS:
+        from runtimes.mil.ops.base import torch_tensor  # lazy: as _torch
+
+        return torch_tensor(np.ascontiguousarray(value)).float().numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
 def _widened(value):
     """fp16 values as fp32, for computing; anything else as it is."""
     if isinstance(value, (np.ndarray, np.generic)) and value.dtype == _HALF:
@@ -247,6 +256,7 @@ class MILModel:
     """
 
     backend = "mil"
+    widen_at_load_bytes = 128 << 20  # fp16 bytes any package may widen at load, whatever its size
 
     def __init__(self, model, function_name: str | None = None):
         self._constants: dict[str, object] = {}
@@ -351,16 +361,22 @@ class MILModel:
         return _Block([v.name for v in block.inputs], steps, [v.name for v in block.outputs])
 
     def _widen_small_constants(self) -> None:
-        """Small fp16 constants (biases, scales, scalars) are widened once here; large ones stay
-        fp16 and are widened into a scratch buffer at each use, so the weights take the memory
-        of the package's weight file."""
-        for name, value in self._constants.items():
-            if isinstance(value, (np.ndarray, np.generic)) and value.dtype == _HALF and value.size < _WIDEN_AT_USE:
-                self._constants[name] = value.astype(np.float32)
+        """fp16 constants are widened once here, smallest first, while the widened ones add at
+        most a quarter of the fp16 weights (or 128 MB, for small packages) to memory; the rest
+        stay fp16 and are widened into a scratch buffer at each use. A full-size encoder thus
+        holds about 1.25x its weight file, a joint all its weights in fp32."""
+        half = sorted((value.nbytes, name) for name, value in self._constants.items()
+                      if isinstance(value, (np.ndarray, np.generic)) and value.dtype == _HALF)
+        budget = max(sum(size for size, _ in half) // 4, self.widen_at_load_bytes)
+        for size, name in half:
+            if size > budget:
+                break
+            budget -= size
+            self._constants[name] = _single(self._constants[name])
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the weights held in memory (large fp16 weights as fp16, the rest widened)."""
+        """Bytes of the weights held in memory (the fp16 weights not widened at load as fp16)."""
         return sum(value.nbytes for value in self._constants.values() if isinstance(value, (np.ndarray, np.generic)))
 
     # -- running --------------------------------------------------------------------------------

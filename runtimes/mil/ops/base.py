@@ -36,19 +36,24 @@ def norm_axes(axes, rank: int) -> tuple[int, ...] | None:
     return None if axes is None else tuple(sorted(norm_axis(a, rank) for a in np.ravel(axes)))
 
 
+def torch_tensor(array: np.ndarray):
+    """A torch tensor sharing ``array``'s memory (read-only constants too: torch only reads them)."""
+    import torch  # lazy: only programs with such ops need it
+
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
+
+
 def torch_float32(array):
     """``array`` as a float32 torch tensor sharing its memory where it can: the heavy kernels
     (matrix products, convolutions) run on torch's CPU kernels, in fp32."""
-    import torch  # lazy: only programs with such ops need it
-
     array = np.asarray(array, dtype=np.float32)
     if any(stride < 0 or stride % 4 for stride in array.strides):  # torch takes other strided views as they are
         array = array.copy(order="C")  # (a fresh copy: even a length-1 axis keeps its negative stride in a view)
-    if array.flags.writeable:
-        return torch.from_numpy(array)
-    with warnings.catch_warnings():  # read-only constants: torch only reads them here
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(array)
+    return torch_tensor(array)
 
 
 def matrix_product(a, b):

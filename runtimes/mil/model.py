@@ -205,13 +205,13 @@ def _single(value):
         from runtimes.mil.ops.base import torch_tensor  # lazy: as _torch
 
         return torch_tensor(np.ascontiguousarray(value)).float().numpy()
-    return np.asarray(value, dtype=np.float32)
+    return value.astype(np.float32)  # a scalar stays a scalar
 
 
 def _widened(value):
     """fp16 values as fp32, for computing; anything else as it is."""
     if isinstance(value, (np.ndarray, np.generic)) and value.dtype == _HALF:
-        return value.astype(np.float32)
+        return _single(value)
     return value
 
 

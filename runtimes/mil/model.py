@@ -169,7 +169,7 @@ class _Scratch:
     """Reusable buffers: fp16 <-> fp32 conversions without allocating (and page-faulting) anew."""
 
     def __init__(self):
-        self._buffers: dict[tuple, object] = {}
+        self._buffers: dict[str, object] = {}  # torch tensors, by the parameter (or "half") they serve
 
     def buffer(self, key, size: int, dtype):
         torch = _torch()
@@ -180,9 +180,10 @@ class _Scratch:
 
     def widened(self, key, value: np.ndarray) -> np.ndarray:
         """An fp16 array as fp32, in the buffer ``key`` (valid until the next use of that key)."""
-        torch = _torch()
-        out = self.buffer(key, value.size, torch.float32)
-        out.copy_(torch.from_numpy(np.ascontiguousarray(value)).reshape(-1))
+        from runtimes.mil.ops.base import torch_tensor  # lazy: as _torch
+
+        out = self.buffer(key, value.size, _torch().float32)
+        out.copy_(torch_tensor(np.ascontiguousarray(value)).reshape(-1))  # loaded weights are read-only
         return out.numpy().reshape(value.shape)
 
     def holds(self, array: np.ndarray) -> bool:

@@ -350,7 +350,9 @@ class MILModel:
         step = _Step(outputs[0], op.op_type, fn, self._arguments(op, accepted), outputs, dtypes)
         if op.op_type.startswith("constexpr_"):
             # compile-time ops: decompress once, the result is an ordinary constant
-            for name, value in zip(step.outputs, self._run_step(step, {})):
+            with np.errstate(all="ignore"):
+                values = self._run_step(step, {})
+            for name, value in zip(step.outputs, values):
                 self._constants[name] = value
             return
         steps.append(step)
@@ -394,16 +396,14 @@ class MILModel:
 
     def _run_step(self, step: _Step, env) -> list:
         args = {param: self._resolve(param, kind, ref, env) for param, (kind, ref) in step.args.items()}
-        try:
-            with np.errstate(all="ignore"):
-                result = self._run_blocks(step, args, env) if step.kernel is None else step.kernel(**args)
+        try:  # (under np.errstate(all="ignore"), set once per prediction: IEEE results, no warnings)
+            result = self._run_blocks(step, args, env) if step.kernel is None else step.kernel(**args)
         except Unsupported as error:
             raise UnsupportedOperation(f"{self._where(step.op_type, step.name)}: {error}") from None
         except (ValueError, IndexError, TypeError, KeyError) as error:
             raise RuntimeError(f"{self._where(step.op_type, step.name)} failed: {error}") from error
         results = result if isinstance(result, tuple) else (result,)
-        with np.errstate(all="ignore"):
-            return [self._as_declared(r, dtype, step.op_type, args) for r, dtype in zip(results, step.dtypes)]
+        return [self._as_declared(r, dtype, step.op_type, args) for r, dtype in zip(results, step.dtypes)]
 
     def _as_declared(self, value, dtype: np.dtype | None, op_type: str, args: dict):
         """A kernel's result as the type the program declares (fp16 as fp32 on the fp16 grid);
@@ -446,7 +446,7 @@ class MILModel:
 
     def predict(self, inputs: Mapping[str, np.ndarray], intermediates: Iterable[str] | str = (),
                 state: MILState | None = None) -> dict:
-        with _collector_paused():
+        with _collector_paused(), np.errstate(all="ignore"):
             return self._predict(inputs, intermediates, state)
 
     def _predict(self, inputs, intermediates, state) -> dict:

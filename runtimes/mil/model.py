@@ -32,6 +32,7 @@ import numpy as np
 
 from runtimes.base import InputMismatch, InputSpec, PackageError, check_inputs, input_spec
 from runtimes.mil.ops import KERNELS, Unsupported
+from runtimes.mil.ops.base import torch_module, torch_tensor
 
 
 class UnsupportedOperation(Exception):
@@ -159,12 +160,6 @@ _EXACT_IN_HALF = frozenset({
 })
 
 
-def _torch():
-    import torch  # lazy: the fast fp16 conversions; a program without fp16 tensors never needs it
-
-    return torch
-
-
 class _Scratch:
     """Reusable buffers: fp16 <-> fp32 conversions without allocating (and page-faulting) anew."""
 
@@ -172,7 +167,7 @@ class _Scratch:
         self._buffers: dict[str, object] = {}  # torch tensors, by the parameter (or "half") they serve
 
     def buffer(self, key, size: int, dtype):
-        torch = _torch()
+        torch = torch_module()
         buffer = self._buffers.get(key)
         if buffer is None or buffer.numel() < size:
             buffer = self._buffers[key] = torch.empty(max(size, 1), dtype=dtype)
@@ -180,20 +175,18 @@ class _Scratch:
 
     def widened(self, key, value: np.ndarray) -> np.ndarray:
         """An fp16 array as fp32, in the buffer ``key`` (valid until the next use of that key)."""
-        from runtimes.mil.ops.base import torch_tensor  # lazy: as _torch
-
-        out = self.buffer(key, value.size, _torch().float32)
+        out = self.buffer(key, value.size, torch_module().float32)
         out.copy_(torch_tensor(np.ascontiguousarray(value)).reshape(-1))  # loaded weights are read-only
         return out.numpy().reshape(value.shape)
 
     def holds(self, array: np.ndarray) -> bool:
         """Whether ``array`` may lie in one of the fp32 buffers."""
-        return any(buffer.dtype == _torch().float32 and np.may_share_memory(array, buffer.numpy())
+        return any(buffer.dtype == torch_module().float32 and np.may_share_memory(array, buffer.numpy())
                    for buffer in self._buffers.values())
 
     def round_to_half(self, values: np.ndarray) -> None:
         """Round a C-contiguous, writable fp32 array to the fp16 grid in place."""
-        torch = _torch()
+        torch = torch_module()
         flat = torch.from_numpy(values).reshape(-1)
         half = self.buffer("half", flat.numel(), torch.float16)
         half.copy_(flat)
@@ -203,8 +196,6 @@ class _Scratch:
 def _single(value):
     """An fp16 array or scalar as a new fp32 one (large arrays through torch's F16C conversion)."""
     if isinstance(value, np.ndarray) and value.size >= _TORCH_WIDENS:
-        from runtimes.mil.ops.base import torch_tensor  # lazy: as _torch
-
         return torch_tensor(np.ascontiguousarray(value)).float().numpy()
     return value.astype(np.float32)  # a scalar stays a scalar
 

@@ -36,10 +36,16 @@ def norm_axes(axes, rank: int) -> tuple[int, ...] | None:
     return None if axes is None else tuple(sorted(norm_axis(a, rank) for a in np.ravel(axes)))
 
 
+def torch_module():
+    """torch, imported on first use: only programs with the ops that run on it (or fp16 tensors) need it."""
+    import torch  # lazy: as the docstring says; `import runtimes.mil` stays free of torch
+
+    return torch
+
+
 def torch_tensor(array: np.ndarray):
     """A torch tensor sharing ``array``'s memory (read-only constants too: torch only reads them)."""
-    import torch  # lazy: only programs with such ops need it
-
+    torch = torch_module()
     if array.flags.writeable:
         return torch.from_numpy(array)
     with warnings.catch_warnings():

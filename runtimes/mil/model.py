@@ -1,19 +1,20 @@
 """Run an exported ML Program on the CPU by evaluating its MIL operations in order.
 
-The program and its weights are read with coremltools' own loaders (the proto and
-``weights/weight.bin``); the arithmetic is ``runtimes.mil.ops``.
+The program is read with coremltools' own loader, its weights blob by blob
+(``runtimes.mil.weights``); the arithmetic is ``runtimes.mil.ops``.
 
 Precision. Every op computes in float32, and each output is rounded to the type the program
 declares, so an fp16 program carries fp16 tensors between ops exactly as its types say while
 accumulating in fp32 inside an op. An fp16 tensor is held as fp32 values on the fp16 grid
 (rounded in place, ties to even, overflowing to infinity, as a cast to fp16 does) and handed out
-as fp16; the largest fp16 weights stay fp16 in memory and are widened into a scratch buffer where an op
-reads them, so a large package takes about 1.25x its weight file, not twice it. Apple's CPU path (BNNS) computes
-fp16 programs the same way in spirit; the GPU accumulates in fp32 or fp16 depending on the
-kernel, and the Neural Engine computes in fp16 throughout (with wider accumulators in its
-matrix units), so fp16 results from the GPU and Neural Engine differ from this executor by more
-than rounding. An fp32 program runs in fp32 here and on the CPU and GPU; the Neural Engine has
-no fp32 and runs such ops on the CPU or GPU instead.
+as fp16; beyond the first 128 MB, fp16 weights stay fp16 in memory and are widened into a
+scratch buffer where an op reads them, so a large package takes about 1.1x its weight file, not
+twice it. Apple's CPU path (BNNS) computes fp16 programs the same way in spirit; the GPU
+accumulates in fp32 or fp16 depending on the kernel, and the Neural Engine computes in fp16
+throughout (with wider accumulators in its matrix units), so fp16 results from the GPU and
+Neural Engine differ from this executor by more than rounding. An fp32 program runs in fp32 here
+and on the CPU and GPU; the Neural Engine has no fp32 and runs such ops on the CPU or GPU
+instead.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 from runtimes.base import InputMismatch, InputSpec, PackageError, check_inputs, input_spec
 from runtimes.mil.ops import KERNELS, Unsupported
 from runtimes.mil.ops.base import torch_module, torch_tensor
+from runtimes.mil.weights import load_mil_program
 
 
 class UnsupportedOperation(Exception):
@@ -216,7 +218,6 @@ def load_program_and_description(model):
     """The MIL program and the model description (its inputs' flexible shapes live there; None
     for a pymil ``Program``)."""
     import coremltools as ct  # lazy: as above
-    from coremltools.converters.mil.frontend.milproto.load import load  # lazy: as above
     from coremltools.converters.mil.mil import Program  # lazy: as above
 
     if isinstance(model, Program):
@@ -234,7 +235,7 @@ def load_program_and_description(model):
     spec = model.get_spec()
     if spec.WhichOneof("Type") != "mlProgram":
         raise TypeError(f"the model is a {spec.WhichOneof('Type')}, not an ML Program")
-    return load(spec, spec.specificationVersion, file_weights_dir=model.weights_dir or ""), spec.description
+    return load_mil_program(spec, model.weights_dir or ""), spec.description
 
 
 class MILModel:
@@ -248,7 +249,7 @@ class MILModel:
     """
 
     backend = "mil"
-    widen_at_load_bytes = 128 << 20  # fp16 bytes any package may widen at load, whatever its size
+    widen_at_load_bytes = 128 << 20  # fp16 weight bytes widened at load, smallest weights first
 
     def __init__(self, model, function_name: str | None = None):
         self._constants: dict[str, object] = {}
@@ -261,6 +262,10 @@ class MILModel:
                                "re-export or re-download it") from None
         self._scratch = _Scratch()
         self.steps = self._plan_program(program, description, function_name)
+        # the program's ops refer to each other: collected now, the fp16 weights that widening
+        # replaces are freed as it goes instead of staying until after the load
+        del program
+        gc.collect()
         self._widen_small_constants()
         self._declared = {name: dtype for step in self.steps for name, dtype in zip(step.outputs, step.dtypes)}
         self.variables = [name for step in self.steps for name in step.outputs]
@@ -355,13 +360,14 @@ class MILModel:
         return _Block([v.name for v in block.inputs], steps, [v.name for v in block.outputs])
 
     def _widen_small_constants(self) -> None:
-        """fp16 constants are widened once here, smallest first, while the widened ones add at
-        most a quarter of the fp16 weights (or 128 MB, for small packages) to memory; the rest
-        stay fp16 and are widened into a scratch buffer at each use. A full-size encoder thus
-        holds about 1.25x its weight file, a joint all its weights in fp32."""
+        """fp16 constants are widened once here, smallest first, up to ``widen_at_load_bytes``;
+        the rest stay fp16 and are widened into a scratch buffer at each use. A full-size joint
+        or decoder thus holds all its weights in fp32, an encoder about 1.1x its weight file
+        (widening its large weights at each use measured no slower than holding a quarter of
+        them in fp32)."""
         half = sorted((value.nbytes, name) for name, value in self._constants.items()
                       if isinstance(value, (np.ndarray, np.generic)) and value.dtype == _HALF)
-        budget = max(sum(size for size, _ in half) // 4, self.widen_at_load_bytes)
+        budget = self.widen_at_load_bytes
         for size, name in half:
             if size > budget:
                 break

@@ -12,10 +12,13 @@ mel filterbank, fixed signal processing rather than learned parameters.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -99,10 +102,95 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 )}
 
 
-def _optimization_config(step: Step, keep_lstm: bool, untouched_ops: tuple[str, ...] = ()):
+class Palettes:
+    """k-means lookup tables, each computed once per (weight, bits) and handed to every package
+    that palettizes the same weight: the encoder and the mel_encoder carry the same 600M encoder
+    weights, and k-means is most of what compressing them costs. :meth:`prepare` computes a
+    program's tables ahead on every core (the 1-D k-means runs outside the GIL).
+
+    A table is what coremltools' own k-means palettization computes, bit for bit: its weighted
+    1-D k-means (``kmeans1d``) on the weight's distinct values, or its scikit-learn path where it
+    takes that one. For fp16 weights the distinct values and their counts come from a count of
+    the 65536 bit patterns rather than numpy's sort (half the time at 4 bits)."""
+
+    def __init__(self, workers: int | None = None):
+        self.workers = workers or os.cpu_count() or 1
+        self._tables: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self.computed = self.reused = 0
+
+    def lut_function(self, nbits: int):
+        """The ``lut_function`` of a ``custom`` palettization that gives ``nbits`` k-means tables."""
+        return functools.partial(self.table, nbits=nbits)
+
+    def table(self, values: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (nbits, values.dtype.str, values.shape, hashlib.sha256(np.ascontiguousarray(values).data).hexdigest())
+        if key in self._tables:
+            self.reused += 1
+        else:
+            self.computed += 1
+            self._tables[key] = kmeans_table(values, nbits)
+        return self._tables[key]
+
+    def prepare(self, program, step: Step, keep_lstm: bool, untouched_ops: tuple[str, ...] = ()) -> None:
+        """The tables ``step`` will ask for on ``program`` (its weights over the threshold and of
+        rank 2 or more, as coremltools picks them, those of LSTMs and ``untouched_ops`` aside),
+        computed now, in parallel."""
+        options = {"weight_threshold": WEIGHT_THRESHOLD, **dict(step.options)}
+        weights = [op.outputs[0].val for op in program.functions["main"].operations
+                   if op.op_type == "const" and op.name not in untouched_ops
+                   and isinstance(op.outputs[0].val, np.ndarray) and op.outputs[0].val.dtype.kind == "f"
+                   and op.outputs[0].val.size > options["weight_threshold"] and op.outputs[0].rank > 1
+                   and not (keep_lstm and any(child.op_type == "lstm" for child in op.outputs[0].child_ops))]
+        with ThreadPoolExecutor(self.workers) as pool:
+            for _ in pool.map(functools.partial(self.table, nbits=options["nbits"]), weights):
+                pass
+
+
+def kmeans_table(values: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lookup table, uint8 indices) of ``values``: coremltools' per-tensor k-means palette."""
+    from coremltools._deps import kmeans1d  # lazy: coremltools' bundled 1-D k-means, as its palettizer uses it
+
+    if values.dtype != np.float16 or values.size < 10_000 or np.isnan(values).any():
+        return _palettize_pass()._get_lut_and_indices(values, "KMEANS", nbits, None)  # scikit-learn's k-means
+    bits = np.ascontiguousarray(values).reshape(-1).view(np.uint16)
+    counts = np.bincount(bits, minlength=1 << 16)
+    counts[0], counts[_NEGATIVE_ZERO] = counts[0] + counts[_NEGATIVE_ZERO], 0  # numpy's unique: one zero
+    present = np.flatnonzero(counts).astype(np.uint16)  # each distinct value's bit pattern
+    patterns = present[np.argsort(present.view(np.float16), kind="stable")]  # in ascending order of value
+    clusters = min(len(patterns), 1 << nbits)
+    result = kmeans1d.cluster(patterns.view(np.float16), clusters, weights=counts[patterns])
+    lut = np.zeros(1 << nbits)
+    lut[:clusters] = result.centroids
+    cluster_of = np.zeros(1 << 16, np.uint8)
+    cluster_of[patterns] = result.clusters
+    cluster_of[_NEGATIVE_ZERO] = cluster_of[0]
+    return lut.astype(values.dtype), cluster_of[bits]
+
+
+_NEGATIVE_ZERO = 0x8000
+
+
+def _palettize_pass():
+    from coremltools.optimize.coreml._quantization_passes import palettize_weights  # lazy: coremltools' own k-means
+
+    return palettize_weights
+
+
+def _is_kmeans_per_value(step: Step) -> bool:
+    """A k-means palettization whose tables :class:`Palettes` computes: scalar (not vector) and
+    with coremltools' k-means rather than a table of the user's."""
+    options = dict(step.options)
+    return (step.kind == "palettize" and str(options.get("mode", "kmeans")).lower() == "kmeans"
+            and options.get("cluster_dim", 1) == 1 and "nbits" in options)
+
+
+def _optimization_config(step: Step, keep_lstm: bool, untouched_ops: tuple[str, ...] = (),
+                         palettes: Palettes | None = None):
     config_class = {"linear": cto.OpLinearQuantizerConfig, "palettize": cto.OpPalettizerConfig,
                     "prune": cto.OpMagnitudePrunerConfig}[step.kind]
     options = {"weight_threshold": WEIGHT_THRESHOLD, **dict(step.options)}
+    if palettes is not None and _is_kmeans_per_value(step):
+        options.update(mode="custom", lut_function=palettes.lut_function(options.pop("nbits")))
     try:
         op_config = config_class(**options)
     except (TypeError, ValueError) as e:
@@ -111,12 +199,14 @@ def _optimization_config(step: Step, keep_lstm: bool, untouched_ops: tuple[str, 
                                   op_name_configs=dict.fromkeys(untouched_ops) or None)
 
 
-def apply_steps(mlmodel, steps: tuple[Step, ...], keep_lstm: bool, untouched_ops: tuple[str, ...] = ()):
+def apply_steps(mlmodel, steps: tuple[Step, ...], keep_lstm: bool, untouched_ops: tuple[str, ...] = (),
+                palettes: Palettes | None = None):
     """``mlmodel`` with each step applied in order; a step after another compresses jointly
-    (e.g. int8 of the pruned weights keeps their sparsity)."""
+    (e.g. int8 of the pruned weights keeps their sparsity). k-means tables come from
+    ``palettes`` when given (shared with the other packages it serves)."""
     passes = {"linear": cto.linear_quantize_weights, "palettize": cto.palettize_weights, "prune": cto.prune_weights}
     for i, step in enumerate(steps):
-        config = _optimization_config(step, keep_lstm, untouched_ops)
+        config = _optimization_config(step, keep_lstm, untouched_ops, palettes)
         mlmodel = passes[step.kind](mlmodel, config, joint_compression=i > 0)
     return mlmodel
 
@@ -216,9 +306,10 @@ class CompressedComponent:
         return package_size(self.package)
 
 
-def compress(base: ExportedComponent, variant: Variant, cache: ExportCache, progress=lambda message: None
-             ) -> CompressedComponent:
-    """``base`` compressed by ``variant``, built once per (base package, steps) and cached."""
+def compress(base: ExportedComponent, variant: Variant, cache: ExportCache, progress=lambda message: None,
+             palettes: Palettes | None = None) -> CompressedComponent:
+    """``base`` compressed by ``variant``, built once per (base package, steps) and cached; its
+    k-means tables shared through ``palettes`` with the other components compressed alike."""
     steps = variant.steps_for(base.name)
     if not steps or is_front_end(base.name):
         return CompressedComponent(base.name, variant.name, base.package, (), {"uncompressed": True})
@@ -230,9 +321,11 @@ def compress(base: ExportedComponent, variant: Variant, cache: ExportCache, prog
         progress(f"  {variant.name}/{base.name}: " + " then ".join(s.describe() for s in steps) + " ...")
         start = time.perf_counter()
         untouched = front_end_ops(base)  # read the whole program: only when building
+        if palettes is not None and _is_kmeans_per_value(steps[0]):
+            palettes.prepare(load_program(base.package), steps[0], variant.keep_lstm, untouched)
         mlmodel = ct.models.MLModel(str(base.package), skip_model_load=True)
         try:
-            compressed = apply_steps(mlmodel, steps, variant.keep_lstm, untouched)
+            compressed = apply_steps(mlmodel, steps, variant.keep_lstm, untouched, palettes)
         except ExportError:
             raise
         except Exception as e:  # a variant that cannot be built is an error, never the base package

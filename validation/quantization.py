@@ -25,7 +25,7 @@ from exporters.components import (
     zero_state,
 )
 from exporters.export import Exporter
-from exporters.quantize import compress
+from exporters.quantize import Palettes, compress
 from runtimes.base import describe_backend, package_size
 from runtimes.coreml import compile_and_place, unavailable_reason
 from validation.audio import Clip
@@ -170,8 +170,9 @@ def sweep_variant(variant, base_exports: dict, reference: Reference, cache, load
     deployment target) and weigh it against their ``reference``. A variant that cannot be built
     comes back with its ``error``, never with the base packages in its place."""
     result = VariantResult(variant)
+    palettes = Palettes()  # the encoder's k-means tables serve the mel_encoder too
     try:
-        compressed = {name: compress(e, variant, cache, progress) for name, e in base_exports.items()}
+        compressed = {name: compress(e, variant, cache, progress, palettes) for name, e in base_exports.items()}
     except ExportError as e:
         result.error = str(e)
         return result

@@ -1,12 +1,31 @@
-"""Compression variants: the table, user declarations refused with the reason, and a real
-compressed package that is smaller, cached, and never a silent copy of the base."""
+"""Compression variants: the table, user declarations refused with the reason, a real
+compressed package that is smaller, cached, and never a silent copy of the base; and k-means
+tables that are coremltools' own, computed once for the encoder and the mel_encoder."""
 
 from __future__ import annotations
 
+import coremltools as ct
+import numpy as np
 import pytest
+from coremltools.converters.mil.frontend.milproto.load import load
+from coremltools.optimize.coreml._quantization_passes import palettize_weights
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from exporters.cache import ExportCache
 from exporters.components import ExportError
-from exporters.quantize import VARIANTS, Step, Variant, compress, parse_variant, variant_table
+from exporters.quantize import (
+    PALETTE,
+    VARIANTS,
+    Palettes,
+    Step,
+    Variant,
+    compress,
+    kmeans_table,
+    parse_variant,
+    variant_table,
+)
+from runtimes.mil import MILModel
 
 
 def test_table_has_the_variants_and_keeps_the_lstm():
@@ -58,3 +77,64 @@ def test_a_variant_that_cannot_be_built_is_an_error(session_exporters, export_ca
     joint = session_exporters["float32"].export_all(["joint"])[0]  # an iOS17 package: int4 per block needs iOS18
     with pytest.raises(ExportError, match="variant int4_per_block cannot compress joint"):
         compress(joint, VARIANTS["int4_per_block"], export_cache)
+
+
+@settings(max_examples=40, deadline=None)
+@given(nbits=st.sampled_from([1, 2, 3, 4, 6, 8]), distinct=st.integers(1, 4000), size=st.integers(10_000, 30_000),
+       zeros=st.sampled_from(["none", "positive", "negative", "both"]), seed=st.integers(0, 2**32 - 1),
+       dtype=st.sampled_from([np.float16, np.float32]))
+def test_a_kmeans_table_is_the_one_coremltools_computes(nbits, distinct, size, zeros, seed, dtype):
+    """Bit for bit coremltools' k-means palettization (its own function is the oracle), for fp16
+    weights (the counted path) and fp32 ones (coremltools' path), with few or many distinct
+    values and zeros of either sign or both (numpy's unique takes them for one value)."""
+    rng = np.random.default_rng(seed)
+    pool = (rng.standard_normal(distinct) * 0.05).astype(dtype)
+    values = rng.choice(pool, size=size)
+    if zeros != "none":
+        signed = {"positive": [0.0], "negative": [-0.0], "both": [0.0, -0.0]}[zeros]
+        values[rng.integers(0, size, 50)] = rng.choice(np.array(signed, dtype), 50)
+    values = values.reshape(2, -1) if size % 2 == 0 else values.reshape(1, -1)
+    lut, indices = kmeans_table(values, nbits)
+    expected_lut, expected_indices = palettize_weights._get_lut_and_indices(values, "KMEANS", nbits, None)
+    assert lut.dtype == expected_lut.dtype and indices.dtype == expected_indices.dtype
+    np.testing.assert_array_equal(lut.view(np.uint8), expected_lut.view(np.uint8))
+    np.testing.assert_array_equal(indices, expected_indices.reshape(indices.shape))
+
+
+def _compressed_constants(package) -> dict:
+    """Every constant of a package, by the (op, parameter) it feeds, read by coremltools."""
+    model = ct.models.MLModel(str(package), skip_model_load=True)
+    spec = model.get_spec()
+    program = load(spec, spec.specificationVersion, file_weights_dir=model.weights_dir)
+    return {(op.outputs[0].name, param): var.val for op in program.functions["main"].operations
+            for param, var in op.inputs.items()
+            if not isinstance(var, (list, tuple)) and var.op is not None and var.op.op_type == "const"}
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_shared_tables_compress_the_encoders_as_coremltools_alone_does(session_exporters, tmp_path, bits):
+    """The mel_encoder takes the encoder's tables instead of computing them again, and both
+    packages come out with the weights, and the outputs, they have without the sharing."""
+    exports = {e.name: e for e in session_exporters["float16"].export_all(["encoder", "mel_encoder"])}
+    variant = Variant(f"palettize_{bits}bit", "test", {"*": (PALETTE[bits],)})
+    palettes = Palettes()
+    shared = {"encoder": compress(exports["encoder"], variant, ExportCache(tmp_path / "shared"), palettes=palettes)}
+    for_the_encoder = palettes.computed
+    shared["mel_encoder"] = compress(exports["mel_encoder"], variant, ExportCache(tmp_path / "shared"),
+                                     palettes=palettes)
+    alone = {name: compress(e, variant, ExportCache(tmp_path / "alone")) for name, e in exports.items()}
+    palettized = sum(op_param[1] == "lut" for op_param in _compressed_constants(alone["encoder"].package))
+    # the mel_encoder computes only what it does not share (measured: 45 weights, 49 tables for the
+    # encoder, 4 of them its folded position projections seen transposed; 4 more for the mel_encoder)
+    assert palettized > 20 and for_the_encoder >= palettized
+    assert palettes.computed - for_the_encoder < 0.25 * for_the_encoder
+    for name in exports:
+        ours, theirs = _compressed_constants(shared[name].package), _compressed_constants(alone[name].package)
+        assert ours.keys() == theirs.keys()
+        for key, value in theirs.items():
+            np.testing.assert_array_equal(ours[key], value, err_msg=str(key))
+        left, right = MILModel(shared[name].package), MILModel(alone[name].package)
+        inputs = {s.name: np.random.default_rng(0).standard_normal(s.shape).astype(s.dtype) if s.dtype.kind == "f"
+                  else np.full(s.shape, s.shape[-1] if len(s.shape) else 1, s.dtype) for s in left.input_specs}
+        for output, value in right.predict(inputs).items():
+            np.testing.assert_array_equal(left.predict(inputs)[output], value)

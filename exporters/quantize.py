@@ -13,6 +13,7 @@ mel filterbank, fixed signal processing rather than learned parameters.
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import json
 import os
@@ -131,19 +132,30 @@ class Palettes:
             self._tables[key] = kmeans_table(values, nbits)
         return self._tables[key]
 
-    def prepare(self, program, step: Step, keep_lstm: bool, untouched_ops: tuple[str, ...] = ()) -> None:
-        """The tables ``step`` will ask for on ``program`` (its weights over the threshold and of
+    def prepare(self, package, step: Step, keep_lstm: bool, untouched_ops: tuple[str, ...] = ()) -> None:
+        """The tables ``step`` will ask for on ``package`` (its weights over the threshold and of
         rank 2 or more, as coremltools picks them, those of LSTMs and ``untouched_ops`` aside),
         computed now, in parallel."""
         options = {"weight_threshold": WEIGHT_THRESHOLD, **dict(step.options)}
+        program = load_program(package)
         weights = [op.outputs[0].val for op in program.functions["main"].operations
                    if op.op_type == "const" and op.name not in untouched_ops
                    and isinstance(op.outputs[0].val, np.ndarray) and op.outputs[0].val.dtype.kind == "f"
                    and op.outputs[0].val.size > options["weight_threshold"] and op.outputs[0].rank > 1
                    and not (keep_lstm and any(child.op_type == "lstm" for child in op.outputs[0].child_ops))]
+        del program
         with ThreadPoolExecutor(self.workers) as pool:
             for _ in pool.map(functools.partial(self.table, nbits=options["nbits"]), weights):
                 pass
+        del weights
+        _free_programs()
+
+
+def _free_programs() -> None:
+    """A pymil program is a web of references (ops, vars, blocks): collected now, its weights
+    (1.2 GB for an encoder) are freed before the next package is read, not at the collector's
+    leisure."""
+    gc.collect()
 
 
 def kmeans_table(values: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -226,9 +238,14 @@ def front_end_ops(base) -> tuple[str, ...]:
         return ()
     program = load_program(base.package)
     if isinstance(base, GivenPackage):
-        return base.front_end_ops(program)
-    front = {out for out, origin in base.op_origins().items() if origin.split(".")[0] in scopes}
-    return tuple(op.name for op in program.functions["main"].operations if op.outputs and op.outputs[0].name in front)
+        found = base.front_end_ops(program)
+    else:
+        front = {out for out, origin in base.op_origins().items() if origin.split(".")[0] in scopes}
+        found = tuple(op.name for op in program.functions["main"].operations
+                      if op.outputs and op.outputs[0].name in front)
+    del program
+    _free_programs()
+    return found
 
 
 # a constant this large is a weight, not a scalar or a shape that any two programs may share
@@ -322,7 +339,7 @@ def compress(base: ExportedComponent, variant: Variant, cache: ExportCache, prog
         start = time.perf_counter()
         untouched = front_end_ops(base)  # read the whole program: only when building
         if palettes is not None and _is_kmeans_per_value(steps[0]):
-            palettes.prepare(load_program(base.package), steps[0], variant.keep_lstm, untouched)
+            palettes.prepare(base.package, steps[0], variant.keep_lstm, untouched)
         mlmodel = ct.models.MLModel(str(base.package), skip_model_load=True)
         try:
             compressed = apply_steps(mlmodel, steps, variant.keep_lstm, untouched, palettes)

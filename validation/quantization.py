@@ -163,6 +163,13 @@ def timing_of(package, load, inputs: dict, backend: str, compute_units: str, run
     return found
 
 
+def compress_all(variant, base_exports: dict, cache, progress=lambda message: None) -> dict:
+    """Each of ``base_exports`` compressed by ``variant``; the encoder's k-means tables serve
+    the mel_encoder too, and are freed once the packages are built."""
+    palettes = Palettes()
+    return {name: compress(e, variant, cache, progress, palettes) for name, e in base_exports.items()}
+
+
 def sweep_variant(variant, base_exports: dict, reference: Reference, cache, load, dims: ModelDims, clip: Clip, *,
                   backend: str, compute_units: str, runs: int = 0, warmup: int = 0, progress=lambda message: None
                   ) -> VariantResult:
@@ -170,9 +177,8 @@ def sweep_variant(variant, base_exports: dict, reference: Reference, cache, load
     deployment target) and weigh it against their ``reference``. A variant that cannot be built
     comes back with its ``error``, never with the base packages in its place."""
     result = VariantResult(variant)
-    palettes = Palettes()  # the encoder's k-means tables serve the mel_encoder too
     try:
-        compressed = {name: compress(e, variant, cache, progress, palettes) for name, e in base_exports.items()}
+        compressed = compress_all(variant, base_exports, cache, progress)
     except ExportError as e:
         result.error = str(e)
         return result

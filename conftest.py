@@ -171,6 +171,7 @@ def predictor(backend, pytestconfig):
         except BackendUnavailable as error:
             pytest.skip(f"backend {backend!r} unavailable: {error}")
 
+    load.release = loaded.release
     return load
 
 

@@ -47,6 +47,12 @@ class LoadedPredictors:
     def held_bytes(self) -> int:
         return sum(size for _, size in self._held.values())
 
+    def release(self) -> None:
+        """Drop every predictor held: for work that needs the memory and none of them (a
+        quantization sweep compressing its next variant)."""
+        self._held.clear()
+        gc.collect()
+
     def __contains__(self, package) -> bool:
         return str(package) in self._held
 

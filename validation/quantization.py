@@ -205,7 +205,8 @@ def sweep_variant(variant, base_exports: dict, reference: Reference, cache, load
 class QuantizationSweep:
     """``sweep(name)``: variant ``name`` of ``table`` built and weighed once, each against the
     uncompressed exports of its deployment target (exported, and their ``Reference`` computed,
-    once per target). Shared by ``pytest -m quantization`` and ``parakeet-coreml quantize``."""
+    once per target). Shared by ``pytest -m quantization`` and ``parakeet-coreml quantize``;
+    ``load`` is a ``runtimes.loader.LoadedPredictors`` (or has its ``release``)."""
 
     def __init__(self, table: dict, exporter_for: Callable[[str], Exporter], components: list[str] | None, cache,
                  load, dims: ModelDims, clip: Clip, *, backend: str, compute_units: str, runs: int, warmup: int,
@@ -233,6 +234,9 @@ class QuantizationSweep:
     def __call__(self, name: str) -> VariantResult:
         if name not in self.results:
             variant = self.table[name]
+            # a variant's packages are new: what earlier ones loaded would only crowd the compression
+            # (those held may take a third of the host's memory, on top of the compression's own)
+            self.load.release()
             self.results[name] = sweep_variant(variant, *self.base(variant.minimum_deployment_target), self.cache,
                                                self.load, self.dims, self.clip, progress=self.progress, **self.timing)
         return self.results[name]

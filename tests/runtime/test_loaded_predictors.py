@@ -68,6 +68,17 @@ def test_an_evicted_predictor_is_freed():
     assert first() is None, "the cache still references an evicted predictor"
 
 
+def test_released_predictors_are_freed_and_loaded_again_when_asked_for():
+    loaded, loads = cache_of({"a": 10, "b": 10}, budget=100)
+    first = weakref.ref(loaded("a"))
+    loaded("b")
+    loaded.release()
+    gc.collect()
+    assert first() is None and loaded.held_bytes == 0
+    loaded("a")
+    assert loads == ["a", "b", "a"]
+
+
 def test_the_default_budget_is_a_share_of_the_host_memory():
     budget = LoadedPredictors(load=lambda package: None).budget_bytes
     assert 0 < budget < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

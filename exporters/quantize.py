@@ -148,14 +148,19 @@ class Palettes:
             for _ in pool.map(functools.partial(self.table, nbits=options["nbits"]), weights):
                 pass
         del weights
-        _free_programs()
+        _free_program_of(package)
 
 
-def _free_programs() -> None:
-    """A pymil program is a web of references (ops, vars, blocks): collected now, its weights
-    (1.2 GB for an encoder) are freed before the next package is read, not at the collector's
-    leisure."""
-    gc.collect()
+def _free_program_of(package) -> None:
+    """A pymil program is a web of references (ops, vars, blocks): a large package's is collected
+    now, so its weights (1.2 GB for an encoder) are freed before the next package is read, not
+    at the collector's leisure; a small one's is left to the collector (a full collection costs
+    0.1 s and more in a large process)."""
+    if package_size(Path(package)) > _LARGE_PACKAGE_BYTES:
+        gc.collect()
+
+
+_LARGE_PACKAGE_BYTES = 128 << 20
 
 
 def kmeans_table(values: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +168,8 @@ def kmeans_table(values: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray
     from coremltools._deps import kmeans1d  # lazy: coremltools' bundled 1-D k-means, as its palettizer uses it
 
     if values.dtype != np.float16 or values.size < 10_000 or np.isnan(values).any():
-        return _palettize_pass()._get_lut_and_indices(values, "KMEANS", nbits, None)  # scikit-learn's k-means
+        # coremltools' own path: scikit-learn's k-means for fp32 and small weights, its sort for NaNs
+        return _palettize_pass()._get_lut_and_indices(values, "KMEANS", nbits, None)
     bits = np.ascontiguousarray(values).reshape(-1).view(np.uint16)
     counts = np.bincount(bits, minlength=1 << 16)
     counts[0], counts[_NEGATIVE_ZERO] = counts[0] + counts[_NEGATIVE_ZERO], 0  # numpy's unique: one zero
@@ -244,7 +250,7 @@ def front_end_ops(base) -> tuple[str, ...]:
         found = tuple(op.name for op in program.functions["main"].operations
                       if op.outputs and op.outputs[0].name in front)
     del program
-    _free_programs()
+    _free_program_of(base.package)
     return found
 
 

@@ -263,9 +263,11 @@ class MILModel:
         self._scratch = _Scratch()
         self.steps = self._plan_program(program, description, function_name)
         # the program's ops refer to each other: collected now, the fp16 weights that widening
-        # replaces are freed as it goes instead of staying until after the load
+        # replaces are freed as it goes instead of staying until after the load. Only worth a
+        # full collection (0.1 s and more in a large process) where widening leaves weights fp16.
         del program
-        gc.collect()
+        if self._half_bytes() > self.widen_at_load_bytes:
+            gc.collect()
         self._widen_small_constants()
         self._declared = {name: dtype for step in self.steps for name, dtype in zip(step.outputs, step.dtypes)}
         self.variables = [name for step in self.steps for name in step.outputs]
@@ -358,6 +360,10 @@ class MILModel:
         for op in block.operations:
             self._plan(op, steps)
         return _Block([v.name for v in block.inputs], steps, [v.name for v in block.outputs])
+
+    def _half_bytes(self) -> int:
+        return sum(value.nbytes for value in self._constants.values()
+                   if isinstance(value, (np.ndarray, np.generic)) and value.dtype == _HALF)
 
     def _widen_small_constants(self) -> None:
         """fp16 constants are widened once here, smallest first, up to ``widen_at_load_bytes``;

@@ -79,6 +79,20 @@ def test_released_predictors_are_freed_and_loaded_again_when_asked_for():
     assert loads == ["a", "b", "a"]
 
 
+def test_only_a_package_with_weights_left_fp16_costs_a_full_collection(session_exporters, monkeypatch):
+    """A full collection takes 0.5 s in a process holding NeMo: loading a small package (all its
+    weights widened at load) must not run one; a large one runs one, to free the weights widening
+    replaces."""
+    collections = []
+    monkeypatch.setattr(gc, "collect", lambda *args: collections.append(args) or 0)
+    package = session_exporters["float16"].export(COMPONENTS["joint"]).package
+    MILModel(package)
+    assert collections == []
+    monkeypatch.setattr(MILModel, "widen_at_load_bytes", 0)  # as if the joint were large
+    MILModel(package)
+    assert len(collections) == 1
+
+
 def test_the_default_budget_is_a_share_of_the_host_memory():
     budget = LoadedPredictors(load=lambda package: None).budget_bytes
     assert 0 < budget < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -50,8 +50,9 @@ class LoadedPredictors:
     def release(self) -> None:
         """Drop every predictor held: for work that needs the memory and none of them (a
         quantization sweep compressing its next variant)."""
-        self._held.clear()
-        gc.collect()
+        if self._held:
+            self._held.clear()
+            gc.collect()  # an executor's program is a graph of cycles: free its weights now
 
     def __contains__(self, package) -> bool:
         return str(package) in self._held

@@ -266,7 +266,7 @@ class MILModel:
         # replaces are freed as it goes instead of staying until after the load. Only worth a
         # full collection (0.1 s and more in a large process) where widening leaves weights fp16.
         del program
-        if self._half_bytes() > self.widen_at_load_bytes:
+        if sum(size for size, _ in self._half_constants()) > self.widen_at_load_bytes:
             gc.collect()
         self._widen_small_constants()
         self._declared = {name: dtype for step in self.steps for name, dtype in zip(step.outputs, step.dtypes)}
@@ -361,9 +361,10 @@ class MILModel:
             self._plan(op, steps)
         return _Block([v.name for v in block.inputs], steps, [v.name for v in block.outputs])
 
-    def _half_bytes(self) -> int:
-        return sum(value.nbytes for value in self._constants.values()
-                   if isinstance(value, (np.ndarray, np.generic)) and value.dtype == _HALF)
+    def _half_constants(self) -> list[tuple[int, str]]:
+        """(bytes, name) of each fp16 constant, smallest first."""
+        return sorted((value.nbytes, name) for name, value in self._constants.items()
+                      if isinstance(value, (np.ndarray, np.generic)) and value.dtype == _HALF)
 
     def _widen_small_constants(self) -> None:
         """fp16 constants are widened once here, smallest first, up to ``widen_at_load_bytes``;
@@ -371,10 +372,8 @@ class MILModel:
         or decoder thus holds all its weights in fp32, an encoder about 1.1x its weight file
         (widening its large weights at each use measured no slower than holding a quarter of
         them in fp32)."""
-        half = sorted((value.nbytes, name) for name, value in self._constants.items()
-                      if isinstance(value, (np.ndarray, np.generic)) and value.dtype == _HALF)
         budget = self.widen_at_load_bytes
-        for size, name in half:
+        for size, name in self._half_constants():
             if size > budget:
                 break
             budget -= size

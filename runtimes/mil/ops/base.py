@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 
@@ -69,3 +70,29 @@ def matrix_product(a, b):
     if np.asarray(a).dtype.kind == "f" and np.asarray(b).dtype.kind == "f" and np.ndim(a) and np.ndim(b):
         return torch_float32(a).matmul(torch_float32(b)).numpy()
     return np.matmul(a, b)
+
+
+@functools.cache
+def _onednn_inner_product():
+    """oneDNN's fp32 inner product (the kernel torch's compiler fuses linears into), or None where
+    this torch has no oneDNN. Plain ``F.linear`` runs on MKL, which takes about twice as long on
+    AMD processors (a full-size encoder's linears: 1.03 s against 0.55 s on this project's CI
+    host); both accumulate in fp32."""
+    torch = torch_module()
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):  # a build without the op
+        return None
+
+
+def inner_product(x, weight, bias=None):
+    """``x @ weight.T + bias`` for float32 torch tensors, on oneDNN where torch has it."""
+    onednn = _onednn_inner_product()
+    torch = torch_module()
+    if onednn is None or x.numel() == 0 or weight.ndim != 2:
+        return torch.nn.functional.linear(x, weight, bias)
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    y = onednn(rows, weight.contiguous(), bias, "none", [], "")
+    return y.reshape(*x.shape[:-1], weight.shape[0])

@@ -209,3 +209,33 @@ def test_scaled_dot_product_attention_matches_torch(run_mil, dtype, mask, heads,
     ref = F.scaled_dot_product_attention(*(torch.from_numpy(a.astype(np.float64)) for a in (q, k, v)),
                                          attn_mask=torch_mask)
     close(out, ref.numpy(), scale=4 * dim)
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "torch-linear"])
+@pytest.mark.parametrize("x_shape", [(5,), (3, 5), (2, 3, 5), (0, 5)], ids=["1d", "2d", "3d", "no-rows"])
+def test_inner_product_paths_match_numpy(monkeypatch, onednn, x_shape):
+    """Both ways the executor computes a linear: oneDNN's inner product where torch has it, and
+    ``F.linear`` where it does not, against numpy float64."""
+    from runtimes.mil.ops import base
+
+    if onednn and base._onednn_inner_product() is None:
+        pytest.skip("this torch has no oneDNN inner product")
+    if not onednn:
+        monkeypatch.setattr(base, "_onednn_inner_product", lambda: None)
+    rng = np.random.default_rng(0)
+    x, w, b = (rng.uniform(-2, 2, s).astype(np.float32) for s in (x_shape, (7, 5), (7,)))
+    for bias in (b, None):
+        out = base.inner_product(torch.from_numpy(x), torch.from_numpy(w),
+                                 None if bias is None else torch.from_numpy(bias)).numpy()
+        ref = x.astype(np.float64) @ w.astype(np.float64).T + (0 if bias is None else bias.astype(np.float64))
+        assert out.shape == ref.shape
+        close(out, ref, scale=5)
+
+
+def test_linear_runs_on_onednn_where_torch_has_it():
+    """The fast path is the one this host takes (a torch built with oneDNN: Linux and macOS wheels)."""
+    from runtimes.mil.ops import base
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch is built without oneDNN")
+    assert base._onednn_inner_product() is not None

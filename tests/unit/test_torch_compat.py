@@ -1,4 +1,5 @@
-"""Each coremltools/torch 2.13 fix converts what coremltools 9.0 alone rejects."""
+"""Each coremltools/torch 2.13 fix converts what coremltools 9.0 alone rejects; the faster fp16
+pass decides exactly as coremltools' own."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import pytest
 import torch
 from coremltools.converters.mil.frontend.torch import ops
 from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from exporters import torch_compat
 
@@ -54,3 +58,42 @@ def test_override_converts_int_of_one_element_tensor():
     model = _convert()
     out = model.get_spec().description.output[0]
     assert list(out.type.multiArrayType.shape) == [1, 15]
+
+
+def _add_op(values: np.ndarray):
+    """A MIL ``add`` whose second input is the constant ``values``."""
+    from coremltools.converters.mil import Builder as mb
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1,))])
+    def program(x):
+        return mb.add(x=x, y=values)
+
+    return next(op for op in program.functions["main"].operations if op.op_type == "add")
+
+
+_SPECIAL = [0.0, -0.0, 1.0, 65504.0, -65504.0, 65505.0, 65520.0, -1e5, 3e37, 1e38, -1e38, 3.4e38,
+            np.inf, -np.inf, np.nan]
+
+
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
+                  elements=st.one_of(st.sampled_from(_SPECIAL), st.floats(-1e6, 1e6, width=32))))
+def test_fp16_overflow_decides_as_coremltools(values):
+    """The faster pass keeps exactly the ops coremltools' own rule keeps in fp32."""
+    from coremltools.converters.mil.mil.passes.defs.quantization import add_fp16_cast
+
+    op = _add_op(values)
+    assert torch_compat._AddFp16Cast.fp16_overflow(op) == add_fp16_cast.fp16_overflow(op)
+
+
+@pytest.mark.parametrize("value, overflows", [(65504.0, False), (65505.0, True), (-1e5, True), (np.inf, False),
+                                              (np.nan, False), (1e38, False), (9.9e37, True)])
+def test_fp16_overflow_on_the_edges(value, overflows):
+    assert torch_compat._AddFp16Cast.fp16_overflow(_add_op(np.array([1.0, value], np.float32))) is overflows
+
+
+def test_install_registers_the_faster_fp16_pass():
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
+
+    torch_compat.install()
+    assert isinstance(PASS_REGISTRY["common::add_fp16_cast"], torch_compat._AddFp16Cast)

@@ -76,7 +76,7 @@ def matrix_product(a, b):
 def _onednn_inner_product():
     """oneDNN's fp32 inner product (the kernel torch's compiler fuses linears into), or None where
     this torch has no oneDNN. Plain ``F.linear`` runs on MKL, which takes about twice as long on
-    AMD processors (a full-size encoder's linears: 1.03 s against 0.55 s on this project's CI
+    AMD processors (a full-size encoder's linears: 1.03 s against 0.47 s on this project's CI
     host); both accumulate in fp32."""
     torch = torch_module()
     if not torch.backends.mkldnn.is_available():

@@ -7,8 +7,11 @@ import coremltools as ct
 import numpy as np
 import pytest
 import torch
+from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.frontend.torch import ops
 from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+from coremltools.converters.mil.mil.passes.defs.quantization import add_fp16_cast
+from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -62,8 +65,6 @@ def test_override_converts_int_of_one_element_tensor():
 
 def _add_op(values: np.ndarray):
     """A MIL ``add`` whose second input is the constant ``values``."""
-    from coremltools.converters.mil import Builder as mb
-
     @mb.program(input_specs=[mb.TensorSpec(shape=(1,))])
     def program(x):
         return mb.add(x=x, y=values)
@@ -80,8 +81,6 @@ _SPECIAL = [0.0, -0.0, 1.0, 65504.0, -65504.0, 65505.0, 65520.0, -1e5, 3e37, 1e3
                   elements=st.one_of(st.sampled_from(_SPECIAL), st.floats(-1e6, 1e6, width=32))))
 def test_fp16_overflow_decides_as_coremltools(values):
     """The faster pass keeps exactly the ops coremltools' own rule keeps in fp32."""
-    from coremltools.converters.mil.mil.passes.defs.quantization import add_fp16_cast
-
     op = _add_op(values)
     assert torch_compat._AddFp16Cast.fp16_overflow(op) == add_fp16_cast.fp16_overflow(op)
 
@@ -93,7 +92,5 @@ def test_fp16_overflow_on_the_edges(value, overflows):
 
 
 def test_install_registers_the_faster_fp16_pass():
-    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
-
     torch_compat.install()
     assert isinstance(PASS_REGISTRY["common::add_fp16_cast"], torch_compat._AddFp16Cast)

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from runtimes.mil.ops import base
 from tests.runtime.ops.oracle import BOTH_PRECISIONS, EXAMPLES, FLOATS, arrays, close
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -216,8 +217,6 @@ def test_scaled_dot_product_attention_matches_torch(run_mil, dtype, mask, heads,
 def test_inner_product_paths_match_numpy(monkeypatch, onednn, x_shape):
     """Both ways the executor computes a linear: oneDNN's inner product where torch has it, and
     ``F.linear`` where it does not, against numpy float64."""
-    from runtimes.mil.ops import base
-
     if onednn and base._onednn_inner_product() is None:
         pytest.skip("this torch has no oneDNN inner product")
     if not onednn:
@@ -234,8 +233,6 @@ def test_inner_product_paths_match_numpy(monkeypatch, onednn, x_shape):
 
 def test_linear_runs_on_onednn_where_torch_has_it():
     """The fast path is the one this host takes (a torch built with oneDNN: Linux and macOS wheels)."""
-    from runtimes.mil.ops import base
-
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch is built without oneDNN")
     assert base._onednn_inner_product() is not None

@@ -398,10 +398,15 @@ class ParityRunner:
         if origins is None:
             return ["(not located: the export cache no longer holds this package's op origins)"]
         scale = float(np.max(np.abs(reference))) or 1.0
+        # a module counts as diverged past the output's atol, relative to the output's scale, or
+        # past the error that alone would breach the PSNR floor: the floor keeps small-valued
+        # outputs locatable (an untrained full-size model's token probabilities peak at 3.4e-4,
+        # and atol 0.1 over that asked for 294 times a module's own scale)
+        threshold = min(tolerance.atol / scale, 10 ** (-self.tolerances.psnr_floor_db / 20))
         order = [s.name for s in COMPONENTS[component].inputs(self.dims)]
         try:
             found = first_divergences(self.load(self.packages[component]), origins,
-                                      self.wrappers[component], inputs, order, threshold=tolerance.atol / scale)
+                                      self.wrappers[component], inputs, order, threshold=threshold)
         except Exception as e:  # the locator is a diagnostic; never hide the failure it explains
             return [f"(could not locate: {type(e).__name__}: {e})"]
         return [str(d) for d in found]

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from exporters.components import COMPONENTS, example_inputs
 from runtimes.mil import MILModel
 from validation.checks import ParityRunner
+from validation.metrics import Tolerance
 
 pytestmark = pytest.mark.parity
 
@@ -51,6 +53,24 @@ def test_a_changed_joint_fails_with_metric_tolerance_location_and_module(runner,
     assert run.results["encoder.encoder"].passed and run.results["decoder.h_out"].passed
     # the fused packages still agree with the exported joint: both are the unchanged export
     assert run.results["fused.joint_decision"].passed
+
+
+def test_a_small_valued_output_still_locates_the_changed_module(runner, torch_model, dims):
+    """Outputs far smaller than their atol (an untrained full-size model's token probabilities
+    peak at 3.4e-4 against atol 0.1) still name the module that changed: the PSNR floor bounds
+    the divergence threshold."""
+    inputs = example_inputs(COMPONENTS["joint"], dims)
+    layer = torch_model.joint.joint_net[-1]
+    original = layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.weight.mul_(1.2)
+    try:
+        found = runner.divergences("joint", inputs, np.array([3.4e-4]), Tolerance(0.1, 1e-2))
+    finally:
+        with torch.no_grad():
+            layer.weight.copy_(original)
+    last = f"joint.joint_net.{len(torch_model.joint.joint_net) - 1}"
+    assert found and last in found[0], found
 
 
 def test_the_same_runner_passes_once_restored(runner, clips):

@@ -44,6 +44,8 @@ def test_the_block_is_the_same_with_and_without_workers(tmp_path, export_cache, 
     for done in (alone, spread):
         assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]
         assert "6 passed" in done.stdout and "1 failed" in done.stdout
-        assert "evaluation of 6 utterance(s) FAILED: 1 input(s) could not be evaluated: set.jsonl:7" in done.stdout
+        # the unreadable line is among the gate's failures (a seeded full-size model fails others too)
+        summary = [line for line in done.stdout.splitlines() if "evaluation of 6 utterance(s) FAILED: " in line]
+        assert summary and "1 input(s) could not be evaluated: set.jsonl:7" in summary[0], done.stdout[-3000:]
     assert _block(tmp_path / "alone") == _block(tmp_path / "spread")
     assert _block(tmp_path / "alone")["utterances"] == 6

@@ -128,7 +128,8 @@ def softplus_parametric(x, alpha, beta):
 
 @kernel("thresholded_relu")
 def thresholded_relu(x, alpha=1.0):
-    return np.where(x > alpha, x, 0)
+    """x where x >= alpha (the specification's bound, and its value inference's), else 0."""
+    return np.where(x >= alpha, x, 0)
 
 
 @kernel("gelu")

@@ -42,12 +42,23 @@ def _linear_along(x, axis: int, points: np.ndarray):
     return np.take(x, low, axis=axis) * (1 - weight) + np.take(x, high, axis=axis) * weight
 
 
-def _nearest_along(x, axis: int, size_out: int, scale: float | None = None):
-    """Output position i reads input floor(i / scale), the scale being size_out / size_in unless given."""
-    size_in = x.shape[axis]
-    scale = size_out / size_in if scale is None else scale
-    index = np.minimum(np.floor(np.arange(size_out) / scale).astype(np.int64), size_in - 1)
+def _nearest_along(x, axis: int, size_out: int, scale: float):
+    """Output position i reads input floor(i / scale): ``upsample_nearest_neighbor``'s rule
+    (TensorFlow's nearest neighbour without half-pixel centres, and PyTorch's ``nearest``)."""
+    index = np.minimum(np.floor(np.arange(size_out) / scale).astype(np.int64), x.shape[axis] - 1)
     return np.take(x, index, axis=axis)
+
+
+def _nearest_half_pixel_along(x, axis: int, size_out: int):
+    """Output position i reads input floor((i + 0.5) · size_in / size_out), the pixel whose extent
+    holds the output pixel's centre: the rule of ``resize_nearest_neighbor`` and of iOS17's
+    ``resize`` with NEAREST_NEIGHBOR. coremltools converts TensorFlow's nearest-neighbour resize
+    with half-pixel centres to exactly these two ops (and the one without to
+    ``upsample_nearest_neighbor``), and the worked example of Apple's iOS17 resize test reads
+    rows 0, 1, 1 for 2 -> 3, where floor(i · 2 / 3) would read 0, 0, 1."""
+    size_in = x.shape[axis]
+    index = np.floor((np.arange(size_out) + 0.5) * size_in / size_out).astype(np.int64)
+    return np.take(x, np.minimum(index, size_in - 1), axis=axis)
 
 
 @kernel("resize_bilinear")
@@ -58,7 +69,8 @@ def resize_bilinear(x, target_size_height=1, target_size_width=1, sampling_mode=
 
 @kernel("resize_nearest_neighbor")
 def resize_nearest_neighbor(x, target_size_height, target_size_width):
-    return _nearest_along(_nearest_along(x, -2, int(target_size_height)), -1, int(target_size_width))
+    return _nearest_half_pixel_along(_nearest_half_pixel_along(x, -2, int(target_size_height)), -1,
+                                     int(target_size_width))
 
 
 @kernel("upsample_nearest_neighbor")
@@ -96,7 +108,10 @@ def resize(x, shape, resized_dims, interpolation_mode="LINEAR", sampling_mode="D
         if interpolation_mode == "LINEAR":
             y = _linear_along(y, axis, _grid(x.shape[axis], size_out, sampling_mode))
         elif interpolation_mode == "NEAREST_NEIGHBOR":
-            y = _nearest_along(y, axis, size_out)
+            if sampling_mode != "DEFAULT":
+                raise Unsupported("sampling_mode", f"{sampling_mode!r} with NEAREST_NEIGHBOR: the specification "
+                                                   "defines its sampling modes for LINEAR only")
+            y = _nearest_half_pixel_along(y, axis, size_out)
         else:
             raise Unsupported("interpolation_mode", f"{interpolation_mode!r} is not one of LINEAR, NEAREST_NEIGHBOR")
     return y

@@ -31,8 +31,10 @@ def _reading_order(x, reverse: bool):
     return x[::-1] if reverse else x
 
 
-def _lstm_direction(x, h, c, w_ih, w_hh, bias, peephole, reverse, act_rec, act_cell, act_out):
-    """Outputs in reading order, final h and c."""
+def _lstm_direction(x, h, c, w_ih, w_hh, bias, peephole, reverse, clip, act_rec, act_cell, act_out):
+    """Outputs in reading order, final h and c. With ``clip``, the cell state is clipped to
+    [-clip, clip] as soon as it is updated, so the output gate's peephole and the output read
+    the clipped cell (the specification's "cell gate is clipped", as Apple's op tests compute it)."""
     hidden = h.shape[-1]
     gates_x = matrix_product(_reading_order(x, reverse), w_ih.T) + (0 if bias is None else bias)  # i, f, o, z
     p_i, p_f, p_o = (0, 0, 0) if peephole is None else np.split(peephole, 3)
@@ -43,6 +45,8 @@ def _lstm_direction(x, h, c, w_ih, w_hh, bias, peephole, reverse, act_rec, act_c
         f = act_rec(g[:, hidden:2 * hidden] + p_f * c)
         z = act_cell(g[:, 3 * hidden:])
         c = f * c + i * z
+        if clip is not None:
+            c = np.clip(c, -clip, clip)
         o = act_rec(g[:, 2 * hidden:3 * hidden] + p_o * c)
         h = o * act_out(c)
         outputs[t] = h
@@ -63,19 +67,18 @@ def _sequence(outputs, output_sequence):
 def lstm(x, initial_h, initial_c, weight_ih, weight_hh, bias=None, peephole=None, weight_ih_back=None,
          weight_hh_back=None, bias_back=None, peephole_back=None, direction="forward", output_sequence=False,
          recurrent_activation="sigmoid", cell_activation="tanh", activation="tanh", clip=None):
-    if clip is not None:
-        raise Unsupported("clip", "cell clipping is not implemented")
+    clip = None if clip is None else float(clip)
     acts = (_activation("recurrent_activation", recurrent_activation),
             _activation("cell_activation", cell_activation), _activation("activation", activation))
     if direction != "bidirectional":
         seq, h, c = _lstm_direction(x, initial_h, initial_c, weight_ih, weight_hh, bias, peephole,
-                                    _directions(direction), *acts)
+                                    _directions(direction), clip, *acts)
         return _sequence(seq, output_sequence), h, c
     hidden = weight_hh.shape[1]
     fwd = _lstm_direction(x, initial_h[:, :hidden], initial_c[:, :hidden], weight_ih, weight_hh, bias,
-                          peephole, False, *acts)
+                          peephole, False, clip, *acts)
     bwd = _lstm_direction(x, initial_h[:, hidden:], initial_c[:, hidden:], weight_ih_back, weight_hh_back,
-                          bias_back, peephole_back, True, *acts)
+                          bias_back, peephole_back, True, clip, *acts)
     h = np.concatenate([fwd[1], bwd[1]], axis=-1)
     c = np.concatenate([fwd[2], bwd[2]], axis=-1)
     if not output_sequence:  # the final step of each direction

@@ -8,9 +8,18 @@ from runtimes.mil.ops.base import Unsupported, kernel, norm_axes, norm_axis
 
 
 @kernel("reshape")
-def reshape(x, shape):
-    shape = [x.shape[i] if int(s) == 0 else int(s) for i, s in enumerate(np.ravel(shape))]
-    return np.reshape(x, shape)
+def reshape(x, shape, opset="iOS15"):
+    """A 0 in ``shape`` copies a dimension of ``x``. Before iOS17 ``shape`` has the rank of ``x``
+    and a 0 copies the dimension at its own position; from iOS17 on the two are aligned at their
+    right ends (``shape[i]`` copies ``x.shape[rank - len(shape) + i]``), and a 0 with no dimension
+    of ``x`` there becomes 1: [2, 50] reshaped to [1, 0, -1, 0] is [1, 1, 2, 50]."""
+    shape = [int(s) for s in np.ravel(shape)]
+    if 0 in shape and opset in ("iOS13", "iOS14", "iOS15", "iOS16") and len(shape) != x.ndim:
+        raise ValueError(f"shape {shape} has a 0 but {len(shape)} dimensions for an input of rank {x.ndim}; "
+                         "before iOS17 a shape with a 0 has the input's rank")
+    offset = x.ndim - len(shape)
+    copied = [(x.shape[offset + i] if offset + i >= 0 else 1) if s == 0 else s for i, s in enumerate(shape)]
+    return np.reshape(x, copied)
 
 
 @kernel("transpose")
@@ -334,18 +343,45 @@ def _opset_indices(indices, size, opset):
     """Indices into an axis of ``size``; from iOS17 on, gather and the scatters take negative
     indices as out of range (``opset`` is filled in by the executor)."""
     indices = np.asarray(indices).astype(np.int64)
-    if opset not in ("iOS13", "iOS14", "iOS15", "iOS16") and indices.size and indices.min() < 0:
+    if _negatives_out_of_range(opset) and indices.size and indices.min() < 0:
         raise IndexError(f"indices must be in [0, {size}) from iOS17 on: min {indices.min()}")
     return _checked_indices(indices, size)
 
 
-def _scatter_into(data, positions, updates, mode):
+def _negatives_out_of_range(opset) -> bool:
+    return opset not in ("iOS13", "iOS14", "iOS15", "iOS16")
+
+
+def _scatter_indices(indices, size, opset, validate):
+    """A scatter's indices into an axis of ``size`` (negative ones counted from the end before
+    iOS17), and which of them are in range. iOS17's ``validate_indices`` makes an index out of
+    range an error at predict time; ``validate_indices=False`` leaves the result undefined but
+    memory safe (the specification), and the executor writes nothing for such an index (the other
+    updates are made). Before iOS17 (``validate`` None: the op has no such parameter) the
+    specification requires indices in range, and one out of range is an error."""
+    indices = np.asarray(indices).astype(np.int64)
+    if validate is None or validate:
+        return _opset_indices(indices, size, opset), None
+    low = 0 if _negatives_out_of_range(opset) else -size
+    valid = (indices >= low) & (indices < size)
+    return np.where(valid, np.where(indices < 0, indices + size, indices), 0), valid
+
+
+def _flag(value) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _scatter_into(data, positions, updates, mode, valid=None):
     """``data`` with ``updates`` combined at ``positions`` (an index tuple of equal-shaped
-    arrays); repeated positions accumulate, and the last one wins under ``update``."""
+    arrays); repeated positions accumulate, and the last one wins under ``update``. Where
+    ``valid`` (of the positions' shape) is False, nothing is written."""
     if mode not in _SCATTER_MODES:
         raise Unsupported("mode", f"{mode!r} is not one of {', '.join(_SCATTER_MODES)}")
     y = np.array(data, copy=True)
     updates = np.broadcast_to(updates, np.shape(positions[0])) if positions else updates
+    if valid is not None:
+        valid = np.broadcast_to(valid, np.shape(positions[0]))
+        positions, updates = [p[valid] for p in positions], updates[valid]
     if mode == "update":
         y[tuple(positions)] = updates
     else:
@@ -354,30 +390,35 @@ def _scatter_into(data, positions, updates, mode):
 
 
 @kernel("scatter")
-def scatter(data, indices, updates, axis=0, mode="update", validate_indices=False, opset="iOS15"):
+def scatter(data, indices, updates, axis=0, mode="update", validate_indices=None, opset="iOS15"):
     axis = norm_axis(axis, data.ndim)
-    indices = _opset_indices(indices, data.shape[axis], opset)
+    indices, valid = _scatter_indices(indices, data.shape[axis], opset, _flag(validate_indices))
+    along = [-1 if a == axis else 1 for a in range(data.ndim)]
     grid = list(np.indices(np.shape(updates), sparse=True))
-    grid[axis] = indices.reshape([-1 if a == axis else 1 for a in range(data.ndim)])
+    grid[axis] = indices.reshape(along)
     positions = np.broadcast_arrays(*grid)
-    return _scatter_into(data, positions, updates, mode)
+    return _scatter_into(data, positions, updates, mode, None if valid is None else valid.reshape(along))
 
 
 @kernel("scatter_along_axis")
-def scatter_along_axis(data, indices, updates, axis=0, mode="add", validate_indices=False, opset="iOS15"):
+def scatter_along_axis(data, indices, updates, axis=0, mode="add", validate_indices=None, opset="iOS15"):
     axis = norm_axis(axis, data.ndim)
     grid = list(np.broadcast_arrays(*np.indices(np.shape(indices), sparse=True)))
-    grid[axis] = _opset_indices(indices, data.shape[axis], opset)
-    return _scatter_into(data, grid, updates, mode)
+    grid[axis], valid = _scatter_indices(indices, data.shape[axis], opset, _flag(validate_indices))
+    return _scatter_into(data, grid, updates, mode, valid)
 
 
 @kernel("scatter_nd")
-def scatter_nd(data, indices, updates, mode="add", validate_indices=False, opset="iOS15"):
+def scatter_nd(data, indices, updates, mode="add", validate_indices=None, opset="iOS15"):
     indices = np.asarray(indices).astype(np.int64)
     depth = indices.shape[-1]
     points = indices.reshape(-1, depth)
-    columns = [_opset_indices(points[:, d], data.shape[d], opset) for d in range(depth)]
+    checked = [_scatter_indices(points[:, d], data.shape[d], opset, _flag(validate_indices)) for d in range(depth)]
     tail = data.shape[depth:]
     rest = np.indices(tail).reshape(len(tail), -1) if tail else np.zeros((0, 1), np.int64)
-    positions = [np.repeat(c, rest.shape[1]) for c in columns] + [np.tile(r, len(points)) for r in rest]
-    return _scatter_into(data, positions, np.reshape(updates, -1), mode)
+    positions = [np.repeat(c, rest.shape[1]) for c, _ in checked] + [np.tile(r, len(points)) for r in rest]
+    valid = None
+    if _flag(validate_indices) is False:
+        valid = np.repeat(np.logical_and.reduce([v for _, v in checked]) if checked else np.ones(len(points), bool),
+                          rest.shape[1])
+    return _scatter_into(data, positions, np.reshape(updates, -1), mode, valid)

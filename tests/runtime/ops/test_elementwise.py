@@ -126,12 +126,21 @@ def test_parametric_activations(run_mil, dtype, alpha, beta, data):
     ], {"x": x})  # prelu and softplus_parametric take rank-4 (N, C, H, W) inputs
     expected = [F.leaky_relu(t, float(a)), F.elu(t, float(a)), torch.clamp(t, -float(b), float(b)),
                 F.gelu(t), F.gelu(t, approximate="tanh"), torch.clamp(float(a) * t + float(b), 0, 1),
-                torch.where(t > float(a), t, 0.0), torch.clamp(t, min=float(a)), t * torch.sigmoid(1.702 * t),
+                torch.where(t >= float(a), t, 0.0), torch.clamp(t, min=float(a)), t * torch.sigmoid(1.702 * t),
                 torch.clamp(torch.where(t >= 0, t, float(a) * t), max=float(b)), float(a) * t + float(b),
                 float(a) * torch.tanh(float(b) * t), torch.where(t4 >= 0, t4, per_channel * t4),
                 per_channel * F.softplus(per_channel * t4)]
     for out, ref in zip(outs, expected, strict=True):
         close(out, ref.numpy())
+
+
+@pytest.mark.parametrize("alpha", [np.float16(2.0), np.float32(2.0)], ids=["fp16-alpha", "fp32-alpha"])
+def test_thresholded_relu_keeps_values_equal_to_alpha_whatever_its_dtype(run_mil, alpha):
+    """iOS17 lets alpha's dtype differ from the input's; x == alpha is kept (x >= alpha), as in
+    Apple's op test ``test_builder_to_backend_numerical_alpha``."""
+    x = np.array([[[-1, 2, -3], [4, -5, 6]]], np.float32)
+    (out,) = run_mil(lambda x: mb.thresholded_relu(x=x, alpha=alpha), {"x": x})
+    np.testing.assert_array_equal(out, [[[0, 2, 0], [4, 0, 6]]])
 
 
 @EXAMPLES

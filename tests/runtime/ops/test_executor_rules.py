@@ -53,11 +53,10 @@ def test_unimplemented_operation_is_named_with_its_opset(run_mil, monkeypatch):
 
 
 def test_unimplemented_parameter_value_is_named(run_mil):
-    x, h = np.ones((2, 1, 3), np.float32), np.zeros((1, 4), np.float32)
-    w_ih, w_hh = np.ones((16, 3), np.float32), np.ones((16, 4), np.float32)
-    with pytest.raises(UnsupportedOperation, match=r"lstm \(opset iOS17\) .*parameter 'clip'"):
-        run_mil(lambda x, h, c: list(mb.lstm(x=x, initial_h=h, initial_c=c, weight_ih=w_ih, weight_hh=w_hh,
-                                             clip=np.float32(1.0))), {"x": x, "h": h, "c": h})
+    x = np.ones((1, 1, 2, 2), np.float32)
+    with pytest.raises(UnsupportedOperation, match=r"resize \(opset iOS17\) .*parameter 'sampling_mode'"):
+        run_mil(lambda x: mb.resize(x=x, shape=np.array([3, 3], np.int32), resized_dims=np.uint32(2),
+                                    interpolation_mode="NEAREST_NEIGHBOR", sampling_mode="ALIGN_CORNERS"), {"x": x})
 
 
 def test_unimplemented_parameter_is_refused_when_loading(run_mil, monkeypatch):

@@ -57,13 +57,16 @@ def test_resize_bilinear_matches_torch(run_mil, dtype, mode, align_corners, h, w
 @SOME
 @given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 9), st.integers(1, 9), st.data())
 def test_nearest_neighbor_resizes_match_torch(run_mil, dtype, h, w, out_h, out_w, data):
+    """resize_nearest_neighbor reads the input pixel holding each output pixel's centre (torch's
+    nearest-exact: 2 -> 3 reads 0, 1, 1 and 4 -> 2 reads 1, 3); upsample_nearest_neighbor reads
+    floor(i / scale) (torch's nearest). They differ wherever the scale is not a whole upscaling."""
     x = data.draw(arrays((2, 1, h, w), dtype))
     scale_h, scale_w = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
     resized, upsampled = run_mil(lambda x: [
         mb.resize_nearest_neighbor(x=x, target_size_height=out_h, target_size_width=out_w),
         mb.upsample_nearest_neighbor(x=x, scale_factor_height=scale_h, scale_factor_width=scale_w)], {"x": x})
     t = torch.from_numpy(x.astype(np.float64))
-    np.testing.assert_array_equal(resized, F.interpolate(t, size=(out_h, out_w), mode="nearest").numpy())
+    np.testing.assert_array_equal(resized, F.interpolate(t, size=(out_h, out_w), mode="nearest-exact").numpy())
     np.testing.assert_array_equal(upsampled, F.interpolate(t, scale_factor=(scale_h, scale_w), mode="nearest").numpy())
 
 
@@ -80,8 +83,23 @@ def test_upsample_bilinear_matches_torch(run_mil, dtype, align_corners, h, w, sc
     close(out, ref.numpy(), scale=4)
 
 
+@pytest.mark.parametrize("size_in, size_out, rows", [(2, 3, [0, 1, 1]), (4, 2, [1, 3]), (3, 5, [0, 0, 1, 2, 2]),
+                                                      (2, 4, [0, 0, 1, 1]), (5, 3, [0, 2, 4])])
+def test_nearest_neighbor_resize_reads_the_pixel_under_each_output_centre(run_mil, size_in, size_out, rows):
+    """The scales where floor((i + 0.5) · in / out) and floor(i · in / out) differ, and one where they agree."""
+    x = np.arange(size_in, dtype=np.float32).reshape(1, 1, size_in, 1)
+    static, dynamic = run_mil(lambda x, s: [
+        mb.resize(x=x, shape=np.array([1, 1, size_out, 1], np.int32), resized_dims=np.uint32(2),
+                  interpolation_mode="NEAREST_NEIGHBOR"),
+        mb.resize(x=x, shape=s, resized_dims=np.uint32(2), interpolation_mode="NEAREST_NEIGHBOR")],
+        {"x": x, "s": np.array([1, 1, size_out, 1], np.int32)})
+    np.testing.assert_array_equal(static.ravel(), rows)
+    np.testing.assert_array_equal(dynamic.ravel(), rows)
+
+
 def test_resize_takes_its_sizes_from_the_end_of_shape(run_mil):
-    """The iOS17 op's documented examples: nearest neighbour 2 -> 3 rows, linear on a 1-D grid."""
+    """The iOS17 op's documented examples: nearest neighbour 2 -> 3 rows (Apple's op test
+    ``TestResize.test_resize_nearest_neighbor``: rows 0, 1, 1, each twice across), linear on a 1-D grid."""
     x = np.array([-6.174, 9.371], np.float32).reshape(1, 1, 2, 1)
     ramp = np.array([0.0, 1.0], np.float32).reshape(1, 1, 1, 2)
     nearest, linear, kept = run_mil(lambda x, r: [
@@ -91,7 +109,7 @@ def test_resize_takes_its_sizes_from_the_end_of_shape(run_mil):
                   sampling_mode="DEFAULT"),
         mb.resize(x=r, shape=np.array([0, 4], np.int32), resized_dims=np.uint32(2), interpolation_mode="LINEAR",
                   sampling_mode="STRICT_ALIGN_CORNERS")], {"x": x, "r": ramp})
-    np.testing.assert_allclose(nearest.ravel(), [-6.174, -6.174, -6.174, -6.174, 9.371, 9.371], rtol=1e-6)
+    np.testing.assert_allclose(nearest.ravel(), [-6.174, -6.174, 9.371, 9.371, 9.371, 9.371], rtol=1e-6)
     np.testing.assert_allclose(linear.ravel(), [0, 0.4, 0.8, 1, 1], rtol=1e-6)
     assert kept.shape == (1, 1, 1, 4)  # a 0 keeps the axis' size
     np.testing.assert_allclose(kept.ravel(), [0, 1 / 3, 2 / 3, 1], rtol=1e-6)

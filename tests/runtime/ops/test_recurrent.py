@@ -66,6 +66,41 @@ def test_lstm_follows_the_specification(run_mil, dtype, direction, output_sequen
     close(c, cn, scale=scale)
 
 
+def _lstm_clipped(x, h, c, w_ih, w_hh, bias, peephole, clip):
+    """One forward direction with cell clipping and peepholes: i and f look at the cell before the
+    step, o at the clipped cell after it."""
+    p_i, p_f, p_o = np.split(peephole, 3)
+    outputs = []
+    for xt in x:
+        i, f, o, z = np.split(xt @ w_ih.T + h @ w_hh.T + bias, 4, axis=-1)
+        c = np.clip(_sigmoid(f + p_f * c) * c + _sigmoid(i + p_i * c) * np.tanh(z), -clip, clip)
+        h = _sigmoid(o + p_o * c) * np.tanh(c)
+        outputs.append(h)
+    return np.stack(outputs), h, c
+
+
+@BOTH_PRECISIONS
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 3), st.integers(1, 4), st.integers(1, 4), st.floats(0.05, 2.0), st.data())
+def test_lstm_clips_the_cell_state(run_mil, dtype, steps, batch, d_in, hidden, clip, data):
+    """``clip`` bounds the cell state to [-clip, clip] at every step (weights up to 3 drive it past)."""
+    x = data.draw(arrays((steps, batch, d_in), dtype))
+    h0, c0 = (data.draw(arrays((batch, hidden), dtype, -1, 1)) for _ in range(2))
+    w_ih, w_hh = data.draw(arrays((4 * hidden, d_in), dtype)), data.draw(arrays((4 * hidden, hidden), dtype))
+    bias, peephole = data.draw(arrays((4 * hidden,), dtype)), data.draw(arrays((3 * hidden,), dtype, -1, 1))
+    clip = float(np.asarray(clip, dtype))
+    seq, h, c = run_mil(lambda x, h, c: list(mb.lstm(x=x, initial_h=h, initial_c=c, weight_ih=w_ih, weight_hh=w_hh,
+                                                     bias=bias, peephole=peephole, clip=np.asarray(clip, dtype),
+                                                     output_sequence=True)),
+                        {"x": x, "h": h0, "c": c0})
+    out, hn, cn = _lstm_clipped(*_f64(x, h0, c0, w_ih, w_hh, bias, peephole), clip)
+    assert np.all(np.abs(c.astype(np.float64)) <= clip)
+    scale = steps * (d_in + hidden)
+    close(seq, out, scale=scale)
+    close(h, hn, scale=scale)
+    close(c, cn, scale=scale)
+
+
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
 @pytest.mark.parametrize("output_sequence", [True, False])
 @BOTH_PRECISIONS

@@ -331,12 +331,67 @@ def test_scatter_family(run_mil, mode, shape, data):
 
 
 @pytest.mark.parametrize("build", [
-    lambda x: mb.scatter(data=x, indices=np.array([-1], np.int32), updates=np.ones(1, np.float32), mode="add"),
-    lambda x: mb.gather(x=x, indices=np.array([-1], np.int32)),
+    lambda x, i, **check: mb.scatter(data=x, indices=i, updates=np.ones(1, np.float32), mode="add", **check),
+    lambda x, i, **check: mb.gather(x=x, indices=i, **check),
 ], ids=["scatter", "gather"])
 def test_negative_indices_count_from_the_end_before_iOS17_only(run_mil, build):
-    x = np.arange(3, dtype=np.float32)
-    (out,) = run_mil(build, {"x": x}, opset="iOS15")
+    """Indices given at predict time, as Core ML validates them (constant ones fail when the program is built)."""
+    x, index = np.arange(3, dtype=np.float32), {"i": np.array([-1], np.int32)}
+    (out,) = run_mil(build, {"x": x, **index}, opset="iOS15")
     assert out.tolist() in ([0, 1, 3], [2])  # scatter adds to, gather reads, the last element
-    with pytest.raises(RuntimeError, match=r"(scatter|gather) \(opset iOS17\).*indices must be in \[0, 3\) from iOS17"):
-        run_mil(build, {"x": x}, opset="iOS17")
+    with pytest.raises(RuntimeError, match=r"^Unable to compute the prediction: (scatter|gather) \(opset iOS17\)"
+                                           r".*indices must be in \[0, 3\) from iOS17"):
+        run_mil(lambda x, i: build(x, i, validate_indices=True), {"x": x, **index}, opset="iOS17")
+
+
+def _scatter(op, d, i, u, **validate):
+    if op == "scatter":
+        return mb.scatter(data=d, indices=i, updates=u, mode="update", **validate)
+    if op == "scatter_along_axis":  # on the first column
+        column = [0, 0], [2, 1]
+        return mb.scatter_along_axis(data=mb.slice_by_size(x=d, begin=column[0], size=column[1]),
+                                     indices=mb.expand_dims(x=i, axes=[1]),
+                                     updates=mb.slice_by_size(x=u, begin=column[0], size=column[1]), axis=0,
+                                     mode="update", **validate)
+    return mb.scatter_nd(data=d, indices=mb.expand_dims(x=i, axes=[1]), updates=u, mode="update", **validate)
+
+
+SCATTERS = ["scatter", "scatter_along_axis", "scatter_nd"]
+
+
+@pytest.mark.parametrize("op", SCATTERS)
+@pytest.mark.parametrize("opset, bad", [("iOS15", 5), ("iOS15", -3), ("iOS17", -1), ("iOS17", 5), ("iOS18", 5)])
+def test_scatter_with_an_index_out_of_range(run_mil, op, opset, bad):
+    """Before iOS17 the specification requires indices in range, and iOS17's ``validate_indices``
+    asks for the check: an error at predict time, as Core ML's predict raises one. With
+    ``validate_indices=False`` the specification leaves the result undefined but memory safe: the
+    executor writes nothing for the bad index and makes the other updates."""
+    data = np.zeros((2, 3), np.float32)
+    updates = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
+    inputs = {"d": data, "i": np.array([bad, 0], np.int32), "u": updates}
+    checked = {} if opset == "iOS15" else {"validate_indices": True}
+    with pytest.raises(RuntimeError, match=rf"^Unable to compute the prediction: {op} \(opset {opset}\)"):
+        run_mil(lambda d, i, u: _scatter(op, d, i, u, **checked), inputs, opset=opset)
+    if opset == "iOS15":
+        return
+    (out,) = run_mil(lambda d, i, u: _scatter(op, d, i, u, validate_indices=False), inputs, opset=opset)
+    expected = np.zeros((2, 3), np.float32)
+    expected[0] = updates[1]  # the good index's update; the bad one's is dropped
+    if op == "scatter_along_axis":
+        expected = expected[:, :1]
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ([1, 0, -1, 0], (1, 1, 2, 50)),  # the specification's example: zeros aligned from the right, the extra one is 1
+    ([0, -1, 0, 0], (1, 1, 2, 50)),  # a leading 0 with no dimension of x under it
+    ([0, 0], (2, 50)),  # the rank of x: iOS15's rule and iOS17's agree
+    ([1, 0, 0], (1, 2, 50)),  # aligned from the left (iOS15's rule) the zeros would copy 50 and nothing
+])
+def test_ios17_reshape_aligns_zeros_with_the_input_from_the_right(run_mil, shape, expected):
+    x = np.arange(100, dtype=np.float32).reshape(2, 50)
+    static, dynamic = run_mil(lambda x, s: [mb.reshape(x=x, shape=np.array(shape, np.int32)), mb.reshape(x=x, shape=s)],
+                              {"x": x, "s": np.array(shape, np.int32)})
+    for out in (static, dynamic):
+        assert out.shape == expected
+        np.testing.assert_array_equal(out.ravel(), x.ravel())

@@ -403,10 +403,10 @@ class MILModel:
         except Unsupported as error:
             raise UnsupportedOperation(f"{self._where(step.op_type, step.name)}: {error}") from None
         except (ValueError, IndexError, TypeError, KeyError) as error:
-            # Core ML's predict raises RuntimeError("Unable to compute the prediction ...") for an op
-            # that fails at run time (an index out of range under validate_indices, say)
-            raise RuntimeError(f"Unable to compute the prediction: {self._where(step.op_type, step.name)} failed: "
-                               f"{error}") from error
+            # in the words of Core ML's predict for an op that fails at run time (an index out of
+            # range under validate_indices, say)
+            raise RuntimeError(f"Unable to compute the prediction using ML Program: "
+                               f"{self._where(step.op_type, step.name)} failed: {error}") from error
         results = result if isinstance(result, tuple) else (result,)
         return [self._as_declared(r, dtype, step.op_type, args) for r, dtype in zip(results, step.dtypes)]
 

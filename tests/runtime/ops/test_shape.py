@@ -339,8 +339,8 @@ def test_negative_indices_count_from_the_end_before_iOS17_only(run_mil, build):
     x, index = np.arange(3, dtype=np.float32), {"i": np.array([-1], np.int32)}
     (out,) = run_mil(build, {"x": x, **index}, opset="iOS15")
     assert out.tolist() in ([0, 1, 3], [2])  # scatter adds to, gather reads, the last element
-    with pytest.raises(RuntimeError, match=r"^Unable to compute the prediction: (scatter|gather) \(opset iOS17\)"
-                                           r".*indices must be in \[0, 3\) from iOS17"):
+    with pytest.raises(RuntimeError, match=r"^Unable to compute the prediction using ML Program: "
+                                           r"(scatter|gather) \(opset iOS17\).*indices must be in \[0, 3\) from iOS17"):
         run_mil(lambda x, i: build(x, i, validate_indices=True), {"x": x, **index}, opset="iOS17")
 
 
@@ -370,7 +370,8 @@ def test_scatter_with_an_index_out_of_range(run_mil, op, opset, bad):
     updates = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
     inputs = {"d": data, "i": np.array([bad, 0], np.int32), "u": updates}
     checked = {} if opset == "iOS15" else {"validate_indices": True}
-    with pytest.raises(RuntimeError, match=rf"^Unable to compute the prediction: {op} \(opset {opset}\)"):
+    failure = rf"^Unable to compute the prediction using ML Program: {op} \(opset {opset}\)"
+    with pytest.raises(RuntimeError, match=failure):
         run_mil(lambda d, i, u: _scatter(op, d, i, u, **checked), inputs, opset=opset)
     if opset == "iOS15":
         return

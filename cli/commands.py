@@ -24,7 +24,6 @@ from runtimes.loader import LoadedPredictors, load_predictor
 from validation.audio import parity_clips, read_audio, synthetic_speech
 from validation.checks import ParityRunner
 from validation.evaluation import (
-    JOURNAL,
     decoders_for,
     evaluate,
     read_manifest,
@@ -33,10 +32,11 @@ from validation.evaluation import (
     window_description,
 )
 from validation.held_out import held_out_evaluation, manifest_path
+from validation.journal import JOURNAL, package_identity
 from validation.packages import DEFAULT_REPORT_DIR, check_contract, find_packages, parse_named, provenance
 from validation.quantization import QuantizationSweep
 from validation.timing import all_cases, environment, flagged, latency_block, measure
-from validation.tolerances import load_gates, load_tolerances
+from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, load_gates, load_tolerances
 
 
 def component_list(values: list[str]) -> list[str]:
@@ -237,7 +237,9 @@ def run_evaluate(args) -> int:
     result = evaluate(utterances, decoders_for(model, dims, exports, load), token_text(model), dims,
                       normalizer=args.normalizer, max_wer_difference=args.max_wer_difference / 100,
                       exact=["export"] if precision == "float32" else [], bad=bad, journal=report_dir / JOURNAL,
-                      resume=args.resume, progress=progress_bar("evaluate", "utterance"))
+                      resume=args.resume, report=print_progress, progress=progress_bar("evaluate", "utterance"),
+                      settings={"packages": {name: package_identity(path) for name, path in exports["export"].items()},
+                                "backend": backend, "compute_units": units})
     context = {"manifest": str(manifest) if manifest else None, "audio": [str(p) for p in args.audio or []],
                "backend": backend, "values_from": describe_backend(backend), "compute_units": units,
                "compute_precision": precision, "windows": window_description(dims),
@@ -262,6 +264,21 @@ def run_evaluate(args) -> int:
     return 0 if block["status"] == "passed" else 1
 
 
+def held_out_variants(text: str | None, swept: list[str]) -> list[str]:
+    """``--held-out``: the variants named (each among those swept), none for ``none``, and without
+    the option the default variant where it is swept."""
+    if text is None:
+        return [name for name in (DEFAULT_HELD_OUT_VARIANT,) if name in swept]
+    if text == "none":
+        return []
+    named = component_list([text])
+    strangers = [name for name in named if name not in swept]
+    if strangers or not named:
+        found = f"{', '.join(strangers)} not among the variants swept" if strangers else "names no variant"
+        raise ExportError(f"--held-out {text!r}: {found}; expected some of: {', '.join(swept)}, or none")
+    return named
+
+
 def run_quantize(args) -> int:
     description, packages, source, _ = read_inputs(args, "--input-dir")
     given = "packages" in description  # a package set: its variants are built from the packages as found
@@ -273,11 +290,12 @@ def run_quantize(args) -> int:
             raise ExportError(f"--variant {text!r}: expected NAME=JSON")
         table[name] = parse_variant(name, spec, f"--variant {name}")
     gates = load_gates(pyproject, args.gates, table)
-    names = component_list([args.variants]) if args.variants else list(table)
+    names = list(table) if args.variants is None else component_list([args.variants])
     unknown = [n for n in names if n not in table]
-    if unknown:
-        raise ExportError(f"--variants: unknown variant(s) {', '.join(unknown)}; expected: {', '.join(table)}")
-    held_out = [] if args.held_out == "none" else component_list([args.held_out])
+    if unknown or not names:
+        found = f"unknown variant(s) {', '.join(unknown)}" if unknown else "names no variant"
+        raise ExportError(f"--variants {args.variants!r}: {found}; expected one or more of: {', '.join(table)}")
+    held_out = held_out_variants(args.held_out, names)
     if not given and args.output_root.resolve() == args.input_dir.resolve():
         raise ExportError("--output-root must differ from --input-dir")
     with staged_output(args.output_root, "--output-root") as staging:

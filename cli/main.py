@@ -20,7 +20,7 @@ from exporters.sources import add_source_options
 from runtimes.base import BACKENDS, COMPUTE_UNITS
 from validation.metrics import NORMALIZERS
 from validation.packages import DEFAULT_REPORT_DIR
-from validation.tolerances import MAX_WER_DIFFERENCE_POINTS
+from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, MAX_WER_DIFFERENCE_POINTS
 
 CONFIG_HELP = ("a pyproject.toml-style file whose [tool.parakeet-coreml] sets tolerances, gates and variants "
                "(default: this project's pyproject.toml when run inside its checkout, else none)")
@@ -129,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Core ML compute units (default: those recorded at convert)")
     quantize.add_argument("--runs", type=_count, default=10, help="timed calls per package (0: no timing)")
     quantize.add_argument("--warmup", type=_count, default=3, help="untimed calls before the timed ones")
-    quantize.add_argument("--held-out", default="int8_per_channel", metavar="A,B",
+    quantize.add_argument("--held-out", default=None, metavar="A,B",
                           help="variants whose held-out test-set WER is measured against NeMo, on a confident "
-                               "(trained) model (default int8_per_channel; 'none' for none)")
+                               f"(trained) model (default {DEFAULT_HELD_OUT_VARIANT} where it is swept; "
+                               "'none' for none)")
     quantize.add_argument("--cache-dir", type=Path, default=None, help="export cache (compressed packages too)")
     quantize.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     return parser

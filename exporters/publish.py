@@ -29,7 +29,7 @@ REPLACED = ".replaced"  # inside the staging directory: what publishing moved as
 _UNLOCKED_GRACE_SECONDS = 60
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -93,7 +93,7 @@ def staged_output(output_dir: Path, option: str = "--output-dir") -> Iterator[Pa
     lock = FileLock(str(_lock_of(staging)))
     lock.acquire()
     try:
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would lock other users out of the output
+        os.chmod(staging, 0o777 & ~umask())  # mkdtemp's 0700 would lock other users out of the output
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)

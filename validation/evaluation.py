@@ -29,6 +29,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from validation.greedy import (
     run_torch,
     torch_greedy_tdt,
 )
+from validation.journal import Journal, fingerprint
 from validation.metrics import NORMALIZERS, WordErrors, word_errors
 from validation.tolerances import MAX_WER_DIFFERENCE_POINTS
 
@@ -56,7 +58,6 @@ REFERENCE = "nemo_windowed"
 NEMO_PATHS = ("nemo_full", REFERENCE)
 WORST = 10
 BUILTIN_PREFIX = "builtin:"
-JOURNAL = "evaluation.jsonl"  # one record per utterance, appended as each is done
 
 
 # -- what is evaluated ---------------------------------------------------------------------------
@@ -110,11 +111,27 @@ def read_manifest(path: Path) -> tuple[list[Utterance], list[BadInput]]:
             bad.append(BadInput(where, f"offset/duration are not numbers: {row.get('offset')!r}, "
                                        f"{row.get('duration')!r}"))
             continue
-        if not math.isfinite(offset) or offset < 0 or (duration is not None and not duration > 0):
-            bad.append(BadInput(where, f"offset {offset} must be >= 0 and duration {duration} > 0"))
+        # in samples at any rate a file can have, the span must stay a finite number
+        if not (_span_seconds(offset) and offset >= 0) or (duration is not None
+                                                             and not (_span_seconds(duration) and duration > 0)):
+            bad.append(BadInput(where, f"offset {offset} must be >= 0 and duration {duration} > 0, both finite "
+                                       f"and below {MAX_SPAN_SECONDS:g} s"))
             continue
-        utterances.append(Utterance(where, audio, text if isinstance(text, str) else None, offset, duration))
+        if text is not None and not isinstance(text, str):
+            bad.append(BadInput(where, f"text is {type(text).__name__} {text!r}; expected a string"))
+            continue
+        if not audio.is_file():
+            bad.append(BadInput(where, f"{audio}: no such file"))
+            continue
+        utterances.append(Utterance(where, audio, text, offset, duration))
     return utterances, bad
+
+
+MAX_SPAN_SECONDS = 1e9  # an offset or a duration beyond this (31 years) is no recording's
+
+
+def _span_seconds(seconds: float) -> bool:
+    return math.isfinite(seconds) and abs(seconds) < MAX_SPAN_SECONDS
 
 
 def recordings(paths: list[Path]) -> list[Utterance]:
@@ -430,48 +447,44 @@ class Evaluation:
         }
 
 
-def load_records(path: Path) -> list[dict]:
-    """What an earlier, interrupted run appended to ``path`` (a torn last line is dropped)."""
-    records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            break
-    return records
-
-
 def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims, *, normalizer: str = "whisper-english",
              max_wer_difference: float = MAX_WER_DIFFERENCE_POINTS / 100, exact: list[str] = (),
-             bad: list[BadInput] = (), journal: Path | None = None, resume: bool = False,
+             bad: list[BadInput] = (), journal: Path | None = None, resume: bool = False, settings: dict | None = None,
+             report: Callable[[str], None] = lambda line: None,
              progress: Callable[[Iterator, int], Iterator] = lambda items, total: items) -> Evaluation:
     """Every utterance through every decoder (``nemo_full``, ``nemo_windowed`` and the exports);
-    each record appended to ``journal`` as it is done. With ``resume``, the utterances the journal
-    already holds are taken from it."""
+    each record appended to ``journal`` as it is done (``validation.journal``). With ``resume``, the
+    utterances the journal already holds are taken from it, where nothing that determines them
+    changed: their audio, text, ``settings`` (the packages, say), the normaliser and the windows.
+    What the journal held is said through ``report``."""
     if normalizer not in NORMALIZERS:
         raise ExportError(f"--normalizer {normalizer!r}; expected one of: {', '.join(NORMALIZERS)}")
     exports = [label for label in decoders if label not in NEMO_PATHS]
     result = Evaluation(exports, normalizer, max_wer_difference, list(exact), bad=list(bad))
-    done = {}
-    if journal is not None and resume and journal.is_file():
-        done = {r["key"]: r for r in load_records(journal) if set(exports) <= set(r["identical"])}
-    if journal is not None:
-        journal.parent.mkdir(parents=True, exist_ok=True)
-        journal.write_text("".join(json.dumps(r) + "\n" for r in done.values()), encoding="utf-8")
-    for utterance in progress(iter(utterances), len(utterances)):
-        if utterance.key in done:
-            result.records.append(done[utterance.key])
-            continue
-        try:
-            samples = read_utterance(utterance, dims.sample_rate)
-        except AudioError as e:
-            result.bad.append(BadInput(utterance.key, str(e)))
-            continue
-        record = evaluate_utterance(utterance, samples, decoders, text, dims, normalizer)
-        result.records.append(record)
-        if journal is not None:
-            with open(journal, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+    determined_by = {**(settings or {}), "normalizer": normalizer, "paths": list(decoders),
+                     "windows": window_description(dims)}
+    prints = {u.key: fingerprint(u.audio, u.offset, u.duration, u.text, determined_by) for u in utterances}
+    with Journal(journal) if journal is not None else nullcontext() as writer:
+        done = {}
+        if writer is not None:
+            found = writer.start(prints, resume)
+            done = found.records
+            for line in found.summary(journal.name):
+                report(line)
+        for utterance in progress(iter(utterances), len(utterances)):
+            if utterance.key in done:
+                result.records.append(done[utterance.key])
+                continue
+            try:
+                samples = read_utterance(utterance, dims.sample_rate)
+            except AudioError as e:
+                result.bad.append(BadInput(utterance.key, str(e)))
+                continue
+            record = {**evaluate_utterance(utterance, samples, decoders, text, dims, normalizer),
+                      "fingerprint": prints[utterance.key]}
+            result.records.append(record)
+            if writer is not None:
+                writer.append(record)
     return result
 
 

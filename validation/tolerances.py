@@ -170,6 +170,8 @@ QUANTIZATION_GATES: dict[str, dict[str, float]] = {
     "palettize_8bit": {"quality": 0.95},
 }
 GATE_METRICS = ("quality", "joint_decision.acc", "joint_decision.duration_match")
+# The variant whose held-out WER a sweep gates by default (within MAX_WER_DIFFERENCE_POINTS of NeMo's).
+DEFAULT_HELD_OUT_VARIANT = "int8_per_channel"
 
 
 def load_gates(pyproject: Path | None = None, cli: list[str] = (), variants=None) -> dict[str, dict[str, float]]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from cli.commands import held_out_variants
 from cli.main import main
 from exporters.components import ExportError
 from exporters.quantize import parse_variant
@@ -64,6 +65,28 @@ def test_a_variant_name_that_is_no_identifier_is_refused_and_writes_nothing(conv
                  "../escaped"])
     assert "must be letters, digits, '_' and '-' only" in _last_error(code, capsys.readouterr(), "quantize")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variants", ","], "--variants ',': names no variant; expected one or more of: int8_per_channel, "),
+    (["--held-out", "bogus"], "--held-out 'bogus': bogus not among the variants swept; expected some of: "),
+    (["--variants", "palettize_8bit", "--held-out", "int8_per_channel"],
+     "--held-out 'int8_per_channel': int8_per_channel not among the variants swept; expected some of: palettize_8bit"),
+    (["--held-out", ","], "--held-out ',': names no variant"),
+])
+def test_an_empty_or_unknown_selection_of_variants_is_refused_and_writes_nothing(converted, fault_cache, tmp_path,
+                                                                                 args, message, capsys):
+    root = tmp_path / "quantized"
+    code = main(["quantize", "--input-dir", str(converted), "--output-root", str(root), "--cache-dir",
+                 str(fault_cache), *args])
+    assert message in _last_error(code, capsys.readouterr(), "quantize")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_the_default_held_out_variant_is_checked_only_where_it_is_swept():
+    assert held_out_variants(None, ["palettize_8bit"]) == []
+    assert held_out_variants(None, ["palettize_8bit", "int8_per_channel"]) == ["int8_per_channel"]
+    assert held_out_variants("none", ["int8_per_channel"]) == []
 
 
 def test_a_gate_of_an_unknown_variant_is_an_error_naming_the_known_ones():

@@ -10,11 +10,12 @@ import shutil
 import numpy as np
 import pytest
 import soundfile
+from filelock import FileLock
 
 from cli.main import main
 from exporters.components import DECODE
-from validation.evaluation import JOURNAL
 from validation.held_out import held_out_manifest
+from validation.journal import JOURNAL
 
 pytestmark = pytest.mark.parity
 
@@ -80,6 +81,49 @@ def test_resume_continues_a_killed_run_from_its_journal(converted, export_cache,
     assert records[0]["decode_seconds"]["export"] == 1234.0 and records[2]["decode_seconds"]["export"] < 1234.0
 
 
+def test_resume_recomputes_what_changed_and_reports_lines_that_are_not_records(converted, export_cache,
+                                                                              held_out_rows, tmp_path, capsys):
+    """A record is kept only for the same audio, text and settings; a line that is not a record
+    (``{}``, bytes that are not UTF-8) is reported and its utterance recomputed, not a crash."""
+    manifest = tmp_path / "set.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in held_out_rows))
+    report = tmp_path / "report"
+    assert _evaluate(converted, export_cache, "--manifest", str(manifest), "--report-dir", str(report)) == 0
+    lines = (report / JOURNAL).read_bytes().splitlines()
+    (report / JOURNAL).write_bytes(b"\n".join([lines[0], b"{}", b"\xff\xfe garbage", lines[1], lines[3]]) + b"\n")
+    rows = [*held_out_rows]
+    rows[1] = {**rows[1], "text": rows[1]["text"] + " again"}  # a changed reference: its record is stale
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    capsys.readouterr()
+    assert _evaluate(converted, export_cache, "--manifest", str(manifest), "--report-dir", str(report),
+                     "--resume") == 0
+    err = capsys.readouterr().err
+    assert "resumed 2 utterance(s) from evaluation.jsonl" in err
+    assert "recomputing 1 utterance(s) of evaluation.jsonl whose audio, reference text" in err
+    assert "skipped evaluation.jsonl:2: no key" in err and "skipped evaluation.jsonl:3: UnicodeDecodeError" in err
+    records = [json.loads(line) for line in (report / JOURNAL).read_text().splitlines()]
+    assert sorted(r["key"] for r in records) == [f"set.jsonl:{i}" for i in range(1, 5)]
+    assert next(r for r in records if r["key"] == "set.jsonl:2")["reference"].endswith(" again")
+
+
+def test_a_run_without_resume_says_it_replaced_the_journal_and_a_second_run_is_refused(converted, export_cache,
+                                                                                       held_out_rows, tmp_path,
+                                                                                       capsys):
+    manifest = tmp_path / "set.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in held_out_rows[:2]))
+    report = tmp_path / "report"
+    assert _evaluate(converted, export_cache, "--manifest", str(manifest), "--report-dir", str(report)) == 0
+    capsys.readouterr()
+    assert _evaluate(converted, export_cache, "--manifest", str(manifest), "--report-dir", str(report)) == 0
+    replaced = "replaced evaluation.jsonl: its 2 earlier record(s) are gone (--resume keeps them)"
+    assert replaced in capsys.readouterr().err
+    with FileLock(str(report / f".{JOURNAL}.lock")):  # another evaluate writing it
+        assert _evaluate(converted, export_cache, "--manifest", str(manifest), "--report-dir", str(report),
+                         "--resume") == 2
+    assert "another evaluation is writing this journal" in capsys.readouterr().err
+    assert len((report / JOURNAL).read_text().splitlines()) == 2
+
+
 def test_recordings_without_text_are_measured_for_agreement_only(converted, export_cache, held_out_rows, tmp_path,
                                                                   capsys):
     """A 40 s recording (held-out sentences joined) is cut into windows; silence is valid audio."""
@@ -101,7 +145,9 @@ def test_recordings_without_text_are_measured_for_agreement_only(converted, expo
 
 
 @pytest.mark.parametrize("content, message", [("\n", "empty; expected one JSON object per line"),
-                                              ("{oops\n", "no line could be used (1 skipped, above)")])
+                                              ("{oops\n", "no line could be used (1 skipped, above)"),
+                                              ('{"audio_filepath": "gone.wav"}\n{"audio_filepath": "."}\n',
+                                               "no line could be used (2 skipped, above)")])
 def test_a_manifest_with_nothing_to_evaluate_is_refused_before_any_model_loads(converted, export_cache, tmp_path,
                                                                               capsys, content, message):
     (tmp_path / "m.jsonl").write_text(content)

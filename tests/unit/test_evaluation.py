@@ -52,6 +52,23 @@ def test_a_manifest_line_that_cannot_be_used_is_reported_and_the_rest_kept(tmp_p
     assert "not numbers" in bad[2].reason and "must be >= 0" in bad[3].reason
 
 
+def test_spans_that_overflow_a_wrong_text_type_and_missing_files_are_bad_lines_not_a_crash(tmp_path):
+    """``Infinity`` and 1e308 used to end the whole run in an OverflowError while reading audio; a
+    number as text was quietly taken as no reference; a missing file was found only after the
+    model had loaded."""
+    _wav(tmp_path / "a.wav", 1.0)
+    lines = ['{"audio_filepath": "a.wav", "duration": Infinity}', '{"audio_filepath": "a.wav", "offset": 1e308}',
+             '{"audio_filepath": "a.wav", "duration": NaN}', '{"audio_filepath": "a.wav", "text": 123}',
+             '{"audio_filepath": "gone.wav", "text": "hello"}', '{"audio_filepath": "a.wav", "text": "fine"}']
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    utterances, bad = read_manifest(tmp_path / "m.jsonl")
+    assert [u.key for u in utterances] == ["m.jsonl:6"]
+    assert [b.where for b in bad] == [f"m.jsonl:{i}" for i in range(1, 6)]
+    assert all("both finite and below 1e+09 s" in b.reason for b in bad[:3])
+    assert bad[3].reason == "text is int 123; expected a string"
+    assert bad[4].reason.endswith("gone.wav: no such file")
+
+
 def test_an_empty_manifest_is_an_error(tmp_path):
     (tmp_path / "m.jsonl").write_text("\n\n")
     with pytest.raises(ExportError, match="empty; expected one JSON object per line"):

@@ -42,11 +42,11 @@ def _linear_along(x, axis: int, points: np.ndarray):
     return np.take(x, low, axis=axis) * (1 - weight) + np.take(x, high, axis=axis) * weight
 
 
-def _nearest_along(x, axis: int, size_out: int, scale: float):
-    """Output position i reads input floor(i / scale): ``upsample_nearest_neighbor``'s rule
-    (TensorFlow's nearest neighbour without half-pixel centres, and PyTorch's ``nearest``)."""
-    index = np.minimum(np.floor(np.arange(size_out) / scale).astype(np.int64), x.shape[axis] - 1)
-    return np.take(x, index, axis=axis)
+def _nearest_along(x, axis: int, size_out: int):
+    """Output position i reads input floor(i · size_in / size_out): ``upsample_nearest_neighbor``'s
+    rule (TensorFlow's nearest neighbour without half-pixel centres, and PyTorch's ``nearest``)."""
+    index = np.arange(size_out, dtype=np.int64) * x.shape[axis] // size_out  # in integers: no rounding at i · in / out
+    return np.take(x, np.minimum(index, x.shape[axis] - 1), axis=axis)
 
 
 def _nearest_half_pixel_along(x, axis: int, size_out: int):
@@ -75,9 +75,11 @@ def resize_nearest_neighbor(x, target_size_height, target_size_width):
 
 @kernel("upsample_nearest_neighbor")
 def upsample_nearest_neighbor(x, scale_factor_height=1, scale_factor_width=1):
-    sh, sw = float(scale_factor_height), float(scale_factor_width)
-    y = _nearest_along(x, -2, int(np.floor(x.shape[-2] * sh)), sh)
-    return _nearest_along(y, -1, int(np.floor(x.shape[-1] * sw)), sw)
+    """The output has floor(size · scale) pixels and reads them at the scale those sizes make: a
+    width of 3 at scale 1.12 is 3 pixels reading 0, 1, 2, not floor(i / 1.12) (Apple's iOS15 test
+    of fractional scales)."""
+    y = _nearest_along(x, -2, int(np.floor(x.shape[-2] * float(scale_factor_height))))
+    return _nearest_along(y, -1, int(np.floor(x.shape[-1] * float(scale_factor_width))))
 
 
 @kernel("upsample_bilinear")
@@ -227,7 +229,10 @@ def _box_grid(start, end, count, mode):
 
 
 def _crop_one(image, box, height, width, normalized, spatial_scale, box_mode, sampling_mode, pad_value):
-    """One (C, height, width) crop of ``image`` (C, H, W), bilinear, ``pad_value`` outside."""
+    """One (C, height, width) crop of ``image`` (C, H, W), bilinear between the pixels around each
+    sampling position; a position outside the image (beyond its edge pixels' centres) reads
+    ``pad_value`` whole, not a blend of it with the edge (Apple's iOS16 crop_resize test: row 3.9 of a
+    4-row image reads the pad value)."""
     h0, w0, h1, w1 = _box_corners(box, box_mode)
     size_h, size_w = image.shape[-2:]
     if normalized:
@@ -235,7 +240,8 @@ def _crop_one(image, box, height, width, normalized, spatial_scale, box_mode, sa
     h0, h1, w0, w1 = (v * float(spatial_scale) for v in (h0, h1, w0, w1))
     py = _box_grid(h0, h1, height, sampling_mode)[:, None] * np.ones(width)
     px = _box_grid(w0, w1, width, sampling_mode)[None, :] * np.ones((height, 1))
-    return _sample(image[None], px[None], py[None], "bilinear", "constant", pad_value)[0]
+    crop = _sample(image[None], px[None], py[None], "bilinear", "border", pad_value)[0]
+    return np.where((py < 0) | (py > size_h - 1) | (px < 0) | (px > size_w - 1), pad_value, crop)
 
 
 @kernel("crop_resize")

@@ -97,6 +97,31 @@ def test_nearest_neighbor_resize_reads_the_pixel_under_each_output_centre(run_mi
     np.testing.assert_array_equal(dynamic.ravel(), rows)
 
 
+def test_upsample_at_a_fractional_scale_reads_at_the_scale_of_the_sizes(run_mil):
+    """Apple's iOS15 test of fractional scales: 1 x 3 at (3.17, 0.67) is 3 x 2 reading columns 0, 1;
+    at (2.0, 1.12) it is 2 x 3 reading columns 0, 1, 2 (floor(i / 1.12) would read 0, 0, 1)."""
+    x = np.array([1.5, -2.5, 3.5], np.float32).reshape(1, 1, 1, 3)
+    same, shrunk, widened = run_mil(lambda x: [
+        mb.upsample_nearest_neighbor(x=x, scale_factor_height=1.0, scale_factor_width=1.0),
+        mb.upsample_nearest_neighbor(x=x, scale_factor_height=3.17, scale_factor_width=0.67),
+        mb.upsample_nearest_neighbor(x=x, scale_factor_height=2.0, scale_factor_width=1.12)], {"x": x}, opset="iOS15")
+    np.testing.assert_array_equal(same, x)
+    np.testing.assert_array_equal(shrunk, np.array([1.5, -2.5] * 3, np.float32).reshape(1, 1, 3, 2))
+    np.testing.assert_array_equal(widened, np.array([1.5, -2.5, 3.5] * 2, np.float32).reshape(1, 1, 2, 3))
+
+
+@pytest.mark.parametrize("pad", [0.0, 10.0])
+def test_crop_resize_reads_the_pad_value_wherever_it_samples_outside_the_image(run_mil, pad):
+    """Apple's iOS16 crop_resize test: a box from row 0.3 to 3.9 of a 4-row image (normalized 0.1 to
+    1.3) samples row 3.9 as the pad value, not a blend of it with row 3."""
+    x = np.arange(1, 17, dtype=np.float32).reshape(1, 1, 4, 4)
+    roi = np.array([[0, 0.1, 0.3, 1.3, 1], [0, 0.0, 0.4, 0.6, 0.7]], np.float32).reshape(2, 1, 5, 1, 1)
+    (out,) = run_mil(lambda x: mb.crop_resize(x=x, roi=roi, target_width=2, target_height=2,
+                                              normalized_coordinates=True, sampling_mode="ALIGN_CORNERS",
+                                              pad_value=pad), {"x": x}, opset="iOS16")
+    np.testing.assert_allclose(out.ravel(), [3.1, 5.2, pad, pad, 2.2, 3.1, 9.4, 10.3], rtol=1e-5)
+
+
 def test_resize_takes_its_sizes_from_the_end_of_shape(run_mil):
     """The iOS17 op's documented examples: nearest neighbour 2 -> 3 rows (Apple's op test
     ``TestResize.test_resize_nearest_neighbor``: rows 0, 1, 1, each twice across), linear on a 1-D grid."""

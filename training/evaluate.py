@@ -14,10 +14,14 @@ from pathlib import Path
 
 import soundfile
 
+from exporters.cache import ExportCache
 from exporters.sources import ModelSource
 from exporters.wrappers import model_dims
 from validation.audio import fit_window
-from validation.held_out import median_token_probability
+from validation.evaluation import NEMO_PATHS, nemo_full_decoder, nemo_window_decoder, token_text
+from validation.evaluation import evaluate as evaluate_set
+from validation.evaluation import read_manifest as read_set
+from validation.held_out import long_form_manifest, median_token_probability
 from validation.metrics import word_error_rate
 
 
@@ -50,12 +54,36 @@ def evaluate(model, manifest: Path) -> dict:
     }
 
 
+def evaluate_long_form(model, cache_dir: Path) -> dict:
+    """WER on ``builtin:long-form`` (held-out sentences joined into 30 to 120 s recordings) of NeMo
+    on whole recordings and of NeMo on the export's overlapping 15 s windows, merged."""
+    dims = model_dims(model)
+    utterances, _ = read_set(long_form_manifest(ExportCache(cache_dir), dims))
+    decoders = {"nemo_full": nemo_full_decoder(model, dims), "nemo_windowed": nemo_window_decoder(model, dims)}
+    result = evaluate_set(utterances, decoders, token_text(model), dims, normalizer="none")
+    return {**{path: result.wer(path) for path in NEMO_PATHS}, "recordings": len(result.records),
+            "audio_s": round(sum(r["seconds"] for r in result.records), 1)}
+
+
 def write_model_card(nemo: Path, architecture, record: dict) -> Path:
     """``<name>.md`` beside the checkpoint: what it is, the data, the training, the test numbers."""
     test = record["test"]
     hours = record["audio_hours"]
     card = nemo.with_suffix(".md")
     examples = "\n".join(f"| {e['reference']} | {e['hypothesis']} |" for e in test["examples"])
+    stages = "\n".join(
+        f"| {i} | {s['data']} | {s.get('steps', '-')} | {s.get('batch_size', '-')} | {s.get('lr', '-')} | "
+        + (f"{s['training_s']} s |" if "training_s" in s else f"from `{s['from']}` |")
+        for i, s in enumerate(record["stages"], 1))
+    joined_hours = record.get("joined_audio_hours", {}).get("train", 0)
+    long_form = record.get("long_form")
+    long_form_text = "" if long_form is None else (
+        f"\n## Results on `builtin:long-form`\n{long_form['recordings']} recordings of 30 to 120 s "
+        f"({long_form['audio_s']:g} s): the held-out sentences joined with 0.3-0.8 s pauses.\n\n"
+        f"| path | WER |\n|---|---|\n"
+        f"| NeMo on the export's 15 s windows, merged (`nemo_windowed`) | "
+        f"**{100 * long_form['nemo_windowed']:.2f}%** |\n"
+        f"| NeMo on whole recordings (`nemo_full`) | {100 * long_form['nemo_full']:.2f}% |\n")
     card.write_text(f"""# {architecture.name}
 
 A small Parakeet-TDT model trained here so that decisions and transcripts can be tested on a
@@ -81,9 +109,17 @@ variant, 130-190 words per minute, pitch 25-75, with white noise at 15-40 dB SNR
 ## Training
 `python -m training.train_tiny` (seed {record['seed']}): NeMo's own training step under Lightning,
 with the TDT loss of `training/tdt_loss.py` (sigma {record['sigma']}, no omega sampling) so that it runs on
-a CPU. {record['max_steps']} steps of {record['batch_size']} utterances, AdamW, cosine schedule.
-On `{record['device']}` with {record['threads']} threads: synthesis {record['synthesis_s']} s,
-training {record['training_s']} s, {record['total_s']} s in all.
+a CPU; AdamW with a cosine schedule in each stage. On `{record['device']}` with {record['threads']} threads:
+
+| stage | data | steps | batch | peak lr | training |
+|---|---|---|---|---|---|
+{stages}
+
+Stage 2 joins the training sentences (each in {record.get('joined_copies')} recordings, with other neighbours)
+into recordings of 2 to 15 s: pauses of 0.2-1 s between sentences, one in five of 1-3 s, now and then up to 2 s
+of silence before the first, each sentence at a gain of 0 to -12 dB, the pauses
+filled with the room noise of the sentence after them ({joined_hours} h of training audio). Synthesis
+and joining {record['synthesis_s']} s; {record['total_s']} s in all.
 {"".join(f"{chr(10)}{line}{chr(10)}" for line in record.get("notes", []))}
 ## Results on the held-out test set
 NeMo greedy TDT: **WER {100 * test['wer']:.2f}%** over {test['utterances']} utterances
@@ -92,7 +128,7 @@ NeMo greedy TDT: **WER {100 * test['wer']:.2f}%** over {test['utterances']} utte
 | reference | NeMo greedy TDT |
 |---|---|
 {examples}
-
+{long_form_text}
 ```json
 {json.dumps(record, indent=2)}
 ```

@@ -3,8 +3,10 @@
 Synthesises the corpus with espeak-ng, trains a SentencePiece BPE tokenizer on the training
 text, builds NeMo's ``EncDecRNNTBPEModel`` with Parakeet-TDT v3's topology at small widths,
 trains it with NeMo's own training step under Lightning (the TDT loss swapped for the
-vectorised one in :mod:`training.tdt_loss`, so it runs on a CPU), saves the ``.nemo`` and
-writes the model card with the held-out test WER. Runs on a GPU when one is present.
+vectorised one in :mod:`training.tdt_loss`, so it runs on a CPU) in two stages: single sentences,
+then recordings of 2 to 15 s joined from several sentences with pauses (so that a whole window
+transcribes, not only the few seconds of one sentence). Saves the ``.nemo`` and writes the model
+card with the held-out and long-form WERs. Runs on a GPU when one is present.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
+import soundfile
 import torch
 from lightning.pytorch.callbacks import Callback
 from nemo.collections.asr.models import EncDecRNNTBPEModel
@@ -24,9 +28,17 @@ from omegaconf import OmegaConf, open_dict
 
 from exporters.presets import TDT_DURATIONS, TRAINED_PRESETS, Preset, model_config, write_tokenizer
 from exporters.sources import quiet_nemo
-from training.evaluate import evaluate, write_model_card
+from training.evaluate import evaluate, evaluate_long_form, write_model_card
 from training.tdt_loss import TDTLoss
-from validation.corpus import SEED, SPLITS, split_utterances, write_manifest
+from validation.corpus import (
+    JOINED_SECONDS,
+    SEED,
+    SPLITS,
+    plan_joined,
+    render_joined,
+    split_utterances,
+    write_manifest,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,25 +56,36 @@ ARCHITECTURE = Preset(
     vocab_size=128,
 )
 SIGMA = 0.02  # Parakeet-TDT v3's logit undernormalisation
+JOINED_STEPS = 600  # stage 2
+JOINED_LR = 1e-3
+JOINED_COPIES = 2  # each training sentence appears in this many joined recordings
 
 
 def log(message: str) -> None:
     print(f"[train {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def training_config(tokenizer_dir: Path, manifests: dict[str, Path], batch_size: int, max_steps: int) -> dict:
-    cfg = model_config(ARCHITECTURE, str(tokenizer_dir))
+def dataset_config(manifests: dict[str, Path], batch_size: int, shuffle: bool = True) -> dict:
     dataset = {"sample_rate": 16000, "batch_size": batch_size, "num_workers": 0, "pin_memory": False,
                "trim_silence": False, "max_duration": 16.7, "use_start_end_token": False}
-    cfg["train_ds"] = {**dataset, "manifest_filepath": str(manifests["train"]), "shuffle": True}
-    cfg["validation_ds"] = {**dataset, "manifest_filepath": str(manifests["dev"]), "shuffle": False}
+    return {"train_ds": {**dataset, "manifest_filepath": str(manifests["train"]), "shuffle": shuffle},
+            "validation_ds": {**dataset, "manifest_filepath": str(manifests["dev"]), "shuffle": False}}
+
+
+def optim_config(max_steps: int, lr: float) -> dict:
+    return {"name": "adamw", "lr": lr, "betas": [0.9, 0.98], "weight_decay": 1e-3,
+            "sched": {"name": "CosineAnnealing", "warmup_steps": min(500, max_steps // 10),
+                      "min_lr": 1e-5, "max_steps": max_steps}}
+
+
+def training_config(tokenizer_dir: Path, manifests: dict[str, Path], batch_size: int, max_steps: int) -> dict:
+    cfg = model_config(ARCHITECTURE, str(tokenizer_dir))
+    cfg.update(dataset_config(manifests, batch_size))
     # The joint's dropout acts on a [B, T, U+1, H] tensor: a third of a CPU step for little gain here.
     cfg["joint"]["jointnet"]["dropout"] = 0.0
     cfg["spec_augment"] = {"_target_": "nemo.collections.asr.modules.SpectrogramAugmentation",
                            "freq_masks": 2, "freq_width": 15, "time_masks": 2, "time_width": 0.05}
-    cfg["optim"] = {"name": "adamw", "lr": 2e-3, "betas": [0.9, 0.98], "weight_decay": 1e-3,
-                    "sched": {"name": "CosineAnnealing", "warmup_steps": min(500, max_steps // 10),
-                              "min_lr": 1e-5, "max_steps": max_steps}}
+    cfg["optim"] = optim_config(max_steps, lr=2e-3)
     return cfg
 
 
@@ -89,31 +112,17 @@ def progress_callback(every: int):
     return Progress()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.train_tiny", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=TRAINED_PRESETS[ARCHITECTURE.name],
-                        help="the .nemo to write (default: the shipped preset's file)")
-    parser.add_argument("--work-dir", type=Path, default=Path("training-work"),
-                        help="audio, manifests and tokenizer go here (default: ./training-work)")
-    parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--train-sentences", type=int, default=SPLITS["train"])
-    parser.add_argument("--dev-sentences", type=int, default=SPLITS["dev"])
-    parser.add_argument("--test-sentences", type=int, default=SPLITS["test"])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-steps", type=int, default=3000)
-    args = parser.parse_args(argv)
-    if args.out.suffix != ".nemo":
-        parser.error(f"--out {args.out}: expected a path ending in .nemo")
+def trainer_for(max_steps: int, steps_per_epoch: int) -> pl.Trainer:
+    return pl.Trainer(
+        max_steps=max_steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, gradient_clip_val=1.0,
+        check_val_every_n_epoch=max(1, max_steps // steps_per_epoch // 8), log_every_n_steps=100,
+        callbacks=[progress_callback(every=max(1, min(100, max_steps // 20)))],
+    )
 
-    began = time.monotonic()
-    torch.set_num_threads(os.cpu_count() or 1)
-    pl.seed_everything(args.seed, workers=True, verbose=False)
-    quiet_nemo()
-    work = args.work_dir
-    work.mkdir(parents=True, exist_ok=True)
 
-    splits = split_utterances(args.seed, {"train": args.train_sentences, "dev": args.dev_sentences,
-                                          "test": args.test_sentences})
+def synthesise(splits: dict, work: Path) -> dict[str, Path]:
+    """Each split's utterances rendered once into ``work`` (kept between runs), with its manifest."""
     manifests = {}
     for split, items in splits.items():
         manifest = work / f"{split}.json"
@@ -124,27 +133,116 @@ def main(argv: list[str] | None = None) -> int:
                            progress=lambda done, total, every=every, split=split:
                            done % every == 0 and log(f"  {split}: {done}/{total}"))
         manifests[split] = manifest
+    return manifests
+
+
+def join(manifest: Path, out_dir: Path, seed: int, copies: int) -> Path:
+    """The split's recordings joined into 2 to 15 s recordings (``validation.corpus.plan_joined``)."""
+    joined_manifest = out_dir.with_suffix(".json")
+    if joined_manifest.exists():
+        return joined_manifest
+    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
+    audio = [soundfile.read(r["audio_filepath"], dtype="float32")[0] for r in rows]
+    plans = plan_joined([a.size / 16000 for a in audio], seed, copies=copies)
+    log(f"joining {len(rows)} {manifest.stem} utterances into {len(plans)} recordings of "
+        f"{JOINED_SECONDS[0]:g}-{JOINED_SECONDS[1]:g} s")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, plan in enumerate(plans):
+        recording = render_joined(plan, audio, 16000, seed + i)
+        path = out_dir / f"{i:05d}.wav"
+        soundfile.write(str(path), recording, 16000, subtype="PCM_16")
+        lines.append(json.dumps({"audio_filepath": str(path.resolve()), "duration": round(recording.size / 16000, 3),
+                                 "text": " ".join(rows[p]["text"] for p in plan.parts)}) + "\n")
+    partial = joined_manifest.with_suffix(".partial")
+    partial.write_text("".join(lines), encoding="utf-8")
+    partial.replace(joined_manifest)
+    return joined_manifest
+
+
+def bucketed(manifest: Path, batch_size: int, seed: int) -> Path:
+    """The manifest reordered so that each batch holds recordings of about one length, the batches
+    in a seeded random order: a batch is padded to its longest recording, and the joint and the loss
+    grow with frames times tokens, so mixed 2 and 15 s batches cost several times as much."""
+    rows = manifest.read_text(encoding="utf-8").splitlines()
+    by_length = sorted(range(len(rows)), key=lambda i: json.loads(rows[i])["duration"])
+    batches = [by_length[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    full = len(rows) // batch_size  # a short batch stays last: the loader cuts batches off the file in order
+    order = [*np.random.default_rng(seed).permutation(full), *range(full, len(batches))]
+    out = manifest.with_name(f"{manifest.stem}_bucketed{batch_size}.json")
+    out.write_text("".join(rows[i] + "\n" for b in order for i in batches[b]), encoding="utf-8")
+    return out
+
+
+def manifest_hours(manifest: Path) -> float:
+    return round(sum(json.loads(r)["duration"] for r in manifest.open()) / 3600, 2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.train_tiny", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=TRAINED_PRESETS[ARCHITECTURE.name],
+                        help="the .nemo to write (default: the shipped preset's file)")
+    parser.add_argument("--work-dir", type=Path, default=Path("training-work"),
+                        help="audio, manifests and tokenizer go here (default: ./training-work)")
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--train-sentences", type=int, default=SPLITS["train"])
+    parser.add_argument("--dev-sentences", type=int, default=SPLITS["dev"])
+    parser.add_argument("--test-sentences", type=int, default=SPLITS["test"])
+    parser.add_argument("--batch-size", type=int, default=32, help="stage 1: sentences per step")
+    parser.add_argument("--max-steps", type=int, default=3000, help="stage 1: steps on single sentences")
+    parser.add_argument("--joined-batch-size", type=int, default=16, help="stage 2: recordings per step")
+    parser.add_argument("--joined-steps", type=int, default=JOINED_STEPS,
+                        help="stage 2: steps on joined 2-15 s recordings (0: none)")
+    parser.add_argument("--stage-1", type=Path, metavar="FILE.nemo",
+                        help="start stage 2 from this stage-1 checkpoint instead of training stage 1")
+    args = parser.parse_args(argv)
+    if args.out.suffix != ".nemo":
+        parser.error(f"--out {args.out}: expected a path ending in .nemo")
+    if args.stage_1 is not None and not args.stage_1.is_file():
+        parser.error(f"--stage-1 {args.stage_1}: no such file; expected a stage-1 .nemo checkpoint")
+
+    began = time.monotonic()
+    torch.set_num_threads(os.cpu_count() or 1)
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    quiet_nemo()
+    work = args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+
+    splits = split_utterances(args.seed, {"train": args.train_sentences, "dev": args.dev_sentences,
+                                          "test": args.test_sentences})
+    manifests = synthesise(splits, work)
     synth_s = time.monotonic() - began
 
-    tokenizer_dir = work / "tokenizer"
-    write_tokenizer([u.text for u in splits["train"]], ARCHITECTURE.vocab_size, tokenizer_dir)
-    cfg = OmegaConf.create(training_config(tokenizer_dir, manifests, args.batch_size, args.max_steps))
-    steps_per_epoch = -(-args.train_sentences // args.batch_size)
-    trainer = pl.Trainer(
-        max_steps=args.max_steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, gradient_clip_val=1.0,
-        check_val_every_n_epoch=max(1, args.max_steps // steps_per_epoch // 8), log_every_n_steps=100,
-        callbacks=[progress_callback(every=100)],
-    )
-    torch.manual_seed(args.seed)
-    model = EncDecRNNTBPEModel(cfg=cfg, trainer=trainer)
-    model.loss._loss = TDTLoss(blank=model.decoder.blank_idx, durations=TDT_DURATIONS, sigma=SIGMA)
-    parameters = sum(p.numel() for p in model.parameters())
-    log(f"{parameters:,} parameters; {args.max_steps} steps of {args.batch_size} "
-        f"on {trainer.accelerator.__class__.__name__.replace('Accelerator', '')}")
-    train_began = time.monotonic()
-    trainer.fit(model)
-    train_s = time.monotonic() - train_began
+    stages = []
+    if args.stage_1 is None:
+        tokenizer_dir = work / "tokenizer"
+        write_tokenizer([u.text for u in splits["train"]], ARCHITECTURE.vocab_size, tokenizer_dir)
+        cfg = OmegaConf.create(training_config(tokenizer_dir, manifests, args.batch_size, args.max_steps))
+        trainer = trainer_for(args.max_steps, -(-args.train_sentences // args.batch_size))
+        torch.manual_seed(args.seed)
+        model = EncDecRNNTBPEModel(cfg=cfg, trainer=trainer)
+        stages.append(fit(model, trainer, "single sentences", args.max_steps, args.batch_size))
+    else:
+        log(f"stage 1 from {args.stage_1}")
+        model = EncDecRNNTBPEModel.restore_from(str(args.stage_1), map_location="cpu")
+        stages.append({"data": "single sentences", "from": args.stage_1.name})
+
+    joined = {}
+    if args.joined_steps:
+        joined_began = time.monotonic()
+        joined = {split: join(manifests[split], work / f"{split}_joined", args.seed + 100 + i,
+                              copies=JOINED_COPIES if split == "train" else 1)
+                  for i, split in enumerate(("train", "dev"))}
+        synth_s += time.monotonic() - joined_began
+        trainer = trainer_for(args.joined_steps, -(-sum(1 for _ in joined["train"].open()) // args.joined_batch_size))
+        with open_dict(model.cfg):
+            model.cfg.optim = optim_config(args.joined_steps, lr=JOINED_LR)
+        data = dataset_config({**joined, "train": bucketed(joined["train"], args.joined_batch_size, args.seed)},
+                              args.joined_batch_size, shuffle=False)
+        model.set_trainer(trainer)
+        model.setup_training_data(data["train_ds"])
+        model.setup_validation_data(data["validation_ds"])
+        stages.append(fit(model, trainer, "joined 2-15 s recordings", args.joined_steps, args.joined_batch_size))
 
     # No paths of this machine in the checkpoint (NeMo's transcribe still reads validation_ds).
     with open_dict(model.cfg):
@@ -156,22 +254,37 @@ def main(argv: list[str] | None = None) -> int:
     partial.replace(args.out)
     log(f"saved {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
 
-    result = evaluate(model.eval(), manifests["test"])
+    model.eval()
+    result = evaluate(model, manifests["test"])
     log(f"test WER {100 * result['wer']:.2f}% on {result['utterances']} utterances, "
         f"median top-1 probability {result['median_token_prob']:.4f}")
+    long_form = evaluate_long_form(model, work / "sets")
+    log(f"long-form WER: NeMo on windows {100 * long_form['nemo_windowed']:.2f}%, "
+        f"on whole recordings {100 * long_form['nemo_full']:.2f}%")
     record = {
-        "seed": args.seed, "sigma": SIGMA, "parameters": parameters, "max_steps": args.max_steps,
-        "batch_size": args.batch_size,
+        "seed": args.seed, "sigma": SIGMA, "parameters": sum(p.numel() for p in model.parameters()),
+        "stages": stages,
         "sentences": {k: len(v) for k, v in splits.items()},
-        "audio_hours": {k: round(sum(json.loads(r)["duration"] for r in manifests[k].open()) / 3600, 2)
-                        for k in manifests},
-        "synthesis_s": round(synth_s), "training_s": round(train_s),
-        "total_s": round(time.monotonic() - began), "device": str(trainer.strategy.root_device),
-        "threads": torch.get_num_threads(), "test": result,
+        "audio_hours": {k: manifest_hours(m) for k, m in manifests.items()},
+        "joined_audio_hours": {k: manifest_hours(m) for k, m in joined.items()}, "joined_copies": JOINED_COPIES,
+        "synthesis_s": round(synth_s),
+        "total_s": round(time.monotonic() - began), "device": str(next(model.parameters()).device),
+        "threads": torch.get_num_threads(), "test": result, "long_form": long_form,
     }
     card = write_model_card(args.out, ARCHITECTURE, record)
     log(f"model card {card}")
     return 0
+
+
+def fit(model, trainer: pl.Trainer, data: str, steps: int, batch_size: int) -> dict:
+    """One stage of NeMo's training loop, with the CPU-capable TDT loss; what it did and took."""
+    model.loss._loss = TDTLoss(blank=model.decoder.blank_idx, durations=TDT_DURATIONS, sigma=SIGMA)
+    log(f"{sum(p.numel() for p in model.parameters()):,} parameters; {steps} steps of {batch_size} ({data}) "
+        f"on {trainer.accelerator.__class__.__name__.replace('Accelerator', '')}")
+    began = time.monotonic()
+    trainer.fit(model)
+    return {"data": data, "steps": steps, "batch_size": batch_size, "lr": model.cfg.optim.lr,
+            "training_s": round(time.monotonic() - began)}
 
 
 if __name__ == "__main__":

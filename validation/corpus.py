@@ -156,3 +156,70 @@ def write_manifest(items: list[Utterance], audio_dir: Path, manifest: Path, samp
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     tmp.replace(manifest)
     return manifest
+
+
+# -- joined recordings: several sentences with the pauses of continuous speech ------------------
+
+JOINED_SECONDS = (2.0, 15.0)  # a joined recording's length is drawn from this range (a window at most)
+SHORT_PAUSE_SECONDS = (0.2, 1.0)  # most pauses between sentences
+LONG_PAUSE_SECONDS = (1.0, 3.0)  # and one in LONG_PAUSE_SHARE
+LONG_PAUSE_SHARE = 0.2
+QUIETER_DB = (-12.0, 0.0)  # each sentence's gain against the recording's
+
+
+@dataclass(frozen=True)
+class Joined:
+    """Rendered utterances joined by pauses: what a window of continuous speech holds."""
+
+    parts: tuple[int, ...]  # indices into the rendered utterances
+    pauses: tuple[float, ...]  # seconds of silence after each part but the last
+    lead: float  # seconds of silence before the first part
+    gains_db: tuple[float, ...]  # each part's gain
+
+
+def plan_joined(durations: list[float], seed: int, seconds: tuple[float, float] = JOINED_SECONDS,
+                copies: int = 2) -> list[Joined]:
+    """Group utterances (of the given durations) into recordings whose lengths are drawn from
+    ``seconds``: consecutive utterances of a shuffled order, ``copies`` shuffles, so each sentence
+    appears in ``copies`` recordings with other neighbours. An utterance longer than its draw
+    stands alone."""
+    rng = np.random.default_rng(seed)
+
+    def pause() -> float:
+        span = LONG_PAUSE_SECONDS if rng.random() < LONG_PAUSE_SHARE else SHORT_PAUSE_SECONDS
+        return float(rng.uniform(*span))
+
+    plans = []
+    for _ in range(copies):
+        order = [int(i) for i in rng.permutation(len(durations))]
+        i = 0
+        while i < len(order):
+            target = rng.uniform(*seconds)
+            lead = float(rng.uniform(0.0, 2.0)) if rng.random() < 0.2 else 0.0
+            parts, pauses, total = [order[i]], [], lead + durations[order[i]]
+            i += 1
+            while i < len(order):
+                gap = pause()
+                if total + gap + durations[order[i]] > target:
+                    break
+                parts.append(order[i])
+                pauses.append(gap)
+                total += gap + durations[order[i]]
+                i += 1
+            gains = tuple(float(g) for g in rng.uniform(*QUIETER_DB, size=len(parts)))
+            plans.append(Joined(tuple(parts), tuple(pauses), lead, gains))
+    return plans
+
+
+def render_joined(joined: Joined, audio: list[np.ndarray], sample_rate: int, seed: int) -> np.ndarray:
+    """The recording: each part at its gain, the pauses (and lead) filled with white noise at the
+    level of the next part's own leading silence, so a pause sounds like the room, not like zeros."""
+    rng = np.random.default_rng(seed)
+    pieces = []
+    for i, index in enumerate(joined.parts):
+        part = audio[index] * np.float32(10 ** (joined.gains_db[i] / 20))
+        silence = joined.lead if i == 0 else joined.pauses[i - 1]
+        floor = float(np.std(part[: sample_rate // 10])) if part.size else 0.0
+        pieces.append(rng.standard_normal(int(silence * sample_rate)).astype(np.float32) * np.float32(floor))
+        pieces.append(part.astype(np.float32))
+    return np.concatenate(pieces).astype(np.float32)

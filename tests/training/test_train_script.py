@@ -1,5 +1,6 @@
 """The training script runs end to end on a few sentences: data, tokenizer, NeMo's training loop
-with the vectorised TDT loss, the checkpoint, its evaluation and the model card."""
+with the vectorised TDT loss in both stages (single sentences, then joined recordings), the
+checkpoint, its evaluation and the model card."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def test_train_script_writes_a_loadable_checkpoint_and_its_card(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "training.train_tiny", "--out", str(out), "--work-dir", str(tmp_path / "work"),
          "--train-sentences", "32", "--dev-sentences", "4", "--test-sentences", "4", "--max-steps", "3",
-         "--batch-size", "8"],
+         "--batch-size", "8", "--joined-steps", "2", "--joined-batch-size", "4"],
         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "step" in done.stdout and "test WER" in done.stdout
@@ -23,7 +24,14 @@ def test_train_script_writes_a_loadable_checkpoint_and_its_card(tmp_path):
     assert model.tokenizer.vocab_size == 128 and list(model.cfg.decoding.durations) == [0, 1, 2, 3, 4]
     assert model.cfg.train_ds.manifest_filepath is None  # no paths of the training machine in the checkpoint
     card = out.with_suffix(".md").read_text()
-    assert "WER" in card and "3 steps of 8 utterances" in card
+    assert "WER" in card and "| 1 | single sentences | 3 | 8 |" in card
+    assert "| 2 | joined 2-15 s recordings | 2 | 4 |" in card and "## Results on `builtin:long-form`" in card
+
+
+def test_stage_2_starts_from_a_given_stage_1_checkpoint_only_if_it_exists(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "training.train_tiny", "--stage-1", str(tmp_path / "gone.nemo")],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "no such file; expected a stage-1 .nemo checkpoint" in done.stderr
 
 
 def test_bad_output_name_is_refused():

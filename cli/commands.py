@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from exporters.cache import ExportCache
@@ -54,11 +55,13 @@ def run_convert(args) -> int:
         exported = exporter.export_all(names, steps=progress_bar("convert", "component"))
         for e in exported:
             copy_package(e.package, staging / e.package.name)
+        shutil.copyfile(exporter.vocabulary, staging / exporter.vocabulary.name)
         metadata = exporter.metadata(exported, relative_paths=True)
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
         publish(staging, args.output_dir)
     total = sum(c["size_bytes"] for c in metadata["components"].values()) / 1e6
-    print_result(f"wrote {len(exported)} package(s), {total:.1f} MB, and metadata.json to {args.output_dir}")
+    print_result(f"wrote {len(exported)} package(s), {total:.1f} MB, {exporter.vocabulary.name} and metadata.json to "
+                 f"{args.output_dir}")
     return 0
 
 

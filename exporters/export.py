@@ -23,6 +23,7 @@ from exporters.wrappers import model_dims
 from runtimes.base import package_size
 
 ORIGINS_FILE = "op_origins.json"
+VOCABULARY_FILE = "parakeet_vocab.json"  # beside the packages, as the public release ships it
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,23 @@ class Exporter:
     def dims(self) -> ModelDims:
         return ModelDims.from_dict(self.model_info["dims"])
 
+    @cached_property
+    def vocabulary(self) -> Path:
+        """``parakeet_vocab.json``: the tokenizer's pieces by token id, what an app needs to turn
+        the packages' token ids into text (the public release's file and layout: an object from
+        decimal ids to SentencePiece pieces, "▁" marking a word's start; the blank, id
+        ``vocab_size``, is not a piece). Cached with the model, so a warm run needs no model."""
+        key = cache_key(kind="vocabulary", model=self.model_key, file=VOCABULARY_FILE)
+
+        def build(tmp: Path) -> dict:
+            size = self.dims.vocab_size
+            pieces = self.model.tokenizer.ids_to_tokens(list(range(size)))
+            (tmp / VOCABULARY_FILE).write_text(json.dumps({str(i): p for i, p in enumerate(pieces)}, indent=0,
+                                                          ensure_ascii=False) + "\n", encoding="utf-8")
+            return {"pieces": len(pieces)}
+
+        return self.cache.get_or_build(key, build).path / VOCABULARY_FILE
+
     def export(self, component: Component) -> ExportedComponent:
         if component.requires_tdt and not self.dims.durations:
             raise ExportError(f"{component.name} needs a TDT model (durations in the joint); this model has none")
@@ -124,8 +142,8 @@ class Exporter:
         return ExportedComponent(component.name, self.cache.get_or_build(key, build))
 
     def export_all(self, names=None, steps=lambda items, total: items) -> list[ExportedComponent]:
-        """Each component exported (or found in the cache); ``steps`` wraps the iteration (a
-        progress bar)."""
+        """Each component exported (or found in the cache), and the vocabulary; ``steps`` wraps the
+        iteration (a progress bar)."""
         components = get_components(names)
         done = []
         for i, component in enumerate(steps(components, len(components)), 1):
@@ -136,6 +154,7 @@ class Exporter:
             self.progress(f"[{i}/{len(components)}] {component.name}: {how}, {size_mb:.1f} MB, "
                           f"{exported.info['compute_precision']} ({time.perf_counter() - t:.1f} s)")
             done.append(exported)
+        self.vocabulary  # noqa: B018 (cached beside the packages: a later convert then needs no model)
         return done
 
     def metadata(self, exported: list[ExportedComponent], relative_paths: bool = False) -> dict:
@@ -151,6 +170,7 @@ class Exporter:
             "max_audio_seconds": dims.max_audio_seconds,
             "max_audio_samples": dims.max_audio_samples,
             "vocab_size": dims.vocab_size,
+            "vocabulary": VOCABULARY_FILE,
             "blank_id": dims.blank_id,
             "joint_extra_outputs": len(dims.durations),
             "durations": list(dims.durations),

@@ -68,6 +68,7 @@ def test_concurrent_converts_into_one_directory_both_publish_a_whole_set(fault_c
     runs = [subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     errors = [run.communicate(timeout=600)[1] for run in runs]
     assert [run.returncode for run in runs] == [0, 0, 0], errors
-    assert sorted(p.name for p in out.iterdir()) == ["decoder.mlpackage", "joint.mlpackage", "metadata.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["decoder.mlpackage", "joint.mlpackage", "metadata.json",
+                                                   "parakeet_vocab.json"]
     assert _precisions(out) == ("float16", {"float16"})
     assert leftovers(tmp_path) == []

@@ -47,7 +47,8 @@ def test_convert_writes_packages_and_metadata(pytest_exports, model_source, expo
     code, captured = _run_convert(model_source, export_cache, out, capsys)
     assert code == 0, captured.err
     meta = json.loads((out / "metadata.json").read_text())
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.mlpackage" for n in COMPONENTS] + ["metadata.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.mlpackage" for n in COMPONENTS]
+                                                           + ["metadata.json", "parakeet_vocab.json"])
     assert (meta["sample_rate"], meta["max_audio_seconds"], meta["max_audio_samples"]) == (16000, 15.0, 240000)
     assert (meta["vocab_size"], meta["blank_id"]) == (dims.vocab_size, dims.vocab_size)
     assert meta["durations"] == [0, 1, 2, 3, 4] and meta["joint_extra_outputs"] == 5
@@ -66,6 +67,23 @@ def test_convert_writes_packages_and_metadata(pytest_exports, model_source, expo
     assert meta["components"]["preprocessor"]["compute_precision"] == "float32"
 
 
+def test_the_vocabulary_beside_the_packages_turns_token_ids_into_text(pytest_exports, model_source, export_cache,
+                                                                      torch_model, dims, tmp_path, capsys):
+    """What an app needs to read the packages' token ids: every piece by its decimal id, the blank
+    (id vocab_size) not among them; pieces joined, "▁" a space, give SentencePiece's own text."""
+    out = tmp_path / "parakeet_coreml"
+    code, captured = _run_convert(model_source, export_cache, out, capsys)
+    assert code == 0, captured.err
+    assert json.loads((out / "metadata.json").read_text())["vocabulary"] == "parakeet_vocab.json"
+    vocabulary = json.loads((out / "parakeet_vocab.json").read_text(encoding="utf-8"))
+    sentencepiece = torch_model.tokenizer.tokenizer  # the SentencePiece processor NeMo wraps
+    assert list(vocabulary) == [str(i) for i in range(dims.vocab_size)] == [
+        str(i) for i in range(sentencepiece.get_piece_size())]
+    for text in ("the large singer wants maria", "every day four pictures swims near the cat"):
+        ids = sentencepiece.encode(text)
+        assert "".join(vocabulary[str(i)] for i in ids).replace("\u2581", " ").strip() == text
+
+
 def test_convert_selected_components_into_existing_dir(pytest_exports, model_source, export_cache, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -74,7 +92,7 @@ def test_convert_selected_components_into_existing_dir(pytest_exports, model_sou
                     "--components", "decoder,joint", "joint")
     assert code == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["decoder.mlpackage", "joint.mlpackage", "metadata.json",
-                                                   "notes.txt"]
+                                                   "notes.txt", "parakeet_vocab.json"]
     assert list(json.loads((out / "metadata.json").read_text())["components"]) == ["decoder", "joint"]
 
 

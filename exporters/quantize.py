@@ -31,7 +31,8 @@ import numpy as np
 from exporters.cache import ExportCache, cache_key, content_digest
 from exporters.components import COMPONENTS, DEPLOYMENT_TARGETS, ExportError
 from exporters.export import ExportedComponent
-from exporters.settings import tool_settings
+from exporters.settings import PROJECT_NAME, tool_settings
+from exporters.settings import table as settings_table
 from runtimes.base import package_size
 from runtimes.mil.model import load_program
 
@@ -379,7 +380,7 @@ def variant_table(path: Path | None = None) -> dict[str, Variant]:
     table = dict(VARIANTS)
     if path is None or not Path(path).is_file():
         return table
-    declared = tool_settings(path).get("quantization", {}).get("variants", {})
+    declared = settings_table(tool_settings(path), ("quantization", "variants"), f"{path} [tool.{PROJECT_NAME}]")
     for name, spec in declared.items():
         table[name] = parse_variant(name, spec, f"{path} [tool.parakeet-coreml.quantization.variants.{name}]")
     return table

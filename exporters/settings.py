@@ -20,11 +20,26 @@ def tool_settings(path: Path | None) -> dict:
     if path is None:
         return {}
     try:
-        return tomllib.loads(Path(path).read_text()).get("tool", {}).get(PROJECT_NAME, {})
+        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise ExportError(f"{path}: cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ExportError(f"{path}: not UTF-8 text (byte {e.start}); expected a TOML file") from None
     except tomllib.TOMLDecodeError as e:
         raise ExportError(f"{path}: not valid TOML ({e})") from None
+    return table(document, ("tool", PROJECT_NAME), str(path))
+
+
+def table(settings: dict, keys: tuple[str, ...], where: str) -> dict:
+    """``settings[keys[0]][keys[1]]...`` as a table (empty where absent); a key holding anything
+    but a table is an error naming the key, what it holds and what is expected."""
+    value = settings
+    for depth, key in enumerate(keys, 1):
+        value = value.get(key, {})
+        if not isinstance(value, dict):
+            raise ExportError(f"{where}: [{'.'.join(keys[:depth])}] is {type(value).__name__} {value!r}; expected a "
+                              "table")
+    return value
 
 
 def project_config(start: Path | None = None) -> Path | None:

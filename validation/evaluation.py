@@ -88,13 +88,16 @@ def read_manifest(path: Path) -> tuple[list[Utterance], list[BadInput]]:
     if not path.is_file():
         raise ExportError(f"--manifest {path}: no such file; expected NeMo's JSON-lines manifest")
     utterances, bad = [], []
-    lines = [(i, line) for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    lines = [(i, line) for i, line in enumerate(path.read_bytes().splitlines(), 1) if line.strip()]
     if not lines:
         raise ExportError(f"--manifest {path}: empty; expected one JSON object per line with audio_filepath")
     for number, line in lines:
         where = f"{path.name}:{number}"
         try:
-            row = json.loads(line)
+            row = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            bad.append(BadInput(where, f"not UTF-8 text (byte {e.start}); expected a JSON object"))
+            continue
         except ValueError as e:
             bad.append(BadInput(where, f"not JSON ({e})"))
             continue

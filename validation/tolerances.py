@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from exporters.components import COMPONENTS, LENGTH, Component, ExportError
-from exporters.settings import tool_settings
+from exporters.settings import PROJECT_NAME, tool_settings
+from exporters.settings import table as settings_table
 from validation.metrics import Tolerance
 
 EXACT = Tolerance(exact=True)
@@ -148,9 +149,10 @@ def load_tolerances(pyproject: Path | None = None, cli: list[str] = (),
     """Defaults, then ``pyproject.toml``'s ``[tool.parakeet-coreml.parity]``, then the command line."""
     table = ToleranceTable()
     if pyproject is not None and pyproject.is_file():
-        section = tool_settings(pyproject).get("parity", {})
+        section = settings_table(tool_settings(pyproject), ("parity",), f"{pyproject} [tool.{PROJECT_NAME}]")
         if section:
-            table = table.with_overrides(section.get("tolerances", {}), section.get("psnr_floor_db"), str(pyproject))
+            tolerances = settings_table(section, ("tolerances",), f"{pyproject} [tool.{PROJECT_NAME}.parity]")
+            table = table.with_overrides(tolerances, section.get("psnr_floor_db"), str(pyproject))
     overrides = dict(parse_cli_tolerance(text) for text in cli)
     if overrides or psnr_floor_db is not None:
         table = table.with_overrides(overrides, psnr_floor_db, "command line")
@@ -192,8 +194,10 @@ def load_gates(pyproject: Path | None = None, cli: list[str] = (), variants=None
         gates.setdefault(variant, {})[metric] = value
 
     if pyproject is not None and pyproject.is_file():
-        section = tool_settings(pyproject)
-        for variant, metrics in section.get("quantization", {}).get("gates", {}).items():
+        declared = settings_table(tool_settings(pyproject), ("quantization", "gates"),
+                                  f"{pyproject} [tool.{PROJECT_NAME}]")
+        for variant in declared:
+            metrics = settings_table(declared, (variant,), f"{pyproject} [tool.{PROJECT_NAME}.quantization.gates]")
             for metric, value in metrics.items():
                 put(variant, metric, value, str(pyproject))
     for text in cli:

@@ -69,6 +69,16 @@ def test_spans_that_overflow_a_wrong_text_type_and_missing_files_are_bad_lines_n
     assert bad[4].reason.endswith("gone.wav: no such file")
 
 
+def test_a_manifest_line_that_is_not_utf8_is_a_bad_line(tmp_path):
+    _wav(tmp_path / "a.wav", 1.0)
+    good = json.dumps({"audio_filepath": "a.wav", "text": "fine"}).encode()
+    latin = '{"audio_filepath": "a.wav", "text": "caf\xe9"}'.encode("latin-1")
+    (tmp_path / "m.jsonl").write_bytes(b"\n".join([good, latin, good]) + b"\n")
+    utterances, bad = read_manifest(tmp_path / "m.jsonl")
+    assert [u.key for u in utterances] == ["m.jsonl:1", "m.jsonl:3"]
+    assert [(b.where, b.reason) for b in bad] == [("m.jsonl:2", "not UTF-8 text (byte 40); expected a JSON object")]
+
+
 def test_an_empty_manifest_is_an_error(tmp_path):
     (tmp_path / "m.jsonl").write_text("\n\n")
     with pytest.raises(ExportError, match="empty; expected one JSON object per line"):

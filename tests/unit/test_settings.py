@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from exporters.components import ExportError
+from exporters.quantize import variant_table
 from exporters.settings import config_path, project_config, tool_settings
+from validation.tolerances import load_gates, load_tolerances
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,3 +43,29 @@ def test_a_named_config_must_exist_and_parse(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text("[tool.parakeet-coreml.parity]\npsnr_floor_db = 30\n")
     assert tool_settings(good) == {"parity": {"psnr_floor_db": 30}}
+
+
+def test_a_config_that_is_not_utf8_is_one_line_naming_the_file(tmp_path):
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes("[tool.parakeet-coreml.parity]\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ExportError, match=r"latin.toml: not UTF-8 text \(byte 35\); expected a TOML file"):
+        tool_settings(latin)
+
+
+@pytest.mark.parametrize("content, read, message", [
+    ("[tool.parakeet-coreml]\nparity = 3\n", lambda p: load_tolerances(p), r"\[parity\] is int 3; expected a table"),
+    ("[tool.parakeet-coreml.parity]\ntolerances = 5\n", lambda p: load_tolerances(p),
+     r"\[tool.parakeet-coreml.parity\]: \[tolerances\] is int 5; expected a table"),
+    ('[tool.parakeet-coreml.quantization]\ngates = "x"\n', lambda p: load_gates(p),
+     r"\[quantization.gates\] is str 'x'; expected a table"),
+    ("[tool.parakeet-coreml.quantization.gates]\nint8_per_channel = 0.9\n", lambda p: load_gates(p),
+     r"\[int8_per_channel\] is float 0.9; expected a table"),
+    ("[tool.parakeet-coreml]\nquantization = []\n", lambda p: variant_table(p),
+     r"\[quantization\] is list \[\]; expected a table"),
+])
+def test_config_sections_of_the_wrong_type_name_the_key_and_what_is_expected(tmp_path, content, read, message):
+    """They used to end in a raw AttributeError ('int' object has no attribute 'get')."""
+    path = tmp_path / "pyproject.toml"
+    path.write_text(content)
+    with pytest.raises(ExportError, match=message):
+        read(path)

@@ -106,8 +106,40 @@ def publish(staging: Path, output_dir: Path) -> None:
     finds a description of packages that are not there yet; all of it, or none. Publishers into
     one directory take turns (a lock file beside it, ``.<name>.lock``, stays there)."""
     output_dir = Path(output_dir)
+    follow_umask(staging)
     with FileLock(str(output_dir.absolute().parent / f".{output_dir.name}.lock")):
         _publish(staging, output_dir)
+
+
+def write_whole(path: Path, text: str, fault: str = "write") -> None:
+    """``path`` replaced by ``text`` in one rename, with the permissions of the umask: a reader,
+    or a run killed meanwhile, sees the old file or the new one, never part of one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~umask())
+        fault_point(fault)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def follow_umask(root: Path) -> None:
+    """Everything below ``root`` gets the permissions of the umask, as files a user writes do:
+    coremltools saves a package's files 0600 and its folders 0700, and copies keep that, which
+    would lock other users (a CI job, a build machine's account) out of the output."""
+    mask = umask()
+    for directory, folders, files in os.walk(root):
+        for name in folders:
+            os.chmod(Path(directory) / name, 0o777 & ~mask)
+        for name in files:
+            path = Path(directory) / name
+            if not path.is_symlink():
+                os.chmod(path, 0o666 & ~mask)
 
 
 def _publish(staging: Path, output_dir: Path) -> None:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from exporters.components import ExportError
+from exporters.publish import write_whole
 from validation.checks import DECISION_CHECKS, FUSED_CHECKS, TORCH_CHECKS, TRANSCRIPT_CHECK
 
 METADATA = "metadata.json"
@@ -55,14 +54,7 @@ def update_metadata(directory: Path, description: dict, **blocks) -> Path:
                               f"{description['model']}; choose another directory")
     document.update(blocks)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".metadata-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_whole(path, json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n")
     return path
 
 

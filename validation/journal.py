@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from filelock import FileLock, Timeout
 
 from exporters.components import ExportError
 from exporters.faults import fault_point
-from exporters.publish import umask
+from exporters.publish import write_whole
 
 JOURNAL = "evaluation.jsonl"
 
@@ -100,22 +98,6 @@ def read_journal(path: Path) -> tuple[list[dict], list[str]]:
     return records, unreadable
 
 
-def write_whole(path: Path, text: str) -> None:
-    """``path`` replaced by ``text`` in one rename, with the permissions of the umask."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~umask())
-        fault_point("journal")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class Journal:
     """``evaluation.jsonl`` of one run: ``with Journal(path) as journal: journal.start(...)``, then
     ``journal.append(record)`` per utterance."""
@@ -152,7 +134,7 @@ class Journal:
                 elif record["key"] in fingerprints:
                     found.stale.append(record["key"])
         fault_point("journal")
-        write_whole(self.path, "".join(json.dumps(r) + "\n" for r in found.records.values()))
+        write_whole(self.path, "".join(json.dumps(r) + "\n" for r in found.records.values()), fault="journal")
         fault_point("journal")
         return found
 

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from exporters.faults import ENV_VAR
+from reports.metadata import update_metadata
 from tests.faults.conftest import PRESET, ROOT, convert, leftovers, tree
 
 
@@ -51,13 +52,16 @@ def test_a_publish_that_fails_part_way_leaves_the_directory_exactly_as_it_was(fa
     assert leftovers(tmp_path) == []
 
 
-def test_output_directories_follow_the_umask(fault_cache, tmp_path):
+def test_output_directories_and_everything_in_them_follow_the_umask(fault_cache, tmp_path):
     previous = os.umask(0o022)
     try:
         assert convert(fault_cache, tmp_path / "out") == 0
     finally:
         os.umask(previous)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    modes = {str(p.relative_to(tmp_path / "out")): p.stat().st_mode & 0o777 for p in (tmp_path / "out").rglob("*")}
+    assert modes and {mode for name, mode in modes.items() if (tmp_path / "out" / name).is_dir()} == {0o755}, modes
+    assert {mode for name, mode in modes.items() if (tmp_path / "out" / name).is_file()} == {0o644}, modes
 
 
 def test_concurrent_converts_into_one_directory_both_publish_a_whole_set(fault_cache, tmp_path):
@@ -72,3 +76,16 @@ def test_concurrent_converts_into_one_directory_both_publish_a_whole_set(fault_c
                                                    "parakeet_vocab.json"]
     assert _precisions(out) == ("float16", {"float16"})
     assert leftovers(tmp_path) == []
+
+
+def test_a_rewritten_metadata_json_follows_the_umask(tmp_path):
+    """compare and evaluate rewrite metadata.json whole; through mkstemp it used to turn 0600."""
+    description = {"model": "m", "model_source": {"content_sha256": "x"}}
+    previous = os.umask(0o022)
+    try:
+        path = update_metadata(tmp_path, description, validation={"status": "passed"})
+        update_metadata(tmp_path, description, latency={"cases": {}})
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metadata.json"]

@@ -5,6 +5,7 @@ and weigh compressed variants of the export (``quantize``)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import signal
@@ -17,7 +18,7 @@ from exporters.cache import ExportCache
 from exporters.components import COMPONENTS, COMPUTE_PRECISIONS, DEPLOYMENT_TARGETS, ExportError
 from exporters.console import chatter_to, print_progress
 from exporters.sources import add_source_options
-from runtimes.base import BACKENDS, COMPUTE_UNITS
+from runtimes.base import BACKENDS, COMPUTE_UNITS, PackageError
 from validation.metrics import NORMALIZERS
 from validation.packages import DEFAULT_REPORT_DIR
 from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, MAX_WER_DIFFERENCE_POINTS
@@ -215,12 +216,22 @@ def _run(args) -> int:
         return code
 
 
+def _disk_full(error: BaseException) -> str | None:
+    """Where a full disk stopped the run (the file, or "disk full"), or None for another error;
+    shutil's copies gather their failures into one shutil.Error."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return str(error.filename or "disk full")
+    if f"[Errno {errno.ENOSPC}]" in str(error):
+        return "while copying"
+    return None
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return _run(args)
-    except ExportError as e:
+    except (ExportError, PackageError) as e:  # bad input: a damaged package is one too
         print(f"parakeet-coreml {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
@@ -230,6 +241,10 @@ def main(argv=None) -> int:
         print(f"parakeet-coreml {args.command}: {how}; {kept}", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     except Exception as e:
+        if _disk_full(e):  # bad conditions, not a defect: one line too, and nothing half-written in place
+            print(f"parakeet-coreml {args.command}: error: no space left on the device ({_disk_full(e)}); outputs "
+                  "are published whole, so what was being written is not in place", file=sys.stderr)
+            return 2
         if args.debug:
             raise
         print(f"parakeet-coreml {args.command}: error: {type(e).__name__}: {e} (--debug shows the traceback)",

@@ -173,7 +173,7 @@ def compiled_interface(bundle: Path) -> tuple[tuple[InputSpec, ...], dict, dict]
         inputs = tuple(InputSpec(e["name"], shape(e), np.dtype(_SCHEMA_DTYPES[e["dataType"].lower()]),
                                  ranges=tuple((1, None) for _ in shape(e))) for e in meta["inputSchema"])
         outputs = {e["name"]: (_SCHEMA_DTYPES[e["dataType"].lower()], shape(e) or None) for e in meta["outputSchema"]}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):  # [] or a wrong schema
         return None
     user = meta.get("userDefinedMetadata") or {}
     metadata = {"author": meta.get("author") or None, "version": meta.get("version") or None,

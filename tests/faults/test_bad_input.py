@@ -153,3 +153,30 @@ def test_reading_a_long_recording_takes_memory_for_the_window_only(tmp_path):
     assert samples.size == 15 * rate and got_rate == rate
     assert "trimmed from 180.00 s to the 15 s window" in notes
     assert peak < 2.5 * window_bytes, f"peak {peak / 1e6:.1f} MB for a {window_bytes / 1e6:.1f} MB window"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: (d / "Encoder.mlpackage").write_bytes(bytes(range(256)) * 4),
+     "Encoder.mlpackage: not a readable Core ML package"),
+    (lambda d: ((d / "Joint.mlmodelc").mkdir(), (d / "Joint.mlmodelc" / "metadata.json").write_text("[]")),
+     "Joint.mlmodelc: "),  # (why depends on the backend: only Core ML loads compiled bundles)
+])
+def test_an_unreadable_package_is_bad_input(tmp_path, capsys, make, message):
+    """A damaged package is a damaged input: exit 2 and one line, not exit 1 with PackageError or IndexError."""
+    packages = tmp_path / "theirs"
+    packages.mkdir()
+    make(packages)
+    code = main(["compare", "--packages", str(packages), "--preset", "tiny", "--report-dir", str(tmp_path / "r")])
+    assert message in _last_error(code, capsys.readouterr(), "compare")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device", "/out/metadata.json"),
+                                   shutil.Error([("a", "b", "[Errno 28] No space left on device")])])
+def test_a_full_disk_anywhere_is_one_line_and_exit_2(monkeypatch, tmp_path, capsys, error):
+    def full(args):
+        raise error
+
+    monkeypatch.setattr("cli.commands.run_convert", full)
+    code = main(["convert", "--preset", "tiny", "--output-dir", str(tmp_path / "out")])
+    assert "no space left on the device" in _last_error(code, capsys.readouterr(), "convert")

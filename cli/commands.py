@@ -10,7 +10,7 @@ from exporters.cache import ExportCache
 from exporters.components import DECODE, ExportError, ExportOptions, get_components
 from exporters.console import print_progress, print_result, progress_bar
 from exporters.export import ORIGINS_FILE, Exporter
-from exporters.publish import copy_package, publish, staged_output
+from exporters.publish import check_writable, copy_package, publish, staged_output
 from exporters.quantize import GivenExports, parse_variant, variant_table
 from exporters.settings import config_path
 from exporters.sources import ModelSource
@@ -111,11 +111,21 @@ def read_inputs(args, option: str = "--output-dir"):
         if directory is None:
             raise ExportError(f"give {option} DIR (written by convert) or --packages DIR with a model source")
         description, packages, source = read_convert_dir(directory, option)
-        return description, packages, source, getattr(args, "report_dir", None) or directory
+        return description, packages, source, _report_dir(args, directory, option)
     if directory is not None and option != "--input-dir":
         raise ExportError(f"give {option} or --packages/--component, not both")
     description, packages, source = read_package_set(args)
-    return description, packages, source, getattr(args, "report_dir", None) or DEFAULT_REPORT_DIR
+    return description, packages, source, _report_dir(args, DEFAULT_REPORT_DIR, "--report-dir")
+
+
+def _report_dir(args, default: Path, option: str) -> Path | None:
+    """Where a command's reports go (``--report-dir``, else ``default``), checked writable up front:
+    a run that cannot write its results says so before the work, not after."""
+    if not hasattr(args, "report_dir"):  # quantize: its --output-root is staged (and checked) as it starts
+        return None
+    chosen = args.report_dir or default
+    check_writable(chosen, "--report-dir" if args.report_dir else option)
+    return Path(chosen)
 
 
 def read_package_set(args):

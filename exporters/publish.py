@@ -111,6 +111,19 @@ def publish(staging: Path, output_dir: Path) -> None:
         _publish(staging, output_dir)
 
 
+def check_writable(directory: Path, option: str) -> None:
+    """Refuse, before any work, a place results cannot be written to: a file where a folder
+    belongs, or a folder (or, where it does not exist yet, its nearest parent) this user cannot
+    write to."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ExportError(f"{option} {directory}: exists and is not a directory; expected a folder for the reports")
+    existing = next(p for p in [directory.absolute(), *directory.absolute().parents] if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ExportError(f"{option} {directory}: {existing} is not writable; give --report-dir a folder you can "
+                          "write to")
+
+
 def write_whole(path: Path, text: str, fault: str = "write") -> None:
     """``path`` replaced by ``text`` in one rename, with the permissions of the umask: a reader,
     or a run killed meanwhile, sees the old file or the new one, never part of one."""

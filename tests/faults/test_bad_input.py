@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,3 +181,20 @@ def test_a_full_disk_anywhere_is_one_line_and_exit_2(monkeypatch, tmp_path, caps
     monkeypatch.setattr("cli.commands.run_convert", full)
     code = main(["convert", "--preset", "tiny", "--output-dir", str(tmp_path / "out")])
     assert "no space left on the device" in _last_error(code, capsys.readouterr(), "convert")
+
+
+def test_a_report_target_that_cannot_be_written_is_refused_before_the_work(converted, fault_cache, tmp_path,
+                                                                             monkeypatch, capsys):
+    """A file as --report-dir, or a convert directory this user cannot write, used to be found only
+    after the work, with exit 1 and a raw error."""
+    (tmp_path / "a_file").write_text("x")
+    code = main(["compare", "--output-dir", str(converted), "--cache-dir", str(fault_cache), "--report-dir",
+                 str(tmp_path / "a_file")])
+    captured = capsys.readouterr()
+    assert "a_file: exists and is not a directory" in _last_error(code, captured)
+    assert "loading" not in captured.err
+    monkeypatch.setattr("os.access", lambda path, mode: Path(path) != converted.absolute())  # root writes anywhere
+    code = main(["evaluate", "--output-dir", str(converted), "--cache-dir", str(fault_cache), "--audio",
+                 str(tmp_path / "a_file")])
+    assert f"--output-dir {converted}: {converted.absolute()} is not writable" in _last_error(
+        code, capsys.readouterr(), "evaluate")

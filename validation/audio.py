@@ -60,14 +60,16 @@ class Clip:
 
 
 def check_samples(samples: np.ndarray, what: str) -> None:
-    """Refuse audio no model should be run on, before any model runs."""
+    """Refuse audio no model should be run on, before any model runs. Finite samples of any size
+    are taken as they are: full scale is ±1, but float files may hold louder samples (headroom),
+    and the front end's per-feature normalisation takes out the level."""
     if samples.size == 0:
         raise AudioError(f"{what}: contains no samples; expected up to 15 s of audio")
     bad = ~np.isfinite(samples)
     if bad.any():
         first = int(np.flatnonzero(bad.ravel())[0])
         raise AudioError(f"{what}: {int(bad.sum())} NaN/Inf sample(s), the first at index {first}; "
-                         f"expected finite samples in [-1, 1]")
+                         "expected finite samples (full scale is ±1)")
 
 
 def fit_window(samples: np.ndarray, dims: ModelDims, name: str, description: str, notes=()) -> Clip:

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +51,11 @@ from validation.greedy import (
     torch_greedy_tdt,
 )
 from validation.journal import Journal, fingerprint
-from validation.metrics import NORMALIZERS, WordErrors, word_errors
+from validation.metrics import NORMALIZERS, WordErrors, text_normalizer, word_errors
 from validation.tolerances import MAX_WER_DIFFERENCE_POINTS
 
 OVERLAP_SECONDS = 2.0
+WORD = re.compile(r"\w")
 REFERENCE = "nemo_windowed"
 NEMO_PATHS = ("nemo_full", REFERENCE)
 WORST = 10
@@ -466,6 +468,12 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
     result = Evaluation(exports, normalizer, max_wer_difference, list(exact), bad=list(bad))
     determined_by = {**(settings or {}), "normalizer": normalizer, "paths": list(decoders),
                      "windows": window_description(dims)}
+    normalize = text_normalizer(normalizer)
+    wordless = [u.key for u in utterances if u.text is not None and not WORD.search(normalize(u.text))]
+    if wordless:  # no word to score against: a WER would be every hypothesis word over zero
+        report(f"{len(wordless)} reference text(s) hold no word after the {normalizer} normaliser (punctuation or "
+               f"nothing): measured for agreement with NeMo only, e.g. {wordless[:3]}")
+        utterances = [replace(u, text=None) if u.key in wordless else u for u in utterances]
     prints = {u.key: fingerprint(u.audio, u.offset, u.duration, u.text, determined_by) for u in utterances}
     with Journal(journal) if journal is not None else nullcontext() as writer:
         done = {}

@@ -19,6 +19,7 @@ from validation.evaluation import (
     Evaluation,
     Utterance,
     decode_windowed,
+    evaluate,
     first_difference,
     plan_windows,
     read_manifest,
@@ -104,6 +105,37 @@ def test_unusable_audio_is_refused_with_the_reason(tmp_path, values, message):
     soundfile.write(str(tmp_path / "bad.wav"), values.astype(np.float32), 16000, subtype="FLOAT")
     with pytest.raises(AudioError, match=message):
         read_utterance(Utterance("k", tmp_path / "bad.wav", None), 16000)
+
+
+def test_loud_float_samples_are_taken_as_they_are(tmp_path):
+    """Full scale is ±1, but a float file may hold louder samples: read, not refused, and the
+    message for bad samples no longer claims a [-1, 1] bound the reader does not hold."""
+    loud = _wav(tmp_path / "loud.wav", 1.0, value=0.5)
+    samples, rate = soundfile.read(str(loud), dtype="float32")
+    soundfile.write(str(loud), samples * 100, rate, subtype="FLOAT")
+    assert np.allclose(read_utterance(Utterance("k", loud, None), 16000), 50.0)
+    soundfile.write(str(tmp_path / "nan.wav"), np.array([0.0, np.nan], np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"expected finite samples \(full scale is ±1\)$"):
+        read_utterance(Utterance("k", tmp_path / "nan.wav", None), 16000)
+
+
+def _silent_decoder(*_):
+    return Decoded([5, 6], [0, 1])
+
+
+def test_a_reference_with_no_word_after_normalising_is_measured_for_agreement_only(tmp_path):
+    """A punctuation-only reference used to score every hypothesis word as an insertion over no
+    reference word (900 % on one utterance)."""
+    _wav(tmp_path / "a.wav", 1.0)
+    utterances = [Utterance("m:1", tmp_path / "a.wav", "..."), Utterance("m:2", tmp_path / "a.wav", "hello there")]
+    said = []
+    result = evaluate(utterances, {"nemo_full": _silent_decoder, "nemo_windowed": _silent_decoder,
+                                   "export": _silent_decoder}, lambda tokens: "hello there" if tokens else "", DIMS,
+                      normalizer="basic", report=said.append)
+    assert said == ["1 reference text(s) hold no word after the basic normaliser (punctuation or nothing): measured "
+                    "for agreement with NeMo only, e.g. ['m:1']"]
+    assert ["wer" in r for r in result.records] == [False, True]
+    assert result.wer("export") == 0.0 and result.failures() == []
 
 
 def test_silence_is_valid_audio(tmp_path):

@@ -19,7 +19,7 @@ from reports.evaluation import EVALUATION_DIR, write_evaluation
 from reports.latency import write_latency
 from reports.metadata import METADATA
 from reports.parity import ParityReport, parity_context
-from reports.quantization import write_quantization
+from reports.quantization import VARIANT_METADATA, write_quantization
 from runtimes.base import BackendUnavailable, describe_backend, resolve_backend
 from runtimes.loader import LoadedPredictors, load_predictor
 from validation.audio import parity_clips, read_audio, synthetic_speech
@@ -345,8 +345,12 @@ def run_quantize(args) -> int:
                    "compute_units": units, "compute_precision": precision, "clip": clip.name, "runs": args.runs,
                    "warmup": args.warmup, **({"packages": description["packages"]} if given else {})}
         summary_path, plots, skipped = write_quantization(staging, [r.record() for r in results], context, gates)
-        publish(staging, args.output_root)
+        # the root is this run's: variant folders of earlier runs go, so the summary lists all there is
+        replaced = publish(staging, args.output_root, stale=lambda p: (p / VARIANT_METADATA).is_file())
     verdict = json.loads((args.output_root / summary_path.name).read_text())["overall"]
+    if replaced:
+        print_progress(f"removed {len(replaced)} variant folder(s) of an earlier run from {args.output_root}: "
+                       + ", ".join(replaced))
     for line in skipped:
         print_progress(f"plot not drawn: {line}")
     for line in verdict["failures"]:

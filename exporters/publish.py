@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -101,14 +101,20 @@ def staged_output(output_dir: Path, option: str = "--output-dir") -> Iterator[Pa
         _lock_of(staging).unlink(missing_ok=True)
 
 
-def publish(staging: Path, output_dir: Path) -> None:
+def publish(staging: Path, output_dir: Path, stale: Callable[[Path], bool] | None = None) -> list[str]:
     """Move what was staged into ``output_dir``, its JSON descriptions last, so a reader never
-    finds a description of packages that are not there yet; all of it, or none. Publishers into
-    one directory take turns (a lock file beside it, ``.<name>.lock``, stays there)."""
+    finds a description of packages that are not there yet; all of it, or none. Items of
+    ``output_dir`` that ``stale`` picks and the staging does not replace (an earlier run's
+    variants) are removed with it, and named in the result. Publishers into one directory take
+    turns (a lock file beside it, ``.<name>.lock``, stays there)."""
     output_dir = Path(output_dir)
     follow_umask(staging)
     with FileLock(str(output_dir.absolute().parent / f".{output_dir.name}.lock")):
-        _publish(staging, output_dir)
+        staged = {p.name for p in staging.iterdir()}
+        dropped = sorted(p.name for p in output_dir.iterdir() if p.name not in staged and stale(p)) \
+            if stale is not None and output_dir.is_dir() else []
+        _publish(staging, output_dir, dropped)
+    return dropped
 
 
 def check_writable(directory: Path, option: str) -> None:
@@ -155,7 +161,7 @@ def follow_umask(root: Path) -> None:
                 os.chmod(path, 0o666 & ~mask)
 
 
-def _publish(staging: Path, output_dir: Path) -> None:
+def _publish(staging: Path, output_dir: Path, dropped: list[str] = ()) -> None:
     if not output_dir.exists() and not output_dir.is_symlink():
         fault_point("publish")
         os.replace(staging, output_dir)
@@ -166,6 +172,9 @@ def _publish(staging: Path, output_dir: Path) -> None:
     items = sorted((p for p in staging.iterdir() if p != replaced), key=lambda p: p.suffix == ".json")
     done: list[tuple[Path, Path | None, bool]] = []  # (target, its old content moved aside, new one in place)
     try:
+        for name in dropped:
+            os.replace(output_dir / name, replaced / name)
+            done.append((output_dir / name, replaced / name, False))
         for item in items:
             target = output_dir / item.name
             aside = None

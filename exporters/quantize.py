@@ -38,6 +38,7 @@ from runtimes.mil.model import load_program
 
 STEP_KINDS = ("linear", "palettize", "prune")
 VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")
+RESERVED_NAMES = ("plots",)  # folders of a quantize output root that are not variants
 # Weights smaller than this stay uncompressed (coremltools' own default): biases, norms.
 WEIGHT_THRESHOLD = 2048
 
@@ -414,6 +415,9 @@ def parse_variant(name: str, spec, where: str) -> Variant:
     if not VARIANT_NAME.fullmatch(name):
         raise ExportError(f"{where}: variant name {name!r} must be letters, digits, '_' and '-' only "
                           "(it names a folder of the output)")
+    if name in RESERVED_NAMES:
+        raise ExportError(f"{where}: variant name {name!r} is the output's own folder for "
+                          f"{'the plots' if name == 'plots' else name}; choose another")
     if isinstance(spec, str):
         try:
             spec = json.loads(spec)

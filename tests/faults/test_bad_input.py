@@ -198,3 +198,33 @@ def test_a_report_target_that_cannot_be_written_is_refused_before_the_work(conve
                  str(tmp_path / "a_file")])
     assert f"--output-dir {converted}: {converted.absolute()} is not writable" in _last_error(
         code, capsys.readouterr(), "evaluate")
+
+
+def test_a_variant_named_like_the_plots_folder_is_refused(converted, fault_cache, tmp_path, capsys):
+    code = main(["quantize", "--input-dir", str(converted), "--output-root", str(tmp_path / "q"), "--cache-dir",
+                 str(fault_cache), "--variant", 'plots={"joint": [{"kind": "linear"}]}', "--variants", "plots"])
+    assert "variant name 'plots' is the output's own folder for the plots" in _last_error(
+        code, capsys.readouterr(), "quantize")
+    assert not (tmp_path / "q").exists()
+
+
+def test_one_quantize_run_owns_its_output_root(fault_cache, tmp_path, capsys):
+    """A second run into the same root used to leave the first run's variant folders beside a
+    summary that listed only its own."""
+    converted = tmp_path / "converted"
+    assert main(["convert", "--preset", "tiny", "--components", "mel_encoder,decoder,joint", "--output-dir",
+                 str(converted), "--cache-dir", str(fault_cache)]) == 0
+    root = tmp_path / "q"
+    (tmp_path / "q").mkdir()
+    (root / "notes.txt").write_text("mine")  # not a variant: left alone
+    common = ["quantize", "--input-dir", str(converted), "--output-root", str(root), "--cache-dir", str(fault_cache),
+              "--backend", "mil", "--runs", "0", "--held-out", "none"]
+    main([*common, "--variants", "int8_per_channel"])
+    capsys.readouterr()
+    main([*common, "--variants", "palettize_8bit"])
+    err = capsys.readouterr().err
+    assert f"removed 1 variant folder(s) of an earlier run from {root}: int8_per_channel" in err
+    summary = json.loads((root / "quantization_summary.json").read_text())
+    assert list(summary["variants"]) == ["palettize_8bit"]
+    assert sorted(p.name for p in root.iterdir()) == ["notes.txt", "palettize_8bit", "plots",
+                                                      "quantization_summary.json"]

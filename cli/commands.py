@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from exporters.cache import ExportCache
-from exporters.components import DECODE, ExportError, ExportOptions, get_components
+from exporters.components import COMPONENTS, DECODE, ExportError, ExportOptions, get_components
 from exporters.console import print_progress, print_result, progress_bar
 from exporters.export import ORIGINS_FILE, Exporter
 from exporters.publish import check_writable, copy_package, publish, staged_output
@@ -54,7 +54,12 @@ def run_convert(args) -> int:
         exporter = Exporter(source, options, ExportCache(args.cache_dir))
         exported = exporter.export_all(names, steps=progress_bar("convert", "component"))
         for e in exported:
-            copy_package(e.package, staging / e.package.name)
+            try:
+                copy_package(e.package, staging / e.package.name)
+            except FileNotFoundError:  # its cache entry vanished since it was found: build it again
+                print_progress(f"{e.name}: its cache entry {e.entry.path} vanished; exporting it again")
+                shutil.rmtree(staging / e.package.name, ignore_errors=True)
+                copy_package(exporter.export(COMPONENTS[e.name]).package, staging / e.package.name)
         shutil.copyfile(exporter.vocabulary, staging / exporter.vocabulary.name)
         metadata = exporter.metadata(exported, relative_paths=True)
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")

@@ -133,7 +133,9 @@ class ExportCache:
     def lookup(self, key: str) -> Entry | None:
         """The entry for ``key`` if present and intact; a damaged one is removed."""
         if key in self._verified:
-            return self._verified[key]
+            if self._verified[key].path.is_dir():
+                return self._verified[key]
+            del self._verified[key]  # removed since it was checked (by hand, or a cache clean-up): built again
         path = self._dirs(key)[0]
         info_path = path / ENTRY_FILE
         if not info_path.is_file():

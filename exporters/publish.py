@@ -83,6 +83,9 @@ def staged_output(output_dir: Path, option: str = "--output-dir") -> Iterator[Pa
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ExportError(f"{option} {output_dir}: exists and is not a directory")
+    if output_dir.is_symlink() and not output_dir.exists():
+        raise ExportError(f"{option} {output_dir}: a symbolic link to {os.readlink(output_dir)}, which does not "
+                          "exist; create that folder or give another path")
     parent = output_dir.absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

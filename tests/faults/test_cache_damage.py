@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
+from cli import commands
 from exporters.cache import ENTRY_FILE, ExportCache, cache_key
 from exporters.components import ExportOptions
 from exporters.export import Exporter
 from exporters.sources import ModelSource
+from tests.faults.conftest import convert
 
 
 def _edit_info(entry):
@@ -58,3 +61,30 @@ def test_an_edited_model_facts_entry_does_not_reach_the_metadata(fault_cache):
     path.write_text(json.dumps(info))
     fresh = Exporter(source, ExportOptions(), ExportCache(fault_cache), progress=lambda message: None)
     assert fresh.metadata([])["vocab_size"] == vocab_size
+
+
+def test_a_cache_entry_removed_during_a_convert_is_built_again(fault_cache, tmp_path, monkeypatch, capsys):
+    """Found intact, then removed before its package was copied (another process cleaning the
+    cache): the run used to end in a raw FileNotFoundError after all the work."""
+    real, removed = commands.copy_package, []
+
+    def remove_the_first_source(package, target):
+        if not removed:
+            removed.append(package.parent)
+            shutil.rmtree(package.parent)
+        return real(package, target)
+
+    monkeypatch.setattr(commands, "copy_package", remove_the_first_source)
+    assert convert(fault_cache, tmp_path / "out") == 0, capsys.readouterr().err
+    assert "vanished; exporting it again" in capsys.readouterr().err
+    assert removed and (removed[0] / "decoder.mlpackage").is_dir()  # the entry, built again
+    assert (tmp_path / "out" / "decoder.mlpackage").is_dir() and (tmp_path / "out" / "joint.mlpackage").is_dir()
+
+
+def test_an_output_dir_that_is_a_dangling_link_is_refused_before_the_work(fault_cache, tmp_path, capsys):
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    assert convert(fault_cache, link) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"parakeet-coreml convert: error: --output-dir {link}: a symbolic link to {tmp_path / 'gone'}, "
+                    "which does not exist; create that folder or give another path")

@@ -303,8 +303,9 @@ class MILModel:
             self.state_specs = tuple(_program_input(name, var) for name, var in function.inputs.items()
                                      if _is_state(var))
         self.output_names = [var.name for var in function.outputs]
-        self._output_shapes = {var.name: tuple(var.shape) if var.shape is not None else None
-                               for var in function.outputs}
+        # None: any shape (no shape declared, or a variadic dimension: coremltools names its symbols "*...")
+        self._output_shapes = {var.name: tuple(var.shape) if var.shape is not None and not any(
+            str(d).startswith("*") for d in var.shape) else None for var in function.outputs}
         steps: list[_Step] = []
         for op in function.operations:
             self._plan(op, steps)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import struct
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -110,7 +111,32 @@ def load_mil_program(spec, weights_dir: str):
             if os.path.isfile(path):
                 context.blob_reader_from_filename[path] = WeightFile(path)
     program = Program()
-    for name, function in program_spec.functions.items():
-        program.add_function(name, milproto._load_function(context, function, spec.specificationVersion))
+    with _variadic_dimensions_read_as_unknown():
+        for name, function in program_spec.functions.items():
+            program.add_function(name, milproto._load_function(context, function, spec.specificationVersion))
     milproto._load_program_spec_attributes(context, program_spec, program)
     return program
+
+
+@contextmanager
+def _variadic_dimensions_read_as_unknown():
+    """coremltools' program reader refuses a variadic dimension ("not yet implemented"), which an
+    op of data-dependent rank declares (``fill`` of a shape given at run time, in an fp16 program
+    its cast). The executor takes every shape from the values it computes, so for the duration
+    of a load such a dimension reads as coremltools' own variadic symbol (any number of dimensions,
+    of any size), and coremltools' reader is restored after."""
+    from coremltools.converters.mil.frontend.milproto import helper  # lazy: as above
+    from coremltools.converters.mil.mil.program import get_new_variadic_symbol  # lazy: as above
+
+    strict = helper.get_proto_dim
+
+    def dimension(dim):
+        if dim.WhichOneof("dimension") != "constant" and dim.unknown.variadic:
+            return get_new_variadic_symbol()
+        return strict(dim)
+
+    helper.get_proto_dim = dimension
+    try:
+        yield
+    finally:
+        helper.get_proto_dim = strict

@@ -9,6 +9,8 @@ import coremltools as ct
 import numpy as np
 import pytest
 import torch
+from coremltools.converters.mil.mil import Builder as mb
+from coremltools.converters.mil.mil import get_new_symbol, types
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -86,3 +88,21 @@ def test_enumerated_shapes_run_and_any_other_is_refused(enumerated, length):
     else:
         with pytest.raises(InputMismatch, match=r"expected one of \[1, 3, 10\], \[1, 3, 20\]"):
             enumerated.predict({"x": x})
+
+
+def test_an_output_of_data_dependent_rank_is_read_and_computed():
+    """``fill`` of a shape given at run time, in an fp16 program: the program declares a variadic
+    dimension, which coremltools' own reader refuses ("not yet implemented"); the executor reads
+    it as any shape, and the values decide it (Apple's op test ``TestFill`` symbolic, fp16)."""
+    length = get_new_symbol()
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(length,), dtype=types.int32)], opset_version=ct.target.iOS15)
+    def program(shape):
+        return mb.fill(shape=shape, value=2.5)
+
+    model = ct.convert(program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT16,
+                       minimum_deployment_target=ct.target.iOS15,
+                       inputs=[ct.TensorType(name="shape", shape=(ct.RangeDim(1, 5),), dtype=np.int32)])
+    for shape in ([2, 1, 3], [4]):
+        (out,) = MILModel(model).predict({"shape": np.array(shape, np.int32)}).values()
+        assert out.shape == tuple(shape) and np.all(out == 2.5)

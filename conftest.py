@@ -23,7 +23,7 @@ from runtimes.loader import LoadedPredictors
 from validation.audio import read_audio
 from validation.held_out import held_out_evaluation
 from validation.metrics import NORMALIZERS
-from validation.tolerances import MAX_WER_DIFFERENCE_POINTS, load_gates, load_tolerances
+from validation.tolerances import MAX_WER_DIFFERENCE_POINTS, PSNR_FLOOR_DB, load_gates, load_tolerances
 
 pytest_plugins = ["reports.plugin"]
 
@@ -55,7 +55,7 @@ def pytest_addoption(parser):
     group.addoption("--tolerance", dest="tolerances", action="append", default=[], metavar="KEY:atol=A,rtol=R",
                     help="override one entry of the tolerance table (validation/tolerances.py); repeatable")
     group.addoption("--psnr-floor", dest="psnr_floor", type=float, default=None, metavar="DB",
-                    help="the PSNR every float output must reach (default 35 dB)")
+                    help=f"the PSNR every float output must reach (default {PSNR_FLOOR_DB:g} dB)")
     group.addoption("--latency-rounds", dest="latency_rounds", type=int, default=10, metavar="N",
                     help="timed calls per side in the latency suite (default 10)")
     group.addoption("--latency-warmup", dest="latency_warmup", type=int, default=3, metavar="N",

@@ -21,7 +21,7 @@ from exporters.sources import add_source_options
 from runtimes.base import BACKENDS, COMPUTE_UNITS, PackageError
 from validation.metrics import NORMALIZERS
 from validation.packages import DEFAULT_REPORT_DIR
-from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, MAX_WER_DIFFERENCE_POINTS
+from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, MAX_WER_DIFFERENCE_POINTS, PSNR_FLOOR_DB
 
 CONFIG_HELP = ("a pyproject.toml-style file whose [tool.parakeet-coreml] sets tolerances, gates and variants "
                "(default: this project's pyproject.toml when run inside its checkout, else none)")
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a recording of your own, checked first (any rate, channels, common format)")
     compare.add_argument("--tolerance", dest="tolerances", action="append", default=[], metavar="KEY:atol=A,rtol=R",
                          help="override one tolerance (see validation/tolerances.py); repeatable")
-    compare.add_argument("--psnr-floor", type=float, default=None, metavar="DB", help="default 35 dB")
+    compare.add_argument("--psnr-floor", type=float, default=None, metavar="DB", help=f"default {PSNR_FLOOR_DB:g} dB")
     compare.add_argument("--runs", type=_count, default=10, help="timed calls per component (0: no timing)")
     compare.add_argument("--warmup", type=_count, default=3, help="untimed calls before the timed ones")
     compare.add_argument("--cache-dir", type=Path, default=None, help="where the synthetic speech is cached")

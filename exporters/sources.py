@@ -168,12 +168,13 @@ def _hub_checkpoint(model_id: str) -> Path:
     if model_id.count("/") != 1:
         raise ExportError(f"--model-id {model_id!r}: expected OWNER/NAME, e.g. nvidia/parakeet-tdt-0.6b-v3")
     from huggingface_hub import hf_hub_download  # lazy: the hub client only for --model-id
+    from huggingface_hub.errors import LocalEntryNotFoundError  # lazy: as above
 
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     filename = model_id.split("/")[1] + ".nemo"
     try:
         return Path(hf_hub_download(model_id, filename, local_files_only=True))
-    except Exception:
+    except LocalEntryNotFoundError:  # not cached: the hub, if it answers (any other failure is one to see)
         pass
     reason = "the hub could not be reached"
     if _hub_reachable():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from cli.main import main
+from cli.main import build_parser, main
 
 pytestmark = pytest.mark.parity
 
@@ -121,3 +121,11 @@ def test_quantize_gives_an_overall_verdict_and_the_uncompressed_baseline(convert
     assert encoder["base_latency_ms"] > 0 and encoder["base_size_mb"] > encoder["size_mb"]
     plots = {p.name for p in (root / "plots" / "quantize" / "ALL").iterdir()}
     assert {"quantize_latency.png", "quantize_size.png", "quantize_quality_vs_size.png"} <= plots
+
+
+def test_the_psnr_floor_help_states_the_tables_default(monkeypatch):
+    """It said "35 dB" in a string of its own, which a change of the table would leave wrong."""
+    monkeypatch.setattr("cli.main.PSNR_FLOOR_DB", 31.5)
+    help_text = build_parser().format_help() + build_parser()._subparsers._group_actions[0].choices[
+        "compare"].format_help()
+    assert "default 31.5 dB" in help_text and "35 dB" not in help_text

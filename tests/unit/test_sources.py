@@ -8,12 +8,13 @@ import subprocess
 import sys
 import tarfile
 
+import huggingface_hub
 import pytest
 import torch
 
 from exporters.components import ExportError
 from exporters.presets import PRESETS, TDT_DURATIONS, TRAINED_PRESETS, build_model
-from exporters.sources import ModelSource
+from exporters.sources import ModelSource, _hub_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -140,3 +141,21 @@ def test_a_model_loaded_inside_a_command_is_not_reused_after_its_scratch_is_gone
     assert after is not inside and after is source.load()
     after.save_to(str(tmp_path / "after.nemo"))  # reads its tokenizer from where it was built
     assert (tmp_path / "after.nemo").stat().st_size > 0
+
+
+def test_only_a_checkpoint_missing_from_the_hub_cache_falls_through_to_the_hub(monkeypatch):
+    """The cache lookup used to swallow every exception, a damaged cache's PermissionError too."""
+    def damaged(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/cache/models--nvidia--x/snapshots")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", damaged)
+    with pytest.raises(PermissionError):
+        _hub_checkpoint("nvidia/x")
+
+    def missing(*args, **kwargs):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", missing)
+    monkeypatch.setattr("exporters.sources._hub_reachable", lambda: False)
+    with pytest.raises(ExportError, match="not in the local Hugging Face cache and the hub could not be reached"):
+        _hub_checkpoint("nvidia/x")

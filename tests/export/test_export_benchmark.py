@@ -16,7 +16,15 @@ import sys
 
 import pytest
 
+from exporters.components import COMPONENTS
+
 PEAK_MEMORY_LIMIT_BYTES = 8e9
+RU_MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+
+
+def _component_lines(log: str) -> list[str]:
+    """convert's line per component: ``[i/n] name: converted in ...`` or ``[i/n] name: cached, ...``."""
+    return [line for line in log.splitlines() if line.startswith("[") and "/" in line.split("]")[0]]
 
 
 def _convert(model_source, cache_dir, out):
@@ -35,9 +43,10 @@ def fresh_cache(tmp_path_factory):
 @pytest.mark.slow
 def test_cold_export(benchmark, model_source, fresh_cache, tmp_path):
     log = benchmark.pedantic(_convert, args=(model_source, fresh_cache, tmp_path / "out"), rounds=1, iterations=1)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux reports KiB
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * RU_MAXRSS_BYTES
     benchmark.extra_info.update(model=model_source.describe(), peak_rss_bytes=peak)
-    assert "cached" not in log
+    lines = _component_lines(log)
+    assert len(lines) == len(COMPONENTS) and all(": converted in " in line for line in lines), log
     assert peak <= PEAK_MEMORY_LIMIT_BYTES, f"cold export peaked at {peak / 1e9:.2f} GB"
 
 
@@ -46,4 +55,6 @@ def test_warm_export(benchmark, model_source, fresh_cache, tmp_path):
     _convert(model_source, fresh_cache, tmp_path / "fill")  # a no-op after the cold test
     log = benchmark.pedantic(_convert, args=(model_source, fresh_cache, tmp_path / "out"), rounds=1, iterations=1)
     benchmark.extra_info.update(model=model_source.describe())
-    assert "converted" not in log and "loading" not in log
+    lines = _component_lines(log)
+    assert len(lines) == len(COMPONENTS) and all(": cached, " in line for line in lines), log
+    assert "loading" not in log

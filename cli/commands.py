@@ -74,9 +74,12 @@ def read_convert_dir(directory: Path, option: str):
     """A directory ``convert`` wrote: its metadata, packages and model source, refused with the
     reason if anything is missing or the model changed since."""
     metadata_path = directory / METADATA
+    if not directory.exists():
+        raise ExportError(f"{option} {directory}: no such folder; expected one that parakeet-coreml convert wrote")
     if not metadata_path.is_file():
-        raise ExportError(f"{option} {directory}: no {METADATA}; run parakeet-coreml convert --output-dir "
-                          f"{directory} first")
+        raise ExportError(f"{option} {directory}: no {METADATA}, so not a folder convert wrote; for packages of "
+                          "another converter (or a quantize variant's folder) give --packages DIR with a model "
+                          "source (--nemo-path, --model-id or --preset)")
     try:
         description = json.loads(metadata_path.read_text())
         recorded = description["model_source"]

@@ -79,7 +79,11 @@ def _assert_refused(code, captured, message):
 
 def test_bad_input_is_refused_before_any_model_runs(converted, export_cache, tmp_path, capsys):
     before = (converted / "metadata.json").read_bytes()
-    _assert_refused(_compare(tmp_path / "absent", export_cache), capsys.readouterr(), "no metadata.json; run")
+    _assert_refused(_compare(tmp_path / "absent", export_cache), capsys.readouterr(),
+                    f"{tmp_path / 'absent'}: no such folder; expected one that parakeet-coreml convert wrote")
+    (tmp_path / "their_packages").mkdir()  # a folder, but not one convert wrote
+    _assert_refused(_compare(tmp_path / "their_packages", export_cache), capsys.readouterr(),
+                    "no metadata.json, so not a folder convert wrote; for packages of another converter")
     noisy = tmp_path / "nan.wav"
     soundfile.write(str(noisy), np.array([0.0, np.nan], np.float32), 16000, subtype="FLOAT")
     _assert_refused(_compare(converted, export_cache, "--audio", str(noisy)), capsys.readouterr(),

@@ -34,7 +34,14 @@ from validation.evaluation import (
 )
 from validation.held_out import held_out_evaluation, manifest_path
 from validation.journal import JOURNAL, package_identity
-from validation.packages import DEFAULT_REPORT_DIR, check_contract, find_packages, parse_named, provenance
+from validation.packages import (
+    DEFAULT_CONVERT_DIR,
+    DEFAULT_REPORT_DIR,
+    check_contract,
+    find_packages,
+    parse_named,
+    provenance,
+)
 from validation.quantization import QuantizationSweep
 from validation.timing import all_cases, environment, flagged, latency_block, measure
 from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, load_gates, load_tolerances
@@ -120,7 +127,7 @@ def read_inputs(args, option: str = "--output-dir"):
             raise ExportError(f"give {option} DIR (written by convert) or --packages DIR with a model source")
         description, packages, source = read_convert_dir(directory, option)
         return description, packages, source, _report_dir(args, directory, option)
-    if directory is not None and option != "--input-dir":
+    if directory is not None:
         raise ExportError(f"give {option} or --packages/--component, not both")
     description, packages, source = read_package_set(args)
     return description, packages, source, _report_dir(args, DEFAULT_REPORT_DIR, "--report-dir")
@@ -301,7 +308,9 @@ def held_out_variants(text: str | None, swept: list[str]) -> list[str]:
 
 
 def run_quantize(args) -> int:
-    description, packages, source, _ = read_inputs(args, "--input-dir")
+    if args.output_dir is None and args.packages is None and not args.components:
+        args.output_dir = DEFAULT_CONVERT_DIR
+    description, packages, source, _ = read_inputs(args)
     given = "packages" in description  # a package set: its variants are built from the packages as found
     pyproject = config_path(args.config)
     table = variant_table(pyproject)
@@ -317,8 +326,8 @@ def run_quantize(args) -> int:
         found = f"unknown variant(s) {', '.join(unknown)}" if unknown else "names no variant"
         raise ExportError(f"--variants {args.variants!r}: {found}; expected one or more of: {', '.join(table)}")
     held_out = held_out_variants(args.held_out, names)
-    if not given and args.output_root.resolve() == args.input_dir.resolve():
-        raise ExportError("--output-root must differ from --input-dir")
+    if not given and args.output_root.resolve() == args.output_dir.resolve():
+        raise ExportError("--output-root must differ from --output-dir")
     with staged_output(args.output_root, "--output-root") as staging:
         backend, units, load = _package_loader(args, description, packages)
         cache = ExportCache(args.cache_dir)

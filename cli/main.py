@@ -20,7 +20,7 @@ from exporters.console import chatter_to, print_progress
 from exporters.sources import add_source_options
 from runtimes.base import BACKENDS, COMPUTE_UNITS, PackageError
 from validation.metrics import NORMALIZERS
-from validation.packages import DEFAULT_REPORT_DIR
+from validation.packages import DEFAULT_CONVERT_DIR, DEFAULT_REPORT_DIR
 from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, MAX_WER_DIFFERENCE_POINTS, PSNR_FLOOR_DB
 
 CONFIG_HELP = ("a pyproject.toml-style file whose [tool.parakeet-coreml] sets tolerances, gates and variants "
@@ -111,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     quantize = commands.add_parser("quantize", help="build compressed variants of a convert output directory and "
                                                     "weigh size, quality and speed")
-    quantize.add_argument("--input-dir", type=Path, default=Path("parakeet_coreml"),
-                          help="a directory written by convert (default parakeet_coreml)")
+    quantize.add_argument("--output-dir", "--input-dir", dest="output_dir", type=Path, default=None,
+                          help="a directory written by convert, as compare and evaluate name it (default "
+                               f"{DEFAULT_CONVERT_DIR}; --input-dir, its former name here, still works)")
     _add_package_set_options(quantize, "quantize")
     quantize.add_argument("--output-root", type=Path, default=Path("parakeet_coreml_quantized"),
                           help="one folder per variant, quantization_summary.json and plots/quantize/ "

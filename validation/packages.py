@@ -21,6 +21,7 @@ from runtimes.base import InputSpec, PackageError, compiled_interface, input_spe
 PACKAGE_SUFFIXES = (".mlpackage", ".mlmodelc")
 # where compare and evaluate write about a package set (whose own folder may be read-only)
 DEFAULT_REPORT_DIR = Path("parakeet_coreml_report")
+DEFAULT_CONVERT_DIR = Path("parakeet_coreml")  # the convert folder quantize reads when given none
 # the description's user-defined metadata worth carrying into the report
 PROVENANCE_KEYS = ("com.github.apple.coremltools.version", "com.github.apple.coremltools.source",
                    "com.github.apple.coremltools.source_dialect")

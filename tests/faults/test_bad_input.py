@@ -201,7 +201,7 @@ def test_a_report_target_that_cannot_be_written_is_refused_before_the_work(conve
 
 
 def test_a_variant_named_like_the_plots_folder_is_refused(converted, fault_cache, tmp_path, capsys):
-    code = main(["quantize", "--input-dir", str(converted), "--output-root", str(tmp_path / "q"), "--cache-dir",
+    code = main(["quantize", "--output-dir", str(converted), "--output-root", str(tmp_path / "q"), "--cache-dir",
                  str(fault_cache), "--variant", 'plots={"joint": [{"kind": "linear"}]}', "--variants", "plots"])
     assert "variant name 'plots' is the output's own folder for the plots" in _last_error(
         code, capsys.readouterr(), "quantize")
@@ -217,7 +217,7 @@ def test_one_quantize_run_owns_its_output_root(fault_cache, tmp_path, capsys):
     root = tmp_path / "q"
     (tmp_path / "q").mkdir()
     (root / "notes.txt").write_text("mine")  # not a variant: left alone
-    common = ["quantize", "--input-dir", str(converted), "--output-root", str(root), "--cache-dir", str(fault_cache),
+    common = ["quantize", "--output-dir", str(converted), "--output-root", str(root), "--cache-dir", str(fault_cache),
               "--backend", "mil", "--runs", "0", "--held-out", "none"]
     main([*common, "--variants", "int8_per_channel"])
     capsys.readouterr()

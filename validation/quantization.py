@@ -50,6 +50,13 @@ def reference_inputs(base: dict, load, dims: ModelDims, clip: Clip) -> dict[str,
         decoded = load(base["decoder"]).predict(decoder_inputs(dims.blank_id, zeros, zeros))["decoder"]
         inputs["joint"] = inputs["joint_decision"] = {"encoder": encoder, "decoder": decoded}
         inputs["joint_decision_single_step"] = {"encoder_step": encoder[:, :, :1], "decoder_step": decoded}
+    unfed = [name for name in base if name not in inputs]
+    if unfed:  # each is weighed on what the base packages before it make of the clip
+        joints = ("joint", "joint_decision", "joint_decision_single_step")
+        fed_by = {"encoder": ("preprocessor",), **dict.fromkeys(joints, ("mel_encoder", "decoder"))}
+        lacking = sorted({need for name in unfed for need in fed_by[name] if need not in base})
+        raise ExportError(f"quantize weighs {', '.join(unfed)} on the outputs of {', '.join(lacking)}, which the "
+                          "package set lacks; convert them too (--components)")
     return {name: value for name, value in inputs.items() if name in base}
 
 

@@ -228,3 +228,14 @@ def test_one_quantize_run_owns_its_output_root(fault_cache, tmp_path, capsys):
     assert list(summary["variants"]) == ["palettize_8bit"]
     assert sorted(p.name for p in root.iterdir()) == ["notes.txt", "palettize_8bit", "plots",
                                                       "quantization_summary.json"]
+
+
+def test_a_folder_without_what_a_component_is_weighed_on_is_one_line(converted, fault_cache, tmp_path, capsys):
+    """decoder and joint alone: the joint is weighed on the mel_encoder's output, which used to end
+    quantize in a raw KeyError: 'joint'."""
+    code = main(["quantize", "--output-dir", str(converted), "--output-root", str(tmp_path / "q"), "--cache-dir",
+                 str(fault_cache), "--backend", "mil", "--runs", "0", "--held-out", "none", "--variants",
+                 "int8_per_channel"])
+    assert ("quantize weighs joint on the outputs of mel_encoder, which the package set lacks; convert them too "
+            "(--components)") in _last_error(code, capsys.readouterr(), "quantize")
+    assert not (tmp_path / "q").exists()

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -164,7 +164,7 @@ def follow_umask(root: Path) -> None:
                 os.chmod(path, 0o666 & ~mask)
 
 
-def _publish(staging: Path, output_dir: Path, dropped: list[str] = ()) -> None:
+def _publish(staging: Path, output_dir: Path, dropped: Sequence[str] = ()) -> None:
     if not output_dir.exists() and not output_dir.is_symlink():
         fault_point("publish")
         os.replace(staging, output_dir)

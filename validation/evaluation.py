@@ -473,7 +473,8 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
     if wordless:  # no word to score against: a WER would be every hypothesis word over zero
         report(f"{len(wordless)} reference text(s) hold no word after the {normalizer} normaliser (punctuation or "
                f"nothing): measured for agreement with NeMo only, e.g. {wordless[:3]}")
-        utterances = [replace(u, text=None) if u.key in wordless else u for u in utterances]
+        unscored = set(wordless)
+        utterances = [replace(u, text=None) if u.key in unscored else u for u in utterances]
     prints = {u.key: fingerprint(u.audio, u.offset, u.duration, u.text, determined_by) for u in utterances}
     with Journal(journal) if journal is not None else nullcontext() as writer:
         done = {}

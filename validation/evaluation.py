@@ -42,6 +42,7 @@ from exporters.components import ExportError, ModelDims
 from exporters.wrappers import wrapper
 from validation.audio import AudioError, audio_info, check_samples, fit_window
 from validation.checks import CONFIDENT_MEDIAN_PROB
+from validation.full_context import linear_memory_attention
 from validation.greedy import (
     greedy_tdt,
     nemo_greedy_tdt,
@@ -60,6 +61,7 @@ REFERENCE = "nemo_windowed"
 NEMO_PATHS = ("nemo_full", REFERENCE)
 WORST = 10
 BUILTIN_PREFIX = "builtin:"
+ESTIMATE_AFTER_SECONDS = 30.0  # decoding time before the rest of a run is estimated
 
 
 # -- what is evaluated ---------------------------------------------------------------------------
@@ -171,6 +173,48 @@ def read_utterance(utterance: Utterance, sample_rate: int, block_seconds: float 
     return samples.astype(np.float32, copy=False)
 
 
+def span_seconds(utterance: Utterance) -> float:
+    """The span's length, from the manifest or the file's header (no samples decoded); 0 for a file
+    that cannot be read, which is reported when its turn comes."""
+    try:
+        info = audio_info(utterance.audio, str(utterance.audio))
+    except AudioError:
+        return 0.0
+    left = max(0.0, info.frames / info.samplerate - utterance.offset)
+    return left if utterance.duration is None else min(left, utterance.duration)
+
+
+def clock(seconds: float) -> str:
+    """``2 h 05 min``, ``4 min 10 s``, ``12 s``: a duration as a person reads it."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+class Pace:
+    """Says up front how much audio a run decodes and, once ``ESTIMATE_AFTER_SECONDS`` of decoding
+    have given a pace, how long the rest will take: a large set's cost is known in its first minute,
+    on a terminal or in a log."""
+
+    def __init__(self, utterances: list[Utterance], report: Callable[[str], None]):
+        self.total = sum(span_seconds(u) for u in utterances)
+        self.done = 0.0
+        self.report = report
+        self.started = time.monotonic()
+        self.estimated = False
+        report(f"{len(utterances)} utterance(s) to decode, {clock(self.total)} of audio")
+
+    def decoded(self, audio_seconds: float) -> None:
+        self.done += audio_seconds
+        elapsed = time.monotonic() - self.started
+        if self.estimated or elapsed < ESTIMATE_AFTER_SECONDS or self.done <= 0 or self.done >= self.total:
+            return
+        self.estimated = True
+        self.report(f"{clock(self.done)} of {clock(self.total)} of audio decoded in {clock(elapsed)}: about "
+                    f"{clock(elapsed * (self.total - self.done) / self.done)} to go at this pace")
+
+
 # -- windows and their merge ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -244,11 +288,13 @@ def decode_windowed(samples: np.ndarray, dims: ModelDims, decode: Decode) -> Dec
 
 
 def nemo_full_decoder(model, dims: ModelDims) -> Callable[[np.ndarray], Decoded]:
-    """NeMo's front end and encoder on the whole utterance, then ``GreedyTDTInfer``."""
+    """NeMo's front end and encoder on the whole utterance (attention in memory linear in its length:
+    ``validation.full_context``), then ``GreedyTDTInfer``."""
     front = wrapper("mel_encoder", model)
 
     def decode(samples: np.ndarray) -> Decoded:
-        encoder, length = run_torch(front, samples[None, :], np.array([samples.size], np.int32))
+        with linear_memory_attention(model.encoder):
+            encoder, length = run_torch(front, samples[None, :], np.array([samples.size], np.int32))
         t = nemo_greedy_tdt(model, encoder, int(length[0]), dims)
         return Decoded(t.tokens, t.frames)
 
@@ -483,6 +529,7 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
             done = found.records
             for line in found.summary(journal.name):
                 report(line)
+        pace = Pace([u for u in utterances if u.key not in done], report)
         for utterance in progress(iter(utterances), len(utterances)):
             if utterance.key in done:
                 result.records.append(done[utterance.key])
@@ -497,6 +544,7 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
             result.records.append(record)
             if writer is not None:
                 writer.append(record)
+            pace.decoded(samples.size / dims.sample_rate)
     return result
 
 

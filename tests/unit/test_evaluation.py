@@ -13,11 +13,14 @@ import soundfile
 
 from exporters.components import ExportError
 from tests.unit.conftest import DIMS
+from validation import evaluation
 from validation.audio import AudioError
 from validation.evaluation import (
     Decoded,
     Evaluation,
+    Pace,
     Utterance,
+    clock,
     decode_windowed,
     evaluate,
     first_difference,
@@ -132,8 +135,8 @@ def test_a_reference_with_no_word_after_normalising_is_measured_for_agreement_on
     result = evaluate(utterances, {"nemo_full": _silent_decoder, "nemo_windowed": _silent_decoder,
                                    "export": _silent_decoder}, lambda tokens: "hello there" if tokens else "", DIMS,
                       normalizer="basic", report=said.append)
-    assert said == ["1 reference text(s) hold no word after the basic normaliser (punctuation or nothing): measured "
-                    "for agreement with NeMo only, e.g. ['m:1']"]
+    assert said[0] == ("1 reference text(s) hold no word after the basic normaliser (punctuation or nothing): "
+                       "measured for agreement with NeMo only, e.g. ['m:1']")
     assert ["wer" in r for r in result.records] == [False, True]
     assert result.wer("export") == 0.0 and result.failures() == []
 
@@ -215,3 +218,29 @@ def test_the_verdicts_exact_for_fp32_of_a_confident_model_bounded_for_the_rest()
     assert bounded.block({})["status"] == "failed" and loose.block({})["worst"]["export"][0]["key"] == "b"
     assert loose.seconds_per_audio_minute() == {"nemo_full": pytest.approx(6.0), "nemo_windowed": pytest.approx(12.0),
                                                 "export": pytest.approx(24.0)}
+
+
+def test_a_run_says_up_front_how_much_audio_it_decodes_and_soon_how_long_it_will_take(tmp_path, monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(evaluation.time, "monotonic", lambda: now[0])
+    utterances = [Utterance("a", _wav(tmp_path / "a.wav", 3.0), None),
+                  Utterance("b", _wav(tmp_path / "b.wav", 60.0), None, offset=1.0, duration=30.0),
+                  Utterance("c", tmp_path / "missing.wav", None)]
+    lines = []
+    pace = Pace(utterances, lines.append)
+    assert lines == ["3 utterance(s) to decode, 33 s of audio"]
+    now[0] += evaluation.ESTIMATE_AFTER_SECONDS - 1
+    pace.decoded(3.0)
+    assert len(lines) == 1  # too early to tell
+    now[0] += 1
+    pace.decoded(0.0)
+    assert lines[1] == "3 s of 33 s of audio decoded in 30 s: about 5 min 00 s to go at this pace"
+    now[0] += 100
+    pace.decoded(30.0)
+    assert len(lines) == 2  # said once
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.4, "0 s"), (59.6, "1 min 00 s"), (61, "1 min 01 s"),
+                                               (3599, "59 min 59 s"), (3600 * 27 + 300, "27 h 05 min")])
+def test_durations_read_as_a_person_reads_them(seconds, text):
+    assert clock(seconds) == text

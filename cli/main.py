@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from exporters.cache import ExportCache
-from exporters.components import COMPONENTS, COMPUTE_PRECISIONS, DEPLOYMENT_TARGETS, ExportError
+from exporters.components import COMPONENTS, COMPUTE_PRECISIONS, DEPLOYMENT_TARGETS, STREAMING_COMPONENTS, ExportError
 from exporters.console import chatter_to, print_progress
 from exporters.sources import add_source_options
 from runtimes.base import BACKENDS, COMPUTE_UNITS, PackageError
@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_source_options(source.add_argument)
     convert.add_argument("--output-dir", required=True, type=Path, help="where the packages and metadata.json go")
     convert.add_argument("--components", nargs="+", default=None, metavar="NAME",
-                         help=f"components to export (default: all): {', '.join(COMPONENTS)}")
+                         help=f"components to export (default: every one the model has): {', '.join(COMPONENTS)}; "
+                              f"a cache-aware model adds {', '.join(STREAMING_COMPONENTS)}")
     convert.add_argument("--compute-units", default="ALL", choices=COMPUTE_UNITS,
                          help="the compute units recorded in the packages, which Core ML uses by default "
                               "(default ALL)")
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--flexible-audio", action="store_true",
                          help="the preprocessor takes 1 to a window of samples (a RangeDim), as the public Core ML "
                               "release's does; default: exactly the 15 s window")
+    convert.add_argument("--chunk-ms", type=int, default=None, metavar="MS",
+                         help="a cache-aware model's streaming chunk, in milliseconds of new audio: one it was "
+                              "trained for (default: its default attention context's)")
     convert.add_argument("--cache-dir", type=Path, default=None,
                          help="export cache (default: $PARAKEET_COREML_CACHE or the per-user cache directory)")
 

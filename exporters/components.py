@@ -222,6 +222,78 @@ DECODE = tuple(name for name, c in COMPONENTS.items() if c.decode)
 
 
 @dataclass(frozen=True)
+class StreamingDims:
+    """The sizes of one chunk of a cache-aware encoder (``exporters.streaming.streaming_dims``), in
+    NeMo's pad-and-drop mode: every chunk, the first included, is the pre-encode look-back (the
+    previous chunk's last mel frames; zeros before the first) followed by ``shift_mel_frames`` new
+    ones, so one package serves the whole stream."""
+
+    n_mels: int
+    encoder_dim: int
+    layers: int
+    chunk_mel_frames: int  # look-back + new frames: the package's mel input
+    shift_mel_frames: int  # new mel frames per chunk (10 ms each)
+    pre_encode_cache_frames: int  # look-back frames
+    drop_extra_pre_encoded: int  # encoder frames of the look-back, dropped after subsampling
+    valid_out_frames: int  # encoder frames a chunk commits (the rest are look-ahead, recomputed)
+    chunk_encoder_frames: int  # encoder frames the package returns
+    cache_channel_frames: int  # attention left context kept per layer
+    cache_time_frames: int  # causal convolution context kept per layer
+    att_context_size: tuple[int, ...]
+    mel_hop_seconds: float
+
+    @property
+    def chunk_seconds(self) -> float:
+        return self.shift_mel_frames * self.mel_hop_seconds
+
+    @property
+    def mel_length(self) -> int:
+        """Valid mel frames of a whole chunk."""
+        return self.chunk_mel_frames
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["att_context_size"] = list(self.att_context_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StreamingDims:
+        return cls(**{**d, "att_context_size": tuple(d["att_context_size"])})
+
+
+# A cache-aware model's streaming components: their ports' shapes are functions of StreamingDims.
+# Names and layouts (batch first, then layers) follow the public Core ML streaming releases.
+STREAMING_COMPONENTS: dict[str, Component] = {
+    c.name: c
+    for c in (
+        Component(
+            "encoder_streaming", "one log-mel chunk and the caches -> the chunk's encoding and the next caches",
+            (_f32("mel", lambda s: (1, s.n_mels, s.chunk_mel_frames)), _i32("mel_length", _one),
+             _f32("cache_last_channel", lambda s: (1, s.layers, s.cache_channel_frames, s.encoder_dim)),
+             _f32("cache_last_time", lambda s: (1, s.layers, s.encoder_dim, s.cache_time_frames)),
+             _i32("cache_last_channel_len", _one)),
+            (_f32("encoder", lambda s: (1, s.encoder_dim, s.chunk_encoder_frames),
+                  tolerance="encoder_streaming.encoder", step_axis=2),
+             _i32("encoder_length", _one, role=LENGTH, tolerance="encoder_streaming.encoder_length"),
+             _f32("cache_last_channel_next", lambda s: (1, s.layers, s.cache_channel_frames, s.encoder_dim),
+                    tolerance="encoder_streaming.cache_last_channel"),
+             _f32("cache_last_time_next", lambda s: (1, s.layers, s.encoder_dim, s.cache_time_frames),
+                    tolerance="encoder_streaming.cache_last_time"),
+             _i32("cache_last_channel_len_next", _one, role=LENGTH,
+                  tolerance="encoder_streaming.cache_last_channel_len")),
+            headline="encoder"),
+    )
+}
+
+
+def initial_caches(dims: StreamingDims) -> dict[str, np.ndarray]:
+    """The caches a stream starts from: zeros, nothing held."""
+    spec = {s.name: s for s in STREAMING_COMPONENTS["encoder_streaming"].inputs(dims)}
+    return {name: np.zeros(spec[name].shape, spec[name].dtype)
+            for name in ("cache_last_channel", "cache_last_time", "cache_last_channel_len")}
+
+
+@dataclass(frozen=True)
 class ExportOptions:
     """Everything besides the model and the component that changes an exported package."""
 
@@ -232,6 +304,8 @@ class ExportOptions:
     # the preprocessor takes 1 to max_audio_samples samples (a RangeDim), as the public release's
     # does; otherwise exactly the window
     flexible_audio: bool = False
+    # a cache-aware model's chunk in milliseconds of new audio (one it was trained for); None: its default
+    chunk_ms: int | None = None
 
     def __post_init__(self):
         for value, allowed, what in (
@@ -243,24 +317,31 @@ class ExportOptions:
                 raise ExportError(f"unknown {what} {value!r}; expected one of: {', '.join(allowed)}")
         if not 0 < self.max_audio_seconds <= 600:
             raise ExportError(f"max audio seconds must be in (0, 600], got {self.max_audio_seconds}")
+        if self.chunk_ms is not None and (isinstance(self.chunk_ms, bool) or not isinstance(self.chunk_ms, int)
+                                          or self.chunk_ms <= 0):
+            raise ExportError(f"chunk ms must be a positive whole number of milliseconds, got {self.chunk_ms!r}")
 
     def as_dict(self) -> dict:
-        """The options; ``flexible_audio`` only when set, so that the cache keys of exports made
-        before the option existed still hold."""
+        """The options; ``flexible_audio`` and ``chunk_ms`` only when set, so that the cache keys of
+        exports made before the options existed still hold."""
         options = asdict(self)
         if not self.flexible_audio:
             del options["flexible_audio"]
+        if self.chunk_ms is None:
+            del options["chunk_ms"]
         return options
 
 
 def get_components(names=None) -> list[Component]:
-    """The components named (all of them, in table order, when ``names`` is empty)."""
+    """The components named, offline or streaming (the offline ones, in table order, when ``names``
+    is empty)."""
     if not names:
         return list(COMPONENTS.values())
-    unknown = [n for n in names if n not in COMPONENTS]
+    table = COMPONENTS | STREAMING_COMPONENTS
+    unknown = [n for n in names if n not in table]
     if unknown:
-        raise ExportError(f"unknown component(s) {', '.join(unknown)}; expected any of: {', '.join(COMPONENTS)}")
-    return [COMPONENTS[n] for n in dict.fromkeys(names)]
+        raise ExportError(f"unknown component(s) {', '.join(unknown)}; expected any of: {', '.join(table)}")
+    return [table[n] for n in dict.fromkeys(names)]
 
 
 def zero_state(dims: ModelDims) -> np.ndarray:
@@ -280,6 +361,7 @@ def example_inputs(component: Component, dims: ModelDims, seed: int = 0) -> dict
         "audio_signal": lambda s: (0.1 * rng.standard_normal(s.shape)).astype(np.float32),
         "audio_length": lambda s: np.array([dims.max_audio_samples], np.int32),
         "mel_length": lambda s: np.array([dims.mel_length], np.int32),
+        "cache_last_channel_len": lambda s: np.zeros(s.shape, np.int32),
         "targets": lambda s: np.full(s.shape, dims.blank_id, np.int32),
         "target_length": lambda s: np.ones(s.shape, np.int32),
     }

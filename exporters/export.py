@@ -14,11 +14,21 @@ from functools import cached_property
 from pathlib import Path
 
 from exporters.cache import Entry, ExportCache, cache_key, tool_versions
-from exporters.components import Component, ExportError, ExportOptions, ModelDims, get_components
+from exporters.components import (
+    COMPONENTS,
+    STREAMING_COMPONENTS,
+    Component,
+    ExportError,
+    ExportOptions,
+    ModelDims,
+    StreamingDims,
+    get_components,
+)
 from exporters.console import print_progress
 from exporters.convert import convert_component, op_origins, program_precision
 from exporters.faults import fault_point
 from exporters.sources import ModelSource
+from exporters.streaming import STREAMING_MODE, chunk_sizes, describe_context, is_cache_aware, streaming_dims
 from exporters.wrappers import model_dims
 from runtimes.base import package_size
 
@@ -78,15 +88,24 @@ class Exporter:
 
     @cached_property
     def model_info(self) -> dict:
-        """Facts of the model on the export window, cached so a warm run needs no model."""
-        key = cache_key(kind="model-info", model=self.model_key, max_audio_seconds=self.options.max_audio_seconds)
+        """Facts of the model on the export window and, for a cache-aware model, of its streaming
+        chunk; cached so a warm run needs no model."""
+        chunk = {} if self.options.chunk_ms is None else {"chunk_ms": self.options.chunk_ms}
+        key = cache_key(kind="model-info", model=self.model_key, max_audio_seconds=self.options.max_audio_seconds,
+                        facts="streaming", **chunk)
 
         def build(_tmp: Path) -> dict:
             dims = model_dims(self.model, self.options.max_audio_seconds)
+            cache_aware = is_cache_aware(self.model)
+            if self.options.chunk_ms is not None and not cache_aware:
+                raise ExportError(f"--chunk-ms {self.options.chunk_ms}: the model does not stream chunk by chunk "
+                                  f"({describe_context(self.model.encoder)}); give it for a cache-aware model only")
             return {
                 "dims": dims.as_dict(),
                 "model_class": type(self.model).__name__,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
+                "streaming": streaming_dims(self.model, self.options.chunk_ms).as_dict() if cache_aware else None,
+                "chunk_sizes_ms": sorted(chunk_sizes(self.model)) if cache_aware else [],
             }
 
         return self.cache.get_or_build(key, build).info
@@ -94,6 +113,18 @@ class Exporter:
     @property
     def dims(self) -> ModelDims:
         return ModelDims.from_dict(self.model_info["dims"])
+
+    @property
+    def streaming_dims(self) -> StreamingDims | None:
+        """The streaming chunk's sizes; ``None`` for a model that does not stream with caches."""
+        facts = self.model_info["streaming"]
+        return None if facts is None else StreamingDims.from_dict(facts)
+
+    def default_components(self) -> list[Component]:
+        """Every component the model has: the TDT decisions on a TDT model, the streaming encoder
+        on a cache-aware one."""
+        offline = [c for c in COMPONENTS.values() if self.dims.durations or not c.requires_tdt]
+        return offline + (list(STREAMING_COMPONENTS.values()) if self.streaming_dims else [])
 
     @cached_property
     def vocabulary(self) -> Path:
@@ -115,11 +146,17 @@ class Exporter:
     def export(self, component: Component) -> ExportedComponent:
         if component.requires_tdt and not self.dims.durations:
             raise ExportError(f"{component.name} needs a TDT model (durations in the joint); this model has none")
+        streaming = component.name in STREAMING_COMPONENTS
+        if streaming and self.streaming_dims is None:
+            raise ExportError(f"{component.name} needs a cache-aware model (one that streams chunk by chunk with "
+                              "caches); this model's encoder is not one: leave it out of --components")
         key = cache_key(kind="component", model=self.model_key, component=component.name,
                         options=self.options.as_dict())
 
         def build(tmp: Path) -> dict:
-            model, dims = self.model, self.dims
+            model, dims = self.model, self.streaming_dims if streaming else self.dims
+            if streaming:
+                streaming_dims(model, self.options.chunk_ms)  # the model set up for the chunk, as measured
             self.progress(f"  {component.name}: tracing and converting ...")
             t = time.perf_counter()
             mlmodel = convert_component(model, component, dims, self.options)
@@ -144,7 +181,7 @@ class Exporter:
     def export_all(self, names=None, steps=lambda items, total: items) -> list[ExportedComponent]:
         """Each component exported (or found in the cache), and the vocabulary; ``steps`` wraps the
         iteration (a progress bar)."""
-        components = get_components(names)
+        components = get_components(names) if names else self.default_components()
         done = []
         for i, component in enumerate(steps(components, len(components)), 1):
             t = time.perf_counter()
@@ -160,7 +197,7 @@ class Exporter:
     def metadata(self, exported: list[ExportedComponent], relative_paths: bool = False) -> dict:
         """The ``metadata.json`` document; with ``relative_paths``, package paths are relative to
         the directory the document is written beside (``convert``), else the cache entries'."""
-        dims = self.dims
+        dims, streaming = self.dims, self.streaming_dims
         return {
             "model": self.source.describe(),
             "model_source": {"kind": self.source.kind, "value": self.source.value, "content_sha256": self.model_key},
@@ -175,6 +212,9 @@ class Exporter:
             "joint_extra_outputs": len(dims.durations),
             "durations": list(dims.durations),
             "encoder_frames": dims.encoder_frames,
+            **({"streaming": {**streaming.as_dict(), "chunk_ms": round(1000 * streaming.chunk_seconds),
+                              "chunk_sizes_ms": self.model_info["chunk_sizes_ms"], "mode": STREAMING_MODE}}
+               if streaming else {}),
             "coreml": {
                 "compute_units": self.options.compute_units,
                 "compute_precision": self.options.compute_precision,

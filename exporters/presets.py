@@ -38,6 +38,10 @@ class Preset:
     conv_kernel_size: int = 9
     ff_expansion_factor: int = 4
     seed: int = 0
+    decoder: str = "tdt"  # "tdt" (token and duration) or "rnnt" (token only)
+    # cache-aware streaming: the [left, right] attention contexts it streams with (the first is its
+    # default; right + 1 encoder frames of 80 ms make a chunk); empty: offline, full context
+    att_context_sizes: tuple[tuple[int, int], ...] = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +74,49 @@ PRESETS: dict[str, Preset] = {
             joint_hidden=48,
             vocab_size=256,
         ),
+        Preset(
+            name="parakeet-realtime-eou-120m",
+            summary="nvidia/parakeet_realtime_eou_120m-v1's architecture: cache-aware FastConformer-RNNT, 160 ms "
+                    "chunks, seeded weights",
+            d_model=512,
+            n_layers=17,
+            n_heads=8,
+            subsampling_conv_channels=256,
+            pred_hidden=640,
+            pred_rnn_layers=1,
+            joint_hidden=640,
+            vocab_size=1026,
+            decoder="rnnt",
+            att_context_sizes=((70, 1),),
+        ),
+        Preset(
+            name="nemotron-speech-streaming-0.6b",
+            summary="nvidia/nemotron-speech-streaming-en-0.6b's architecture: cache-aware FastConformer-RNNT of the "
+                    "0.6B width, 80/160/560/1120 ms chunks, seeded weights",
+            d_model=1024,
+            n_layers=24,
+            n_heads=8,
+            subsampling_conv_channels=256,
+            pred_hidden=640,
+            pred_rnn_layers=2,
+            joint_hidden=640,
+            vocab_size=1024,
+            decoder="rnnt",
+            att_context_sizes=((70, 13), (70, 6), (70, 1), (70, 0)),
+        ),
+        Preset(
+            name="tiny-streaming",
+            summary="the tiny preset, cache-aware (160 ms chunks), for fast streaming tests",
+            d_model=64,
+            n_layers=2,
+            n_heads=4,
+            subsampling_conv_channels=32,
+            pred_hidden=48,
+            pred_rnn_layers=2,
+            joint_hidden=48,
+            vocab_size=256,
+            att_context_sizes=((70, 1),),
+        ),
     )
 }
 
@@ -77,7 +124,8 @@ PRESETS: dict[str, Preset] = {
 # Presets that are trained checkpoints shipped with the package, loaded like --nemo-path.
 # ``python -m training.train_tiny`` reproduces this one; its model card sits beside it.
 TRAINED_PRESETS: dict[str, Path] = {
-    "parakeet-tdt-tiny-trained": Path(__file__).resolve().parent / "models" / "parakeet-tdt-tiny-trained.nemo",
+    name: Path(__file__).resolve().parent / "models" / f"{name}.nemo"
+    for name in ("parakeet-tdt-tiny-trained", "parakeet-tdt-tiny-streaming-trained")
 }
 
 
@@ -104,10 +152,16 @@ def write_tokenizer(sentences, vocab_size: int, out_dir: Path) -> Path:
         num_threads=1,
         minloglevel=2,
     )
+    return save_tokenizer(model.getvalue(), out_dir)
+
+
+def save_tokenizer(proto: bytes, out_dir: Path) -> Path:
+    """A SentencePiece model (its serialized bytes) as the directory NeMo's BPE tokenizer reads:
+    ``tokenizer.model`` and the ``vocab.txt`` its setup registers beside it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "tokenizer.model"
-    path.write_bytes(model.getvalue())
-    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    path.write_bytes(proto)
+    processor = spm.SentencePieceProcessor(model_proto=proto)
     pieces = (processor.id_to_piece(i) for i in range(processor.get_piece_size()))
     (out_dir / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces), encoding="utf-8")
     return path
@@ -129,9 +183,10 @@ def train_tokenizer(vocab_size: int, seed: int, out_dir: Path) -> Path:
 
 
 def model_config(preset: Preset, tokenizer_dir: str) -> dict:
-    """NeMo model config of Parakeet-TDT v3 with the preset's widths."""
-    durations = list(TDT_DURATIONS)
-    return {
+    """NeMo model config of Parakeet-TDT v3 with the preset's widths (and decoder, and the
+    cache-aware encoder of the streaming releases where the preset streams)."""
+    durations = list(TDT_DURATIONS) if preset.decoder == "tdt" else []
+    cfg = {
         "sample_rate": 16000,
         "model_defaults": {
             "enc_hidden": preset.d_model,
@@ -210,6 +265,31 @@ def model_config(preset: Preset, tokenizer_dir: str) -> dict:
         },
         "optim": {"name": "adamw", "lr": 1e-3},
     }
+    if preset.decoder == "rnnt":
+        cfg["decoding"] = {"strategy": "greedy_batch", "greedy": {"max_symbols": 10}}
+        cfg["loss"] = {"loss_name": "default"}
+        for key in ("tdt_durations", "num_tdt_durations"):
+            cfg["model_defaults"].pop(key)
+    return cache_aware_config(cfg, preset.att_context_sizes) if preset.att_context_sizes else cfg
+
+
+# The cache-aware (streaming) FastConformer of NVIDIA's streaming releases: chunked attention
+# (70 frames, 5.6 s, of left context in every release), causal convolutions and subsampling, and
+# the un-normalised log-mel (a per-feature mean needs the whole recording).
+CACHE_AWARE_ENCODER = {"att_context_style": "chunked_limited", "conv_context_size": "causal",
+                       "causal_downsampling": True}
+CACHE_AWARE_PREPROCESSOR = {"normalize": "NA"}
+
+
+def cache_aware_config(cfg: dict, att_context_sizes=((70, 1),)) -> dict:
+    """``cfg`` (a NeMo model config) with the encoder and front end of the cache-aware releases,
+    streaming with ``att_context_sizes`` (several: NeMo's multi-look-ahead, the first the default).
+    The weights keep their shapes but the subsampler's output projection's (causal subsampling pads
+    one more frequency bin)."""
+    contexts = [list(c) for c in att_context_sizes]
+    return {**cfg, "encoder": {**cfg["encoder"], **CACHE_AWARE_ENCODER,
+                               "att_context_size": contexts[0] if len(contexts) == 1 else contexts},
+            "preprocessor": {**cfg["preprocessor"], **CACHE_AWARE_PREPROCESSOR}}
 
 
 def build_model(preset: Preset):

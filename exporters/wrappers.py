@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from exporters.components import COMPONENTS, MAX_AUDIO_SECONDS, ExportError, ModelDims
+from exporters.components import COMPONENTS, MAX_AUDIO_SECONDS, STREAMING_COMPONENTS, ExportError, ModelDims
 
 
 class Preprocessor(nn.Module):
@@ -116,6 +116,27 @@ class JointDecisionSingleStep(JointDecision):
         return super().forward(encoder_step, decoder_step)
 
 
+class EncoderStreaming(nn.Module):
+    """One chunk through NeMo's ``cache_aware_stream_step`` with the caches as inputs and outputs,
+    batch first ([1, layers, ...], as the public streaming releases lay them out; NeMo's are layers
+    first). Every encoder frame the chunk yields is returned (look-ahead included): the host keeps
+    ``StreamingDims.valid_out_frames`` of them but on the last chunk, as NeMo's pipeline does.
+    The model's streaming configuration must be set (``exporters.streaming.streaming_dims``)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder = model.encoder
+        self.drop_extra_pre_encoded = model.encoder.streaming_cfg.drop_extra_pre_encoded
+
+    def forward(self, mel, mel_length, cache_last_channel, cache_last_time, cache_last_channel_len):
+        encoded, length, channel, time, channel_len = self.encoder.cache_aware_stream_step(
+            processed_signal=mel, processed_signal_length=mel_length.long(),
+            cache_last_channel=cache_last_channel.transpose(0, 1), cache_last_time=cache_last_time.transpose(0, 1),
+            cache_last_channel_len=cache_last_channel_len.long(), keep_all_outputs=True,
+            drop_extra_pre_encoded=self.drop_extra_pre_encoded)
+        return encoded, length.int(), channel.transpose(0, 1), time.transpose(0, 1), channel_len.int()
+
+
 # The Torch reference of each component of the contract (``exporters.components``).
 WRAPPERS: dict[str, type[nn.Module]] = {
     "preprocessor": Preprocessor,
@@ -125,9 +146,11 @@ WRAPPERS: dict[str, type[nn.Module]] = {
     "joint": Joint,
     "joint_decision": JointDecision,
     "joint_decision_single_step": JointDecisionSingleStep,
+    "encoder_streaming": EncoderStreaming,
 }
-if set(WRAPPERS) != set(COMPONENTS):
-    raise ImportError(f"wrappers {sorted(WRAPPERS)} do not match the contract's components {sorted(COMPONENTS)}")
+if set(WRAPPERS) != set(COMPONENTS) | set(STREAMING_COMPONENTS):
+    raise ImportError(f"wrappers {sorted(WRAPPERS)} do not match the contract's components "
+                      f"{sorted(COMPONENTS) + sorted(STREAMING_COMPONENTS)}")
 
 
 def wrapper(name: str, model) -> nn.Module:

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from exporters.components import COMPONENTS, LENGTH, Component, ExportError
+from exporters.components import COMPONENTS, LENGTH, STREAMING_COMPONENTS, Component, ExportError
 from exporters.settings import PROJECT_NAME, tool_settings
 from exporters.settings import table as settings_table
 from validation.metrics import Tolerance
@@ -52,10 +52,16 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "joint_decision_single_step.token_prob": Tolerance(0.1, 1e-2),
     "fused.mel_encoder.encoder": Tolerance(5e-2, 5e-3),
     "fused.token_prob": Tolerance(1e-3, 0.0),
+    # The streaming encoder's chunk and caches: the offline encoder's tolerance, per chunk.
+    "encoder_streaming.encoder": Tolerance(5e-2, 5e-3),
+    "encoder_streaming.encoder_length": EXACT,
+    "encoder_streaming.cache_last_channel": Tolerance(5e-2, 5e-3),
+    "encoder_streaming.cache_last_time": Tolerance(5e-2, 5e-3),
+    "encoder_streaming.cache_last_channel_len": EXACT,
 }
 
 
-def declared_keys(components: dict[str, Component] = COMPONENTS) -> dict[str, bool]:
+def declared_keys(components: dict[str, Component] = COMPONENTS | STREAMING_COMPONENTS) -> dict[str, bool]:
     """Every tolerance key the checks look up, with whether it must be exact (lengths)."""
     keys = {DECODER_ROLLOUT_LOGITS: False}
     for component in components.values():
@@ -67,7 +73,8 @@ def declared_keys(components: dict[str, Component] = COMPONENTS) -> dict[str, bo
     return keys
 
 
-def check_coverage(tolerances: dict[str, Tolerance], components: dict[str, Component] = COMPONENTS) -> None:
+def check_coverage(tolerances: dict[str, Tolerance],
+                   components: dict[str, Component] = COMPONENTS | STREAMING_COMPONENTS) -> None:
     """Every key the contract declares has a tolerance, exact for lengths and only for them, and
     the table holds no key nothing looks up: a check never falls back to a default."""
     declared = declared_keys(components)

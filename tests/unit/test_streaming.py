@@ -1,0 +1,81 @@
+"""Cache-aware models without packages: which models stream, the chunk sizes they offer, the sizes of
+a chunk, how a chunk is padded and how many of its frames a decoder keeps, and the options and
+components that name streaming."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from nemo.collections.asr.modules import ConformerEncoder
+
+from exporters.components import ExportError, ExportOptions, StreamingDims, get_components
+from exporters.presets import PRESETS, build_model
+from exporters.streaming import MelChunk, chunk_sizes, committed_frames, is_cache_aware, mel_chunks, streaming_dims
+
+
+@pytest.fixture(scope="module")
+def streaming_model():
+    return build_model(PRESETS["tiny-streaming"])
+
+
+def test_a_cache_aware_preset_streams_160_ms_chunks_of_nemos_sizes(streaming_model):
+    assert is_cache_aware(streaming_model)
+    assert chunk_sizes(streaming_model) == {160: [70, 1]}
+    dims = streaming_dims(streaming_model)
+    # NeMo's streaming config for [70, 1] and 8x subsampling: 16 new mel frames, 9 of look-back,
+    # 2 encoder frames kept per chunk, 70 frames of attention cache, 8 of convolution cache
+    assert (dims.chunk_mel_frames, dims.shift_mel_frames, dims.pre_encode_cache_frames) == (25, 16, 9)
+    assert (dims.valid_out_frames, dims.chunk_encoder_frames, dims.drop_extra_pre_encoded) == (2, 2, 2)
+    assert (dims.cache_channel_frames, dims.cache_time_frames, dims.layers) == (70, 8, 2)
+    assert dims.chunk_seconds == pytest.approx(0.16)
+    assert StreamingDims.from_dict(dims.as_dict()) == dims
+
+
+def test_a_chunk_size_the_model_was_not_trained_for_is_refused_naming_those_it_was(streaming_model):
+    with pytest.raises(ExportError, match=r"--chunk-ms 320: this model streams chunks of 160 ms; expected one"):
+        streaming_dims(streaming_model, 320)
+
+
+def test_an_offline_model_is_not_streamed_and_says_why():
+    offline = SimpleNamespace(encoder=ConformerEncoder(feat_in=16, n_layers=1, d_model=16, n_heads=2))
+    assert not is_cache_aware(offline)
+    with pytest.raises(ExportError, match=r"not cache-aware \(att_context_style 'regular', att_context_size "
+                                          r"\[-1, -1\]\); streaming export needs a cache-aware FastConformer"):
+        streaming_dims(offline)
+
+
+def test_the_stream_is_cut_as_nemos_buffer_cuts_it(streaming_model):
+    """0.5 s: 51 mel frames, a first chunk of 16 new frames, then two of 16, then a remainder of 3
+    (under the 8 frames a later chunk needs: dropped, as NeMo drops it)."""
+    chunks = mel_chunks(streaming_model, torch.zeros(8000).numpy())
+    assert [c.length for c in chunks] == [25, 25, 25]
+    assert [c.last for c in chunks] == [False, False, True]
+    assert np.all(chunks[0].mel[:, :, :9] == 0)  # the first chunk's look-back is zeros
+
+
+def test_a_short_chunk_is_padded_with_zero_frames_to_the_packages_length():
+    dims = StreamingDims(n_mels=2, encoder_dim=4, layers=1, chunk_mel_frames=5, shift_mel_frames=3,
+                         pre_encode_cache_frames=2, drop_extra_pre_encoded=1, valid_out_frames=2,
+                         chunk_encoder_frames=2, cache_channel_frames=3, cache_time_frames=2, att_context_size=(3, 1),
+                         mel_hop_seconds=0.01)
+    chunk = MelChunk(np.ones((1, 2, 3), np.float32), 3, last=True)
+    assert chunk.padded(dims).tolist() == [[[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]]]
+    assert committed_frames(3, dims, last=False) == 2  # the rest is look-ahead, recomputed by the next chunk
+    assert committed_frames(3, dims, last=True) == 3
+
+
+def test_chunk_ms_is_an_option_of_whole_positive_milliseconds_kept_out_of_old_cache_keys():
+    assert "chunk_ms" not in ExportOptions().as_dict()
+    assert ExportOptions(chunk_ms=160).as_dict()["chunk_ms"] == 160
+    for bad in (0, -160, 160.5, True):
+        with pytest.raises(ExportError, match="chunk ms must be a positive whole number of milliseconds"):
+            ExportOptions(chunk_ms=bad)
+
+
+def test_the_streaming_encoder_is_a_component_by_name():
+    assert [c.name for c in get_components(["encoder_streaming"])] == ["encoder_streaming"]
+    with pytest.raises(ExportError, match=r"unknown component\(s\) encoder_stream; expected any of: .*streaming"):
+        get_components(["encoder_stream"])

@@ -7,19 +7,21 @@ import shutil
 from pathlib import Path
 
 from exporters.cache import ExportCache
-from exporters.components import COMPONENTS, DECODE, ExportError, ExportOptions, get_components
+from exporters.components import DECODE, STREAMING_COMPONENTS, ExportError, ExportOptions, StreamingDims, get_components
 from exporters.console import print_progress, print_result, progress_bar
 from exporters.export import ORIGINS_FILE, Exporter
 from exporters.publish import check_writable, copy_package, publish, staged_output
 from exporters.quantize import GivenExports, parse_variant, variant_table
 from exporters.settings import config_path
 from exporters.sources import ModelSource
+from exporters.streaming import mel_chunks, streaming_dims
 from exporters.wrappers import model_dims
 from reports.evaluation import EVALUATION_DIR, write_evaluation
 from reports.latency import write_latency
 from reports.metadata import METADATA
 from reports.parity import ParityReport, parity_context
 from reports.quantization import VARIANT_METADATA, write_quantization
+from reports.streaming import streaming_block, streaming_context, write_streaming
 from runtimes.base import BackendUnavailable, describe_backend, resolve_backend
 from runtimes.loader import LoadedPredictors, load_predictor
 from validation.audio import parity_clips, read_audio, synthetic_speech
@@ -43,8 +45,11 @@ from validation.packages import (
     provenance,
 )
 from validation.quantization import QuantizationSweep
+from validation.streaming import COMPONENT_VALUES, stream_audio, stream_parity
 from validation.timing import all_cases, environment, flagged, latency_block, measure
 from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, load_gates, load_tolerances
+
+STREAMING = next(iter(STREAMING_COMPONENTS))
 
 
 def component_list(values: list[str]) -> list[str]:
@@ -54,9 +59,9 @@ def component_list(values: list[str]) -> list[str]:
 
 def run_convert(args) -> int:
     source = ModelSource.from_options(args.nemo_path, args.model_id, args.preset)
-    names = [c.name for c in get_components(component_list(args.components or []))]
+    names = [c.name for c in get_components(component_list(args.components or []))] if args.components else None
     options = ExportOptions(args.compute_precision, args.compute_units, args.minimum_deployment_target,
-                            flexible_audio=args.flexible_audio)
+                            flexible_audio=args.flexible_audio, chunk_ms=args.chunk_ms)
     with staged_output(args.output_dir) as staging:
         exporter = Exporter(source, options, ExportCache(args.cache_dir))
         exported = exporter.export_all(names, steps=progress_bar("convert", "component"))
@@ -66,7 +71,7 @@ def run_convert(args) -> int:
             except FileNotFoundError:  # its cache entry vanished since it was found: build it again
                 print_progress(f"{e.name}: its cache entry {e.entry.path} vanished; exporting it again")
                 shutil.rmtree(staging / e.package.name, ignore_errors=True)
-                copy_package(exporter.export(COMPONENTS[e.name]).package, staging / e.package.name)
+                copy_package(exporter.export(get_components([e.name])[0]).package, staging / e.package.name)
         shutil.copyfile(exporter.vocabulary, staging / exporter.vocabulary.name)
         metadata = exporter.metadata(exported, relative_paths=True)
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
@@ -229,6 +234,10 @@ def run_compare(args) -> int:
     if latency is not None:
         _, latency_plotted = write_latency(directory, description, latency)
         plots += latency_plotted
+    streaming_passed = True
+    if STREAMING in packages:
+        streaming_passed = _compare_streaming(model, description, packages[STREAMING], load, clips[0], backend,
+                                              tolerances, directory)
     status = json.loads(path.read_text())["validation"]["status"]
     noisy = flagged(latency) if latency else []
     blocks = "validation and latency blocks" if latency else "validation block"
@@ -236,7 +245,37 @@ def run_compare(args) -> int:
                  f"{plots[0].parent if plots else directory}"
                  + (f"; {len(noisy)} latency case(s) flagged, read them with care: " + "; ".join(noisy) if noisy
                     else ""))
-    return 0 if status == "passed" else 1
+    return 0 if status == "passed" and streaming_passed else 1
+
+
+def _compare_streaming(model, description: dict, package: Path, load, clip, backend: str, tolerances,
+                       directory: Path) -> bool:
+    """The streaming encoder chunk by chunk against NeMo's streaming, at the package's precision,
+    on ``clip`` (the user's recording, else the synthetic speech) twice with pauses."""
+    recorded = description.get("streaming")
+    if recorded is None:
+        raise ExportError(f"{STREAMING} is in the package set but its metadata holds no streaming chunk sizes: "
+                          f"convert it with a cache-aware model source (--nemo-path, --preset)")
+    dims = streaming_dims(model, recorded["chunk_ms"])
+    expected = StreamingDims.from_dict({k: recorded[k] for k in dims.as_dict()})
+    if dims != expected:
+        raise ExportError(f"{STREAMING}: the model streams chunks of other sizes than the package was exported "
+                          f"for ({dims} against {expected}); convert it again")
+    precision = description["coreml"]["compute_precision"]
+    audio = stream_audio(clip.samples[:clip.length], int(description["sample_rate"]))
+    chunks = mel_chunks(model, audio)
+    print_progress(f"streaming: {len(chunks)} chunks of {recorded['chunk_ms']} ms ({audio.size / 16000:.1f} s: "
+                   f"{clip.name} twice, with pauses) through NeMo's cache-aware streaming and {package.name}")
+    run = stream_parity(model, dims, load(package).predict, chunks, tolerances)
+    block = streaming_block({precision: run.record()},
+                            streaming_context(backend, f"{clip.name} twice, with pauses", tolerances))
+    path, plot = write_streaming(directory, description, block)
+    worst = {o: max(run.series(o)) for o in COMPONENT_VALUES}
+    print_result(f"streaming {block['status']}: {len(chunks)} chunks, largest errors "
+                 + ", ".join(f"{o} {v:.3g}" for o, v in worst.items())
+                 + f"; streaming_validation block in {path}, plot {plot}"
+                 + "".join(f"\nFAILED {line}" for line in block["failures"][:10]))
+    return block["status"] == "passed"
 
 
 def run_evaluate(args) -> int:

@@ -499,3 +499,32 @@ def evaluation_plots(block: dict, records: list[dict], caption: Caption, out_dir
         ax.tick_params(axis="x", labelsize=8)
         drawn.append(_save(plt, fig, caption, "Where the WER comes from", out_dir / "wer_decomposition.png"))
     return drawn, skipped
+
+
+STREAMING_DIR = Path("plots") / "streaming"
+_PRECISION_STYLES = {"float32": ("tab:blue", "-"), "float16": ("tab:orange", "-")}
+
+
+def streaming_plot(block: dict, caption: Caption, out_dir: Path) -> Path:
+    """Each compared output's largest error chunk by chunk, one panel per output, one line per
+    precision, the tolerance's atol dashed: a drifting cache rises to the right."""
+    runs = block["runs"]
+    outputs = list(next(iter(runs.values()))["series"])
+    plt, fig, axes = _figure(len(outputs), height=2.2)
+    for ax, output in zip(axes, outputs):
+        for precision, run in runs.items():
+            color, style = _PRECISION_STYLES.get(precision, ("tab:gray", "-"))
+            errors = np.asarray(run["series"][output]["max_abs"], dtype=float)
+            growth = run["growth"].get(output)
+            label = f"{precision}" + (f" (last/first quarter {growth:.2f}x)" if growth is not None else "")
+            ax.plot(np.arange(errors.size), np.maximum(errors, 1e-12), style, color=color, linewidth=1, label=label)
+        atol = block["tolerances"][output].get("atol")
+        if atol:
+            ax.axhline(atol, color="black", linestyle="--", linewidth=0.8, label=f"tolerance atol {atol:g}")
+        ax.set_yscale("log")
+        ax.set_ylabel("max |error|")
+        ax.set_title(output, fontsize=9, loc="left")
+        ax.legend(fontsize=7, loc="lower right")
+    axes[-1].set_xlabel(f"chunk ({block['chunk_ms']} ms of new audio each)")
+    return _save(plt, fig, caption, "Streaming encoder against NeMo's cache-aware streaming, chunk by chunk",
+                 out_dir / "stream_error_per_chunk.png")

@@ -19,6 +19,7 @@ from exporters.publish import publish, staged_output
 from reports.evaluation import EVALUATION_DIR, write_evaluation
 from reports.parity import ParityReport
 from reports.quantization import write_quantization
+from reports.streaming import STREAMING_REPORT_DIR, streaming_block, write_streaming
 from validation.evaluation import BadInput, Evaluation
 from validation.timing import flagged
 from validation.tolerances import load_gates
@@ -49,7 +50,8 @@ def _results_travel_with_the_test(request):
 class Gathered:
     """The results the tests sent, by kind: ``parity_context`` and ``parity`` (``ClipParity``
     records), ``held_out``, ``quantization_context`` and ``quantization`` (variant records),
-    ``evaluation_context``, ``evaluation`` and ``evaluation_bad``."""
+    ``evaluation_context``, ``evaluation`` and ``evaluation_bad``, ``streaming_context`` and
+    ``streaming`` (``StreamParity`` records)."""
 
     def __init__(self):
         self.latest: dict[str, object] = {}
@@ -57,6 +59,7 @@ class Gathered:
         self.variants: dict[str, dict] = {}
         self.evaluation: dict[str, dict] = {}
         self.evaluation_bad: list[str] = []
+        self.streaming: dict[str, dict] = {}  # precision -> StreamParity.record()
 
     def pytest_runtest_logreport(self, report):
         for name, sent in report.user_properties:
@@ -71,6 +74,8 @@ class Gathered:
                     self.evaluation[payload["key"]] = payload
                 elif kind == "evaluation_bad":
                     self.evaluation_bad.append(payload)
+                elif kind == "streaming":
+                    self.streaming[payload["precision"]] = payload["record"]
                 else:
                     self.latest[kind] = payload
 
@@ -117,6 +122,8 @@ def pytest_sessionfinish(session, exitstatus):
             noisy = flagged(report.block())
             line += f"; {len(noisy)} case(s) flagged" + "".join(f"\n  FLAGGED {n}" for n in noisy)
         lines.append(line)
+    if gathered.streaming and "streaming_context" in gathered.latest:
+        lines.append(_write_streaming(config, gathered))
     if gathered.variants and "quantization_context" in gathered.latest:
         try:
             lines.append(_write_quantization(config, gathered))
@@ -149,6 +156,20 @@ def _write_evaluation(config, gathered: Gathered) -> tuple[str, bool]:
         return f"evaluation {verdict}; its report not written: {e}", passed
     return (f"evaluation of {len(records)} utterance(s) {verdict}; evaluation block in {path}, {len(plots)} plot(s) "
             f"in {path.parent / EVALUATION_DIR}"), passed
+
+
+def _write_streaming(config, gathered: Gathered) -> str:
+    """The streaming block and plot, in their own folder under ``--report-dir``: the streaming
+    model may not be the session's."""
+    sent = gathered.latest["streaming_context"]
+    records = {p: gathered.streaming[p] for p in sorted(gathered.streaming)}
+    block = streaming_block(records, sent["context"])
+    directory = config.option.report_dir / STREAMING_REPORT_DIR
+    try:
+        path, plot = write_streaming(directory, sent["description"], block)
+    except ExportError as e:
+        return f"streaming report not written: {e}"
+    return f"streaming report ({block['status']}): streaming_validation block in {path}; plot {plot}"
 
 
 def _write_quantization(config, gathered: Gathered) -> str:

@@ -1,0 +1,128 @@
+"""The streaming encoder, chunk by chunk against NeMo's own cache-aware streaming
+(``validation.streaming``), on the session's model when it streams with caches and otherwise on
+the built-in streaming test model: at fp32 and fp16, over about 200 chunks of speech and pauses,
+every chunk's encoder frames and caches within the contract's tolerances and no error growing
+along the stream; a cache that drifts, or caches not carried, are caught."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from exporters.components import ExportOptions, get_components, initial_caches
+from exporters.export import Exporter
+from exporters.sources import ModelSource
+from exporters.streaming import mel_chunks
+from reports.plugin import send
+from reports.streaming import streaming_context
+from validation.audio import synthetic_speech
+from validation.streaming import MAX_ERROR_GROWTH, stream_audio, stream_parity
+
+pytestmark = pytest.mark.parity
+
+STREAMING_TEST_MODEL = "tiny-streaming"
+PRECISIONS = ("float32", "float16")
+
+
+@pytest.fixture(scope="module")
+def streaming(model_source, export_cache, pytestconfig):
+    """``(exporters by precision, loaded model)`` of the session's model when it is cache-aware,
+    else of the built-in streaming test model."""
+    units = pytestconfig.option.compute_units
+    for source in (model_source, ModelSource.from_options(None, None, STREAMING_TEST_MODEL)):
+        exporters = {p: Exporter(source, ExportOptions(compute_precision=p, compute_units=units), export_cache,
+                                 progress=lambda message: None) for p in PRECISIONS}
+        if exporters["float32"].streaming_dims is not None:
+            return exporters, exporters["float32"].model
+    raise AssertionError(f"the built-in {STREAMING_TEST_MODEL} is not cache-aware")
+
+
+@pytest.fixture(scope="module")
+def chunks(streaming, export_cache, dims, backend, tolerances, pytestconfig):
+    """NeMo's chunks of the parity stream (synthetic speech twice, with pauses); what the report
+    says of them goes to the plugin."""
+    speech = synthetic_speech(export_cache, dims)
+    exporter = streaming[0]["float16"]
+    description = exporter.metadata([exporter.export(get_components(["encoder_streaming"])[0])])
+    send(pytestconfig, "streaming_context", {
+        "description": description,
+        "context": streaming_context(backend, "synthetic speech twice, with pauses", tolerances)})
+    return mel_chunks(streaming[1], stream_audio(speech.samples[:speech.length], dims.sample_rate))
+
+
+def _parity(streaming, chunks, precision, predictor, tolerances, perturb=None):
+    exporters, model = streaming
+    exporter = exporters[precision]
+    package = exporter.export(get_components(["encoder_streaming"])[0]).package
+    predict = predictor(package).predict
+    return stream_parity(model, exporter.streaming_dims, predict if perturb is None else perturb(predict), chunks,
+                         tolerances)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_the_streaming_encoder_follows_nemo_chunk_by_chunk(streaming, chunks, precision, predictor, tolerances,
+                                                           pytestconfig):
+    run = _parity(streaming, chunks, precision, predictor, tolerances)
+    send(pytestconfig, "streaming", {"precision": precision, "record": run.record()})
+    assert len(run.chunks) >= 100, len(run.chunks)
+    assert run.chunks[-1].last and "cache_last_channel_next" not in run.chunks[-1].comparisons  # a short last chunk
+    assert not run.failures(), "\n".join(run.failures()[:10])
+
+
+def test_a_cache_that_drifts_along_the_stream_is_caught(streaming, chunks, predictor, tolerances):
+    """Each chunk's attention cache off by a little more than the last one's: early chunks within
+    tolerance, the growth of the error along the stream is what fails."""
+    def drifting(predict):
+        count = [0]
+
+        def run(inputs):
+            out = dict(predict(inputs))
+            count[0] += 1
+            out["cache_last_channel_next"] = out["cache_last_channel_next"] + np.float32(1e-5 * count[0])
+            return out
+        return run
+
+    run = _parity(streaming, chunks, "float32", predictor, tolerances, perturb=drifting)
+    assert run.growth("cache_last_channel_next") > MAX_ERROR_GROWTH
+    assert any("drifting cache" in line for line in run.failures()), run.failures()
+    assert not run.chunks[0].problems()  # the first chunk alone would pass
+
+
+def test_caches_that_are_not_carried_are_caught(streaming, chunks, predictor, tolerances):
+    """A stream that restarts its caches at every chunk (a runtime dropping the state) departs from
+    NeMo's after the first chunk."""
+    def forgetting(predict):
+        def run(inputs):
+            zeros = {name: np.zeros_like(inputs[name]) for name in
+                     ("cache_last_channel", "cache_last_time", "cache_last_channel_len")}
+            return predict({**inputs, **zeros})
+        return run
+
+    run = _parity(streaming, chunks, "float32", predictor, tolerances, perturb=forgetting)
+    failed = [c.index for c in run.chunks if c.problems()]
+    assert failed and failed[0] == 1, failed[:5]
+
+
+@pytest.mark.parametrize(("seconds", "speech", "count"), [(3.0, False, 19), (0.05, True, 1), (0.2, True, 1)],
+                         ids=["silence", "one-short-chunk", "remainder-dropped"])
+def test_short_and_silent_streams_follow_nemo(streaming, export_cache, dims, predictor, tolerances, seconds, speech,
+                                              count):
+    """Digital silence over many chunks; 50 ms, one chunk padded to the package's length; 200 ms,
+    whose last 50 ms NeMo's buffer drops (after the first chunk it yields none of under 80 ms)."""
+    clip = synthetic_speech(export_cache, dims)
+    samples = clip.samples[:int(seconds * dims.sample_rate)] if speech else np.zeros(int(seconds * 16000), np.float32)
+    chunks = mel_chunks(streaming[1], samples)
+    run = _parity(streaming, chunks, "float32", predictor, tolerances)
+    assert len(run.chunks) == count, len(run.chunks)
+    assert not run.failures(), run.failures()
+
+
+def test_a_chunk_of_the_wrong_length_is_refused_naming_the_input(streaming, predictor):
+    exporter = streaming[0]["float32"]
+    dims = exporter.streaming_dims
+    package = exporter.export(get_components(["encoder_streaming"])[0]).package
+    inputs = {"mel": np.zeros((1, dims.n_mels, dims.chunk_mel_frames - 1), np.float32),
+              "mel_length": np.array([dims.chunk_mel_frames - 1], np.int32), **initial_caches(dims)}
+    with pytest.raises(Exception, match=rf"'mel' has shape \[1, {dims.n_mels}, {dims.chunk_mel_frames - 1}\], "
+                                        rf"expected \[1, {dims.n_mels}, {dims.chunk_mel_frames}\]"):
+        predictor(package).predict(inputs)

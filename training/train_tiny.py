@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -26,7 +27,15 @@ from lightning.pytorch.callbacks import Callback
 from nemo.collections.asr.models import EncDecRNNTBPEModel
 from omegaconf import OmegaConf, open_dict
 
-from exporters.presets import TDT_DURATIONS, TRAINED_PRESETS, Preset, model_config, write_tokenizer
+from exporters.presets import (
+    TDT_DURATIONS,
+    TRAINED_PRESETS,
+    Preset,
+    cache_aware_config,
+    model_config,
+    save_tokenizer,
+    write_tokenizer,
+)
 from exporters.sources import quiet_nemo
 from training.evaluate import evaluate, evaluate_long_form, write_model_card
 from training.tdt_loss import TDTLoss
@@ -59,6 +68,7 @@ SIGMA = 0.02  # Parakeet-TDT v3's logit undernormalisation
 JOINED_STEPS = 600  # stage 2
 JOINED_LR = 1e-3
 JOINED_COPIES = 2  # each training sentence appears in this many joined recordings
+STREAMING_NAME = "parakeet-tdt-tiny-streaming-trained"  # the cache-aware test model (--cache-aware)
 
 
 def log(message: str) -> None:
@@ -180,7 +190,7 @@ def manifest_hours(manifest: Path) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.train_tiny", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=TRAINED_PRESETS[ARCHITECTURE.name],
+    parser.add_argument("--out", type=Path,
                         help="the .nemo to write (default: the shipped preset's file)")
     parser.add_argument("--work-dir", type=Path, default=Path("training-work"),
                         help="audio, manifests and tokenizer go here (default: ./training-work)")
@@ -193,9 +203,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--joined-batch-size", type=int, default=16, help="stage 2: recordings per step")
     parser.add_argument("--joined-steps", type=int, default=JOINED_STEPS,
                         help="stage 2: steps on joined 2-15 s recordings (0: none)")
+    parser.add_argument("--cache-aware", action="store_true",
+                        help="stage 2 trains the cache-aware (streaming) encoder of NVIDIA's streaming releases, "
+                             "started from stage 1's weights; default --out: the streaming test model's file")
     parser.add_argument("--stage-1", type=Path, metavar="FILE.nemo",
                         help="start stage 2 from this stage-1 checkpoint instead of training stage 1")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = TRAINED_PRESETS[STREAMING_NAME if args.cache_aware else ARCHITECTURE.name]
+    if args.cache_aware and not args.joined_steps:
+        parser.error("--cache-aware trains in stage 2: give --joined-steps above 0")
     if args.out.suffix != ".nemo":
         parser.error(f"--out {args.out}: expected a path ending in .nemo")
     if args.stage_1 is not None and not args.stage_1.is_file():
@@ -227,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         model = EncDecRNNTBPEModel.restore_from(str(args.stage_1), map_location="cpu")
         stages.append({"data": "single sentences", "from": args.stage_1.name})
 
+    if args.cache_aware:
+        model = cache_aware(model, work)
     joined = {}
     if args.joined_steps:
         joined_began = time.monotonic()
@@ -271,9 +290,41 @@ def main(argv: list[str] | None = None) -> int:
         "total_s": round(time.monotonic() - began), "device": str(next(model.parameters()).device),
         "threads": torch.get_num_threads(), "test": result, "long_form": long_form,
     }
-    card = write_model_card(args.out, ARCHITECTURE, record)
+    if args.cache_aware:
+        record["notes"] = [
+            f"**Cache-aware.** Stage 2 trains the cache-aware encoder of NVIDIA's streaming releases "
+            f"(`exporters.presets.cache_aware_config`): {model.encoder.att_context_style} attention with context "
+            f"{list(model.encoder.att_context_size)} (160 ms chunks), causal convolutions and subsampling, the "
+            "un-normalised log-mel; it starts from stage 1's weights (the subsampler's output projection grows by "
+            "one frequency bin, which starts at zero). Its results below are NeMo's offline transcription, which "
+            "sees the same limited context a stream does."]
+    card = write_model_card(args.out, replace(ARCHITECTURE, name=STREAMING_NAME) if args.cache_aware else ARCHITECTURE,
+                            record)
     log(f"model card {card}")
     return 0
+
+
+def cache_aware(model, work: Path) -> EncDecRNNTBPEModel:
+    """``model``'s weights in the cache-aware architecture (``exporters.presets.cache_aware_config``)."""
+    cfg = OmegaConf.to_container(model.cfg, resolve=True)
+    tokenizer = work / "tokenizer_cache_aware"  # stage 1's, where the new model's setup reads it
+    save_tokenizer(model.tokenizer.tokenizer.serialized_model_proto(), tokenizer)
+    cfg["tokenizer"] = {"dir": str(tokenizer), "type": "bpe"}
+    streaming = EncDecRNNTBPEModel(cfg=OmegaConf.create(cache_aware_config(cfg)))
+    weights = model.state_dict()
+    # Causal subsampling pads one more frequency bin into the subsampler's output projection: the
+    # offline weights of each channel's bins carry over, the new bin starts at zero.
+    key = "encoder.pre_encode.out.weight"
+    new = streaming.state_dict()[key]
+    channels = int(model.cfg.encoder.subsampling_conv_channels)
+    old = weights[key].reshape(new.shape[0], channels, -1)
+    grown = torch.zeros(new.shape[0], channels, new.shape[1] // channels)
+    grown[:, :, :old.shape[-1]] = old
+    weights[key] = grown.reshape(new.shape)
+    streaming.load_state_dict(weights, strict=True)
+    log(f"cache-aware from stage 1: {streaming.encoder.att_context_style} attention, context "
+        f"{list(streaming.encoder.att_context_size)}, causal convolutions, un-normalised mel")
+    return streaming
 
 
 def fit(model, trainer: pl.Trainer, data: str, steps: int, batch_size: int) -> dict:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from exporters.sources import ModelSource
+from exporters.streaming import is_cache_aware
 
 
 def test_train_script_writes_a_loadable_checkpoint_and_its_card(tmp_path):
@@ -26,6 +27,26 @@ def test_train_script_writes_a_loadable_checkpoint_and_its_card(tmp_path):
     card = out.with_suffix(".md").read_text()
     assert "WER" in card and "| 1 | single sentences | 3 | 8 |" in card
     assert "| 2 | joined 2-15 s recordings | 2 | 4 |" in card and "## Results on `builtin:long-form`" in card
+
+
+def test_a_cache_aware_model_trains_from_stage_1_in_stage_2(tmp_path):
+    out = tmp_path / "streaming.nemo"
+    done = subprocess.run(
+        [sys.executable, "-m", "training.train_tiny", "--cache-aware", "--out", str(out), "--work-dir",
+         str(tmp_path / "work"), "--train-sentences", "32", "--dev-sentences", "4", "--test-sentences", "4",
+         "--max-steps", "2", "--batch-size", "8", "--joined-steps", "2", "--joined-batch-size", "4"],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    model = ModelSource.from_options(nemo_path=str(out)).load()
+    assert is_cache_aware(model) and list(model.encoder.att_context_size) == [70, 1]
+    assert model.cfg.preprocessor.normalize == "NA"
+    assert "**Cache-aware.**" in out.with_suffix(".md").read_text()
+
+
+def test_cache_aware_training_needs_stage_2():
+    done = subprocess.run([sys.executable, "-m", "training.train_tiny", "--cache-aware", "--joined-steps", "0"],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "--cache-aware trains in stage 2" in done.stderr
 
 
 def test_stage_2_starts_from_a_given_stage_1_checkpoint_only_if_it_exists(tmp_path):

@@ -45,11 +45,9 @@ from validation.packages import (
     provenance,
 )
 from validation.quantization import QuantizationSweep
-from validation.streaming import COMPONENT_VALUES, stream_audio, stream_parity
+from validation.streaming import COMPONENT_VALUES, offline_tokens, stream_audio, stream_parity
 from validation.timing import all_cases, environment, flagged, latency_block, measure
 from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, load_gates, load_tolerances
-
-STREAMING = next(iter(STREAMING_COMPONENTS))
 
 
 def component_list(values: list[str]) -> list[str]:
@@ -235,9 +233,9 @@ def run_compare(args) -> int:
         _, latency_plotted = write_latency(directory, description, latency)
         plots += latency_plotted
     streaming_passed = True
-    if STREAMING in packages:
-        streaming_passed = _compare_streaming(model, description, packages[STREAMING], load, clips[0], backend,
-                                              tolerances, directory)
+    if any(name in packages for name in STREAMING_COMPONENTS):
+        streaming_passed = _compare_streaming(model, description, packages, load, clips[0], backend, tolerances,
+                                              directory)
     status = json.loads(path.read_text())["validation"]["status"]
     noisy = flagged(latency) if latency else []
     blocks = "validation and latency blocks" if latency else "validation block"
@@ -248,29 +246,37 @@ def run_compare(args) -> int:
     return 0 if status == "passed" and streaming_passed else 1
 
 
-def _compare_streaming(model, description: dict, package: Path, load, clip, backend: str, tolerances,
+def _compare_streaming(model, description: dict, packages: dict[str, Path], load, clip, backend: str, tolerances,
                        directory: Path) -> bool:
-    """The streaming encoder chunk by chunk against NeMo's streaming, at the package's precision,
+    """The streaming encoders chunk by chunk against NeMo's streaming, at the packages' precision,
     on ``clip`` (the user's recording, else the synthetic speech) twice with pauses."""
     recorded = description.get("streaming")
-    if recorded is None:
-        raise ExportError(f"{STREAMING} is in the package set but its metadata holds no streaming chunk sizes: "
-                          f"convert it with a cache-aware model source (--nemo-path, --preset)")
+    missing = [name for name in STREAMING_COMPONENTS if name not in packages]
+    if recorded is None or missing:
+        raise ExportError(f"streaming parity needs {' and '.join(STREAMING_COMPONENTS)} and the streaming chunk "
+                          f"sizes in metadata.json; {'absent: ' + ', '.join(missing) if missing else 'none recorded'}"
+                          " (convert them from a cache-aware model source)")
     dims = streaming_dims(model, recorded["chunk_ms"])
     expected = StreamingDims.from_dict({k: recorded[k] for k in dims.as_dict()})
     if dims != expected:
-        raise ExportError(f"{STREAMING}: the model streams chunks of other sizes than the package was exported "
+        raise ExportError("encoder_streaming: the model streams chunks of other sizes than the packages were exported "
                           f"for ({dims} against {expected}); convert it again")
     precision = description["coreml"]["compute_precision"]
     audio = stream_audio(clip.samples[:clip.length], int(description["sample_rate"]))
     chunks = mel_chunks(model, audio)
     print_progress(f"streaming: {len(chunks)} chunks of {recorded['chunk_ms']} ms ({audio.size / 16000:.1f} s: "
-                   f"{clip.name} twice, with pauses) through NeMo's cache-aware streaming and {package.name}")
-    run = stream_parity(model, dims, load(package).predict, chunks, tolerances)
+                   f"{clip.name} twice, with pauses) through NeMo's cache-aware streaming and the streaming packages")
+    run = stream_parity(model, dims, {name: load(packages[name]).predict for name in STREAMING_COMPONENTS}, chunks,
+                        tolerances, offline=offline_tokens(model, audio))
     block = streaming_block({precision: run.record()},
                             streaming_context(backend, f"{clip.name} twice, with pauses", tolerances))
     path, plot = write_streaming(directory, description, block)
     worst = {o: max(run.series(o)) for o in COMPONENT_VALUES}
+    texts = {name: model.tokenizer.ids_to_text(tokens) if tokens else "" for name, tokens in run.transcripts.items()}
+    gap = run.record()["transcripts"]["nemo_streaming_edits_to_offline"]
+    print_progress(f"streaming transcripts: export {run.transcript_edits()} token edit(s) from NeMo's streaming, "
+                   f"NeMo streaming {gap} from NeMo offline (the model's own gap, reported)"
+                   + "".join(f"\n  {name}: {text!r}" for name, text in texts.items()))
     print_result(f"streaming {block['status']}: {len(chunks)} chunks, largest errors "
                  + ", ".join(f"{o} {v:.3g}" for o, v in worst.items())
                  + f"; streaming_validation block in {path}, plot {plot}"

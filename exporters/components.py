@@ -223,20 +223,22 @@ DECODE = tuple(name for name, c in COMPONENTS.items() if c.decode)
 
 @dataclass(frozen=True)
 class StreamingDims:
-    """The sizes of one chunk of a cache-aware encoder (``exporters.streaming.streaming_dims``), in
-    NeMo's pad-and-drop mode: every chunk, the first included, is the pre-encode look-back (the
-    previous chunk's last mel frames; zeros before the first) followed by ``shift_mel_frames`` new
-    ones, so one package serves the whole stream."""
+    """The sizes of the chunks of a cache-aware encoder (``exporters.streaming.streaming_dims``), as
+    NeMo's cache-aware streaming cuts them: a first chunk of ``first_chunk_mel_frames`` mel frames,
+    then chunks of the pre-encode look-back (the previous chunk's last mel frames) followed by
+    ``shift_mel_frames`` new ones."""
 
     n_mels: int
     encoder_dim: int
     layers: int
-    chunk_mel_frames: int  # look-back + new frames: the package's mel input
-    shift_mel_frames: int  # new mel frames per chunk (10 ms each)
+    first_chunk_mel_frames: int  # the first chunk: new frames only (encoder_streaming_first's mel)
+    first_chunk_encoder_frames: int  # encoder frames encoder_streaming_first returns
+    chunk_mel_frames: int  # look-back + new frames: encoder_streaming's mel
+    shift_mel_frames: int  # new mel frames per chunk after the first (10 ms each)
     pre_encode_cache_frames: int  # look-back frames
     drop_extra_pre_encoded: int  # encoder frames of the look-back, dropped after subsampling
     valid_out_frames: int  # encoder frames a chunk commits (the rest are look-ahead, recomputed)
-    chunk_encoder_frames: int  # encoder frames the package returns
+    chunk_encoder_frames: int  # encoder frames encoder_streaming returns
     cache_channel_frames: int  # attention left context kept per layer
     cache_time_frames: int  # causal convolution context kept per layer
     att_context_size: tuple[int, ...]
@@ -245,11 +247,6 @@ class StreamingDims:
     @property
     def chunk_seconds(self) -> float:
         return self.shift_mel_frames * self.mel_hop_seconds
-
-    @property
-    def mel_length(self) -> int:
-        """Valid mel frames of a whole chunk."""
-        return self.chunk_mel_frames
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -261,27 +258,38 @@ class StreamingDims:
         return cls(**{**d, "att_context_size": tuple(d["att_context_size"])})
 
 
+def _streaming_encoder(name: str, summary: str, mel_frames: Callable[[StreamingDims], int],
+                       encoder_frames: Callable[[StreamingDims], int]) -> Component:
+    def channel(s):
+        return (1, s.layers, s.cache_channel_frames, s.encoder_dim)
+
+    def time(s):
+        return (1, s.layers, s.encoder_dim, s.cache_time_frames)
+
+    return Component(
+        name, summary,
+        (_f32("mel", lambda s: (1, s.n_mels, mel_frames(s))), _i32("mel_length", _one),
+         _f32("cache_last_channel", channel), _f32("cache_last_time", time), _i32("cache_last_channel_len", _one)),
+        (_f32("encoder", lambda s: (1, s.encoder_dim, encoder_frames(s)), tolerance=f"{name}.encoder", step_axis=2),
+         _i32("encoder_length", _one, role=LENGTH, tolerance=f"{name}.encoder_length"),
+         _f32("cache_last_channel_next", channel, tolerance=f"{name}.cache_last_channel"),
+         _f32("cache_last_time_next", time, tolerance=f"{name}.cache_last_time"),
+         _i32("cache_last_channel_len_next", _one, role=LENGTH, tolerance=f"{name}.cache_last_channel_len")),
+        headline="encoder")
+
+
 # A cache-aware model's streaming components: their ports' shapes are functions of StreamingDims.
-# Names and layouts (batch first, then layers) follow the public Core ML streaming releases.
+# Names and layouts (batch first, then layers) follow the public Core ML streaming releases, which
+# also ship the first chunk's encoder apart from the later chunks'.
 STREAMING_COMPONENTS: dict[str, Component] = {
     c.name: c
     for c in (
-        Component(
-            "encoder_streaming", "one log-mel chunk and the caches -> the chunk's encoding and the next caches",
-            (_f32("mel", lambda s: (1, s.n_mels, s.chunk_mel_frames)), _i32("mel_length", _one),
-             _f32("cache_last_channel", lambda s: (1, s.layers, s.cache_channel_frames, s.encoder_dim)),
-             _f32("cache_last_time", lambda s: (1, s.layers, s.encoder_dim, s.cache_time_frames)),
-             _i32("cache_last_channel_len", _one)),
-            (_f32("encoder", lambda s: (1, s.encoder_dim, s.chunk_encoder_frames),
-                  tolerance="encoder_streaming.encoder", step_axis=2),
-             _i32("encoder_length", _one, role=LENGTH, tolerance="encoder_streaming.encoder_length"),
-             _f32("cache_last_channel_next", lambda s: (1, s.layers, s.cache_channel_frames, s.encoder_dim),
-                    tolerance="encoder_streaming.cache_last_channel"),
-             _f32("cache_last_time_next", lambda s: (1, s.layers, s.encoder_dim, s.cache_time_frames),
-                    tolerance="encoder_streaming.cache_last_time"),
-             _i32("cache_last_channel_len_next", _one, role=LENGTH,
-                  tolerance="encoder_streaming.cache_last_channel_len")),
-            headline="encoder"),
+        _streaming_encoder("encoder_streaming_first", "a stream's first log-mel chunk and the (zero) caches -> its "
+                           "encoding and the caches", lambda s: s.first_chunk_mel_frames,
+                           lambda s: s.first_chunk_encoder_frames),
+        _streaming_encoder("encoder_streaming", "a later log-mel chunk (look-back, then new frames) and the caches -> "
+                           "the chunk's encoding and the next caches", lambda s: s.chunk_mel_frames,
+                           lambda s: s.chunk_encoder_frames),
     )
 }
 
@@ -354,13 +362,20 @@ def decoder_inputs(token: int, h: np.ndarray, c: np.ndarray) -> dict[str, np.nda
     return {"targets": np.array([[token]], np.int32), "target_length": np.ones(1, np.int32), "h_in": h, "c_in": c}
 
 
+def _whole_mel(component: Component, dims) -> int:
+    """Valid mel frames of a whole input: the window's, or a whole streaming chunk's."""
+    if component.name in STREAMING_COMPONENTS:
+        return next(s.shape[-1] for s in component.inputs(dims) if s.name == "mel")
+    return dims.mel_length
+
+
 def example_inputs(component: Component, dims: ModelDims, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs of the right names, shapes and dtypes with plausible values, for tracing and tests."""
     rng = np.random.default_rng(seed)
     values = {
         "audio_signal": lambda s: (0.1 * rng.standard_normal(s.shape)).astype(np.float32),
         "audio_length": lambda s: np.array([dims.max_audio_samples], np.int32),
-        "mel_length": lambda s: np.array([dims.mel_length], np.int32),
+        "mel_length": lambda s: np.array([_whole_mel(component, dims)], np.int32),
         "cache_last_channel_len": lambda s: np.zeros(s.shape, np.int32),
         "targets": lambda s: np.full(s.shape, dims.blank_id, np.int32),
         "target_length": lambda s: np.ones(s.shape, np.int32),

@@ -117,11 +117,12 @@ class JointDecisionSingleStep(JointDecision):
 
 
 class EncoderStreaming(nn.Module):
-    """One chunk through NeMo's ``cache_aware_stream_step`` with the caches as inputs and outputs,
-    batch first ([1, layers, ...], as the public streaming releases lay them out; NeMo's are layers
-    first). Every encoder frame the chunk yields is returned (look-ahead included): the host keeps
-    ``StreamingDims.valid_out_frames`` of them but on the last chunk, as NeMo's pipeline does.
-    The model's streaming configuration must be set (``exporters.streaming.streaming_dims``)."""
+    """A later chunk (look-back, then new mel frames) through NeMo's ``cache_aware_stream_step``
+    with the caches as inputs and outputs, batch first ([1, layers, ...], as the public streaming
+    releases lay them out; NeMo's are layers first). Every encoder frame the chunk yields is
+    returned (look-ahead included): the host keeps ``StreamingDims.valid_out_frames`` of them but
+    on the last chunk, as NeMo's pipeline does. The model's streaming configuration must be set
+    (``exporters.streaming.streaming_dims``)."""
 
     def __init__(self, model):
         super().__init__()
@@ -137,6 +138,14 @@ class EncoderStreaming(nn.Module):
         return encoded, length.int(), channel.transpose(0, 1), time.transpose(0, 1), channel_len.int()
 
 
+class EncoderStreamingFirst(EncoderStreaming):
+    """A stream's first chunk: new mel frames only, so nothing of it is dropped after subsampling."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.drop_extra_pre_encoded = 0
+
+
 # The Torch reference of each component of the contract (``exporters.components``).
 WRAPPERS: dict[str, type[nn.Module]] = {
     "preprocessor": Preprocessor,
@@ -146,6 +155,7 @@ WRAPPERS: dict[str, type[nn.Module]] = {
     "joint": Joint,
     "joint_decision": JointDecision,
     "joint_decision_single_step": JointDecisionSingleStep,
+    "encoder_streaming_first": EncoderStreamingFirst,
     "encoder_streaming": EncoderStreaming,
 }
 if set(WRAPPERS) != set(COMPONENTS) | set(STREAMING_COMPONENTS):

@@ -16,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from exporters.components import STREAMING_COMPONENTS, VALUE, StreamingDims, initial_caches
 from exporters.streaming import MelChunk, NemoStream, committed_frames
-from validation.metrics import Comparison, compare
+from validation.metrics import Comparison, compare, token_edit_distance
 from validation.tolerances import ToleranceTable
 
-COMPONENT = STREAMING_COMPONENTS["encoder_streaming"]
+COMPONENT = STREAMING_COMPONENTS["encoder_streaming"]  # its outputs are the first chunk's package's too
 CARRIED = {"cache_last_channel_next": "cache_last_channel", "cache_last_time_next": "cache_last_time",
            "cache_last_channel_len_next": "cache_last_channel_len"}  # each output cache -> the next chunk's input
 COMPONENT_VALUES = tuple(p.name for p in COMPONENT.output_ports if p.role == VALUE)  # the errors plotted
@@ -30,7 +31,7 @@ COMPONENT_VALUES = tuple(p.name for p in COMPONENT.output_ports if p.role == VAL
 # quarter. Measured on the tiny streaming preset over 125 chunks of noise: fp32 0.8-1.2x, fp16 0.9-1.5x.
 MAX_ERROR_GROWTH = 4.0
 
-Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # one package's predict
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,47 @@ class ChunkParity:
                 for problem in c.problems()]
 
 
+class StreamDecoder:
+    """NeMo's streaming decoding (as ``conformer_stream_step`` does it): the model's own greedy
+    decoding of each chunk's committed encoder frames, continuing from the previous chunk's
+    hypothesis (its prediction-network state and last token)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.hypotheses = None
+
+    def add(self, encoder: np.ndarray) -> None:
+        with torch.no_grad():
+            self.hypotheses = self.model.decoding.rnnt_decoder_predictions_tensor(
+                encoder_output=torch.from_numpy(np.ascontiguousarray(encoder)),
+                encoded_lengths=torch.tensor([encoder.shape[-1]]), return_hypotheses=True,
+                partial_hypotheses=self.hypotheses)
+
+    @property
+    def tokens(self) -> list[int]:
+        if not self.hypotheses:
+            return []
+        sequence = self.hypotheses[0].y_sequence
+        return [int(t) for t in (sequence.tolist() if hasattr(sequence, "tolist") else sequence)]
+
+
+def offline_tokens(model, samples: np.ndarray) -> list[int]:
+    """NeMo on the whole stream at once: its front end, encoder (the same limited attention
+    context) and greedy decoding: what the model gives offline, for the streaming-vs-offline gap."""
+    with torch.no_grad():
+        audio = torch.from_numpy(np.asarray(samples, np.float32))[None, :]
+        mel, mel_length = model.preprocessor(input_signal=audio, length=torch.tensor([audio.shape[1]]))
+        encoded, length = model.encoder(audio_signal=mel, length=mel_length)
+    decoder = StreamDecoder(model)
+    decoder.add(encoded[:, :, :int(length[0])].numpy())
+    return decoder.tokens
+
+
 @dataclass(frozen=True)
 class StreamParity:
     dims: StreamingDims
     chunks: list[ChunkParity]
+    transcripts: dict[str, list[int]]  # "nemo_streaming", "export_streaming" (and "nemo_offline" when given)
 
     def series(self, output: str, metric: str = "max_abs") -> list[float]:
         """``metric`` of ``output`` chunk by chunk (NaN where not compared)."""
@@ -69,6 +107,10 @@ class StreamParity:
         first, last = statistics.median(errors[:quarter]), statistics.median(errors[-quarter:])
         return last / first if first > 0 else (1.0 if last == 0 else float("inf"))
 
+    def transcript_edits(self) -> int:
+        """Token edits from NeMo's streaming transcript to the export's."""
+        return token_edit_distance(self.transcripts["nemo_streaming"], self.transcripts["export_streaming"])
+
     def failures(self) -> list[str]:
         found = [p for c in self.chunks for p in c.problems()]
         for output in COMPONENT_VALUES:
@@ -82,24 +124,33 @@ class StreamParity:
         """The per-chunk series and verdicts, for metadata.json and the plots."""
         return {"chunks": len(self.chunks), "chunk_seconds": self.dims.chunk_seconds,
                 "dims": self.dims.as_dict(), "failures": self.failures(),
+                "transcripts": {**self.transcripts, "export_edits_to_nemo_streaming": self.transcript_edits(),
+                                **({"nemo_streaming_edits_to_offline": token_edit_distance(
+                                    self.transcripts["nemo_offline"], self.transcripts["nemo_streaming"])}
+                                   if "nemo_offline" in self.transcripts else {})},
                 "growth": {o: self.growth(o) for o in COMPONENT_VALUES},
                 "series": {o: {"max_abs": self.series(o), "psnr_db": [None if np.isinf(v) or np.isnan(v) else v
                                                                       for v in self.series(o, "psnr_db")]}
                            for o in COMPONENT_VALUES}}
 
 
-def stream_parity(model, dims: StreamingDims, predict: Predict, chunks: list[MelChunk],
-                  tolerances: ToleranceTable) -> StreamParity:
-    """``chunks`` through NeMo's streaming and through ``predict`` (the package), each with its own caches."""
+def stream_parity(model, dims: StreamingDims, predicts: dict[str, Predict], chunks: list[MelChunk],
+                  tolerances: ToleranceTable, offline: list[int] | None = None) -> StreamParity:
+    """``chunks`` through NeMo's streaming and through the packages (``predicts`` by component:
+    the first chunk's and the later chunks'), each side with its own caches, and each side's
+    committed frames decoded by NeMo's streaming decoding; ``offline``: NeMo's transcript of the
+    whole stream at once (``offline_tokens``), reported beside them."""
     reference = NemoStream(model, dims)
     caches = initial_caches(dims)
+    decoders = {"nemo_streaming": StreamDecoder(model), "export_streaming": StreamDecoder(model)}
     results = []
     for i, chunk in enumerate(chunks):
         expected = reference.step(chunk)
-        got = predict({"mel": chunk.padded(dims), "mel_length": np.array([chunk.length], np.int32), **caches})
+        got = predicts[chunk.component]({"mel": chunk.padded(dims), "mel_length": np.array([chunk.length], np.int32),
+                                         **caches})
         frames = committed_frames(int(got["encoder_length"][0]), dims, chunk.last)
         outputs = {"encoder": got["encoder"][:, :, :frames], "encoder_length": np.array([frames], np.int32)}
-        if not (chunk.last and chunk.length < dims.chunk_mel_frames):
+        if not chunk.short(dims):
             outputs.update({name: got[name] for name in CARRIED})
         comparisons = {}
         for port in COMPONENT.output_ports:
@@ -107,11 +158,15 @@ def stream_parity(model, dims: StreamingDims, predict: Predict, chunks: list[Mel
                 continue
             if outputs[port.name].shape != expected[port.name].shape:
                 continue  # frames committed differ: the encoder_length check says how many each side gave
-            comparisons[port.name] = compare(expected[port.name], outputs[port.name], tolerances[port.tolerance],
+            key = f"{chunk.component}.{port.tolerance.split('.', 1)[1]}"
+            comparisons[port.name] = compare(expected[port.name], outputs[port.name], tolerances[key],
                                              tolerances.psnr_floor_db)
         results.append(ChunkParity(i, chunk.last, frames, comparisons))
         caches = {CARRIED[name]: got[name] for name in CARRIED}
-    return StreamParity(dims, results)
+        decoders["nemo_streaming"].add(expected["encoder"])
+        decoders["export_streaming"].add(outputs["encoder"])
+    transcripts = {name: decoder.tokens for name, decoder in decoders.items()}
+    return StreamParity(dims, results, {**transcripts, **({"nemo_offline": offline} if offline is not None else {})})
 
 
 def stream_audio(speech: np.ndarray, sample_rate: int) -> np.ndarray:

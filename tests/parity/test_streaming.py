@@ -9,18 +9,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exporters.components import ExportOptions, get_components, initial_caches
+from exporters.components import STREAMING_COMPONENTS, ExportOptions, get_components, initial_caches
 from exporters.export import Exporter
 from exporters.sources import ModelSource
 from exporters.streaming import mel_chunks
 from reports.plugin import send
 from reports.streaming import streaming_context
 from validation.audio import synthetic_speech
-from validation.streaming import MAX_ERROR_GROWTH, stream_audio, stream_parity
+from validation.streaming import MAX_ERROR_GROWTH, offline_tokens, stream_audio, stream_parity
 
 pytestmark = pytest.mark.parity
 
-STREAMING_TEST_MODEL = "tiny-streaming"
+STREAMING_TEST_MODEL = "parakeet-tdt-tiny-streaming-trained"
 PRECISIONS = ("float32", "float16")
 
 
@@ -37,36 +37,77 @@ def streaming(model_source, export_cache, pytestconfig):
     raise AssertionError(f"the built-in {STREAMING_TEST_MODEL} is not cache-aware")
 
 
+class Stream(list):
+    """NeMo's chunks of a stream, with its samples."""
+
+    def __init__(self, chunks, samples):
+        super().__init__(chunks)
+        self.samples = samples
+
+
 @pytest.fixture(scope="module")
 def chunks(streaming, export_cache, dims, backend, tolerances, pytestconfig):
     """NeMo's chunks of the parity stream (synthetic speech twice, with pauses); what the report
     says of them goes to the plugin."""
     speech = synthetic_speech(export_cache, dims)
     exporter = streaming[0]["float16"]
-    description = exporter.metadata([exporter.export(get_components(["encoder_streaming"])[0])])
+    description = exporter.metadata([exporter.export(c) for c in get_components(list(STREAMING_COMPONENTS))])
     send(pytestconfig, "streaming_context", {
         "description": description,
         "context": streaming_context(backend, "synthetic speech twice, with pauses", tolerances)})
-    return mel_chunks(streaming[1], stream_audio(speech.samples[:speech.length], dims.sample_rate))
+    samples = stream_audio(speech.samples[:speech.length], dims.sample_rate)
+    return Stream(mel_chunks(streaming[1], samples), samples)
 
 
-def _parity(streaming, chunks, precision, predictor, tolerances, perturb=None):
+def _parity(streaming, chunks, precision, predictor, tolerances, perturb=lambda predict: predict, offline=None):
     exporters, model = streaming
     exporter = exporters[precision]
-    package = exporter.export(get_components(["encoder_streaming"])[0]).package
-    predict = predictor(package).predict
-    return stream_parity(model, exporter.streaming_dims, predict if perturb is None else perturb(predict), chunks,
-                         tolerances)
+    predicts = {c.name: perturb(predictor(exporter.export(c).package).predict)
+                for c in get_components(list(STREAMING_COMPONENTS))}
+    return stream_parity(model, exporter.streaming_dims, predicts, chunks, tolerances, offline=offline)
+
+
+@pytest.fixture(scope="module")
+def parity_runs(streaming, chunks, predictor, tolerances, pytestconfig):
+    """``runs[precision]``: the parity stream through NeMo's streaming and the package, once per
+    precision; each run's record goes to the report."""
+    runs = {}
+
+    def run(precision):
+        if precision not in runs:
+            offline = offline_tokens(streaming[1], chunks.samples)
+            runs[precision] = _parity(streaming, chunks, precision, predictor, tolerances, offline=offline)
+            send(pytestconfig, "streaming", {"precision": precision, "record": runs[precision].record()})
+        return runs[precision]
+    return run
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_the_streaming_encoder_follows_nemo_chunk_by_chunk(streaming, chunks, precision, predictor, tolerances,
-                                                           pytestconfig):
-    run = _parity(streaming, chunks, precision, predictor, tolerances)
-    send(pytestconfig, "streaming", {"precision": precision, "record": run.record()})
+def test_the_streaming_encoder_follows_nemo_chunk_by_chunk(parity_runs, precision):
+    run = parity_runs(precision)
     assert len(run.chunks) >= 100, len(run.chunks)
-    assert run.chunks[-1].last and "cache_last_channel_next" not in run.chunks[-1].comparisons  # a short last chunk
     assert not run.failures(), "\n".join(run.failures()[:10])
+
+
+# Measured on the trained streaming test model: the fp16 packages keep every chunk within the
+# encoder tolerance (max_abs 8e-3, rms 1.4e-3 against NeMo's frames) yet their stream decodes to
+# 21 token edits of NeMo streaming's 154 (first at token 3), where Gaussian noise of 3e-3 on NeMo's
+# frames, or NeMo fed fp16-rounded mel, changes no token: the fp16 error is structured, and not yet
+# located. Strict: the test fails as soon as the cause is fixed, so this mark goes with it.
+FP16_TRANSCRIPT = pytest.mark.xfail(strict=True, reason="fp16 streaming packages change the stream's transcript "
+                                                        "(21 token edits of 154); cause not yet located")
+
+
+@pytest.mark.parametrize("precision", [PRECISIONS[0], pytest.param(PRECISIONS[1], marks=FP16_TRANSCRIPT)])
+def test_the_streaming_test_model_transcribes_the_stream_as_nemo_streams_it(parity_runs, precision, streaming):
+    """The trained streaming test model is confident (its model card): its stream's transcript from
+    the package's encoder frames is NeMo streaming's, token for token, at fp32 and at fp16."""
+    built_in = ModelSource.from_options(None, None, STREAMING_TEST_MODEL)
+    if streaming[0]["float32"].source.key() != built_in.key():
+        pytest.skip(f"the transcript targets are those of the built-in {STREAMING_TEST_MODEL}")
+    run = parity_runs(precision)
+    assert len(run.transcripts["nemo_streaming"]) >= 50, run.transcripts
+    assert run.transcripts["export_streaming"] == run.transcripts["nemo_streaming"]
 
 
 def test_a_cache_that_drifts_along_the_stream_is_caught(streaming, chunks, predictor, tolerances):
@@ -103,18 +144,22 @@ def test_caches_that_are_not_carried_are_caught(streaming, chunks, predictor, to
     assert failed and failed[0] == 1, failed[:5]
 
 
-@pytest.mark.parametrize(("seconds", "speech", "count"), [(3.0, False, 19), (0.05, True, 1), (0.2, True, 1)],
-                         ids=["silence", "one-short-chunk", "remainder-dropped"])
+@pytest.mark.parametrize(("seconds", "speech", "count"),
+                         [(3.0, False, 19), (0.05, True, 1), (0.2, True, 2), (0.3, True, 2)],
+                         ids=["silence", "one-short-chunk", "ends-mid-chunk", "remainder-dropped"])
 def test_short_and_silent_streams_follow_nemo(streaming, export_cache, dims, predictor, tolerances, seconds, speech,
                                               count):
-    """Digital silence over many chunks; 50 ms, one chunk padded to the package's length; 200 ms,
-    whose last 50 ms NeMo's buffer drops (after the first chunk it yields none of under 80 ms)."""
+    """Digital silence over many chunks; 50 ms, one first chunk padded to its package's length;
+    200 ms, whose second chunk is padded (its caches are not compared: nothing reads them); 300 ms,
+    whose last 60 ms NeMo's buffer drops (after the first chunk it yields none of under 80 ms)."""
     clip = synthetic_speech(export_cache, dims)
     samples = clip.samples[:int(seconds * dims.sample_rate)] if speech else np.zeros(int(seconds * 16000), np.float32)
     chunks = mel_chunks(streaming[1], samples)
     run = _parity(streaming, chunks, "float32", predictor, tolerances)
     assert len(run.chunks) == count, len(run.chunks)
     assert not run.failures(), run.failures()
+    if seconds == 0.2:
+        assert "cache_last_channel_next" not in run.chunks[-1].comparisons and "encoder" in run.chunks[-1].comparisons
 
 
 def test_a_chunk_of_the_wrong_length_is_refused_naming_the_input(streaming, predictor):

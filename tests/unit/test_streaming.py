@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from nemo.collections.asr.modules import ConformerEncoder
 
 from exporters.components import ExportError, ExportOptions, StreamingDims, get_components
@@ -25,8 +24,10 @@ def test_a_cache_aware_preset_streams_160_ms_chunks_of_nemos_sizes(streaming_mod
     assert is_cache_aware(streaming_model)
     assert chunk_sizes(streaming_model) == {160: [70, 1]}
     dims = streaming_dims(streaming_model)
-    # NeMo's streaming config for [70, 1] and 8x subsampling: 16 new mel frames, 9 of look-back,
-    # 2 encoder frames kept per chunk, 70 frames of attention cache, 8 of convolution cache
+    # NeMo's streaming config for [70, 1] and 8x subsampling: a first chunk of 9 mel frames, then
+    # 16 new ones after 9 of look-back, 2 encoder frames kept per chunk, 70 frames of attention
+    # cache, 8 of convolution cache
+    assert (dims.first_chunk_mel_frames, dims.first_chunk_encoder_frames) == (9, 2)
     assert (dims.chunk_mel_frames, dims.shift_mel_frames, dims.pre_encode_cache_frames) == (25, 16, 9)
     assert (dims.valid_out_frames, dims.chunk_encoder_frames, dims.drop_extra_pre_encoded) == (2, 2, 2)
     assert (dims.cache_channel_frames, dims.cache_time_frames, dims.layers) == (70, 8, 2)
@@ -48,21 +49,26 @@ def test_an_offline_model_is_not_streamed_and_says_why():
 
 
 def test_the_stream_is_cut_as_nemos_buffer_cuts_it(streaming_model):
-    """0.5 s: 51 mel frames, a first chunk of 16 new frames, then two of 16, then a remainder of 3
-    (under the 8 frames a later chunk needs: dropped, as NeMo drops it)."""
-    chunks = mel_chunks(streaming_model, torch.zeros(8000).numpy())
-    assert [c.length for c in chunks] == [25, 25, 25]
-    assert [c.last for c in chunks] == [False, False, True]
-    assert np.all(chunks[0].mel[:, :, :9] == 0)  # the first chunk's look-back is zeros
+    """0.5 s: 51 mel frames: a first chunk of 9, two of 9 look-back and 16 new frames, and the last
+    10 new frames after their look-back; 0.25 s: 26 frames, whose last one is under the 8 new frames
+    a later chunk needs and is dropped, as NeMo drops it."""
+    chunks = mel_chunks(streaming_model, np.zeros(8000, np.float32))
+    assert [c.length for c in chunks] == [9, 25, 25, 19]
+    assert [(c.first, c.last) for c in chunks] == [(True, False), (False, False), (False, False), (False, True)]
+    assert [c.component for c in chunks[:2]] == ["encoder_streaming_first", "encoder_streaming"]
+    assert [c.length for c in mel_chunks(streaming_model, np.zeros(4000, np.float32))] == [9, 25]
 
 
 def test_a_short_chunk_is_padded_with_zero_frames_to_the_packages_length():
-    dims = StreamingDims(n_mels=2, encoder_dim=4, layers=1, chunk_mel_frames=5, shift_mel_frames=3,
+    dims = StreamingDims(n_mels=2, encoder_dim=4, layers=1, first_chunk_mel_frames=2, first_chunk_encoder_frames=1,
+                         chunk_mel_frames=5, shift_mel_frames=3,
                          pre_encode_cache_frames=2, drop_extra_pre_encoded=1, valid_out_frames=2,
                          chunk_encoder_frames=2, cache_channel_frames=3, cache_time_frames=2, att_context_size=(3, 1),
                          mel_hop_seconds=0.01)
-    chunk = MelChunk(np.ones((1, 2, 3), np.float32), 3, last=True)
-    assert chunk.padded(dims).tolist() == [[[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]]]
+    chunk = MelChunk(np.ones((1, 2, 3), np.float32), 3, first=False, last=True)
+    assert chunk.padded(dims).tolist() == [[[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]]] and chunk.short(dims)
+    only = MelChunk(np.ones((1, 2, 1), np.float32), 1, first=True, last=True)  # a stream of one short chunk
+    assert only.padded(dims).tolist() == [[[1, 0], [1, 0]]] and only.short(dims)
     assert committed_frames(3, dims, last=False) == 2  # the rest is look-ahead, recomputed by the next chunk
     assert committed_frames(3, dims, last=True) == 3
 

@@ -90,9 +90,6 @@ class Exporter:
     def model_info(self) -> dict:
         """Facts of the model on the export window and, for a cache-aware model, of its streaming
         chunk; cached so a warm run needs no model."""
-        chunk = {} if self.options.chunk_ms is None else {"chunk_ms": self.options.chunk_ms}
-        key = cache_key(kind="model-info", model=self.model_key, max_audio_seconds=self.options.max_audio_seconds,
-                        facts="streaming", **chunk)
 
         def build(_tmp: Path) -> dict:
             dims = model_dims(self.model, self.options.max_audio_seconds)
@@ -108,7 +105,14 @@ class Exporter:
                 "chunk_sizes_ms": sorted(chunk_sizes(self.model)) if cache_aware else [],
             }
 
-        return self.cache.get_or_build(key, build).info
+        return self.cache.get_or_build(self.model_info_key, build).info
+
+    @property
+    def model_info_key(self) -> str:
+        """The cache key of ``model_info``: the model, the window and, where given, the chunk."""
+        chunk = {} if self.options.chunk_ms is None else {"chunk_ms": self.options.chunk_ms}
+        return cache_key(kind="model-info", model=self.model_key, max_audio_seconds=self.options.max_audio_seconds,
+                         facts="streaming", **chunk)
 
     @property
     def dims(self) -> ModelDims:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,36 +89,19 @@ PRESETS: dict[str, Preset] = {
             decoder="rnnt",
             att_context_sizes=((70, 1),),
         ),
-        Preset(
-            name="nemotron-speech-streaming-0.6b",
-            summary="nvidia/nemotron-speech-streaming-en-0.6b's architecture: cache-aware FastConformer-RNNT of the "
-                    "0.6B width, 80/160/560/1120 ms chunks, seeded weights",
-            d_model=1024,
-            n_layers=24,
-            n_heads=8,
-            subsampling_conv_channels=256,
-            pred_hidden=640,
-            pred_rnn_layers=2,
-            joint_hidden=640,
-            vocab_size=1024,
-            decoder="rnnt",
-            att_context_sizes=((70, 13), (70, 6), (70, 1), (70, 0)),
-        ),
-        Preset(
-            name="tiny-streaming",
-            summary="the tiny preset, cache-aware (160 ms chunks), for fast streaming tests",
-            d_model=64,
-            n_layers=2,
-            n_heads=4,
-            subsampling_conv_channels=32,
-            pred_hidden=48,
-            pred_rnn_layers=2,
-            joint_hidden=48,
-            vocab_size=256,
-            att_context_sizes=((70, 1),),
-        ),
     )
 }
+
+
+# Nemotron's streaming model: Parakeet-TDT v3's widths with the cache-aware encoder and an RNNT decoder.
+PRESETS["nemotron-speech-streaming-0.6b"] = replace(
+    PRESETS["parakeet-tdt-0.6b-v3"], name="nemotron-speech-streaming-0.6b", vocab_size=1024, decoder="rnnt",
+    att_context_sizes=((70, 13), (70, 6), (70, 1), (70, 0)),
+    summary="nvidia/nemotron-speech-streaming-en-0.6b's architecture: cache-aware FastConformer-RNNT of the 0.6B "
+            "width, 80/160/560/1120 ms chunks, seeded weights")
+# The tiny preset with the cache-aware encoder, for fast streaming tests.
+PRESETS["tiny-streaming"] = replace(PRESETS["tiny"], name="tiny-streaming", att_context_sizes=((70, 1),),
+                                    summary="the tiny preset, cache-aware (160 ms chunks), for fast streaming tests")
 
 
 # Presets that are trained checkpoints shipped with the package, loaded like --nemo-path.

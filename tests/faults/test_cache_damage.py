@@ -54,8 +54,7 @@ def test_an_edited_model_facts_entry_does_not_reach_the_metadata(fault_cache):
     source = ModelSource("preset", "tiny")
     exporter = Exporter(source, ExportOptions(), ExportCache(fault_cache), progress=lambda message: None)
     vocab_size = exporter.dims.vocab_size
-    key = cache_key(kind="model-info", model=source.key(), max_audio_seconds=ExportOptions().max_audio_seconds)
-    path = ExportCache(fault_cache).lookup(key).path / ENTRY_FILE
+    path = ExportCache(fault_cache).lookup(exporter.model_info_key).path / ENTRY_FILE
     info = json.loads(path.read_text())
     info["dims"]["vocab_size"] = vocab_size + 1
     path.write_text(json.dumps(info))

@@ -267,15 +267,19 @@ def _compare_streaming(model, description: dict, packages: dict[str, Path], load
     print_progress(f"streaming: {len(chunks)} chunks of {recorded['chunk_ms']} ms ({audio.size / 16000:.1f} s: "
                    f"{clip.name} twice, with pauses) through NeMo's cache-aware streaming and the streaming packages")
     run = stream_parity(model, dims, {name: load(packages[name]).predict for name in STREAMING_COMPONENTS}, chunks,
-                        tolerances, offline=offline_tokens(model, audio))
+                        tolerances, model_dims(model, description["max_audio_seconds"]), exact=precision == "float32",
+                        offline=offline_tokens(model, audio))
     block = streaming_block({precision: run.record()},
                             streaming_context(backend, f"{clip.name} twice, with pauses", tolerances))
     path, plot = write_streaming(directory, description, block)
     worst = {o: max(run.series(o)) for o in COMPONENT_VALUES}
     texts = {name: model.tokenizer.ids_to_text(tokens) if tokens else "" for name, tokens in run.transcripts.items()}
     gap = run.record()["transcripts"]["nemo_streaming_edits_to_offline"]
-    print_progress(f"streaming transcripts: export {run.transcript_edits()} token edit(s) from NeMo's streaming, "
-                   f"NeMo streaming {gap} from NeMo offline (the model's own gap, reported)"
+    decisions = (f"host greedy TDT: the export's first {run.agreement.required_tokens} of "
+                 f"{len(run.agreement.reference)} tokens required to be NeMo's, "
+                 f"{'they are' if run.agreement.match else 'they are NOT'}; " if run.agreement else "")
+    print_progress(f"streaming transcripts: {decisions}export {run.transcript_edits()} token edit(s) from NeMo's "
+                   f"streaming decoding, NeMo streaming {gap} from NeMo offline (the model's own gap, reported)"
                    + "".join(f"\n  {name}: {text!r}" for name, text in texts.items()))
     print_result(f"streaming {block['status']}: {len(chunks)} chunks, largest errors "
                  + ", ".join(f"{o} {v:.3g}" for o, v in worst.items())

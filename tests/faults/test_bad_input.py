@@ -126,6 +126,19 @@ def test_a_null_component_in_metadata_is_named(converted, fault_cache, tmp_path,
     assert "no package path for component(s) joint" in _last_error(code, capsys.readouterr())
 
 
+def test_an_rnnt_model_is_refused_by_compare_up_front_saying_why(converted, fault_cache, tmp_path, capsys):
+    """An RNNT model (no durations) converts; compare's decision checks read TDT durations and ended
+    in a raw ValueError (argmax of an empty sequence) after loading the model."""
+    rnnt = tmp_path / "rnnt"
+    shutil.copytree(converted, rnnt)
+    meta = json.loads((rnnt / "metadata.json").read_text())
+    meta["durations"] = []
+    (rnnt / "metadata.json").write_text(json.dumps(meta))
+    code = main(["compare", "--output-dir", str(rnnt), "--cache-dir", str(fault_cache)])
+    assert "has no TDT durations (an RNNT model): its packages convert, but compare checks decisions" in _last_error(
+        code, capsys.readouterr())
+
+
 def test_a_full_disk_is_one_line_with_the_place_and_the_size(fault_cache, tmp_path, monkeypatch, capsys):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -12,7 +12,7 @@ full) to its last is measured and gated.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -203,7 +203,8 @@ class StreamParity:
 
 def stream_parity(model, dims: StreamingDims, predicts: dict[str, Predict], chunks: list[MelChunk],
                   tolerances: ToleranceTable, model_dims: ModelDims, exact: bool,
-                  offline: list[int] | None = None) -> StreamParity:
+                  offline: list[int] | None = None,
+                  progress: Callable[[Iterator, int], Iterator] = lambda items, total: items) -> StreamParity:
     """``chunks`` through NeMo's streaming and through the packages (``predicts`` by component:
     the first chunk's and the later chunks'), each side with its own caches, and each side's
     committed frames decoded by NeMo's streaming decoding; ``offline``: NeMo's transcript of the
@@ -213,7 +214,7 @@ def stream_parity(model, dims: StreamingDims, predicts: dict[str, Predict], chun
     decoders = {"nemo_streaming": StreamDecoder(model), "export_streaming": StreamDecoder(model)}
     committed = {"nemo": [], "export": []}
     results = []
-    for i, chunk in enumerate(chunks):
+    for i, chunk in enumerate(progress(iter(chunks), len(chunks))):
         expected = reference.step(chunk)
         got = predicts[chunk.component]({"mel": chunk.padded(dims), "mel_length": np.array([chunk.length], np.int32),
                                          **caches})
@@ -227,8 +228,8 @@ def stream_parity(model, dims: StreamingDims, predicts: dict[str, Predict], chun
                 continue
             if outputs[port.name].shape != expected[port.name].shape:
                 continue  # frames committed differ: the encoder_length check says how many each side gave
-            key = f"{chunk.component}.{port.tolerance.split('.', 1)[1]}"
-            comparisons[port.name] = compare(expected[port.name], outputs[port.name], tolerances[key],
+            tolerance = tolerances[STREAMING_COMPONENTS[chunk.component].output(port.name).tolerance]
+            comparisons[port.name] = compare(expected[port.name], outputs[port.name], tolerance,
                                              tolerances.psnr_floor_db)
         results.append(ChunkParity(i, chunk.last, frames, comparisons))
         caches = {CARRIED[name]: got[name] for name in CARRIED}

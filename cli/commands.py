@@ -14,7 +14,7 @@ from exporters.publish import check_writable, copy_package, publish, staged_outp
 from exporters.quantize import GivenExports, parse_variant, variant_table
 from exporters.settings import config_path
 from exporters.sources import ModelSource
-from exporters.streaming import mel_chunks, streaming_dims
+from exporters.streaming import as_exported, mel_chunks, streaming_dims
 from exporters.wrappers import model_dims
 from reports.evaluation import EVALUATION_DIR, write_evaluation
 from reports.latency import write_latency
@@ -202,7 +202,7 @@ def run_compare(args) -> int:
         read_audio(args.audio)  # refuse unusable audio before any model is loaded
     backend, units, load = _package_loader(args, description, packages)
     print_progress(f"loading {source.describe()} ...")
-    model = source.load()
+    model = as_exported(source.load(), description)
     dims = model_dims(model, description["max_audio_seconds"])
     cache = ExportCache(args.cache_dir)
     clips = parity_clips(cache, dims, args.audio)
@@ -266,19 +266,21 @@ def _compare_streaming(model, description: dict, packages: dict[str, Path], load
         raise ExportError("encoder_streaming: the model streams chunks of other sizes than the packages were exported "
                           f"for ({dims} against {expected}); convert it again")
     precision = description["coreml"]["compute_precision"]
-    audio = stream_audio(clip.samples[:clip.length], int(description["sample_rate"]))
+    rate = int(description["sample_rate"])
+    audio = stream_audio(clip.samples[:clip.length], rate)
     chunks = mel_chunks(model, audio)
-    print_progress(f"streaming: {len(chunks)} chunks of {recorded['chunk_ms']} ms ({audio.size / 16000:.1f} s: "
+    print_progress(f"streaming: {len(chunks)} chunks of {recorded['chunk_ms']} ms ({audio.size / rate:.1f} s: "
                    f"{clip.name} twice, with pauses) through NeMo's cache-aware streaming and the streaming packages")
     run = stream_parity(model, dims, {name: load(packages[name]).predict for name in STREAMING_COMPONENTS}, chunks,
                         tolerances, model_dims(model, description["max_audio_seconds"]), exact=precision == "float32",
-                        offline=offline_tokens(model, audio))
-    block = streaming_block({precision: run.record()},
+                        offline=offline_tokens(model, audio), progress=progress_bar("streaming", "chunk"))
+    record = run.record()
+    block = streaming_block({precision: record},
                             streaming_context(backend, f"{clip.name} twice, with pauses", tolerances))
     path, plot = write_streaming(directory, description, block)
     worst = {o: max(run.series(o)) for o in COMPONENT_VALUES}
     texts = {name: model.tokenizer.ids_to_text(tokens) if tokens else "" for name, tokens in run.transcripts.items()}
-    gap = run.record()["transcripts"]["nemo_streaming_edits_to_offline"]
+    gap = record["transcripts"]["nemo_streaming_edits_to_offline"]
     decisions = (f"host greedy TDT: the export's first {run.agreement.required_tokens} of "
                  f"{len(run.agreement.reference)} tokens required to be NeMo's, "
                  f"{'they are' if run.agreement.match else 'they are NOT'}; " if run.agreement else "")
@@ -313,7 +315,7 @@ def run_evaluate(args) -> int:
         raise ExportError(f"--manifest {args.manifest}: no line could be used ({len(bad)} skipped, above)")
     backend, units, load = _package_loader(args, description, packages)
     print_progress(f"loading {source.describe()} ...")
-    model = source.load()
+    model = as_exported(source.load(), description)
     exports = {"export": {name: packages[name] for name in DECODE}}
     result = evaluate(utterances, decoders_for(model, dims, exports, load), token_text(model), dims,
                       normalizer=args.normalizer, max_wer_difference=args.max_wer_difference / 100,
@@ -384,7 +386,7 @@ def run_quantize(args) -> int:
     with staged_output(args.output_root, "--output-root") as staging:
         backend, units, load = _package_loader(args, description, packages)
         cache = ExportCache(args.cache_dir)
-        model = source.load()
+        model = as_exported(source.load(), description)
         dims = model_dims(model, description["max_audio_seconds"])
         clip = synthetic_speech(cache, dims)
         precision = description["coreml"]["compute_precision"]

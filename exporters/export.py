@@ -83,6 +83,8 @@ class Exporter:
         self.progress(f"loading {self.source.describe()} ...")
         t = time.perf_counter()
         model = self.source.load()
+        if is_cache_aware(model):  # every component, offline ones too, exported with the chunk's context
+            streaming_dims(model, self.options.chunk_ms)
         self.progress(f"loaded {self.source.describe()} in {time.perf_counter() - t:.1f} s")
         return model
 
@@ -159,8 +161,8 @@ class Exporter:
 
         def build(tmp: Path) -> dict:
             model, dims = self.model, self.streaming_dims if streaming else self.dims
-            if streaming:
-                streaming_dims(model, self.options.chunk_ms)  # the model set up for the chunk, as measured
+            if self.streaming_dims is not None:  # one loaded model serves every exporter of the process
+                streaming_dims(model, self.options.chunk_ms)
             self.progress(f"  {component.name}: tracing and converting ...")
             t = time.perf_counter()
             mlmodel = convert_component(model, component, dims, self.options)

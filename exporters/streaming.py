@@ -91,6 +91,16 @@ def streaming_dims(model, chunk_ms: int | None = None) -> StreamingDims:
                    chunk_encoder_frames=frames[EncoderStreaming])
 
 
+def as_exported(model, description: dict):
+    """``model`` set up for the chunk its packages were exported for (``description``: their
+    metadata.json): a cache-aware model's offline components, too, run with that chunk's attention
+    context. A model without streaming packages is returned as it is."""
+    recorded = description.get("streaming")
+    if recorded is not None:
+        streaming_dims(model, recorded["chunk_ms"])
+    return model
+
+
 def _first(size) -> int:
     """NeMo gives [first chunk, later chunks] sizes (one number where they are the same)."""
     return int(size[0] if isinstance(size, (list, tuple)) else size)

@@ -4,15 +4,29 @@ components that name streaming."""
 
 from __future__ import annotations
 
+import functools
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from nemo.collections.asr.modules import ConformerEncoder
 
+from exporters import sources
+from exporters.cache import ExportCache
 from exporters.components import ExportError, ExportOptions, StreamingDims, get_components
+from exporters.export import Exporter
 from exporters.presets import PRESETS, build_model
-from exporters.streaming import MelChunk, chunk_sizes, committed_frames, is_cache_aware, mel_chunks, streaming_dims
+from exporters.sources import ModelSource
+from exporters.streaming import (
+    MelChunk,
+    as_exported,
+    chunk_sizes,
+    committed_frames,
+    is_cache_aware,
+    mel_chunks,
+    streaming_dims,
+)
 from validation.streaming import DecisiveAgreement
 
 
@@ -96,3 +110,20 @@ def test_a_transcript_must_hold_the_tokens_before_nemos_first_near_tie():
                               median_token_prob=0.99)
     assert exact.problems() == ["transcript: the first 4 tokens must be NeMo's; they differ from token 2 "
                                 "(1 edits over 4 tokens)"]
+
+
+def test_a_model_is_set_to_the_exported_chunk_however_it_is_loaded(monkeypatch, tmp_path):
+    """With several attention contexts, every component is exported, and compared, with the chunk's:
+    a warm cache (model facts cached, model loaded later) used to leave the model at its default."""
+    monkeypatch.setitem(PRESETS, "tiny-multi", replace(PRESETS["tiny-streaming"], name="tiny-multi",
+                                                       att_context_sizes=((70, 1), (70, 0))))
+    source = ModelSource("preset", "tiny-multi")
+    cold = Exporter(source, ExportOptions(chunk_ms=80), ExportCache(tmp_path), progress=lambda m: None)
+    assert cold.dims.vocab_size == 256  # the model facts cached: the next exporter finds them
+    monkeypatch.setattr(sources, "_load", functools.lru_cache(maxsize=2)(sources._load.__wrapped__))  # a new process
+    warm = Exporter(source, ExportOptions(chunk_ms=80), ExportCache(tmp_path), progress=lambda m: None)
+    assert warm.streaming_dims.att_context_size == (70, 0)
+    assert list(warm.model.encoder.att_context_size) == [70, 0]
+    model = build_model(PRESETS["tiny-multi"])
+    assert list(as_exported(model, {"streaming": {"chunk_ms": 80}}).encoder.att_context_size) == [70, 0]
+    assert list(as_exported(model, {}).encoder.att_context_size) == [70, 0]  # no streaming packages: as it is

@@ -524,7 +524,7 @@ def streaming_plot(block: dict, caption: Caption, out_dir: Path) -> Path:
         ax.set_yscale("log")
         ax.set_ylabel("max |error|")
         ax.set_title(output, fontsize=9, loc="left")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the panel: no chunk hidden
     axes[-1].set_xlabel(f"chunk ({block['chunk_ms']} ms of new audio each)")
     return _save(plt, fig, caption, "Streaming encoder against NeMo's cache-aware streaming, chunk by chunk",
-                 out_dir / "stream_error_per_chunk.png")
+                 out_dir / "stream_error_per_chunk.png", right=0.8)

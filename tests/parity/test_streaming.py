@@ -165,3 +165,27 @@ def test_a_chunk_of_the_wrong_length_is_refused_naming_the_input(streaming, pred
     with pytest.raises(Exception, match=rf"'mel' has shape \[1, {dims.n_mels}, {dims.chunk_mel_frames - 1}\], "
                                         rf"expected \[1, {dims.n_mels}, {dims.chunk_mel_frames}\]"):
         predictor(package).predict(inputs)
+
+
+@pytest.mark.parametrize(("name", "bad", "message"), [
+    ("cache_last_channel", lambda d: np.zeros((d.layers, 1, d.cache_channel_frames, d.encoder_dim), np.float32),
+     lambda d: rf"'cache_last_channel' has shape \[{d.layers}, 1, {d.cache_channel_frames}, {d.encoder_dim}\], "
+               rf"expected \[1, {d.layers}, {d.cache_channel_frames}, {d.encoder_dim}\]"),
+    ("cache_last_time", lambda d: np.zeros((1, d.layers, d.cache_time_frames, d.encoder_dim), np.float32),
+     lambda d: rf"'cache_last_time' has shape \[1, {d.layers}, {d.cache_time_frames}, {d.encoder_dim}\], "
+               rf"expected \[1, {d.layers}, {d.encoder_dim}, {d.cache_time_frames}\]"),
+    ("cache_last_channel_len", lambda d: np.array([np.nan], np.float32),
+     lambda d: r"'cache_last_channel_len' holds NaN or infinite values, which int32 cannot hold"),
+    ("cache_last_channel", lambda d: np.full((1, d.layers, d.cache_channel_frames, d.encoder_dim), "0"),
+     lambda d: r"'cache_last_channel' holds str\d* values, not numbers"),
+], ids=["nemo-layers-first-layout", "time-cache-transposed", "length-not-a-number", "strings"])
+def test_caches_of_the_wrong_shape_or_type_are_refused_naming_the_cache(streaming, predictor, name, bad, message):
+    """NeMo's own layout (layers first) and the time cache's axes swapped are the likely slips of an
+    app; each is refused with the cache's name and the layout the package takes, before any compute."""
+    exporter = streaming[0]["float32"]
+    dims = exporter.streaming_dims
+    package = exporter.export(get_components(["encoder_streaming"])[0]).package
+    inputs = {"mel": np.zeros((1, dims.n_mels, dims.chunk_mel_frames), np.float32),
+              "mel_length": np.array([dims.chunk_mel_frames], np.int32), **initial_caches(dims), name: bad(dims)}
+    with pytest.raises(Exception, match=message(dims)):
+        predictor(package).predict(inputs)

@@ -16,13 +16,15 @@ from exporters.cache import ExportCache
 from exporters.components import COMPUTE_PRECISIONS, DECODE, ExportError, ExportOptions
 from exporters.export import Exporter
 from exporters.quantize import VARIANTS, compress, variant_table
-from exporters.sources import DEFAULT_PRESET, ModelSource, add_source_options
+from exporters.sources import DEFAULT_PRESET, STREAMING_PRESET, ModelSource, add_source_options
+from exporters.streaming import MelChunk, mel_chunks
 from reports.plugin import send
 from runtimes.base import BACKENDS, COMPUTE_UNITS, BackendUnavailable, resolve_backend
 from runtimes.loader import LoadedPredictors
-from validation.audio import read_audio
+from validation.audio import read_audio, synthetic_speech
 from validation.held_out import held_out_evaluation
 from validation.metrics import NORMALIZERS
+from validation.streaming import stream_audio
 from validation.tolerances import MAX_WER_DIFFERENCE_POINTS, PSNR_FLOOR_DB, load_gates, load_tolerances
 
 pytest_plugins = ["reports.plugin"]
@@ -56,6 +58,9 @@ def pytest_addoption(parser):
                     help="override one entry of the tolerance table (validation/tolerances.py); repeatable")
     group.addoption("--psnr-floor", dest="psnr_floor", type=float, default=None, metavar="DB",
                     help=f"the PSNR every float output must reach (default {PSNR_FLOOR_DB:g} dB)")
+    group.addoption("--chunk-ms", dest="chunk_ms", type=int, default=None, metavar="MS",
+                    help="the streaming checks' and timings' chunk, in milliseconds of new audio: one the streaming "
+                         "model was trained for (default: its default attention context's)")
     group.addoption("--latency-rounds", dest="latency_rounds", type=int, default=10, metavar="N",
                     help="timed calls per side in the latency suite (default 10)")
     group.addoption("--latency-warmup", dest="latency_warmup", type=int, default=3, metavar="N",
@@ -74,7 +79,7 @@ TOLERANCES = pytest.StashKey["ToleranceTable"]()
 def pytest_configure(config):
     """Refuse bad tolerances, gates and unusable --audio before any model is built."""
     opt = config.option
-    for name in ("latency_rounds", "threads"):
+    for name in ("latency_rounds", "threads", "chunk_ms"):
         value = getattr(opt, name)
         if value is not None and value < 1:
             raise pytest.UsageError(f"--{name.replace('_', '-')} {value}: expected a whole number of at least 1")
@@ -173,6 +178,40 @@ def predictor(backend, pytestconfig):
 
     load.release = loaded.release
     return load
+
+
+@pytest.fixture(scope="session")
+def streaming(model_source, export_cache, pytestconfig):
+    """``(exporters by precision, loaded model)`` streaming chunks of ``--chunk-ms``: of the
+    session's model when it is cache-aware, else of the built-in streaming test model."""
+    opt = pytestconfig.option
+    for source in (model_source, ModelSource.from_options(None, None, STREAMING_PRESET)):
+        exporters = {p: Exporter(source, ExportOptions(compute_precision=p, compute_units=opt.compute_units,
+                                                       chunk_ms=opt.chunk_ms), export_cache,
+                                 progress=lambda message: None) for p in ("float32", "float16")}
+        try:
+            if exporters["float32"].streaming_dims is not None:
+                return exporters, exporters["float32"].model
+        except ExportError as e:
+            raise pytest.UsageError(str(e)) from None
+    raise AssertionError(f"the built-in {STREAMING_PRESET} is not cache-aware")
+
+
+class Stream(list[MelChunk]):
+    """NeMo's chunks of a stream, with its samples."""
+
+    def __init__(self, chunks: list[MelChunk], samples):
+        super().__init__(chunks)
+        self.samples = samples
+
+
+@pytest.fixture(scope="session")
+def stream(streaming, export_cache, dims) -> Stream:
+    """The stream the streaming checks and timings run: the synthetic speech twice, with pauses
+    (``validation.streaming.stream_audio``), cut into chunks by NeMo's streaming buffer."""
+    speech = synthetic_speech(export_cache, dims)
+    samples = stream_audio(speech.samples[:speech.length], dims.sample_rate)
+    return Stream(mel_chunks(streaming[1], samples), samples)
 
 
 @pytest.fixture(scope="session")

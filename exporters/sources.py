@@ -25,6 +25,7 @@ from exporters.components import ExportError
 from exporters.presets import TRAINED_PRESETS, build_model, get_preset
 
 DEFAULT_PRESET = "parakeet-tdt-tiny-trained"
+STREAMING_PRESET = "parakeet-tdt-tiny-streaming-trained"  # the suites' streaming model when the session's is not
 
 
 def add_source_options(add_option, prefix: str = "--") -> None:

@@ -277,7 +277,9 @@ def latency_plots(block: dict, description: dict, out_dir: Path) -> list[Path]:
     """Latency summary, speedup, fused against separate, fused speedup."""
     caption = latency_caption(block, description)
     backend = "executor" if block["backend"] == "mil" else block["backend"]
-    rows = {**block["components"], **{f"end to end ({k})": v for k, v in block["end_to_end"].items()}}
+    rows = {**block["components"], **{f"end to end ({k})": v for k, v in block["end_to_end"].items()},
+            **{f"streaming chunk\n({Caption(v['model'], '').model_name})": v
+               for v in block.get("streaming", {}).values()}}
     drawn = []
     if rows:
         names = list(rows)
@@ -306,7 +308,33 @@ def latency_plots(block: dict, description: dict, out_dir: Path) -> list[Path]:
         _speedup_bars(ax, names, [fused[n] for n in names],
                       "separate time / fused time\n(geometric mean of paired rounds, 95 % CI)")
         drawn.append(_save(plt, fig, caption, "Speedup of fusing", out_dir / "latency_fused_speedup.png"))
+    for name, entry in block.get("streaming", {}).items():
+        drawn.append(_stream_timeline(entry, caption, backend, out_dir / f"latency_streaming_{name}.png"))
     return drawn
+
+
+def _stream_timeline(entry: dict, caption: Caption, backend: str, path: Path) -> Path:
+    """Each chunk's time along the stream on both sides, against the chunk's own audio (what a
+    live stream allows), with the speech onset and each side's first token."""
+    plt, fig, (ax,) = _figure(1, height=4.0)
+    onset_chunk = entry["speech_onset_seconds"] * 1e3 / entry["chunk_ms"]
+    for side, label, color in (("torch", "NeMo streaming (Torch CPU)", "dimgray"),
+                               ("backend", f"streaming packages ({backend})", "tab:blue")):
+        times = entry["per_chunk_ms"][side]
+        first = entry["time_to_first_token_ms"][side]
+        ax.plot(range(len(times)), times, color=color, linewidth=1, label=(
+            f"{label}: p50 {entry[f'{side}_ms']['median']:.3g} ms, p90 {entry[f'{side}_ms']['p90']:.3g} ms; "
+            f"stream RTF {entry['stream_rtf'][side]:.3f}; first token "
+            + (f"{first:.0f} ms after speech starts" if first is not None else "never")))
+    ax.axhline(entry["chunk_ms"], color="tab:red", linestyle="--", linewidth=0.9,
+               label=f"the chunk's audio, {entry['chunk_ms']} ms: slower falls behind a live stream")
+    ax.axvline(onset_chunk, color="tab:green", linestyle=":", linewidth=1, label="speech starts")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"chunk ({entry['chunks']} chunks, {entry['stream_seconds']:.1f} s of audio)")
+    ax.set_ylabel("ms per chunk\n(encoder and decoding)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, ncol=1)
+    return _save(plt, fig, Caption(entry["model"], caption.measured),
+                 "Streaming, chunk by chunk: NeMo's cache-aware streaming against the streaming packages", path)
 
 
 def block_runs(rows: dict) -> str:

@@ -76,6 +76,28 @@ class StreamDecoder:
         return [int(t) for t in (sequence.tolist() if hasattr(sequence, "tolist") else sequence)]
 
 
+class PackageStream:
+    """The streaming packages (``predicts`` by component), chunk after chunk, as an app drives them:
+    each chunk padded to its package's length, the returned caches fed to the next chunk."""
+
+    def __init__(self, dims: StreamingDims, predicts: dict[str, Predict]):
+        self.dims = dims
+        self.predicts = predicts
+        self.caches = initial_caches(dims)
+
+    def step(self, chunk: MelChunk) -> dict[str, np.ndarray]:
+        """The chunk's committed encoder frames and, but after a stream's short last chunk (nothing
+        reads them), the next caches."""
+        got = self.predicts[chunk.component]({"mel": chunk.padded(self.dims),
+                                              "mel_length": np.array([chunk.length], np.int32), **self.caches})
+        frames = committed_frames(int(got["encoder_length"][0]), self.dims, chunk.last)
+        outputs = {"encoder": got["encoder"][:, :, :frames], "encoder_length": np.array([frames], np.int32)}
+        if not chunk.short(self.dims):
+            outputs.update({name: got[name] for name in CARRIED})
+        self.caches = {CARRIED[name]: got[name] for name in CARRIED}
+        return outputs
+
+
 def offline_tokens(model, samples: np.ndarray) -> list[int]:
     """NeMo on the whole stream at once: its front end, encoder (the same limited attention
     context) and greedy decoding: what the model gives offline, for the streaming-vs-offline gap."""
@@ -209,19 +231,13 @@ def stream_parity(model, dims: StreamingDims, predicts: dict[str, Predict], chun
     the first chunk's and the later chunks'), each side with its own caches, and each side's
     committed frames decoded by NeMo's streaming decoding; ``offline``: NeMo's transcript of the
     whole stream at once (``offline_tokens``), reported beside them."""
-    reference = NemoStream(model, dims)
-    caches = initial_caches(dims)
+    reference, exported = NemoStream(model, dims), PackageStream(dims, predicts)
     decoders = {"nemo_streaming": StreamDecoder(model), "export_streaming": StreamDecoder(model)}
     committed = {"nemo": [], "export": []}
     results = []
     for i, chunk in enumerate(progress(iter(chunks), len(chunks))):
         expected = reference.step(chunk)
-        got = predicts[chunk.component]({"mel": chunk.padded(dims), "mel_length": np.array([chunk.length], np.int32),
-                                         **caches})
-        frames = committed_frames(int(got["encoder_length"][0]), dims, chunk.last)
-        outputs = {"encoder": got["encoder"][:, :, :frames], "encoder_length": np.array([frames], np.int32)}
-        if not chunk.short(dims):
-            outputs.update({name: got[name] for name in CARRIED})
+        outputs = exported.step(chunk)
         comparisons = {}
         for port in COMPONENT.output_ports:
             if port.name not in outputs:
@@ -231,8 +247,7 @@ def stream_parity(model, dims: StreamingDims, predicts: dict[str, Predict], chun
             tolerance = tolerances[STREAMING_COMPONENTS[chunk.component].output(port.name).tolerance]
             comparisons[port.name] = compare(expected[port.name], outputs[port.name], tolerance,
                                              tolerances.psnr_floor_db)
-        results.append(ChunkParity(i, chunk.last, frames, comparisons))
-        caches = {CARRIED[name]: got[name] for name in CARRIED}
+        results.append(ChunkParity(i, chunk.last, int(outputs["encoder_length"][0]), comparisons))
         decoders["nemo_streaming"].add(expected["encoder"])
         decoders["export_streaming"].add(outputs["encoder"])
         if outputs["encoder"].shape == expected["encoder"].shape:

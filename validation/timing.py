@@ -27,22 +27,27 @@ import torch
 from scipy import stats
 from threadpoolctl import threadpool_info
 
-from exporters.components import COMPONENTS, ModelDims, example_inputs
+from exporters.components import COMPONENTS, ModelDims, StreamingDims, example_inputs
+from exporters.streaming import MelChunk, NemoStream
 from exporters.wrappers import wrapper
 from runtimes.base import describe_backend
 from validation.audio import Clip
 from validation.greedy import decision_from_logits, greedy_tdt, nemo_greedy_tdt, package_decide, package_decoder_step
+from validation.streaming import PackageStream, StreamDecoder
 
 # The sides of each kind of case: (reference, candidate). Speedup = reference / candidate.
-SIDES = {"component": ("torch", "backend"), "fused": ("separate", "fused"), "end_to_end": ("torch", "backend")}
+SIDES = {"component": ("torch", "backend"), "fused": ("separate", "fused"), "end_to_end": ("torch", "backend"),
+         "stream": ("torch", "backend")}
 FUSED = {"mel_encoder": ("preprocessor", "encoder"), "joint_decision": ("joint",)}
 END_TO_END = "greedy_tdt"
+STREAM = "encoder_streaming"  # the streaming case: a stream's chunks, one per call, through the encoder and decoding
 # A side whose samples' coefficient of variation is above this is too noisy to read alone.
 MAX_CV = 0.10
 # Every (case id, side) there is to time, known before any model is loaded.
 TIMED = ([(name, side) for name in COMPONENTS for side in SIDES["component"]]
          + [(f"fused:{name}", side) for name in FUSED for side in SIDES["fused"]]
          + [(f"end_to_end:{END_TO_END}", side) for side in SIDES["end_to_end"]])
+SECTIONS = {"component": "components", "fused": "fused", "end_to_end": "end_to_end", "stream": "streaming"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class Case:
     calls: dict[str, Callable[[], object]]  # side -> one call
     # Loads the candidate's package afresh and calls it once: {"load_ms", "first_call_ms"}
     cold_start: Callable[[], dict] | None = None
+    audio_seconds: float | None = None  # the audio one call processes, where it is not the session's clip
+    details: Callable[[], dict] | None = None  # what the case adds to its entry once timed
 
     @property
     def sides(self) -> tuple[str, str]:
@@ -136,6 +143,81 @@ def end_to_end_case(model, dims: ModelDims, packages: dict, load, clip: Clip) ->
                           package_decide(load(packages["joint_decision_single_step"])))
 
     return Case(END_TO_END, "end_to_end", {"torch": nemo, "backend": exported})
+
+
+class StreamSide:
+    """One side of the streaming case: each call takes the stream's next chunk through the encoder
+    (NeMo's ``cache_aware_stream_step`` or the packages, caches carried) and NeMo's streaming
+    decoding of the chunk's committed frames, as a live app does per chunk. After the last chunk
+    the stream begins again with empty caches; ``timeline`` keeps each call of the current pass:
+    (chunk index, ms, tokens decoded so far)."""
+
+    def __init__(self, model, chunks: list[MelChunk], start: Callable[[], Callable[[MelChunk], dict]]):
+        self.model, self.chunks, self.start = model, chunks, start
+        self.restart()
+
+    def restart(self) -> None:
+        self.step = self.start()
+        self.decoder = StreamDecoder(self.model)
+        self.timeline: list[tuple[int, float, int]] = []
+
+    def __call__(self) -> np.ndarray:
+        if len(self.timeline) == len(self.chunks):
+            self.restart()
+        index = len(self.timeline)
+        begin = time.perf_counter()
+        frames = self.step(self.chunks[index])["encoder"]
+        self.decoder.add(frames)
+        ms = (time.perf_counter() - begin) * 1e3
+        self.timeline.append((index, ms, len(self.decoder.tokens)))
+        return frames
+
+
+def speech_onset(samples: np.ndarray, sample_rate: int) -> float:
+    """Seconds to the first sample within 40 dB of the stream's peak."""
+    level = np.abs(np.asarray(samples, np.float32))
+    if not level.size or level.max() == 0:
+        return float("nan")
+    return int(np.argmax(level >= 0.01 * level.max())) / sample_rate
+
+
+def time_to_first_token(timeline: list[tuple[int, float, int]], dims: StreamingDims, onset_seconds: float
+                        ) -> float | None:
+    """Milliseconds from speech onset to the first token, were the stream live: chunk i arrives
+    once its last new mel frame has (``first_chunk_mel_frames + i * shift_mel_frames`` frames of
+    ``mel_hop_seconds``), is processed once it has arrived and the chunk before it is done, and
+    takes the time it took here. ``None`` when no token came."""
+    ready = 0.0
+    for index, ms, tokens in timeline:
+        arrival = (dims.first_chunk_mel_frames + index * dims.shift_mel_frames) * dims.mel_hop_seconds
+        ready = max(arrival, ready) + ms / 1e3
+        if tokens:
+            return (ready - onset_seconds) * 1e3
+    return None
+
+
+def stream_case(model, model_name: str, dims: StreamingDims, chunks: list[MelChunk], predicts: dict,
+                samples: np.ndarray, sample_rate: int) -> Case:
+    """A stream chunk by chunk: NeMo's cache-aware streaming against the streaming packages
+    (``predicts`` by component), each chunk followed by NeMo's streaming decoding of its committed
+    frames, the same Torch code on both sides. The real-time factor is per chunk (its median time
+    over the chunk's new audio); the entry adds each side's time of every chunk of the last pass,
+    its real-time factor over the stream and its time to the first token after speech starts."""
+    sides = {"torch": StreamSide(model, chunks, lambda: NemoStream(model, dims).step),
+             "backend": StreamSide(model, chunks, lambda: PackageStream(dims, predicts).step)}
+    seconds, onset = len(samples) / sample_rate, speech_onset(samples, sample_rate)
+
+    def details() -> dict:
+        return {"runs": len(chunks), "model": model_name, "chunk_ms": round(dims.chunk_seconds * 1e3),
+                "chunks": len(chunks),
+                "stream_seconds": seconds, "speech_onset_seconds": onset,
+                "per_chunk_ms": {name: [ms for _, ms, _ in side.timeline] for name, side in sides.items()},
+                "stream_rtf": {name: sum(ms for _, ms, _ in side.timeline) / 1e3 / seconds
+                               for name, side in sides.items()},
+                "time_to_first_token_ms": {name: time_to_first_token(side.timeline, dims, onset)
+                                           for name, side in sides.items()}}
+
+    return Case(STREAM, "stream", sides, audio_seconds=dims.chunk_seconds, details=details)
 
 
 def all_cases(model, dims: ModelDims, packages: dict, load, fresh, clip: Clip) -> list[Case]:
@@ -258,15 +340,18 @@ def case_entry(case: Case, rounds: list[dict[str, float]], first: dict, runs: in
              "backend": backend, **paired_speedup([(r[reference], r[candidate]) for r in rounds]),
              "load_average": load, "flags": flags({reference: ref, candidate: cand}, load, cpus)}
     if case.kind != "fused":
-        entry["rtf"] = {reference: ref["median"] / 1e3 / audio_seconds, candidate: cand["median"] / 1e3 / audio_seconds}
+        seconds = case.audio_seconds or audio_seconds
+        entry["rtf"] = {reference: ref["median"] / 1e3 / seconds, candidate: cand["median"] / 1e3 / seconds}
+    if case.details is not None:
+        entry.update(case.details())
     return entry
 
 
 def flagged(block: dict) -> list[str]:
     """One line per flagged case of a latency block, named by its case id: ``case: reason; reason``."""
-    prefix = {"components": "", "fused": "fused:", "end_to_end": "end_to_end:"}
+    prefix = {section: "" if kind == "component" else f"{kind}:" for kind, section in SECTIONS.items()}
     return [f"{prefix[section]}{name}: {'; '.join(entry['flags'])}" for section in prefix
-            for name, entry in block[section].items() if entry.get("flags")]
+            for name, entry in block.get(section, {}).items() if entry.get("flags")]
 
 
 def environment(backend: str, compute_units: str, precision: str) -> dict:
@@ -284,11 +369,11 @@ def environment(backend: str, compute_units: str, precision: str) -> dict:
 
 
 def latency_block(entries: dict[str, tuple[Case, dict]], env: dict, audio_seconds: float) -> dict:
-    """The ``latency`` block: the environment, then components, fused pairs and end to end."""
+    """The ``latency`` block: the environment, then components, fused pairs, end to end and, where
+    timed, streaming."""
     block = {**env, "audio_seconds": audio_seconds, "components": {}, "fused": {}, "end_to_end": {}}
-    section = {"component": "components", "fused": "fused", "end_to_end": "end_to_end"}
     for case, entry in entries.values():
-        block[section[case.kind]][case.name] = entry
+        block.setdefault(SECTIONS[case.kind], {})[case.name] = entry
     return block
 
 

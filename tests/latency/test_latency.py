@@ -12,11 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exporters.components import COMPONENTS
+from exporters.components import COMPONENTS, STREAMING_COMPONENTS, get_components
+from exporters.streaming import mel_chunks
 from runtimes.base import BackendUnavailable
 from runtimes.coreml import compile_and_place
 from validation.greedy import Transcript
-from validation.timing import TIMED, Partner, first_call, load_average
+from validation.streaming import stream_parity
+from validation.timing import SIDES, TIMED, Partner, first_call, load_average, stream_case
 
 pytestmark = pytest.mark.latency
 
@@ -80,3 +82,59 @@ def test_coreml_compile_time_and_placement(latency_packages, pytestconfig):
         pytest.skip(f"this macOS has no MLComputePlan: {found['placement_error']}")
     assert sum(found["placement"].values()) > 0
     assert set(found["placement"]) <= {"CPU", "GPU", "NeuralEngine", "none (constants)"}, found
+
+
+@pytest.fixture(scope="module")
+def stream_latency(streaming, stream, predictor, dims, pytestconfig):
+    """The streaming case on the session's stream, at the session's compute precision."""
+    exporters, model = streaming
+    exporter = exporters[pytestconfig.option.compute_precision]
+    exported = [exporter.export(c) for c in get_components(list(STREAMING_COMPONENTS))]
+    return stream_case(model, exporter.metadata(exported)["model"], exporter.streaming_dims, list(stream),
+                       {e.name: predictor(e.package).predict for e in exported}, stream.samples, dims.sample_rate)
+
+
+@pytest.mark.parametrize("side", SIDES["stream"])
+def test_streaming_latency(benchmark, stream_latency, latency_report, pytestconfig, side):
+    """Every chunk of the stream once, from empty caches, on each side in turn (the other side's
+    same chunk before each round): per-chunk p50 and p90, real-time factor, time to first token."""
+    case, opt = stream_latency, pytestconfig.option
+    sides = case.calls
+    for _ in range(opt.latency_warmup):  # warm-up chunks; then both sides begin the stream afresh
+        for call in sides.values():
+            call()
+    for call in sides.values():
+        call.restart()
+    chunks = len(sides[side].chunks)
+    partner = Partner(sides[next(s for s in case.sides if s != side)])
+    benchmark.group = case.id
+    benchmark.extra_info.update({"side": side, "kind": case.kind, "chunks": chunks,
+                                 "backend": latency_report.environment["backend"]})
+    before = load_average()
+    result = benchmark.pedantic(sides[side], setup=partner, rounds=chunks, warmup_rounds=0, iterations=1)
+    assert result.ndim == 3 and np.isfinite(result).all()
+    if benchmark.disabled:
+        return
+    assert [index for index, _, _ in sides[side].timeline] == list(range(chunks)), "one pass over the stream"
+    samples = [t * 1e3 for t in benchmark.stats.stats.data]
+    latency_report.add(case, side, samples, partner.rounds(0, chunks), None, (before, load_average()))
+
+
+def test_a_minute_of_streaming_verified_chunk_by_chunk(benchmark, streaming, stream, predictor, tolerances,
+                                                       dims, backend, pytestconfig):
+    """A minute of audio cut into chunks and verified on both sides (NeMo's streaming, the
+    packages, every output compared, both decoded): the time it takes is recorded."""
+    exporters, model = streaming
+    exporter = exporters[pytestconfig.option.compute_precision]
+    predicts = {c.name: predictor(exporter.export(c).package).predict
+                for c in get_components(list(STREAMING_COMPONENTS))}
+    samples = np.tile(stream.samples, 2)[:60 * dims.sample_rate]
+
+    def verify():
+        return stream_parity(model, exporter.streaming_dims, predicts, mel_chunks(model, samples), tolerances,
+                             exporter.dims, exact=False)
+
+    benchmark.group = "stream:verification"
+    run = benchmark.pedantic(verify, rounds=1, warmup_rounds=0, iterations=1)
+    benchmark.extra_info.update({"audio_seconds": 60.0, "chunks": len(run.chunks), "backend": backend})
+    assert len(run.chunks) > 300 and not run.failures(), run.failures()[:5]

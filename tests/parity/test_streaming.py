@@ -9,54 +9,28 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exporters.components import STREAMING_COMPONENTS, ExportOptions, get_components, initial_caches
-from exporters.export import Exporter
-from exporters.sources import ModelSource
+from exporters.components import STREAMING_COMPONENTS, get_components, initial_caches
+from exporters.sources import STREAMING_PRESET, ModelSource
 from exporters.streaming import mel_chunks
 from reports.plugin import send
 from reports.streaming import streaming_context
 from validation.audio import synthetic_speech
-from validation.streaming import MAX_ERROR_GROWTH, offline_tokens, stream_audio, stream_parity
+from validation.streaming import MAX_ERROR_GROWTH, offline_tokens, stream_parity
 
 pytestmark = pytest.mark.parity
 
-STREAMING_TEST_MODEL = "parakeet-tdt-tiny-streaming-trained"
 PRECISIONS = ("float32", "float16")
 
 
 @pytest.fixture(scope="module")
-def streaming(model_source, export_cache, pytestconfig):
-    """``(exporters by precision, loaded model)`` of the session's model when it is cache-aware,
-    else of the built-in streaming test model."""
-    units = pytestconfig.option.compute_units
-    for source in (model_source, ModelSource.from_options(None, None, STREAMING_TEST_MODEL)):
-        exporters = {p: Exporter(source, ExportOptions(compute_precision=p, compute_units=units), export_cache,
-                                 progress=lambda message: None) for p in PRECISIONS}
-        if exporters["float32"].streaming_dims is not None:
-            return exporters, exporters["float32"].model
-    raise AssertionError(f"the built-in {STREAMING_TEST_MODEL} is not cache-aware")
-
-
-class Stream(list):
-    """NeMo's chunks of a stream, with its samples."""
-
-    def __init__(self, chunks, samples):
-        super().__init__(chunks)
-        self.samples = samples
-
-
-@pytest.fixture(scope="module")
-def chunks(streaming, export_cache, dims, backend, tolerances, pytestconfig):
-    """NeMo's chunks of the parity stream (synthetic speech twice, with pauses); what the report
-    says of them goes to the plugin."""
-    speech = synthetic_speech(export_cache, dims)
+def chunks(streaming, stream, backend, tolerances, pytestconfig):
+    """The session's stream; what the report says of it goes to the plugin."""
     exporter = streaming[0]["float16"]
     description = exporter.metadata([exporter.export(c) for c in get_components(list(STREAMING_COMPONENTS))])
     send(pytestconfig, "streaming_context", {
         "description": description,
         "context": streaming_context(backend, "synthetic speech twice, with pauses", tolerances)})
-    samples = stream_audio(speech.samples[:speech.length], dims.sample_rate)
-    return Stream(mel_chunks(streaming[1], samples), samples)
+    return stream
 
 
 def _parity(streaming, chunks, precision, predictor, tolerances, perturb=lambda predict: predict, offline=None):
@@ -96,9 +70,9 @@ def test_the_streaming_test_model_transcribes_the_stream_as_nemo_streams_it(pari
     departs from NeMo's at a near-tie, a decision whose top-1/top-2 logit margin is 0.003 on NeMo's
     own frames against a measured logit error of 0.04, which the main test's margin-aware check
     allows, as the offline transcript check does.)"""
-    built_in = ModelSource.from_options(None, None, STREAMING_TEST_MODEL)
+    built_in = ModelSource.from_options(None, None, STREAMING_PRESET)
     if streaming[0]["float32"].source.key() != built_in.key():
-        pytest.skip(f"the transcript targets are those of the built-in {STREAMING_TEST_MODEL}")
+        pytest.skip(f"the transcript targets are those of the built-in {STREAMING_PRESET}")
     run = parity_runs("float32")
     assert len(run.transcripts["nemo_streaming"]) >= 50, run.transcripts
     assert run.transcripts["export_streaming"] == run.transcripts["nemo_streaming"]

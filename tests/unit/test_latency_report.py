@@ -12,10 +12,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from exporters.components import StreamingDims
 from reports.latency import LatencyReport
-from validation.timing import SIDES, Case, Partner, flagged, paired_speedup, summary, time_paired
+from validation.timing import (
+    SIDES,
+    Case,
+    Partner,
+    StreamSide,
+    flagged,
+    paired_speedup,
+    speech_onset,
+    summary,
+    time_paired,
+    time_to_first_token,
+)
 
 ENV = {"backend": "mil", "values_from": "executor", "compute_units": "ALL", "compute_precision": "float16",
        "host": {"os": "Linux", "machine": "x86_64", "cpus": 2}, "threads": {"torch": 2}, "versions": {}}
@@ -75,6 +88,69 @@ def test_entries_pair_both_sides_and_derive_speedup_and_rtf():
         report.add(encoder, "torch", [1.0, 2.0, 3.0], [1.0, 2.0])
 
 
+def _stream_dims(first=9, shift=16):
+    return StreamingDims(n_mels=2, encoder_dim=4, layers=1, first_chunk_mel_frames=first, first_chunk_encoder_frames=1,
+                         chunk_mel_frames=9 + shift, shift_mel_frames=shift, pre_encode_cache_frames=9,
+                         drop_extra_pre_encoded=2, valid_out_frames=2, chunk_encoder_frames=3, cache_channel_frames=70,
+                         cache_time_frames=8, att_context_size=(70, 1), mel_hop_seconds=0.01)
+
+
+def test_time_to_first_token_follows_a_live_stream_that_can_fall_behind():
+    # chunk 0 arrives at 90 ms and is done at 95; chunk 1 arrives at 250 and takes 300 (done at 550);
+    # chunk 2 arrived at 410 but waits for chunk 1, is done at 560 and carries the first token
+    timeline = [(0, 5.0, 0), (1, 300.0, 0), (2, 10.0, 2)]
+    assert time_to_first_token(timeline, _stream_dims(), onset_seconds=0.1) == pytest.approx(460.0)
+    assert time_to_first_token([(0, 5.0, 1)], _stream_dims(), onset_seconds=0.0) == pytest.approx(95.0)
+    assert time_to_first_token(timeline[:2], _stream_dims(), onset_seconds=0.1) is None
+
+
+def test_speech_onset_is_the_first_sample_within_40_db_of_the_peak():
+    samples = np.zeros(16000, np.float32)
+    samples[4000] = 0.005  # 46 dB below the peak: not yet speech
+    samples[8000:8010] = 1.0
+    samples[6000] = 0.02
+    assert speech_onset(samples, 16000) == 6000 / 16000
+    assert math.isnan(speech_onset(np.zeros(100, np.float32), 16000))
+
+
+def test_a_stream_side_takes_one_chunk_per_call_and_begins_again_after_the_last(monkeypatch):
+    started = []
+
+    def start():
+        started.append(len(started))
+        return lambda chunk: {"encoder": np.full((1, 4, 1), chunk, np.float32)}
+
+    class Tokens:  # stands in for NeMo's streaming decoding: one token per frame seen
+        def __init__(self, model):
+            self.tokens = []
+
+        def add(self, frames):
+            self.tokens += [0] * frames.shape[-1]
+
+    monkeypatch.setattr("validation.timing.StreamDecoder", Tokens)
+    side = StreamSide(None, [10, 11, 12], start)
+    assert [int(side()[0, 0, 0]) for _ in range(3)] == [10, 11, 12]
+    assert [(index, tokens) for index, _, tokens in side.timeline] == [(0, 1), (1, 2), (2, 3)]
+    assert all(ms >= 0 for _, ms, _ in side.timeline)
+    assert int(side()[0, 0, 0]) == 10  # the stream again, from empty caches and a new decoding
+    assert started == [0, 1] and [(i, t) for i, _, t in side.timeline] == [(0, 1)]
+
+
+def test_the_streaming_case_times_a_chunk_and_adds_its_stream_figures():
+    report = LatencyReport({"model": "m"}, ENV, audio_seconds=15.0, runs=3, warmup=1)
+    details = {"runs": 2, "model": "preset:s", "chunk_ms": 160,
+               "time_to_first_token_ms": {"torch": 1.0, "backend": 2.0}}
+    case = Case("encoder_streaming", "stream", {side: lambda: None for side in SIDES["stream"]}, audio_seconds=0.16,
+                details=lambda: details)
+    report.add(case, "backend", [32.0, 32.0], [16.0, 16.0])
+    block = report.block()
+    entry = block["streaming"]["encoder_streaming"]
+    assert entry["rtf"] == {"torch": pytest.approx(0.1), "backend": pytest.approx(0.2)}  # over the chunk's 160 ms
+    assert entry["runs"] == 2 and entry["time_to_first_token_ms"] == {"torch": 1.0, "backend": 2.0}
+    assert flagged(block) == []
+    assert "streaming" not in LatencyReport({"model": "m"}, ENV, 15.0, 3, 1).block()
+
+
 def test_wide_spread_and_a_busy_host_are_flagged_in_the_block():
     report = LatencyReport({"model": "m"}, ENV, audio_seconds=10.0, runs=4, warmup=0)
     steady, noisy = _case("decoder", "component"), _case("joint", "component")
@@ -96,13 +172,15 @@ def test_suite_extends_benchmark_json_and_writes_metadata_and_plots(tmp_path, mo
     # pytest-benchmark turns itself off in a process that inherits an xdist worker's variables
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/latency/test_latency.py", "-k", "test_latency and decoder-",
+        [sys.executable, "-m", "pytest", "tests/latency/test_latency.py", "-k",
+         "test_latency and decoder- or test_streaming_latency and backend",
          "-p", "no:cacheprovider", "--latency-rounds", "2", "--latency-warmup", "0", "--benchmark-json", str(bench),
          "--report-dir", str(report), "--cache-dir", str(export_cache.root), *model_source.cli_args(), "-q"],
         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=600, check=False, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     data = json.loads(bench.read_text())
-    assert {b["name"] for b in data["benchmarks"]} == {"test_latency[decoder-torch]", "test_latency[decoder-backend]"}
+    assert {b["name"] for b in data["benchmarks"]} == {"test_latency[decoder-torch]", "test_latency[decoder-backend]",
+                                                        "test_streaming_latency[backend]"}
     assert {"machine_info", "commit_info", "benchmarks", "version"} <= set(data)
     assert data["machine_info"]["parakeet_coreml"]["backend"] == "mil"
     decoder = data["parakeet_coreml"]["latency"]["components"]["decoder"]
@@ -112,8 +190,15 @@ def test_suite_extends_benchmark_json_and_writes_metadata_and_plots(tmp_path, mo
     metadata = json.loads((report / "metadata.json").read_text())
     assert metadata["latency"]["components"]["decoder"] == decoder
     assert "not Core ML" in metadata["latency"]["values_from"]
+    stream = metadata["latency"]["streaming"]["encoder_streaming"]
+    # one pass over the stream's chunks, each paired with NeMo's streaming of the same chunk
+    assert stream["backend_ms"]["rounds"] == stream["paired_rounds"] == stream["chunks"] == stream["runs"] > 100
+    assert stream["chunk_ms"] == 160 and len(stream["per_chunk_ms"]["backend"]) == stream["chunks"]
+    assert stream["rtf"]["backend"] == pytest.approx(stream["backend_ms"]["median"] / 160)
+    # the streaming test model speaks within the stream's first seconds, on both sides
+    assert all(0 < stream["time_to_first_token_ms"][side] < 3000 for side in SIDES["stream"]), stream
     plots = {p.name for p in (report / "plots" / "compare-components").iterdir()}
-    assert {"latency_summary.png", "latency_speedup.png"} <= plots
+    assert {"latency_summary.png", "latency_speedup.png", "latency_streaming_encoder_streaming.png"} <= plots
     assert "latency report: latency block in" in done.stdout
 
 
@@ -125,7 +210,9 @@ def test_benchmark_only_deselects_the_tests_without_a_benchmark():
          "tests/unit/test_readme.py", "tests/latency/test_latency.py"],
         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300, check=False, env=env)
     collected = [line for line in done.stdout.splitlines() if "::" in line]
-    assert collected and all("tests/latency/test_latency.py::test_latency[" in line for line in collected), done.stdout
+    assert collected and all(line.startswith(("tests/latency/test_latency.py::test_latency[",
+                                              "tests/latency/test_latency.py::test_streaming_latency["))
+                             for line in collected), done.stdout
     assert "deselected" in done.stdout and "Skipping non-benchmark" not in done.stdout
 
 

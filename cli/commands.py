@@ -7,7 +7,15 @@ import shutil
 from pathlib import Path
 
 from exporters.cache import ExportCache
-from exporters.components import DECODE, STREAMING_COMPONENTS, ExportError, ExportOptions, StreamingDims, get_components
+from exporters.components import (
+    DECODE,
+    LATER_CHUNKS,
+    STREAMING_COMPONENTS,
+    ExportError,
+    ExportOptions,
+    StreamingDims,
+    get_components,
+)
 from exporters.console import print_progress, print_result, progress_bar
 from exporters.export import ORIGINS_FILE, Exporter
 from exporters.publish import check_writable, copy_package, publish, staged_output
@@ -21,7 +29,7 @@ from reports.latency import write_latency
 from reports.metadata import METADATA
 from reports.parity import ParityReport, parity_context
 from reports.quantization import VARIANT_METADATA, write_quantization
-from reports.streaming import streaming_block, streaming_context, write_streaming
+from reports.streaming import run_label, streaming_block, streaming_context, write_streaming
 from runtimes.base import BackendUnavailable, describe_backend, resolve_backend
 from runtimes.loader import LoadedPredictors, load_predictor
 from validation.audio import parity_clips, read_audio, synthetic_speech
@@ -60,9 +68,15 @@ def run_convert(args) -> int:
     names = [c.name for c in get_components(component_list(args.components or []))] if args.components else None
     options = ExportOptions(args.compute_precision, args.compute_units, args.minimum_deployment_target,
                             flexible_audio=args.flexible_audio, chunk_ms=args.chunk_ms)
+    if args.cache_state and names:
+        raise ExportError("--cache-state picks the later chunks' package of the default set; with --components, name "
+                          "encoder_streaming_state (or encoder_streaming) among them instead")
     with staged_output(args.output_dir) as staging:
         exporter = Exporter(source, options, ExportCache(args.cache_dir))
-        exported = exporter.export_all(names, steps=progress_bar("convert", "component"))
+        if args.cache_state and exporter.streaming_dims is None:
+            raise ExportError(f"--cache-state: {source.describe()} is not a cache-aware model: it has no streaming "
+                              "caches to keep as states")
+        exported = exporter.export_all(names, steps=progress_bar("convert", "component"), cache_state=args.cache_state)
         for e in exported:
             try:
                 copy_package(e.package, staging / e.package.name)
@@ -253,13 +267,15 @@ def run_compare(args) -> int:
 def _compare_streaming(model, description: dict, packages: dict[str, Path], load, clip, backend: str, tolerances,
                        directory: Path) -> bool:
     """The streaming encoders chunk by chunk against NeMo's streaming, at the packages' precision,
-    on ``clip`` (the user's recording, else the synthetic speech) twice with pauses."""
+    on ``clip`` (the user's recording, else the synthetic speech) twice with pauses: once per
+    later-chunk package present (caches as inputs and outputs, as states)."""
     recorded = description.get("streaming")
-    missing = [name for name in STREAMING_COMPONENTS if name not in packages]
-    if recorded is None or missing:
-        raise ExportError(f"streaming parity needs {' and '.join(STREAMING_COMPONENTS)} and the streaming chunk "
-                          f"sizes in metadata.json; {'absent: ' + ', '.join(missing) if missing else 'none recorded'}"
-                          " (convert them from a cache-aware model source)")
+    variants = [later for later in LATER_CHUNKS if later in packages]
+    if recorded is None or "encoder_streaming_first" not in packages or not variants:
+        found = ", ".join(n for n in STREAMING_COMPONENTS if n in packages) or "no streaming package"
+        raise ExportError(f"streaming parity needs encoder_streaming_first, one of {' or '.join(LATER_CHUNKS)} and the "
+                          f"streaming chunk sizes in metadata.json; found {found}"
+                          f"{'' if recorded else ' and no chunk sizes'} (convert them from a cache-aware model source)")
     dims = streaming_dims(model, recorded["chunk_ms"])
     expected = StreamingDims.from_dict({k: recorded[k] for k in dims.as_dict()})
     if dims != expected:
@@ -269,26 +285,34 @@ def _compare_streaming(model, description: dict, packages: dict[str, Path], load
     rate = int(description["sample_rate"])
     audio = stream_audio(clip.samples[:clip.length], rate)
     chunks = mel_chunks(model, audio)
-    print_progress(f"streaming: {len(chunks)} chunks of {recorded['chunk_ms']} ms ({audio.size / rate:.1f} s: "
-                   f"{clip.name} twice, with pauses) through NeMo's cache-aware streaming and the streaming packages")
-    run = stream_parity(model, dims, {name: load(packages[name]).predict for name in STREAMING_COMPONENTS}, chunks,
-                        tolerances, model_dims(model, description["max_audio_seconds"]), exact=precision == "float32",
-                        offline=offline_tokens(model, audio), progress=progress_bar("streaming", "chunk"))
-    record = run.record()
-    block = streaming_block({precision: record},
-                            streaming_context(backend, f"{clip.name} twice, with pauses", tolerances))
+    offline = offline_tokens(model, audio)
+    records, worst = {}, {}
+    for later in variants:
+        label = run_label(precision, later == "encoder_streaming_state")
+        print_progress(f"streaming ({label}): {len(chunks)} chunks of {recorded['chunk_ms']} ms "
+                       f"({audio.size / rate:.1f} s: {clip.name} twice, with pauses) through NeMo's cache-aware "
+                       "streaming and "
+                       f"encoder_streaming_first, then {later}")
+        loaded = {name: load(packages[name]) for name in ("encoder_streaming_first", later)}
+        run = stream_parity(model, dims, {name: p if p.state_specs else p.predict for name, p in loaded.items()},
+                            chunks, tolerances, model_dims(model, description["max_audio_seconds"]),
+                            exact=precision == "float32", offline=offline, progress=progress_bar("streaming", "chunk"))
+        records[label] = run.record()
+        worst[label] = {o: max(run.series(o)) for o in COMPONENT_VALUES}
+        texts = {name: model.tokenizer.ids_to_text(tokens) if tokens else ""
+                 for name, tokens in run.transcripts.items()}
+        gap = records[label]["transcripts"]["nemo_streaming_edits_to_offline"]
+        decisions = (f"host greedy TDT: the export's first {run.agreement.required_tokens} of "
+                     f"{len(run.agreement.reference)} tokens required to be NeMo's, "
+                     f"{'they are' if run.agreement.match else 'they are NOT'}; " if run.agreement else "")
+        print_progress(f"streaming transcripts ({label}): {decisions}export {run.transcript_edits()} token edit(s) "
+                       f"from NeMo's streaming decoding, NeMo streaming {gap} from NeMo offline (the model's own gap, "
+                       "reported)" + "".join(f"\n  {name}: {text!r}" for name, text in texts.items()))
+    block = streaming_block(records, streaming_context(backend, f"{clip.name} twice, with pauses", tolerances))
     path, plot = write_streaming(directory, description, block)
-    worst = {o: max(run.series(o)) for o in COMPONENT_VALUES}
-    texts = {name: model.tokenizer.ids_to_text(tokens) if tokens else "" for name, tokens in run.transcripts.items()}
-    gap = record["transcripts"]["nemo_streaming_edits_to_offline"]
-    decisions = (f"host greedy TDT: the export's first {run.agreement.required_tokens} of "
-                 f"{len(run.agreement.reference)} tokens required to be NeMo's, "
-                 f"{'they are' if run.agreement.match else 'they are NOT'}; " if run.agreement else "")
-    print_progress(f"streaming transcripts: {decisions}export {run.transcript_edits()} token edit(s) from NeMo's "
-                   f"streaming decoding, NeMo streaming {gap} from NeMo offline (the model's own gap, reported)"
-                   + "".join(f"\n  {name}: {text!r}" for name, text in texts.items()))
     print_result(f"streaming {block['status']}: {len(chunks)} chunks, largest errors "
-                 + ", ".join(f"{o} {v:.3g}" for o, v in worst.items())
+                 + "; ".join(f"{label}: " + ", ".join(f"{o} {v:.3g}" for o, v in errors.items())
+                             for label, errors in worst.items())
                  + f"; streaming_validation block in {path}, plot {plot}"
                  + "".join(f"\nFAILED {line}" for line in block["failures"][:10]))
     return block["status"] == "passed"

@@ -15,7 +15,14 @@ import warnings
 from pathlib import Path
 
 from exporters.cache import ExportCache
-from exporters.components import COMPONENTS, COMPUTE_PRECISIONS, DEPLOYMENT_TARGETS, STREAMING_COMPONENTS, ExportError
+from exporters.components import (
+    COMPONENTS,
+    COMPUTE_PRECISIONS,
+    DEPLOYMENT_TARGETS,
+    STREAMING_COMPONENTS,
+    ExportError,
+    streaming_components,
+)
 from exporters.console import chatter_to, print_progress
 from exporters.sources import add_source_options
 from runtimes.base import BACKENDS, COMPUTE_UNITS, PackageError
@@ -49,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--output-dir", required=True, type=Path, help="where the packages and metadata.json go")
     convert.add_argument("--components", nargs="+", default=None, metavar="NAME",
                          help=f"components to export (default: every one the model has): {', '.join(COMPONENTS)}; "
-                              f"a cache-aware model adds {', '.join(STREAMING_COMPONENTS)}")
+                              f"a cache-aware model adds {', '.join(streaming_components())} (or "
+                              f"{', '.join(streaming_components(cache_state=True))} with --cache-state); any of "
+                              f"{', '.join(STREAMING_COMPONENTS)} can be named")
     convert.add_argument("--compute-units", default="ALL", choices=COMPUTE_UNITS,
                          help="the compute units recorded in the packages, which Core ML uses by default "
                               "(default ALL)")
@@ -62,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--chunk-ms", type=int, default=None, metavar="MS",
                          help="a cache-aware model's streaming chunk, in milliseconds of new audio: one it was "
                               "trained for (default: its default attention context's)")
+    convert.add_argument("--cache-state", action="store_true",
+                         help="a cache-aware model's later chunks: encoder_streaming_state, its caches kept as iOS 18 "
+                              "Core ML states (that package targets iOS18), in place of encoder_streaming's caches "
+                              "as inputs and outputs")
     convert.add_argument("--cache-dir", type=Path, default=None,
                          help="export cache (default: $PARAKEET_COREML_CACHE or the per-user cache directory)")
 

@@ -113,6 +113,10 @@ class Component:
     requires_tdt: bool = False
     fuses: tuple[str, ...] = ()  # the components this one replaces, run one after the other
     decode: bool = False  # one of the packages an app's greedy TDT loop drives
+    # Core ML states (iOS 18 ``MLState``): read and written in place by every prediction; each is
+    # compared, read back after the prediction, under its tolerance key as an output would be
+    state_ports: tuple[Port, ...] = ()
+    minimum_deployment_target: str | None = None  # the least the package needs, above the option's
 
     def __post_init__(self):
         names = [p.name for p in self.output_ports]
@@ -125,8 +129,17 @@ class Component:
     def outputs(self, dims: ModelDims) -> tuple[TensorSpec, ...]:
         return tuple(p.spec(dims) for p in self.output_ports)
 
+    def states(self, dims: ModelDims) -> tuple[TensorSpec, ...]:
+        return tuple(p.spec(dims) for p in self.state_ports)
+
     def output(self, name: str) -> Port:
-        return next(p for p in self.output_ports if p.name == name)
+        """An output or a state, by name."""
+        return next(p for p in self.output_ports + self.state_ports if p.name == name)
+
+    def deployment_target(self, option: str) -> str:
+        """The package's deployment target: the option's, or this component's least if higher."""
+        needed = self.minimum_deployment_target
+        return needed if needed and DEPLOYMENT_TARGETS.index(needed) > DEPLOYMENT_TARGETS.index(option) else option
 
 
 def _f32(name, shape, **checks) -> Port:
@@ -258,29 +271,54 @@ class StreamingDims:
         return cls(**{**d, "att_context_size": tuple(d["att_context_size"])})
 
 
+def _cache_channel(s: StreamingDims) -> tuple[int, ...]:
+    return (1, s.layers, s.cache_channel_frames, s.encoder_dim)
+
+
+def _cache_time(s: StreamingDims) -> tuple[int, ...]:
+    return (1, s.layers, s.encoder_dim, s.cache_time_frames)
+
+
 def _streaming_encoder(name: str, summary: str, mel_frames: Callable[[StreamingDims], int],
                        encoder_frames: Callable[[StreamingDims], int]) -> Component:
-    def channel(s):
-        return (1, s.layers, s.cache_channel_frames, s.encoder_dim)
-
-    def time(s):
-        return (1, s.layers, s.encoder_dim, s.cache_time_frames)
-
     return Component(
         name, summary,
         (_f32("mel", lambda s: (1, s.n_mels, mel_frames(s))), _i32("mel_length", _one),
-         _f32("cache_last_channel", channel), _f32("cache_last_time", time), _i32("cache_last_channel_len", _one)),
+         _f32("cache_last_channel", _cache_channel), _f32("cache_last_time", _cache_time),
+         _i32("cache_last_channel_len", _one)),
         (_f32("encoder", lambda s: (1, s.encoder_dim, encoder_frames(s)), tolerance=f"{name}.encoder", step_axis=2),
          _i32("encoder_length", _one, role=LENGTH, tolerance=f"{name}.encoder_length"),
-         _f32("cache_last_channel_next", channel, tolerance=f"{name}.cache_last_channel"),
-         _f32("cache_last_time_next", time, tolerance=f"{name}.cache_last_time"),
+         _f32("cache_last_channel_next", _cache_channel, tolerance=f"{name}.cache_last_channel"),
+         _f32("cache_last_time_next", _cache_time, tolerance=f"{name}.cache_last_time"),
          _i32("cache_last_channel_len_next", _one, role=LENGTH, tolerance=f"{name}.cache_last_channel_len")),
         headline="encoder")
 
 
+def _streaming_encoder_state() -> Component:
+    """The later chunks' encoder with the caches kept as Core ML states, fp16 (the type Core ML's
+    state examples and the public stateful conversions use; the cache length too, exact in fp16 up
+    to 2048)."""
+    name = "encoder_streaming_state"
+    return Component(
+        name, "a later log-mel chunk -> the chunk's encoding, the caches read and updated in place as "
+              "iOS 18 states (seeded from encoder_streaming_first's returned caches)",
+        (_f32("mel", lambda s: (1, s.n_mels, s.chunk_mel_frames)), _i32("mel_length", _one)),
+        (_f32("encoder", lambda s: (1, s.encoder_dim, s.chunk_encoder_frames), tolerance=f"{name}.encoder",
+              step_axis=2),
+         _i32("encoder_length", _one, role=LENGTH, tolerance=f"{name}.encoder_length")),
+        headline="encoder",
+        state_ports=(Port("cache_last_channel", "float16", _cache_channel, tolerance=f"{name}.cache_last_channel"),
+                     Port("cache_last_time", "float16", _cache_time, tolerance=f"{name}.cache_last_time"),
+                     Port("cache_last_channel_len", "float16", _one, role=LENGTH,
+                          tolerance=f"{name}.cache_last_channel_len")),
+        minimum_deployment_target="iOS18")
+
+
 # A cache-aware model's streaming components: their ports' shapes are functions of StreamingDims.
 # Names and layouts (batch first, then layers) follow the public Core ML streaming releases, which
-# also ship the first chunk's encoder apart from the later chunks'.
+# also ship the first chunk's encoder apart from the later chunks'. The later chunks' encoder comes
+# two ways: the caches as inputs and outputs (encoder_streaming), or as iOS 18 states
+# (encoder_streaming_state, exported in its place with ``--cache-state``).
 STREAMING_COMPONENTS: dict[str, Component] = {
     c.name: c
     for c in (
@@ -290,8 +328,16 @@ STREAMING_COMPONENTS: dict[str, Component] = {
         _streaming_encoder("encoder_streaming", "a later log-mel chunk (look-back, then new frames) and the caches -> "
                            "the chunk's encoding and the next caches", lambda s: s.chunk_mel_frames,
                            lambda s: s.chunk_encoder_frames),
+        _streaming_encoder_state(),
     )
 }
+LATER_CHUNKS = ("encoder_streaming", "encoder_streaming_state")  # either encodes the chunks after the first
+
+
+def streaming_components(cache_state: bool = False) -> list[str]:
+    """The packages that stream: the first chunk's encoder and the later chunks' (caches as states
+    with ``cache_state``, else as inputs and outputs)."""
+    return ["encoder_streaming_first", LATER_CHUNKS[cache_state]]
 
 
 def initial_caches(dims: StreamingDims) -> dict[str, np.ndarray]:

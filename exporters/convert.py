@@ -49,8 +49,10 @@ def convert_component(model, component: Component, dims: ModelDims, options: Exp
                               dtype=np.dtype(s.dtype).type) for s in specs],
         # Explicit output dtypes: an fp16 program would otherwise return fp16 arrays.
         outputs=[ct.TensorType(name=s.name, dtype=np.dtype(s.dtype).type) for s in component.outputs(dims)],
+        states=[ct.StateType(wrapped_type=ct.TensorType(shape=s.shape, dtype=np.dtype(s.dtype).type), name=s.name)
+                for s in component.states(dims)] or None,
         convert_to="mlprogram",
-        minimum_deployment_target=getattr(ct.target, options.minimum_deployment_target),
+        minimum_deployment_target=getattr(ct.target, component.deployment_target(options.minimum_deployment_target)),
         compute_precision=_compute_precision(component, options.compute_precision),
         compute_units=getattr(ct.ComputeUnit, options.compute_units),
         skip_model_load=True,

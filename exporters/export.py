@@ -23,6 +23,7 @@ from exporters.components import (
     ModelDims,
     StreamingDims,
     get_components,
+    streaming_components,
 )
 from exporters.console import print_progress
 from exporters.convert import convert_component, op_origins, program_precision
@@ -126,11 +127,11 @@ class Exporter:
         facts = self.model_info["streaming"]
         return None if facts is None else StreamingDims.from_dict(facts)
 
-    def default_components(self) -> list[Component]:
-        """Every component the model has: the TDT decisions on a TDT model, the streaming encoder
-        on a cache-aware one."""
+    def default_components(self, cache_state: bool = False) -> list[Component]:
+        """Every component the model has: the TDT decisions on a TDT model, the streaming encoders
+        on a cache-aware one (the later chunks' with its caches as states with ``cache_state``)."""
         offline = [c for c in COMPONENTS.values() if self.dims.durations or not c.requires_tdt]
-        return offline + (list(STREAMING_COMPONENTS.values()) if self.streaming_dims else [])
+        return offline + (get_components(streaming_components(cache_state)) if self.streaming_dims else [])
 
     @cached_property
     def vocabulary(self) -> Path:
@@ -177,6 +178,8 @@ class Exporter:
                 "package": package,
                 "inputs": [s.as_dict() for s in component.inputs(dims)],
                 "outputs": [s.as_dict() for s in component.outputs(dims)],
+                **({"states": [s.as_dict() for s in component.states(dims)]} if component.state_ports else {}),
+                "minimum_deployment_target": component.deployment_target(self.options.minimum_deployment_target),
                 **program_precision(mlmodel.get_spec()),
                 "options": self.options.as_dict(),
                 "convert_seconds": round(seconds, 2),
@@ -184,10 +187,11 @@ class Exporter:
 
         return ExportedComponent(component.name, self.cache.get_or_build(key, build))
 
-    def export_all(self, names=None, steps=lambda items, total: items) -> list[ExportedComponent]:
+    def export_all(self, names=None, steps=lambda items, total: items, cache_state: bool = False
+                   ) -> list[ExportedComponent]:
         """Each component exported (or found in the cache), and the vocabulary; ``steps`` wraps the
-        iteration (a progress bar)."""
-        components = get_components(names) if names else self.default_components()
+        iteration (a progress bar); without ``names``, ``default_components(cache_state)``."""
+        components = get_components(names) if names else self.default_components(cache_state)
         done = []
         for i, component in enumerate(steps(components, len(components)), 1):
             t = time.perf_counter()
@@ -235,6 +239,9 @@ class Exporter:
                 e.name: {
                     "inputs": e.info["inputs"],
                     "outputs": e.info["outputs"],
+                    **({"states": e.info["states"]} if "states" in e.info else {}),
+                    "minimum_deployment_target": e.info.get("minimum_deployment_target",
+                                                            self.options.minimum_deployment_target),
                     "path": e.info["package"] if relative_paths else str(e.package),
                     "size_bytes": e.size_bytes,
                     "compute_precision": e.info["compute_precision"],

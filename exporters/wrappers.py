@@ -146,6 +146,34 @@ class EncoderStreamingFirst(EncoderStreaming):
         self.drop_extra_pre_encoded = 0
 
 
+class EncoderStreamingState(nn.Module):
+    """A later chunk through ``cache_aware_stream_step`` with the caches as buffers that Core ML
+    converts to states (``ct.StateType``, by buffer name): read at the start of a prediction and
+    overwritten with the next caches at its end. They are fp16, as the package's states are, and
+    widened to fp32 for the computation."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.step = EncoderStreaming(model)
+        encoder = model.encoder
+        layers, width = len(encoder.layers), encoder.d_model
+        channel = int(encoder.streaming_cfg.last_channel_cache_size)
+        self.register_buffer("cache_last_channel", torch.zeros(1, layers, channel, width, dtype=torch.float16))
+        self.register_buffer("cache_last_time", torch.zeros(1, layers, width, int(encoder.conv_context_size[0]),
+                                                            dtype=torch.float16))
+        self.register_buffer("cache_last_channel_len", torch.zeros(1, dtype=torch.float16))
+
+    def forward(self, mel, mel_length):
+        encoded, length, channel, time, channel_len = self.step(
+            mel, mel_length, self.cache_last_channel.float(), self.cache_last_time.float(),
+            self.cache_last_channel_len.int())
+        # whole-slice assignments: the in-place writes coremltools turns into state updates
+        self.cache_last_channel[:, :, :, :] = channel.half()
+        self.cache_last_time[:, :, :, :] = time.half()
+        self.cache_last_channel_len[:] = channel_len.half()
+        return encoded, length
+
+
 # The Torch reference of each component of the contract (``exporters.components``).
 WRAPPERS: dict[str, type[nn.Module]] = {
     "preprocessor": Preprocessor,
@@ -157,6 +185,7 @@ WRAPPERS: dict[str, type[nn.Module]] = {
     "joint_decision_single_step": JointDecisionSingleStep,
     "encoder_streaming_first": EncoderStreamingFirst,
     "encoder_streaming": EncoderStreaming,
+    "encoder_streaming_state": EncoderStreamingState,
 }
 if set(WRAPPERS) != set(COMPONENTS) | set(STREAMING_COMPONENTS):
     raise ImportError(f"wrappers {sorted(WRAPPERS)} do not match the contract's components "

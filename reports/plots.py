@@ -530,7 +530,9 @@ def evaluation_plots(block: dict, records: list[dict], caption: Caption, out_dir
 
 
 STREAMING_DIR = Path("plots") / "streaming"
-_PRECISION_STYLES = {"float32": ("tab:blue", "-"), "float16": ("tab:orange", "-")}
+# a streaming run's label: its precision, and ", caches as states" for the stateful package
+_PRECISION_STYLES = {"float32": ("tab:blue", "-"), "float16": ("tab:orange", "-"),
+                     "float32, caches as states": ("tab:green", "--"), "float16, caches as states": ("tab:red", "--")}
 
 
 def streaming_plot(block: dict, caption: Caption, out_dir: Path) -> Path:

@@ -12,6 +12,11 @@ from validation.streaming import COMPONENT, COMPONENT_VALUES, MAX_ERROR_GROWTH
 STREAMING_REPORT_DIR = "streaming"  # the suite's streaming report, beside the offline one: another model
 
 
+def run_label(precision: str, cache_state: bool) -> str:
+    """A streaming run's name in the block and the plot."""
+    return f"{precision}, caches as states" if cache_state else precision
+
+
 def streaming_context(backend: str, clip: str, tolerances) -> dict:
     """What a streaming block was measured with: the backend, the stream, each output's tolerance."""
     return {"backend": backend, "values_from": describe_backend(backend), "clip": clip,

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from runtimes.base import COMPUTE_UNITS, BackendUnavailable, PackageError, check_inputs, compiled_interface, input_spec
+from runtimes.base import (
+    COMPUTE_UNITS,
+    BackendUnavailable,
+    InputMismatch,
+    PackageError,
+    check_inputs,
+    compiled_interface,
+    input_spec,
+)
 
 
 def unavailable_reason() -> str | None:
@@ -50,6 +58,7 @@ class CoreMLModel:
                                    "and outputs; recompile it with Xcode's or coremltools' compiler")
             self.model = ct.models.CompiledMLModel(str(path), compute_units=units)
             self.input_specs, outputs, _ = interface
+            self.state_specs = ()  # a compiled bundle's metadata.json does not say; Core ML refuses a stateless call
             self.output_names = list(outputs)
             return
         if not (path / "Manifest.json").is_file():
@@ -57,11 +66,20 @@ class CoreMLModel:
         self.model = ct.models.MLModel(str(path), compute_units=units)
         description = self.model.get_spec().description
         self.input_specs = tuple(input_spec(feature) for feature in description.input)
+        self.state_specs = tuple(input_spec(feature) for feature in description.state)
         self.output_names = [feature.name for feature in description.output]
 
-    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def make_state(self):
+        """Core ML's fresh states (``MLState``, macOS 15+) for a stateful package: pass it to
+        ``predict`` call after call; ``read_state`` and ``write_state`` reach its buffers."""
+        return self.model.make_state()
+
+    def predict(self, inputs: Mapping[str, np.ndarray], state=None) -> dict[str, np.ndarray]:
         arrays = check_inputs(self.input_specs, inputs)
-        outputs = self.model.predict(arrays)
+        if self.state_specs and state is None:
+            raise InputMismatch(f"the package has states ({', '.join(s.name for s in self.state_specs)}): "
+                                "pass state=predictor.make_state()")
+        outputs = self.model.predict(arrays, state=state) if state is not None else self.model.predict(arrays)
         return {name: np.asarray(outputs[name]) for name in self.output_names}
 
 

@@ -18,7 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from exporters.components import STREAMING_COMPONENTS, VALUE, ModelDims, StreamingDims, initial_caches
+from exporters.components import (
+    LATER_CHUNKS,
+    STREAMING_COMPONENTS,
+    VALUE,
+    ExportError,
+    ModelDims,
+    StreamingDims,
+    initial_caches,
+)
 from exporters.streaming import MelChunk, NemoStream, committed_frames
 from exporters.wrappers import wrapper
 from validation.checks import CONFIDENT_MEDIAN_PROB
@@ -77,19 +85,42 @@ class StreamDecoder:
 
 
 class PackageStream:
-    """The streaming packages (``predicts`` by component), chunk after chunk, as an app drives them:
-    each chunk padded to its package's length, the returned caches fed to the next chunk."""
+    """The streaming packages, chunk after chunk, as an app drives them: each chunk padded to its
+    package's length, the caches returned by one chunk fed to the next. ``predicts`` by component:
+    the first chunk's and one of the later chunks' (``LATER_CHUNKS``). The stateful one
+    (``encoder_streaming_state``) is a predictor: its state is made after the first chunk and
+    seeded with that chunk's returned caches (``write_state``, as an app does with
+    ``MLState.withMultiArray``), and read back after each chunk to be compared."""
 
     def __init__(self, dims: StreamingDims, predicts: dict[str, Predict]):
         self.dims = dims
         self.predicts = predicts
+        self.later = next((name for name in LATER_CHUNKS if name in predicts), None)
+        if "encoder_streaming_first" not in predicts or self.later is None:
+            raise ExportError(f"a stream needs encoder_streaming_first and one of {', '.join(LATER_CHUNKS)}; "
+                              f"given {', '.join(predicts) or 'none'}")
         self.caches = initial_caches(dims)
+        self.state = None
+
+    def component(self, chunk: MelChunk) -> str:
+        """The package that encodes ``chunk``."""
+        return "encoder_streaming_first" if chunk.first else self.later
 
     def step(self, chunk: MelChunk) -> dict[str, np.ndarray]:
         """The chunk's committed encoder frames and, but after a stream's short last chunk (nothing
         reads them), the next caches."""
-        got = self.predicts[chunk.component]({"mel": chunk.padded(self.dims),
-                                              "mel_length": np.array([chunk.length], np.int32), **self.caches})
+        inputs = {"mel": chunk.padded(self.dims), "mel_length": np.array([chunk.length], np.int32)}
+        if self.component(chunk) == "encoder_streaming_state":
+            predictor = self.predicts[self.later]
+            if self.state is None:
+                self.state = predictor.make_state()
+                for name, value in self.caches.items():
+                    self.state.write_state(name, value.astype(np.float16))
+            got = predictor.predict(inputs, state=self.state)
+            got.update({output: self.state.read_state(state).astype(self.caches[state].dtype)
+                        for output, state in CARRIED.items()})
+        else:
+            got = self.predicts[self.component(chunk)]({**inputs, **self.caches})
         frames = committed_frames(int(got["encoder_length"][0]), self.dims, chunk.last)
         outputs = {"encoder": got["encoder"][:, :, :frames], "encoder_length": np.array([frames], np.int32)}
         if not chunk.short(self.dims):
@@ -244,7 +275,10 @@ def stream_parity(model, dims: StreamingDims, predicts: dict[str, Predict], chun
                 continue
             if outputs[port.name].shape != expected[port.name].shape:
                 continue  # frames committed differ: the encoder_length check says how many each side gave
-            tolerance = tolerances[STREAMING_COMPONENTS[chunk.component].output(port.name).tolerance]
+            package = STREAMING_COMPONENTS[exported.component(chunk)]
+            # a returned cache, or on the stateful package the state it is read from
+            name = CARRIED[port.name] if package.state_ports and port.name in CARRIED else port.name
+            tolerance = tolerances[package.output(name).tolerance]
             comparisons[port.name] = compare(expected[port.name], outputs[port.name], tolerance,
                                              tolerances.psnr_floor_db)
         results.append(ChunkParity(i, chunk.last, int(outputs["encoder_length"][0]), comparisons))

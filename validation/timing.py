@@ -221,9 +221,10 @@ def stream_case(model, model_name: str, dims: StreamingDims, chunks: list[MelChu
 
 
 def all_cases(model, dims: ModelDims, packages: dict, load, fresh, clip: Clip) -> list[Case]:
-    """Every component, every fused package whose parts are there, and the end-to-end decode.
+    """Every offline component, every fused package whose parts are there, and the end-to-end decode.
     ``load(package)`` is the session's cached loader, ``fresh(package)`` an uncached one."""
-    cases = [component_case(name, model, dims, package, load, fresh, clip) for name, package in packages.items()]
+    cases = [component_case(name, model, dims, package, load, fresh, clip) for name, package in packages.items()
+             if name in COMPONENTS]  # the streaming packages take chunks, not the clip: the stream case times them
     cases += [fused_case(name, dims, packages, load, fresh, clip) for name, parts in FUSED.items()
               if name in packages and all(p in packages for p in parts)]
     if all(n in packages for n in ("mel_encoder", "decoder", "joint_decision_single_step")):

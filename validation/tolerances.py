@@ -54,7 +54,7 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fused.token_prob": Tolerance(1e-3, 0.0),
     # The streaming encoders' chunk and caches: the offline encoder's tolerance, per chunk.
     **{f"{name}.{output}": EXACT if output.endswith("length") or output.endswith("_len") else Tolerance(5e-2, 5e-3)
-       for name in ("encoder_streaming_first", "encoder_streaming")
+       for name in ("encoder_streaming_first", "encoder_streaming", "encoder_streaming_state")
        for output in ("encoder", "encoder_length", "cache_last_channel", "cache_last_time", "cache_last_channel_len")},
 }
 
@@ -63,7 +63,7 @@ def declared_keys(components: dict[str, Component] = COMPONENTS | STREAMING_COMP
     """Every tolerance key the checks look up, with whether it must be exact (lengths)."""
     keys = {DECODER_ROLLOUT_LOGITS: False}
     for component in components.values():
-        for port in component.output_ports:
+        for port in component.output_ports + component.state_ports:
             if port.tolerance:
                 keys[port.tolerance] = port.role == LENGTH
             if port.fused_tolerance:

@@ -252,3 +252,16 @@ def test_a_folder_without_what_a_component_is_weighed_on_is_one_line(converted, 
     assert ("quantize weighs joint on the outputs of mel_encoder, which the package set lacks; convert them too "
             "(--components)") in _last_error(code, capsys.readouterr(), "quantize")
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--preset", "tiny"], "--cache-state: preset:tiny is not a cache-aware model"),
+    (["--preset", "tiny-streaming", "--components", "encoder_streaming_first"],
+     "with --components, name encoder_streaming_state (or encoder_streaming) among them instead"),
+], ids=["offline-model", "with-components"])
+def test_cache_state_without_caches_to_keep_is_refused_writing_nothing(fault_cache, tmp_path, capsys, extra,
+                                                                       expected):
+    code = main(["convert", *extra, "--cache-state", "--output-dir", str(tmp_path / "out"), "--cache-dir",
+                 str(fault_cache)])
+    assert expected in _last_error(code, capsys.readouterr(), "convert")
+    assert not (tmp_path / "out").exists()

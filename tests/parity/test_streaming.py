@@ -6,14 +6,15 @@ along the stream; a cache that drifts, or caches not carried, are caught."""
 
 from __future__ import annotations
 
+import coremltools as ct
 import numpy as np
 import pytest
 
-from exporters.components import STREAMING_COMPONENTS, get_components, initial_caches
+from exporters.components import STREAMING_COMPONENTS, get_components, initial_caches, streaming_components
 from exporters.sources import STREAMING_PRESET, ModelSource
 from exporters.streaming import mel_chunks
 from reports.plugin import send
-from reports.streaming import streaming_context
+from reports.streaming import run_label, streaming_context
 from validation.audio import synthetic_speech
 from validation.streaming import MAX_ERROR_GROWTH, offline_tokens, stream_parity
 
@@ -33,35 +34,42 @@ def chunks(streaming, stream, backend, tolerances, pytestconfig):
     return stream
 
 
-def _parity(streaming, chunks, precision, predictor, tolerances, perturb=lambda predict: predict, offline=None):
+def _parity(streaming, chunks, precision, predictor, tolerances, perturb=lambda predict: predict, offline=None,
+            cache_state=False):
     exporters, model = streaming
     exporter = exporters[precision]
-    predicts = {c.name: perturb(predictor(exporter.export(c).package).predict)
-                for c in get_components(list(STREAMING_COMPONENTS))}
+    loaded = {c.name: predictor(exporter.export(c).package) for c in get_components(streaming_components(cache_state))}
+    predicts = {name: p if p.state_specs else perturb(p.predict) for name, p in loaded.items()}
     return stream_parity(model, exporter.streaming_dims, predicts, chunks, tolerances, exporter.dims,
                          exact=precision == "float32", offline=offline)
 
 
 @pytest.fixture(scope="module")
 def parity_runs(streaming, chunks, predictor, tolerances, pytestconfig):
-    """``runs[precision]``: the parity stream through NeMo's streaming and the package, once per
-    precision; each run's record goes to the report."""
+    """``runs(precision, cache_state)``: the parity stream through NeMo's streaming and the packages
+    (the later chunks' caches as inputs and outputs, or as states), once each; each run's record
+    goes to the report."""
     runs = {}
 
-    def run(precision):
-        if precision not in runs:
+    def run(precision, cache_state=False):
+        label = run_label(precision, cache_state)
+        if label not in runs:
             offline = offline_tokens(streaming[1], chunks.samples)
-            runs[precision] = _parity(streaming, chunks, precision, predictor, tolerances, offline=offline)
-            send(pytestconfig, "streaming", {"precision": precision, "record": runs[precision].record()})
-        return runs[precision]
+            runs[label] = _parity(streaming, chunks, precision, predictor, tolerances, offline=offline,
+                                  cache_state=cache_state)
+            send(pytestconfig, "streaming", {"precision": label, "record": runs[label].record()})
+        return runs[label]
     return run
 
 
+@pytest.mark.parametrize("cache_state", [False, True], ids=["caches-as-inputs-and-outputs", "caches-as-states"])
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_the_streaming_encoder_follows_nemo_chunk_by_chunk(parity_runs, precision):
-    run = parity_runs(precision)
+def test_the_streaming_encoder_follows_nemo_chunk_by_chunk(parity_runs, precision, cache_state):
+    run = parity_runs(precision, cache_state)
     assert len(run.chunks) >= 100, len(run.chunks)
     assert not run.failures(), "\n".join(run.failures()[:10])
+    if cache_state:  # the states were read back and compared on every chunk but a short last one
+        assert all("cache_last_channel_next" in c.comparisons for c in run.chunks[:-1])
 
 
 def test_the_streaming_test_model_transcribes_the_stream_as_nemo_streams_it(parity_runs, streaming):
@@ -163,3 +171,55 @@ def test_caches_of_the_wrong_shape_or_type_are_refused_naming_the_cache(streamin
               "mel_length": np.array([dims.chunk_mel_frames], np.int32), **initial_caches(dims), name: bad(dims)}
     with pytest.raises(Exception, match=message(dims)):
         predictor(package).predict(inputs)
+
+
+class FreshState:
+    """A stateful package driven by an app that makes a new state for every chunk."""
+
+    def __init__(self, predictor):
+        self.predictor, self.state_specs = predictor, predictor.state_specs
+        self.held = None
+
+    def make_state(self):
+        self.held = self.predictor.make_state()
+        return self
+
+    def write_state(self, name, value):
+        self.held.write_state(name, value)
+
+    def read_state(self, name):
+        return self.held.read_state(name)
+
+    def predict(self, inputs, state):
+        self.held = self.predictor.make_state()
+        return self.predictor.predict(inputs, state=self.held)
+
+
+def test_states_that_are_not_carried_are_caught(streaming, chunks, predictor, tolerances):
+    exporters, model = streaming
+    exporter = exporters["float32"]
+    first, later = (predictor(exporter.export(c).package) for c in get_components(streaming_components(True)))
+    run = stream_parity(model, exporter.streaming_dims, {"encoder_streaming_first": first.predict,
+                                                         "encoder_streaming_state": FreshState(later)},
+                        chunks, tolerances, exporter.dims, exact=True)
+    failed = [c.index for c in run.chunks if c.problems()]
+    assert failed and failed[0] == 1, failed[:5]
+
+
+def test_the_stateful_package_declares_fp16_states_targets_ios18_and_needs_a_state(streaming, predictor):
+    exporter = streaming[0]["float32"]
+    dims = exporter.streaming_dims
+    exported = exporter.export(get_components(["encoder_streaming_state"])[0])
+    spec = ct.models.MLModel(str(exported.package), skip_model_load=True).get_spec()
+    assert spec.specificationVersion >= 9  # iOS 18, the first with states, whatever --minimum-deployment-target says
+    assert [s.name for s in spec.description.state] == ["cache_last_channel", "cache_last_time",
+                                                        "cache_last_channel_len"]
+    assert [s.name for s in spec.description.input] == ["mel", "mel_length"]
+    entry = exporter.metadata([exported])["components"]["encoder_streaming_state"]
+    assert entry["minimum_deployment_target"] == "iOS18"
+    assert entry["states"][0] == {"name": "cache_last_channel", "dtype": "float16",
+                                  "shape": [1, dims.layers, dims.cache_channel_frames, dims.encoder_dim]}
+    inputs = {"mel": np.zeros((1, dims.n_mels, dims.chunk_mel_frames), np.float32),
+              "mel_length": np.array([dims.chunk_mel_frames], np.int32)}
+    with pytest.raises(Exception, match=r"has states \(cache_last_channel, cache_last_time, cache_last_channel_len\)"):
+        predictor(exported.package).predict(inputs)

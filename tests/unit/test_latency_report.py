@@ -22,6 +22,7 @@ from validation.timing import (
     Case,
     Partner,
     StreamSide,
+    all_cases,
     flagged,
     paired_speedup,
     speech_onset,
@@ -235,3 +236,10 @@ def test_the_blas_threads_spin_briefly_in_the_command_and_the_suite():
                           cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0 and done.stdout.strip() == "4", done.stderr
     assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "4"
+
+
+def test_the_streaming_packages_are_left_to_the_stream_case():
+    """compare times the offline cases on the clip; the streaming packages take chunks and caches,
+    not the clip (timing a convert directory with them used to end in a KeyError)."""
+    packages = {name: Path(f"{name}.mlpackage") for name in ("encoder_streaming_first", "encoder_streaming_state")}
+    assert all_cases(None, None, packages, None, None, None) == []

@@ -22,7 +22,7 @@ from exporters.publish import check_writable, copy_package, publish, staged_outp
 from exporters.quantize import GivenExports, parse_variant, variant_table
 from exporters.settings import config_path
 from exporters.sources import ModelSource
-from exporters.streaming import as_exported, mel_chunks, streaming_dims
+from exporters.streaming import STREAMING_MODE, as_exported, mel_chunks, streaming_dims
 from exporters.wrappers import model_dims
 from reports.evaluation import EVALUATION_DIR, write_evaluation
 from reports.latency import write_latency
@@ -35,10 +35,13 @@ from runtimes.loader import LoadedPredictors, load_predictor
 from validation.audio import parity_clips, read_audio, synthetic_speech
 from validation.checks import ParityRunner
 from validation.evaluation import (
+    STREAMED,
+    WINDOWED,
     decoders_for,
     evaluate,
     read_manifest,
     recordings,
+    streaming_decoders_for,
     token_text,
     window_description,
 )
@@ -264,6 +267,17 @@ def run_compare(args) -> int:
     return 0 if status == "passed" and streaming_passed else 1
 
 
+def packages_streaming_dims(model, description: dict) -> StreamingDims:
+    """``model`` set to the packages' chunk, and the chunk's sizes, which must be the packages'."""
+    recorded = description["streaming"]
+    dims = streaming_dims(model, recorded["chunk_ms"])
+    expected = StreamingDims.from_dict({k: recorded[k] for k in dims.as_dict()})
+    if dims != expected:
+        raise ExportError("encoder_streaming: the model streams chunks of other sizes than the packages were exported "
+                          f"for ({dims} against {expected}); convert it again")
+    return dims
+
+
 def _compare_streaming(model, description: dict, packages: dict[str, Path], load, clip, backend: str, tolerances,
                        directory: Path) -> bool:
     """The streaming encoders chunk by chunk against NeMo's streaming, at the packages' precision,
@@ -276,11 +290,7 @@ def _compare_streaming(model, description: dict, packages: dict[str, Path], load
         raise ExportError(f"streaming parity needs encoder_streaming_first, one of {' or '.join(LATER_CHUNKS)} and the "
                           f"streaming chunk sizes in metadata.json; found {found}"
                           f"{'' if recorded else ' and no chunk sizes'} (convert them from a cache-aware model source)")
-    dims = streaming_dims(model, recorded["chunk_ms"])
-    expected = StreamingDims.from_dict({k: recorded[k] for k in dims.as_dict()})
-    if dims != expected:
-        raise ExportError("encoder_streaming: the model streams chunks of other sizes than the packages were exported "
-                          f"for ({dims} against {expected}); convert it again")
+    dims = packages_streaming_dims(model, description)
     precision = description["coreml"]["compute_precision"]
     rate = int(description["sample_rate"])
     audio = stream_audio(clip.samples[:clip.length], rate)
@@ -320,10 +330,18 @@ def _compare_streaming(model, description: dict, packages: dict[str, Path], load
 
 def run_evaluate(args) -> int:
     description, packages, source, report_dir = read_inputs(args)
-    absent = [name for name in DECODE if name not in packages]
+    needed = list(DECODE)
+    if args.streaming:
+        later = next((name for name in LATER_CHUNKS if name in packages), LATER_CHUNKS[0])
+        needed = ["encoder_streaming_first", later, "decoder", "joint_decision_single_step"]
+        if description.get("streaming") is None:
+            raise ExportError("--streaming: metadata.json records no streaming chunk; convert the packages from a "
+                              "cache-aware model source")
+    absent = [name for name in needed if name not in packages]
     if absent:
-        raise ExportError(f"evaluate decodes with {', '.join(DECODE)}; absent: {', '.join(absent)} (convert them "
-                          "with --components, or name them with --component NAME=PATH)")
+        raise ExportError(f"evaluate{' --streaming' if args.streaming else ''} decodes with {', '.join(needed)}; "
+                          f"absent: {', '.join(absent)} (convert them with --components, or name them with "
+                          "--component NAME=PATH)")
     cache = ExportCache(args.cache_dir)
     precision = description["coreml"]["compute_precision"]
     options = ExportOptions(max_audio_seconds=description["max_audio_seconds"])
@@ -340,16 +358,22 @@ def run_evaluate(args) -> int:
     backend, units, load = _package_loader(args, description, packages)
     print_progress(f"loading {source.describe()} ...")
     model = as_exported(source.load(), description)
-    exports = {"export": {name: packages[name] for name in DECODE}}
-    result = evaluate(utterances, decoders_for(model, dims, exports, load), token_text(model), dims,
+    exports = {"export": {name: packages[name] for name in needed}}
+    if args.streaming:
+        paths, chunking = STREAMED, {"streaming": {**description["streaming"], "mode": STREAMING_MODE}}
+        decoders = streaming_decoders_for(model, dims, packages_streaming_dims(model, description), exports, load)
+    else:
+        paths, chunking = WINDOWED, {"windows": window_description(dims)}
+        decoders = decoders_for(model, dims, exports, load)
+    result = evaluate(utterances, decoders, token_text(model), dims,
                       normalizer=args.normalizer, max_wer_difference=args.max_wer_difference / 100,
                       exact=["export"] if precision == "float32" else [], bad=bad, journal=report_dir / JOURNAL,
                       resume=args.resume, report=print_progress, progress=progress_bar("evaluate", "utterance"),
                       settings={"packages": {name: package_identity(path) for name, path in exports["export"].items()},
-                                "backend": backend, "compute_units": units})
+                                "backend": backend, "compute_units": units}, paths=paths)
     context = {"manifest": str(manifest) if manifest else None, "audio": [str(p) for p in args.audio or []],
                "backend": backend, "values_from": describe_backend(backend), "compute_units": units,
-               "compute_precision": precision, "windows": window_description(dims),
+               "compute_precision": precision, **chunking,
                "versions": environment(backend, units, precision)["versions"]}
     block = result.block(context)
     path, plots, skipped = write_evaluation(report_dir, description, block, result.records)
@@ -361,7 +385,7 @@ def run_evaluate(args) -> int:
                      + f" ({block['with_text']} utterances with text, {args.normalizer} normaliser)")
     parts = block["decomposition_points"]
     if parts["model"] is not None:
-        print_result(f"model {parts['model']:.2f} points, windowing {parts['windowing']:+.2f}, "
+        print_result(f"model {parts['model']:.2f} points, {paths.middle} {parts[paths.middle]:+.2f}, "
                      f"export {parts['export']['export']:+.2f}")
     for line in block["failures"]:
         print_progress(f"FAILED {line}")

@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--report-dir", type=Path, default=None,
                           help="where evaluation.jsonl, the metadata block and plots go (default: --output-dir, "
                                f"or {DEFAULT_REPORT_DIR} with --packages)")
+    evaluate.add_argument("--streaming", action="store_true",
+                          help="a cache-aware model's streaming packages: NeMo offline, NeMo's cache-aware streaming "
+                               "and the export streamed chunk by chunk (encoder_streaming_first, encoder_streaming or "
+                               "encoder_streaming_state, decoder, joint_decision_single_step), the gap taken apart as "
+                               "model, streaming and export numerics")
     evaluate.add_argument("--resume", action="store_true",
                           help="continue an interrupted run from its evaluation.jsonl")
     evaluate.add_argument("--cache-dir", type=Path, default=None,

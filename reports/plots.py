@@ -484,30 +484,33 @@ def evaluation_plots(block: dict, records: list[dict], caption: Caption, out_dir
     """The plots, and a line for each one that cannot be drawn (no reference texts)."""
     drawn, skipped = [], []
     scored = [r for r in records if "wer" in r]
-    exports = list(block["agreement_with_nemo_windowed"])
+    paths = block.get("paths", {"model": "nemo_full", "reference": "nemo_windowed", "middle": "windowing"})
+    reference_path, middle = paths["reference"], paths["middle"]
+    same = "on the same windows" if middle == "windowing" else "streamed on the same chunks"
+    exports = list(block[f"agreement_with_{reference_path}"])
     if not scored:
         skipped.append("per-utterance WER and its differences: no utterance has a reference text")
     else:
         plt, fig, (ax,) = _figure(1, height=5.0)
-        reference = np.array([100 * r["wer"]["nemo_windowed"]["wer"] for r in scored])
+        reference = np.array([100 * r["wer"][reference_path]["wer"] for r in scored])
         top = max(1.0, float(reference.max()))
         for label in exports:
             values = np.array([100 * r["wer"][label]["wer"] for r in scored])
             top = max(top, float(values.max()))
             ax.scatter(reference, values, s=14, alpha=0.6, label=f"{label} ({len(values)} utterances)")
         ax.plot([0, top], [0, top], color="grey", linewidth=0.8, label="equal WER")
-        ax.set_xlabel("NeMo on the same windows: WER per utterance (%)")
+        ax.set_xlabel(f"NeMo {same}: WER per utterance (%)")
         ax.set_ylabel("export: WER per utterance (%)")
         ax.legend(fontsize=8, loc="upper left")
         drawn.append(_save(plt, fig, caption, "Per-utterance WER, export against NeMo", out_dir / "wer_scatter.png"))
 
         plt, fig, (ax,) = _figure(1, height=3.4)
         for label in exports:
-            differences = [100 * (r["wer"][label]["wer"] - r["wer"]["nemo_windowed"]["wer"]) for r in scored]
+            differences = [100 * (r["wer"][label]["wer"] - r["wer"][reference_path]["wer"]) for r in scored]
             ax.hist(differences, bins=41, alpha=0.6, label=f"{label}: {sum(d != 0 for d in differences)} of "
                                                            f"{len(differences)} utterances differ")
         ax.axvline(0.0, color="grey", linewidth=0.8)
-        ax.set_xlabel("export WER − NeMo WER on the same windows, per utterance (points)")
+        ax.set_xlabel(f"export WER − NeMo WER {same}, per utterance (points)")
         ax.set_ylabel("utterances")
         ax.legend(fontsize=8)
         drawn.append(_save(plt, fig, caption, "Per-utterance WER differences", out_dir / "wer_differences.png"))
@@ -517,9 +520,10 @@ def evaluation_plots(block: dict, records: list[dict], caption: Caption, out_dir
         skipped.append("WER decomposition: no utterance has a reference text")
     else:
         plt, fig, (ax,) = _figure(1, height=3.6)
-        names = ["model\n(NeMo, whole utterances,\nagainst the text)", "windowing\n(NeMo on windows\n− NeMo whole)",
-                 *[f"export numerics\n({label} − NeMo\non the same windows)" for label in exports]]
-        values = [parts["model"], parts["windowing"], *[parts["export"][label] for label in exports]]
+        names = ["model\n(NeMo, whole utterances,\nagainst the text)",
+                 f"{middle}\n(NeMo {'on windows' if middle == 'windowing' else 'streamed'}\n− NeMo whole)",
+                 *[f"export numerics\n({label} − NeMo\n{same})" for label in exports]]
+        values = [parts["model"], parts[middle], *[parts["export"][label] for label in exports]]
         bars = ax.bar(names, values, color=["#4c72b0", "#dd8452", *["#55a868"] * len(exports)])
         ax.bar_label(bars, labels=[f"{v:+.2f}" if i else f"{v:.2f}" for i, v in enumerate(values)], fontsize=8)
         ax.axhline(0.0, color="grey", linewidth=0.8)

@@ -18,7 +18,7 @@ from exporters.cache import ExportCache
 from exporters.sources import ModelSource
 from exporters.wrappers import model_dims
 from validation.audio import fit_window
-from validation.evaluation import NEMO_PATHS, nemo_full_decoder, nemo_window_decoder, token_text
+from validation.evaluation import NEMO_PATHS, decoders_for, token_text
 from validation.evaluation import evaluate as evaluate_set
 from validation.evaluation import read_manifest as read_set
 from validation.held_out import long_form_manifest, median_token_probability
@@ -59,8 +59,8 @@ def evaluate_long_form(model, cache_dir: Path) -> dict:
     on whole recordings and of NeMo on the export's overlapping 15 s windows, merged."""
     dims = model_dims(model)
     utterances, _ = read_set(long_form_manifest(ExportCache(cache_dir), dims))
-    decoders = {"nemo_full": nemo_full_decoder(model, dims), "nemo_windowed": nemo_window_decoder(model, dims)}
-    result = evaluate_set(utterances, decoders, token_text(model), dims, normalizer="none")
+    result = evaluate_set(utterances, decoders_for(model, dims, {}, load=None), token_text(model), dims,
+                          normalizer="none")
     return {**{path: result.wer(path) for path in NEMO_PATHS}, "recordings": len(result.records),
             "audio_s": round(sum(r["seconds"] for r in result.records), 1)}
 

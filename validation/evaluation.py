@@ -13,6 +13,13 @@ Every utterance is transcribed three ways:
 So the report takes the gap apart: the model (1 against the reference text), the windowing (2
 against 1) and the export's numerics (3 against 2).
 
+Streamed (``--streaming``, a cache-aware model's streaming packages), the middle path and the
+export run chunk by chunk instead of window by window: ``nemo_streaming`` is NeMo's
+``cache_aware_stream_step`` over NeMo's chunks of the whole utterance with the host's greedy TDT on
+the model's Torch decoder and joint continuing from chunk to chunk (NeMo's streaming decoding
+rules), the export the streaming packages with the decoder and single-step joint packages the same
+way; the gap is then the model, the streaming and the export's numerics.
+
 Windows. An utterance that fits the export's window is one window, zero-padded with its true
 length given. A longer one is cut into windows of the export's length whose starts lie on
 encoder-frame multiples (80 ms for Parakeet), ``stride`` apart, so neighbours overlap by at least
@@ -38,27 +45,51 @@ import numpy as np
 import soundfile
 import soxr
 
-from exporters.components import ExportError, ModelDims
+from exporters.components import ExportError, ModelDims, StreamingDims
+from exporters.streaming import NemoStream, mel_chunks
 from exporters.wrappers import wrapper
 from validation.audio import AudioError, audio_info, check_samples, fit_window
 from validation.checks import CONFIDENT_MEDIAN_PROB
 from validation.full_context import linear_memory_attention
 from validation.greedy import (
+    decision_from_logits,
     greedy_tdt,
     nemo_greedy_tdt,
     package_decide,
     package_decoder_step,
     run_torch,
+    torch_decoder_step,
     torch_greedy_tdt,
 )
 from validation.journal import Journal, fingerprint
 from validation.metrics import NORMALIZERS, WordErrors, text_normalizer, word_errors
+from validation.streaming import PackageStream
 from validation.tolerances import MAX_WER_DIFFERENCE_POINTS
 
 OVERLAP_SECONDS = 2.0
 WORD = re.compile(r"\w")
-REFERENCE = "nemo_windowed"
-NEMO_PATHS = ("nemo_full", REFERENCE)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The NeMo paths the gap is taken apart with: NeMo on whole utterances (the model offline) and
+    ``reference``, NeMo as the export runs; ``middle`` names their difference."""
+
+    reference: str
+    middle: str
+    model: str = "nemo_full"
+
+    @property
+    def nemo(self) -> tuple[str, str]:
+        return (self.model, self.reference)
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "reference": self.reference, "middle": self.middle}
+
+
+WINDOWED = Paths("nemo_windowed", "windowing")  # 15 s windows, merged
+STREAMED = Paths("nemo_streaming", "streaming")  # a cache-aware model's chunks
+NEMO_PATHS = WINDOWED.nemo
 WORST = 10
 BUILTIN_PREFIX = "builtin:"
 ESTIMATE_AFTER_SECONDS = 30.0  # decoding time before the rest of a run is estimated
@@ -195,24 +226,33 @@ def clock(seconds: float) -> str:
 class Pace:
     """Says up front how much audio a run decodes and, once ``ESTIMATE_AFTER_SECONDS`` of decoding
     have given a pace, how long the rest will take: a large set's cost is known in its first minute,
-    on a terminal or in a log."""
+    on a terminal or in a log. The pace is read after the first utterance, which pays for loading
+    the packages and the first calls (a streamed run's first utterance took 51 s of a 4 min run,
+    and an estimate that counted it said 1 h 10 min)."""
 
     def __init__(self, utterances: list[Utterance], report: Callable[[str], None]):
         self.total = sum(span_seconds(u) for u in utterances)
         self.done = 0.0
         self.report = report
         self.started = time.monotonic()
+        self.warm: tuple[float, float] | None = None  # (time, audio done) once the first utterance is done
         self.estimated = False
         report(f"{len(utterances)} utterance(s) to decode, {clock(self.total)} of audio")
 
     def decoded(self, audio_seconds: float) -> None:
         self.done += audio_seconds
-        elapsed = time.monotonic() - self.started
-        if self.estimated or elapsed < ESTIMATE_AFTER_SECONDS or self.done <= 0 or self.done >= self.total:
+        now = time.monotonic()
+        if self.warm is None:
+            self.warm = (now, self.done)
+            return
+        since, base = self.warm
+        elapsed = now - since
+        if self.estimated or elapsed < ESTIMATE_AFTER_SECONDS or self.done <= base or self.done >= self.total:
             return
         self.estimated = True
-        self.report(f"{clock(self.done)} of {clock(self.total)} of audio decoded in {clock(elapsed)}: about "
-                    f"{clock(elapsed * (self.total - self.done) / self.done)} to go at this pace")
+        rate = (self.done - base) / elapsed
+        self.report(f"{clock(self.done)} of {clock(self.total)} of audio decoded in {clock(now - self.started)}: "
+                    f"about {clock((self.total - self.done) / rate)} to go at the pace since the first utterance")
 
 
 # -- windows and their merge ---------------------------------------------------------------------
@@ -277,6 +317,7 @@ def window_description(dims: ModelDims) -> dict:
 
 
 Decode = Callable[[np.ndarray, int], Decoded]  # (window samples padded to the window, valid samples)
+Transcribe = Callable[[np.ndarray], Decoded]  # a whole utterance's samples
 
 
 def decode_windowed(samples: np.ndarray, dims: ModelDims, decode: Decode) -> Decoded:
@@ -285,6 +326,31 @@ def decode_windowed(samples: np.ndarray, dims: ModelDims, decode: Decode) -> Dec
         clip = fit_window(samples[w.start:w.start + w.length], dims, "window", "")
         merged.extend(decode(clip.samples, clip.length), w.first_frame, w.keep)
     return merged
+
+
+def windowed(decode: Decode, dims: ModelDims) -> Transcribe:
+    """A window decoder run over a whole utterance's windows, merged."""
+    return lambda samples: decode_windowed(samples, dims, decode)
+
+
+def decode_streamed(chunks, encode, decoder_step, decide, dims: ModelDims, margins: list[float] | None = None
+                    ) -> Decoded:
+    """Each chunk's committed encoder frames (``encode(chunk)["encoder"]``) decoded by the host's
+    greedy TDT, continuing from the previous chunk's state; ``margins``: the list ``decide``
+    appends each decision's margin to, where it does."""
+    out, state, offset = Decoded(), None, 0
+    for chunk in chunks:
+        frames = encode(chunk)["encoder"]
+        before = len(margins) if margins is not None else 0
+        t = greedy_tdt(frames, frames.shape[-1], dims, decoder_step, decide, state=state)
+        state = t.state
+        out.tokens += t.tokens
+        out.frames += [offset + f for f in t.frames]
+        out.probs += t.token_probs
+        if margins is not None:
+            out.margins += [margins[before + d] for d in t.emitted_at]
+        offset += frames.shape[-1]
+    return out
 
 
 def nemo_full_decoder(model, dims: ModelDims) -> Callable[[np.ndarray], Decoded]:
@@ -310,6 +376,41 @@ def nemo_window_decoder(model, dims: ModelDims) -> Decode:
         encoder, encoded = run_torch(front, window[None, :], np.array([length], np.int32))
         t, margins = torch_greedy_tdt(decoder, joint, encoder, int(encoded[0]), dims)
         return Decoded(t.tokens, t.frames, t.token_probs, [margins[d] for d in t.emitted_at])
+
+    return decode
+
+
+def nemo_stream_decoder(model, dims: ModelDims, streaming: StreamingDims) -> Transcribe:
+    """NeMo's cache-aware streaming of the utterance (NeMo's chunks, ``cache_aware_stream_step``),
+    each chunk's frames decoded by the host's rules on the Torch decoder and joint, recording each
+    token's probability and margin."""
+    decoder, joint = wrapper("decoder", model), wrapper("joint", model)
+
+    def decode(samples: np.ndarray) -> Decoded:
+        margins = []
+
+        def decide(frame, decoded):
+            (logits,) = run_torch(joint, frame, decoded)
+            d = decision_from_logits(logits, dims)
+            margins.append(min(float(d.token_margin.item()), float(d.duration_margin.item())))
+            return int(d.token_id.item()), float(d.token_prob.item()), int(d.duration.item())
+
+        return decode_streamed(mel_chunks(model, samples), NemoStream(model, streaming).step,
+                               torch_decoder_step(decoder), decide, dims, margins)
+
+    return decode
+
+
+def package_stream_decoder(model, packages: dict, load, dims: ModelDims, streaming: StreamingDims) -> Transcribe:
+    """The streaming packages on NeMo's chunks of the utterance (the first chunk's, then the later
+    chunks' package present), decoded by the exported decoder and single-step joint."""
+    def decode(samples: np.ndarray) -> Decoded:
+        predicts = {name: p if p.state_specs else p.predict
+                    for name, p in ((name, load(path)) for name, path in packages.items() if name.startswith(
+                        "encoder_streaming"))}
+        return decode_streamed(mel_chunks(model, samples), PackageStream(streaming, predicts).step,
+                               package_decoder_step(load(packages["decoder"])),
+                               package_decide(load(packages["joint_decision_single_step"])), dims)
 
     return decode
 
@@ -346,31 +447,33 @@ def first_difference(reference: Decoded, candidate: Decoded, seconds_per_frame: 
             "nemo_margin": reference.margins[n] if n < len(reference.margins) else None}
 
 
-def evaluate_utterance(utterance: Utterance, samples: np.ndarray, decoders: dict, text, dims: ModelDims,
-                       normalizer: str) -> dict:
+def evaluate_utterance(utterance: Utterance, samples: np.ndarray, decoders: dict[str, Transcribe], text,
+                       dims: ModelDims, normalizer: str, paths: Paths = WINDOWED) -> dict:
     """The utterance's transcripts by path and export, their word errors (normalised, and raw)
-    against the reference text, and each export's agreement with NeMo on the same windows."""
+    against the reference text, and each export's agreement with NeMo run as it runs."""
     decoded, took = {}, {}
     for label, decode in decoders.items():
         start = time.perf_counter()
-        decoded[label] = decode(samples) if label == "nemo_full" else decode_windowed(samples, dims, decode)
+        decoded[label] = decode(samples)
         took[label] = round(time.perf_counter() - start, 4)
+    reference = paths.reference
     texts = {label: text(d.tokens) for label, d in decoded.items()}
     record = {"key": utterance.key, "audio": str(utterance.audio), "seconds": round(samples.size / dims.sample_rate, 3),
-              "windows": len(plan_windows(samples.size, dims)), "reference": utterance.text, "transcripts": texts,
+              **({"windows": len(plan_windows(samples.size, dims))} if paths == WINDOWED else {}),
+              "reference": utterance.text, "transcripts": texts,
               "tokens": {label: d.tokens for label, d in decoded.items()},
-              "token_probs": [round(p, 4) for p in decoded[REFERENCE].probs], "decode_seconds": took}
+              "token_probs": [round(p, 4) for p in decoded[reference].probs], "decode_seconds": took}
     if utterance.text is not None:
         record["wer"] = {label: word_errors(utterance.text, t, normalizer).as_dict() for label, t in texts.items()}
         record["wer_raw"] = {label: word_errors(utterance.text, t, "none").as_dict() for label, t in texts.items()}
-    exports = [label for label in decoded if label not in NEMO_PATHS]
-    record["agreement"] = {label: word_errors(texts[REFERENCE], texts[label], normalizer).as_dict()
+    exports = [label for label in decoded if label not in paths.nemo]
+    record["agreement"] = {label: word_errors(texts[reference], texts[label], normalizer).as_dict()
                            for label in exports}
-    record["agreement"]["nemo_windowed_vs_full"] = word_errors(texts["nemo_full"], texts[REFERENCE],
-                                                               normalizer).as_dict()
+    record["agreement"][f"{reference}_vs_full"] = word_errors(texts[paths.model], texts[reference],
+                                                              normalizer).as_dict()
     seconds_per_frame = dims.encoder_hop / dims.sample_rate
-    record["identical"] = {label: decoded[label].tokens == decoded[REFERENCE].tokens for label in exports}
-    record["first_difference"] = {label: first_difference(decoded[REFERENCE], decoded[label], seconds_per_frame,
+    record["identical"] = {label: decoded[label].tokens == decoded[reference].tokens for label in exports}
+    record["first_difference"] = {label: first_difference(decoded[reference], decoded[label], seconds_per_frame,
                                                           text) for label in exports}
     return record
 
@@ -392,6 +495,7 @@ class Evaluation:
     exact: list[str]  # exports that must transcribe exactly like NeMo's windows (fp32 of a confident model)
     records: list[dict] = field(default_factory=list)
     bad: list[BadInput] = field(default_factory=list)
+    paths: Paths = WINDOWED
 
     def with_text(self) -> list[dict]:
         return [r for r in self.records if "wer" in r]
@@ -414,29 +518,34 @@ class Evaluation:
         return self.median_token_prob() > CONFIDENT_MEDIAN_PROB
 
     def wer_difference(self, label: str) -> float | None:
-        """The export's WER minus NeMo's on the same windows (fractions), over utterances with text."""
-        ours, theirs = self.total("wer", label), self.total("wer", REFERENCE)
+        """The export's WER minus NeMo's run the same way (fractions), over utterances with text."""
+        ours, theirs = self.total("wer", label), self.total("wer", self.paths.reference)
         return None if ours is None else ours.wer - theirs.wer
 
     def failure(self, label: str) -> str | None:
         """Why ``label`` falls short of NeMo on the same windows, or None."""
+        same = self.same_way
         if label in self.exact and self.confident():
             differing = [r["key"] for r in self.records if not r["identical"][label]]
             if differing:
-                return (f"{label}: {len(differing)} of {len(self.records)} transcripts differ from NeMo's on the same "
-                        f"windows (identical ones are required of it on a confident model), e.g. {differing[:3]}")
+                return (f"{label}: {len(differing)} of {len(self.records)} transcripts differ from NeMo's {same} "
+                        f"(identical ones are required of it on a confident model), e.g. {differing[:3]}")
         difference = self.wer_difference(label)
         if difference is not None:
             if abs(difference) > self.max_wer_difference:
                 return (f"{label}: WER {100 * self.total('wer', label).wer:.2f}% against NeMo's "
-                        f"{100 * self.total('wer', REFERENCE).wer:.2f}% on the same windows, {100 * difference:+.2f} "
+                        f"{100 * self.total('wer', self.paths.reference).wer:.2f}% {same}, {100 * difference:+.2f} "
                         f"points (at most ±{100 * self.max_wer_difference:.2f})")
         elif self.records:
             agreement = self.total("agreement", label).wer
             if agreement > self.max_wer_difference:
-                return (f"{label}: {100 * agreement:.2f}% word errors against NeMo's transcripts on the same windows "
+                return (f"{label}: {100 * agreement:.2f}% word errors against NeMo's transcripts {same} "
                         f"(at most {100 * self.max_wer_difference:.2f}%; no reference texts)")
         return None
+
+    @property
+    def same_way(self) -> str:
+        return "on the same windows" if self.paths == WINDOWED else "streamed on the same chunks"
 
     def failures(self) -> list[str]:
         found = [f for f in (self.failure(label) for label in self.exports) if f]
@@ -448,32 +557,36 @@ class Evaluation:
         """Model (NeMo on whole utterances against the text), windowing (NeMo on windows minus NeMo
         on whole utterances) and each export's numerics (the export minus NeMo on the same
         windows), in WER points; None without reference texts."""
+        middle = self.paths.middle
         if not self.with_text():
-            return {"model": None, "windowing": None, "export": {label: None for label in self.exports}}
-        full, windowed = self.total("wer", "nemo_full").wer, self.total("wer", REFERENCE).wer
-        return {"model": 100 * full, "windowing": 100 * (windowed - full),
+            return {"model": None, middle: None, "export": {label: None for label in self.exports}}
+        full, reference = self.total("wer", self.paths.model).wer, self.total("wer", self.paths.reference).wer
+        return {"model": 100 * full, middle: 100 * (reference - full),
                 "export": {label: 100 * self.wer_difference(label) for label in self.exports}}
 
     def seconds_per_audio_minute(self) -> dict:
         """Each path's decoding time per minute of audio (front end and encoder included)."""
         audio = sum(r["seconds"] for r in self.records)
-        labels = [*NEMO_PATHS, *self.exports]
+        labels = [*self.paths.nemo, *self.exports]
         return {label: 60 * sum(r["decode_seconds"][label] for r in self.records) / audio if audio else None
                 for label in labels}
 
     def worst(self, label: str, count: int = WORST) -> list[dict]:
-        """The utterances where ``label`` departs most from NeMo on the same windows."""
+        """The utterances where ``label`` departs most from NeMo run the same way."""
+        reference = self.paths.reference
+
         def gap(r):
-            return abs(r["wer"][label]["wer"] - r["wer"][REFERENCE]["wer"]) if "wer" in r \
+            return abs(r["wer"][label]["wer"] - r["wer"][reference]["wer"]) if "wer" in r \
                 else r["agreement"][label]["wer"]
 
         ranked = sorted((r for r in self.records if not r["identical"][label]), key=gap, reverse=True)[:count]
         return [{"key": r["key"], "gap": gap(r), "reference": r["reference"],
-                 REFERENCE: r["transcripts"][REFERENCE], label: r["transcripts"][label],
+                 reference: r["transcripts"][reference], label: r["transcripts"][label],
                  "first_difference": r["first_difference"][label]} for r in ranked]
 
     def block(self, context: dict) -> dict:
-        paths = [*NEMO_PATHS, *self.exports]
+        paths = [*self.paths.nemo, *self.exports]
+        reference = self.paths.reference
         failures = self.failures()
         return {
             **context,
@@ -488,10 +601,11 @@ class Evaluation:
             "unreadable": [str(b) for b in self.bad],
             "wer": {label: t.as_dict() for label in paths if (t := self.total("wer", label))},
             "wer_raw": {label: t.as_dict() for label in paths if (t := self.total("wer_raw", label))},
-            "agreement_with_nemo_windowed": {label: self.total("agreement", label).as_dict() for label in self.exports}
+            "paths": self.paths.as_dict(),
+            f"agreement_with_{reference}": {label: self.total("agreement", label).as_dict() for label in self.exports}
             if self.records else {},
-            "identical_to_nemo_windowed": {label: sum(r["identical"][label] for r in self.records)
-                                           for label in self.exports},
+            f"identical_to_{reference}": {label: sum(r["identical"][label] for r in self.records)
+                                          for label in self.exports},
             "decomposition_points": self.decomposition(),
             "seconds_per_audio_minute": self.seconds_per_audio_minute(),
             "worst": {label: self.worst(label) for label in self.exports},
@@ -502,18 +616,20 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
              max_wer_difference: float = MAX_WER_DIFFERENCE_POINTS / 100, exact: list[str] = (),
              bad: list[BadInput] = (), journal: Path | None = None, resume: bool = False, settings: dict | None = None,
              report: Callable[[str], None] = lambda line: None,
-             progress: Callable[[Iterator, int], Iterator] = lambda items, total: items) -> Evaluation:
-    """Every utterance through every decoder (``nemo_full``, ``nemo_windowed`` and the exports);
+             progress: Callable[[Iterator, int], Iterator] = lambda items, total: items,
+             paths: Paths = WINDOWED) -> Evaluation:
+    """Every utterance through every decoder (``paths.nemo`` and the exports);
     each record appended to ``journal`` as it is done (``validation.journal``). With ``resume``, the
     utterances the journal already holds are taken from it, where nothing that determines them
     changed: their audio, text, ``settings`` (the packages, say), the normaliser and the windows.
     What the journal held is said through ``report``."""
     if normalizer not in NORMALIZERS:
         raise ExportError(f"--normalizer {normalizer!r}; expected one of: {', '.join(NORMALIZERS)}")
-    exports = [label for label in decoders if label not in NEMO_PATHS]
-    result = Evaluation(exports, normalizer, max_wer_difference, list(exact), bad=list(bad))
+    exports = [label for label in decoders if label not in paths.nemo]
+    result = Evaluation(exports, normalizer, max_wer_difference, list(exact), bad=list(bad), paths=paths)
+    # windowed records keep the fingerprint they had before streaming existed; streamed ones say so
     determined_by = {**(settings or {}), "normalizer": normalizer, "paths": list(decoders),
-                     "windows": window_description(dims)}
+                     "windows": window_description(dims), **({"mode": paths.as_dict()} if paths != WINDOWED else {})}
     normalize = text_normalizer(normalizer)
     wordless = [u.key for u in utterances if u.text is not None and not WORD.search(normalize(u.text))]
     if wordless:  # no word to score against: a WER would be every hypothesis word over zero
@@ -539,7 +655,7 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
             except AudioError as e:
                 result.bad.append(BadInput(utterance.key, str(e)))
                 continue
-            record = {**evaluate_utterance(utterance, samples, decoders, text, dims, normalizer),
+            record = {**evaluate_utterance(utterance, samples, decoders, text, dims, normalizer, paths),
                       "fingerprint": prints[utterance.key]}
             result.records.append(record)
             if writer is not None:
@@ -548,11 +664,23 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
     return result
 
 
-def decoders_for(model, dims: ModelDims, exports: dict[str, dict], load) -> dict:
+def decoders_for(model, dims: ModelDims, exports: dict[str, dict], load) -> dict[str, Transcribe]:
     """The three paths: NeMo on whole utterances, NeMo on the windows, and each export (label ->
     component -> package) on the windows."""
-    return {"nemo_full": nemo_full_decoder(model, dims), REFERENCE: nemo_window_decoder(model, dims),
-            **{label: package_window_decoder(packages, load, dims) for label, packages in exports.items()}}
+    return {WINDOWED.model: nemo_full_decoder(model, dims),
+            WINDOWED.reference: windowed(nemo_window_decoder(model, dims), dims),
+            **{label: windowed(package_window_decoder(packages, load, dims), dims)
+               for label, packages in exports.items()}}
+
+
+def streaming_decoders_for(model, dims: ModelDims, streaming: StreamingDims, exports: dict[str, dict], load
+                           ) -> dict[str, Transcribe]:
+    """The three paths streamed: NeMo on whole utterances, NeMo's cache-aware streaming, and each
+    export's streaming packages (label -> component -> package)."""
+    return {STREAMED.model: nemo_full_decoder(model, dims),
+            STREAMED.reference: nemo_stream_decoder(model, dims, streaming),
+            **{label: package_stream_decoder(model, packages, load, dims, streaming)
+               for label, packages in exports.items()}}
 
 
 def token_text(model) -> Callable[[list[int]], str]:

@@ -37,6 +37,8 @@ class Transcript:
     token_probs: list[float] = field(default_factory=list)  # only the host decoder knows them
     emitted_at: list[int] = field(default_factory=list)  # the decision (joint evaluation) of each token
     decisions: int = 0  # joint evaluations, blanks included
+    # (decoder output, h, c) after the last token: where the decoding of the stream's next chunk starts
+    state: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict:
         return {"tokens": self.tokens, "frames": self.frames, "durations": self.durations,
@@ -44,10 +46,13 @@ class Transcript:
 
 
 def greedy_tdt(encoder: np.ndarray, length: int, dims: ModelDims, decoder_step: DecoderStep, decide: Decide,
-               max_symbols: int = MAX_SYMBOLS_PER_FRAME) -> Transcript:
-    """Decode ``encoder`` [1, D, T] up to ``length`` frames."""
+               max_symbols: int = MAX_SYMBOLS_PER_FRAME, state: tuple | None = None) -> Transcript:
+    """Decode ``encoder`` [1, D, T] up to ``length`` frames; from ``state`` (a previous chunk's
+    ``Transcript.state``) as NeMo's streaming decoding continues a partial hypothesis: the
+    prediction network where it stopped, the frames from 0 (a duration past a chunk's end is
+    dropped, as NeMo drops it)."""
     blank, durations = dims.blank_id, dims.durations
-    decoded, h, c = decoder_step(blank, zero_state(dims), zero_state(dims))
+    decoded, h, c = state if state is not None else decoder_step(blank, zero_state(dims), zero_state(dims))
     transcript = Transcript()
     t = 0
     while t < length:
@@ -71,6 +76,7 @@ def greedy_tdt(encoder: np.ndarray, length: int, dims: ModelDims, decoder_step: 
                 break
         if symbols == max_symbols:
             t += 1
+    transcript.state = (decoded, h, c)
     return transcript
 
 

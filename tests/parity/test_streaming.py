@@ -12,11 +12,12 @@ import pytest
 
 from exporters.components import STREAMING_COMPONENTS, get_components, initial_caches, streaming_components
 from exporters.sources import STREAMING_PRESET, ModelSource
-from exporters.streaming import mel_chunks
+from exporters.streaming import NemoStream, mel_chunks
 from reports.plugin import send
 from reports.streaming import run_label, streaming_context
 from validation.audio import synthetic_speech
-from validation.streaming import MAX_ERROR_GROWTH, offline_tokens, stream_parity
+from validation.evaluation import nemo_stream_decoder, package_stream_decoder
+from validation.streaming import MAX_ERROR_GROWTH, StreamDecoder, offline_tokens, stream_parity
 
 pytestmark = pytest.mark.parity
 
@@ -223,3 +224,21 @@ def test_the_stateful_package_declares_fp16_states_targets_ios18_and_needs_a_sta
               "mel_length": np.array([dims.chunk_mel_frames], np.int32)}
     with pytest.raises(Exception, match=r"has states \(cache_last_channel, cache_last_time, cache_last_channel_len\)"):
         predictor(exported.package).predict(inputs)
+
+
+def test_the_hosts_streaming_decoding_is_nemos(streaming, chunks, predictor):
+    """``evaluate --streaming`` decodes each chunk with the host's greedy TDT continuing from the
+    previous chunk; on the parity stream (151 tokens, 197 chunks) that is NeMo's streaming decoding
+    token for token, on NeMo's frames and, through the packages, on the fp32 export's."""
+    exporter, model = streaming[0]["float32"], streaming[1]
+    reference, decoder = NemoStream(model, exporter.streaming_dims), StreamDecoder(model)
+    for chunk in chunks:
+        decoder.add(reference.step(chunk)["encoder"])
+    assert len(decoder.tokens) >= 50
+    host = nemo_stream_decoder(model, exporter.dims, exporter.streaming_dims)(chunks.samples)
+    assert host.tokens == decoder.tokens
+    assert len(host.probs) == len(host.margins) == len(host.tokens) and host.frames == sorted(host.frames)
+    names = ["encoder_streaming_first", "encoder_streaming", "decoder", "joint_decision_single_step"]
+    packages = {c.name: exporter.export(c).package for c in get_components(names)}
+    exported = package_stream_decoder(model, packages, predictor, exporter.dims, exporter.streaming_dims)
+    assert exported(chunks.samples).tokens == decoder.tokens

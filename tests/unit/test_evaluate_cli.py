@@ -166,3 +166,44 @@ def test_a_convert_directory_without_the_decode_packages_is_refused(converted, e
     (partial / "metadata.json").write_text(json.dumps(meta))
     assert _evaluate(partial, export_cache, "--audio", str(tmp_path)) == 2
     assert "absent: decoder" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def converted_streaming(streaming, export_cache, tmp_path_factory):
+    """A convert directory of the streaming model at fp32: its streaming packages and the decode loop's."""
+    exporter = streaming[0]["float32"]
+    names = ["encoder_streaming_first", "encoder_streaming", "decoder", "joint_decision_single_step"]
+    exporter.export_all(names)  # into the session's cache, so convert only copies
+    out = tmp_path_factory.mktemp("evaluate-streaming") / "parakeet_coreml"
+    assert main(["convert", *exporter.source.cli_args(), "--output-dir", str(out), "--cache-dir",
+                 str(export_cache.root), "--compute-precision", "float32", "--components", *names]) == 0
+    return out
+
+
+def test_streaming_evaluation_takes_the_gap_apart_as_model_streaming_and_export(converted_streaming, export_cache,
+                                                                                held_out_rows, tmp_path, capsys):
+    manifest = tmp_path / "set.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in held_out_rows))
+    report = tmp_path / "report"
+    code = _evaluate(converted_streaming, export_cache, "--streaming", "--manifest", str(manifest), "--report-dir",
+                     str(report))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "model " in captured.out and ", streaming " in captured.out and "windowing" not in captured.out
+    block = json.loads((report / "metadata.json").read_text())["evaluation"]
+    assert block["paths"] == {"model": "nemo_full", "reference": "nemo_streaming", "middle": "streaming"}
+    assert set(block["wer"]) == {"nemo_full", "nemo_streaming", "export"}
+    assert set(block["decomposition_points"]) == {"model", "streaming", "export"}
+    # fp32 streaming packages of the confident streaming model: NeMo streaming's transcripts, word for word
+    assert block["exact"] == ["export"] and block["identical_to_nemo_streaming"] == {"export": len(held_out_rows)}
+    assert block["streaming"]["chunk_ms"] == 160 and "windows" not in block
+    records = [json.loads(line) for line in (report / JOURNAL).read_text().splitlines()]
+    assert all("windows" not in r and "nemo_streaming_vs_full" in r["agreement"] for r in records)
+    plots = {p.name for p in (report / "plots" / "evaluation").iterdir()}
+    assert plots == {"wer_scatter.png", "wer_differences.png", "wer_decomposition.png"}
+
+
+def test_streaming_evaluation_needs_streaming_packages(converted, export_cache, tmp_path, capsys):
+    code = _evaluate(converted, export_cache, "--streaming", "--audio", str(tmp_path / "any.wav"))
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "--streaming: metadata.json records no streaming chunk" in last, last

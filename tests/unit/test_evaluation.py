@@ -21,6 +21,7 @@ from validation.evaluation import (
     Pace,
     Utterance,
     clock,
+    decode_streamed,
     decode_windowed,
     evaluate,
     first_difference,
@@ -225,16 +226,22 @@ def test_a_run_says_up_front_how_much_audio_it_decodes_and_soon_how_long_it_will
     monkeypatch.setattr(evaluation.time, "monotonic", lambda: now[0])
     utterances = [Utterance("a", _wav(tmp_path / "a.wav", 3.0), None),
                   Utterance("b", _wav(tmp_path / "b.wav", 60.0), None, offset=1.0, duration=30.0),
-                  Utterance("c", tmp_path / "missing.wav", None)]
+                  Utterance("c", _wav(tmp_path / "c.wav", 10.0), None),
+                  Utterance("d", tmp_path / "missing.wav", None)]
     lines = []
     pace = Pace(utterances, lines.append)
-    assert lines == ["3 utterance(s) to decode, 33 s of audio"]
-    now[0] += evaluation.ESTIMATE_AFTER_SECONDS - 1
+    assert lines == ["4 utterance(s) to decode, 43 s of audio"]
+    now[0] += 40  # the first utterance loads the packages and warms up: no pace is read from it
     pace.decoded(3.0)
+    assert len(lines) == 1
+    now[0] += evaluation.ESTIMATE_AFTER_SECONDS - 10
+    pace.decoded(10.0)
     assert len(lines) == 1  # too early to tell
-    now[0] += 1
+    now[0] += 10
     pace.decoded(0.0)
-    assert lines[1] == "3 s of 33 s of audio decoded in 30 s: about 5 min 00 s to go at this pace"
+    # 10 s of audio in the 30 s since the first utterance: the 30 s left take 90 s
+    assert lines[1] == ("13 s of 43 s of audio decoded in 1 min 10 s: about 1 min 30 s to go at the pace since the "
+                        "first utterance")
     now[0] += 100
     pace.decoded(30.0)
     assert len(lines) == 2  # said once
@@ -244,3 +251,30 @@ def test_a_run_says_up_front_how_much_audio_it_decodes_and_soon_how_long_it_will
                                                (3599, "59 min 59 s"), (3600 * 27 + 300, "27 h 05 min")])
 def test_durations_read_as_a_person_reads_them(seconds, text):
     assert clock(seconds) == text
+
+
+def test_a_streamed_decoding_carries_the_prediction_network_from_chunk_to_chunk():
+    """Each chunk's frames decode from where the previous chunk's decoding stopped (NeMo's partial
+    hypothesis), and each token's frame counts from the utterance's first committed frame."""
+    chunks = [np.array([7.0, 7.0]), np.array([7.0, 9.0]), np.array([9.0])]  # each frame: the token it holds
+    steps = []
+
+    def decoder_step(token, h, c):
+        steps.append(token)
+        return np.full((1, 1, 1), token, np.float32), h, c
+
+    def decide(frame, decoded):  # a frame's token is emitted once: blank after the decoder has seen it
+        token = int(frame.item())
+        return (DIMS.blank_id, 0.5, 1) if int(decoded.item()) == token else (token, 0.9, 1)
+
+    margins = []
+
+    def deciding_with_margin(frame, decoded):
+        margins.append(float(frame.item()))
+        return decide(frame, decoded)
+
+    out = decode_streamed(chunks, lambda chunk: {"encoder": chunk.reshape(1, 1, -1)}, decoder_step,
+                          deciding_with_margin, DIMS, margins)
+    assert out.tokens == [7, 9] and out.frames == [0, 3]  # 7 not emitted again in chunk 2; 9 at frame 2 + 1
+    assert out.probs == [0.9, 0.9] and out.margins == [7.0, 9.0]
+    assert steps == [DIMS.blank_id, 7, 9]  # one blank start for the whole utterance

@@ -54,9 +54,10 @@ from validation.packages import (
     find_packages,
     parse_named,
     provenance,
+    read_interface,
 )
 from validation.quantization import QuantizationSweep
-from validation.streaming import COMPONENT_VALUES, offline_tokens, stream_audio, stream_parity
+from validation.streaming import COMPONENT_VALUES, end_of_utterance_id, offline_tokens, stream_audio, stream_parity
 from validation.timing import all_cases, environment, flagged, latency_block, measure
 from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, load_gates, load_tolerances
 
@@ -169,15 +170,16 @@ def read_package_set(args):
     source = ModelSource.from_options(args.nemo_path, args.model_id, args.preset)
     packages, unmatched = find_packages(args.packages, parse_named(args.components))
     cache = ExportCache(args.cache_dir)
-    exporter = Exporter(source, ExportOptions(), cache)
-    interfaces = check_contract(packages, exporter.dims)
+    interfaces = {name: read_interface(path) for name, path in packages.items()}
+    exporter = _package_set_exporter(source, cache, interfaces)
+    interfaces = check_contract(packages, exporter.dims, exporter.streaming_dims, interfaces)
     for name in unmatched:
         print_progress(f"--packages: {name} names no component; left out (name it with --component NAME=PATH)")
     origin = provenance(args.packages, packages, interfaces, unmatched)
     description = exporter.metadata([])
     description.pop("host")
     # the encoders' precision decides the rules (float32: the whole transcript must match)
-    read = [interfaces[name].precision for name in ("encoder", "mel_encoder")
+    read = [interfaces[name].precision for name in ("encoder", "mel_encoder", "encoder_streaming_first")
             if interfaces.get(name) is not None and interfaces[name].precision is not None]
     description["coreml"] = {"compute_units": "ALL", "compute_precision": "float32" if read and all(
         p == "float32" for p in read) else "float16", "package_precision": read[0] if read else
@@ -188,6 +190,29 @@ def read_package_set(args):
     print_progress(f"{len(packages)} package(s) from {args.packages or 'the --component options'}: "
                    + ", ".join(f"{name}={path.name}" for name, path in packages.items()))
     return description, packages, source
+
+
+def _package_set_exporter(source: ModelSource, cache: ExportCache, interfaces: dict) -> Exporter:
+    """The model's facts for a package set: with streaming packages, at the chunk whose mel frames
+    their ``mel`` input takes (one of the chunk sizes the model was trained for)."""
+    exporter = Exporter(source, ExportOptions(), cache)
+    streaming = {name: i for name, i in interfaces.items() if name in STREAMING_COMPONENTS and i is not None}
+    if not streaming:
+        return exporter
+    if exporter.streaming_dims is None:
+        raise ExportError(f"{', '.join(streaming)}: streaming packages, but {source.describe()} is not a cache-aware "
+                          "model; give the cache-aware model they were converted from")
+    frames = {name: next((s.shape[-1] for s in i.inputs if s.name == "mel"), None) for name, i in streaming.items()}
+    tried = []
+    for ms in exporter.model_info["chunk_sizes_ms"]:
+        candidate = Exporter(source, ExportOptions(chunk_ms=int(ms)), cache)
+        expected = {name: next(s.shape[-1] for s in STREAMING_COMPONENTS[name].inputs(candidate.streaming_dims)
+                               if s.name == "mel") for name in streaming}
+        if expected == frames:
+            return candidate
+        tried.append(f"{ms} ms: {', '.join(f'{n} {f}' for n, f in expected.items())}")
+    raise ExportError(f"streaming packages whose mel takes {', '.join(f'{n} {f}' for n, f in frames.items())} frames "
+                      f"fit none of {source.describe()}'s chunks ({'; '.join(tried)})")
 
 
 def _package_loader(args, description: dict, packages: dict):
@@ -209,10 +234,13 @@ def _package_loader(args, description: dict, packages: dict):
 
 def run_compare(args) -> int:
     description, packages, source, directory = read_inputs(args)
-    if not description.get("durations"):
+    streams = any(name in packages for name in STREAMING_COMPONENTS)
+    rnnt = not description.get("durations")
+    if rnnt and not streams:
         raise ExportError(f"{source.describe()} has no TDT durations (an RNNT model): its packages convert, but "
-                          "compare checks decisions and transcripts with TDT's durations and does not check an RNNT "
-                          "model's yet")
+                          "compare checks decisions and transcripts with TDT's durations and checks only an RNNT "
+                          "model's streaming packages (encoder_streaming_first and encoder_streaming or "
+                          "encoder_streaming_state), of which there are none here")
     precision = description["coreml"]["compute_precision"]
     tolerances = load_tolerances(config_path(args.config), args.tolerances, args.psnr_floor)
     if args.audio is not None:
@@ -223,6 +251,11 @@ def run_compare(args) -> int:
     dims = model_dims(model, description["max_audio_seconds"])
     cache = ExportCache(args.cache_dir)
     clips = parity_clips(cache, dims, args.audio)
+    if rnnt:
+        print_progress("an RNNT model: the offline packages' checks (decisions and transcripts with TDT's durations) "
+                       "are skipped; the streaming packages are checked chunk by chunk")
+        return 0 if _compare_streaming(model, description, packages, load, clips[0], backend, tolerances,
+                                       directory) else 1
     for clip in clips:
         for note in clip.notes:
             print_progress(f"{clip.name}: {note}")
@@ -254,7 +287,7 @@ def run_compare(args) -> int:
         _, latency_plotted = write_latency(directory, description, latency)
         plots += latency_plotted
     streaming_passed = True
-    if any(name in packages for name in STREAMING_COMPONENTS):
+    if streams:
         streaming_passed = _compare_streaming(model, description, packages, load, clips[0], backend, tolerances,
                                               directory)
     status = json.loads(path.read_text())["validation"]["status"]
@@ -306,7 +339,8 @@ def _compare_streaming(model, description: dict, packages: dict[str, Path], load
         loaded = {name: load(packages[name]) for name in ("encoder_streaming_first", later)}
         run = stream_parity(model, dims, {name: p if p.state_specs else p.predict for name, p in loaded.items()},
                             chunks, tolerances, model_dims(model, description["max_audio_seconds"]),
-                            exact=precision == "float32", offline=offline, progress=progress_bar("streaming", "chunk"))
+                            exact=precision == "float32", offline=offline, progress=progress_bar("streaming", "chunk"),
+                            end_of_utterance=end_of_utterance_id(model))
         records[label] = run.record()
         worst[label] = {o: max(run.series(o)) for o in COMPONENT_VALUES}
         texts = {name: model.tokenizer.ids_to_text(tokens) if tokens else ""
@@ -318,6 +352,12 @@ def _compare_streaming(model, description: dict, packages: dict[str, Path], load
         print_progress(f"streaming transcripts ({label}): {decisions}export {run.transcript_edits()} token edit(s) "
                        f"from NeMo's streaming decoding, NeMo streaming {gap} from NeMo offline (the model's own gap, "
                        "reported)" + "".join(f"\n  {name}: {text!r}" for name, text in texts.items()))
+        eou = run.end_of_utterance
+        print_progress(f"end of utterance ({label}): " + (
+            "the model's tokenizer has no <EOU> piece" if eou is None else
+            f"NeMo streaming {len(eou.reference)}, export {len(eou.exported)} emission(s) of token {eou.token}, "
+            f"{'' if eou.reference == eou.exported else 'NOT '}at the same chunks and frames"
+            f"{'' if eou.exact else ' (reported: required equal of fp32 packages)'}"))
     block = streaming_block(records, streaming_context(backend, f"{clip.name} twice, with pauses", tolerances))
     path, plot = write_streaming(directory, description, block)
     print_result(f"streaming {block['status']}: {len(chunks)} chunks, largest errors "

@@ -15,13 +15,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporters.components import COMPONENTS, ExportError, ModelDims
+from exporters.components import COMPONENTS, STREAMING_COMPONENTS, ExportError, ModelDims, StreamingDims
 from runtimes.base import InputSpec, PackageError, compiled_interface, input_spec, package_size
 
 PACKAGE_SUFFIXES = (".mlpackage", ".mlmodelc")
 # where compare and evaluate write about a package set (whose own folder may be read-only)
 DEFAULT_REPORT_DIR = Path("parakeet_coreml_report")
 DEFAULT_CONVERT_DIR = Path("parakeet_coreml")  # the convert folder quantize reads when given none
+KNOWN = COMPONENTS | STREAMING_COMPONENTS  # what a package can be: an offline component or a streaming one
 # the description's user-defined metadata worth carrying into the report
 PROVENANCE_KEYS = ("com.github.apple.coremltools.version", "com.github.apple.coremltools.source",
                    "com.github.apple.coremltools.source_dialect")
@@ -34,7 +35,7 @@ def _key(text: str) -> str:
 def component_of(path: Path) -> str | None:
     """The component a file's name names, or None: the longest component name inside the name."""
     stem = _key(Path(path).name.removesuffix(Path(path).suffix))
-    named = [name for name in COMPONENTS if _key(name) in stem]
+    named = [name for name in KNOWN if _key(name) in stem]
     return max(named, key=len) if named else None
 
 
@@ -45,9 +46,9 @@ def parse_named(texts: list[str]) -> dict[str, Path]:
         name, sep, path = text.partition("=")
         if not sep or not name or not path:
             raise ExportError(f"--component {text!r}: expected NAME=PATH, e.g. encoder=models/Encoder.mlpackage")
-        if name not in COMPONENTS:
+        if name not in KNOWN:
             raise ExportError(f"--component {text!r}: unknown component {name!r}; expected one of: "
-                              f"{', '.join(COMPONENTS)}")
+                              f"{', '.join(KNOWN)}")
         if name in named:
             raise ExportError(f"--component: {name} is given twice ({named[name]}, {path})")
         if not Path(path).exists():
@@ -85,10 +86,10 @@ def find_packages(directory: Path | None, named: dict[str, Path]) -> tuple[dict[
         packages[component] = sources[0]
     packages.update(named)
     if not packages:
-        raise ExportError(f"--packages {directory}: no package names a component ({', '.join(COMPONENTS)}); "
+        raise ExportError(f"--packages {directory}: no package names a component ({', '.join(KNOWN)}); "
                           f"found {', '.join(unmatched) or 'no .mlpackage or .mlmodelc'}; name them with "
                           "--component NAME=PATH")
-    return {name: packages[name] for name in COMPONENTS if name in packages}, unmatched
+    return {name: packages[name] for name in KNOWN if name in packages}, unmatched
 
 
 @dataclass(frozen=True)
@@ -139,11 +140,12 @@ def read_interface(path: Path) -> Interface | None:
     return _read_mlmodelc(path) if path.suffix == ".mlmodelc" else _read_mlpackage(path)
 
 
-def contract_differences(name: str, interface: Interface, dims: ModelDims) -> list[str]:
+def contract_differences(name: str, interface: Interface, dims: ModelDims | StreamingDims) -> list[str]:
     """How a package's declared interface departs from the contract's: input names, dtypes,
     ranks and shapes (a flexible input must take the contract's shape); each contract output by
-    name, dtype and rank. Extra outputs are no difference."""
-    component = COMPONENTS[name]
+    name, dtype and rank. Extra outputs are no difference. ``dims``: a streaming package's chunk
+    sizes, an offline one's window sizes."""
+    component = KNOWN[name]
     problems = []
     declared = {s.name: s for s in interface.inputs}
     for spec in component.inputs(dims):
@@ -170,11 +172,13 @@ def contract_differences(name: str, interface: Interface, dims: ModelDims) -> li
     return problems
 
 
-def check_contract(packages: dict[str, Path], dims: ModelDims) -> dict[str, Interface | None]:
-    """Every package's interface, or one ``ExportError`` listing what differs from the contract in
-    each package that does."""
-    interfaces = {name: read_interface(path) for name, path in packages.items()}
-    problems = {name: contract_differences(name, interface, dims)
+def check_contract(packages: dict[str, Path], dims: ModelDims, streaming: StreamingDims | None = None,
+                   interfaces: dict[str, Interface | None] | None = None) -> dict[str, Interface | None]:
+    """Every package's interface (read here unless given), or one ``ExportError`` listing what
+    differs from the contract in each package that does; the streaming packages are held to the
+    ``streaming`` chunk's sizes."""
+    interfaces = interfaces or {name: read_interface(path) for name, path in packages.items()}
+    problems = {name: contract_differences(name, interface, streaming if name in STREAMING_COMPONENTS else dims)
                 for name, interface in interfaces.items() if interface is not None}
     bad = {name: found for name, found in problems.items() if found}
     if bad:

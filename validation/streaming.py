@@ -63,18 +63,29 @@ class ChunkParity:
 class StreamDecoder:
     """NeMo's streaming decoding (as ``conformer_stream_step`` does it): the model's own greedy
     decoding of each chunk's committed encoder frames, continuing from the previous chunk's
-    hypothesis (its prediction-network state and last token)."""
+    hypothesis (its prediction-network state and last token). Each token's chunk and frame (of the
+    stream's committed frames) are kept: where an end-of-utterance token was emitted is a decision."""
 
     def __init__(self, model):
         self.model = model
         self.hypotheses = None
+        self.emitted: list[tuple[int, int]] = []  # (chunk, frame) of each token
+        self.chunks = self.frames = 0
 
     def add(self, encoder: np.ndarray) -> None:
+        before = len(self.tokens)
         with torch.no_grad():
             self.hypotheses = self.model.decoding.rnnt_decoder_predictions_tensor(
                 encoder_output=torch.from_numpy(np.ascontiguousarray(encoder)),
                 encoded_lengths=torch.tensor([encoder.shape[-1]]), return_hypotheses=True,
                 partial_hypotheses=self.hypotheses)
+        new = len(self.tokens) - before
+        # NeMo's hypothesis restarts its timestamps with every chunk: the new tokens' frames in it
+        local = list(self.hypotheses[0].timestamp or [])[-new:] if new else []
+        local += [0] * (new - len(local))
+        self.emitted += [(self.chunks, self.frames + int(t)) for t in local]
+        self.chunks += 1
+        self.frames += encoder.shape[-1]
 
     @property
     def tokens(self) -> list[int]:
@@ -82,6 +93,49 @@ class StreamDecoder:
             return []
         sequence = self.hypotheses[0].y_sequence
         return [int(t) for t in (sequence.tolist() if hasattr(sequence, "tolist") else sequence)]
+
+    def events(self, token: int) -> list[tuple[int, int]]:
+        """(chunk, frame) of each emission of ``token``."""
+        return [at for t, at in zip(self.tokens, self.emitted) if t == token]
+
+
+END_OF_UTTERANCE_PIECE = "<EOU>"  # the end-of-utterance control token of NeMo's EOU models' tokenizers
+
+
+def end_of_utterance_id(model) -> int | None:
+    """The id of the model's end-of-utterance token: its tokenizer's ``<EOU>`` piece, if it has one."""
+    tokenizer = model.tokenizer
+    try:
+        found = int(tokenizer.token_to_id(END_OF_UTTERANCE_PIECE))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    return found if tokenizer.ids_to_tokens([found]) == [END_OF_UTTERANCE_PIECE] else None
+
+
+@dataclass(frozen=True)
+class EndOfUtterance:
+    """Where NeMo's streaming decoding and the export's emitted the end-of-utterance token: which
+    chunk, which frame. Required equal where ``exact`` (an fp32 package), else reported."""
+
+    token: int
+    reference: list[tuple[int, int]]
+    exported: list[tuple[int, int]]
+    exact: bool
+
+    def problems(self) -> list[str]:
+        if not self.exact or self.reference == self.exported:
+            return []
+        first = next((i for i, (a, b) in enumerate(zip(self.reference, self.exported)) if a != b),
+                     min(len(self.reference), len(self.exported)))
+        at = lambda events: f"chunk {events[first][0]} frame {events[first][1]}" if first < len(events) else "none"  # noqa: E731
+        return [f"end of utterance (token {self.token}): NeMo streaming emits it {len(self.reference)} time(s), the "
+                f"export {len(self.exported)}; the {first + 1}. differs: NeMo {at(self.reference)}, export "
+                f"{at(self.exported)}"]
+
+    def as_dict(self) -> dict:
+        return {"token": self.token, "nemo_streaming": [list(e) for e in self.reference],
+                "export_streaming": [list(e) for e in self.exported], "match": self.reference == self.exported,
+                "gated": self.exact}
 
 
 class PackageStream:
@@ -207,6 +261,7 @@ class StreamParity:
     chunks: list[ChunkParity]
     transcripts: dict[str, list[int]]  # "nemo_streaming", "export_streaming" (and "nemo_offline" when given)
     agreement: DecisiveAgreement | None  # None for a model the host cannot decode (not TDT)
+    end_of_utterance: EndOfUtterance | None = None  # None for a model without an end-of-utterance token
 
     def series(self, output: str, metric: str = "max_abs") -> list[float]:
         """``metric`` of ``output`` chunk by chunk (NaN where not compared)."""
@@ -232,6 +287,8 @@ class StreamParity:
         found = [p for c in self.chunks for p in c.problems()]
         if self.agreement is not None:
             found += self.agreement.problems()
+        if self.end_of_utterance is not None:
+            found += self.end_of_utterance.problems()
         for output in COMPONENT_VALUES:
             growth = self.growth(output)
             if growth is not None and growth > MAX_ERROR_GROWTH:
@@ -244,6 +301,7 @@ class StreamParity:
         return {"chunks": len(self.chunks), "chunk_seconds": self.dims.chunk_seconds,
                 "dims": self.dims.as_dict(), "failures": self.failures(),
                 "decisions": self.agreement.as_dict() if self.agreement is not None else None,
+                "end_of_utterance": self.end_of_utterance.as_dict() if self.end_of_utterance is not None else None,
                 "transcripts": {**self.transcripts, "export_edits_to_nemo_streaming": self.transcript_edits(),
                                 **({"nemo_streaming_edits_to_offline": token_edit_distance(
                                     self.transcripts["nemo_offline"], self.transcripts["nemo_streaming"])}
@@ -257,11 +315,13 @@ class StreamParity:
 def stream_parity(model, dims: StreamingDims, predicts: dict[str, Predict], chunks: list[MelChunk],
                   tolerances: ToleranceTable, model_dims: ModelDims, exact: bool,
                   offline: list[int] | None = None,
-                  progress: Callable[[Iterator, int], Iterator] = lambda items, total: items) -> StreamParity:
+                  progress: Callable[[Iterator, int], Iterator] = lambda items, total: items,
+                  end_of_utterance: int | None = None) -> StreamParity:
     """``chunks`` through NeMo's streaming and through the packages (``predicts`` by component:
     the first chunk's and the later chunks'), each side with its own caches, and each side's
     committed frames decoded by NeMo's streaming decoding; ``offline``: NeMo's transcript of the
-    whole stream at once (``offline_tokens``), reported beside them."""
+    whole stream at once (``offline_tokens``), reported beside them; ``end_of_utterance``: the
+    token whose emissions (chunk, frame) are compared (``end_of_utterance_id``)."""
     reference, exported = NemoStream(model, dims), PackageStream(dims, predicts)
     decoders = {"nemo_streaming": StreamDecoder(model), "export_streaming": StreamDecoder(model)}
     committed = {"nemo": [], "export": []}
@@ -292,8 +352,11 @@ def stream_parity(model, dims: StreamingDims, predicts: dict[str, Predict], chun
     if model_dims.durations and committed["nemo"]:
         agreement = decisive_agreement(model, model_dims, np.concatenate(committed["nemo"], axis=-1),
                                        np.concatenate(committed["export"], axis=-1), exact)
+    eou = None if end_of_utterance is None else EndOfUtterance(
+        end_of_utterance, decoders["nemo_streaming"].events(end_of_utterance),
+        decoders["export_streaming"].events(end_of_utterance), exact)
     return StreamParity(dims, results, {**transcripts, **({"nemo_offline": offline} if offline is not None else {})},
-                        agreement)
+                        agreement, eou)
 
 
 def stream_audio(speech: np.ndarray, sample_rate: int) -> np.ndarray:

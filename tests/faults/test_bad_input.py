@@ -135,8 +135,9 @@ def test_an_rnnt_model_is_refused_by_compare_up_front_saying_why(converted, faul
     meta["durations"] = []
     (rnnt / "metadata.json").write_text(json.dumps(meta))
     code = main(["compare", "--output-dir", str(rnnt), "--cache-dir", str(fault_cache)])
-    assert "has no TDT durations (an RNNT model): its packages convert, but compare checks decisions" in _last_error(
-        code, capsys.readouterr())
+    last = _last_error(code, capsys.readouterr())
+    assert "has no TDT durations (an RNNT model): its packages convert, but compare checks decisions" in last
+    assert "checks only an RNNT model's streaming packages" in last and "none here" in last
 
 
 def test_a_full_disk_is_one_line_with_the_place_and_the_size(fault_cache, tmp_path, monkeypatch, capsys):

@@ -6,6 +6,7 @@ passes where it should and says exactly what is wrong where it should not."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import coremltools as ct
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 
 from cli.main import main
 from exporters import torch_compat
-from exporters.components import COMPONENTS, example_inputs
+from exporters.components import COMPONENTS, example_inputs, get_components
 from exporters.quantize import GivenExports
 from exporters.wrappers import wrapper
 from runtimes.loader import LoadedPredictors
@@ -196,3 +197,43 @@ def test_the_front_end_of_a_given_mel_encoder_is_found_by_the_weights_it_shares(
     ops = {op.name: op.op_type for op in program.functions["main"].operations}
     assert any(ops[name] == "const" for name in front) and any(ops[name] != "const" for name in front)
     assert given["encoder"].front_end_ops(load_program(given["encoder"].package)) == ()  # shares none
+
+
+@pytest.fixture(scope="module")
+def streaming_set(streaming, tmp_path_factory):
+    """The streaming model's fp32 streaming packages, renamed as an app bundles them."""
+    exporter = streaming[0]["float32"]
+    folder = tmp_path_factory.mktemp("foreign-streaming")
+    for name, file in (("encoder_streaming_first", "Parakeet_Encoder_Streaming_First"),
+                       ("encoder_streaming", "parakeetEncoderStreaming")):
+        shutil.copytree(exporter.export(get_components([name])[0]).package, folder / f"{file}.mlpackage")
+    return folder, exporter
+
+
+def test_a_streaming_set_is_found_by_name_and_checked_chunk_by_chunk(streaming_set, export_cache, tmp_path, capsys):
+    folder, exporter = streaming_set
+    report = tmp_path / "report"
+    code = main(["compare", "--packages", str(folder), *exporter.source.cli_args(), "--runs", "0", "--cache-dir",
+                 str(export_cache.root), "--report-dir", str(report), "--backend", "mil"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    assert ("package(s) from " in captured.err and "encoder_streaming_first=Parakeet_Encoder_Streaming_First.mlpackage"
+            in captured.err and "encoder_streaming=parakeetEncoderStreaming.mlpackage" in captured.err)
+    block = json.loads((report / "metadata.json").read_text())["streaming_validation"]
+    assert block["status"] == "passed" and list(block["runs"]) == ["float32"], block["failures"]
+
+
+def test_a_streaming_set_is_held_to_the_chunk_and_to_a_cache_aware_model(streaming_set, export_cache, tmp_path,
+                                                                          capsys):
+    folder, exporter = streaming_set
+    first = next(folder.glob("*First.mlpackage"))
+    code = main(["compare", "--component", f"encoder_streaming={first}", *exporter.source.cli_args(), "--runs", "0",
+                 "--cache-dir", str(export_cache.root), "--report-dir", str(tmp_path / "r"), "--backend", "mil"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    dims = exporter.streaming_dims
+    assert code == 2 and (f"streaming packages whose mel takes encoder_streaming {dims.first_chunk_mel_frames} frames "
+                          f"fit none of") in last and f"160 ms: encoder_streaming {dims.chunk_mel_frames}" in last, last
+    code = main(["compare", "--packages", str(folder), "--preset", "tiny", "--runs", "0", "--cache-dir",
+                 str(export_cache.root), "--report-dir", str(tmp_path / "r"), "--backend", "mil"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "streaming packages, but preset:tiny is not a cache-aware model" in last, last

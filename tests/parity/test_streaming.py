@@ -17,7 +17,13 @@ from reports.plugin import send
 from reports.streaming import run_label, streaming_context
 from validation.audio import synthetic_speech
 from validation.evaluation import nemo_stream_decoder, package_stream_decoder
-from validation.streaming import MAX_ERROR_GROWTH, StreamDecoder, offline_tokens, stream_parity
+from validation.streaming import (
+    MAX_ERROR_GROWTH,
+    StreamDecoder,
+    end_of_utterance_id,
+    offline_tokens,
+    stream_parity,
+)
 
 pytestmark = pytest.mark.parity
 
@@ -36,13 +42,23 @@ def chunks(streaming, stream, backend, tolerances, pytestconfig):
 
 
 def _parity(streaming, chunks, precision, predictor, tolerances, perturb=lambda predict: predict, offline=None,
-            cache_state=False):
+            cache_state=False, end_of_utterance=None):
     exporters, model = streaming
     exporter = exporters[precision]
     loaded = {c.name: predictor(exporter.export(c).package) for c in get_components(streaming_components(cache_state))}
     predicts = {name: p if p.state_specs else perturb(p.predict) for name, p in loaded.items()}
     return stream_parity(model, exporter.streaming_dims, predicts, chunks, tolerances, exporter.dims,
-                         exact=precision == "float32", offline=offline)
+                         exact=precision == "float32", offline=offline,
+                         end_of_utterance=end_of_utterance_id(model) if end_of_utterance is None else end_of_utterance)
+
+
+def _forgetting(predict):
+    """A runtime that restarts the caches at every chunk (drops the state)."""
+    def run(inputs):
+        zeros = {name: np.zeros_like(inputs[name]) for name in
+                 ("cache_last_channel", "cache_last_time", "cache_last_channel_len")}
+        return predict({**inputs, **zeros})
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +125,7 @@ def test_a_cache_that_drifts_along_the_stream_is_caught(streaming, chunks, predi
 def test_caches_that_are_not_carried_are_caught(streaming, chunks, predictor, tolerances):
     """A stream that restarts its caches at every chunk (a runtime dropping the state) departs from
     NeMo's after the first chunk."""
-    def forgetting(predict):
-        def run(inputs):
-            zeros = {name: np.zeros_like(inputs[name]) for name in
-                     ("cache_last_channel", "cache_last_time", "cache_last_channel_len")}
-            return predict({**inputs, **zeros})
-        return run
-
-    run = _parity(streaming, chunks, "float32", predictor, tolerances, perturb=forgetting)
+    run = _parity(streaming, chunks, "float32", predictor, tolerances, perturb=_forgetting)
     failed = [c.index for c in run.chunks if c.problems()]
     assert failed and failed[0] == 1, failed[:5]
 
@@ -242,3 +251,23 @@ def test_the_hosts_streaming_decoding_is_nemos(streaming, chunks, predictor):
     packages = {c.name: exporter.export(c).package for c in get_components(names)}
     exported = package_stream_decoder(model, packages, predictor, exporter.dims, exporter.streaming_dims)
     assert exported(chunks.samples).tokens == decoder.tokens
+
+
+def test_end_of_utterance_decisions_are_compared_chunk_and_frame(streaming, chunks, parity_runs, predictor,
+                                                                  tolerances):
+    """Which chunk, which frame the end-of-utterance token comes at, on both sides. The streaming
+    test model has no ``<EOU>`` piece (NeMo's EOU models do), so its most frequent token stands in
+    for one: at fp32 every emission is NeMo streaming's; caches not carried move them and fail."""
+    model = streaming[1]
+    assert end_of_utterance_id(model) is None
+    tokens = parity_runs("float32").transcripts["nemo_streaming"]
+    stand_in = max(set(tokens), key=tokens.count)
+    run = _parity(streaming, chunks, "float32", predictor, tolerances, end_of_utterance=stand_in)
+    eou = run.record()["end_of_utterance"]
+    assert eou["match"] and eou["gated"] and len(eou["nemo_streaming"]) == tokens.count(stand_in) >= 3, eou
+    chunk_index, frame = eou["nemo_streaming"][0]
+    assert 0 < chunk_index < len(chunks) and frame >= 0
+
+    broken = _parity(streaming, chunks, "float32", predictor, tolerances, perturb=_forgetting,
+                     end_of_utterance=stand_in)
+    assert any(line.startswith(f"end of utterance (token {stand_in})") for line in broken.failures())

@@ -10,7 +10,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 from nemo.collections.asr.modules import ConformerEncoder
+from nemo.collections.common.tokenizers import SentencePieceTokenizer
 
 from exporters import sources
 from exporters.cache import ExportCache
@@ -27,7 +29,7 @@ from exporters.streaming import (
     mel_chunks,
     streaming_dims,
 )
-from validation.streaming import DecisiveAgreement
+from validation.streaming import DecisiveAgreement, EndOfUtterance, end_of_utterance_id
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +129,30 @@ def test_a_model_is_set_to_the_exported_chunk_however_it_is_loaded(monkeypatch, 
     model = build_model(PRESETS["tiny-multi"])
     assert list(as_exported(model, {"streaming": {"chunk_ms": 80}}).encoder.att_context_size) == [70, 0]
     assert list(as_exported(model, {}).encoder.att_context_size) == [70, 0]  # no streaming packages: as it is
+
+
+def test_the_end_of_utterance_token_is_the_tokenizers_eou_piece(tmp_path):
+    """NeMo's EOU models carry ``<EOU>`` in their tokenizer; a tokenizer without it has none (the
+    unknown piece a lookup falls back to is not taken for it)."""
+    sentences = [f"word{i} and more words here" for i in range(300)]
+    with_eou, without = tmp_path / "with", tmp_path / "without"
+    for out, symbols in ((with_eou, ["<EOU>", "<EOB>"]), (without, [])):
+        out.mkdir()
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_prefix=str(out / "tokenizer"),
+                                       vocab_size=60, model_type="bpe", user_defined_symbols=symbols, bos_id=-1,
+                                       eos_id=-1, minloglevel=2)
+    tokenizer = SentencePieceTokenizer(str(with_eou / "tokenizer.model"))
+    found = end_of_utterance_id(SimpleNamespace(tokenizer=tokenizer))
+    assert found is not None and tokenizer.ids_to_tokens([found]) == ["<EOU>"]
+    assert end_of_utterance_id(SimpleNamespace(tokenizer=SentencePieceTokenizer(str(without / "tokenizer.model")))) \
+        is None
+
+
+def test_end_of_utterance_emissions_are_gated_when_exact_and_reported_otherwise():
+    same = EndOfUtterance(1024, [(3, 10), (9, 40)], [(3, 10), (9, 40)], exact=True)
+    moved = EndOfUtterance(1024, [(3, 10), (9, 40)], [(3, 10), (10, 42)], exact=True)
+    assert same.problems() == [] and same.as_dict()["match"]
+    assert moved.problems() == ["end of utterance (token 1024): NeMo streaming emits it 2 time(s), the export 2; "
+                                "the 2. differs: NeMo chunk 9 frame 40, export chunk 10 frame 42"]
+    assert EndOfUtterance(1024, [(3, 10)], [], exact=False).problems() == []  # fp16: reported, not gated
+    assert EndOfUtterance(1024, [(3, 10)], [], exact=True).problems()[0].endswith("NeMo chunk 3 frame 10, export none")

@@ -196,8 +196,8 @@ def test_suite_extends_benchmark_json_and_writes_metadata_and_plots(tmp_path, mo
     assert stream["backend_ms"]["rounds"] == stream["paired_rounds"] == stream["chunks"] == stream["runs"] > 100
     assert stream["chunk_ms"] == 160 and len(stream["per_chunk_ms"]["backend"]) == stream["chunks"]
     assert stream["rtf"]["backend"] == pytest.approx(stream["backend_ms"]["median"] / 160)
-    # the streaming test model speaks within the stream's first seconds, on both sides
-    assert all(0 < stream["time_to_first_token_ms"][side] < 3000 for side in SIDES["stream"]), stream
+    # both sides decode a first token, after the speech has started (how long after is timing: recorded)
+    assert all(stream["time_to_first_token_ms"][side] > 0 for side in SIDES["stream"]), stream
     plots = {p.name for p in (report / "plots" / "compare-components").iterdir()}
     assert {"latency_summary.png", "latency_speedup.png", "latency_streaming_encoder_streaming.png"} <= plots
     assert "latency report: latency block in" in done.stdout

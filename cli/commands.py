@@ -300,6 +300,12 @@ def run_compare(args) -> int:
     return 0 if status == "passed" and streaming_passed else 1
 
 
+def _shortened(text: str, limit: int = 400) -> str:
+    """A transcript for the terminal: an untrained model's can run to thousands of characters (the
+    block keeps every token)."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 def packages_streaming_dims(model, description: dict) -> StreamingDims:
     """``model`` set to the packages' chunk, and the chunk's sizes, which must be the packages'."""
     recorded = description["streaming"]
@@ -351,7 +357,7 @@ def _compare_streaming(model, description: dict, packages: dict[str, Path], load
                      f"{'they are' if run.agreement.match else 'they are NOT'}; " if run.agreement else "")
         print_progress(f"streaming transcripts ({label}): {decisions}export {run.transcript_edits()} token edit(s) "
                        f"from NeMo's streaming decoding, NeMo streaming {gap} from NeMo offline (the model's own gap, "
-                       "reported)" + "".join(f"\n  {name}: {text!r}" for name, text in texts.items()))
+                       "reported)" + "".join(f"\n  {name}: {_shortened(text)!r}" for name, text in texts.items()))
         eou = run.end_of_utterance
         print_progress(f"end of utterance ({label}): " + (
             "the model's tokenizer has no <EOU> piece" if eou is None else

@@ -102,6 +102,10 @@ PRESETS["nemotron-speech-streaming-0.6b"] = replace(
 # The tiny preset with the cache-aware encoder, for fast streaming tests.
 PRESETS["tiny-streaming"] = replace(PRESETS["tiny"], name="tiny-streaming", att_context_sizes=((70, 1),),
                                     summary="the tiny preset, cache-aware (160 ms chunks), for fast streaming tests")
+# ... and with an RNNT decoder, as the streaming releases have, for fast tests of what RNNT changes.
+PRESETS["tiny-streaming-rnnt"] = replace(PRESETS["tiny-streaming"], name="tiny-streaming-rnnt", decoder="rnnt",
+                                         summary="the tiny streaming preset with an RNNT decoder, as the streaming "
+                                                 "releases have, for fast tests")
 
 
 # Presets that are trained checkpoints shipped with the package, loaded like --nemo-path.

@@ -81,7 +81,9 @@ class StreamDecoder:
                 partial_hypotheses=self.hypotheses)
         new = len(self.tokens) - before
         # NeMo's hypothesis restarts its timestamps with every chunk: the new tokens' frames in it
-        local = list(self.hypotheses[0].timestamp or [])[-new:] if new else []
+        stamps = self.hypotheses[0].timestamp  # a list after TDT decoding, a tensor after RNNT's
+        stamps = stamps.tolist() if hasattr(stamps, "tolist") else list(stamps or [])
+        local = stamps[-new:] if new else []
         local += [0] * (new - len(local))
         self.emitted += [(self.chunks, self.frames + int(t)) for t in local]
         self.chunks += 1

@@ -266,3 +266,20 @@ def test_cache_state_without_caches_to_keep_is_refused_writing_nothing(fault_cac
                  str(fault_cache)])
     assert expected in _last_error(code, capsys.readouterr(), "convert")
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_checks_an_rnnt_models_streaming_packages(fault_cache, tmp_path, capsys):
+    """An RNNT model's offline checks read TDT durations; its streaming packages are checked."""
+    out = tmp_path / "rnnt"
+    assert main(["convert", "--preset", "tiny-streaming-rnnt", "--output-dir", str(out), "--cache-dir",
+                 str(fault_cache), "--compute-precision", "float32", "--components", "encoder_streaming_first",
+                 "encoder_streaming"]) == 0
+    capsys.readouterr()
+    code = main(["compare", "--output-dir", str(out), "--cache-dir", str(fault_cache), "--backend", "mil"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    assert "an RNNT model: the offline packages' checks" in captured.err
+    assert "end of utterance (float32): the model's tokenizer has no <EOU> piece" in captured.err
+    run = json.loads((out / "metadata.json").read_text())["streaming_validation"]["runs"]["float32"]
+    assert run["decisions"] is None and run["transcripts"]["export_edits_to_nemo_streaming"] == 0
+    assert "validation" not in json.loads((out / "metadata.json").read_text())

@@ -183,15 +183,18 @@ def speech_onset(samples: np.ndarray, sample_rate: int) -> float:
 
 def time_to_first_token(timeline: list[tuple[int, float, int]], dims: StreamingDims, onset_seconds: float
                         ) -> float | None:
-    """Milliseconds from speech onset to the first token, were the stream live: chunk i arrives
-    once its last new mel frame has (``first_chunk_mel_frames + i * shift_mel_frames`` frames of
-    ``mel_hop_seconds``), is processed once it has arrived and the chunk before it is done, and
-    takes the time it took here. ``None`` when no token came."""
-    ready = 0.0
+    """Milliseconds from speech onset to the first token after it, were the stream live: chunk i
+    arrives once its last new mel frame has (``first_chunk_mel_frames + i * shift_mel_frames``
+    frames of ``mel_hop_seconds``), is processed once it has arrived and the chunk before it is
+    done, and takes the time it took here. Tokens of chunks that arrived before the onset (an
+    untrained model's, in the silence) do not count. ``None`` when no token came after it."""
+    ready, before = 0.0, 0
     for index, ms, tokens in timeline:
         arrival = (dims.first_chunk_mel_frames + index * dims.shift_mel_frames) * dims.mel_hop_seconds
         ready = max(arrival, ready) + ms / 1e3
-        if tokens:
+        if arrival <= onset_seconds:
+            before = tokens
+        elif tokens > before:
             return (ready - onset_seconds) * 1e3
     return None
 

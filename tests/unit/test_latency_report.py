@@ -101,8 +101,11 @@ def test_time_to_first_token_follows_a_live_stream_that_can_fall_behind():
     # chunk 2 arrived at 410 but waits for chunk 1, is done at 560 and carries the first token
     timeline = [(0, 5.0, 0), (1, 300.0, 0), (2, 10.0, 2)]
     assert time_to_first_token(timeline, _stream_dims(), onset_seconds=0.1) == pytest.approx(460.0)
-    assert time_to_first_token([(0, 5.0, 1)], _stream_dims(), onset_seconds=0.0) == pytest.approx(95.0)
+    assert time_to_first_token([(0, 5.0, 1)], _stream_dims(), onset_seconds=0.05) == pytest.approx(45.0)
     assert time_to_first_token(timeline[:2], _stream_dims(), onset_seconds=0.1) is None
+    # a token in the silence before the onset (chunk 0, arrived at 90 ms) is not the first after it
+    early = [(0, 5.0, 1), (1, 300.0, 1), (2, 10.0, 3)]
+    assert time_to_first_token(early, _stream_dims(), onset_seconds=0.1) == pytest.approx(460.0)
 
 
 def test_speech_onset_is_the_first_sample_within_40_db_of_the_peak():

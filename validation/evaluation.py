@@ -52,12 +52,12 @@ from validation.audio import AudioError, audio_info, check_samples, fit_window
 from validation.checks import CONFIDENT_MEDIAN_PROB
 from validation.full_context import linear_memory_attention
 from validation.greedy import (
-    decision_from_logits,
     greedy_tdt,
     nemo_greedy_tdt,
     package_decide,
     package_decoder_step,
     run_torch,
+    torch_decide,
     torch_decoder_step,
     torch_greedy_tdt,
 )
@@ -388,15 +388,8 @@ def nemo_stream_decoder(model, dims: ModelDims, streaming: StreamingDims) -> Tra
 
     def decode(samples: np.ndarray) -> Decoded:
         margins = []
-
-        def decide(frame, decoded):
-            (logits,) = run_torch(joint, frame, decoded)
-            d = decision_from_logits(logits, dims)
-            margins.append(min(float(d.token_margin.item()), float(d.duration_margin.item())))
-            return int(d.token_id.item()), float(d.token_prob.item()), int(d.duration.item())
-
         return decode_streamed(mel_chunks(model, samples), NemoStream(model, streaming).step,
-                               torch_decoder_step(decoder), decide, dims, margins)
+                               torch_decoder_step(decoder), torch_decide(joint, dims, margins), dims, margins)
 
     return decode
 

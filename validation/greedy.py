@@ -138,19 +138,23 @@ def torch_decoder_step(decoder) -> DecoderStep:
     return step
 
 
-def torch_greedy_tdt(decoder, joint, encoder: np.ndarray, length: int, dims: ModelDims
-                     ) -> tuple[Transcript, list[float]]:
-    """The host rules on the Torch ``Decoder`` and ``Joint`` wrappers, with every decision's margin
-    (the smaller of the token and duration top-1/top-2 logit margins)."""
-    margins = []
-
+def torch_decide(joint, dims: ModelDims, margins: list[float]) -> Decide:
+    """The Torch ``Joint`` wrapper and the host's decision as a ``Decide``, appending every
+    decision's margin (the smaller of the token and duration top-1/top-2 logit margins) to ``margins``."""
     def decide(frame, decoded):
         (logits,) = run_torch(joint, frame, decoded)
         d = decision_from_logits(logits, dims)
         margins.append(min(float(d.token_margin.item()), float(d.duration_margin.item())))
         return int(d.token_id.item()), float(d.token_prob.item()), int(d.duration.item())
 
-    return greedy_tdt(encoder, length, dims, torch_decoder_step(decoder), decide), margins
+    return decide
+
+
+def torch_greedy_tdt(decoder, joint, encoder: np.ndarray, length: int, dims: ModelDims
+                     ) -> tuple[Transcript, list[float]]:
+    """The host rules on the Torch ``Decoder`` and ``Joint`` wrappers, with every decision's margin."""
+    margins = []
+    return greedy_tdt(encoder, length, dims, torch_decoder_step(decoder), torch_decide(joint, dims, margins)), margins
 
 
 def nemo_greedy_tdt(model, encoder: np.ndarray, length: int, dims: ModelDims,

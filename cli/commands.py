@@ -57,7 +57,14 @@ from validation.packages import (
     read_interface,
 )
 from validation.quantization import QuantizationSweep
-from validation.streaming import COMPONENT_VALUES, end_of_utterance_id, offline_tokens, stream_audio, stream_parity
+from validation.streaming import (
+    COMPONENT_VALUES,
+    end_of_utterance_id,
+    offline_tokens,
+    stream_audio,
+    stream_parity,
+    stream_predicts,
+)
 from validation.timing import all_cases, environment, flagged, latency_block, measure
 from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, load_gates, load_tolerances
 
@@ -335,18 +342,17 @@ def _compare_streaming(model, description: dict, packages: dict[str, Path], load
     audio = stream_audio(clip.samples[:clip.length], rate)
     chunks = mel_chunks(model, audio)
     offline = offline_tokens(model, audio)
+    window_dims, end_of_utterance = model_dims(model, description["max_audio_seconds"]), end_of_utterance_id(model)
     records, worst = {}, {}
     for later in variants:
         label = run_label(precision, later == "encoder_streaming_state")
         print_progress(f"streaming ({label}): {len(chunks)} chunks of {recorded['chunk_ms']} ms "
                        f"({audio.size / rate:.1f} s: {clip.name} twice, with pauses) through NeMo's cache-aware "
-                       "streaming and "
-                       f"encoder_streaming_first, then {later}")
-        loaded = {name: load(packages[name]) for name in ("encoder_streaming_first", later)}
-        run = stream_parity(model, dims, {name: p if p.state_specs else p.predict for name, p in loaded.items()},
-                            chunks, tolerances, model_dims(model, description["max_audio_seconds"]),
-                            exact=precision == "float32", offline=offline, progress=progress_bar("streaming", "chunk"),
-                            end_of_utterance=end_of_utterance_id(model))
+                       f"streaming and encoder_streaming_first, then {later}")
+        predicts = stream_predicts({name: load(packages[name]) for name in ("encoder_streaming_first", later)})
+        run = stream_parity(model, dims, predicts, chunks, tolerances, window_dims, exact=precision == "float32",
+                            offline=offline, progress=progress_bar("streaming", "chunk"),
+                            end_of_utterance=end_of_utterance)
         records[label] = run.record()
         worst[label] = {o: max(run.series(o)) for o in COMPONENT_VALUES}
         texts = {name: model.tokenizer.ids_to_text(tokens) if tokens else ""

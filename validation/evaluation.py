@@ -45,7 +45,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from exporters.components import ExportError, ModelDims, StreamingDims
+from exporters.components import STREAMING_COMPONENTS, ExportError, ModelDims, StreamingDims
 from exporters.streaming import NemoStream, mel_chunks
 from exporters.wrappers import wrapper
 from validation.audio import AudioError, audio_info, check_samples, fit_window
@@ -63,7 +63,7 @@ from validation.greedy import (
 )
 from validation.journal import Journal, fingerprint
 from validation.metrics import NORMALIZERS, WordErrors, text_normalizer, word_errors
-from validation.streaming import PackageStream
+from validation.streaming import PackageStream, stream_predicts
 from validation.tolerances import MAX_WER_DIFFERENCE_POINTS
 
 OVERLAP_SECONDS = 2.0
@@ -398,9 +398,8 @@ def package_stream_decoder(model, packages: dict, load, dims: ModelDims, streami
     """The streaming packages on NeMo's chunks of the utterance (the first chunk's, then the later
     chunks' package present), decoded by the exported decoder and single-step joint."""
     def decode(samples: np.ndarray) -> Decoded:
-        predicts = {name: p if p.state_specs else p.predict
-                    for name, p in ((name, load(path)) for name, path in packages.items() if name.startswith(
-                        "encoder_streaming"))}
+        predicts = stream_predicts({name: load(path) for name, path in packages.items()
+                                    if name in STREAMING_COMPONENTS})
         return decode_streamed(mel_chunks(model, samples), PackageStream(streaming, predicts).step,
                                package_decoder_step(load(packages["decoder"])),
                                package_decide(load(packages["joint_decision_single_step"])), dims)

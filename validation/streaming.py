@@ -140,6 +140,12 @@ class EndOfUtterance:
                 "gated": self.exact}
 
 
+def stream_predicts(predictors: dict) -> dict:
+    """Loaded streaming packages as ``PackageStream`` takes them: a stateful one as the predictor
+    (its state is made from it), the others as their ``predict``."""
+    return {name: p if p.state_specs else p.predict for name, p in predictors.items()}
+
+
 class PackageStream:
     """The streaming packages, chunk after chunk, as an app drives them: each chunk padded to its
     package's length, the caches returned by one chunk fed to the next. ``predicts`` by component:
@@ -332,12 +338,12 @@ def stream_parity(model, dims: StreamingDims, predicts: dict[str, Predict], chun
         expected = reference.step(chunk)
         outputs = exported.step(chunk)
         comparisons = {}
+        package = STREAMING_COMPONENTS[exported.component(chunk)]
         for port in COMPONENT.output_ports:
             if port.name not in outputs:
                 continue
             if outputs[port.name].shape != expected[port.name].shape:
                 continue  # frames committed differ: the encoder_length check says how many each side gave
-            package = STREAMING_COMPONENTS[exported.component(chunk)]
             # a returned cache, or on the stateful package the state it is read from
             name = CARRIED[port.name] if package.state_ports and port.name in CARRIED else port.name
             tolerance = tolerances[package.output(name).tolerance]

@@ -23,6 +23,7 @@ from validation.streaming import (
     end_of_utterance_id,
     offline_tokens,
     stream_parity,
+    stream_predicts,
 )
 
 pytestmark = pytest.mark.parity
@@ -45,8 +46,9 @@ def _parity(streaming, chunks, precision, predictor, tolerances, perturb=lambda 
             cache_state=False, end_of_utterance=None):
     exporters, model = streaming
     exporter = exporters[precision]
-    loaded = {c.name: predictor(exporter.export(c).package) for c in get_components(streaming_components(cache_state))}
-    predicts = {name: p if p.state_specs else perturb(p.predict) for name, p in loaded.items()}
+    predicts = stream_predicts({c.name: predictor(exporter.export(c).package)
+                                for c in get_components(streaming_components(cache_state))})
+    predicts = {name: p if hasattr(p, "make_state") else perturb(p) for name, p in predicts.items()}
     return stream_parity(model, exporter.streaming_dims, predicts, chunks, tolerances, exporter.dims,
                          exact=precision == "float32", offline=offline,
                          end_of_utterance=end_of_utterance_id(model) if end_of_utterance is None else end_of_utterance)

@@ -43,7 +43,7 @@ from validation.evaluation import (
     recordings,
     streaming_decoders_for,
     token_text,
-    window_description,
+    windowed_decoders_for,
 )
 from validation.held_out import held_out_evaluation, manifest_path
 from validation.journal import JOURNAL, package_identity
@@ -65,8 +65,10 @@ from validation.streaming import (
     stream_parity,
     stream_predicts,
 )
+from validation.timestamps import word_timer
 from validation.timing import all_cases, environment, flagged, latency_block, measure
 from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, load_gates, load_tolerances
+from validation.windowing import DEFAULT_STRATEGY, STRATEGIES
 
 
 def component_list(values: list[str]) -> list[str]:
@@ -380,7 +382,18 @@ def _compare_streaming(model, description: dict, packages: dict[str, Path], load
     return block["status"] == "passed"
 
 
+def strategy_list(values: list[str] | None, streaming: bool) -> list[str]:
+    """``--strategy`` as strategy names, the gated one first, each once."""
+    if streaming and values:
+        raise ExportError("--strategy: a streamed evaluation (--streaming) feeds chunks, not windows; "
+                          "drop one of the two")
+    names = [DEFAULT_STRATEGY, *STRATEGIES] if "all" in (values or ()) and values[0] == "all" else \
+        [n for v in values or [DEFAULT_STRATEGY] for n in ([*STRATEGIES] if v == "all" else [v])]
+    return list(dict.fromkeys(names))
+
+
 def run_evaluate(args) -> int:
+    strategy_names = strategy_list(args.strategy, args.streaming)
     description, packages, source, report_dir = read_inputs(args)
     needed = list(DECODE)
     if args.streaming:
@@ -414,15 +427,20 @@ def run_evaluate(args) -> int:
     if args.streaming:
         paths, chunking = STREAMED, {"streaming": {**description["streaming"], "mode": STREAMING_MODE}}
         decoders = streaming_decoders_for(model, dims, packages_streaming_dims(model, description), exports, load)
+        compared, strategy = {}, None
     else:
-        paths, chunking = WINDOWED, {"windows": window_description(dims)}
-        decoders = decoders_for(model, dims, exports, load)
+        strategy, *others = (STRATEGIES[name] for name in strategy_names)
+        paths, chunking = WINDOWED, {"windows": strategy.describe(dims),
+                                     **({"compared": {s.name: s.describe(dims) for s in others}} if others else {})}
+        decoders = decoders_for(model, dims, exports, load, strategy)
+        compared = {s.name: windowed_decoders_for(model, dims, exports, load, s) for s in others}
     result = evaluate(utterances, decoders, token_text(model), dims,
                       normalizer=args.normalizer, max_wer_difference=args.max_wer_difference / 100,
                       exact=["export"] if precision == "float32" else [], bad=bad, journal=report_dir / JOURNAL,
                       resume=args.resume, report=print_progress, progress=progress_bar("evaluate", "utterance"),
                       settings={"packages": {name: package_identity(path) for name, path in exports["export"].items()},
-                                "backend": backend, "compute_units": units}, paths=paths)
+                                "backend": backend, "compute_units": units}, paths=paths,
+                      **({"strategy": strategy} if strategy else {}), compared=compared, timer=word_timer(model, dims))
     context = {"manifest": str(manifest) if manifest else None, "audio": [str(p) for p in args.audio or []],
                "backend": backend, "values_from": describe_backend(backend), "compute_units": units,
                "compute_precision": precision, **chunking,

@@ -29,6 +29,7 @@ from runtimes.base import BACKENDS, COMPUTE_UNITS, PackageError
 from validation.metrics import NORMALIZERS
 from validation.packages import DEFAULT_CONVERT_DIR, DEFAULT_REPORT_DIR
 from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, MAX_WER_DIFFERENCE_POINTS, PSNR_FLOOR_DB
+from validation.windowing import DEFAULT_STRATEGY, STRATEGIES
 
 CONFIG_HELP = ("a pyproject.toml-style file whose [tool.parakeet-coreml] sets tolerances, gates and variants "
                "(default: this project's pyproject.toml when run inside its checkout, else none)")
@@ -105,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     inputs = evaluate.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--manifest", metavar="FILE.jsonl",
                         help="NeMo's manifest (audio_filepath, text, optional offset and duration; relative paths "
-                             "from the manifest's folder), or a built-in set: builtin:held-out, builtin:long-form")
+                             "from the manifest's folder), or a built-in set: builtin:held-out, builtin:long-form, "
+                             "builtin:seams, builtin:silence")
     inputs.add_argument("--audio", type=Path, nargs="+", metavar="FILE",
                         help="recordings without reference texts: agreement with NeMo only")
     evaluate.add_argument("--backend", default="auto", choices=BACKENDS,
@@ -126,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
                                "and the export streamed chunk by chunk (encoder_streaming_first, encoder_streaming or "
                                "encoder_streaming_state, decoder, joint_decision_single_step), the gap taken apart as "
                                "model, streaming and export numerics")
+    evaluate.add_argument("--strategy", action="append", choices=[*STRATEGIES, "all"], metavar="NAME",
+                          help="how long recordings are cut into windows and merged: "
+                               f"{', '.join(STRATEGIES)} (default {DEFAULT_STRATEGY}); repeat it to compare "
+                               "strategies side by side on NeMo and the export (the first one named is gated), or "
+                               "all (every one, the default first)")
     evaluate.add_argument("--resume", action="store_true",
                           help="continue an interrupted run from its evaluation.jsonl")
     evaluate.add_argument("--cache-dir", type=Path, default=None,

@@ -20,17 +20,14 @@ the model's Torch decoder and joint continuing from chunk to chunk (NeMo's strea
 rules), the export the streaming packages with the decoder and single-step joint packages the same
 way; the gap is then the model, the streaming and the export's numerics.
 
-Windows. An utterance that fits the export's window is one window, zero-padded with its true
-length given. A longer one is cut into windows of the export's length whose starts lie on
-encoder-frame multiples (80 ms for Parakeet), ``stride`` apart, so neighbours overlap by at least
-``OVERLAP_SECONDS``. Each window decodes on its own (blank start, zero LSTM state). Merge: each
-window keeps the tokens it emitted at encoder frames between the midpoints of its overlaps with
-its neighbours, so every kept token was decided with about a second of audio on either side of it
-(except at the utterance's own edges), and each frame belongs to exactly one window.
+Windows: ``validation.windowing`` cuts a long utterance into the export's windows and merges
+their tokens by one of its strategies (``--strategy``); others can be run beside it on the same
+utterances, NeMo on the whole utterance shared.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -48,7 +45,7 @@ import soxr
 from exporters.components import STREAMING_COMPONENTS, ExportError, ModelDims, StreamingDims
 from exporters.streaming import NemoStream, mel_chunks
 from exporters.wrappers import wrapper
-from validation.audio import AudioError, audio_info, check_samples, fit_window
+from validation.audio import AudioError, audio_info, check_samples
 from validation.checks import CONFIDENT_MEDIAN_PROB
 from validation.full_context import linear_memory_attention
 from validation.greedy import (
@@ -59,14 +56,24 @@ from validation.greedy import (
     run_torch,
     torch_decide,
     torch_decoder_step,
-    torch_greedy_tdt,
 )
 from validation.journal import Journal, fingerprint
-from validation.metrics import NORMALIZERS, WordErrors, text_normalizer, word_errors
+from validation.metrics import (
+    NORMALIZERS,
+    WordErrors,
+    add_seam_losses,
+    add_timing_summaries,
+    locate,
+    seam_losses,
+    text_normalizer,
+    timing_differences,
+    timing_summary,
+    word_errors,
+)
 from validation.streaming import PackageStream, stream_predicts
 from validation.tolerances import MAX_WER_DIFFERENCE_POINTS
+from validation.windowing import DEFAULT_STRATEGY, STRATEGIES, Decode, Decoded, Strategy, Transcribe, seams, windowed
 
-OVERLAP_SECONDS = 2.0
 WORD = re.compile(r"\w")
 
 
@@ -104,6 +111,7 @@ class Utterance:
     text: str | None  # None: agreement with NeMo only
     offset: float = 0.0
     duration: float | None = None
+    word_times: tuple[tuple[float, float], ...] | None = None  # each text word's (start, end) s, where known
 
 
 @dataclass(frozen=True)
@@ -161,8 +169,29 @@ def read_manifest(path: Path) -> tuple[list[Utterance], list[BadInput]]:
         if not audio.is_file():
             bad.append(BadInput(where, f"{audio}: no such file"))
             continue
-        utterances.append(Utterance(where, audio, text, offset, duration))
+        word_times, reason = _word_times(row.get("word_times"), text)
+        if reason:
+            bad.append(BadInput(where, reason))
+            continue
+        utterances.append(Utterance(where, audio, text, offset, duration, word_times))
     return utterances, bad
+
+
+def _word_times(value, text: str | None) -> tuple[tuple | None, str | None]:
+    """A manifest's optional ``word_times`` (the stress sets': each word of ``text`` as [start,
+    end] seconds, in order), or why it cannot be used."""
+    if value is None:
+        return None, None
+    words = (text or "").split()
+    try:
+        times = tuple((float(a), float(b)) for a, b in value)
+    except (TypeError, ValueError):
+        return None, f"word_times {str(value)[:60]!r}: expected a list of [start, end] seconds, one per word of text"
+    if len(times) != len(words):
+        return None, f"word_times has {len(times)} entries for the {len(words)} words of text; expected one per word"
+    if not all(math.isfinite(a) and math.isfinite(b) and 0 <= a <= b for a, b in times):
+        return None, "word_times: every [start, end] must be finite with 0 <= start <= end"
+    return times, None
 
 
 MAX_SPAN_SECONDS = 1e9  # an offset or a duration beyond this (31 years) is no recording's
@@ -255,84 +284,6 @@ class Pace:
                     f"about {clock((self.total - self.done) / rate)} to go at the pace since the first utterance")
 
 
-# -- windows and their merge ---------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Window:
-    start: int  # first sample
-    length: int  # valid samples (the rest of the window is padding)
-    first_frame: int  # the utterance's encoder frame at the window's start
-    keep: tuple[float, float]  # the utterance's encoder frames whose tokens this window keeps: [from, to)
-
-
-def window_stride(dims: ModelDims, overlap_seconds: float = OVERLAP_SECONDS) -> int:
-    """Samples between window starts: a whole number of encoder frames, overlap at least as asked."""
-    stride = (dims.max_audio_samples - math.ceil(overlap_seconds * dims.sample_rate)) // dims.encoder_hop \
-        * dims.encoder_hop
-    if stride <= 0:
-        raise ExportError(f"a {dims.max_audio_seconds:g} s window cannot overlap by {overlap_seconds:g} s")
-    return stride
-
-
-def plan_windows(samples: int, dims: ModelDims, overlap_seconds: float = OVERLAP_SECONDS) -> list[Window]:
-    window, hop = dims.max_audio_samples, dims.encoder_hop
-    if samples <= window:
-        return [Window(0, samples, 0, (0, math.inf))]
-    stride = window_stride(dims, overlap_seconds)
-    count = 1 + math.ceil((samples - window) / stride)
-    starts = [k * stride for k in range(count)]
-    # the frame halfway through each overlap: tokens before it from the earlier window, after it from the later
-    bounds = [(start + (window - stride) // 2) // hop for start in starts[1:]]
-    keeps = list(zip([0, *bounds], [*bounds, math.inf]))
-    return [Window(start, min(window, samples - start), start // hop, keep) for start, keep in zip(starts, keeps)]
-
-
-@dataclass
-class Decoded:
-    """A transcript in the utterance's encoder frames, with what the decoder knew of each token."""
-
-    tokens: list[int] = field(default_factory=list)
-    frames: list[int] = field(default_factory=list)
-    probs: list[float] = field(default_factory=list)  # top-1 probability, where the decoder knows it
-    margins: list[float] = field(default_factory=list)  # top-1/top-2 logit margin, where known
-
-    def extend(self, other: Decoded, first_frame: int, keep: tuple[float, float]) -> None:
-        for i, (token, frame) in enumerate(zip(other.tokens, other.frames)):
-            if keep[0] <= first_frame + frame < keep[1]:
-                self.tokens.append(token)
-                self.frames.append(first_frame + frame)
-                if other.probs:
-                    self.probs.append(other.probs[i])
-                if other.margins:
-                    self.margins.append(other.margins[i])
-
-
-def window_description(dims: ModelDims) -> dict:
-    """How long audio is cut, for the report."""
-    stride = window_stride(dims)
-    return {"window_s": dims.max_audio_seconds, "stride_s": stride / dims.sample_rate,
-            "overlap_s": (dims.max_audio_samples - stride) / dims.sample_rate,
-            "frame_s": dims.encoder_hop / dims.sample_rate,
-            "merge": "each window keeps its tokens between the midpoints of its overlaps with its neighbours"}
-
-
-Decode = Callable[[np.ndarray, int], Decoded]  # (window samples padded to the window, valid samples)
-Transcribe = Callable[[np.ndarray], Decoded]  # a whole utterance's samples
-
-
-def decode_windowed(samples: np.ndarray, dims: ModelDims, decode: Decode) -> Decoded:
-    merged = Decoded()
-    for w in plan_windows(samples.size, dims):
-        clip = fit_window(samples[w.start:w.start + w.length], dims, "window", "")
-        merged.extend(decode(clip.samples, clip.length), w.first_frame, w.keep)
-    return merged
-
-
-def windowed(decode: Decode, dims: ModelDims) -> Transcribe:
-    """A window decoder run over a whole utterance's windows, merged."""
-    return lambda samples: decode_windowed(samples, dims, decode)
-
-
 def decode_streamed(chunks, encode, decoder_step, decide, dims: ModelDims, margins: list[float] | None = None
                     ) -> Decoded:
     """Each chunk's committed encoder frames (``encode(chunk)["encoder"]``) decoded by the host's
@@ -347,6 +298,7 @@ def decode_streamed(chunks, encode, decoder_step, decide, dims: ModelDims, margi
         out.tokens += t.tokens
         out.frames += [offset + f for f in t.frames]
         out.probs += t.token_probs
+        out.durations += t.durations
         if margins is not None:
             out.margins += [margins[before + d] for d in t.emitted_at]
         offset += frames.shape[-1]
@@ -362,20 +314,32 @@ def nemo_full_decoder(model, dims: ModelDims) -> Callable[[np.ndarray], Decoded]
         with linear_memory_attention(model.encoder):
             encoder, length = run_torch(front, samples[None, :], np.array([samples.size], np.int32))
         t = nemo_greedy_tdt(model, encoder, int(length[0]), dims)
-        return Decoded(t.tokens, t.frames)
+        return Decoded(t.tokens, t.frames, durations=t.durations)
 
     return decode
+
+
+def _frames(encoder: np.ndarray, length: int, frames: tuple[int, int] | None) -> tuple[np.ndarray, int]:
+    """The encoder frames a window decodes: all its valid ones, or ``frames`` of them."""
+    if frames is None:
+        return encoder, length
+    first, last = frames[0], min(frames[1], length)
+    return encoder[:, :, first:max(first, last)], max(0, last - first)
 
 
 def nemo_window_decoder(model, dims: ModelDims) -> Decode:
     """NeMo's Torch modules on one window, decoded by the host's rules (NeMo's, proven by the
     greedy-rule tests), recording each token's probability and margin."""
     front, decoder, joint = (wrapper(name, model) for name in ("mel_encoder", "decoder", "joint"))
+    step = torch_decoder_step(decoder)
 
-    def decode(window: np.ndarray, length: int) -> Decoded:
+    def decode(window: np.ndarray, length: int, frames=None, state=None) -> Decoded:
         encoder, encoded = run_torch(front, window[None, :], np.array([length], np.int32))
-        t, margins = torch_greedy_tdt(decoder, joint, encoder, int(encoded[0]), dims)
-        return Decoded(t.tokens, t.frames, t.token_probs, [margins[d] for d in t.emitted_at])
+        margins = []
+        t = greedy_tdt(*_frames(encoder, int(encoded[0]), frames), dims, step, torch_decide(joint, dims, margins),
+                       state=state)
+        return Decoded(t.tokens, t.frames, t.token_probs, [margins[d] for d in t.emitted_at], t.durations,
+                       state=t.state)
 
     return decode
 
@@ -409,13 +373,13 @@ def package_stream_decoder(model, packages: dict, load, dims: ModelDims, streami
 
 def package_window_decoder(packages: dict, load, dims: ModelDims) -> Decode:
     """The exported mel_encoder, decoder and single-step joint on one window."""
-    def decode(window: np.ndarray, length: int) -> Decoded:
+    def decode(window: np.ndarray, length: int, frames=None, state=None) -> Decoded:
         out = load(packages["mel_encoder"]).predict({"audio_signal": window[None, :],
                                                       "audio_length": np.array([length], np.int32)})
-        t = greedy_tdt(out["encoder"], int(out["encoder_length"][0]), dims,
+        t = greedy_tdt(*_frames(out["encoder"], int(out["encoder_length"][0]), frames), dims,
                        package_decoder_step(load(packages["decoder"])),
-                       package_decide(load(packages["joint_decision_single_step"])))
-        return Decoded(t.tokens, t.frames, t.token_probs)
+                       package_decide(load(packages["joint_decision_single_step"])), state=state)
+        return Decoded(t.tokens, t.frames, t.token_probs, durations=t.durations, state=t.state)
 
     return decode
 
@@ -440,18 +404,29 @@ def first_difference(reference: Decoded, candidate: Decoded, seconds_per_frame: 
 
 
 def evaluate_utterance(utterance: Utterance, samples: np.ndarray, decoders: dict[str, Transcribe], text,
-                       dims: ModelDims, normalizer: str, paths: Paths = WINDOWED) -> dict:
+                       dims: ModelDims, normalizer: str, paths: Paths = WINDOWED,
+                       strategy: Strategy = STRATEGIES[DEFAULT_STRATEGY], timer=None,
+                       decoded: dict[str, Decoded] | None = None) -> tuple[dict, dict[str, Decoded]]:
     """The utterance's transcripts by path and export, their word errors (normalised, and raw)
-    against the reference text, and each export's agreement with NeMo run as it runs."""
-    decoded, took = {}, {}
+    against the reference text, each export's agreement with NeMo run as it runs, and with
+    ``timer`` (``validation.timestamps.word_timer``) its words in time: word errors near the
+    strategy's seams against elsewhere, and word times against NeMo's (and against the rendered
+    ones, where the manifest has them). ``decoded``: transcripts already made (NeMo on the whole
+    utterance, shared by every strategy). Returns the record and every path's transcript."""
+    decoded, took = dict(decoded or {}), {}
     for label, decode in decoders.items():
+        if label in decoded:
+            continue
         start = time.perf_counter()
         decoded[label] = decode(samples)
         took[label] = round(time.perf_counter() - start, 4)
     reference = paths.reference
     texts = {label: text(d.tokens) for label, d in decoded.items()}
+    windows = strategy.plan(samples, dims) if paths == WINDOWED else None
+    seconds_per_frame = dims.encoder_hop / dims.sample_rate
     record = {"key": utterance.key, "audio": str(utterance.audio), "seconds": round(samples.size / dims.sample_rate, 3),
-              **({"windows": len(plan_windows(samples.size, dims))} if paths == WINDOWED else {}),
+              **({"windows": len(windows), "seams_s": [round(f * seconds_per_frame, 3) for f in seams(windows)]}
+                 if windows is not None else {}),
               "reference": utterance.text, "transcripts": texts,
               "tokens": {label: d.tokens for label, d in decoded.items()},
               "token_probs": [round(p, 4) for p in decoded[reference].probs], "decode_seconds": took}
@@ -463,11 +438,36 @@ def evaluate_utterance(utterance: Utterance, samples: np.ndarray, decoders: dict
                            for label in exports}
     record["agreement"][f"{reference}_vs_full"] = word_errors(texts[paths.model], texts[reference],
                                                               normalizer).as_dict()
-    seconds_per_frame = dims.encoder_hop / dims.sample_rate
     record["identical"] = {label: decoded[label].tokens == decoded[reference].tokens for label in exports}
     record["first_difference"] = {label: first_difference(decoded[reference], decoded[label], seconds_per_frame,
                                                           text) for label in exports}
-    return record
+    if timer is not None:
+        record.update(words_in_time(utterance, decoded, timer, paths, record.get("seams_s")))
+    return record, decoded
+
+
+def words_in_time(utterance: Utterance, decoded: dict[str, Decoded], timer, paths: Paths,
+                  seams_s: list[float] | None) -> dict:
+    """Each path's words with their times; the seam losses of each (the reference text's words
+    placed by the manifest's word times, else by NeMo on the whole utterance); each export's word
+    times against NeMo's run the same way; and every path's against the rendered times."""
+    words = {label: timer(d.tokens, d.frames, d.durations) for label, d in decoded.items()
+             if len(d.durations) == len(d.tokens)}
+    out = {"words": {label: [[w, a, b] for w, a, b in timed] for label, timed in words.items()}}
+    rendered = [(w, a, b) for w, (a, b) in zip(utterance.text.split(), utterance.word_times)] \
+        if utterance.word_times is not None else None
+    placed = rendered
+    if placed is None and utterance.text is not None and paths.model in words:
+        placed = locate(utterance.text.split(), words[paths.model])
+    if placed is not None and seams_s is not None:
+        out["seam_losses"] = {label: seam_losses(placed, timed, seams_s) for label, timed in words.items()}
+    if paths.reference in words:
+        out["word_timing"] = {label: timing_summary(timing_differences(words[paths.reference], words[label]))
+                              for label in words if label not in paths.nemo}
+    if rendered is not None:
+        out["timing_error"] = {label: timing_summary(timing_differences(rendered, timed))
+                               for label, timed in words.items()}
+    return out
 
 
 # -- the set -------------------------------------------------------------------------------------
@@ -488,6 +488,8 @@ class Evaluation:
     records: list[dict] = field(default_factory=list)
     bad: list[BadInput] = field(default_factory=list)
     paths: Paths = WINDOWED
+    strategy: Strategy = STRATEGIES[DEFAULT_STRATEGY]
+    compared: list[str] = field(default_factory=list)  # the other strategies each record also holds
 
     def with_text(self) -> list[dict]:
         return [r for r in self.records if "wer" in r]
@@ -601,7 +603,47 @@ class Evaluation:
             "decomposition_points": self.decomposition(),
             "seconds_per_audio_minute": self.seconds_per_audio_minute(),
             "worst": {label: self.worst(label) for label in self.exports},
+            **({"strategy": self.strategy.name} if self.paths == WINDOWED else {}),
+            **self.words_in_time(),
+            **({"strategies": {name: self.under(name).strategy_summary() for name in
+                               [self.strategy.name, *self.compared]}} if self.compared else {}),
         }
+
+    def under(self, name: str) -> Evaluation:
+        """The same utterances as another strategy cut them (one of ``compared``), or this one."""
+        if name == self.strategy.name:
+            return self
+        return Evaluation(self.exports, self.normalizer, self.max_wer_difference, self.exact,
+                          [r["strategies"][name] for r in self.records], paths=self.paths, strategy=STRATEGIES[name])
+
+    def words_in_time(self) -> dict:
+        """Seam losses by path, export word times against NeMo's, and every path's against the
+        rendered times, over the records that have them."""
+        out = {}
+        for key in ("seam_losses", "word_timing", "timing_error"):
+            found = [r[key] for r in self.records if key in r]
+            if not found:
+                continue
+            labels = list(dict.fromkeys(label for f in found for label in f))
+            if key == "seam_losses":
+                out[key] = {label: functools.reduce(add_seam_losses, (f[label] for f in found if label in f), None)
+                            for label in labels}
+            else:
+                out[key] = {label: add_timing_summaries([f[label] for f in found if label in f]) for label in labels}
+        return out
+
+    def strategy_summary(self) -> dict:
+        """What a strategy comes to on this set: WER by path, the exports' agreement with NeMo on
+        the same windows, and the seam losses."""
+        reference = self.paths.reference
+        return {"merge": self.strategy.summary,
+                "windows": sum(r.get("windows", 0) for r in self.records),
+                "wer": {label: t.as_dict() for label in [*self.paths.nemo, *self.exports]
+                        if (t := self.total("wer", label))},
+                f"identical_to_{reference}": {label: sum(r["identical"][label] for r in self.records)
+                                              for label in self.exports},
+                "failures": [f for f in (self.failure(label) for label in self.exports) if f],
+                **{k: v for k, v in self.words_in_time().items() if k == "seam_losses"}}
 
 
 def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims, *, normalizer: str = "whisper-english",
@@ -609,19 +651,26 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
              bad: list[BadInput] = (), journal: Path | None = None, resume: bool = False, settings: dict | None = None,
              report: Callable[[str], None] = lambda line: None,
              progress: Callable[[Iterator, int], Iterator] = lambda items, total: items,
-             paths: Paths = WINDOWED) -> Evaluation:
-    """Every utterance through every decoder (``paths.nemo`` and the exports);
-    each record appended to ``journal`` as it is done (``validation.journal``). With ``resume``, the
-    utterances the journal already holds are taken from it, where nothing that determines them
-    changed: their audio, text, ``settings`` (the packages, say), the normaliser and the windows.
-    What the journal held is said through ``report``."""
+             paths: Paths = WINDOWED, strategy: Strategy = STRATEGIES[DEFAULT_STRATEGY],
+             compared: dict[str, dict[str, Transcribe]] | None = None, timer=None) -> Evaluation:
+    """Every utterance through every decoder (``paths.nemo`` and the exports), the windowed ones
+    cut by ``strategy``, and through each other strategy's decoders in ``compared`` (name -> the
+    reference path and the exports cut that way; NeMo on whole utterances is shared); with
+    ``timer``, the words in time (``words_in_time``). Each record is appended to ``journal`` as it
+    is done (``validation.journal``). With ``resume``, the utterances the journal already holds are
+    taken from it, where nothing that determines them changed: their audio, text, ``settings``
+    (the packages, say), the normaliser and the windows. What the journal held is said through
+    ``report``."""
     if normalizer not in NORMALIZERS:
         raise ExportError(f"--normalizer {normalizer!r}; expected one of: {', '.join(NORMALIZERS)}")
     exports = [label for label in decoders if label not in paths.nemo]
-    result = Evaluation(exports, normalizer, max_wer_difference, list(exact), bad=list(bad), paths=paths)
-    # windowed records keep the fingerprint they had before streaming existed; streamed ones say so
+    compared = compared or {}
+    result = Evaluation(exports, normalizer, max_wer_difference, list(exact), bad=list(bad), paths=paths,
+                        strategy=strategy, compared=list(compared))
+    # streamed records say so in their fingerprint
     determined_by = {**(settings or {}), "normalizer": normalizer, "paths": list(decoders),
-                     "windows": window_description(dims), **({"mode": paths.as_dict()} if paths != WINDOWED else {})}
+                     "windows": strategy.describe(dims), "compared": list(compared), "timed": timer is not None,
+                     **({"mode": paths.as_dict()} if paths != WINDOWED else {})}
     normalize = text_normalizer(normalizer)
     wordless = [u.key for u in utterances if u.text is not None and not WORD.search(normalize(u.text))]
     if wordless:  # no word to score against: a WER would be every hypothesis word over zero
@@ -647,8 +696,15 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
             except AudioError as e:
                 result.bad.append(BadInput(utterance.key, str(e)))
                 continue
-            record = {**evaluate_utterance(utterance, samples, decoders, text, dims, normalizer, paths),
-                      "fingerprint": prints[utterance.key]}
+            record, decoded = evaluate_utterance(utterance, samples, decoders, text, dims, normalizer, paths,
+                                                 strategy, timer)
+            if compared:
+                shared = {paths.model: decoded[paths.model]}
+                record["strategies"] = {
+                    name: evaluate_utterance(utterance, samples, others, text, dims, normalizer, paths,
+                                             STRATEGIES[name], timer, decoded=shared)[0]
+                    for name, others in compared.items()}
+            record["fingerprint"] = prints[utterance.key]
             result.records.append(record)
             if writer is not None:
                 writer.append(record)
@@ -656,12 +712,19 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
     return result
 
 
-def decoders_for(model, dims: ModelDims, exports: dict[str, dict], load) -> dict[str, Transcribe]:
+def decoders_for(model, dims: ModelDims, exports: dict[str, dict], load,
+                 strategy: Strategy = STRATEGIES[DEFAULT_STRATEGY]) -> dict[str, Transcribe]:
     """The three paths: NeMo on whole utterances, NeMo on the windows, and each export (label ->
-    component -> package) on the windows."""
+    component -> package) on the windows, cut by ``strategy``."""
     return {WINDOWED.model: nemo_full_decoder(model, dims),
-            WINDOWED.reference: windowed(nemo_window_decoder(model, dims), dims),
-            **{label: windowed(package_window_decoder(packages, load, dims), dims)
+            **windowed_decoders_for(model, dims, exports, load, strategy)}
+
+
+def windowed_decoders_for(model, dims: ModelDims, exports: dict[str, dict], load, strategy: Strategy
+                          ) -> dict[str, Transcribe]:
+    """NeMo on the windows and each export on the windows, cut by ``strategy``."""
+    return {WINDOWED.reference: windowed(nemo_window_decoder(model, dims), dims, strategy),
+            **{label: windowed(package_window_decoder(packages, load, dims), dims, strategy)
                for label, packages in exports.items()}}
 
 

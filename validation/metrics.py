@@ -236,3 +236,130 @@ def quality(reference, candidate) -> float:
     if norm == 0.0:
         return 1.0 if error == 0.0 else 0.0
     return max(0.0, 1.0 - error / norm)
+
+
+# -- words in time: seam losses and word timestamps ---------------------------------------------
+
+SEAM_RADIUS_SECONDS = 1.0
+TimedWords = list[tuple[str, float, float]]  # (word, start s, end s)
+
+
+def _plain(words: TimedWords) -> TimedWords:
+    """Each word lower-cased with its punctuation dropped; words left empty are dropped."""
+    out = []
+    for word, start, end in words:
+        plain = re.sub(r"[^\w]", "", word.lower())
+        if plain:
+            out.append((plain, start, end))
+    return out
+
+
+def _aligned(reference: TimedWords, hypothesis: TimedWords) -> list[tuple[str, int | None, int | None]]:
+    """(kind, reference index, hypothesis index) for every edit and match of the word alignment:
+    equal, substitute, delete (reference only), insert (hypothesis only)."""
+    if not reference or not hypothesis:
+        return [("delete", i, None) for i in range(len(reference))] + \
+            [("insert", None, j) for j in range(len(hypothesis))]
+    out = jiwer.process_words(" ".join(w for w, *_ in reference), " ".join(w for w, *_ in hypothesis))
+    pairs = []
+    for chunk in out.alignments[0]:
+        for k in range(max(chunk.ref_end_idx - chunk.ref_start_idx, chunk.hyp_end_idx - chunk.hyp_start_idx)):
+            i = chunk.ref_start_idx + k if chunk.type != "insert" else None
+            j = chunk.hyp_start_idx + k if chunk.type != "delete" else None
+            pairs.append((chunk.type, i, j))
+    return pairs
+
+
+def _near(start: float, end: float, seams: list[float], radius: float) -> bool:
+    return any(start - radius <= seam <= end + radius for seam in seams)
+
+
+def _repeats(words: TimedWords, j: int) -> bool:
+    """Word ``j`` is its neighbour's word again."""
+    return any(0 <= k < len(words) and words[k][0] == words[j][0] for k in (j - 1, j + 1))
+
+
+def locate(words: list[str], by: TimedWords) -> TimedWords:
+    """Reference ``words`` placed in time by a hypothesis (``by``) of the same recording: a word
+    aligned to a hypothesis word takes its time, a word the hypothesis dropped takes the end of the
+    word before it. For references without their own word times."""
+    kept, timed = _plain([(w, 0.0, 0.0) for w in words]), _plain(by)
+    located, last = {}, 0.0
+    for _, i, j in _aligned(kept, timed):
+        if i is None:
+            last = timed[j][2]
+            continue
+        located[i] = timed[j][1:] if j is not None else (last, last)
+        last = located[i][1]
+    return [(kept[i][0], *located[i]) for i in range(len(kept))]
+
+
+def seam_losses(reference: TimedWords, hypothesis: TimedWords, seams: list[float],
+                radius: float = SEAM_RADIUS_SECONDS) -> dict:
+    """Word errors within ``radius`` of a seam against the same errors elsewhere: reference words
+    dropped (deleted) or replaced (substituted), by the reference word's time; words inserted, by
+    the hypothesis word's time; and of these the ones that repeat a neighbouring word (as
+    overlapping windows duplicate). Each side's reference words are counted, so
+    ``rate`` compares like with like."""
+    reference, hypothesis = _plain(reference), _plain(hypothesis)
+    counts = {side: {"words": 0, "dropped": 0, "substituted": 0, "inserted": 0, "duplicated": 0}
+              for side in ("near_seams", "elsewhere")}
+
+    def side(start, end):
+        return counts["near_seams" if _near(start, end, seams, radius) else "elsewhere"]
+
+    for _, start, end in reference:
+        side(start, end)["words"] += 1
+    for kind, i, j in _aligned(reference, hypothesis):
+        if kind == "equal":
+            continue
+        at = side(*(hypothesis[j] if kind == "insert" else reference[i])[1:])
+        at[{"delete": "dropped", "substitute": "substituted", "insert": "inserted"}[kind]] += 1
+        if j is not None and _repeats(hypothesis, j):
+            at["duplicated"] += 1
+    for c in counts.values():
+        errors = c["dropped"] + c["substituted"] + c["inserted"]
+        c["rate"] = errors / c["words"] if c["words"] else None
+    return counts
+
+
+def add_seam_losses(total: dict | None, losses: dict) -> dict:
+    """Two ``seam_losses`` summed, their rates recomputed."""
+    if total is None:
+        return {side: dict(c) for side, c in losses.items()}
+    out = {}
+    for side in losses:
+        c = {k: total[side][k] + losses[side][k] for k in losses[side] if k != "rate"}
+        c["rate"] = (c["dropped"] + c["substituted"] + c["inserted"]) / c["words"] if c["words"] else None
+        out[side] = c
+    return out
+
+
+def timing_differences(reference: TimedWords, candidate: TimedWords) -> list[tuple[float, float]]:
+    """(start, end) differences in seconds, candidate minus reference, of the words the two share
+    in the word alignment (equal words)."""
+    reference, candidate = _plain(reference), _plain(candidate)
+    return [(candidate[j][1] - reference[i][1], candidate[j][2] - reference[i][2])
+            for kind, i, j in _aligned(reference, candidate) if kind == "equal"]
+
+
+def timing_summary(differences: list[tuple[float, float]]) -> dict:
+    """Word time differences (``timing_differences``) as the words compared and the mean and
+    largest absolute start and end differences in milliseconds."""
+    out = {"words": len(differences)}
+    for k, edge in enumerate(("start", "end")):
+        values = [abs(d[k]) * 1000 for d in differences]
+        out[f"mean_abs_{edge}_ms"] = round(sum(values) / len(values), 1) if values else None
+        out[f"max_abs_{edge}_ms"] = round(max(values), 1) if values else None
+    return out
+
+
+def add_timing_summaries(summaries: list[dict]) -> dict:
+    """Several ``timing_summary`` taken together: means weighted by their words, the largest max."""
+    total = {"words": sum(s["words"] for s in summaries)}
+    for edge in ("start", "end"):
+        counted = [s for s in summaries if s["words"]]
+        total[f"mean_abs_{edge}_ms"] = round(sum(s[f"mean_abs_{edge}_ms"] * s["words"] for s in counted)
+                                             / total["words"], 1) if total["words"] else None
+        total[f"max_abs_{edge}_ms"] = max((s[f"max_abs_{edge}_ms"] for s in counted), default=None)
+    return total

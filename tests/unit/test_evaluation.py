@@ -16,20 +16,18 @@ from tests.unit.conftest import DIMS
 from validation import evaluation
 from validation.audio import AudioError
 from validation.evaluation import (
-    Decoded,
     Evaluation,
     Pace,
     Utterance,
     clock,
     decode_streamed,
-    decode_windowed,
     evaluate,
     first_difference,
-    plan_windows,
     read_manifest,
     read_utterance,
 )
 from validation.metrics import word_errors
+from validation.windowing import Decoded, decode_windowed, plan_windows
 
 
 def _wav(path, seconds, rate=16000, channels=1, value=0.1):

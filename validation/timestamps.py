@@ -1,0 +1,80 @@
+"""Word start and end times from a TDT transcript, by NeMo's rules (``AbstractRNNTDecoding``'s
+TDT offsets, ``_refine_timestamps_tdt`` and ``timestamp_utils.get_words_offsets``), so that an app
+that times words from the exported decoder's decisions gets NeMo's times.
+
+- A token starts at the encoder frame it was emitted at and ends ``duration`` frames later (the
+  duration the joint predicted with it).
+- A punctuation token gets no time of its own: it starts and ends where the token before it ends.
+  Left with its predicted duration, a full stop decided after a pause pushes its word's end into
+  the pause (one port found word ends up to 560 ms late).
+- A word starts at a piece that begins one (SentencePiece's ``▁``: the piece differs from its
+  text) and takes the pieces after it up to the next such piece; punctuation (a token whose text
+  is one of the tokenizer's punctuation marks) joins the word before it. The word starts where its first
+  token starts and ends where its last token ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from exporters.components import ModelDims
+
+
+@dataclass(frozen=True)
+class TimedWord:
+    word: str
+    start: int  # encoder frame
+    end: int  # encoder frame
+
+
+def token_spans(frames: list[int], durations: list[int], punctuation: list[bool]) -> list[tuple[int, int]]:
+    """Each token's (start, end) in encoder frames, punctuation refined to the previous token's end."""
+    spans = []
+    for i, (frame, duration) in enumerate(zip(frames, durations)):
+        if punctuation[i] and spans:
+            spans.append((spans[-1][1], spans[-1][1]))
+        else:
+            spans.append((frame, frame + duration))
+    return spans
+
+
+def timed_words(pieces: list[str], texts: list[str], frames: list[int], durations: list[int],
+                supported_punctuation: set[str], detokenize: Callable[[list[str]], str]) -> list[TimedWord]:
+    """The words of a transcript with their start and end frames: its tokens' pieces, each token's
+    text on its own (a piece that begins a word differs from it), emission frames and durations."""
+    punctuation = [text in supported_punctuation for text in texts]
+    spans = token_spans(frames, durations, punctuation)
+    words, current = [], []  # current: indices of the word being built
+
+    def close():
+        if current:
+            words.append(TimedWord(detokenize([pieces[i] for i in current]), spans[current[0]][0],
+                                   spans[current[-1]][1]))
+
+    for i, (piece, text) in enumerate(zip(pieces, texts)):
+        if punctuation[i] and not current and words:  # after a finished word: it joins it, its end the mark's
+            last = words[-1]
+            words[-1] = TimedWord(last.word + text, last.start, spans[i][1])
+        elif piece != text and not punctuation[i]:  # a piece that begins a word
+            close()
+            current = [i]
+        else:  # within a word (a mark before any word begins one)
+            current.append(i)
+    close()
+    return words
+
+
+def word_timer(model, dims: ModelDims) -> Callable:
+    """``(tokens, frames, durations) -> [(word, start s, end s)]`` for the model's tokenizer."""
+    tokenizer = model.tokenizer
+    supported = set(getattr(model.decoding, "supported_punctuation", None) or ())  # NeMo's, from the vocabulary
+    seconds = dims.encoder_hop / dims.sample_rate
+
+    def timed(tokens: list[int], frames: list[int], durations: list[int]) -> list[tuple[str, float, float]]:
+        pieces = tokenizer.ids_to_tokens(list(tokens)) if tokens else []
+        texts = [tokenizer.ids_to_text([token]) for token in tokens]
+        words = timed_words(pieces, texts, frames, durations, supported, tokenizer.tokens_to_text)
+        return [(w.word.strip(), round(w.start * seconds, 3), round(w.end * seconds, 3)) for w in words]
+
+    return timed

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from validation.audio import espeak_say
+from validation.audio import espeak_say, espeak_say_timed
 
 NOUNS = (
     "cat dog bird fish horse child teacher doctor farmer driver singer player captain student friend neighbour "
@@ -99,14 +99,26 @@ class Utterance:
 
     def render(self, sample_rate: int) -> np.ndarray:
         """The recording: espeak-ng speech, 0.1 to 0.3 s of silence around it, white noise at snr_db."""
-        rng = np.random.default_rng(self.noise_seed)
         speech = espeak_say(self.text, sample_rate, voice=self.voice, words_per_minute=self.words_per_minute,
                             pitch=self.pitch)
+        return self._in_room(speech, sample_rate)[0]
+
+    def render_timed(self, sample_rate: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
+        """The recording as ``render`` makes it, from espeak-ng's library, with each word's (start,
+        end) in seconds as the synthesiser placed it."""
+        speech, spans = espeak_say_timed(self.text, sample_rate, voice=self.voice,
+                                         words_per_minute=self.words_per_minute, pitch=self.pitch)
+        audio, lead = self._in_room(speech, sample_rate)
+        return audio, [(start + lead, end + lead) for start, end in spans]
+
+    def _in_room(self, speech: np.ndarray, sample_rate: int) -> tuple[np.ndarray, float]:
+        """The speech with its leading and trailing silence and noise, and the lead in seconds."""
+        rng = np.random.default_rng(self.noise_seed)
         lead, tail = (int(rng.uniform(0.1, 0.3) * sample_rate) for _ in range(2))
         audio = np.concatenate([np.zeros(lead, np.float32), speech, np.zeros(tail, np.float32)])
         power = float(np.mean(speech**2)) or 1e-8
         noise = rng.standard_normal(audio.size).astype(np.float32) * np.sqrt(power / 10 ** (self.snr_db / 10))
-        return (audio + noise).astype(np.float32)
+        return (audio + noise).astype(np.float32), lead / sample_rate
 
 
 def utterances(texts: list[str], seed: int) -> list[Utterance]:

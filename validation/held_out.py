@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from validation.evaluation import (
     read_utterance,
     token_text,
 )
+from validation.windowing import window_stride
 
 # fp32 exports of a confident model must transcribe exactly like NeMo; the rest within the bound.
 EXACT_LABELS = ("float32",)
@@ -97,7 +99,172 @@ def long_form_manifest(cache: ExportCache, dims: ModelDims, seed: int = SEED) ->
     return cache.get_or_build(key, build).path / MANIFEST
 
 
-BUILTIN_SETS = {"held-out": held_out_manifest, "long-form": long_form_manifest}
+# -- stress sets: the places where long-audio decoding loses words, with every word's time ---------
+
+STRESS_PAUSE_SECONDS = (0.2, 3.0)  # the pauses between the seams set's sentences
+BOUNDARIES_PER_RECORDING = 3
+SILENCE_FLOOR_DB = -60.0  # the room between sentences, against full scale
+
+
+class _TimedPool:
+    """The held-out sentences (never trained on) in a seeded order, rendered with word times on
+    first use; each taken once."""
+
+    def __init__(self, dims: ModelDims, seed: int):
+        test = split_utterances(SEED, SPLITS)["test"]
+        self.unused = [test[int(i)] for i in np.random.default_rng(seed).permutation(len(test))]
+        self.rate = dims.sample_rate
+        self.rendered = {}
+
+    def _sentence(self, utterance):
+        if utterance.text not in self.rendered:
+            self.rendered[utterance.text] = (utterance.text, *utterance.render_timed(self.rate))
+        return self.rendered[utterance.text]
+
+    def peek(self):
+        return self._sentence(self.unused[0])
+
+    def take(self, fits=lambda sentence: True):
+        """The first unused sentence that ``fits`` (text, audio, word spans), or None."""
+        for i, utterance in enumerate(self.unused):
+            sentence = self._sentence(utterance)
+            if fits(sentence):
+                del self.unused[i]
+                return sentence
+        return None
+
+
+def _place(timeline: list, start: float, sentence, rate: int) -> float:
+    """Put ``sentence`` (text, audio, word spans) on the timeline at ``start`` seconds, at full
+    gain; returns where it ends."""
+    text, audio, spans = sentence
+    timeline.append((start, audio, spans, text, 0.0))
+    return start + audio.size / rate
+
+
+def _write_recording(tmp: Path, name: str, case: str, timeline: list, seconds: float, dims: ModelDims,
+                     rng: np.random.Generator) -> dict:
+    """The timeline rendered over room noise, and its manifest row with every word's time."""
+    rate = dims.sample_rate
+    audio = rng.standard_normal(int(round(seconds * rate))).astype(np.float32) * np.float32(
+        10 ** (SILENCE_FLOOR_DB / 20))
+    texts, times = [], []
+    for start, samples, spans, text, gain_db in sorted(timeline, key=lambda item: item[0]):
+        at = int(round(start * rate))
+        part = samples[: audio.size - at] * np.float32(10 ** (gain_db / 20))
+        audio[at:at + part.size] += part
+        texts.append(text)
+        times += [[round(start + a, 3), round(start + b, 3)] for a, b in spans]
+    soundfile.write(str(tmp / f"{name}.wav"), audio, rate, subtype="FLOAT")
+    return {"audio_filepath": f"{name}.wav", "text": " ".join(texts), "duration": round(audio.size / rate, 3),
+            "case": case, "word_times": times}
+
+
+def planned_boundaries(dims: ModelDims, count: int) -> dict[str, list[float]]:
+    """The default windows' boundaries in seconds, by kind: where a later window starts, the
+    midpoint of an overlap (where the merge switches windows) and where an earlier window ends."""
+    stride = window_stride(dims) / dims.sample_rate
+    window = dims.max_audio_seconds
+    return {"window_start": [k * stride for k in range(1, count + 1)],
+            "overlap_midpoint": [k * stride + (window - stride) / 2 for k in range(1, count + 1)],
+            "window_end": [(k - 1) * stride + window for k in range(1, count + 1)]}
+
+
+def _fits(sentence, seconds: float, rate: int) -> bool:
+    return sentence[1].size / rate <= seconds
+
+
+def _straddling(pool: _TimedPool, rng: np.random.Generator, boundary: float, earliest: float):
+    """A sentence, and where it starts so that the middle of one of its inner words is on
+    ``boundary``, starting no earlier than ``earliest``."""
+    chosen = {}
+
+    def straddles(sentence) -> bool:
+        spans = sentence[2]
+        inner = list(range(1, len(spans) - 1)) or list(range(len(spans)))
+        a, b = spans[int(rng.choice(inner))]
+        chosen["start"] = boundary - (a + b) / 2
+        return chosen["start"] >= earliest
+
+    sentence = pool.take(straddles)
+    return sentence, chosen["start"]
+
+
+def seams_manifest(cache: ExportCache, dims: ModelDims, seed: int = SEED) -> Path:
+    """Recordings in which a word straddles every planned window boundary of one kind (window
+    starts, overlap midpoints, window ends: two recordings of each), the sentences between them
+    apart by pauses of 0.2 to 3 s."""
+    key = cache_key(kind="seams-set", seed=seed, espeak=espeak_version(), sample_rate=dims.sample_rate,
+                    window=dims.max_audio_samples, hop=dims.encoder_hop, stride=window_stride(dims),
+                    pauses=STRESS_PAUSE_SECONDS, floor=SILENCE_FLOOR_DB)
+
+    def build(tmp):
+        rng, pool, rate = np.random.default_rng(seed), _TimedPool(dims, seed), dims.sample_rate
+        shortest, longest = STRESS_PAUSE_SECONDS
+        rows = []
+        for copy in range(2):
+            for kind, boundaries in planned_boundaries(dims, BOUNDARIES_PER_RECORDING).items():
+                timeline, t = [], float(rng.uniform(0.3, 1.0))
+                for boundary in boundaries:
+                    sentence, start = _straddling(pool, rng, boundary, t + shortest)
+                    while start - t > longest:  # the gap filled with sentences and pauses of 0.2 to 3 s
+                        filler = pool.take(partial(_fits, seconds=start - t - 2 * shortest, rate=rate))
+                        left = start - t - filler[1].size / rate  # the two pauses around the filler
+                        low, high = max(shortest, left - longest), min(longest, left - shortest)
+                        pause = float(rng.uniform(low, high) if low <= high else rng.uniform(shortest, longest))
+                        t = _place(timeline, t + pause, filler, rate)
+                    t = _place(timeline, start, sentence, rate)
+                rows.append(_write_recording(tmp, f"seams_{kind}_{copy}", kind, timeline,
+                                             t + float(rng.uniform(0.5, 1.5)), dims, rng))
+        _write_manifest(tmp, rows)
+        return {"utterances": len(rows)}
+
+    return cache.get_or_build(key, build).path / MANIFEST
+
+
+SILENCE_CASES = {
+    # name: (leading silence s, speech s, pause between sentences s, trailing silence s, last sentence's gain dB)
+    "speech_then_silence": ((0.0, 0.0), 12.0, (0.2, 0.8), (3.0, 3.0), (0.0, 0.0)),
+    "silence_then_speech": ((3.0, 4.0), 10.0, (0.2, 0.8), (0.2, 0.5), (0.0, 0.0)),
+    "long_pauses": ((0.2, 0.5), 30.0, (3.0, 6.0), (0.2, 0.5), (0.0, 0.0)),
+    "lead_and_trail": ((2.0, 3.0), 20.0, (0.2, 0.8), (3.0, 5.0), (0.0, 0.0)),
+    "quiet_ending": ((0.2, 0.5), 20.0, (0.2, 0.8), (0.2, 0.5), (-30.0, -20.0)),
+    "quiet_ending_one_window": ((0.2, 0.5), 11.0, (0.2, 0.8), (0.2, 0.5), (-30.0, -20.0)),
+}
+
+
+def silence_manifest(cache: ExportCache, dims: ModelDims, seed: int = SEED) -> Path:
+    """Silence where decoders lose words (``SILENCE_CASES``, two recordings each): a window of
+    12 s of speech and 3 s of silence, silence first, several seconds between sentences, leading
+    and trailing silence, and a last sentence 20 to 30 dB quieter than the rest."""
+    key = cache_key(kind="silence-set", seed=seed, espeak=espeak_version(), sample_rate=dims.sample_rate,
+                    cases=SILENCE_CASES, floor=SILENCE_FLOOR_DB, window=dims.max_audio_samples)
+
+    def build(tmp):
+        rng, pool = np.random.default_rng(seed + 1), _TimedPool(dims, seed + 1)
+        rows = []
+        for copy in range(2):
+            for case, (lead, speech, pauses, trail, last_gain) in SILENCE_CASES.items():
+                begin = float(rng.uniform(*lead))
+                timeline, t = [], begin
+                while True:  # sentences until the next would pass the case's seconds of speech
+                    start = t + float(rng.uniform(*pauses)) if timeline else t
+                    if timeline and start + pool.peek()[1].size / dims.sample_rate > begin + speech:
+                        break
+                    t = _place(timeline, start, pool.take(), dims.sample_rate)
+                if last_gain != (0.0, 0.0):
+                    start, audio, spans, text, _ = timeline[-1]
+                    timeline[-1] = (start, audio, spans, text, float(rng.uniform(*last_gain)))
+                rows.append(_write_recording(tmp, f"silence_{case}_{copy}", case, timeline,
+                                             t + float(rng.uniform(*trail)), dims, rng))
+        _write_manifest(tmp, rows)
+        return {"utterances": len(rows)}
+
+    return cache.get_or_build(key, build).path / MANIFEST
+
+
+BUILTIN_SETS = {"held-out": held_out_manifest, "long-form": long_form_manifest, "seams": seams_manifest,
+                "silence": silence_manifest}
 
 
 def manifest_path(text: str, cache: ExportCache, dims: ModelDims) -> Path:

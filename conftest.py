@@ -26,6 +26,7 @@ from validation.held_out import held_out_evaluation
 from validation.metrics import NORMALIZERS
 from validation.streaming import stream_audio
 from validation.tolerances import MAX_WER_DIFFERENCE_POINTS, PSNR_FLOOR_DB, load_gates, load_tolerances
+from validation.windowing import DEFAULT_STRATEGY, STRATEGIES
 
 pytest_plugins = ["reports.plugin"]
 
@@ -48,7 +49,11 @@ def pytest_addoption(parser):
                          "besides the synthetic speech and the edge inputs")
     group.addoption("--manifest", dest="manifest", default=None, metavar="FILE.jsonl",
                     help="evaluate a data set with -m parity, one test per utterance: NeMo's manifest, or "
-                         "builtin:held-out / builtin:long-form (the trained model's own)")
+                         "builtin:held-out / builtin:long-form / builtin:seams / builtin:silence (the trained "
+                         "model's own)")
+    group.addoption("--strategy", dest="strategy", default=DEFAULT_STRATEGY, choices=list(STRATEGIES),
+                    help="how --manifest's long recordings are cut into windows and merged "
+                         f"(default {DEFAULT_STRATEGY}): {', '.join(STRATEGIES)}")
     group.addoption("--normalizer", dest="normalizer", default="whisper-english", choices=NORMALIZERS,
                     help="text normalisation before WER in the data-set evaluation (default whisper-english)")
     group.addoption("--max-wer-difference", dest="max_wer_difference", type=float, default=MAX_WER_DIFFERENCE_POINTS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from reports.metadata import update_metadata
-from reports.plots import EVALUATION_DIR, Caption, evaluation_plots
+from reports.plots import EVALUATION_DIR, Caption, evaluation_plots, long_audio_plots
 
 
 def write_evaluation(directory: Path, description: dict, block: dict, records: list[dict]
@@ -16,3 +16,13 @@ def write_evaluation(directory: Path, description: dict, block: dict, records: l
                                       f"{block['normalizer']} normaliser")
     plots, skipped = evaluation_plots(block, records, caption, Path(directory) / EVALUATION_DIR)
     return path, plots, skipped
+
+
+def write_long_audio(directory: Path, description: dict, sets: dict[str, dict]) -> tuple[Path, list[Path]]:
+    """The ``long_audio`` block (each set's evaluation block, every strategy in it) into
+    ``directory``/metadata.json, and the strategies × sets plots beside it."""
+    path = update_metadata(directory, description, long_audio=sets)
+    first = next(iter(sets.values()))
+    caption = Caption.of(description, f"{', '.join(sets)} · backend {first.get('backend', '?')} · "
+                                      f"{first['normalizer']} normaliser")
+    return path, long_audio_plots(sets, caption, Path(directory) / EVALUATION_DIR)

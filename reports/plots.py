@@ -530,7 +530,80 @@ def evaluation_plots(block: dict, records: list[dict], caption: Caption, out_dir
         ax.set_ylabel("WER points")
         ax.tick_params(axis="x", labelsize=8)
         drawn.append(_save(plt, fig, caption, "Where the WER comes from", out_dir / "wer_decomposition.png"))
+    drawn += long_audio_plots({block.get("set") or "this set": block}, caption, out_dir)
     return drawn, skipped
+
+
+def long_audio_plots(sets: dict[str, dict], caption: Caption, out_dir: Path) -> list[Path]:
+    """Strategies × sets (each set's evaluation block with ``strategies``): WER of NeMo on the
+    windows and of the export, NeMo on whole recordings as a line; and the export's word errors
+    near the seams against elsewhere. With rendered word times, the word timing too."""
+    drawn = []
+    with_strategies = {name: block for name, block in sets.items() if block.get("strategies")}
+    if with_strategies:
+        plt, fig, axes = _figure(2, height=3.0, width=max(7.0, 4.2 * len(with_strategies)))
+        fig.clf()
+        grid = fig.subplots(2, len(with_strategies), squeeze=False)
+        for column, (name, block) in enumerate(with_strategies.items()):
+            strategies = block["strategies"]
+            names = list(strategies)
+            x = np.arange(len(names))
+            wer, seams_ax = grid[0][column], grid[1][column]
+            for i, (label, color) in enumerate((("nemo_windowed", "#4c72b0"), ("export", "#55a868"))):
+                values = [100 * strategies[n]["wer"][label]["wer"] for n in names]
+                bars = wer.bar(x + (i - 0.5) * 0.38, values, 0.38, color=color, label=label)
+                wer.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=7, padding=1)
+            full = 100 * strategies[names[0]]["wer"]["nemo_full"]["wer"]
+            wer.axhline(full, color="grey", linestyle="--", linewidth=0.9, label=f"nemo_full {full:.2f}")
+            wer.set_title(f"{name}: WER by strategy", fontsize=9)
+            wer.set_xticks(x, names, fontsize=8)
+            wer.set_ylabel("WER (%)")
+            wer.margins(y=0.4)
+            wer.legend(fontsize=7, loc="upper left")
+            for i, (side, color) in enumerate((("near_seams", "#c44e52"), ("elsewhere", "#8c8c8c"))):
+                losses = [strategies[n].get("seam_losses", {}).get("export", {}).get(side, {}) for n in names]
+                values = [100 * (c.get("rate") or 0.0) for c in losses]
+                bars = seams_ax.bar(x + (i - 0.5) * 0.38, values, 0.38, color=color,
+                                    label=f"{side.replace('_', ' ')} (±1 s)" if side == "near_seams" else side)
+                seams_ax.bar_label(bars, labels=[f"{v:.1f}% of {c.get('words', 0)}\n{c.get('dropped', 0)}d "
+                                                 f"{c.get('substituted', 0)}s {c.get('inserted', 0)}i "
+                                                 f"{c.get('duplicated', 0)}r" for v, c in zip(values, losses)],
+                                   fontsize=6, padding=1)
+            seams_ax.set_title(f"{name}: export word errors per reference word", fontsize=9)
+            seams_ax.set_xticks(x, names, fontsize=8)
+            seams_ax.set_ylabel("errors (%)")
+            seams_ax.margins(y=0.8)
+            seams_ax.legend(fontsize=7, loc="upper left", title="d dropped, s substituted, i inserted, r repeated",
+                            title_fontsize=6)
+        drawn.append(_save(plt, fig, caption, "Long-audio strategies side by side: WER and word errors at the seams",
+                           out_dir / "long_audio_strategies.png"))
+    timed = {name: block for name, block in sets.items() if block.get("timing_error")}
+    if timed:
+        plt, fig, _ = _figure(1, height=3.4, width=max(7.0, 4.2 * len(timed)))
+        fig.clf()
+        grid = fig.subplots(1, len(timed), squeeze=False)[0]
+        for ax, (name, block) in zip(grid, timed.items()):
+            labels = list(block["timing_error"])
+            x = np.arange(len(labels))
+            for i, (key, color) in enumerate((("mean_abs_start_ms", "#4c72b0"), ("max_abs_start_ms", "#a6bddb"),
+                                              ("mean_abs_end_ms", "#dd8452"), ("max_abs_end_ms", "#fdd0a2"))):
+                values = [block["timing_error"][label][key] or 0.0 for label in labels]
+                bars = ax.bar(x + (i - 1.5) * 0.2, values, 0.2, color=color, label=key.replace("_", " "))
+                ax.bar_label(bars, labels=[f"{v:.0f}" for v in values], fontsize=6, padding=1)
+            exported = block.get("word_timing", {}).get("export")
+            if exported:
+                ax.set_xlabel("\n".join(textwrap.wrap(
+                    f"export against NeMo on the same windows: {exported['words']} words, starts up to "
+                    f"{exported['max_abs_start_ms']:g} ms and ends up to {exported['max_abs_end_ms']:g} ms apart", 60)),
+                    fontsize=7)
+            ax.set_xticks(x, labels, fontsize=8)
+            ax.set_ylabel("|model − rendered| (ms)")
+            ax.set_title(f"{name}: word times against the rendered ones", fontsize=9)
+            ax.margins(y=0.45)
+            ax.legend(fontsize=7, loc="upper left", ncol=2)
+        drawn.append(_save(plt, fig, caption, "Word timestamps from the TDT decisions against the rendered word times",
+                           out_dir / "word_timing.png"))
+    return drawn
 
 
 STREAMING_DIR = Path("plots") / "streaming"

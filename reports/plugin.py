@@ -16,13 +16,14 @@ import pytest
 
 from exporters.components import ExportError
 from exporters.publish import publish, staged_output
-from reports.evaluation import EVALUATION_DIR, write_evaluation
+from reports.evaluation import EVALUATION_DIR, write_evaluation, write_long_audio
 from reports.parity import ParityReport
 from reports.quantization import write_quantization
 from reports.streaming import STREAMING_REPORT_DIR, streaming_block, write_streaming
 from validation.evaluation import BadInput, Evaluation
 from validation.timing import flagged
 from validation.tolerances import load_gates
+from validation.windowing import STRATEGIES
 
 LATENCY_REPORT = pytest.StashKey["object"]()
 _OUTBOX = pytest.StashKey[list]()
@@ -50,7 +51,7 @@ def _results_travel_with_the_test(request):
 class Gathered:
     """The results the tests sent, by kind: ``parity_context`` and ``parity`` (``ClipParity``
     records), ``held_out``, ``quantization_context`` and ``quantization`` (variant records),
-    ``evaluation_context``, ``evaluation`` and ``evaluation_bad``, ``streaming_context`` and
+    ``evaluation_context``, ``evaluation`` and ``evaluation_bad``, ``long_audio``, ``streaming_context`` and
     ``streaming`` (``StreamParity`` records)."""
 
     def __init__(self):
@@ -122,6 +123,14 @@ def pytest_sessionfinish(session, exitstatus):
             noisy = flagged(report.block())
             line += f"; {len(noisy)} case(s) flagged" + "".join(f"\n  FLAGGED {n}" for n in noisy)
         lines.append(line)
+    if "long_audio" in gathered.latest:
+        sent = gathered.latest["long_audio"]
+        try:
+            path, plots = write_long_audio(config.option.report_dir, sent["description"], sent["sets"])
+            lines.append(f"long-audio report: long_audio block in {path}; {len(plots)} plot(s) in "
+                         f"{plots[0].parent if plots else 'none'}")
+        except ExportError as e:
+            lines.append(f"long-audio report not written: {e}")
     if gathered.streaming and "streaming_context" in gathered.latest:
         lines.append(_write_streaming(config, gathered))
     if gathered.variants and "quantization_context" in gathered.latest:
@@ -146,7 +155,8 @@ def _write_evaluation(config, gathered: Gathered) -> tuple[str, bool]:
     records = sorted(gathered.evaluation.values(), key=lambda r: r["key"])
     result = Evaluation(["export"], context.pop("normalizer"), context.pop("max_wer_difference_points") / 100,
                         ["export"] if context["compute_precision"] == "float32" else [], records,
-                        [BadInput(*line.split(": ", 1)) for line in sorted(gathered.evaluation_bad)])
+                        [BadInput(*line.split(": ", 1)) for line in sorted(gathered.evaluation_bad)],
+                        strategy=STRATEGIES[context["windows"]["strategy"]])
     block = result.block(context)
     passed = block["status"] == "passed"
     verdict = "passed" if passed else "FAILED: " + "; ".join(block["failures"])

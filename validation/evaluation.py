@@ -112,6 +112,7 @@ class Utterance:
     offset: float = 0.0
     duration: float | None = None
     word_times: tuple[tuple[float, float], ...] | None = None  # each text word's (start, end) s, where known
+    case: str | None = None  # the manifest's ``case``: which kind of recording of a stress set
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,8 @@ def read_manifest(path: Path) -> tuple[list[Utterance], list[BadInput]]:
         if reason:
             bad.append(BadInput(where, reason))
             continue
-        utterances.append(Utterance(where, audio, text, offset, duration, word_times))
+        case = row.get("case") if isinstance(row.get("case"), str) else None
+        utterances.append(Utterance(where, audio, text, offset, duration, word_times, case))
     return utterances, bad
 
 
@@ -427,6 +429,7 @@ def evaluate_utterance(utterance: Utterance, samples: np.ndarray, decoders: dict
     record = {"key": utterance.key, "audio": str(utterance.audio), "seconds": round(samples.size / dims.sample_rate, 3),
               **({"windows": len(windows), "seams_s": [round(f * seconds_per_frame, 3) for f in seams(windows)]}
                  if windows is not None else {}),
+              **({"case": utterance.case} if utterance.case else {}),
               "reference": utterance.text, "transcripts": texts,
               "tokens": {label: d.tokens for label, d in decoded.items()},
               "token_probs": [round(p, 4) for p in decoded[reference].probs], "decode_seconds": took}
@@ -604,10 +607,18 @@ class Evaluation:
             "seconds_per_audio_minute": self.seconds_per_audio_minute(),
             "worst": {label: self.worst(label) for label in self.exports},
             **({"strategy": self.strategy.name} if self.paths == WINDOWED else {}),
+            **({"wer_by_case": self.wer_by_case()} if any("case" in r for r in self.with_text()) else {}),
             **self.words_in_time(),
             **({"strategies": {name: self.under(name).strategy_summary() for name in
                                [self.strategy.name, *self.compared]}} if self.compared else {}),
         }
+
+    def wer_by_case(self) -> dict:
+        """Each path's WER over the recordings of each ``case`` of a stress set."""
+        cases = list(dict.fromkeys(r["case"] for r in self.with_text() if "case" in r))
+        labels = [*self.paths.nemo, *self.exports]
+        return {case: {label: sum((_errors(r, "wer", label) for r in self.with_text() if r.get("case") == case),
+                                  WordErrors(0, 0, 0, 0)).as_dict() for label in labels} for case in cases}
 
     def under(self, name: str) -> Evaluation:
         """The same utterances as another strategy cut them (one of ``compared``), or this one."""
@@ -643,6 +654,7 @@ class Evaluation:
                 f"identical_to_{reference}": {label: sum(r["identical"][label] for r in self.records)
                                               for label in self.exports},
                 "failures": [f for f in (self.failure(label) for label in self.exports) if f],
+                **({"wer_by_case": self.wer_by_case()} if any("case" in r for r in self.with_text()) else {}),
                 **{k: v for k, v in self.words_in_time().items() if k == "seam_losses"}}
 
 

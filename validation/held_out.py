@@ -148,16 +148,17 @@ def _write_recording(tmp: Path, name: str, case: str, timeline: list, seconds: f
     rate = dims.sample_rate
     audio = rng.standard_normal(int(round(seconds * rate))).astype(np.float32) * np.float32(
         10 ** (SILENCE_FLOOR_DB / 20))
-    texts, times = [], []
+    texts, times, sentences = [], [], []
     for start, samples, spans, text, gain_db in sorted(timeline, key=lambda item: item[0]):
         at = int(round(start * rate))
         part = samples[: audio.size - at] * np.float32(10 ** (gain_db / 20))
         audio[at:at + part.size] += part
         texts.append(text)
         times += [[round(start + a, 3), round(start + b, 3)] for a, b in spans]
+        sentences.append([len(spans), round(gain_db, 2)])
     soundfile.write(str(tmp / f"{name}.wav"), audio, rate, subtype="FLOAT")
     return {"audio_filepath": f"{name}.wav", "text": " ".join(texts), "duration": round(audio.size / rate, 3),
-            "case": case, "word_times": times}
+            "case": case, "word_times": times, "sentences": sentences}
 
 
 def planned_boundaries(dims: ModelDims, count: int) -> dict[str, list[float]]:
@@ -194,7 +195,7 @@ def seams_manifest(cache: ExportCache, dims: ModelDims, seed: int = SEED) -> Pat
     """Recordings in which a word straddles every planned window boundary of one kind (window
     starts, overlap midpoints, window ends: two recordings of each), the sentences between them
     apart by pauses of 0.2 to 3 s."""
-    key = cache_key(kind="seams-set", seed=seed, espeak=espeak_version(), sample_rate=dims.sample_rate,
+    key = cache_key(kind="seams-set", version=2, seed=seed, espeak=espeak_version(), sample_rate=dims.sample_rate,
                     window=dims.max_audio_samples, hop=dims.encoder_hop, stride=window_stride(dims),
                     pauses=STRESS_PAUSE_SECONDS, floor=SILENCE_FLOOR_DB)
 
@@ -237,7 +238,7 @@ def silence_manifest(cache: ExportCache, dims: ModelDims, seed: int = SEED) -> P
     """Silence where decoders lose words (``SILENCE_CASES``, two recordings each): a window of
     12 s of speech and 3 s of silence, silence first, several seconds between sentences, leading
     and trailing silence, and a last sentence 20 to 30 dB quieter than the rest."""
-    key = cache_key(kind="silence-set", seed=seed, espeak=espeak_version(), sample_rate=dims.sample_rate,
+    key = cache_key(kind="silence-set", version=2, seed=seed, espeak=espeak_version(), sample_rate=dims.sample_rate,
                     cases=SILENCE_CASES, floor=SILENCE_FLOOR_DB, window=dims.max_audio_samples)
 
     def build(tmp):

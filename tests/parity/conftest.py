@@ -16,6 +16,8 @@ from validation.audio import parity_clip_names, parity_clips
 from validation.checks import ParityRunner
 from validation.evaluation import decoders_for, evaluate_utterance, read_manifest, read_utterance, token_text
 from validation.held_out import manifest_path
+from validation.timestamps import word_timer
+from validation.windowing import STRATEGIES
 
 
 def pytest_generate_tests(metafunc):
@@ -53,18 +55,20 @@ def evaluate_one(pytestconfig, session_exporters, torch_model, dims, predictor, 
     session's exports at ``--compute-precision`` as ``export``."""
     opt = pytestconfig.option
     packages = {e.name: e.package for e in session_exporters[opt.compute_precision].export_all(DECODE)}
-    decoders = decoders_for(torch_model, dims, {"export": packages}, predictor)
-    text = token_text(torch_model)
+    strategy = STRATEGIES[opt.strategy]
+    decoders = decoders_for(torch_model, dims, {"export": packages}, predictor, strategy)
+    text, timer = token_text(torch_model), word_timer(torch_model, dims)
 
     def run(utterance):
         samples = read_utterance(utterance, dims.sample_rate)
-        return evaluate_utterance(utterance, samples, decoders, text, dims, opt.normalizer)
+        return evaluate_utterance(utterance, samples, decoders, text, dims, opt.normalizer, strategy=strategy,
+                                  timer=timer)[0]
 
     return run
 
 
 @pytest.fixture(scope="session")
-def evaluation_context(pytestconfig, session_exporters, backend) -> dict:
+def evaluation_context(pytestconfig, session_exporters, backend, dims) -> dict:
     """What the plugin needs to write the evaluation block (sent once per process: under ``-n``
     the controller has no fixtures of its own)."""
     opt = pytestconfig.option
@@ -72,7 +76,8 @@ def evaluation_context(pytestconfig, session_exporters, backend) -> dict:
     context = {"description": exporter.metadata(exporter.export_all(DECODE)), "manifest": opt.manifest,
                "normalizer": opt.normalizer, "max_wer_difference_points": opt.max_wer_difference,
                "compute_precision": opt.compute_precision, "backend": backend,
-               "values_from": describe_backend(backend), "compute_units": opt.compute_units}
+               "values_from": describe_backend(backend), "compute_units": opt.compute_units,
+               "windows": STRATEGIES[opt.strategy].describe(dims)}
     send(pytestconfig, "evaluation_context", context)
     return context
 

@@ -553,6 +553,13 @@ def long_audio_plots(sets: dict[str, dict], caption: Caption, out_dir: Path) -> 
                 values = [100 * strategies[n]["wer"][label]["wer"] for n in names]
                 bars = wer.bar(x + (i - 0.5) * 0.38, values, 0.38, color=color, label=label)
                 wer.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=7, padding=1)
+            pipeline = [(i, 100 * strategies[n]["wer"]["nemo_pipeline"]["wer"]) for i, n in enumerate(names)
+                        if "nemo_pipeline" in strategies[n]["wer"]]
+            if pipeline:
+                wer.scatter([i for i, _ in pipeline], [v for _, v in pipeline], marker="D", color="black", zorder=3,
+                            label="NeMo's own buffered pipeline")
+                for i, v in pipeline:
+                    wer.annotate(f"{v:.2f}", (i, v), textcoords="offset points", xytext=(8, -3), fontsize=7)
             full = 100 * strategies[names[0]]["wer"]["nemo_full"]["wer"]
             wer.axhline(full, color="grey", linestyle="--", linewidth=0.9, label=f"nemo_full {full:.2f}")
             wer.set_title(f"{name}: WER by strategy", fontsize=9)

@@ -32,6 +32,7 @@ import json
 import math
 import re
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -72,7 +73,17 @@ from validation.metrics import (
 )
 from validation.streaming import PackageStream, stream_predicts
 from validation.tolerances import MAX_WER_DIFFERENCE_POINTS
-from validation.windowing import DEFAULT_STRATEGY, STRATEGIES, Decode, Decoded, Strategy, Transcribe, seams, windowed
+from validation.windowing import (
+    BUFFERED_SECONDS,
+    DEFAULT_STRATEGY,
+    STRATEGIES,
+    Decode,
+    Decoded,
+    Strategy,
+    Transcribe,
+    seams,
+    windowed,
+)
 
 WORD = re.compile(r"\w")
 
@@ -92,6 +103,10 @@ class Paths:
 
     def as_dict(self) -> dict:
         return {"model": self.model, "reference": self.reference, "middle": self.middle}
+
+    def is_nemo(self, label: str) -> bool:
+        """A NeMo path (these, or NeMo's own pipeline beside a strategy), never an export."""
+        return label in self.nemo or label == NEMO_PIPELINE
 
 
 WINDOWED = Paths("nemo_windowed", "windowing")  # 15 s windows, merged
@@ -373,6 +388,48 @@ def package_stream_decoder(model, packages: dict, load, dims: ModelDims, streami
     return decode
 
 
+NEMO_PIPELINE = "nemo_pipeline"  # NeMo's own buffered pipeline: a NeMo path beside the buffered strategy's
+
+
+def nemo_buffered_pipeline_decoder(model, dims: ModelDims) -> Transcribe:
+    """NeMo's own buffered transducer inference (``nemo.collections.asr.inference``'s
+    ``BufferedRNNTPipeline``, stateful, with the buffers of ``validation.windowing.BUFFERED_SECONDS``)
+    on the CPU: the reference a NeMo user runs. It gives text, not decisions: its transcript is that
+    text's tokens, with no frames or durations (so no word times)."""
+    # lazy: the pipeline's modules are imported only where NeMo's own buffered inference is compared
+    from nemo.collections.asr.inference.factory.buffered_pipeline_builder import BufferedPipelineBuilder
+    from omegaconf import OmegaConf  # lazy: as above
+
+    workdir = tempfile.TemporaryDirectory(prefix="parakeet-nemo-pipeline-")
+    checkpoint = Path(workdir.name) / "model.nemo"
+    model.save_to(str(checkpoint))  # the pipeline loads its own copy, by path
+    left, chunk, right = BUFFERED_SECONDS
+    cfg = OmegaConf.create({
+        "pipeline_type": "buffered", "asr_decoding_type": "rnnt", "matmul_precision": "highest", "log_level": 40,
+        "enable_itn": False, "enable_nmt": False, "enable_pnc": False, "asr_output_granularity": "segment",
+        "lang": None, "return_tail_result": False, "cache_dir": None, "nmt": None,
+        "asr": {"model_name": str(checkpoint), "device": "cpu", "device_id": 0, "compute_dtype": "float32",
+                "use_amp": False, "decoding": {"strategy": "greedy_batch", "greedy": {"max_symbols": 10}}},
+        "confidence": {"exclude_blank": True, "aggregation": "mean",
+                       "method_cfg": {"name": "entropy", "entropy_type": "tsallis", "alpha": 0.5,
+                                      "entropy_norm": "exp"}},
+        "endpointing": {"stop_history_eou": -1, "residue_tokens_at_end": 0},
+        "streaming": {"sample_rate": dims.sample_rate, "batch_size": 1, "left_padding_size": left,
+                      "chunk_size": chunk, "right_padding_size": right, "word_boundary_tolerance": 4,
+                      "request_type": "feature_buffer", "padding_mode": "right", "stateful": True},
+        "itn": {"batch_size": 1, "n_jobs": 1, "left_padding_size": 4}})
+    pipeline = BufferedPipelineBuilder.build(cfg)
+
+    def decode(samples: np.ndarray) -> Decoded:
+        path = Path(workdir.name) / "utterance.wav"
+        soundfile.write(str(path), samples, dims.sample_rate, subtype="FLOAT")
+        (out,) = pipeline.run([str(path)]).values()
+        return Decoded(list(model.tokenizer.text_to_ids(out["text"])) if out["text"].strip() else [], [])
+
+    decode.workdir = workdir  # kept as long as the decoder is
+    return decode
+
+
 def package_window_decoder(packages: dict, load, dims: ModelDims) -> Decode:
     """The exported mel_encoder, decoder and single-step joint on one window."""
     def decode(window: np.ndarray, length: int, frames=None, state=None) -> Decoded:
@@ -436,7 +493,7 @@ def evaluate_utterance(utterance: Utterance, samples: np.ndarray, decoders: dict
     if utterance.text is not None:
         record["wer"] = {label: word_errors(utterance.text, t, normalizer).as_dict() for label, t in texts.items()}
         record["wer_raw"] = {label: word_errors(utterance.text, t, "none").as_dict() for label, t in texts.items()}
-    exports = [label for label in decoded if label not in paths.nemo]
+    exports = [label for label in decoded if not paths.is_nemo(label)]
     record["agreement"] = {label: word_errors(texts[reference], texts[label], normalizer).as_dict()
                            for label in exports}
     record["agreement"][f"{reference}_vs_full"] = word_errors(texts[paths.model], texts[reference],
@@ -466,7 +523,7 @@ def words_in_time(utterance: Utterance, decoded: dict[str, Decoded], timer, path
         out["seam_losses"] = {label: seam_losses(placed, timed, seams_s) for label, timed in words.items()}
     if paths.reference in words:
         out["word_timing"] = {label: timing_summary(timing_differences(words[paths.reference], words[label]))
-                              for label in words if label not in paths.nemo}
+                              for label in words if not paths.is_nemo(label)}
     if rendered is not None:
         out["timing_error"] = {label: timing_summary(timing_differences(rendered, timed))
                                for label, timed in words.items()}
@@ -582,7 +639,7 @@ class Evaluation:
                  "first_difference": r["first_difference"][label]} for r in ranked]
 
     def block(self, context: dict) -> dict:
-        paths = [*self.paths.nemo, *self.exports]
+        paths = self.labels()
         reference = self.paths.reference
         failures = self.failures()
         return {
@@ -613,10 +670,15 @@ class Evaluation:
                                [self.strategy.name, *self.compared]}} if self.compared else {}),
         }
 
+    def labels(self) -> list[str]:
+        """Every path of the records: NeMo's (its own pipeline too, where every record has it) and the exports."""
+        pipeline = bool(self.records) and all(NEMO_PIPELINE in r["transcripts"] for r in self.records)
+        return [*self.paths.nemo, *([NEMO_PIPELINE] if pipeline else []), *self.exports]
+
     def wer_by_case(self) -> dict:
         """Each path's WER over the recordings of each ``case`` of a stress set."""
         cases = list(dict.fromkeys(r["case"] for r in self.with_text() if "case" in r))
-        labels = [*self.paths.nemo, *self.exports]
+        labels = self.labels()
         return {case: {label: sum((_errors(r, "wer", label) for r in self.with_text() if r.get("case") == case),
                                   WordErrors(0, 0, 0, 0)).as_dict() for label in labels} for case in cases}
 
@@ -649,8 +711,7 @@ class Evaluation:
         reference = self.paths.reference
         return {"merge": self.strategy.summary,
                 "windows": sum(r.get("windows", 0) for r in self.records),
-                "wer": {label: t.as_dict() for label in [*self.paths.nemo, *self.exports]
-                        if (t := self.total("wer", label))},
+                "wer": {label: t.as_dict() for label in self.labels() if (t := self.total("wer", label))},
                 f"identical_to_{reference}": {label: sum(r["identical"][label] for r in self.records)
                                               for label in self.exports},
                 "failures": [f for f in (self.failure(label) for label in self.exports) if f],
@@ -675,7 +736,7 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
     ``report``."""
     if normalizer not in NORMALIZERS:
         raise ExportError(f"--normalizer {normalizer!r}; expected one of: {', '.join(NORMALIZERS)}")
-    exports = [label for label in decoders if label not in paths.nemo]
+    exports = [label for label in decoders if not paths.is_nemo(label)]
     compared = compared or {}
     result = Evaluation(exports, normalizer, max_wer_difference, list(exact), bad=list(bad), paths=paths,
                         strategy=strategy, compared=list(compared))
@@ -734,8 +795,10 @@ def decoders_for(model, dims: ModelDims, exports: dict[str, dict], load,
 
 def windowed_decoders_for(model, dims: ModelDims, exports: dict[str, dict], load, strategy: Strategy
                           ) -> dict[str, Transcribe]:
-    """NeMo on the windows and each export on the windows, cut by ``strategy``."""
+    """NeMo on the windows and each export on the windows, cut by ``strategy`` (and for the
+    buffered strategy NeMo's own buffered pipeline beside them)."""
     return {WINDOWED.reference: windowed(nemo_window_decoder(model, dims), dims, strategy),
+            **({NEMO_PIPELINE: nemo_buffered_pipeline_decoder(model, dims)} if strategy.buffered else {}),
             **{label: windowed(package_window_decoder(packages, load, dims), dims, strategy)
                for label, packages in exports.items()}}
 

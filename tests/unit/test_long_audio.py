@@ -79,9 +79,9 @@ def test_buffers_hold_each_chunk_with_its_context_and_every_frame_once(seconds):
     assert kept == list(range(frames))
     for b in buffers:
         assert b.length <= DIMS.max_audio_samples and b.start == b.first_frame * HOP
-        assert b.keep[0] - b.first_frame == min(32, b.keep[0])  # 2.56 s of left context where there is audio
+        assert b.keep[0] - b.first_frame == min(20, b.keep[0])  # 1.6 s of left context where there is audio
         right = (b.start + b.length) // HOP - b.keep[1]
-        assert right == 32 or b.start + b.length == samples  # 2.56 s of right context, or the recording's end
+        assert right == 20 or b.start + b.length == samples  # 1.6 s of right context, or the recording's end
 
 
 def test_buffered_decoding_carries_the_decoder_state_and_keeps_only_each_chunk():

@@ -2,9 +2,12 @@
 
 ``held-out``: the test split of ``validation.corpus`` (sentences the model never saw in
 training), spoken by espeak-ng. ``long-form``: the same recordings joined into recordings of 30 to
-120 s with short pauses between them, and their joined text. Each is rendered once into the
-export cache with a NeMo manifest beside it, and evaluated by ``validation.evaluation`` like any
-manifest of a user's (``--manifest builtin:held-out``).
+120 s with short pauses between them, and their joined text. ``seams`` and ``silence``: stress
+sets of the same sentences rendered by espeak-ng's library with every word's time (the manifest's
+``word_times``, with ``case`` and ``sentences``: fields NeMo's loader ignores): words straddling
+every planned window boundary, and the silences where long-audio decoding loses words. Each is
+rendered once into the export cache with a NeMo manifest beside it, and evaluated by
+``validation.evaluation`` like any manifest of a user's (``--manifest builtin:held-out``).
 """
 
 from __future__ import annotations

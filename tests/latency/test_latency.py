@@ -1,5 +1,6 @@
 """Latency of every component, fused package and the whole decode: Torch against the exported
-packages on the same 15 s clip, timed by pytest-benchmark (``pytest --benchmark-only``).
+packages on the same 15 s clip, timed by pytest-benchmark (``pytest --benchmark-only``); and how
+long a stress set takes through the long-audio strategies.
 
 Each test times one side of one case with the other side run between its rounds (A/B/A/B, so
 both see the same load); the report plugin turns the paired rounds into the ``latency`` block of
@@ -12,13 +13,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exporters.components import COMPONENTS, STREAMING_COMPONENTS, get_components
+from exporters.components import COMPONENTS, DECODE, STREAMING_COMPONENTS, get_components
 from exporters.streaming import mel_chunks
 from runtimes.base import BackendUnavailable
 from runtimes.coreml import compile_and_place
+from validation.evaluation import decoders_for, evaluate, read_manifest, token_text, windowed_decoders_for
 from validation.greedy import Transcript
+from validation.held_out import BUILTIN_SETS
 from validation.streaming import stream_parity
+from validation.timestamps import word_timer
 from validation.timing import SIDES, TIMED, Partner, first_call, load_average, stream_case
+from validation.windowing import DEFAULT_STRATEGY, STRATEGIES
 
 pytestmark = pytest.mark.latency
 
@@ -138,3 +143,29 @@ def test_a_minute_of_streaming_verified_chunk_by_chunk(benchmark, streaming, str
     run = benchmark.pedantic(verify, rounds=1, warmup_rounds=0, iterations=1)
     benchmark.extra_info.update({"audio_seconds": 60.0, "chunks": len(run.chunks), "backend": backend})
     assert len(run.chunks) > 300 and not run.failures(), run.failures()[:5]
+
+
+@pytest.mark.parametrize("name", ["seams", "silence"])
+def test_a_stress_set_through_three_long_audio_strategies(benchmark, name, torch_model, dims, export_cache,
+                                                          session_exporters, predictor, backend, pytestconfig):
+    """A stress set through the default strategy, quiet-start and buffered (NeMo and the export
+    on each, NeMo's whole recordings once, NeMo's own buffered pipeline beside the buffered one,
+    the words in time): its time is recorded (the README's target: 2 minutes a set on a 2-core
+    host)."""
+    exporter = session_exporters[pytestconfig.option.compute_precision]
+    exports = {"export": {e.name: e.package for e in exporter.export_all(DECODE)}}
+    utterances, bad = read_manifest(BUILTIN_SETS[name](export_cache, dims))
+    primary, *others = (STRATEGIES[s] for s in (DEFAULT_STRATEGY, "quiet-start", "buffered"))
+
+    def run():
+        return evaluate(utterances, decoders_for(torch_model, dims, exports, predictor, primary),
+                        token_text(torch_model), dims, strategy=primary,
+                        compared={s.name: windowed_decoders_for(torch_model, dims, exports, predictor, s)
+                                  for s in others}, timer=word_timer(torch_model, dims))
+
+    benchmark.group = "long audio: a stress set through three strategies"
+    result = benchmark.pedantic(run, rounds=1, warmup_rounds=0, iterations=1)
+    audio = sum(r["seconds"] for r in result.records)
+    benchmark.extra_info.update({"set": name, "audio_seconds": audio, "utterances": len(result.records),
+                                 "strategies": [primary.name, *(s.name for s in others)], "backend": backend})
+    assert not bad and len(result.records) == len(utterances) and audio > 120

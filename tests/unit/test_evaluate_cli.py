@@ -207,3 +207,36 @@ def test_streaming_evaluation_needs_streaming_packages(converted, export_cache, 
     code = _evaluate(converted, export_cache, "--streaming", "--audio", str(tmp_path / "any.wav"))
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "--streaming: metadata.json records no streaming chunk" in last, last
+
+
+def test_strategies_are_compared_side_by_side_on_nemo_and_the_export(converted, export_cache, held_out_rows, tmp_path,
+                                                                     capsys):
+    """A recording of over 15 s (four held-out sentences, three times) cut by two strategies: the first one gated,
+    both in the block with NeMo's own buffered pipeline beside the buffered one, and plotted."""
+    pieces = [soundfile.read(r["audio_filepath"], dtype="float32")[0] for r in held_out_rows] * 3
+    soundfile.write(str(tmp_path / "long.wav"), np.concatenate(pieces), 16000, subtype="FLOAT")
+    manifest = tmp_path / "set.jsonl"
+    manifest.write_text(json.dumps({"audio_filepath": "long.wav",
+                                    "text": " ".join([r["text"] for r in held_out_rows] * 3)}) + "\n")
+    report = tmp_path / "report"
+    code = _evaluate(converted, export_cache, "--manifest", str(manifest), "--strategy", "quiet-start", "--strategy",
+                     "buffered", "--report-dir", str(report))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    block = json.loads((report / "metadata.json").read_text())["evaluation"]
+    assert block["strategy"] == "quiet-start" and list(block["strategies"]) == ["quiet-start", "buffered"]
+    assert block["windows"]["strategy"] == "quiet-start" and block["compared"]["buffered"]["chunk_s"] == 4.8
+    assert set(block["strategies"]["buffered"]["wer"]) == {"nemo_full", "nemo_windowed", "nemo_pipeline", "export"}
+    assert set(block["strategies"]["quiet-start"]["wer"]) == {"nemo_full", "nemo_windowed", "export"}
+    assert set(block["seam_losses"]) == {"nemo_full", "nemo_windowed", "export"}
+    (record,) = [json.loads(line) for line in (report / JOURNAL).read_text().splitlines()]
+    assert record["seconds"] > 15 and record["windows"] == len(record["seams_s"]) + 1 >= 2
+    assert record["strategies"]["buffered"]["windows"] >= 4  # 4.8 s chunks
+    assert "long_audio_strategies.png" in {p.name for p in (report / "plots" / "evaluation").iterdir()}
+
+
+def test_a_strategy_for_a_streamed_evaluation_is_refused(converted, export_cache, tmp_path, capsys):
+    code = _evaluate(converted, export_cache, "--streaming", "--strategy", "buffered", "--audio",
+                     str(tmp_path / "any.wav"))
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "--strategy: a streamed evaluation (--streaming) feeds chunks, not windows" in last, last

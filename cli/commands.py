@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+from cli.inputs import read_convert_dir, report_dir_of, strategy_list
 from exporters.cache import ExportCache
 from exporters.components import (
     DECODE,
@@ -18,7 +19,7 @@ from exporters.components import (
 )
 from exporters.console import print_progress, print_result, progress_bar
 from exporters.export import ORIGINS_FILE, Exporter
-from exporters.publish import check_writable, copy_package, publish, staged_output
+from exporters.publish import copy_package, publish, staged_output
 from exporters.quantize import GivenExports, parse_variant, variant_table
 from exporters.settings import config_path
 from exporters.sources import ModelSource
@@ -26,7 +27,6 @@ from exporters.streaming import STREAMING_MODE, as_exported, mel_chunks, streami
 from exporters.wrappers import model_dims
 from reports.evaluation import EVALUATION_DIR, write_evaluation
 from reports.latency import write_latency
-from reports.metadata import METADATA
 from reports.parity import ParityReport, parity_context
 from reports.quantization import VARIANT_METADATA, write_quantization
 from reports.streaming import run_label, streaming_block, streaming_context, write_streaming
@@ -68,7 +68,7 @@ from validation.streaming import (
 from validation.timestamps import word_timer
 from validation.timing import all_cases, environment, flagged, latency_block, measure
 from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, load_gates, load_tolerances
-from validation.windowing import DEFAULT_STRATEGY, STRATEGIES
+from validation.windowing import STRATEGIES
 
 
 def component_list(values: list[str]) -> list[str]:
@@ -107,41 +107,6 @@ def run_convert(args) -> int:
     return 0
 
 
-def read_convert_dir(directory: Path, option: str):
-    """A directory ``convert`` wrote: its metadata, packages and model source, refused with the
-    reason if anything is missing or the model changed since."""
-    metadata_path = directory / METADATA
-    if not directory.exists():
-        raise ExportError(f"{option} {directory}: no such folder; expected one that parakeet-coreml convert wrote")
-    if not metadata_path.is_file():
-        raise ExportError(f"{option} {directory}: no {METADATA}, so not a folder convert wrote; for packages of "
-                          "another converter (or a quantize variant's folder) give --packages DIR with a model "
-                          "source (--nemo-path, --model-id or --preset)")
-    try:
-        description = json.loads(metadata_path.read_text())
-        recorded = description["model_source"]
-        components = description["components"]
-        description["coreml"]["compute_precision"]  # present: compare and quantize read it
-    except (ValueError, KeyError, TypeError) as e:
-        raise ExportError(f"{metadata_path}: not a metadata.json written by convert ({e})") from None
-    if not isinstance(components, dict):
-        raise ExportError(f"{metadata_path}: 'components' is not a table of component -> package")
-    unreadable = [name for name, c in components.items()
-                  if not isinstance(c, dict) or not isinstance(c.get("path"), str)]
-    if unreadable:
-        raise ExportError(f"{metadata_path}: no package path for component(s) {', '.join(unreadable)}; expected "
-                          f"an entry with its \"path\" each, as convert writes")
-    packages = {name: directory / c["path"] for name, c in components.items()}
-    absent = [str(p) for p in packages.values() if not p.is_dir()]
-    if absent:
-        raise ExportError(f"{option} {directory}: package(s) listed in {METADATA} are missing: {', '.join(absent)}")
-    source = ModelSource(recorded["kind"], recorded["value"])
-    source.validate()
-    if source.key() != recorded["content_sha256"]:
-        raise ExportError(f"{source.describe()} has changed since it was converted into {directory}; convert again")
-    return description, packages, source
-
-
 def read_inputs(args, option: str = "--output-dir"):
     """(description, packages, model source, report directory) of a convert directory
     (``option``), or of a package set (``--packages``/``--component`` with a model source)."""
@@ -156,21 +121,11 @@ def read_inputs(args, option: str = "--output-dir"):
         if directory is None:
             raise ExportError(f"give {option} DIR (written by convert) or --packages DIR with a model source")
         description, packages, source = read_convert_dir(directory, option)
-        return description, packages, source, _report_dir(args, directory, option)
+        return description, packages, source, report_dir_of(args, directory, option)
     if directory is not None:
         raise ExportError(f"give {option} or --packages/--component, not both")
     description, packages, source = read_package_set(args)
-    return description, packages, source, _report_dir(args, DEFAULT_REPORT_DIR, "--report-dir")
-
-
-def _report_dir(args, default: Path, option: str) -> Path | None:
-    """Where a command's reports go (``--report-dir``, else ``default``), checked writable up front:
-    a run that cannot write its results says so before the work, not after."""
-    if not hasattr(args, "report_dir"):  # quantize: its --output-root is staged (and checked) as it starts
-        return None
-    chosen = args.report_dir or default
-    check_writable(chosen, "--report-dir" if args.report_dir else option)
-    return Path(chosen)
+    return description, packages, source, report_dir_of(args, DEFAULT_REPORT_DIR, "--report-dir")
 
 
 def read_package_set(args):
@@ -382,16 +337,6 @@ def _compare_streaming(model, description: dict, packages: dict[str, Path], load
     return block["status"] == "passed"
 
 
-def strategy_list(values: list[str] | None, streaming: bool) -> list[str]:
-    """``--strategy`` as strategy names, the gated one first, each once."""
-    if streaming and values:
-        raise ExportError("--strategy: a streamed evaluation (--streaming) feeds chunks, not windows; "
-                          "drop one of the two")
-    names = [DEFAULT_STRATEGY, *STRATEGIES] if "all" in (values or ()) and values[0] == "all" else \
-        [n for v in values or [DEFAULT_STRATEGY] for n in ([*STRATEGIES] if v == "all" else [v])]
-    return list(dict.fromkeys(names))
-
-
 def run_evaluate(args) -> int:
     strategy_names = strategy_list(args.strategy, args.streaming)
     description, packages, source, report_dir = read_inputs(args)
@@ -557,7 +502,8 @@ def _held_out_wer(model, dims, cache, base_exports: dict, variant_packages: dict
     reason}`` on a model not confident enough for its transcripts to mean anything."""
     base = {name: e.package for name, e in base_exports.items()}
     result, _, reason = held_out_evaluation(model, dims, cache, {"uncompressed": base, "variant": variant_packages},
-                                            load, progress=progress_bar("held-out set", "utterance"))
+                                            load, progress=progress_bar("held-out set", "utterance"),
+                                            report=lambda line: print_progress(f"held-out set: {line}"))
     if reason:
         return {"skipped": reason}
     return result.block({"set": "builtin:held-out"})

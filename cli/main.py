@@ -14,6 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
+from cli.inputs import preflight
 from exporters.cache import ExportCache
 from exporters.components import (
     COMPONENTS,
@@ -218,6 +219,7 @@ def chatter_log(command: str) -> Path:
 
 
 def _command(args) -> int:
+    preflight(args)  # what it reads, before the imports below take their ten seconds
     from cli import commands  # lazy: torch, coremltools and NeMo load only once a command runs, not for --help
 
     return getattr(commands, f"run_{args.command}")(args)

@@ -9,7 +9,9 @@ where the tool's output went before (the terminal, or pytest's capture in the te
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,14 +50,29 @@ def progress_bar(what: str, unit: str):
     the stage has run ``BAR_DELAY_SECONDS``, cleared when the stage ends or fails. Only on a
     terminal: a log or a pipe gets the tool's progress lines, not carriage returns."""
     def bar(items, total):
-        progress = tqdm(items, total=total, desc=what, unit=unit, file=tool_err(), dynamic_ncols=True, leave=False,
-                        delay=BAR_DELAY_SECONDS, disable=None)
+        stream = tool_err()
+        # a terminal that reports no width (a pseudo-terminal nobody sized: ``script``, CI, some IDEs)
+        # made tqdm draw a bar of no columns, that is nothing at all: such a one gets a fixed width
+        sized = _columns(stream) > 0
+        progress = tqdm(items, total=total, desc=what, unit=unit, file=stream, dynamic_ncols=sized,
+                        ncols=None if sized else UNSIZED_COLUMNS, leave=False, delay=BAR_DELAY_SECONDS, disable=None)
         try:
             yield from progress
         finally:
             progress.close()
 
     return bar
+
+
+UNSIZED_COLUMNS = 80
+
+
+def _columns(stream: TextIO) -> int:
+    """The width the terminal behind ``stream`` reports (0 where it reports none, or is none)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return 0
 
 
 def _terminal_handlers(*terminals: TextIO) -> list[logging.StreamHandler]:

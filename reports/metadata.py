@@ -13,8 +13,7 @@ from pathlib import Path
 from exporters.components import ExportError
 from exporters.publish import write_whole
 from validation.checks import DECISION_CHECKS, FUSED_CHECKS, TORCH_CHECKS, TRANSCRIPT_CHECK
-
-METADATA = "metadata.json"
+from validation.packages import METADATA
 
 
 def json_safe(value):

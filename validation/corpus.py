@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from exporters.components import ExportError
 from validation.audio import espeak_say, espeak_say_timed
 
 NOUNS = (
@@ -71,6 +72,22 @@ def sentence(rng: np.random.Generator) -> str:
     else:
         text = f"every day {subject} {rng.choice(VERBS)} {_noun_phrase(rng)} with {_noun_phrase(rng)}"
     return text
+
+
+# The built-in evaluation sets made from this corpus (``validation.held_out`` renders them), by the
+# name ``--manifest builtin:NAME`` gives them.
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_SET_NAMES = ("held-out", "long-form", "seams", "silence")
+
+
+def check_manifest_argument(text: str) -> None:
+    """``--manifest``: one of the built-in sets, or a file; checked without loading anything."""
+    if text.startswith(BUILTIN_PREFIX):
+        if text.removeprefix(BUILTIN_PREFIX) not in BUILTIN_SET_NAMES:
+            raise ExportError(f"--manifest {text}: no such built-in set; expected one of: "
+                              f"{', '.join(BUILTIN_PREFIX + n for n in BUILTIN_SET_NAMES)}")
+    elif not Path(text).is_file():
+        raise ExportError(f"--manifest {text}: no such file; expected NeMo's JSON-lines manifest")
 
 
 # The shipped model's data: seed and split sizes (``python -m training.train_tiny`` defaults).

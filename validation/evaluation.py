@@ -48,6 +48,7 @@ from exporters.streaming import NemoStream, mel_chunks
 from exporters.wrappers import wrapper
 from validation.audio import AudioError, audio_info, check_samples
 from validation.checks import CONFIDENT_MEDIAN_PROB
+from validation.corpus import check_manifest_argument
 from validation.full_context import linear_memory_attention
 from validation.greedy import (
     greedy_tdt,
@@ -113,7 +114,6 @@ WINDOWED = Paths("nemo_windowed", "windowing")  # 15 s windows, merged
 STREAMED = Paths("nemo_streaming", "streaming")  # a cache-aware model's chunks
 NEMO_PATHS = WINDOWED.nemo
 WORST = 10
-BUILTIN_PREFIX = "builtin:"
 ESTIMATE_AFTER_SECONDS = 30.0  # decoding time before the rest of a run is estimated
 
 
@@ -144,8 +144,7 @@ def read_manifest(path: Path) -> tuple[list[Utterance], list[BadInput]]:
     optional ``text``, ``offset`` and ``duration``. Lines that cannot be used are returned with the
     reason; a manifest with no line at all is an error."""
     path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"--manifest {path}: no such file; expected NeMo's JSON-lines manifest")
+    check_manifest_argument(str(path))
     utterances, bad = [], []
     lines = [(i, line) for i, line in enumerate(path.read_bytes().splitlines(), 1) if line.strip()]
     if not lines:

@@ -21,12 +21,18 @@ import numpy as np
 import soundfile
 
 from exporters.cache import ExportCache, cache_key
-from exporters.components import ExportError, ModelDims
+from exporters.components import ModelDims
 from validation.audio import Clip, espeak_version, fit_window
 from validation.checks import CONFIDENT_MEDIAN_PROB
-from validation.corpus import SEED, SPLITS, split_utterances
-from validation.evaluation import (
+from validation.corpus import (
     BUILTIN_PREFIX,
+    BUILTIN_SET_NAMES,
+    SEED,
+    SPLITS,
+    check_manifest_argument,
+    split_utterances,
+)
+from validation.evaluation import (
     Evaluation,
     decoders_for,
     evaluate,
@@ -267,19 +273,16 @@ def silence_manifest(cache: ExportCache, dims: ModelDims, seed: int = SEED) -> P
     return cache.get_or_build(key, build).path / MANIFEST
 
 
-BUILTIN_SETS = {"held-out": held_out_manifest, "long-form": long_form_manifest, "seams": seams_manifest,
-                "silence": silence_manifest}
+BUILTIN_SETS = dict(zip(BUILTIN_SET_NAMES, (held_out_manifest, long_form_manifest, seams_manifest, silence_manifest),
+                        strict=True))
 
 
 def manifest_path(text: str, cache: ExportCache, dims: ModelDims) -> Path:
     """``builtin:NAME`` (one of ``BUILTIN_SETS``, rendered on first use) or a manifest's path."""
+    check_manifest_argument(text)
     if not text.startswith(BUILTIN_PREFIX):
         return Path(text)
-    name = text.removeprefix(BUILTIN_PREFIX)
-    if name not in BUILTIN_SETS:
-        raise ExportError(f"--manifest {text}: no such built-in set; expected one of: "
-                          f"{', '.join(BUILTIN_PREFIX + n for n in BUILTIN_SETS)}")
-    return BUILTIN_SETS[name](cache, dims)
+    return BUILTIN_SETS[text.removeprefix(BUILTIN_PREFIX)](cache, dims)
 
 
 def median_token_probability(model, dims: ModelDims, clips: list[Clip]) -> float:
@@ -301,9 +304,11 @@ def not_confident_reason(model, dims: ModelDims, clips: list[Clip]) -> tuple[flo
 
 
 def held_out_evaluation(model, dims: ModelDims, cache: ExportCache, exports: dict[str, dict], load,
-                        progress=lambda items, total: items) -> tuple[Evaluation | None, float, str | None]:
+                        progress=lambda items, total: items, report=lambda line: None
+                        ) -> tuple[Evaluation | None, float, str | None]:
     """The held-out set evaluated for each labelled set of decode packages (label -> component ->
-    package): fp32 exports must transcribe exactly like NeMo on the same windows, the rest within
+    package), saying through ``report`` how much it decodes and, once it has a pace, how long the
+    rest takes: fp32 exports must transcribe exactly like NeMo on the same windows, the rest within
     half a WER point. On a model not confident enough for its transcripts to mean anything (its
     first 20 utterances decide): ``(None, confidence, why)``."""
     utterances, bad = read_manifest(held_out_manifest(cache, dims))
@@ -313,5 +318,5 @@ def held_out_evaluation(model, dims: ModelDims, cache: ExportCache, exports: dic
         return None, confidence, reason
     result = evaluate(utterances, decoders_for(model, dims, exports, load), token_text(model), dims,
                       normalizer="none", exact=list(EXACT_LABELS), bad=bad,
-                      progress=progress)
+                      progress=progress, report=report)
     return result, confidence, None

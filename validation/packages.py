@@ -22,6 +22,7 @@ PACKAGE_SUFFIXES = (".mlpackage", ".mlmodelc")
 # where compare and evaluate write about a package set (whose own folder may be read-only)
 DEFAULT_REPORT_DIR = Path("parakeet_coreml_report")
 DEFAULT_CONVERT_DIR = Path("parakeet_coreml")  # the convert folder quantize reads when given none
+METADATA = "metadata.json"  # what convert writes beside its packages, and the reports extend
 KNOWN = COMPONENTS | STREAMING_COMPONENTS  # what a package can be: an offline component or a streaming one
 # the description's user-defined metadata worth carrying into the report
 PROVENANCE_KEYS = ("com.github.apple.coremltools.version", "com.github.apple.coremltools.source",

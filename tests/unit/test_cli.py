@@ -15,6 +15,8 @@ import pytest
 from cli.main import main
 from exporters.components import COMPONENTS
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def _convert(*args):
     return main(["convert", *args])
@@ -117,6 +119,27 @@ def test_bad_input_fails_with_one_line(args, message, tmp_path, capsys):
     out = tmp_path / "out"
     code = _convert(*args, "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"))
     _assert_clean_failure(code, capsys.readouterr(), out, message)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "--output-dir", "{tmp}/parakeet_corml", "--manifest", "builtin:held-out"],
+     "--output-dir {tmp}/parakeet_corml: no such folder"),
+    (["evaluate", "--output-dir", "{tmp}", "--manifest", "builtin:held-out"],
+     "--output-dir {tmp}: no metadata.json, so not a folder convert wrote"),
+    (["compare", "--packages", "{tmp}/theirs", "--preset", "tiny"], "--packages {tmp}/theirs: no such folder"),
+    (["quantize", "--output-dir", "{tmp}/gone"], "--output-dir {tmp}/gone: no such folder"),
+    (["convert", "--nemo-path", "{tmp}/model.nemo", "--output-dir", "{tmp}/out"], "no such file"),
+])
+def test_paths_and_names_are_refused_before_torch_and_nemo_load(args, message, tmp_path):
+    """In a fresh process: the error comes without importing torch (about ten seconds of imports
+    before any argument was checked, once)."""
+    args = [a.format(tmp=tmp_path) for a in args]
+    probe = ("import sys; from cli.main import main; code = main(sys.argv[1:]); "
+             "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded'); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout.strip() == "torch not loaded"
+    assert message.format(tmp=tmp_path) in done.stderr.strip().splitlines()[-1]
 
 
 def test_corrupt_checkpoint_leaves_no_output(tmp_path, capsys):

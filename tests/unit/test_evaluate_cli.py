@@ -5,7 +5,13 @@ windows, and input refused before any model loads."""
 from __future__ import annotations
 
 import json
+import os
+import select
 import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +22,8 @@ from cli.main import main
 from exporters.components import DECODE
 from validation.held_out import held_out_manifest
 from validation.journal import JOURNAL
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.parity
 
@@ -204,6 +212,7 @@ def test_streaming_evaluation_takes_the_gap_apart_as_model_streaming_and_export(
 
 
 def test_streaming_evaluation_needs_streaming_packages(converted, export_cache, tmp_path, capsys):
+    soundfile.write(str(tmp_path / "any.wav"), np.zeros(16000, np.float32), 16000)
     code = _evaluate(converted, export_cache, "--streaming", "--audio", str(tmp_path / "any.wav"))
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "--streaming: metadata.json records no streaming chunk" in last, last
@@ -240,3 +249,45 @@ def test_a_strategy_for_a_streamed_evaluation_is_refused(converted, export_cache
                      str(tmp_path / "any.wav"))
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "--strategy: a streamed evaluation (--streaming) feeds chunks, not windows" in last, last
+
+
+def _on_a_pseudo_terminal(command: list[str], timeout: float = 300.0) -> str:
+    """What ``command`` writes to a pseudo-terminal nobody sized (as ``script`` or a CI runner
+    gives it: no columns reported)."""
+    controller, terminal = os.openpty()
+    try:
+        process = subprocess.Popen(command, stdin=terminal, stdout=terminal, stderr=terminal, cwd=ROOT,
+                                   close_fds=True)
+    finally:
+        os.close(terminal)
+    shown = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the command ended and closed its side
+                break
+            if not chunk:
+                break
+            shown += chunk
+        elif process.poll() is not None:
+            break
+    process.wait(timeout=10)
+    os.close(controller)
+    return shown.decode("utf-8", "replace")
+
+
+def test_evaluate_shows_its_progress_bar_on_a_terminal(converted, export_cache, held_out_rows, tmp_path):
+    """Forty utterances take longer than the bar's two-second delay: the bar with its rate and ETA
+    reaches the terminal (it used to draw no columns on a terminal that reports no width)."""
+    manifest = tmp_path / "set.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in held_out_rows * 10))
+    shown = _on_a_pseudo_terminal([str(Path(sys.executable).parent / "parakeet-coreml"), "evaluate", "--output-dir",
+                                   str(converted), "--cache-dir", str(export_cache.root), "--backend", "mil",
+                                   "--manifest", str(manifest), "--report-dir", str(tmp_path / "report")])
+    assert "evaluation passed: 40 utterance(s)" in shown, shown[-2000:]
+    bars = [line for line in shown.split("\r") if line.startswith("evaluate:") and "utterance/s]" in line
+            or line.startswith("evaluate:") and "s/utterance]" in line]
+    assert bars and "/40 [" in bars[-1], shown[-2000:]

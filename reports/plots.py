@@ -541,7 +541,7 @@ def long_audio_plots(sets: dict[str, dict], caption: Caption, out_dir: Path) -> 
     drawn = []
     with_strategies = {name: block for name, block in sets.items() if block.get("strategies")}
     if with_strategies:
-        plt, fig, axes = _figure(2, height=3.0, width=max(7.0, 4.2 * len(with_strategies)))
+        plt, fig, axes = _figure(2, height=3.2, width=max(7.0, 5.8 * len(with_strategies)))
         fig.clf()
         grid = fig.subplots(2, len(with_strategies), squeeze=False)
         for column, (name, block) in enumerate(with_strategies.items()):
@@ -565,7 +565,7 @@ def long_audio_plots(sets: dict[str, dict], caption: Caption, out_dir: Path) -> 
             wer.set_title(f"{name}: WER by strategy", fontsize=9)
             wer.set_xticks(x, names, fontsize=8)
             wer.set_ylabel("WER (%)")
-            wer.margins(y=0.4)
+            wer.margins(y=0.6)
             wer.legend(fontsize=7, loc="upper left")
             for i, (side, color) in enumerate((("near_seams", "#c44e52"), ("elsewhere", "#8c8c8c"))):
                 losses = [strategies[n].get("seam_losses", {}).get("export", {}).get(side, {}) for n in names]
@@ -575,7 +575,7 @@ def long_audio_plots(sets: dict[str, dict], caption: Caption, out_dir: Path) -> 
                 seams_ax.bar_label(bars, labels=[f"{v:.1f}% of {c.get('words', 0)}\n{c.get('dropped', 0)}d "
                                                  f"{c.get('substituted', 0)}s {c.get('inserted', 0)}i "
                                                  f"{c.get('duplicated', 0)}r" for v, c in zip(values, losses)],
-                                   fontsize=6, padding=1)
+                                   fontsize=6, padding=1 + 18 * i)  # the second side's labels a row higher
             seams_ax.set_title(f"{name}: export word errors per reference word", fontsize=9)
             seams_ax.set_xticks(x, names, fontsize=8)
             seams_ax.set_ylabel("errors (%)")

@@ -6,14 +6,15 @@ its true length, which the preprocessor honours (per-feature normalisation uses 
 
 from __future__ import annotations
 
-import ctypes
 import ctypes.util
+import functools
 import io
+import json
 import math
 import re
 import shutil
 import subprocess
-import threading
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,78 +175,42 @@ def espeak_say(text: str, sample_rate: int, voice: str = ESPEAK_VOICE, words_per
     return soxr.resample(data, rate, sample_rate).astype(np.float32) if rate != sample_rate else data
 
 
-class _EspeakEvent(ctypes.Structure):
-    """libespeak-ng's ``espeak_EVENT`` (speak_lib.h)."""
-
-    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
-                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
-                ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8)]
-
-
-_ESPEAK_WORD_EVENT, _ESPEAK_LIST_TERMINATED = 1, 0
-_ESPEAK_SYNCHRONOUS, _ESPEAK_RATE, _ESPEAK_PITCH, _ESPEAK_CHARS_UTF8, _ESPEAK_POS_CHARACTER = 2, 1, 3, 1, 1
-_ESPEAK_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
-                                    ctypes.POINTER(_EspeakEvent))
-_espeak_lock = threading.Lock()  # the library keeps one synthesiser per process
-_espeak_library: tuple | None = None
 WORD_FLOOR_DB = -35.0  # a word's span is trimmed to where its 10 ms energy is within this of the utterance's peak
+_ESPEAK_WORDS = Path(__file__).with_name("espeak_words.py")
 
 
-def _espeak() -> tuple:
-    """libespeak-ng, initialised for synchronous synthesis, and its sample rate: the library beside
-    the espeak-ng executable (Homebrew's lib/ on macOS) or the system's."""
-    global _espeak_library
-    if _espeak_library is None:
-        prefix = Path(espeak_executable()).resolve().parent.parent / "lib"
-        found = [str(p) for p in (*prefix.glob("libespeak-ng.so*"), *prefix.glob("libespeak-ng*.dylib"))]
-        name = next(iter(found), None) or ctypes.util.find_library("espeak-ng")
-        if name is None:
-            raise AudioError("libespeak-ng (the library of espeak-ng) is not found; the stress sets take their word "
-                             "times from it. Install espeak-ng with its library (Debian/Ubuntu: apt-get install "
-                             "espeak-ng; macOS: brew install espeak-ng)")
-        library = ctypes.CDLL(name)
-        rate = library.espeak_Initialize(_ESPEAK_SYNCHRONOUS, 0, None, 0)
-        if rate <= 0:
-            raise AudioError(f"libespeak-ng ({name}) could not be initialised (espeak_Initialize returned {rate})")
-        _espeak_library = (library, rate)
-    return _espeak_library
+@functools.lru_cache(maxsize=1)
+def espeak_library() -> str:
+    """libespeak-ng: the library beside the espeak-ng executable (Homebrew's lib/ on macOS) or the
+    system's."""
+    prefix = Path(espeak_executable()).resolve().parent.parent / "lib"
+    found = [str(p) for p in (*prefix.glob("libespeak-ng.so*"), *prefix.glob("libespeak-ng*.dylib"))]
+    name = next(iter(sorted(found)), None) or ctypes.util.find_library("espeak-ng")
+    if name is None:
+        raise AudioError("libespeak-ng (the library of espeak-ng) is not found; the stress sets take their word "
+                         "times from it. Install espeak-ng with its library (Debian/Ubuntu: apt-get install "
+                         "espeak-ng; macOS: brew install espeak-ng)")
+    return name
 
 
 def espeak_say_timed(text: str, sample_rate: int, voice: str = ESPEAK_VOICE,
                      words_per_minute: int = ESPEAK_WORDS_PER_MINUTE, pitch: int = 50
                      ) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    """``text`` spoken by espeak-ng's library, and each word's (start, end) in seconds: the
-    synthesiser's own word events place each word's start; a word ends where the next begins,
-    both trimmed to where its energy is within ``WORD_FLOOR_DB`` of the utterance's peak."""
-    library, rate = _espeak()
-    chunks, starts = [], {}  # a word's first character (1-based) -> its first sample
-
-    def receive(wav, count, events):
-        if count > 0 and wav:
-            chunks.append(np.ctypeslib.as_array(wav, (count,)).astype(np.float32) / 32768.0)
-        i = 0
-        while events[i].type != _ESPEAK_LIST_TERMINATED:
-            if events[i].type == _ESPEAK_WORD_EVENT and events[i].length > 0:  # a word of the text
-                starts[events[i].text_position] = events[i].sample
-            i += 1
-        return 0
-
-    callback = _ESPEAK_CALLBACK(receive)
-    encoded = text.encode("utf-8")
-    with _espeak_lock:
-        library.espeak_SetSynthCallback(callback)
-        # the library knows British English by its file name; the command line by its language
-        if library.espeak_SetVoiceByName(voice.replace("en-gb+", "en+").encode() if voice.startswith("en-gb+")
-                                         else (b"en" if voice == "en-gb" else voice.encode())) != 0:
-            raise AudioError(f"espeak-ng has no voice {voice!r}")
-        library.espeak_SetParameter(_ESPEAK_RATE, words_per_minute, 0)
-        library.espeak_SetParameter(_ESPEAK_PITCH, pitch, 0)
-        status = library.espeak_Synth(encoded, len(encoded) + 1, 0, _ESPEAK_POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8,
-                                      None, None)
-        library.espeak_Synchronize()
-    if status != 0 or not chunks:
-        raise AudioError(f"espeak-ng could not speak {text!r} (espeak_Synth returned {status})")
-    audio = np.concatenate(chunks)
+    """``text`` spoken by espeak-ng's library in a process of its own (``validation.espeak_words``:
+    the library's state would otherwise carry from one text to the next), and each word's (start,
+    end) in seconds: the synthesiser's own word events place each word's start; a word ends where
+    the next begins, both trimmed to where its energy is within ``WORD_FLOOR_DB`` of the
+    utterance's peak."""
+    done = subprocess.run([sys.executable, str(_ESPEAK_WORDS), espeak_library(), voice, str(words_per_minute),
+                           str(pitch), text], capture_output=True, check=False)
+    if done.returncode != 0:
+        raise AudioError(done.stderr.decode("utf-8", "replace").strip().splitlines()[-1] if done.stderr
+                         else f"espeak-ng could not speak {text!r}")
+    header, pcm = done.stdout.split(b"\n", 1)
+    found = json.loads(header)
+    rate = found["rate"]
+    audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
+    starts = {int(position): sample for position, sample in found["starts"].items()}
     spans = _trimmed_spans(audio, _word_bounds(text, starts, audio.size), rate)
     if rate != sample_rate:
         audio = soxr.resample(audio, rate, sample_rate).astype(np.float32)

@@ -204,7 +204,7 @@ def seams_manifest(cache: ExportCache, dims: ModelDims, seed: int = SEED) -> Pat
     """Recordings in which a word straddles every planned window boundary of one kind (window
     starts, overlap midpoints, window ends: two recordings of each), the sentences between them
     apart by pauses of 0.2 to 3 s."""
-    key = cache_key(kind="seams-set", version=2, seed=seed, espeak=espeak_version(), sample_rate=dims.sample_rate,
+    key = cache_key(kind="seams-set", version=3, seed=seed, espeak=espeak_version(), sample_rate=dims.sample_rate,
                     window=dims.max_audio_samples, hop=dims.encoder_hop, stride=window_stride(dims),
                     pauses=STRESS_PAUSE_SECONDS, floor=SILENCE_FLOOR_DB)
 
@@ -247,7 +247,7 @@ def silence_manifest(cache: ExportCache, dims: ModelDims, seed: int = SEED) -> P
     """Silence where decoders lose words (``SILENCE_CASES``, two recordings each): a window of
     12 s of speech and 3 s of silence, silence first, several seconds between sentences, leading
     and trailing silence, and a last sentence 20 to 30 dB quieter than the rest."""
-    key = cache_key(kind="silence-set", version=2, seed=seed, espeak=espeak_version(), sample_rate=dims.sample_rate,
+    key = cache_key(kind="silence-set", version=3, seed=seed, espeak=espeak_version(), sample_rate=dims.sample_rate,
                     cases=SILENCE_CASES, floor=SILENCE_FLOOR_DB, window=dims.max_audio_samples)
 
     def build(tmp):

@@ -14,6 +14,7 @@ from validation.audio import (
     AudioError,
     Clip,
     edge_clips,
+    espeak_say_timed,
     load_audio_file,
     synthetic_speech,
 )
@@ -90,3 +91,22 @@ def test_edge_clips():
     assert clips["speech_1s"].length == 16000 and not clips["speech_1s"].samples[16000:].any()
     np.testing.assert_array_equal(clips["speech_1s"].samples[:16000], speech.samples[:16000])
     assert 0.09 < clips["white_noise"].samples.std() < 0.11
+
+
+def test_timed_speech_does_not_depend_on_what_was_spoken_before():
+    """Spoken in one process, libespeak-ng carried state from text to text: the same sentence in
+    the same voice came out different after others, so a stress set rendered alone differed from
+    one rendered after another set under the same cache key."""
+    first = espeak_say_timed("the quiet farmer sees anna near the old bridge", 16000, "en-gb+f3", 140, 27)
+    for voice in ("en-us+m3", "en-029+f2", "en-gb-scotland+m1"):
+        espeak_say_timed("every day sarah wants the loud station with the green fish", 16000, voice, 172, 69)
+    again = espeak_say_timed("the quiet farmer sees anna near the old bridge", 16000, "en-gb+f3", 140, 27)
+    assert np.array_equal(first[0], again[0]) and first[1] == again[1]
+
+
+def test_every_word_is_timed_in_order_within_the_speech():
+    text = "every day sarah wants the loud station with the green fish"  # espeak speaks "with the" as one
+    audio, spans = espeak_say_timed(text, 16000, "en-gb+f4", 166, 47)
+    assert len(spans) == len(text.split())
+    assert all(0 <= a < b <= audio.size / 16000 for a, b in spans)
+    assert all(b <= c + 1e-9 for (_, b), (c, _) in zip(spans, spans[1:]))  # each ends before the next starts

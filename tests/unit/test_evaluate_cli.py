@@ -172,7 +172,8 @@ def test_a_convert_directory_without_the_decode_packages_is_refused(converted, e
     meta = json.loads((partial / "metadata.json").read_text())
     del meta["components"]["decoder"]
     (partial / "metadata.json").write_text(json.dumps(meta))
-    assert _evaluate(partial, export_cache, "--audio", str(tmp_path)) == 2
+    soundfile.write(str(tmp_path / "a.wav"), np.zeros(16000, np.float32), 16000)
+    assert _evaluate(partial, export_cache, "--audio", str(tmp_path / "a.wav")) == 2
     assert "absent: decoder" in capsys.readouterr().err
 
 

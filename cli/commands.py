@@ -372,7 +372,7 @@ def run_evaluate(args) -> int:
     if args.streaming:
         paths, chunking = STREAMED, {"streaming": {**description["streaming"], "mode": STREAMING_MODE}}
         decoders = streaming_decoders_for(model, dims, packages_streaming_dims(model, description), exports, load)
-        compared, strategy = {}, None
+        strategy, compared = STRATEGIES[strategy_names[0]], {}  # the default: streamed audio is not windowed
     else:
         strategy, *others = (STRATEGIES[name] for name in strategy_names)
         paths, chunking = WINDOWED, {"windows": strategy.describe(dims),
@@ -385,8 +385,9 @@ def run_evaluate(args) -> int:
                       resume=args.resume, report=print_progress, progress=progress_bar("evaluate", "utterance"),
                       settings={"packages": {name: package_identity(path) for name, path in exports["export"].items()},
                                 "backend": backend, "compute_units": units}, paths=paths,
-                      **({"strategy": strategy} if strategy else {}), compared=compared, timer=word_timer(model, dims))
-    context = {"manifest": str(manifest) if manifest else None, "audio": [str(p) for p in args.audio or []],
+                      strategy=strategy, compared=compared, timer=word_timer(model, dims))
+    context = {"set": args.manifest or f"{len(utterances)} recording(s)",
+               "manifest": str(manifest) if manifest else None, "audio": [str(p) for p in args.audio or []],
                "backend": backend, "values_from": describe_backend(backend), "compute_units": units,
                "compute_precision": precision, **chunking,
                "versions": environment(backend, units, precision)["versions"]}
@@ -402,6 +403,12 @@ def run_evaluate(args) -> int:
     if parts["model"] is not None:
         print_result(f"model {parts['model']:.2f} points, {paths.middle} {parts[paths.middle]:+.2f}, "
                      f"export {parts['export']['export']:+.2f}")
+    for name, summary in block.get("strategies", {}).items():
+        near = summary.get("seam_losses", {}).get("export", {}).get("near_seams", {})
+        print_result(f"strategy {name}: WER " + ", ".join(f"{label} {100 * t['wer']:.2f}%"
+                                                          for label, t in summary["wer"].items())
+                     + (f"; export errors near seams {100 * near['rate']:.1f}% of {near['words']} words"
+                        if near.get("rate") is not None else ""))
     for line in block["failures"]:
         print_progress(f"FAILED {line}")
     print_result(f"evaluation {block['status']}: {block['utterances']} utterance(s), {len(result.bad)} unreadable; "

@@ -75,7 +75,7 @@ def _save(plt, fig, caption: Caption, subject: str, path: Path, right: float = 1
     """Title (subject and model), footer (how it was measured), then the file; ``right`` keeps
     the figure's right edge free for a figure legend."""
     fig.suptitle("\n".join(textwrap.wrap(f"{subject} — {caption.subject_suffix}", 100)), fontsize=10)
-    footer = textwrap.wrap(caption.footer(), 170)
+    footer = textwrap.wrap(caption.footer(), int(170 * fig.get_size_inches()[0] / 11))  # 170 characters on 11 in
     fig.text(0.01, 0.005, "\n".join(footer), fontsize=6.5, color="dimgray", ha="left", va="bottom")
     inches = fig.get_size_inches()[1]
     fig.tight_layout(rect=(0, (0.05 + 0.13 * len(footer)) / inches, right, 1))

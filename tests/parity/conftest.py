@@ -73,7 +73,8 @@ def evaluation_context(pytestconfig, session_exporters, backend, dims) -> dict:
     the controller has no fixtures of its own)."""
     opt = pytestconfig.option
     exporter = session_exporters[opt.compute_precision]
-    context = {"description": exporter.metadata(exporter.export_all(DECODE)), "manifest": opt.manifest,
+    context = {"description": exporter.metadata(exporter.export_all(DECODE)), "set": opt.manifest,
+               "manifest": opt.manifest,
                "normalizer": opt.normalizer, "max_wer_difference_points": opt.max_wer_difference,
                "compute_precision": opt.compute_precision, "backend": backend,
                "values_from": describe_backend(backend), "compute_units": opt.compute_units,

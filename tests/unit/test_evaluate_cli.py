@@ -233,8 +233,11 @@ def test_strategies_are_compared_side_by_side_on_nemo_and_the_export(converted, 
                      "buffered", "--report-dir", str(report))
     captured = capsys.readouterr()
     assert code == 0, captured.err
+    assert "strategy quiet-start: WER nemo_full " in captured.out and "strategy buffered: WER " in captured.out
+    assert "nemo_pipeline" in captured.out.split("strategy buffered:")[1]
     block = json.loads((report / "metadata.json").read_text())["evaluation"]
     assert block["strategy"] == "quiet-start" and list(block["strategies"]) == ["quiet-start", "buffered"]
+    assert block["set"] == str(manifest)
     assert block["windows"]["strategy"] == "quiet-start" and block["compared"]["buffered"]["chunk_s"] == 4.8
     assert set(block["strategies"]["buffered"]["wer"]) == {"nemo_full", "nemo_windowed", "nemo_pipeline", "export"}
     assert set(block["strategies"]["quiet-start"]["wer"]) == {"nemo_full", "nemo_windowed", "export"}

@@ -27,8 +27,9 @@ from exporters.streaming import STREAMING_MODE, as_exported, mel_chunks, streami
 from exporters.wrappers import model_dims
 from reports.evaluation import EVALUATION_DIR, write_evaluation
 from reports.latency import write_latency
+from reports.metadata import earlier_blocks, replaced_note
 from reports.parity import ParityReport, parity_context
-from reports.quantization import VARIANT_METADATA, write_quantization
+from reports.quantization import SUMMARY, VARIANT_METADATA, write_quantization
 from reports.streaming import run_label, streaming_block, streaming_context, write_streaming
 from runtimes.base import BackendUnavailable, describe_backend, resolve_backend
 from runtimes.loader import LoadedPredictors, load_predictor
@@ -50,6 +51,7 @@ from validation.journal import JOURNAL, package_identity
 from validation.packages import (
     DEFAULT_CONVERT_DIR,
     DEFAULT_REPORT_DIR,
+    METADATA,
     check_contract,
     find_packages,
     parse_named,
@@ -84,6 +86,8 @@ def run_convert(args) -> int:
     if args.cache_state and names:
         raise ExportError("--cache-state picks the later chunks' package of the default set; with --components, name "
                           "encoder_streaming_state (or encoder_streaming) among them instead")
+    earlier = ["export there (its packages, vocabulary and metadata.json with any reports in it)"] \
+        if (args.output_dir / METADATA).is_file() else []
     with staged_output(args.output_dir) as staging:
         exporter = Exporter(source, options, ExportCache(args.cache_dir))
         if args.cache_state and exporter.streaming_dims is None:
@@ -103,7 +107,7 @@ def run_convert(args) -> int:
         publish(staging, args.output_dir)
     total = sum(c["size_bytes"] for c in metadata["components"].values()) / 1e6
     print_result(f"wrote {len(exported)} package(s), {total:.1f} MB, {exporter.vocabulary.name} and metadata.json to "
-                 f"{args.output_dir}")
+                 f"{args.output_dir}" + replaced_note(earlier))
     return 0
 
 
@@ -246,6 +250,7 @@ def run_compare(args) -> int:
         failed = run.failed()
         print_progress(f"[{i}/{len(clips)}] {clip.name}: {len(run.results) - len(failed)} of {len(run.results)} "
                        f"checks passed" + "".join(f"\n{r.message()}" for r in failed))
+    earlier = earlier_blocks(directory, ["validation", "latency"] if latency is not None else ["validation"])
     path, plots = report.write(directory)
     if latency is not None:
         _, latency_plotted = write_latency(directory, description, latency)
@@ -260,7 +265,7 @@ def run_compare(args) -> int:
     print_result(f"parity {status} on {backend} ({context['values_from']}); {blocks} in {path}, {len(plots)} plots in "
                  f"{plots[0].parent if plots else directory}"
                  + (f"; {len(noisy)} latency case(s) flagged, read them with care: " + "; ".join(noisy) if noisy
-                    else ""))
+                    else "") + replaced_note([f"{b} block" for b in earlier]))
     return 0 if status == "passed" and streaming_passed else 1
 
 
@@ -392,6 +397,8 @@ def run_evaluate(args) -> int:
                "compute_precision": precision, **chunking,
                "versions": environment(backend, units, precision)["versions"]}
     block = result.block(context)
+    earlier = [f"{b} block" for b in earlier_blocks(report_dir, ["evaluation"])]
+    earlier += [f"{JOURNAL} ({result.replaced} records; --resume keeps them)"] if result.replaced else []
     path, plots, skipped = write_evaluation(report_dir, description, block, result.records)
     for line in skipped:
         print_progress(f"plot not drawn: {line}")
@@ -413,7 +420,7 @@ def run_evaluate(args) -> int:
         print_progress(f"FAILED {line}")
     print_result(f"evaluation {block['status']}: {block['utterances']} utterance(s), {len(result.bad)} unreadable; "
                  f"{JOURNAL} and the evaluation block in {path.parent}, {len(plots)} plots in "
-                 f"{path.parent / EVALUATION_DIR}")
+                 f"{path.parent / EVALUATION_DIR}" + replaced_note(earlier))
     return 0 if block["status"] == "passed" else 1
 
 
@@ -453,6 +460,7 @@ def run_quantize(args) -> int:
     held_out = held_out_variants(args.held_out, names)
     if not given and args.output_root.resolve() == args.output_dir.resolve():
         raise ExportError("--output-root must differ from --output-dir")
+    had_summary = (args.output_root / SUMMARY).is_file()
     with staged_output(args.output_root, "--output-root") as staging:
         backend, units, load = _package_loader(args, description, packages)
         cache = ExportCache(args.cache_dir)
@@ -490,9 +498,6 @@ def run_quantize(args) -> int:
         # the root is this run's: variant folders of earlier runs go, so the summary lists all there is
         replaced = publish(staging, args.output_root, stale=lambda p: (p / VARIANT_METADATA).is_file())
     verdict = json.loads((args.output_root / summary_path.name).read_text())["overall"]
-    if replaced:
-        print_progress(f"removed {len(replaced)} variant folder(s) of an earlier run from {args.output_root}: "
-                       + ", ".join(replaced))
     for line in skipped:
         print_progress(f"plot not drawn: {line}")
     for line in verdict["failures"]:
@@ -500,7 +505,10 @@ def run_quantize(args) -> int:
     print_result(f"quantization {verdict['status']}: {verdict['variants']} variant(s) in {args.output_root}, "
                  f"{verdict['passed']} passed, {verdict['failed']} failed, {verdict['not_gated']} not gated, "
                  f"{verdict['error']} not built; {len(plots)} plots in "
-                 f"{plots[0].parent.relative_to(staging) if plots else 'none'}")
+                 f"{plots[0].parent.relative_to(staging) if plots else 'none'}"
+                 + replaced_note([f"run's {SUMMARY} and variants"] * had_summary
+                                 + [f"variant folder(s) not swept now, removed: {', '.join(replaced)}"]
+                                 * bool(replaced)))
     return 0 if verdict["status"] == "passed" else 1
 
 

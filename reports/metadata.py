@@ -57,6 +57,21 @@ def update_metadata(directory: Path, description: dict, **blocks) -> Path:
     return path
 
 
+def earlier_blocks(directory: Path, names: list[str]) -> list[str]:
+    """Which of the blocks ``names`` ``directory/metadata.json`` already holds: a command that
+    replaces them says so."""
+    try:
+        document = json.loads((Path(directory) / METADATA).read_text())
+    except (OSError, ValueError):
+        return []
+    return [name for name in names if isinstance(document, dict) and document.get(name) is not None]
+
+
+def replaced_note(what: list[str]) -> str:
+    """The summary line's tail naming earlier results this run replaced (empty if none)."""
+    return f"; replaced the earlier {', '.join(what)}" if what else ""
+
+
 def _place(key: str) -> tuple[str, str]:
     """The (component, output) a check key reports under."""
     if key in TORCH_CHECKS:

@@ -25,6 +25,9 @@ from validation.timing import flagged
 from validation.tolerances import load_gates
 from validation.windowing import STRATEGIES
 
+# the suite's own folders: a user's convert and quantize results stay as they are
+SUITE_REPORT_DIR = Path("test-report")
+SUITE_QUANTIZED_DIR = "quantized"
 LATENCY_REPORT = pytest.StashKey["object"]()
 _OUTBOX = pytest.StashKey[list]()
 _GATHERED = pytest.StashKey["Gathered"]()
@@ -83,15 +86,18 @@ class Gathered:
 
 def pytest_addoption(parser):
     group = parser.getgroup("parakeet-reports", "Parakeet-TDT reports")
-    group.addoption("--report-dir", dest="report_dir", type=Path, default=Path("parakeet_coreml"),
-                    help="where metadata.json and plots/ are written (default parakeet_coreml, the directory "
-                         "the README's convert writes); a metadata.json there must describe the tested model")
-    group.addoption("--quantized-dir", dest="quantized_dir", type=Path, default=Path("parakeet_coreml_quantized"),
+    group.addoption("--report-dir", dest="report_dir", type=Path, default=SUITE_REPORT_DIR,
+                    help=f"where the suites write metadata.json and plots/ (default {SUITE_REPORT_DIR}, a folder "
+                         "of the suite's own: the commands' folders, parakeet_coreml and parakeet_coreml_quantized, "
+                         "are never touched); a metadata.json there must describe the tested model")
+    group.addoption("--quantized-dir", dest="quantized_dir", type=Path, default=None,
                     help="where the quantization suite writes its variants, quantization_summary.json and "
-                         "plots/quantize/ (default parakeet_coreml_quantized, as the quantize command)")
+                         f"plots/quantize/ (default {SUITE_QUANTIZED_DIR} inside --report-dir)")
 
 
 def pytest_configure(config):
+    if config.option.quantized_dir is None:
+        config.option.quantized_dir = config.option.report_dir / SUITE_QUANTIZED_DIR
     config.stash[_GATHERED] = Gathered()
     config.pluginmanager.register(config.stash[_GATHERED], "parakeet-gathered-results")
 

@@ -549,6 +549,7 @@ class Evaluation:
     paths: Paths = WINDOWED
     strategy: Strategy = STRATEGIES[DEFAULT_STRATEGY]
     compared: list[str] = field(default_factory=list)  # the other strategies each record also holds
+    replaced: int = 0  # records of an earlier run's journal this run dropped (no --resume)
 
     def with_text(self) -> list[dict]:
         return [r for r in self.records if "wer" in r]
@@ -756,6 +757,7 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
         if writer is not None:
             found = writer.start(prints, resume)
             done = found.records
+            result.replaced = found.replaced
             for line in found.summary(journal.name):
                 report(line)
         pace = Pace([u for u in utterances if u.key not in done], report)

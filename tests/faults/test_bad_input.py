@@ -234,10 +234,11 @@ def test_one_quantize_run_owns_its_output_root(fault_cache, tmp_path, capsys):
     common = ["quantize", "--output-dir", str(converted), "--output-root", str(root), "--cache-dir", str(fault_cache),
               "--backend", "mil", "--runs", "0", "--held-out", "none"]
     main([*common, "--variants", "int8_per_channel"])
-    capsys.readouterr()
+    assert "replaced" not in capsys.readouterr().out
     main([*common, "--variants", "palettize_8bit"])
-    err = capsys.readouterr().err
-    assert f"removed 1 variant folder(s) of an earlier run from {root}: int8_per_channel" in err
+    summary_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary_line.endswith("; replaced the earlier run's quantization_summary.json and variants, variant "
+                                 "folder(s) not swept now, removed: int8_per_channel")
     summary = json.loads((root / "quantization_summary.json").read_text())
     assert list(summary["variants"]) == ["palettize_8bit"]
     assert sorted(p.name for p in root.iterdir()) == ["notes.txt", "palettize_8bit", "plots",

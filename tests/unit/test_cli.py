@@ -96,6 +96,13 @@ def test_convert_selected_components_into_existing_dir(pytest_exports, model_sou
     assert sorted(p.name for p in out.iterdir()) == ["decoder.mlpackage", "joint.mlpackage", "metadata.json",
                                                    "notes.txt", "parakeet_vocab.json"]
     assert list(json.loads((out / "metadata.json").read_text())["components"]) == ["decoder", "joint"]
+    assert "replaced" not in capsys.readouterr().out
+    code = _convert(*model_source.cli_args(), "--output-dir", str(out), "--cache-dir", str(export_cache.root),
+                    "--components", "joint")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out.strip().endswith("; replaced the earlier export there (its packages, vocabulary and "
+                                         "metadata.json with any reports in it)")
 
 
 def _assert_clean_failure(code, captured, out, message):

@@ -124,7 +124,12 @@ def test_a_run_without_resume_says_it_replaced_the_journal_and_a_second_run_is_r
     capsys.readouterr()
     assert _evaluate(converted, export_cache, "--manifest", str(manifest), "--report-dir", str(report)) == 0
     replaced = "replaced evaluation.jsonl: its 2 earlier record(s) are gone (--resume keeps them)"
-    assert replaced in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert replaced in captured.err
+    # the summary line says it too: the earlier evaluation block and journal are gone
+    summary = captured.out.strip().splitlines()[-1]
+    assert summary.startswith("evaluation passed") and summary.endswith(
+        "; replaced the earlier evaluation block, evaluation.jsonl (2 records; --resume keeps them)")
     with FileLock(str(report / f".{JOURNAL}.lock")):  # another evaluate writing it
         assert _evaluate(converted, export_cache, "--manifest", str(manifest), "--report-dir", str(report),
                          "--resume") == 2

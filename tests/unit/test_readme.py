@@ -35,8 +35,8 @@ def test_macos_workflow_runs_the_readme_commands():
 
 def test_macos_workflow_keeps_the_reports_and_compares_benchmarks_with_main():
     workflow = (ROOT / ".github" / "workflows" / "macos.yml").read_text()
-    for kept in ("parakeet_coreml/metadata.json", "parakeet_coreml_quantized/quantization_summary.json",
-                 "parakeet_coreml/plots/", "benchmark.json"):
+    for kept in ("test-report/metadata.json", "test-report/quantized/quantization_summary.json",
+                 "test-report/plots/", "benchmark.json"):
         assert kept in workflow
     assert "--benchmark-compare --benchmark-compare-fail=$BENCHMARK_FAIL" in workflow
     assert "--benchmark-save=main" in workflow and 'BENCHMARK_FAIL: "median:25%"' in workflow

@@ -27,7 +27,7 @@ from exporters.streaming import STREAMING_MODE, as_exported, mel_chunks, streami
 from exporters.wrappers import model_dims
 from reports.evaluation import EVALUATION_DIR, write_evaluation
 from reports.latency import write_latency
-from reports.metadata import earlier_blocks, replaced_note
+from reports.metadata import ARRAYS_GLOB, earlier_blocks, replaced_note
 from reports.parity import ParityReport, parity_context
 from reports.quantization import SUMMARY, VARIANT_METADATA, write_quantization
 from reports.streaming import run_label, streaming_block, streaming_context, write_streaming
@@ -104,7 +104,7 @@ def run_convert(args) -> int:
         shutil.copyfile(exporter.vocabulary, staging / exporter.vocabulary.name)
         metadata = exporter.metadata(exported, relative_paths=True)
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-        publish(staging, args.output_dir)
+        publish(staging, args.output_dir, stale=lambda p: p.match(ARRAYS_GLOB))  # the replaced reports' arrays
     total = sum(c["size_bytes"] for c in metadata["components"].values()) / 1e6
     print_result(f"wrote {len(exported)} package(s), {total:.1f} MB, {exporter.vocabulary.name} and metadata.json to "
                  f"{args.output_dir}" + replaced_note(earlier))

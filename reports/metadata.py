@@ -2,10 +2,17 @@
 
 ``convert`` writes the description; parity (``validation``), latency and quantization add their
 blocks. A block is only ever written beside the description of the model it measured.
+
+metadata.json stays a summary a person can read: every long series of numbers (per-frame L2,
+per-chunk times and errors) goes into a file of its own beside it, ``metadata_arrays.<hash>.json``,
+and its place in metadata.json says where (``{"array": KEY, "length": N, "min": ..., "max": ...}``).
+The file's name carries its content's hash and metadata.json names it, so a run killed between
+writing the two leaves the earlier pair whole. :func:`read_metadata` puts the arrays back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -33,27 +40,98 @@ def json_safe(value):
     return value
 
 
+ARRAYS_GLOB = "metadata_arrays.*.json"
+# a list of more numbers than this is an array: it goes into the arrays file
+ARRAY_LENGTH = 32
+
+
+def _is_array(value) -> bool:
+    return (isinstance(value, list) and len(value) > ARRAY_LENGTH
+            and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value))
+
+
+def split_arrays(value, key: str = "") -> tuple[object, dict[str, list]]:
+    """``value`` with each array replaced by a note of where it went, and the arrays by key (the
+    path of keys and indices down to it, joined by "/")."""
+    arrays: dict[str, list] = {}
+
+    def walk(item, at: str):
+        if _is_array(item):
+            arrays[at] = item
+            numbers = [v for v in item if v is not None]
+            return {"array": at, "length": len(item), "min": min(numbers, default=None),
+                    "max": max(numbers, default=None)}
+        if isinstance(item, dict):
+            return {k: walk(v, f"{at}/{k}") for k, v in item.items()}
+        if isinstance(item, list):
+            return [walk(v, f"{at}/{i}") for i, v in enumerate(item)]
+        return item
+
+    return walk(value, key), arrays
+
+
+def join_arrays(value, arrays: dict[str, list], source: Path):
+    """``value`` with each array note replaced by the array it names."""
+    if isinstance(value, dict):
+        if set(value) == {"array", "length", "min", "max"}:
+            if value["array"] not in arrays:
+                raise ExportError(f"{source}: no array {value['array']!r}; the reports' files do not belong "
+                                  "together (write the reports again)")
+            return arrays[value["array"]]
+        return {k: join_arrays(v, arrays, source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [join_arrays(v, arrays, source) for v in value]
+    return value
+
+
+def read_metadata(directory: Path) -> dict:
+    """``directory/metadata.json`` whole: its arrays put back from the arrays file it names."""
+    path = Path(directory) / METADATA
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{path}: not readable JSON ({e}); remove it or choose another directory") from None
+    name = document.pop("arrays_file", None)
+    if name is None:
+        return document
+    arrays_path = Path(directory) / name
+    try:
+        arrays = json.loads(arrays_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{arrays_path}, named by {path}: not readable ({e}); write the reports again") from None
+    return join_arrays(document, arrays, arrays_path)
+
+
 def update_metadata(directory: Path, description: dict, **blocks) -> Path:
     """Set ``blocks`` in ``directory/metadata.json``, creating it from ``description`` if absent.
 
     Refuses (``ExportError``) a file that describes another model: its packages were not the
-    ones measured. Written to a temporary file and renamed, so readers never see half a file.
+    ones measured. Each file is written to a temporary one and renamed, the arrays first, so
+    readers never see half a file or a metadata.json without its arrays.
     """
-    path = Path(directory) / METADATA
+    directory = Path(directory)
+    path = directory / METADATA
     document = description
     if path.exists():
-        try:
-            document = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise ExportError(f"{path}: not readable JSON ({e}); remove it or choose another directory") from None
+        document = read_metadata(directory)
         theirs = document.get("model_source", {}).get("content_sha256")
         ours = description["model_source"]["content_sha256"]
         if theirs != ours:
             raise ExportError(f"{path} describes {document.get('model', 'another model')}, not "
                               f"{description['model']}; choose another directory")
     document.update(blocks)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_whole(path, json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n")
+    summary, arrays = split_arrays(json_safe(document))
+    directory.mkdir(parents=True, exist_ok=True)
+    earlier = set(directory.glob(ARRAYS_GLOB))
+    if arrays:
+        text = json.dumps(arrays, separators=(",", ":"), allow_nan=False) + "\n"
+        arrays_path = directory / ARRAYS_GLOB.replace("*", hashlib.sha256(text.encode()).hexdigest()[:16])
+        write_whole(arrays_path, text)
+        earlier.discard(arrays_path)
+        summary = {**summary, "arrays_file": arrays_path.name}
+    write_whole(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    for stale in earlier:  # the arrays of the metadata.json just replaced
+        stale.unlink(missing_ok=True)
     return path
 
 

@@ -18,7 +18,7 @@ from cli.commands import held_out_variants
 from cli.main import main
 from exporters.components import ExportError
 from exporters.quantize import parse_variant
-from reports.metadata import update_metadata
+from reports.metadata import read_metadata, update_metadata
 from tests.faults.conftest import convert, leftovers
 from validation.audio import read_audio
 from validation.tolerances import load_gates, load_tolerances
@@ -119,7 +119,7 @@ def test_a_directory_given_as_a_file_is_named_as_such(tmp_path, capsys):
 def test_a_null_component_in_metadata_is_named(converted, fault_cache, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(converted, broken)
-    meta = json.loads((broken / "metadata.json").read_text())
+    meta = read_metadata(broken)
     meta["components"]["joint"] = None
     (broken / "metadata.json").write_text(json.dumps(meta))
     code = main(["compare", "--output-dir", str(broken), "--cache-dir", str(fault_cache)])
@@ -131,7 +131,7 @@ def test_an_rnnt_model_is_refused_by_compare_up_front_saying_why(converted, faul
     in a raw ValueError (argmax of an empty sequence) after loading the model."""
     rnnt = tmp_path / "rnnt"
     shutil.copytree(converted, rnnt)
-    meta = json.loads((rnnt / "metadata.json").read_text())
+    meta = read_metadata(rnnt)
     meta["durations"] = []
     (rnnt / "metadata.json").write_text(json.dumps(meta))
     code = main(["compare", "--output-dir", str(rnnt), "--cache-dir", str(fault_cache)])
@@ -281,6 +281,6 @@ def test_compare_checks_an_rnnt_models_streaming_packages(fault_cache, tmp_path,
     assert code == 0, captured.err[-3000:]
     assert "an RNNT model: the offline packages' checks" in captured.err
     assert "end of utterance (float32): the model's tokenizer has no <EOU> piece" in captured.err
-    run = json.loads((out / "metadata.json").read_text())["streaming_validation"]["runs"]["float32"]
+    run = read_metadata(out)["streaming_validation"]["runs"]["float32"]
     assert run["decisions"] is None and run["transcripts"]["export_edits_to_nemo_streaming"] == 0
-    assert "validation" not in json.loads((out / "metadata.json").read_text())
+    assert "validation" not in read_metadata(out)

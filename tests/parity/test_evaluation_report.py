@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from reports.metadata import read_metadata
 from validation.held_out import held_out_manifest
 
 pytestmark = pytest.mark.parity
@@ -27,7 +28,7 @@ def _pytest(manifest, report, export_cache, model_source, *args):
 
 
 def _block(report):
-    block = json.loads((report / "metadata.json").read_text())["evaluation"]
+    block = read_metadata(report)["evaluation"]
     block.pop("seconds_per_audio_minute")  # timings differ from run to run
     return block
 

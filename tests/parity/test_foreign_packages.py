@@ -19,6 +19,7 @@ from exporters import torch_compat
 from exporters.components import COMPONENTS, example_inputs, get_components
 from exporters.quantize import GivenExports
 from exporters.wrappers import wrapper
+from reports.metadata import read_metadata
 from runtimes.loader import LoadedPredictors
 from runtimes.mil.model import load_program
 from validation.audio import synthetic_speech
@@ -96,7 +97,7 @@ def test_a_set_written_by_another_converter_passes_every_check(foreign_set, mode
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "[6/6] speech_1s: 20 of 20 checks passed" in captured.err
-    metadata = json.loads((report / "metadata.json").read_text())
+    metadata = read_metadata(report)
     assert metadata["validation"]["status"] == "passed"
     origin = metadata["packages"]
     assert origin["directory"] == str(foreign_set.resolve()) and origin["unmatched_files"] == []
@@ -134,7 +135,7 @@ def test_an_extra_output_and_enumerated_shapes_pass_and_absent_components_skip(t
                     f"preprocessor={front}")
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    clips = json.loads((report / "metadata.json").read_text())["validation"]["clips"]
+    clips = read_metadata(report)["validation"]["clips"]
     speech = clips["speech"]
     assert speech["joint.logits"]["status"] == "passed" and speech["preprocessor.mel"]["status"] == "passed"
     assert speech["encoder.encoder"]["status"] == "skipped"
@@ -184,7 +185,7 @@ def test_quantize_and_evaluate_take_a_package_set(foreign_set, model_source, exp
                  "--report-dir", str(report), "--cache-dir", str(export_cache.root), "--backend", "mil"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    block = json.loads((report / "metadata.json").read_text())["evaluation"]
+    block = read_metadata(report)["evaluation"]
     assert block["status"] == "passed" and block["utterances"] == 1
 
 
@@ -219,7 +220,7 @@ def test_a_streaming_set_is_found_by_name_and_checked_chunk_by_chunk(streaming_s
     assert code == 0, captured.err[-3000:]
     assert ("package(s) from " in captured.err and "encoder_streaming_first=Parakeet_Encoder_Streaming_First.mlpackage"
             in captured.err and "encoder_streaming=parakeetEncoderStreaming.mlpackage" in captured.err)
-    block = json.loads((report / "metadata.json").read_text())["streaming_validation"]
+    block = read_metadata(report)["streaming_validation"]
     assert block["status"] == "passed" and list(block["runs"]) == ["float32"], block["failures"]
 
 

@@ -10,6 +10,7 @@ import pytest
 import soundfile
 
 from cli.main import build_parser, main
+from reports.metadata import read_metadata
 
 pytestmark = pytest.mark.parity
 
@@ -32,7 +33,7 @@ def test_compare_writes_validation_latency_and_plots(converted, export_cache, ca
     code = _compare(converted, export_cache, "--runs", "2", "--warmup", "1")
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    meta = json.loads((converted / "metadata.json").read_text())
+    meta = read_metadata(converted)
     validation = meta["validation"]
     assert validation["status"] == "passed" and validation["backend"] == "mil"
     assert "not Core ML" in validation["values_from"]
@@ -68,7 +69,7 @@ def test_a_tolerance_too_tight_fails_with_exit_1_and_says_where(converted, expor
     assert "encoder.encoder on speech:" in captured.err and "outside atol 1e-06, rtol 0" in captured.err
     assert "first diverging operations" in captured.err
     assert "third-party output of this run: " in captured.err  # a failure says where the libraries' lines went
-    assert json.loads((converted / "metadata.json").read_text())["validation"]["status"] == "failed"
+    assert read_metadata(converted)["validation"]["status"] == "failed"
 
 
 def _assert_refused(code, captured, message):
@@ -99,7 +100,7 @@ def test_bad_input_is_refused_before_any_model_runs(converted, export_cache, tmp
 def test_a_directory_of_another_model_is_refused(converted, export_cache, tmp_path, capsys):
     other = tmp_path / "other"
     shutil.copytree(converted, other)
-    meta = json.loads((other / "metadata.json").read_text())
+    meta = read_metadata(other)
     meta["model_source"]["content_sha256"] = "0" * 64
     (other / "metadata.json").write_text(json.dumps(meta))
     _assert_refused(_compare(other, export_cache), capsys.readouterr(), "has changed since it was converted")

@@ -20,6 +20,7 @@ from filelock import FileLock
 
 from cli.main import main
 from exporters.components import DECODE
+from reports.metadata import read_metadata
 from validation.held_out import held_out_manifest
 from validation.journal import JOURNAL
 
@@ -65,7 +66,7 @@ def test_bad_lines_are_reported_the_rest_evaluated_and_the_exit_is_non_zero(conv
     assert "evaluation failed: 4 utterance(s), 2 unreadable" in captured.out
     records = [json.loads(line) for line in (report / JOURNAL).read_text().splitlines()]
     assert [r["key"] for r in records] == [f"set.jsonl:{i}" for i in range(1, 5)]
-    block = json.loads((report / "metadata.json").read_text())["evaluation"]
+    block = read_metadata(report)["evaluation"]
     assert block["utterances"] == 4 and block["with_text"] == 4 and len(block["unreadable"]) == 2
     assert set(block["wer"]) == {"nemo_full", "nemo_windowed", "export"} and block["normalizer"] == "whisper-english"
     assert abs(block["decomposition_points"]["export"]["export"]) <= 0.5
@@ -148,7 +149,7 @@ def test_recordings_without_text_are_measured_for_agreement_only(converted, expo
     code = _evaluate(converted, export_cache, "--audio", str(tmp_path / "long.wav"), str(tmp_path / "silence.wav"),
                      "--report-dir", str(report))
     assert code == 0, capsys.readouterr().err
-    block = json.loads((report / "metadata.json").read_text())["evaluation"]
+    block = read_metadata(report)["evaluation"]
     assert block["with_text"] == 0 and block["wer"] == {} and block["decomposition_points"]["model"] is None
     assert block["agreement_with_nemo_windowed"]["export"]["words"] > 20
     records = {r["key"]: r for r in map(json.loads, (report / JOURNAL).read_text().splitlines())}
@@ -168,13 +169,13 @@ def test_a_manifest_with_nothing_to_evaluate_is_refused_before_any_model_loads(c
     captured = capsys.readouterr()
     assert code == 2 and message in captured.err.strip().splitlines()[-1]
     assert "loading" not in captured.err
-    assert "evaluation" not in json.loads((converted / "metadata.json").read_text())
+    assert "evaluation" not in read_metadata(converted)
 
 
 def test_a_convert_directory_without_the_decode_packages_is_refused(converted, export_cache, tmp_path, capsys):
     partial = tmp_path / "partial"
     shutil.copytree(converted, partial)
-    meta = json.loads((partial / "metadata.json").read_text())
+    meta = read_metadata(partial)
     del meta["components"]["decoder"]
     (partial / "metadata.json").write_text(json.dumps(meta))
     soundfile.write(str(tmp_path / "a.wav"), np.zeros(16000, np.float32), 16000)
@@ -204,7 +205,7 @@ def test_streaming_evaluation_takes_the_gap_apart_as_model_streaming_and_export(
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "model " in captured.out and ", streaming " in captured.out and "windowing" not in captured.out
-    block = json.loads((report / "metadata.json").read_text())["evaluation"]
+    block = read_metadata(report)["evaluation"]
     assert block["paths"] == {"model": "nemo_full", "reference": "nemo_streaming", "middle": "streaming"}
     assert set(block["wer"]) == {"nemo_full", "nemo_streaming", "export"}
     assert set(block["decomposition_points"]) == {"model", "streaming", "export"}
@@ -240,7 +241,7 @@ def test_strategies_are_compared_side_by_side_on_nemo_and_the_export(converted, 
     assert code == 0, captured.err
     assert "strategy quiet-start: WER nemo_full " in captured.out and "strategy buffered: WER " in captured.out
     assert "nemo_pipeline" in captured.out.split("strategy buffered:")[1]
-    block = json.loads((report / "metadata.json").read_text())["evaluation"]
+    block = read_metadata(report)["evaluation"]
     assert block["strategy"] == "quiet-start" and list(block["strategies"]) == ["quiet-start", "buffered"]
     assert block["set"] == str(manifest)
     assert block["windows"]["strategy"] == "quiet-start" and block["compared"]["buffered"]["chunk_s"] == 4.8

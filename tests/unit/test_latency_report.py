@@ -17,6 +17,7 @@ import pytest
 
 from exporters.components import StreamingDims
 from reports.latency import LatencyReport
+from reports.metadata import read_metadata
 from validation.timing import (
     SIDES,
     Case,
@@ -191,7 +192,7 @@ def test_suite_extends_benchmark_json_and_writes_metadata_and_plots(tmp_path, mo
     # two benchmarks of two rounds, each with the other side between its rounds: four pairs
     assert decoder["backend_ms"]["rounds"] == decoder["paired_rounds"] == 4 and decoder["first_call_ms"] > 0
     assert decoder["speedup_ci95"][0] <= decoder["speedup"] <= decoder["speedup_ci95"][1]
-    metadata = json.loads((report / "metadata.json").read_text())
+    metadata = read_metadata(report)
     assert metadata["latency"]["components"]["decoder"] == decoder
     assert "not Core ML" in metadata["latency"]["values_from"]
     stream = metadata["latency"]["streaming"]["encoder_streaming"]

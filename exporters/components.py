@@ -333,6 +333,43 @@ STREAMING_COMPONENTS: dict[str, Component] = {
 }
 LATER_CHUNKS = ("encoder_streaming", "encoder_streaming_state")  # either encodes the chunks after the first
 
+# What each port holds, written into every package's own metadata (Xcode's model view shows it
+# beside the port): one line an app developer can act on, the layout and units included.
+PORT_DESCRIPTIONS: dict[str, str] = {
+    "audio_signal": "mono 16 kHz float32 samples in [-1, 1], zero-padded to the window",
+    "audio_length": "how many of audio_signal's samples are audio (the rest is padding)",
+    "mel": "log-mel features (1, mel bins, frames), one frame per 10 ms",
+    "mel_length": "how many of mel's frames are valid",
+    "encoder": "encoder output (1, channels, frames), one frame per 80 ms",
+    "encoder_length": "how many of encoder's frames are valid",
+    "targets": "the last emitted token id (the blank, id vocab_size, at the start of an utterance)",
+    "target_length": "1: one token per call",
+    "h_in": "the decoder LSTM's hidden state (layers, 1, hidden); zeros at the start, then the h_out of the "
+            "call that emitted the last token",
+    "c_in": "the decoder LSTM's cell state (layers, 1, hidden); zeros at the start, then the c_out of the call "
+            "that emitted the last token",
+    "decoder": "decoder output (1, hidden, 1) for the last emitted token",
+    "h_out": "the LSTM hidden state after this token: the next h_in once the token is emitted",
+    "c_out": "the LSTM cell state after this token: the next c_in once the token is emitted",
+    "logits": "joint logits per frame: vocab_size token classes, the blank (id vocab_size), then one per TDT "
+              "duration (metadata.json's durations)",
+    "token_id": "the most likely token per frame; vocab_size is the blank (nothing emitted); pieces in "
+                "parakeet_vocab.json",
+    "token_prob": "softmax probability of token_id",
+    "duration": "index into metadata.json's durations: how many encoder frames to advance",
+    "encoder_step": "one encoder frame (1, channels, 1), the frame the greedy loop is at",
+    "decoder_step": "decoder output (1, hidden, 1) for the last emitted token",
+    "cache_last_channel": "attention cache (1, layers, frames, channels): zeros for a stream's first chunk, then "
+                          "the previous chunk's cache_last_channel_next",
+    "cache_last_time": "convolution cache (1, layers, channels, frames): zeros for a stream's first chunk, then "
+                       "the previous chunk's cache_last_time_next",
+    "cache_last_channel_len": "how many frames of cache_last_channel hold audio (0 for the first chunk), then the "
+                              "previous chunk's cache_last_channel_len_next",
+    "cache_last_channel_next": "the attention cache after this chunk: the next chunk's cache_last_channel",
+    "cache_last_time_next": "the convolution cache after this chunk: the next chunk's cache_last_time",
+    "cache_last_channel_len_next": "the next chunk's cache_last_channel_len",
+}
+
 
 def streaming_components(cache_state: bool = False) -> list[str]:
     """The packages that stream: the first chunk's encoder and the later chunks' (caches as states

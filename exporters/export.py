@@ -11,11 +11,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from importlib.metadata import version
 from pathlib import Path
 
 from exporters.cache import Entry, ExportCache, cache_key, tool_versions
 from exporters.components import (
     COMPONENTS,
+    PORT_DESCRIPTIONS,
     STREAMING_COMPONENTS,
     Component,
     ExportError,
@@ -35,6 +37,31 @@ from runtimes.base import package_size
 
 ORIGINS_FILE = "op_origins.json"
 VOCABULARY_FILE = "parakeet_vocab.json"  # beside the packages, as the public release ships it
+
+
+def package_license(source: ModelSource) -> str:
+    """The terms of the weights in the package: the checkpoint's, as far as the source says."""
+    if source.kind == "preset":
+        return ("no checkpoint's: the weights are the built-in preset's, seeded (and for the test model trained) "
+                "by parakeet-coreml, Apache-2.0")
+    if source.kind == "hub" and source.value.startswith("nvidia/parakeet-"):
+        return f"CC-BY-4.0, as the model card of {source.value} states"
+    return f"as the checkpoint's ({source.value}); a .nemo does not record it"
+
+
+def describe_package(mlmodel, component: Component, source: ModelSource, model_key: str) -> None:
+    """What Xcode shows of a package: its purpose, every input's and output's meaning, the model
+    it came from, its license and this tool's version."""
+    mlmodel.short_description = f"Parakeet {component.name}: {component.summary}"
+    mlmodel.author = f"NVIDIA NeMo model {source.describe()}; converted by parakeet-coreml"
+    mlmodel.license = package_license(source)
+    mlmodel.version = f"{source.describe()} sha256:{model_key[:16]}, parakeet-coreml {version('parakeet-coreml')}"
+    for described, ports in ((mlmodel.input_description, component.input_ports),
+                             (mlmodel.output_description, component.output_ports)):
+        for port in ports:
+            described[port.name] = PORT_DESCRIPTIONS[port.name]
+    mlmodel.user_defined_metadata.update({"parakeet_coreml.component": component.name,
+                                          "parakeet_coreml.model": source.describe()})
 
 
 @dataclass(frozen=True)
@@ -167,6 +194,7 @@ class Exporter:
             self.progress(f"  {component.name}: tracing and converting ...")
             t = time.perf_counter()
             mlmodel = convert_component(model, component, dims, self.options)
+            describe_package(mlmodel, component, self.source, self.model_key)
             package = f"{component.name}.mlpackage"
             mlmodel.save(str(tmp / package))
             fault_point("export")

@@ -10,10 +10,11 @@ import sys
 import tarfile
 from pathlib import Path
 
+import coremltools as ct
 import pytest
 
 from cli.main import main
-from exporters.components import COMPONENTS
+from exporters.components import COMPONENTS, PORT_DESCRIPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,6 +68,16 @@ def test_convert_writes_packages_and_metadata(pytest_exports, model_source, expo
         assert [i["name"] for i in component["inputs"]] == [s.name for s in expected.inputs(dims)]
         assert [o["shape"] for o in component["outputs"]] == [list(s.shape) for s in expected.outputs(dims)]
     assert meta["components"]["preprocessor"]["compute_precision"] == "float32"
+    # each package describes itself and every port, as Xcode shows it
+    for name, component in COMPONENTS.items():
+        package = ct.models.MLModel(str(out / f"{name}.mlpackage"), skip_model_load=True)
+        assert package.short_description == f"Parakeet {name}: {component.summary}"
+        assert package.author.startswith(f"NVIDIA NeMo model {model_source.describe()}; converted by")
+        assert package.license.startswith("no checkpoint's") or meta["model_source"]["kind"] != "preset"
+        assert package.user_defined_metadata["parakeet_coreml.component"] == name
+        for described, ports in ((package.input_description, component.input_ports),
+                                 (package.output_description, component.output_ports)):
+            assert {p.name: described[p.name] for p in ports} == {p.name: PORT_DESCRIPTIONS[p.name] for p in ports}
 
 
 def test_the_vocabulary_beside_the_packages_turns_token_ids_into_text(pytest_exports, model_source, export_cache,

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from exporters.components import COMPONENTS, DECODE, LENGTH
+from exporters.components import COMPONENTS, DECODE, LENGTH, PORT_DESCRIPTIONS, STREAMING_COMPONENTS
 from validation.checks import DECISION_CHECKS, FUSED_CHECKS, STEP_AXES, TORCH_CHECKS
 from validation.metrics import Tolerance
 from validation.tolerances import DEFAULT_TOLERANCES, EXACT, check_coverage
@@ -75,3 +75,11 @@ def test_a_headline_must_be_a_value_output():
     joint_decision = COMPONENTS["joint_decision"]
     with pytest.raises(ValueError, match="headline 'token_id'"):
         dataclasses.replace(joint_decision, headline="token_id")
+
+
+def test_every_port_of_every_component_has_its_description_and_no_other_is_kept():
+    """The packages carry these into their own metadata (Xcode shows them)."""
+    ports = {p.name for c in [*COMPONENTS.values(), *STREAMING_COMPONENTS.values()]
+             for p in (*c.input_ports, *c.output_ports, *c.state_ports)}
+    assert set(PORT_DESCRIPTIONS) == ports
+    assert all(len(text) > 20 for text in PORT_DESCRIPTIONS.values())

@@ -91,7 +91,7 @@ def _torch_vs_exported(ax, torch_values, exported: dict, ylabel: str, xlabel: st
         ax.plot(values, style, label=name, linewidth=1.2)
     ax.set_ylabel(ylabel)
     ax.set_xlabel(xlabel)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the panel: no frame hidden
 
 
 def _delta(ax, torch_values, exported: dict, xlabel: str, references: dict | None = None) -> None:
@@ -102,7 +102,7 @@ def _delta(ax, torch_values, exported: dict, xlabel: str, references: dict | Non
     ax.axhline(0.0, color="grey", linewidth=0.6)
     ax.set_ylabel("Δ L2")
     ax.set_xlabel(xlabel)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
 
 
 def mel_composite(series: dict, caption: Caption, out_dir: Path) -> Path:
@@ -160,14 +160,17 @@ def joint_topk(series: dict, caption: Caption, out_dir: Path, token_classes: int
     plt, fig, (dist, top, bottom) = _figure(3)
     ranks = np.arange(1, TOP_K + 1)
     width = 0.38
-    dist.bar(ranks - width / 2, torch_top.mean(0), width, yerr=torch_top.std(0), label="Torch", color="black",
-             alpha=0.7, capsize=2)
-    dist.bar(ranks + width / 2, exported_top.mean(0), width, yerr=exported_top.std(0), label="exported joint",
-             alpha=0.7, capsize=2)
+    for offset, top_p, label, color in ((-width / 2, torch_top, "Torch", "black"),
+                                        (width / 2, exported_top, "exported joint", "tab:blue")):
+        mean, std = top_p.mean(0), top_p.std(0)
+        # ± std cut at the probabilities' bounds: a whisker never claims a probability above 1 or below 0
+        dist.bar(ranks + offset, mean, width, yerr=[np.minimum(std, mean), np.minimum(std, 1 - mean)], label=label,
+                 color=color, alpha=0.7, capsize=2)
     dist.set_xticks(ranks)
-    dist.set_xlabel("rank of the token in Torch's distribution (mean ± std over frames)")
+    dist.set_ylim(0, 1.02)
+    dist.set_xlabel("rank of the token in Torch's distribution (mean ± std over frames, cut at 0 and 1)")
     dist.set_ylabel("token probability")
-    dist.legend(loc="upper right", fontsize=8)
+    dist.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     exported = {"joint": series["joint_l2_exported"]}
     _torch_vs_exported(top, series["joint_l2_torch"], exported, "L2 of logits", "encoder frame")
     _delta(bottom, series["joint_l2_torch"], exported, "encoder frame")
@@ -223,9 +226,17 @@ def latency_caption(block: dict, description: dict) -> Caption:
                                    f"Torch threads {block['threads']['torch']}")
 
 
+def _ms(value: float) -> str:
+    """A time in ms as people write it: 0.417, 96.5, 1,620."""
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
+
+
 def _paired_bars(ax, names: list[str], sides: list[tuple[str, list[dict], str]], ylabel: str) -> None:
     """Bars of the median per side, whiskers from the fastest to the 90th percentile (a range a log
-    axis can hold, unlike ± std); log scale, the median written on each bar."""
+    axis can hold, unlike ± std); log scale spanning the values (a bar starts at the axis' foot),
+    the median written on each bar."""
+    from matplotlib import ticker  # lazy: matplotlib loads only when drawing
+
     x = np.arange(len(names))
     width = 0.8 / len(sides)
     for i, (label, stats, color) in enumerate(sides):
@@ -233,12 +244,16 @@ def _paired_bars(ax, names: list[str], sides: list[tuple[str, list[dict], str]],
         spread = [medians - [s["min"] for s in stats], [s["p90"] for s in stats] - medians]
         bars = ax.bar(x + (i - (len(sides) - 1) / 2) * width, medians, width, yerr=spread, capsize=3, label=label,
                       color=color, alpha=0.85, error_kw={"elinewidth": 1})
-        ax.bar_label(bars, labels=[f"{m:.3g}" for m in medians], fontsize=7, padding=2)
+        ax.bar_label(bars, labels=[_ms(m) for m in medians], fontsize=7, padding=2)
     ax.set_xticks(x, names, rotation=15, ha="right")
     ax.set_yscale("log")
+    lows = [s["min"] for _, stats, _ in sides for s in stats]
+    highs = [s["p90"] for _, stats, _ in sides for s in stats]
+    ax.set_ylim(min(lows) / 3, max(highs) * 2.5)  # room for the labels above the tallest bar
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _ms(v)))
     ax.set_ylabel(ylabel)
-    ax.margins(y=0.25)
-    ax.legend(loc="upper left", fontsize=8, title="bar: median; whisker: min to p90", title_fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="bar: median\nwhisker: min to p90",
+              title_fontsize=7)  # beside the axes: no bar or label under it
 
 
 def _times_axis(ax) -> None:
@@ -250,27 +265,43 @@ def _times_axis(ax) -> None:
     ax.yaxis.set_minor_formatter(ticker.NullFormatter())
 
 
-def _speedup_bars(ax, names: list[str], entries: list[dict], ylabel: str) -> None:
-    """Each case's paired speedup with its 95 % interval; a flagged case hatched and marked."""
+def _speedup_bars(ax, names: list[str], entries: list[dict], ylabel: str, faster: str) -> None:
+    """Each case's paired speedup as a bar from 1× (up: the export is faster, down: slower) with its
+    95 % interval; an interval cut at the axis' edge ends in an arrow; a flagged case hatched."""
     speedups = np.array([e["speedup"] for e in entries])
-    # the axis spans the speedups and 1×, a factor 4 beyond; a wider interval (few rounds) is cut at its edge
-    bottom, top = min(speedups.min(), 1.0) / 4, max(speedups.max(), 1.0) * 4
-    low = speedups - np.clip([e["speedup_ci95"][0] for e in entries], bottom, top)
-    high = np.clip([e["speedup_ci95"][1] for e in entries], bottom, top) - speedups
+    # the axis spans the speedups and 1×, a factor 3 beyond; a wider interval (few rounds) is cut at its edge
+    bottom, top = min(speedups.min(), 1.0) / 3, max(speedups.max(), 1.0) * 3
+    lows = np.array([e["speedup_ci95"][0] for e in entries])
+    highs = np.array([e["speedup_ci95"][1] for e in entries])
+    x = np.arange(len(names))
     colors = ["tab:green" if s >= 1 else "tab:red" for s in speedups]
-    bars = ax.bar(names, speedups, color=colors, alpha=0.85, yerr=[low, high], capsize=4,
-                  hatch=["//" if e["flags"] else "" for e in entries], edgecolor="white")
-    ax.bar_label(bars, labels=[f"{s:.2f}×" + (" (flagged)" if e["flags"] else "") for s, e in zip(speedups, entries)],
-                 fontsize=8, label_type="center", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
-    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.bar(x, speedups - 1.0, bottom=1.0, color=colors, alpha=0.85, edgecolor="white",
+                  hatch=["//" if e["flags"] else "" for e in entries])
+    ax.errorbar(x, speedups, yerr=[speedups - np.clip(lows, bottom, top), np.clip(highs, bottom, top) - speedups],
+                fmt="none", ecolor="black", capsize=4, elinewidth=1)
+    for i in np.flatnonzero(highs > top):
+        ax.plot(x[i], top, marker="^", color="black", markersize=7, clip_on=False)
+    for i in np.flatnonzero(lows < bottom):
+        ax.plot(x[i], bottom, marker="v", color="black", markersize=7, clip_on=False)
+    for i, (speedup, entry) in enumerate(zip(speedups, entries)):  # past the bar's end and its whisker
+        up = speedup >= 1
+        end = min(highs[i], top) if up else max(lows[i], bottom)
+        ax.annotate(f"{speedup:.2f}×" + (" (flagged)" if entry["flags"] else ""), (x[i], max(end, speedup) if up
+                    else min(end, speedup)), xytext=(0, 4 if up else -4), textcoords="offset points", ha="center",
+                    va="bottom" if up else "top", fontsize=8)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_ylabel(ylabel)
     ax.set_yscale("log")
     ax.set_ylim(bottom, top)
     _times_axis(ax)
-    ax.tick_params(axis="x", rotation=15)
+    ax.set_xticks(x, names, rotation=15, ha="right")
+    notes = [f"up from 1×: {faster} is faster; down: slower"]
+    if (highs > top).any() or (lows < bottom).any():
+        notes.append("▲▼ an interval that runs off the axis")
     if any(e["flags"] for e in entries):
-        ax.set_xlabel("hatched: flagged, read with care (a side's spread above 10 % CV, or a busy host: see the "
-                      "latency block)", fontsize=8)
+        notes.append("hatched: flagged, read with care (a side's spread above 10 % CV, or a busy host: see the "
+                     "latency block)")
+    ax.set_xlabel("\n".join(textwrap.wrap("; ".join(notes), 130)), fontsize=8)
 
 
 def latency_plots(block: dict, description: dict, out_dir: Path) -> list[Path]:
@@ -291,7 +322,7 @@ def latency_plots(block: dict, description: dict, out_dir: Path) -> list[Path]:
                            out_dir / "latency_summary.png"))
         plt, fig, (ax,) = _figure(1, height=3.6)
         _speedup_bars(ax, names, [rows[n] for n in names],
-                      f"Torch time / {backend} time\n(geometric mean of paired rounds, 95 % CI)")
+                      f"Torch time / {backend} time\n(geometric mean of paired rounds, 95 % CI)", "the export")
         drawn.append(_save(plt, fig, caption, "Speedup of the exported packages over Torch",
                            out_dir / "latency_speedup.png"))
     fused = block["fused"]
@@ -306,7 +337,7 @@ def latency_plots(block: dict, description: dict, out_dir: Path) -> list[Path]:
                            out_dir / "latency_fused_vs_separate.png"))
         plt, fig, (ax,) = _figure(1, height=3.2)
         _speedup_bars(ax, names, [fused[n] for n in names],
-                      "separate time / fused time\n(geometric mean of paired rounds, 95 % CI)")
+                      "separate time / fused time\n(geometric mean of paired rounds, 95 % CI)", "the fused package")
         drawn.append(_save(plt, fig, caption, "Speedup of fusing", out_dir / "latency_fused_speedup.png"))
     for name, entry in block.get("streaming", {}).items():
         drawn.append(_stream_timeline(entry, caption, backend, out_dir / f"latency_streaming_{name}.png"))

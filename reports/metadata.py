@@ -41,6 +41,8 @@ def json_safe(value):
 
 
 ARRAYS_GLOB = "metadata_arrays.*.json"
+# what the checks add to convert's description: a new report folder starts without another run's
+REPORT_BLOCKS = ("validation", "latency", "evaluation", "long_audio", "streaming_validation", "arrays_file")
 # a list of more numbers than this is an array: it goes into the arrays file
 ARRAY_LENGTH = 32
 
@@ -111,7 +113,7 @@ def update_metadata(directory: Path, description: dict, **blocks) -> Path:
     """
     directory = Path(directory)
     path = directory / METADATA
-    document = description
+    document = {key: value for key, value in description.items() if key not in REPORT_BLOCKS}
     if path.exists():
         document = read_metadata(directory)
         theirs = document.get("model_source", {}).get("content_sha256")

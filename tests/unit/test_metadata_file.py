@@ -61,3 +61,11 @@ def test_a_metadata_json_whose_arrays_file_is_gone_is_refused_with_its_name(tmp_
     arrays.unlink()
     with pytest.raises(ExportError, match=f"{arrays.name}, named by .*metadata.json: not readable"):
         read_metadata(tmp_path)
+
+
+def test_a_new_report_folder_starts_from_the_description_without_another_runs_blocks(tmp_path):
+    """A description read from a convert folder that compare already wrote into keeps its blocks;
+    a report written elsewhere holds only its own."""
+    described = {**DESCRIPTION, "validation": {"status": "failed"}, "long_audio": {"builtin:seams": {}}}
+    update_metadata(tmp_path, described, latency={"backend": "mil"})
+    assert read_metadata(tmp_path) == {**DESCRIPTION, "latency": {"backend": "mil"}}

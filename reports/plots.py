@@ -377,12 +377,17 @@ QUANTIZE_DIR = Path("plots") / "quantize"
 FUSED_COMPONENTS = ("mel_encoder", "joint_decision", "joint_decision_single_step")
 # metric -> (axis label, log axis, the uncompressed export's value in the same entry, file)
 QUANTIZE_METRICS = {
-    "quality": ("quality (1 − ‖ref − q‖ / ‖ref‖)", False, None, "quantize_quality.png"),
+    "quality": ("quality loss ‖ref − q‖ / ‖ref‖ (1 − quality; log, lower is closer to the uncompressed export)",
+                True, None, "quantize_quality.png"),
     "size_mb": ("package size (MB)", True, "base_size_mb", "quantize_size.png"),
     "compression_ratio": ("compression ratio (uncompressed / compressed)", False, None, "quantize_compression.png"),
     "latency_ms": ("latency per call (ms, median)", True, "base_latency_ms", "quantize_latency.png"),
     "compile_ms": ("Core ML compile time (ms)", True, None, "quantize_compile_time.png"),
 }
+# metric -> the entry's keys of its spread (median, min, p90, cv, flags): the variant's and the baseline's
+QUANTIZE_SPREAD = {"latency_ms": ("latency", "base_latency")}
+LATENCY_NOTE = ("bar: median; whisker: fastest call to p90; hatched: flagged, read with care (CV above 10 % or a "
+                "busy host)")
 # 1 − quality below this is drawn on the floor: the variant left that output as it was
 IDENTICAL = 1e-6
 
@@ -419,26 +424,46 @@ def _variant_bars(ax, summary: dict, components: list[str], metric: str, colors:
     """Grouped bars: one group per component; the uncompressed export first where the metric has
     a baseline, then one bar per variant."""
     ylabel, log, baseline, _ = QUANTIZE_METRICS[metric]
+    spread = QUANTIZE_SPREAD.get(metric)  # the entries' spread of the metric: (own, baseline's)
     variants = [v for v, entry in summary.items() if not entry.get("error")]
-    series = [(variant, colors[variant], [summary[variant]["components"].get(c, {}).get(metric) for c in components])
-              for variant in variants]
+    entries = lambda v: [summary[v]["components"].get(c, {}) for c in components]  # noqa: E731
+    series = [(variant, colors[variant], [e.get(metric) for e in entries(variant)],
+               [e.get(spread[0]) if spread else None for e in entries(variant)]) for variant in variants]
     if baseline is not None:
-        base = [next((summary[v]["components"][c].get(baseline) for v in variants
-                      if summary[v]["components"].get(c, {}).get(baseline) is not None), None) for c in components]
-        if any(b is not None for b in base):
-            series.insert(0, ("uncompressed export", "black", base))
+        base = [next((e for v in variants if (e := summary[v]["components"].get(c, {})).get(baseline) is not None),
+                     {}) for c in components]
+        if any(b.get(baseline) is not None for b in base):
+            series.insert(0, ("uncompressed export", "black", [b.get(baseline) for b in base],
+                              [b.get(spread[1]) if spread else None for b in base]))
     x = np.arange(len(components))
     width = 0.85 / max(1, len(series))
-    for i, (label, color, values) in enumerate(series):
-        heights = [np.nan if v is None else v for v in values]
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=label, color=color)
+    for i, (label, color, values, spreads) in enumerate(series):
+        heights = np.array([np.nan if v is None else v for v in values], dtype=float)
+        if metric == "quality":  # drawn as the loss, so variants near quality 1 stay apart
+            heights = np.maximum(1 - heights, IDENTICAL)
+        # whiskers from the fastest call to the 90th percentile; a flagged timing hatched
+        whiskers = [[h - s["min"] if s else 0.0 for h, s in zip(heights, spreads)],
+                    [s["p90"] - h if s else 0.0 for h, s in zip(heights, spreads)]]
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, color=color, label=label,
+               yerr=whiskers if any(spreads) else None, error_kw={"elinewidth": 0.8, "capsize": 1.5},
+               hatch=["//" if s and s.get("flags") else "" for s in spreads], edgecolor="white", linewidth=0)
     ax.set_xticks(x, components, rotation=15, ha="right")
-    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_ylabel("\n".join(textwrap.wrap(ylabel, 45)), fontsize=8)
     if log:
         ax.set_yscale("log")
     if metric == "quality":
-        ax.set_ylim(0, 1.05)
-        _gate_lines(ax, summary)
+        ax.set_ylim(IDENTICAL / 2, 1.5)
+        ax.axhline(IDENTICAL, color="lightgrey", linewidth=3, zorder=0,
+                   label=f"output unchanged (1 − quality < {IDENTICAL:g})")
+        _gate_lines(ax, summary, at=lambda threshold: max(1 - threshold, IDENTICAL))
+    if metric in QUANTIZE_SPREAD:
+        ax.set_xlabel(LATENCY_NOTE, fontsize=7)
+
+
+def _unhatched(legend) -> None:
+    """A legend's patches plain: a variant's colour, whichever of its bars is hatched."""
+    for patch in legend.get_patches():
+        patch.set_hatch(None)
 
 
 def quantization_plots(summary: dict, caption: Caption, out_dir: Path) -> tuple[list[Path], list[str]]:
@@ -462,7 +487,7 @@ def quantization_plots(summary: dict, caption: Caption, out_dir: Path) -> tuple[
             continue
         plt, fig, (ax,) = _figure(1, height=4.0)
         _variant_bars(ax, summary, components, metric, colors)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        _unhatched(ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5)))
         drawn.append(_save(plt, fig, caption, f"Per component: {label}", out_dir / name))
     fused = [c for c in FUSED_COMPONENTS if c in components]
     if fused:
@@ -474,9 +499,9 @@ def quantization_plots(summary: dict, caption: Caption, out_dir: Path) -> tuple[
         for ax in axes:  # one legend for every panel: the baseline and the gate appear in some only
             for handle, label in zip(*ax.get_legend_handles_labels()):
                 handles.setdefault(label, handle)
-        fig.legend(list(handles.values()), list(handles), fontsize=7, loc="center right")
+        _unhatched(fig.legend(list(handles.values()), list(handles), fontsize=7, loc="center right"))
         drawn.append(_save(plt, fig, caption, "Fused packages: quality, size, compression, latency",
-                           out_dir / "quantize_fused.png", right=0.78))
+                           out_dir / "quantize_fused.png", right=0.74))
     drawn.append(_quality_against_size(summary, built, components, colors, caption, out_dir))
     return drawn, skipped
 
@@ -486,11 +511,20 @@ def _quality_against_size(summary: dict, built: list[str], components: list[str]
     """1 − quality on a log axis, so variants near quality 1 stay apart; better is up."""
     plt, fig, (ax,) = _figure(1, height=4.8)
     markers = "osD^v<>pPX*"
+    points: dict[tuple, list] = {}  # where a point falls (to the eye) -> the (variant, component) drawn there
     for variant in built:
         for j, component in enumerate(components):
             entry = summary[variant]["components"][component]
-            ax.scatter(entry["size_mb"], max(1 - entry["quality"], IDENTICAL), color=colors[variant],
-                       marker=markers[j % len(markers)], s=40, label=variant if j == 0 else None)
+            size, loss = entry["size_mb"], max(1 - entry["quality"], IDENTICAL)
+            points.setdefault((round(np.log10(size), 2), round(np.log10(loss), 1)), []).append(
+                (variant, j, size, loss))
+    for together in points.values():  # points that coincide drawn as rings, the largest first: each colour shows
+        for k, (variant, j, size, loss) in enumerate(together):
+            ax.scatter(size, loss, facecolors=colors[variant] if k == len(together) - 1 else "none",
+                       edgecolors=colors[variant], linewidths=2, marker=markers[j % len(markers)],
+                       s=40 + 60 * (len(together) - 1 - k))
+    for variant in built:
+        ax.scatter([], [], color=colors[variant], marker="s", s=40, label=variant)
     for j, component in enumerate(components):
         ax.scatter([], [], facecolors="none", edgecolors="black", marker=markers[j % len(markers)], label=component)
     ax.set_xscale("log")
@@ -502,6 +536,7 @@ def _quality_against_size(summary: dict, built: list[str], components: list[str]
     ax.set_xlabel("package size (MB, log)")
     ax.set_ylabel("1 − quality (log; up is closer\nto the uncompressed export)")
     ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title("points that coincide are drawn as rings around each other, one per variant", fontsize=8)
     return _save(plt, fig, caption, "Quality against size: each point a component of a variant (colour: variant, "
                  "shape: component)", out_dir / "quantize_quality_vs_size.png")
 
@@ -528,11 +563,23 @@ def evaluation_plots(block: dict, records: list[dict], caption: Caption, out_dir
         for label in exports:
             values = np.array([100 * r["wer"][label]["wer"] for r in scored])
             top = max(top, float(values.max()))
-            ax.scatter(reference, values, s=14, alpha=0.6, label=f"{label} ({len(values)} utterances)")
+            # utterances on one point (most: both 0 %) drawn once, the marker's area and a number say how many
+            points, counts = np.unique(np.round(np.stack([reference, values], 1), 6), axis=0, return_counts=True)
+            ax.scatter(points[:, 0], points[:, 1], s=14 * np.sqrt(counts) * 3, alpha=0.6,
+                       label=f"{label} ({len(values)} utterances at {len(points)} points)")
+            for (x, y), count in zip(points, counts):
+                if count > 1:
+                    ax.annotate(f"{count}", (x, y), textcoords="offset points", xytext=(4 + 2 * np.sqrt(count), 6),
+                                fontsize=8)
         ax.plot([0, top], [0, top], color="grey", linewidth=0.8, label="equal WER")
+        ax.set_title("marker area grows with the utterances at the point; a number says how many (if more than one)",
+                     fontsize=8)
         ax.set_xlabel(f"NeMo {same}: WER per utterance (%)")
         ax.set_ylabel("export: WER per utterance (%)")
-        ax.legend(fontsize=8, loc="upper left")
+        legend = ax.legend(fontsize=8, loc="upper left")
+        for handle in legend.legend_handles:  # one size in the legend, not the largest point's
+            if hasattr(handle, "set_sizes"):
+                handle.set_sizes([30])
         drawn.append(_save(plt, fig, caption, "Per-utterance WER, export against NeMo", out_dir / "wer_scatter.png"))
 
         plt, fig, (ax,) = _figure(1, height=3.4)

@@ -9,6 +9,7 @@ audio components, and what the uncompressed packages make of it for the rest.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ from runtimes.coreml import compile_and_place, unavailable_reason
 from validation.audio import Clip
 from validation.evaluation import package_window_decoder
 from validation.metrics import quality, token_edit_distance
-from validation.timing import summary, time_calls
+from validation.timing import flags, load_average, summary, time_calls
 
 
 def reference_inputs(base: dict, load, dims: ModelDims, clip: Clip) -> dict[str, dict[str, np.ndarray]]:
@@ -116,7 +117,7 @@ class Reference:
     inputs: dict[str, dict[str, np.ndarray]]
     outputs: dict[str, dict[str, np.ndarray]]
     tokens: list[int] | None  # None: a component of the transcript was not exported
-    latency_ms: dict[str, float] = field(default_factory=dict)  # component -> median, when timed
+    latency: dict[str, dict] = field(default_factory=dict)  # component -> ``latency_of``, when timed
 
 
 def transcribe(packages: dict, load, dims: ModelDims, clip: Clip) -> list[int]:
@@ -152,16 +153,19 @@ class VariantResult:
                 "packages": {name: str(package) for name, package in self.packages.items()}}
 
 
-def median_latency(package, load, inputs: dict, runs: int, warmup: int) -> float:
-    """Median ms of ``runs`` calls of the package after ``warmup``."""
-    return summary(time_calls(lambda: load(package).predict(inputs), runs, warmup))["median"]
+def latency_of(package, load, inputs: dict, runs: int, warmup: int) -> dict:
+    """``runs`` calls of the package after ``warmup``: median, fastest, 90th percentile and CV (ms),
+    and why they should not be read alone (a wide spread, a busy host), as ``compare`` flags them."""
+    calls = summary(time_calls(lambda: load(package).predict(inputs), runs, warmup))
+    return {**{k: calls[k] for k in ("median", "min", "p90", "cv", "rounds")},
+            "flags": flags({"calls": calls}, load_average(), os.cpu_count())}
 
 
 def timing_of(package, load, inputs: dict, backend: str, compute_units: str, runs: int, warmup: int) -> dict:
     """Latency of one package (median ms) and, on Core ML, its compile time; labelled with what
     measured it. Off macOS the compile time is null with the reason."""
-    found = {"latency_ms": median_latency(package, load, inputs, runs, warmup),
-             "latency_from": describe_backend(backend)}
+    latency = latency_of(package, load, inputs, runs, warmup)
+    found = {"latency_ms": latency["median"], "latency": latency, "latency_from": describe_backend(backend)}
     if backend == "coreml":
         placed = compile_and_place(package, compute_units)
         found.update(compile_ms=placed["compile_ms"], placement=placed["placement"])
@@ -197,7 +201,8 @@ def sweep_variant(variant, base_exports: dict, reference: Reference, cache, load
         if runs:
             component.extra.update(timing_of(c.package, load, reference.inputs[name], backend, compute_units, runs,
                                              warmup))
-            component.extra["base_latency_ms"] = reference.latency_ms.get(name)
+            base = reference.latency.get(name)
+            component.extra.update(base_latency_ms=base and base["median"], base_latency=base)
         result.components[name] = component
     if reference.tokens is not None:
         candidate = transcribe(result.packages, load, dims, clip)
@@ -232,9 +237,9 @@ class QuantizationSweep:
             self.progress(f"the uncompressed {target} exports on {self.clip.name} ...")
             reference = reference_of({n: e.package for n, e in exports.items()}, self.load, self.dims, self.clip)
             if self.timing["runs"]:  # the baseline the variants' latency is read against, timed alike
-                reference.latency_ms.update({
-                    name: median_latency(package, self.load, reference.inputs[name], self.timing["runs"],
-                                         self.timing["warmup"]) for name, package in reference.packages.items()})
+                reference.latency.update({
+                    name: latency_of(package, self.load, reference.inputs[name], self.timing["runs"],
+                                     self.timing["warmup"]) for name, package in reference.packages.items()})
             self.bases[target] = exports, reference
         return self.bases[target]
 

@@ -113,7 +113,7 @@ def test_quantize_gives_an_overall_verdict_and_the_uncompressed_baseline(convert
     root = tmp_path / "quantized"
     code = main(["quantize", "--input-dir", str(converted), "--output-root", str(root), "--cache-dir",
                  str(export_cache.root), "--backend", "mil", "--variants", "int8_per_channel,palettize_8bit",
-                 "--held-out", "none", "--runs", "1", "--warmup", "0", "--gate", "palettize_8bit:quality=1.0"])
+                 "--held-out", "none", "--runs", "2", "--warmup", "0", "--gate", "palettize_8bit:quality=1.0"])
     captured = capsys.readouterr()
     assert code == 1, captured.err
     document = json.loads((root / "quantization_summary.json").read_text())
@@ -124,6 +124,11 @@ def test_quantize_gives_an_overall_verdict_and_the_uncompressed_baseline(convert
     assert "quantization failed: 2 variant(s)" in captured.out and "1 passed, 1 failed" in captured.out
     encoder = document["variants"]["int8_per_channel"]["components"]["encoder"]
     assert encoder["base_latency_ms"] > 0 and encoder["base_size_mb"] > encoder["size_mb"]
+    # each timing keeps its spread and flags, as compare's do, for the plot's whiskers and hatching
+    for side, median in (("latency", encoder["latency_ms"]), ("base_latency", encoder["base_latency_ms"])):
+        timing = encoder[side]
+        assert timing["rounds"] == 2 and timing["min"] <= timing["median"] == median <= timing["p90"]
+        assert isinstance(timing["flags"], list)
     plots = {p.name for p in (root / "plots" / "quantize" / "ALL").iterdir()}
     assert {"quantize_latency.png", "quantize_size.png", "quantize_quality_vs_size.png"} <= plots
 

@@ -32,6 +32,9 @@ from validation.packages import DEFAULT_CONVERT_DIR, DEFAULT_REPORT_DIR
 from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, MAX_WER_DIFFERENCE_POINTS, PSNR_FLOOR_DB
 from validation.windowing import DEFAULT_STRATEGY, STRATEGIES
 
+DESCRIPTION = ("parakeet-coreml: export Parakeet-TDT to Core ML (convert), prove the export matches NeMo (compare), "
+               "transcribe a data set with both and take any WER gap apart (evaluate), and weigh compressed variants "
+               "of the export (quantize).")
 CONFIG_HELP = ("a pyproject.toml-style file whose [tool.parakeet-coreml] sets tolerances, gates and variants "
                "(default: this project's pyproject.toml when run inside its checkout, else none)")
 
@@ -45,7 +48,7 @@ def _terminate(signum, frame):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="parakeet-coreml", description=__doc__)
+    parser = argparse.ArgumentParser(prog="parakeet-coreml", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     parser.add_argument("--verbose", action="store_true",
                         help="show what NeMo, coremltools and torch print (by default it goes to a log file, "

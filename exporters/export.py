@@ -224,10 +224,15 @@ class Exporter:
         for i, component in enumerate(steps(components, len(components)), 1):
             t = time.perf_counter()
             exported = self.export(component)
-            how = "cached" if exported.entry.hit else f"converted in {exported.info['convert_seconds']:.1f} s"
-            size_mb = exported.size_bytes / 1e6
-            self.progress(f"[{i}/{len(components)}] {component.name}: {how}, {size_mb:.1f} MB, "
-                          f"{exported.info['compute_precision']} ({time.perf_counter() - t:.1f} s)")
+            elapsed = time.perf_counter() - t
+            size = f"{exported.size_bytes / 1e6:.1f} MB, {exported.info['compute_precision']}"
+            if exported.entry.hit:
+                line = f"cached, {size} (read in {elapsed:.1f} s)"
+            else:
+                converted = exported.info["convert_seconds"]
+                line = f"converted in {converted:.1f} s, {size}" + (
+                    f" ({elapsed:.1f} s with loading the model)" if elapsed - converted > 0.5 else "")
+            self.progress(f"[{i}/{len(components)}] {component.name}: {line}")
             done.append(exported)
         self.vocabulary  # noqa: B018 (cached beside the packages: a later convert then needs no model)
         return done

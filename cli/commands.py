@@ -227,15 +227,6 @@ def run_compare(args) -> int:
     for clip in clips:
         for note in clip.notes:
             print_progress(f"{clip.name}: {note}")
-    latency = None
-    if args.runs:
-        cases = all_cases(model, dims, packages, load, lambda p: load_predictor(p, backend, units), clips[0])
-        print_progress(f"timing {len(cases)} case(s) on {clips[0].name}: a cold start, then {args.warmup} warm-up "
-                       f"and {args.runs} timed rounds, the two sides in turn")
-        audio_seconds = clips[0].length / dims.sample_rate
-        latency = latency_block(measure(progress_bar("timing", "case")(cases, len(cases)), args.runs, args.warmup,
-                                        audio_seconds, backend, print_progress),
-                                environment(backend, units, precision), audio_seconds)
     context = parity_context(args.backend, backend, precision, units, tolerances)
     report = ParityReport(description, context, precision, clips[0].name)
     def origins(name):
@@ -250,6 +241,16 @@ def run_compare(args) -> int:
         failed = run.failed()
         print_progress(f"[{i}/{len(clips)}] {clip.name}: {len(run.results) - len(failed)} of {len(run.results)} "
                        f"checks passed" + "".join(f"\n{r.message()}" for r in failed))
+    # timed after the checks: a failed check is told first, and timing waits for none
+    latency = None
+    if args.runs:
+        cases = all_cases(model, dims, packages, load, lambda p: load_predictor(p, backend, units), clips[0])
+        print_progress(f"timing {len(cases)} case(s) on {clips[0].name}: a cold start, then {args.warmup} warm-up "
+                       f"and {args.runs} timed rounds, the two sides in turn")
+        audio_seconds = clips[0].length / dims.sample_rate
+        latency = latency_block(measure(progress_bar("timing", "case")(cases, len(cases)), args.runs, args.warmup,
+                                        audio_seconds, backend, print_progress),
+                                environment(backend, units, precision), audio_seconds)
     earlier = earlier_blocks(directory, ["validation", "latency"] if latency is not None else ["validation"])
     path, plots = report.write(directory)
     if latency is not None:
@@ -262,10 +263,11 @@ def run_compare(args) -> int:
     status = json.loads(path.read_text())["validation"]["status"]
     noisy = flagged(latency) if latency else []
     blocks = "validation and latency blocks" if latency else "validation block"
-    print_result(f"parity {status} on {backend} ({context['values_from']}); {blocks} in {path}, {len(plots)} plots in "
-                 f"{plots[0].parent if plots else directory}"
-                 + (f"; {len(noisy)} latency case(s) flagged, read them with care: " + "; ".join(noisy) if noisy
-                    else "") + replaced_note([f"{b} block" for b in earlier]))
+    print_result(f"parity {status} on {backend} ({context['values_from']})\n"
+                 f"  {blocks} in {path}, {len(plots)} plots in {plots[0].parent if plots else directory}"
+                 + replaced_note([f"{b} block" for b in earlier])
+                 + (f"\n  {len(noisy)} latency case(s) flagged, read them with care:" + "".join(
+                     f"\n    {line}" for line in noisy) if noisy else ""))
     return 0 if status == "passed" and streaming_passed else 1
 
 

@@ -382,12 +382,17 @@ def latency_block(entries: dict[str, tuple[Case, dict]], env: dict, audio_second
 
 
 def describe_entry(case: Case, entry: dict) -> str:
-    """A case's line: both medians, the speedup with its interval, the flags."""
+    """A case's line: each side's median, the paired speedup (what the report's verdicts use) with
+    its interval and what it is, the flags; and a word where the medians and the pairs disagree."""
     reference, candidate = case.sides
     low, high = entry["speedup_ci95"]
-    return (f"{case.id}: {reference} {entry[f'{reference}_ms']['median']:.3g} ms, {candidate} "
-            f"{entry[f'{candidate}_ms']['median']:.3g} ms (medians of {entry['paired_rounds']} paired rounds); "
-            f"speedup {entry['speedup']:.2f}x [95% CI {low:.2f}-{high:.2f}]"
+    medians = entry[f"{reference}_ms"]["median"], entry[f"{candidate}_ms"]["median"]
+    disagree = (medians[0] / medians[1] - 1) * (entry["speedup"] - 1) < 0
+    return (f"{case.id}: median {reference} {medians[0]:.3g} ms, {candidate} {medians[1]:.3g} ms; paired speedup "
+            f"{entry['speedup']:.2f}x [95% CI {low:.2f}-{high:.2f}] (geometric mean of {reference}/{candidate} "
+            f"over {entry['paired_rounds']} rounds timed side by side)"
+            + ("; the medians and the pairs point different ways: the rounds vary too much to tell, read the CI"
+               if disagree else "")
             + "".join(f"; FLAGGED {reason}" for reason in entry["flags"]))
 
 

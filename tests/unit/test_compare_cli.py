@@ -10,7 +10,7 @@ import pytest
 import soundfile
 
 from cli.main import build_parser, main
-from reports.metadata import read_metadata
+from reports.metadata import read_metadata, update_metadata
 
 pytestmark = pytest.mark.parity
 
@@ -60,9 +60,17 @@ def test_compare_writes_validation_latency_and_plots(converted, export_cache, ca
                      "latency_fused_speedup.png", "latency_fused_vs_separate.png", "latency_speedup.png",
                      "latency_summary.png", "mel_composite.png"]
     assert "[6/6] speech_1s: 20 of 20 checks passed" in captured.err
+    # parity first, then timing; the summary in short lines, parity's verdict first
+    assert captured.err.index("[6/6] speech_1s") < captured.err.index("timing 10 case(s)")
+    summary = captured.out.strip().splitlines()
+    assert summary[0].startswith("parity passed on mil") and summary[1].startswith("  validation and latency blocks")
+    assert max(len(line) for line in summary) < 300
+    # metadata.json keeps the summary; the per-frame and per-chunk series are in the arrays file beside it
+    assert (converted / "metadata.json").stat().st_size < 400_000
 
 
 def test_a_tolerance_too_tight_fails_with_exit_1_and_says_where(converted, export_cache, capsys):
+    update_metadata(converted, read_metadata(converted), validation={"status": "passed"})  # an earlier run's
     code = _compare(converted, export_cache, "--runs", "0", "--tolerance", "encoder.encoder:atol=1e-6,rtol=0")
     captured = capsys.readouterr()
     assert code == 1
@@ -70,6 +78,7 @@ def test_a_tolerance_too_tight_fails_with_exit_1_and_says_where(converted, expor
     assert "first diverging operations" in captured.err
     assert "third-party output of this run: " in captured.err  # a failure says where the libraries' lines went
     assert read_metadata(converted)["validation"]["status"] == "failed"
+    assert "; replaced the earlier validation block" in captured.out
 
 
 def _assert_refused(code, captured, message):

@@ -24,6 +24,7 @@ from validation.timing import (
     Partner,
     StreamSide,
     all_cases,
+    describe_entry,
     flagged,
     paired_speedup,
     speech_onset,
@@ -246,3 +247,18 @@ def test_the_streaming_packages_are_left_to_the_stream_case():
     not the clip (timing a convert directory with them used to end in a KeyError)."""
     packages = {name: Path(f"{name}.mlpackage") for name in ("encoder_streaming_first", "encoder_streaming_state")}
     assert all_cases(None, None, packages, None, None, None) == []
+
+
+def test_a_case_line_names_its_numbers_and_says_when_medians_and_pairs_disagree():
+    """``encoder: torch 189 ms, backend 170 ms; speedup 0.74x`` read as a contradiction: the
+    medians say the export is faster, the paired figure says slower."""
+    case = Case("encoder", "component", {})
+    entry = {"torch_ms": {"median": 189.0}, "backend_ms": {"median": 170.0}, "speedup": 0.74,
+             "speedup_ci95": [0.4, 1.3], "paired_rounds": 3, "flags": []}
+    line = describe_entry(case, entry)
+    assert line.startswith("encoder: median torch 189 ms, backend 170 ms; paired speedup 0.74x [95% CI 0.40-1.30] "
+                           "(geometric mean of torch/backend over 3 rounds timed side by side)")
+    assert line.endswith("the medians and the pairs point different ways: the rounds vary too much to tell, "
+                         "read the CI")
+    agreeing = describe_entry(case, {**entry, "speedup": 1.1, "speedup_ci95": [1.05, 1.15]})
+    assert "different ways" not in agreeing

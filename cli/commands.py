@@ -38,6 +38,7 @@ from validation.checks import ParityRunner
 from validation.evaluation import (
     STREAMED,
     WINDOWED,
+    PaceBook,
     decoders_for,
     evaluate,
     read_manifest,
@@ -392,7 +393,10 @@ def run_evaluate(args) -> int:
                       resume=args.resume, report=print_progress, progress=progress_bar("evaluate", "utterance"),
                       settings={"packages": {name: package_identity(path) for name, path in exports["export"].items()},
                                 "backend": backend, "compute_units": units}, paths=paths,
-                      strategy=strategy, compared=compared, timer=word_timer(model, dims))
+                      strategy=strategy, compared=compared, timer=word_timer(model, dims),
+                      paces=PaceBook(cache.root, {"model": source.key(), "backend": backend, "units": units,
+                                                  "precision": precision, "streaming": args.streaming,
+                                                  "strategies": strategy_names}))
     context = {"set": args.manifest or f"{len(utterances)} recording(s)",
                "manifest": str(manifest) if manifest else None, "audio": [str(p) for p in args.audio or []],
                "backend": backend, "values_from": describe_backend(backend), "compute_units": units,

@@ -28,8 +28,11 @@ utterances, NeMo on the whole utterance shared.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
+import os
+import platform
 import re
 import statistics
 import tempfile
@@ -44,6 +47,7 @@ import soundfile
 import soxr
 
 from exporters.components import STREAMING_COMPONENTS, ExportError, ModelDims, StreamingDims
+from exporters.publish import write_whole
 from exporters.streaming import NemoStream, mel_chunks
 from exporters.wrappers import wrapper
 from validation.audio import AudioError, audio_info, check_samples
@@ -268,21 +272,62 @@ def clock(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
+class PaceBook:
+    """How fast earlier runs of one kind decoded on this host (seconds of work per second of audio),
+    kept in the export cache: a run says up front about how long it will take from the last run
+    like it. ``kind`` is what the pace depends on (the model, backend, paths and strategies)."""
+
+    FILE = "decoding_paces.json"
+
+    def __init__(self, cache_root: Path, kind: dict):
+        self.path = Path(cache_root) / self.FILE
+        host = {"machine": platform.machine(), "system": platform.system(), "cpus": os.cpu_count()}
+        self.key = hashlib.sha256(json.dumps({**kind, "host": host}, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _read(self) -> dict:
+        try:
+            found = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # none yet, or unreadable: no estimate, never a failed run
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    def pace(self) -> float | None:
+        value = self._read().get(self.key)
+        return value if isinstance(value, (int, float)) and value > 0 else None
+
+    def record(self, seconds_per_audio_second: float) -> None:
+        try:
+            write_whole(self.path, json.dumps({**self._read(), self.key: seconds_per_audio_second}) + "\n")
+        except OSError:  # a read-only cache keeps no pace: the next run estimates after its start
+            pass
+
+
 class Pace:
-    """Says up front how much audio a run decodes and, once ``ESTIMATE_AFTER_SECONDS`` of decoding
+    """Says up front how much audio a run decodes and about how long that takes (at the pace of the
+    last run like it, where ``book`` has one), and once ``ESTIMATE_AFTER_SECONDS`` of decoding
     have given a pace, how long the rest will take: a large set's cost is known in its first minute,
     on a terminal or in a log. The pace is read after the first utterance, which pays for loading
     the packages and the first calls (a streamed run's first utterance took 51 s of a 4 min run,
     and an estimate that counted it said 1 h 10 min)."""
 
-    def __init__(self, utterances: list[Utterance], report: Callable[[str], None]):
+    def __init__(self, utterances: list[Utterance], report: Callable[[str], None], book: PaceBook | None = None):
         self.total = sum(span_seconds(u) for u in utterances)
         self.done = 0.0
         self.report = report
+        self.book = book
         self.started = time.monotonic()
         self.warm: tuple[float, float] | None = None  # (time, audio done) once the first utterance is done
         self.estimated = False
-        report(f"{len(utterances)} utterance(s) to decode, {clock(self.total)} of audio")
+        earlier = book.pace() if book is not None else None
+        report(f"{len(utterances)} utterance(s) to decode, {clock(self.total)} of audio"
+               + (f"; about {clock(earlier * self.total)} at the pace of the last run like it on this host"
+                  if earlier and self.total else ""))
+
+    def finished(self) -> None:
+        """The whole run's pace (its first utterance's loading included: what the next one waits for)
+        kept for the next run like it."""
+        if self.book is not None and self.done > 0:
+            self.book.record((time.monotonic() - self.started) / self.done)
 
     def decoded(self, audio_seconds: float) -> None:
         self.done += audio_seconds
@@ -725,7 +770,8 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
              report: Callable[[str], None] = lambda line: None,
              progress: Callable[[Iterator, int], Iterator] = lambda items, total: items,
              paths: Paths = WINDOWED, strategy: Strategy = STRATEGIES[DEFAULT_STRATEGY],
-             compared: dict[str, dict[str, Transcribe]] | None = None, timer=None) -> Evaluation:
+             compared: dict[str, dict[str, Transcribe]] | None = None, timer=None,
+             paces: PaceBook | None = None) -> Evaluation:
     """Every utterance through every decoder (``paths.nemo`` and the exports), the windowed ones
     cut by ``strategy``, and through each other strategy's decoders in ``compared`` (name -> the
     reference path and the exports cut that way; NeMo on whole utterances is shared); with
@@ -733,7 +779,7 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
     is done (``validation.journal``). With ``resume``, the utterances the journal already holds are
     taken from it, where nothing that determines them changed: their audio, text, ``settings``
     (the packages, say), the normaliser and the windows. What the journal held is said through
-    ``report``."""
+    ``report``, and with ``paces`` about how long the run will take, from the last run like it."""
     if normalizer not in NORMALIZERS:
         raise ExportError(f"--normalizer {normalizer!r}; expected one of: {', '.join(NORMALIZERS)}")
     exports = [label for label in decoders if not paths.is_nemo(label)]
@@ -760,7 +806,7 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
             result.replaced = found.replaced
             for line in found.summary(journal.name):
                 report(line)
-        pace = Pace([u for u in utterances if u.key not in done], report)
+        pace = Pace([u for u in utterances if u.key not in done], report, paces)
         for utterance in progress(iter(utterances), len(utterances)):
             if utterance.key in done:
                 result.records.append(done[utterance.key])
@@ -783,6 +829,7 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
             if writer is not None:
                 writer.append(record)
             pace.decoded(samples.size / dims.sample_rate)
+        pace.finished()
     return result
 
 

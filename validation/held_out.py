@@ -34,6 +34,7 @@ from validation.corpus import (
 )
 from validation.evaluation import (
     Evaluation,
+    PaceBook,
     decoders_for,
     evaluate,
     nemo_window_decoder,
@@ -316,7 +317,8 @@ def held_out_evaluation(model, dims: ModelDims, cache: ExportCache, exports: dic
     confidence, reason = not_confident_reason(model, dims, clips)
     if reason:
         return None, confidence, reason
+    paces = PaceBook(cache.root, {"set": "builtin:held-out", "dims": dims.as_dict(), "exports": sorted(exports)})
     result = evaluate(utterances, decoders_for(model, dims, exports, load), token_text(model), dims,
                       normalizer="none", exact=list(EXACT_LABELS), bad=bad,
-                      progress=progress, report=report)
+                      progress=progress, report=report, paces=paces)
     return result, confidence, None

@@ -18,6 +18,7 @@ from validation.audio import AudioError
 from validation.evaluation import (
     Evaluation,
     Pace,
+    PaceBook,
     Utterance,
     clock,
     decode_streamed,
@@ -243,6 +244,32 @@ def test_a_run_says_up_front_how_much_audio_it_decodes_and_soon_how_long_it_will
     now[0] += 100
     pace.decoded(30.0)
     assert len(lines) == 2  # said once
+
+
+def test_a_run_says_up_front_how_long_it_will_take_from_the_last_run_like_it(tmp_path, monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(evaluation.time, "monotonic", lambda: now[0])
+    utterances = [Utterance("a", _wav(tmp_path / "a.wav", 20.0), None),
+                  Utterance("b", _wav(tmp_path / "b.wav", 40.0), None)]
+    kind = {"model": "abc", "backend": "mil"}
+    lines = []
+    first = Pace(utterances, lines.append, PaceBook(tmp_path, kind))
+    assert lines == ["2 utterance(s) to decode, 1 min 00 s of audio"]  # nothing to go by yet
+    now[0] += 90
+    first.decoded(20.0)
+    first.decoded(40.0)
+    first.finished()  # 90 s for 60 s of audio: 1.5 s a second, loading included
+    lines.clear()
+    Pace(utterances[1:], lines.append, PaceBook(tmp_path, kind))
+    assert lines == ["1 utterance(s) to decode, 40 s of audio; about 1 min 00 s at the pace of the last run like it "
+                     "on this host"]
+    lines.clear()
+    Pace(utterances, lines.append, PaceBook(tmp_path, {**kind, "backend": "coreml"}))  # another kind of run
+    assert lines == ["2 utterance(s) to decode, 1 min 00 s of audio"]
+    (tmp_path / PaceBook.FILE).write_text("not json")  # unreadable: no estimate, and no failure
+    lines.clear()
+    Pace(utterances, lines.append, PaceBook(tmp_path, kind)).finished()
+    assert lines == ["2 utterance(s) to decode, 1 min 00 s of audio"]
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(0.4, "0 s"), (59.6, "1 min 00 s"), (61, "1 min 01 s"),

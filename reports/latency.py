@@ -39,7 +39,8 @@ class LatencyReport:
             raise ValueError(f"{case.id}: {len(samples_ms)} rounds of {side} but {len(partner_ms)} of its partner")
         other = next(s for s in case.sides if s != side)
         self.cases[case.id] = case
-        self.rounds.setdefault(case.id, []).extend({side: a, other: b} for a, b in zip(samples_ms, partner_ms))
+        self.rounds.setdefault(case.id, []).extend({side: a, other: b}
+                                                   for a, b in zip(samples_ms, partner_ms, strict=True))
         self.loads.setdefault(case.id, []).extend(x for x in loads if x is not None)
         if first:
             self.first_calls.setdefault(case.id, {}).update(first)

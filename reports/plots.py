@@ -87,7 +87,7 @@ def _save(plt, fig, caption: Caption, subject: str, path: Path, right: float = 1
 
 def _torch_vs_exported(ax, torch_values, exported: dict, ylabel: str, xlabel: str) -> None:
     ax.plot(torch_values, label="Torch (NeMo)", color="black", linewidth=1.6)
-    for (name, values), style in zip(exported.items(), ("--", ":")):
+    for (name, values), style in zip(exported.items(), ("--", ":"), strict=False):  # one or two exports
         ax.plot(values, style, label=name, linewidth=1.2)
     ax.set_ylabel(ylabel)
     ax.set_xlabel(xlabel)
@@ -283,7 +283,7 @@ def _speedup_bars(ax, names: list[str], entries: list[dict], ylabel: str, faster
         ax.plot(x[i], top, marker="^", color="black", markersize=7, clip_on=False)
     for i in np.flatnonzero(lows < bottom):
         ax.plot(x[i], bottom, marker="v", color="black", markersize=7, clip_on=False)
-    for i, (speedup, entry) in enumerate(zip(speedups, entries)):  # past the bar's end and its whisker
+    for i, (speedup, entry) in enumerate(zip(speedups, entries, strict=True)):  # past the bar's end and its whisker
         up = speedup >= 1
         end = min(highs[i], top) if up else max(lows[i], bottom)
         ax.annotate(f"{speedup:.2f}×" + (" (flagged)" if entry["flags"] else ""), (x[i], max(end, speedup) if up
@@ -414,7 +414,8 @@ def _quality_gates(summary: dict) -> dict[float, list[str]]:
 def _gate_lines(ax, summary: dict, at=lambda threshold: threshold) -> None:
     """One labelled dashed line per quality gate, at ``at(threshold)`` on the axis."""
     gated = _quality_gates(summary)
-    for (threshold, variants), style in zip(sorted(gated.items()), ["--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))] * 9):
+    styles = ["--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))] * 9  # more than there are gates
+    for (threshold, variants), style in zip(sorted(gated.items()), styles, strict=False):
         who = "every gated variant" if len(gated) == 1 else ", ".join(variants)
         ax.axhline(at(threshold), color="black", linestyle=style, linewidth=0.9,
                    label=f"quality gate ≥ {threshold:g} ({who})")
@@ -442,8 +443,8 @@ def _variant_bars(ax, summary: dict, components: list[str], metric: str, colors:
         if metric == "quality":  # drawn as the loss, so variants near quality 1 stay apart
             heights = np.maximum(1 - heights, IDENTICAL)
         # whiskers from the fastest call to the 90th percentile; a flagged timing hatched
-        whiskers = [[h - s["min"] if s else 0.0 for h, s in zip(heights, spreads)],
-                    [s["p90"] - h if s else 0.0 for h, s in zip(heights, spreads)]]
+        whiskers = [[h - s["min"] if s else 0.0 for h, s in zip(heights, spreads, strict=True)],
+                    [s["p90"] - h if s else 0.0 for h, s in zip(heights, spreads, strict=True)]]
         ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, color=color, label=label,
                yerr=whiskers if any(spreads) else None, error_kw={"elinewidth": 0.8, "capsize": 1.5},
                hatch=["//" if s and s.get("flags") else "" for s in spreads], edgecolor="white", linewidth=0)
@@ -493,11 +494,11 @@ def quantization_plots(summary: dict, caption: Caption, out_dir: Path) -> tuple[
     if fused:
         metrics = [m for m in ("quality", "size_mb", "compression_ratio", "latency_ms") if measured(m, fused)]
         plt, fig, axes = _figure(len(metrics), height=2.8)
-        for ax, metric in zip(axes, metrics):
+        for ax, metric in zip(axes, metrics, strict=True):
             _variant_bars(ax, summary, fused, metric, colors)
         handles = {}
         for ax in axes:  # one legend for every panel: the baseline and the gate appear in some only
-            for handle, label in zip(*ax.get_legend_handles_labels()):
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
                 handles.setdefault(label, handle)
         _unhatched(fig.legend(list(handles.values()), list(handles), fontsize=7, loc="center right"))
         drawn.append(_save(plt, fig, caption, "Fused packages: quality, size, compression, latency",
@@ -567,7 +568,7 @@ def evaluation_plots(block: dict, records: list[dict], caption: Caption, out_dir
             points, counts = np.unique(np.round(np.stack([reference, values], 1), 6), axis=0, return_counts=True)
             ax.scatter(points[:, 0], points[:, 1], s=14 * np.sqrt(counts) * 3, alpha=0.6,
                        label=f"{label} ({len(values)} utterances at {len(points)} points)")
-            for (x, y), count in zip(points, counts):
+            for (x, y), count in zip(points, counts, strict=True):
                 if count > 1:
                     ax.annotate(f"{count}", (x, y), textcoords="offset points", xytext=(4 + 2 * np.sqrt(count), 6),
                                 fontsize=8)
@@ -652,7 +653,8 @@ def long_audio_plots(sets: dict[str, dict], caption: Caption, out_dir: Path) -> 
                                     label=f"{side.replace('_', ' ')} (±1 s)" if side == "near_seams" else side)
                 seams_ax.bar_label(bars, labels=[f"{v:.1f}% of {c.get('words', 0)}\n{c.get('dropped', 0)}d "
                                                  f"{c.get('substituted', 0)}s {c.get('inserted', 0)}i "
-                                                 f"{c.get('duplicated', 0)}r" for v, c in zip(values, losses)],
+                                                 f"{c.get('duplicated', 0)}r"
+                                                 for v, c in zip(values, losses, strict=True)],
                                    fontsize=6, padding=1 + 18 * i)  # the second side's labels a row higher
             seams_ax.set_title(f"{name}: export word errors per reference word", fontsize=9)
             seams_ax.set_xticks(x, names, fontsize=8)
@@ -667,7 +669,7 @@ def long_audio_plots(sets: dict[str, dict], caption: Caption, out_dir: Path) -> 
         plt, fig, _ = _figure(1, height=3.4, width=max(7.0, 4.2 * len(timed)))
         fig.clf()
         grid = fig.subplots(1, len(timed), squeeze=False)[0]
-        for ax, (name, block) in zip(grid, timed.items()):
+        for ax, (name, block) in zip(grid, timed.items(), strict=True):
             labels = list(block["timing_error"])
             x = np.arange(len(labels))
             for i, (key, color) in enumerate((("mean_abs_start_ms", "#4c72b0"), ("max_abs_start_ms", "#a6bddb"),
@@ -703,7 +705,7 @@ def streaming_plot(block: dict, caption: Caption, out_dir: Path) -> Path:
     runs = block["runs"]
     outputs = list(next(iter(runs.values()))["series"])
     plt, fig, axes = _figure(len(outputs), height=2.2)
-    for ax, output in zip(axes, outputs):
+    for ax, output in zip(axes, outputs, strict=True):
         for precision, run in runs.items():
             color, style = _PRECISION_STYLES.get(precision, ("tab:gray", "-"))
             errors = np.asarray(run["series"][output]["max_abs"], dtype=float)

@@ -53,7 +53,7 @@ class InputSpec:
             return shape in self.shapes
         if self.ranges is not None:
             return len(shape) == len(self.ranges) and all(
-                lo <= d and (hi is None or d <= hi) for d, (lo, hi) in zip(shape, self.ranges))
+                lo <= d and (hi is None or d <= hi) for d, (lo, hi) in zip(shape, self.ranges, strict=True))
         return shape == self.shape
 
     def allowed(self) -> str:

@@ -50,7 +50,7 @@ def evaluate(model, manifest: Path) -> dict:
         "median_token_prob": median_token_probability(model, dims, clips),
         "utterances": len(rows),
         "words": sum(len(t.split()) for t in references),
-        "examples": [{"reference": r, "hypothesis": h} for r, h in list(zip(references, hypotheses))[:5]],
+        "examples": [{"reference": r, "hypothesis": h} for r, h in list(zip(references, hypotheses, strict=True))[:5]],
     }
 
 

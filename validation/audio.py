@@ -17,6 +17,7 @@ import subprocess
 import sys
 import warnings
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -238,7 +239,7 @@ def _trimmed_spans(audio: np.ndarray, bounds: list[int], rate: int) -> list[tupl
     energy = np.array([float(np.mean(audio[i:i + frame] ** 2)) for i in range(0, audio.size, frame)]) + 1e-12
     loud = 10 * np.log10(energy / energy.max()) > WORD_FLOOR_DB
     spans = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    for start, end in pairwise(bounds):
         frames = np.flatnonzero(loud[start // frame: max(start // frame + 1, end // frame)]) + start // frame
         first, last = (frames[0], frames[-1] + 1) if frames.size else (start // frame, end // frame)
         spans.append((float(first * frame / rate), float(min(last * frame, end) / rate)))

@@ -277,8 +277,8 @@ class TorchReference:
 
 def torch_reference(wrappers: dict, dims: ModelDims, clip: Clip) -> TorchReference:
     audio = clip.inputs()
-    mel = dict(zip(("mel", "mel_length"), run_torch(wrappers["preprocessor"], *audio.values())))
-    encoded = dict(zip(("encoder", "encoder_length"), run_torch(wrappers["encoder"], *mel.values())))
+    mel = dict(zip(("mel", "mel_length"), run_torch(wrappers["preprocessor"], *audio.values()), strict=True))
+    encoded = dict(zip(("encoder", "encoder_length"), run_torch(wrappers["encoder"], *mel.values()), strict=True))
     zeros = zero_state(dims)
     decoded = torch_decoder_step(wrappers["decoder"])(dims.blank_id, zeros, zeros)[0]
     (logits,) = run_torch(wrappers["joint"], encoded["encoder"], decoded)
@@ -336,7 +336,7 @@ class ParityRunner:
             if audio is None:
                 return ComponentRun(ref.audio, padded, self.predict(name, ref.audio))
             # Torch on the same unpadded input
-            reference = dict(zip(padded, run_torch(self.wrappers[name], *audio.values())))
+            reference = dict(zip(padded, run_torch(self.wrappers[name], *audio.values()), strict=True))
             return ComponentRun(audio, reference, self.predict(name, audio))
         if name == "encoder":
             return ComponentRun(ref.mel, ref.encoded, self.predict(name, ref.mel))

@@ -491,7 +491,7 @@ def package_window_decoder(packages: dict, load, dims: ModelDims) -> Decode:
 
 def first_difference(reference: Decoded, candidate: Decoded, seconds_per_frame: float, text) -> dict | None:
     """Where ``candidate``'s tokens first depart from ``reference``'s."""
-    n = next((i for i, (a, b) in enumerate(zip(reference.tokens, candidate.tokens)) if a != b),
+    n = next((i for i, (a, b) in enumerate(zip(reference.tokens, candidate.tokens, strict=False)) if a != b),
              min(len(reference.tokens), len(candidate.tokens)))
     if n == len(reference.tokens) == len(candidate.tokens):
         return None
@@ -558,7 +558,7 @@ def words_in_time(utterance: Utterance, decoded: dict[str, Decoded], timer, path
     words = {label: timer(d.tokens, d.frames, d.durations) for label, d in decoded.items()
              if len(d.durations) == len(d.tokens)}
     out = {"words": {label: [[w, a, b] for w, a, b in timed] for label, timed in words.items()}}
-    rendered = [(w, a, b) for w, (a, b) in zip(utterance.text.split(), utterance.word_times)] \
+    rendered = [(w, a, b) for w, (a, b) in zip(utterance.text.split(), utterance.word_times, strict=True)] \
         if utterance.word_times is not None else None
     placed = rendered
     if placed is None and utterance.text is not None and paths.model in words:

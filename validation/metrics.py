@@ -220,7 +220,8 @@ def word_error_rate(references: list[str], hypotheses: list[str], normalizer: st
     """Word edits (insertions, deletions, substitutions) over all reference words, as a fraction."""
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    return sum((word_errors(r, h, normalizer) for r, h in zip(references, hypotheses)), WordErrors(0, 0, 0, 0)).wer
+    return sum((word_errors(r, h, normalizer) for r, h in zip(references, hypotheses, strict=True)),
+               WordErrors(0, 0, 0, 0)).wer
 
 
 def quality(reference, candidate) -> float:

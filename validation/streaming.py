@@ -98,7 +98,7 @@ class StreamDecoder:
 
     def events(self, token: int) -> list[tuple[int, int]]:
         """(chunk, frame) of each emission of ``token``."""
-        return [at for t, at in zip(self.tokens, self.emitted) if t == token]
+        return [at for t, at in zip(self.tokens, self.emitted, strict=True) if t == token]
 
 
 END_OF_UTTERANCE_PIECE = "<EOU>"  # the end-of-utterance control token of NeMo's EOU models' tokenizers
@@ -127,7 +127,7 @@ class EndOfUtterance:
     def problems(self) -> list[str]:
         if not self.exact or self.reference == self.exported:
             return []
-        first = next((i for i, (a, b) in enumerate(zip(self.reference, self.exported)) if a != b),
+        first = next((i for i, (a, b) in enumerate(zip(self.reference, self.exported, strict=False)) if a != b),
                      min(len(self.reference), len(self.exported)))
         at = lambda events: f"chunk {events[first][0]} frame {events[first][1]}" if first < len(events) else "none"  # noqa: E731
         return [f"end of utterance (token {self.token}): NeMo streaming emits it {len(self.reference)} time(s), the "
@@ -225,7 +225,7 @@ class DecisiveAgreement:
     def problems(self) -> list[str]:
         if self.match:
             return []
-        first = next((i for i, (a, b) in enumerate(zip(self.reference, self.exported)) if a != b),
+        first = next((i for i, (a, b) in enumerate(zip(self.reference, self.exported, strict=False)) if a != b),
                      min(len(self.reference), len(self.exported)))
         return [f"transcript: the first {self.required_tokens} tokens must be NeMo's; they differ from token {first} "
                 f"({token_edit_distance(self.reference, self.exported)} edits over {len(self.reference)} tokens)"]

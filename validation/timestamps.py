@@ -31,7 +31,7 @@ class TimedWord:
 def token_spans(frames: list[int], durations: list[int], punctuation: list[bool]) -> list[tuple[int, int]]:
     """Each token's (start, end) in encoder frames, punctuation refined to the previous token's end."""
     spans = []
-    for i, (frame, duration) in enumerate(zip(frames, durations)):
+    for i, (frame, duration) in enumerate(zip(frames, durations, strict=True)):
         if punctuation[i] and spans:
             spans.append((spans[-1][1], spans[-1][1]))
         else:
@@ -52,7 +52,7 @@ def timed_words(pieces: list[str], texts: list[str], frames: list[int], duration
             words.append(TimedWord(detokenize([pieces[i] for i in current]), spans[current[0]][0],
                                    spans[current[-1]][1]))
 
-    for i, (piece, text) in enumerate(zip(pieces, texts)):
+    for i, (piece, text) in enumerate(zip(pieces, texts, strict=True)):
         if punctuation[i] and not current and words:  # after a finished word: it joins it, its end the mark's
             last = words[-1]
             words[-1] = TimedWord(last.word + text, last.start, spans[i][1])

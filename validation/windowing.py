@@ -58,7 +58,7 @@ class Decoded:
     state: tuple | None = field(default=None, compare=False, repr=False)
 
     def extend(self, other: Decoded, first_frame: int, keep: tuple[float, float]) -> None:
-        for i, (token, frame) in enumerate(zip(other.tokens, other.frames)):
+        for i, (token, frame) in enumerate(zip(other.tokens, other.frames, strict=True)):
             if keep[0] <= first_frame + frame < keep[1]:
                 self.tokens.append(token)
                 self.frames.append(first_frame + frame)
@@ -102,8 +102,9 @@ def plan_windows(samples: int, dims: ModelDims, overlap_seconds: float = OVERLAP
     starts = [k * stride for k in range(count)]
     # the frame halfway through each overlap: tokens before it from the earlier window, after it from the later
     bounds = [(start + (window - stride) // 2) // hop for start in starts[1:]]
-    keeps = list(zip([0, *bounds], [*bounds, math.inf]))
-    return [Window(start, min(window, samples - start), start // hop, keep) for start, keep in zip(starts, keeps)]
+    keeps = list(zip([0, *bounds], [*bounds, math.inf], strict=True))
+    return [Window(start, min(window, samples - start), start // hop, keep)
+            for start, keep in zip(starts, keeps, strict=True)]
 
 
 def frame_energy(samples: np.ndarray, hop: int) -> np.ndarray:
@@ -132,8 +133,9 @@ def plan_quiet_windows(samples: np.ndarray, dims: ModelDims, overlap_seconds: fl
         planned = starts[-1] + stride
         low, high = max(starts[-1] + 1, planned - search), min(planned + search, starts[-1] + window_frames - 1)
         starts.append(low + int(np.argmin(energy[low:high + 1])))
-    keeps = list(zip(starts, [*starts[1:], math.inf]))
-    return [Window(f * hop, min(window, samples.size - f * hop), f, keep) for f, keep in zip(starts, keeps)]
+    keeps = list(zip(starts, [*starts[1:], math.inf], strict=True))
+    return [Window(f * hop, min(window, samples.size - f * hop), f, keep)
+            for f, keep in zip(starts, keeps, strict=True)]
 
 
 def plan_buffers(samples: int, dims: ModelDims, seconds: tuple[float, float, float] = BUFFERED_SECONDS

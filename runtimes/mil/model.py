@@ -131,8 +131,8 @@ def _program_input(name: str, var) -> InputSpec:
     else:
         shape, dtype = var.shape, var.dtype
     fixed = [isinstance(d, (int, np.integer)) for d in shape]
-    dims = tuple(int(d) if f else 1 for d, f in zip(shape, fixed))
-    ranges = None if all(fixed) else tuple((d, d) if f else (1, None) for d, f in zip(dims, fixed))
+    dims = tuple(int(d) if f else 1 for d, f in zip(shape, fixed, strict=True))
+    ranges = None if all(fixed) else tuple((d, d) if f else (1, None) for d, f in zip(dims, fixed, strict=True))
     return InputSpec(name, dims, _np_dtype(dtype), ranges)
 
 
@@ -269,7 +269,8 @@ class MILModel:
         if sum(size for size, _ in self._half_constants()) > self.widen_at_load_bytes:
             gc.collect()
         self._widen_small_constants()
-        self._declared = {name: dtype for step in self.steps for name, dtype in zip(step.outputs, step.dtypes)}
+        self._declared = {name: dtype for step in self.steps
+                          for name, dtype in zip(step.outputs, step.dtypes, strict=True)}
         self.variables = [name for step in self.steps for name in step.outputs]
         last_use = {}
         for i, step in enumerate(self.steps):
@@ -351,7 +352,7 @@ class MILModel:
             # compile-time ops: decompress once, the result is an ordinary constant
             with np.errstate(all="ignore"):
                 values = self._run_step(step, {})
-            for name, value in zip(step.outputs, values):
+            for name, value in zip(step.outputs, values, strict=True):
                 self._constants[name] = value
             return
         steps.append(step)
@@ -409,7 +410,7 @@ class MILModel:
             raise RuntimeError(f"Unable to compute the prediction using ML Program: "
                                f"{self._where(step.op_type, step.name)} failed: {error}") from error
         results = result if isinstance(result, tuple) else (result,)
-        return [self._as_declared(r, dtype, step.op_type, args) for r, dtype in zip(results, step.dtypes)]
+        return [self._as_declared(r, dtype, step.op_type, args) for r, dtype in zip(results, step.dtypes, strict=True)]
 
     def _as_declared(self, value, dtype: np.dtype | None, op_type: str, args: dict):
         """A kernel's result as the type the program declares (fp16 as fp32 on the fp16 grid);
@@ -440,9 +441,9 @@ class MILModel:
         return tuple(values)
 
     def _run_block(self, block: _Block, values: list, env) -> list:
-        local = ChainMap(dict(zip(block.inputs, values)), env)  # writes stay in the block
+        local = ChainMap(dict(zip(block.inputs, values, strict=True)), env)  # writes stay in the block
         for step in block.steps:
-            for name, value in zip(step.outputs, self._run_step(step, local)):
+            for name, value in zip(step.outputs, self._run_step(step, local), strict=True):
                 local[name] = value
         return [local[name] if name in local else self._constants[name] for name in block.outputs]
 
@@ -471,7 +472,7 @@ class MILModel:
             raise KeyError(f"no such variables in the program: {sorted(unknown)[:5]}")
         keep |= set(self.output_names)
         for i, step in enumerate(self.steps):
-            for name, value in zip(step.outputs, self._run_step(step, env)):
+            for name, value in zip(step.outputs, self._run_step(step, env), strict=True):
                 env[name] = value
             for name in self._released[i]:
                 if name not in keep:
@@ -533,7 +534,7 @@ def _fits(shape: tuple, declared: tuple) -> bool:
     """Whether ``shape`` has the declared rank and every declared size (symbolic dimensions, and
     the -1 coremltools writes for some sizes known only at run time, take any size)."""
     return len(shape) == len(declared) and all(
-        not isinstance(d, (int, np.integer)) or d < 0 or d == n for n, d in zip(shape, declared))
+        not isinstance(d, (int, np.integer)) or d < 0 or d == n for n, d in zip(shape, declared, strict=True))
 
 
 def _reads(step: _Step):

@@ -8,6 +8,7 @@ its plots (``reports.plugin``)."""
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -62,7 +63,7 @@ def test_a_word_straddles_every_planned_window_boundary(export_cache, dims):
         for boundary in boundaries[row["case"]]:
             assert any(a < boundary < b for a, b in times), (row["audio_filepath"], boundary)
         # between sentences (over 0.35 s without a word): pauses of 0.2 to 3 s plus each sentence's own lead and tail
-        gaps = [b[0] - a[1] for a, b in zip(times, times[1:]) if b[0] - a[1] > 0.35]
+        gaps = [b[0] - a[1] for a, b in pairwise(times) if b[0] - a[1] > 0.35]
         assert gaps and max(gaps) <= STRESS_PAUSE_SECONDS[1] + 0.7, gaps
 
 

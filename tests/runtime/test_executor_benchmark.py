@@ -99,8 +99,8 @@ def test_executor_against_torch(benchmark, calls, name, side, model_source):
     rounds = SLOW_ROUNDS.get(name, ROUNDS)
     benchmark.pedantic(sides[side], setup=partner, rounds=rounds, warmup_rounds=WARMUP, iterations=1)
     own_ms = [s * 1e3 for s in benchmark.stats.stats.data]
-    pairs = list(zip(partner.rounds(WARMUP, rounds), own_ms)) if side == "executor" else \
-        list(zip(own_ms, partner.rounds(WARMUP, rounds)))
+    pairs = list(zip(partner.rounds(WARMUP, rounds), own_ms, strict=True)) if side == "executor" else \
+        list(zip(own_ms, partner.rounds(WARMUP, rounds), strict=True))
     torch_over_executor = paired_speedup(pairs)  # (torch ms, executor ms) pairs
     benchmark.extra_info.update(
         model=model_source.describe(), side=side, threads=torch.get_num_threads(),

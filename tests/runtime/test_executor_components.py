@@ -35,7 +35,7 @@ def _torch_outputs(component, model, inputs, dims):
     with torch.no_grad():
         out = module(*[torch.from_numpy(inputs[s.name]) for s in component.inputs(dims)])
     out = out if isinstance(out, tuple) else (out,)
-    return {spec.name: o.numpy() for spec, o in zip(component.outputs(dims), out)}
+    return {spec.name: o.numpy() for spec, o in zip(component.outputs(dims), out, strict=True)}
 
 
 def _decision_margins(model, inputs, dims):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import soundfile
@@ -109,4 +111,4 @@ def test_every_word_is_timed_in_order_within_the_speech():
     audio, spans = espeak_say_timed(text, 16000, "en-gb+f4", 166, 47)
     assert len(spans) == len(text.split())
     assert all(0 <= a < b <= audio.size / 16000 for a, b in spans)
-    assert all(b <= c + 1e-9 for (_, b), (c, _) in zip(spans, spans[1:]))  # each ends before the next starts
+    assert all(b <= c + 1e-9 for (_, b), (c, _) in pairwise(spans))  # each ends before the next starts

@@ -61,7 +61,7 @@ def test_wrapper_matches_contract(torch_model, dims, name):
         outputs = wrapper(component.name, torch_model)(*(torch.from_numpy(v) for v in inputs.values()))
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
     got = [(s.name, tuple(o.shape), str(o.dtype).removeprefix("torch."))
-           for s, o in zip(component.outputs(dims), outputs)]
+           for s, o in zip(component.outputs(dims), outputs, strict=True)]
     assert got == _table_io(component, dims)[1]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -156,7 +157,7 @@ def test_windows_overlap_by_two_seconds_on_frame_boundaries_and_share_every_fram
     samples = int(seconds * 16000)
     windows = plan_windows(samples, DIMS)
     assert windows[0].start == 0 and windows[-1].start + windows[-1].length == samples
-    for a, b in zip(windows, windows[1:]):
+    for a, b in pairwise(windows):
         assert b.start % DIMS.encoder_hop == 0 and a.start + DIMS.max_audio_samples - b.start >= 2 * 16000
         assert a.keep[1] == b.keep[0]  # every frame belongs to exactly one window
         assert b.first_frame < b.keep[0] < a.first_frame + DIMS.max_audio_samples // DIMS.encoder_hop
@@ -176,7 +177,7 @@ def test_the_merge_keeps_each_frame_from_one_window_in_the_utterance_frames():
     merged = decode_windowed(samples, DIMS, decode)
     assert merged.frames == sorted(merged.frames) and len(set(merged.frames)) == len(merged.frames)
     kept_by = [next(i for i, w in enumerate(windows) if w.keep[0] <= f < w.keep[1]) for f in merged.frames]
-    assert [f - windows[k].first_frame for f, k in zip(merged.frames, kept_by)] == merged.tokens
+    assert [f - windows[k].first_frame for f, k in zip(merged.frames, kept_by, strict=True)] == merged.tokens
 
 
 def test_first_difference_says_where_with_the_margin():

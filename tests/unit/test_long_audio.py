@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def test_quiet_start_moves_each_later_window_into_the_pause_near_its_planned_sta
     samples = _loud(40.0, quiet_at=[stride - 0.6, 2 * stride - 0.1])  # each within 1 s of its plan
     windows = plan_quiet_windows(samples, DIMS)
     assert len(windows) == 3
-    for window, pause in zip(windows[1:], (stride - 0.6, 2 * stride - 0.1)):
+    for window, pause in zip(windows[1:], (stride - 0.6, 2 * stride - 0.1), strict=True):
         assert pause <= window.start / RATE <= pause + 0.4 - HOP / RATE  # a frame wholly inside the pause
         assert window.keep[0] == window.first_frame  # its tokens are kept from its own start
     assert windows[-1].start + windows[-1].length == samples.size
@@ -59,13 +60,14 @@ def test_quiet_start_moves_each_later_window_into_the_pause_near_its_planned_sta
 
 def test_quiet_start_without_a_pause_stays_within_a_second_of_the_plan():
     samples = _loud(40.0)
-    for planned, window in zip(plan_windows(samples.size, DIMS)[1:], plan_quiet_windows(samples, DIMS)[1:]):
+    planned_windows, quiet_windows = plan_windows(samples.size, DIMS), plan_quiet_windows(samples, DIMS)
+    for planned, window in zip(planned_windows[1:], quiet_windows[1:], strict=True):
         assert abs(window.start - planned.start) <= RATE  # a frame within 1 s either side
 
 
 def test_long_overlap_windows_overlap_by_at_least_four_seconds():
     windows = STRATEGIES["long-overlap"].plan(np.zeros(60 * RATE, np.float32), DIMS)
-    for a, b in zip(windows, windows[1:]):
+    for a, b in pairwise(windows):
         assert a.start + DIMS.max_audio_samples - b.start >= 4 * RATE
         assert a.keep[1] == b.keep[0]
 

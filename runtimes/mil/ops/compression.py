@@ -29,7 +29,7 @@ def _unpack_bits(packed, n_bits: int, count: int) -> np.ndarray:
 
 def _block_repeat(values, shape):
     """Spread per-block values over ``shape``: block size per axis is shape / values.shape."""
-    for axis, (n, size) in enumerate(zip(values.shape, shape)):
+    for axis, (n, size) in enumerate(zip(values.shape, shape, strict=True)):
         if size % n:
             raise Unsupported("scale", f"{n} blocks do not divide dimension {size} of axis {axis}")
         values = np.repeat(values, size // n, axis=axis)
@@ -56,8 +56,8 @@ def constexpr_blockwise_shift_scale(data, scale, offset=None):
 def _lut_lookup(indices, lut, vector_axis):
     """iOS18 LUT: ``lut`` is (*groups, palettes, vector) over ``indices`` of the groups' rank."""
     groups, vector = lut.shape[:-2], lut.shape[-1]
-    blocks = [n // g for n, g in zip(indices.shape, groups)]
-    group_index = np.ix_(*(np.arange(n) // b for n, b in zip(indices.shape, blocks)))
+    blocks = [n // g for n, g in zip(indices.shape, groups, strict=True)]
+    group_index = np.ix_(*(np.arange(n) // b for n, b in zip(indices.shape, blocks, strict=True)))
     values = lut[group_index + (indices.astype(np.int64),)]  # (*indices.shape, vector)
     if vector == 1:
         return values[..., 0]

@@ -78,7 +78,7 @@ def list_gather(ls, indices):
 
 @kernel("list_scatter")
 def list_scatter(ls, indices, value):
-    for i, element in zip(np.ravel(indices), value):
+    for i, element in zip(np.ravel(indices), value, strict=True):
         ls = ls.written(int(i), element)
     return ls
 
@@ -99,4 +99,4 @@ def classify(probabilities, classes):
     """The most probable class and every class's probability, as a classifier's two outputs."""
     flat = np.ravel(probabilities)
     labels = list(classes)
-    return labels[int(np.argmax(flat))], {label: float(p) for label, p in zip(labels, flat)}
+    return labels[int(np.argmax(flat))], {label: float(p) for label, p in zip(labels, flat, strict=True)}

@@ -254,7 +254,7 @@ def crop_resize(x, roi=None, boxes=None, box_indices=None, target_height=1, targ
                box_coordinate_mode, sampling_mode, pad_value)
     if boxes is not None:
         indices = np.arange(len(boxes)) if box_indices is None else np.asarray(box_indices, np.int64)
-        return np.stack([_crop_one(x[i], box, *options) for i, box in zip(indices, np.asarray(boxes))])
+        return np.stack([_crop_one(x[i], box, *options) for i, box in zip(indices, np.asarray(boxes), strict=True)])
     rois = np.asarray(roi).reshape(len(roi), -1)
     if rois.shape[1] == 5:
         return np.stack([_crop_one(x[int(r[0])], r[1:], *options)[None] for r in rois])

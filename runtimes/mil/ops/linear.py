@@ -148,7 +148,7 @@ def conv_transpose(x, weight, bias=None, pad=None, output_shape=None, pad_type="
     for tap in itertools.product(*(range(k) for k in kernel_size)):
         contribution = matrix_product(np.swapaxes(wg[(slice(None),) * 3 + tap], 1, 2)[None], xg)
         region = tuple(slice(t * d, t * d + (n - 1) * s + 1, s)
-                       for t, d, n, s in zip(tap, dilations, x.shape[2:], strides))
+                       for t, d, n, s in zip(tap, dilations, x.shape[2:], strides, strict=True))
         y[(slice(None),) * 3 + region] += contribution.reshape(batch, groups, c_out_group, *x.shape[2:])
     y = y.reshape(batch, groups * c_out_group, *full)
     if output_shape is not None:
@@ -164,9 +164,9 @@ def conv_transpose(x, weight, bias=None, pad=None, output_shape=None, pad_type="
         begins = [int(p) for p in np.asarray(pad, int)[::2]]
     else:  # what is cut goes mostly from the end, as a convolution's "same" padding puts more there
         begins = [max(full[d] - out[d], 0) // 2 for d in range(n_spatial)]
-    index = (slice(None), slice(None)) + tuple(slice(b, b + o) for b, o in zip(begins, out))
+    index = (slice(None), slice(None)) + tuple(slice(b, b + o) for b, o in zip(begins, out, strict=True))
     cropped = y[index]
-    short = [(0, o - c) for o, c in zip(out, cropped.shape[2:])]  # an output_shape past the full result
+    short = [(0, o - c) for o, c in zip(out, cropped.shape[2:], strict=True)]  # an output_shape past the full result
     y = np.pad(cropped, [(0, 0), (0, 0)] + short) if any(s[1] for s in short) else cropped
     if bias is not None:
         y = y + np.reshape(bias, (1, -1) + (1,) * n_spatial)
@@ -177,10 +177,11 @@ def _broadcast_labels(equation: str, values):
     """Operands of ``equation`` with each label's size-1 dimensions broadcast to the label's size."""
     inputs = equation.replace(" ", "").split("->")[0].split(",")
     sizes = {}
-    for labels, value in zip(inputs, values):
-        for label, size in zip(labels, value.shape):
+    for labels, value in zip(inputs, values, strict=True):
+        for label, size in zip(labels, value.shape, strict=True):
             sizes[label] = max(sizes.get(label, 1), size)
-    return [np.broadcast_to(value, [sizes[label] for label in labels]) for labels, value in zip(inputs, values)]
+    return [np.broadcast_to(value, [sizes[label] for label in labels])
+            for labels, value in zip(inputs, values, strict=True)]
 
 
 @kernel("einsum")

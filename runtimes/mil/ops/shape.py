@@ -86,7 +86,7 @@ def slice_by_index(x, begin, end, stride=None, begin_mask=None, end_mask=None, s
 @kernel("slice_by_size")
 def slice_by_size(x, begin, size):
     index = []
-    for i, (b, s) in enumerate(zip(np.ravel(begin), np.ravel(size))):
+    for i, (b, s) in enumerate(zip(np.ravel(begin), np.ravel(size), strict=True)):
         b = int(b) + x.shape[i] if int(b) < 0 else int(b)
         index.append(slice(b, None if int(s) == -1 else b + int(s)))
     return x[tuple(index)]
@@ -200,7 +200,7 @@ def sliding_windows(x, axis, size, stride=1):
 @kernel("reshape_like")
 def reshape_like(x, ref_tensors, begins, ends, end_masks):
     shape = []
-    for ref, begin, end, to_end in zip(ref_tensors, np.ravel(begins), np.ravel(ends), np.ravel(end_masks)):
+    for ref, begin, end, to_end in zip(ref_tensors, np.ravel(begins), np.ravel(ends), np.ravel(end_masks), strict=True):
         shape += list(ref.shape[int(begin):] if to_end else ref.shape[int(begin):int(end)])
     return np.reshape(x, shape)
 

@@ -65,8 +65,8 @@ def test_logical_ops(run_mil, shapes, data):
        hnp.arrays(np.int32, (7,), elements=st.integers(1, 9) | st.integers(-9, -1)))
 def test_floor_div_and_mod_round_toward_negative_infinity(run_mil, x, y):
     div, mod = run_mil(lambda x, y: [mb.floor_div(x=x, y=y), mb.mod(x=x, y=y)], {"x": x, "y": y})
-    assert np.array_equal(div, [a // b for a, b in zip(x.tolist(), y.tolist())])
-    assert np.array_equal(mod, [a % b for a, b in zip(x.tolist(), y.tolist())])
+    assert np.array_equal(div, [a // b for a, b in zip(x.tolist(), y.tolist(), strict=True)])
+    assert np.array_equal(mod, [a % b for a, b in zip(x.tolist(), y.tolist(), strict=True)])
 
 
 UNARY = {

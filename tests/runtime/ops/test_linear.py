@@ -54,7 +54,7 @@ def _numpy_conv(x, w, b, strides, dilations, groups, pads):
     per_in, per_out = c_in // groups, c_out // groups
     for position in np.ndindex(*out_size):
         window = tuple(slice(p * s, p * s + (k - 1) * d + 1, d)
-                       for p, s, k, d in zip(position, strides, kernel, dilations))
+                       for p, s, k, d in zip(position, strides, kernel, dilations, strict=True))
         for g in range(groups):
             patch = x[(slice(None), slice(g * per_in, (g + 1) * per_in)) + window]  # N, C_in/g, *kernel
             taps = w[g * per_out:(g + 1) * per_out]  # C_out/g, C_in/g, *kernel
@@ -138,7 +138,7 @@ def test_conv_transpose_matches_torch(run_mil, dtype, rank, groups, kernel, stri
     if padding == "custom":
         options.update(pad_type="custom", pad=[p for p in pads for _ in range(2)])
     elif padding == "output_shape":
-        options.update(pad_type="valid", output_shape=[1, c_out] + [f + e for f, e in zip(full, extra)])
+        options.update(pad_type="valid", output_shape=[1, c_out] + [f + e for f, e in zip(full, extra, strict=True)])
     if with_bias:
         options["bias"] = b
     (out,) = run_mil(lambda x: mb.conv_transpose(x=x, weight=w, **options), {"x": x})
@@ -180,9 +180,11 @@ def test_einsum_matches_numpy(run_mil, dtype, equation, shapes):
     a, b = (rng.uniform(-2, 2, s).astype(dtype) for s in shapes)
     (out,) = run_mil(lambda a, b: mb.einsum(values=(a, b), equation=equation), {"a": a, "b": b})
     inputs = equation.split("->")[0].split(",")
-    size = {label: max(n for labels, s in zip(inputs, shapes) for la, n in zip(labels, s) if la == label)
+    size = {label: max(n for labels, s in zip(inputs, shapes, strict=True)
+                       for la, n in zip(labels, s, strict=True) if la == label)
             for label in set("".join(inputs))}
-    wide = [np.broadcast_to(v.astype(np.float64), [size[la] for la in labels]) for v, labels in zip((a, b), inputs)]
+    wide = [np.broadcast_to(v.astype(np.float64), [size[la] for la in labels])
+            for v, labels in zip((a, b), inputs, strict=True)]
     close(out, np.einsum(equation, *wide), scale=8)
 
 

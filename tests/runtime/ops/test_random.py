@@ -43,7 +43,7 @@ def test_categorical_draws_classes_at_their_probabilities(run_mil, mode):
     x = np.log(np.maximum(probs, 1e-30)).astype(np.float32) if mode == "logits" else probs
     (out,) = run_mil(lambda x: mb.random_categorical(x=x, mode=mode, size=3000, seed=4), {"x": x})
     assert out.shape == (2, 3000)
-    for row, p in zip(out.astype(int), probs):
+    for row, p in zip(out.astype(int), probs, strict=True):
         counts = np.bincount(row, minlength=3)
         assert counts[p == 0].sum() == 0
         expected = p[p > 0] * row.size

@@ -256,9 +256,9 @@ def test_crop_and_band_part(run_mil, shape, data):
 def test_slice_update_writes_the_slice_slice_by_index_reads(run_mil, shape, data):
     x = data.draw(hnp.arrays(np.float32, shape, elements=st.integers(-9, 9).map(float)))
     begin = [data.draw(st.integers(0, d - 1)) for d in shape]
-    end = [data.draw(st.integers(b + 1, d)) for b, d in zip(begin, shape)]
+    end = [data.draw(st.integers(b + 1, d)) for b, d in zip(begin, shape, strict=True)]
     stride = [data.draw(st.integers(1, 2)) for _ in shape]
-    index = tuple(slice(b, e, s) for b, e, s in zip(begin, end, stride))
+    index = tuple(slice(b, e, s) for b, e, s in zip(begin, end, stride, strict=True))
     update = np.full(x[index].shape, 100.0, np.float32)
     (out,) = run_mil(lambda x, u: mb.slice_update(x=x, update=u, begin=begin, end=end, stride=stride),
                      {"x": x, "u": update}, opset="iOS18")
@@ -291,7 +291,7 @@ MODES = {"update": None, "add": np.add, "sub": np.subtract, "mul": np.multiply, 
 def _applied(data, positions, updates, mode):
     """The scatter rule written out: each update combined into its place, in order."""
     out = data.astype(np.float64)
-    for at, value in zip(positions, updates):
+    for at, value in zip(positions, updates, strict=True):
         out[at] = value if mode == "update" else MODES[mode](out[at], value)
     return out
 

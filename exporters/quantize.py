@@ -155,9 +155,9 @@ class Palettes:
 
 def _free_program_of(package) -> None:
     """A pymil program is a web of references (ops, vars, blocks): a large package's is collected
-    now, so its weights (1.2 GB for an encoder) are freed before the next package is read, not
-    at the collector's leisure; a small one's is left to the collector (a full collection costs
-    0.1 s and more in a large process)."""
+    now, so its weights (a full-size encoder's are over a gigabyte) are freed before the next
+    package is read, not at the collector's leisure; a small one's is left to the collector (a
+    full collection is slow in a large process)."""
     if package_size(Path(package)) > _LARGE_PACKAGE_BYTES:
         gc.collect()
 

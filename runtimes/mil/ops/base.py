@@ -66,7 +66,7 @@ def torch_float32(array):
 def matrix_product(a, b):
     """``a @ b``: floats on torch's kernels in fp32, anything else in numpy. One BLAS for the whole
     executor: numpy's BLAS threads and torch's, used in turn on a few cores, wait on each other
-    (a full-size decoder step took 18 ms instead of 4 between calls of Torch's own model)."""
+    (a full-size decoder step took several times as long between calls of Torch's own model)."""
     if np.asarray(a).dtype.kind == "f" and np.asarray(b).dtype.kind == "f" and np.ndim(a) and np.ndim(b):
         return torch_float32(a).matmul(torch_float32(b)).numpy()
     return np.matmul(a, b)
@@ -76,8 +76,8 @@ def matrix_product(a, b):
 def _onednn_inner_product():
     """oneDNN's fp32 inner product (the kernel torch's compiler fuses linears into), or None where
     this torch has no oneDNN. Plain ``F.linear`` runs on MKL, which takes about twice as long on
-    AMD processors (a full-size encoder's linears: 1.03 s against 0.47 s on this project's CI
-    host); both accumulate in fp32."""
+    AMD processors (``tests/runtime/test_executor_benchmark.py`` measures the executor against
+    Torch); both accumulate in fp32."""
     torch = torch_module()
     if not torch.backends.mkldnn.is_available():
         return None

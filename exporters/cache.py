@@ -54,19 +54,18 @@ def tool_versions() -> dict:
     return {name: _version(name) for name in ("torch", "coremltools", "nemo_toolkit")}
 
 
-# The modules whose code decides what an exported package contains.
-_EXPORT_CODE = (
-    "components.py", "convert.py", "export.py", "presets.py", "sources.py", "torch_compat.py", "wrappers.py",
-)
+# The modules whose code decides what an exported package contains (from the project's root).
+_EXPORT_CODE = tuple(f"exporters/{name}.py" for name in (
+    "components", "convert", "export", "presets", "sources", "torch_compat", "wrappers")) + ("infra/compat.py",)
 
 
 def exporter_code_digest() -> str:
     """Digest of the exporter's sources: editing the export code invalidates its exports."""
     h = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
     for name in _EXPORT_CODE:
-        path = Path(__file__).parent / name
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
+        h.update(name.encode())
+        h.update((root / name).read_bytes())
     return h.hexdigest()
 
 

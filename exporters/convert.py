@@ -36,27 +36,28 @@ def _compute_precision(component: Component, precision: str):
 
 def convert_component(model, component: Component, dims: ModelDims, options: ExportOptions):
     """Trace ``component``'s wrapper on ``model`` and convert it; returns a ``ct.models.MLModel``."""
-    torch_compat.install()
     module = wrapper(component.name, model)
     specs = component.inputs(dims)
     example = example_inputs(component, dims)
     args = tuple(torch.from_numpy(example[s.name]) for s in specs)
     with torch.no_grad():
         traced = torch.jit.trace(module, args, check_trace=False)
-    return ct.convert(
-        traced,
-        inputs=[ct.TensorType(name=s.name, shape=_input_shape(component, s, dims, options),
-                              dtype=np.dtype(s.dtype).type) for s in specs],
-        # Explicit output dtypes: an fp16 program would otherwise return fp16 arrays.
-        outputs=[ct.TensorType(name=s.name, dtype=np.dtype(s.dtype).type) for s in component.outputs(dims)],
-        states=[ct.StateType(wrapped_type=ct.TensorType(shape=s.shape, dtype=np.dtype(s.dtype).type), name=s.name)
-                for s in component.states(dims)] or None,
-        convert_to="mlprogram",
-        minimum_deployment_target=getattr(ct.target, component.deployment_target(options.minimum_deployment_target)),
-        compute_precision=_compute_precision(component, options.compute_precision),
-        compute_units=getattr(ct.ComputeUnit, options.compute_units),
-        skip_model_load=True,
-    )
+    target = getattr(ct.target, component.deployment_target(options.minimum_deployment_target))
+    with torch_compat.overrides():
+        return ct.convert(
+            traced,
+            inputs=[ct.TensorType(name=s.name, shape=_input_shape(component, s, dims, options),
+                                  dtype=np.dtype(s.dtype).type) for s in specs],
+            # Explicit output dtypes: an fp16 program would otherwise return fp16 arrays.
+            outputs=[ct.TensorType(name=s.name, dtype=np.dtype(s.dtype).type) for s in component.outputs(dims)],
+            states=[ct.StateType(wrapped_type=ct.TensorType(shape=s.shape, dtype=np.dtype(s.dtype).type), name=s.name)
+                    for s in component.states(dims)] or None,
+            convert_to="mlprogram",
+            minimum_deployment_target=target,
+            compute_precision=_compute_precision(component, options.compute_precision),
+            compute_units=getattr(ct.ComputeUnit, options.compute_units),
+            skip_model_load=True,
+        )
 
 
 def _input_shape(component: Component, spec, dims: ModelDims, options: ExportOptions):

@@ -33,6 +33,7 @@ from exporters.faults import fault_point
 from exporters.sources import ModelSource
 from exporters.streaming import STREAMING_MODE, chunk_sizes, describe_context, is_cache_aware, streaming_dims
 from exporters.wrappers import model_dims
+from infra.compat import mil_program
 from runtimes.base import package_size
 
 ORIGINS_FILE = "op_origins.json"
@@ -198,7 +199,7 @@ class Exporter:
             package = f"{component.name}.mlpackage"
             mlmodel.save(str(tmp / package))
             fault_point("export")
-            (tmp / ORIGINS_FILE).write_text(json.dumps(op_origins(mlmodel._mil_program)))
+            (tmp / ORIGINS_FILE).write_text(json.dumps(op_origins(mil_program(mlmodel))))
             seconds = time.perf_counter() - t
             return {
                 "component": component.name,

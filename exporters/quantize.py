@@ -33,6 +33,7 @@ from exporters.components import COMPONENTS, DEPLOYMENT_TARGETS, ExportError
 from exporters.export import ExportedComponent
 from exporters.settings import PROJECT_NAME, tool_settings
 from exporters.settings import table as settings_table
+from infra.compat import kmeans1d, mil_program, palettize_lut_and_indices
 from runtimes.base import package_size
 from runtimes.mil.model import load_program
 
@@ -167,18 +168,16 @@ _LARGE_PACKAGE_BYTES = 128 << 20
 
 def kmeans_table(values: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
     """(lookup table, uint8 indices) of ``values``: coremltools' per-tensor k-means palette."""
-    from coremltools._deps import kmeans1d  # lazy: coremltools' bundled 1-D k-means, as its palettizer uses it
-
     if values.dtype != np.float16 or values.size < 10_000 or np.isnan(values).any():
         # coremltools' own path: scikit-learn's k-means for fp32 and small weights, its sort for NaNs
-        return _palettize_pass()._get_lut_and_indices(values, "KMEANS", nbits, None)
+        return palettize_lut_and_indices(values, nbits)
     bits = np.ascontiguousarray(values).reshape(-1).view(np.uint16)
     counts = np.bincount(bits, minlength=1 << 16)
     counts[0], counts[_NEGATIVE_ZERO] = counts[0] + counts[_NEGATIVE_ZERO], 0  # numpy's unique: one zero
     present = np.flatnonzero(counts).astype(np.uint16)  # each distinct value's bit pattern
     patterns = present[np.argsort(present.view(np.float16), kind="stable")]  # in ascending order of value
     clusters = min(len(patterns), 1 << nbits)
-    result = kmeans1d.cluster(patterns.view(np.float16), clusters, weights=counts[patterns])
+    result = kmeans1d().cluster(patterns.view(np.float16), clusters, weights=counts[patterns])
     lut = np.zeros(1 << nbits)
     lut[:clusters] = result.centroids
     cluster_of = np.zeros(1 << 16, np.uint8)
@@ -188,12 +187,6 @@ def kmeans_table(values: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray
 
 
 _NEGATIVE_ZERO = 0x8000
-
-
-def _palettize_pass():
-    from coremltools.optimize.coreml._quantization_passes import palettize_weights  # lazy: coremltools' own k-means
-
-    return palettize_weights
 
 
 def _is_kmeans_per_value(step: Step) -> bool:
@@ -359,7 +352,7 @@ def compress(base: ExportedComponent, variant: Variant, cache: ExportCache, prog
         compressed.save(str(tmp / package))
         # Weights too small or of shapes a step cannot take (int4 blocks of 32 on a width of 48)
         # stay as they were; a package where that is every weight is the base, re-saved.
-        operations = compressed._mil_program.functions["main"].operations
+        operations = mil_program(compressed).functions["main"].operations
         constexprs = sum(op.op_type.startswith("constexpr_") for op in operations)
         return {"component": base.name, "variant": variant.name, "package": package,
                 "steps": [s.as_dict() for s in steps], "base_key": base.key,

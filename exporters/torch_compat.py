@@ -2,20 +2,25 @@
 numpy 2, and one faster graph pass.
 
 Each is registered through coremltools' own extension points (``register_torch_op`` and
-``register_pass`` with ``override=True``), applied by ``install()`` before any conversion, and
+``register_pass`` with ``override=True``) for the duration of a conversion (``overrides()``), and
 tested in ``tests/unit/test_torch_compat.py``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 from coremltools.converters.mil import Builder as mb
-from coremltools.converters.mil.frontend.torch import ops
 from coremltools.converters.mil.frontend.torch.torch_op_registry import register_torch_op
 from coremltools.converters.mil.mil.passes.defs.quantization import add_fp16_cast
 from coremltools.converters.mil.mil.passes.pass_registry import register_pass
 
-_installed = False
+from infra.compat import pass_registry, torch_op_cast, torch_op_inputs, torch_op_registry
+
+FP16_PASS = "common::add_fp16_cast"
+
 
 
 def _scalar_cast(dtype, dtype_name):
@@ -28,11 +33,11 @@ def _scalar_cast(dtype, dtype_name):
     coremltools' own implementation unchanged.
     """
     def convert(context, node):
-        x = ops._get_inputs(context, node, expected=1)[0]
+        x = torch_op_inputs(context, node, expected=1)[0]
         if x.can_be_folded_to_const() and np.ndim(x.val) > 0 and np.size(x.val) == 1:
             context.add(mb.const(val=dtype(np.asarray(x.val).item()), name=node.name), node.name)
         else:
-            ops._cast(context, node, dtype, dtype_name)
+            torch_op_cast(context, node, dtype, dtype_name)
 
     convert.__name__ = f"_{dtype.__name__}"  # the registry keys coremltools' own "_int" / "_bool"
     return convert
@@ -60,13 +65,26 @@ class _AddFp16Cast(add_fp16_cast):
         return False
 
 
-def install() -> None:
-    """Register the overrides (idempotent)."""
-    global _installed
-    if _installed:
-        return
-
+@contextmanager
+def overrides() -> Iterator[None]:
+    """The overrides registered for the duration of a conversion, and coremltools' own registry
+    entries put back after it: code of the same process converting without this project (a
+    user's own ``ct.convert``) gets coremltools unchanged. Nests."""
+    ops, passes = torch_op_registry(), pass_registry()
+    names = ("int", "_int", "bool", "_bool")
+    saved_ops, saved_pass = {n: ops.get(n) for n in names}, passes.get(FP16_PASS)
     register_torch_op(_scalar_cast(int, "int32"), torch_alias=["int"], override=True)
     register_torch_op(_scalar_cast(bool, "bool"), torch_alias=["bool"], override=True)
     register_pass(namespace="common", override=True, name="add_fp16_cast")(_AddFp16Cast)
-    _installed = True
+    try:
+        yield
+    finally:
+        for name, function in saved_ops.items():
+            if function is None:
+                ops.pop(name, None)
+            else:
+                ops[name] = function
+        if saved_pass is None:
+            passes.pop(FP16_PASS, None)
+        else:
+            passes[FP16_PASS] = saved_pass

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infra.compat import core_ml_bindings_missing
 from runtimes.base import (
     COMPUTE_UNITS,
     BackendUnavailable,
@@ -27,12 +28,8 @@ def unavailable_reason() -> str | None:
     """Why Core ML cannot run here, or None when it can."""
     if platform.system() != "Darwin":
         return f"Apple's Core ML runtime exists only on macOS; this host runs {platform.system()}"
-    try:
-        # lazy: probes whether the Core ML bindings exist
-        from coremltools.libcoremlpython import _MLModelProxy  # noqa: F401
-    except ImportError as error:
-        return f"coremltools was installed without its Core ML bindings ({error})"
-    return None
+    missing = core_ml_bindings_missing()
+    return f"coremltools was installed without its Core ML bindings ({missing})" if missing else None
 
 
 class CoreMLModel:

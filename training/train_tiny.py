@@ -37,6 +37,7 @@ from exporters.presets import (
     write_tokenizer,
 )
 from exporters.sources import quiet_nemo
+from infra.compat import set_transducer_loss
 from training.evaluate import evaluate, evaluate_long_form, write_model_card
 from training.tdt_loss import TDTLoss
 from validation.corpus import (
@@ -329,7 +330,7 @@ def cache_aware(model, work: Path) -> EncDecRNNTBPEModel:
 
 def fit(model, trainer: pl.Trainer, data: str, steps: int, batch_size: int) -> dict:
     """One stage of NeMo's training loop, with the CPU-capable TDT loss; what it did and took."""
-    model.loss._loss = TDTLoss(blank=model.decoder.blank_idx, durations=TDT_DURATIONS, sigma=SIGMA)
+    set_transducer_loss(model, TDTLoss(blank=model.decoder.blank_idx, durations=TDT_DURATIONS, sigma=SIGMA))
     log(f"{sum(p.numel() for p in model.parameters()):,} parameters; {steps} steps of {batch_size} ({data}) "
         f"on {trainer.accelerator.__class__.__name__.replace('Accelerator', '')}")
     began = time.monotonic()

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infra.compat import deployment_target_name
 from runtimes.base import InputMismatch, InputSpec, PackageError, check_inputs, input_spec
 from runtimes.mil.ops import KERNELS, Unsupported
 from runtimes.mil.ops.base import torch_module, torch_tensor
@@ -143,9 +144,7 @@ def _is_state(var) -> bool:
 
 
 def _opset_name(target) -> str:
-    from coremltools.converters.mil._deployment_compatibility import AvailableTarget  # lazy: as above
-
-    return "iOS15" if target is None else AvailableTarget(target).name
+    return "iOS15" if target is None else deployment_target_name(target)
 
 
 _HALF, _SINGLE = np.dtype(np.float16), np.dtype(np.float32)

@@ -19,9 +19,15 @@ from __future__ import annotations
 
 import os
 import struct
-from contextlib import contextmanager
 
 import numpy as np
+
+from infra.compat import (
+    blob_storage_reader,
+    load_mil_function,
+    load_program_attributes,
+    variadic_dimensions_read_as_unknown,
+)
 
 _SENTINEL = 0xDEADBEEF
 _METADATA = struct.Struct("<IIQQQ")  # sentinel, data type, size in bytes, data offset, padding bits
@@ -88,9 +94,7 @@ class WeightFile:
             return lambda offset: self._read(offset, code, dtype)
         if name in _SUB_BYTE:
             if self._sub_byte_reader is None:
-                from coremltools.libmilstoragepython import _BlobStorageReader  # lazy: coremltools imports torch
-
-                self._sub_byte_reader = _BlobStorageReader(self.path)
+                self._sub_byte_reader = blob_storage_reader(self.path)
             return getattr(self._sub_byte_reader, name)
         raise AttributeError(name)
 
@@ -111,32 +115,8 @@ def load_mil_program(spec, weights_dir: str):
             if os.path.isfile(path):
                 context.blob_reader_from_filename[path] = WeightFile(path)
     program = Program()
-    with _variadic_dimensions_read_as_unknown():
+    with variadic_dimensions_read_as_unknown():
         for name, function in program_spec.functions.items():
-            program.add_function(name, milproto._load_function(context, function, spec.specificationVersion))
-    milproto._load_program_spec_attributes(context, program_spec, program)
+            program.add_function(name, load_mil_function(context, function, spec.specificationVersion))
+    load_program_attributes(context, program_spec, program)
     return program
-
-
-@contextmanager
-def _variadic_dimensions_read_as_unknown():
-    """coremltools' program reader refuses a variadic dimension ("not yet implemented"), which an
-    op of data-dependent rank declares (``fill`` of a shape given at run time, in an fp16 program
-    its cast). The executor takes every shape from the values it computes, so for the duration
-    of a load such a dimension reads as coremltools' own variadic symbol (any number of dimensions,
-    of any size), and coremltools' reader is restored after."""
-    from coremltools.converters.mil.frontend.milproto import helper  # lazy: as above
-    from coremltools.converters.mil.mil.program import get_new_variadic_symbol  # lazy: as above
-
-    strict = helper.get_proto_dim
-
-    def dimension(dim):
-        if dim.WhichOneof("dimension") != "constant" and dim.unknown.variadic:
-            return get_new_variadic_symbol()
-        return strict(dim)
-
-    helper.get_proto_dim = dimension
-    try:
-        yield
-    finally:
-        helper.get_proto_dim = strict

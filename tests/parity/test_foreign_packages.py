@@ -49,7 +49,6 @@ class _WithExtraOutput(torch.nn.Module):
 
 def write_package(model, dims, name: str, path, *, shapes=None, dtypes=None, output_names=None, extra_output=False):
     """One component converted directly with coremltools: fp32, iOS16, author and version set."""
-    torch_compat.install()  # torch 2.13's converter gaps, which any converter on this torch needs filled
     component = COMPONENTS[name]
     module = wrapper(name, model)
     if extra_output:
@@ -60,11 +59,12 @@ def write_package(model, dims, name: str, path, *, shapes=None, dtypes=None, out
     outputs = [ct.TensorType(name=n) for n in (output_names or [s.name for s in component.outputs(dims)])]
     if extra_output:
         outputs.append(ct.TensorType(name="debug_mean"))
-    package = ct.convert(
-        traced, inputs=[ct.TensorType(name=s.name, shape=(shapes or {}).get(s.name, s.shape),
-                                      dtype=(dtypes or {}).get(s.name, np.dtype(s.dtype).type)) for s in specs],
-        outputs=outputs, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
-        compute_precision=ct.precision.FLOAT32, skip_model_load=True)
+    with torch_compat.overrides():  # torch 2.13's converter gaps, which any converter on this torch needs filled
+        package = ct.convert(
+            traced, inputs=[ct.TensorType(name=s.name, shape=(shapes or {}).get(s.name, s.shape),
+                                          dtype=(dtypes or {}).get(s.name, np.dtype(s.dtype).type)) for s in specs],
+            outputs=outputs, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
+            compute_precision=ct.precision.FLOAT32, skip_model_load=True)
     package.author = "another converter"
     package.version = "3.1"
     package.save(str(path))

@@ -1,5 +1,5 @@
-"""The code's structure: imports flow one way (runtimes, exporters, validation, then training and
-reports, the command line on top), no module imports itself through others, the executor and
+"""The code's structure: imports flow one way (infra at the bottom, runtimes, exporters, validation,
+then training and reports, the command line on top), no module imports itself through others, the executor and
 ``--help`` load no torch, and an import inside a function says why it is there."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # Each package may import its own layer's modules and those of lower layers, never higher ones.
-LAYERS = {"runtimes": 0, "exporters": 1, "validation": 2, "training": 3, "reports": 3, "cli": 4}
+LAYERS = {"infra": 0, "runtimes": 1, "exporters": 2, "validation": 3, "training": 4, "reports": 4, "cli": 5}
 
 
 def _modules() -> dict[str, Path]:

@@ -18,6 +18,8 @@ from hypothesis.extra import numpy as hnp
 
 from exporters import torch_compat
 
+FP16 = torch_compat.FP16_PASS
+
 
 class RelativePositionSlice(torch.nn.Module):
     """Slices a position table around its centre by the input's length, as NeMo's
@@ -39,28 +41,33 @@ def _convert():
                       convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, skip_model_load=True)
 
 
-@pytest.fixture
-def stock_int_conversion():
-    """coremltools' own aten::int conversion, restored for the test."""
-    torch_compat.install()
-    ours = _TORCH_OPS_REGISTRY.name_to_func_mapping["int"]
-    for name in ("int", "_int"):
-        _TORCH_OPS_REGISTRY.name_to_func_mapping[name] = ops._int
-    yield
-    for name in ("int", "_int"):
-        _TORCH_OPS_REGISTRY.name_to_func_mapping[name] = ours
-
-
-def test_stock_coremltools_rejects_int_of_one_element_tensor(stock_int_conversion):
+def test_stock_coremltools_rejects_int_of_one_element_tensor():
+    """Outside the overrides, coremltools' own conversion: what the override fixes."""
     with pytest.raises(TypeError, match="0-dimensional"):
         _convert()
 
 
 def test_override_converts_int_of_one_element_tensor():
-    torch_compat.install()
-    model = _convert()
+    with torch_compat.overrides():
+        model = _convert()
     out = model.get_spec().description.output[0]
     assert list(out.type.multiArrayType.shape) == [1, 15]
+
+
+def test_the_overrides_hold_for_a_conversion_and_coremltools_own_come_back_after():
+    """A user's own ``ct.convert`` in the same process gets coremltools unchanged; nested uses
+    restore what the outer one set."""
+    stock_int, stock_pass = _TORCH_OPS_REGISTRY.name_to_func_mapping["int"], PASS_REGISTRY.passes[FP16]
+    assert stock_int is ops._int and not isinstance(PASS_REGISTRY[FP16], torch_compat._AddFp16Cast)
+    with torch_compat.overrides():
+        ours = _TORCH_OPS_REGISTRY.name_to_func_mapping["int"]
+        assert ours is not stock_int and isinstance(PASS_REGISTRY[FP16], torch_compat._AddFp16Cast)
+        with torch_compat.overrides():
+            pass
+        assert isinstance(PASS_REGISTRY[FP16], torch_compat._AddFp16Cast)
+        assert _TORCH_OPS_REGISTRY.name_to_func_mapping["_int"].__name__ == "_int"
+    assert _TORCH_OPS_REGISTRY.name_to_func_mapping["int"] is stock_int
+    assert PASS_REGISTRY.passes[FP16] is stock_pass
 
 
 def _add_op(values: np.ndarray):
@@ -89,8 +96,3 @@ def test_fp16_overflow_decides_as_coremltools(values):
                                               (np.nan, False), (1e38, False), (9.9e37, True)])
 def test_fp16_overflow_on_the_edges(value, overflows):
     assert torch_compat._AddFp16Cast.fp16_overflow(_add_op(np.array([1.0, value], np.float32))) is overflows
-
-
-def test_install_registers_the_faster_fp16_pass():
-    torch_compat.install()
-    assert isinstance(PASS_REGISTRY["common::add_fp16_cast"], torch_compat._AddFp16Cast)

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from infra.compat import onednn_linear_pointwise
+
 KERNELS: dict[str, Callable] = {}
 
 
@@ -78,13 +80,7 @@ def _onednn_inner_product():
     this torch has no oneDNN. Plain ``F.linear`` runs on MKL, which takes about twice as long on
     AMD processors (``tests/runtime/test_executor_benchmark.py`` measures the executor against
     Torch); both accumulate in fp32."""
-    torch = torch_module()
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        return torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):  # a build without the op
-        return None
+    return onednn_linear_pointwise(torch_module())
 
 
 def inner_product(x, weight, bias=None):

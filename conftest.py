@@ -20,6 +20,7 @@ from exporters.sources import DEFAULT_PRESET, STREAMING_PRESET, ModelSource, add
 from exporters.streaming import MelChunk, mel_chunks
 from reports.plugin import send
 from runtimes.base import BACKENDS, COMPUTE_UNITS, BackendUnavailable, resolve_backend
+from runtimes.coreml import unavailable_reason
 from runtimes.loader import LoadedPredictors
 from validation.audio import read_audio, synthetic_speech
 from validation.held_out import held_out_evaluation
@@ -84,6 +85,9 @@ TOLERANCES = pytest.StashKey["ToleranceTable"]()
 def pytest_configure(config):
     """Refuse bad tolerances, gates and unusable --audio before any model is built."""
     opt = config.option
+    reason = unavailable_reason() if resolve_backend(opt.backend) == "coreml" else None
+    if reason:  # as the command refuses it: every backend test would otherwise skip, and the session pass
+        raise pytest.UsageError(f"--backend coreml: {reason}; use --backend mil to run this project's executor")
     for name in ("latency_rounds", "threads", "chunk_ms"):
         value = getattr(opt, name)
         if value is not None and value < 1:

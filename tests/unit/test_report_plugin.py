@@ -9,6 +9,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from runtimes.coreml import unavailable_reason
+
 ROOT = Path(__file__).resolve().parents[2]
 
 SENDING_TEST = textwrap.dedent("""
@@ -46,3 +50,17 @@ def test_a_suite_writes_its_reports_into_its_own_folder_not_the_commands(tmp_pat
 def test_the_quantized_folder_follows_the_report_folder(pytestconfig):
     """Unless given, the quantization suite's variants go inside ``--report-dir``."""
     assert pytestconfig.option.quantized_dir == pytestconfig.option.report_dir / "quantized"
+
+
+def test_backend_coreml_where_core_ml_cannot_run_is_refused_before_any_test(tmp_path):
+    """Every parity, latency and quantization test skipped and pytest exited 0; the command
+    refuses the same option with its reason."""
+    reason = unavailable_reason()
+    if reason is None:
+        pytest.skip("Core ML runs here: --backend coreml is valid")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    done = subprocess.run([sys.executable, "-m", "pytest", "--backend", "coreml", "tests/unit/test_contract.py",
+                           "-p", "no:cacheprovider", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=False, env=env)
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"--backend coreml: {reason}; use --backend mil" in done.stderr

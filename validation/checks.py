@@ -459,7 +459,7 @@ class _ClipChecks:
 
     def compare(self, key, reference, candidate, component=None, inputs=None, tolerance=None) -> CheckResult:
         tolerance = tolerance or self.runner.tolerances[key]
-        comparison = compare(reference, candidate, tolerance, self.runner.tolerances.psnr_floor_db)
+        comparison = compare(reference, candidate, tolerance)
         result = CheckResult(key, self.clip.name, comparison=comparison)
         if key in STEP_AXES:
             result.l2_per_step = {side: [float(f"{v:.6g}") for v in l2_per_step(values, STEP_AXES[key])]
@@ -521,8 +521,7 @@ class _ClipChecks:
                 return CheckResult(key, self.clip.name, decisions=agreement)
             port = next(p for p in COMPONENTS[component].output_ports if p.fused_tolerance)
             return CheckResult(key, self.clip.name, comparison=compare(
-                host.token_prob, fused[port.name], self.runner.tolerances[port.fused_tolerance],
-                self.runner.tolerances.psnr_floor_db))
+                host.token_prob, fused[port.name], self.runner.tolerances[port.fused_tolerance]))
         mel = self.runs["preprocessor"].exported
         frames = self.dims.mel_frames  # a flexible preprocessor's mel, padded to the encoder's window
         padded = np.zeros(mel["mel"].shape[:-1] + (frames,), mel["mel"].dtype)

@@ -19,12 +19,14 @@ from whisper_normalizer.english import EnglishTextNormalizer
 
 @dataclass(frozen=True)
 class Tolerance:
-    """``allclose`` bounds for one output (numpy semantics: |c - r| <= atol + rtol * |r|);
-    ``exact`` outputs (token ids, durations, lengths) must be equal element for element."""
+    """``allclose`` bounds for one output (numpy semantics: |c - r| <= atol + rtol * |r|) and the
+    PSNR it must reach besides (the tolerance table sets it); ``exact`` outputs (token ids,
+    durations, lengths) must be equal element for element, and have no floor."""
 
     atol: float = 0.0
     rtol: float = 0.0
     exact: bool = False
+    psnr_floor_db: float | None = None
 
     def __str__(self) -> str:
         return "exact" if self.exact else f"atol {self.atol:g}, rtol {self.rtol:g}"
@@ -115,8 +117,11 @@ def psnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
     return 20.0 * math.log10(peak / rmse) if peak > 0 else -math.inf
 
 
-def compare(reference, candidate, tolerance: Tolerance, psnr_floor_db: float | None = None) -> Comparison:
-    """Every metric of ``candidate`` against ``reference``; shapes must agree."""
+def compare(reference, candidate, tolerance: Tolerance) -> Comparison:
+    """Every metric of ``candidate`` against ``reference``; shapes must agree. A value tolerance
+    without its PSNR floor is refused: a floor forgotten would pass what it should fail."""
+    if not tolerance.exact and tolerance.psnr_floor_db is None:
+        raise ValueError(f"tolerance {tolerance} has no PSNR floor; take it from the tolerance table")
     reference, candidate = np.asarray(reference), np.asarray(candidate)
     if reference.shape != candidate.shape:
         raise ValueError(f"shape {list(candidate.shape)} does not match the reference's {list(reference.shape)}")
@@ -141,7 +146,7 @@ def compare(reference, candidate, tolerance: Tolerance, psnr_floor_db: float | N
         worst_reference=float(r[worst]) if r.size else 0.0,
         worst_candidate=float(c[worst]) if c.size else 0.0,
         tolerance=tolerance,
-        psnr_floor_db=None if tolerance.exact else psnr_floor_db,
+        psnr_floor_db=tolerance.psnr_floor_db,
     )
 
 

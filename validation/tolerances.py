@@ -94,7 +94,9 @@ class ToleranceTable:
     sources: tuple[str, ...] = ("defaults",)
 
     def __getitem__(self, key: str) -> Tolerance:
-        return self.tolerances[key]
+        """The tolerance of ``key``, carrying the table's PSNR floor unless it is exact."""
+        tolerance = self.tolerances[key]
+        return tolerance if tolerance.exact else replace(tolerance, psnr_floor_db=self.psnr_floor_db)
 
     def with_overrides(self, overrides: dict[str, dict], psnr_floor_db: float | None, source: str) -> ToleranceTable:
         table = dict(self.tolerances)

@@ -45,7 +45,7 @@ def test_compare_counts_elements_outside_atol_plus_rtol_and_locates_the_worst():
     c = r.copy()
     c[0, 1] = 0.05  # outside atol 0.01
     c[1, 2] = 10.05  # within 0.01 + 0.01*10
-    result = compare(r, c, Tolerance(0.01, 0.01), psnr_floor_db=10.0)
+    result = compare(r, c, Tolerance(0.01, 0.01, psnr_floor_db=10.0))
     assert result.mismatches == 1 and not result.allclose and not result.match
     assert result.worst_index == (0, 1)
     assert result.worst_reference == 0.0 and result.worst_candidate == pytest.approx(0.05)
@@ -58,28 +58,34 @@ def test_a_nan_is_a_mismatch_and_the_worst_element():
     r = np.ones(4, np.float32)
     c = r.copy()
     c[2] = np.nan
-    result = compare(r, c, Tolerance(1.0, 1.0))
+    result = compare(r, c, Tolerance(1.0, 1.0, psnr_floor_db=35.0))
     assert result.mismatches == 1 and result.worst_index == (2,)
 
 
 def test_psnr_floor_fails_an_output_that_is_allclose():
     r = np.linspace(-1, 1, 100)
     c = r + 0.04  # allclose at atol 0.05, but PSNR = 20*log10(1/0.04) = 27.96 dB
-    result = compare(r, c, Tolerance(0.05, 0.0), psnr_floor_db=35.0)
+    result = compare(r, c, Tolerance(0.05, 0.0, psnr_floor_db=35.0))
     assert result.allclose and not result.psnr_ok and not result.match
     assert "PSNR 27.96 dB below the floor of 35 dB" in result.problems()[0]
 
 
 def test_exact_outputs_ignore_the_psnr_floor():
     ids = np.array([1, 2, 3], np.int32)
-    assert compare(ids, ids, Tolerance(exact=True), psnr_floor_db=35.0).match
-    result = compare(ids, np.array([1, 2, 4], np.int32), Tolerance(exact=True), psnr_floor_db=35.0)
+    assert compare(ids, ids, Tolerance(exact=True)).match
+    result = compare(ids, np.array([1, 2, 4], np.int32), Tolerance(exact=True))
     assert result.mismatches == 1 and result.match_rate == pytest.approx(2 / 3)
 
 
 def test_shapes_must_agree():
     with pytest.raises(ValueError, match=r"shape \[3\] does not match the reference's \[2\]"):
-        compare(np.zeros(2), np.zeros(3), Tolerance(1, 1))
+        compare(np.zeros(2), np.zeros(3), Tolerance(1, 1, psnr_floor_db=35.0))
+
+
+def test_a_value_tolerance_without_its_psnr_floor_is_refused():
+    """Left to a default, a forgotten floor passed what it should fail."""
+    with pytest.raises(ValueError, match="has no PSNR floor; take it from the tolerance table"):
+        compare(np.zeros(2), np.zeros(2), Tolerance(0.05, 0.0))
 
 
 def test_l2_per_step_and_margins():

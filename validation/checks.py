@@ -457,8 +457,8 @@ class _ClipChecks:
         except Exception as e:
             self.results[key] = CheckResult(key, self.clip.name, error=_describe(e))
 
-    def compare(self, key, reference, candidate, component=None, inputs=None, tolerance=None) -> CheckResult:
-        tolerance = tolerance or self.runner.tolerances[key]
+    def compare(self, key, reference, candidate, component=None, inputs=None) -> CheckResult:
+        tolerance = self.runner.tolerances[key]
         comparison = compare(reference, candidate, tolerance)
         result = CheckResult(key, self.clip.name, comparison=comparison)
         if key in STEP_AXES:

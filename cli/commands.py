@@ -41,13 +41,12 @@ from validation.evaluation import (
     PaceBook,
     decoders_for,
     evaluate,
-    read_manifest,
     recordings,
     streaming_decoders_for,
     token_text,
     windowed_decoders_for,
 )
-from validation.held_out import held_out_evaluation, manifest_path
+from validation.held_out import held_out_evaluation, open_data_set
 from validation.journal import JOURNAL, package_identity
 from validation.packages import (
     DEFAULT_CONVERT_DIR,
@@ -365,8 +364,7 @@ def run_evaluate(args) -> int:
     options = ExportOptions(max_audio_seconds=description["max_audio_seconds"])
     dims = Exporter(source, options, cache, progress=lambda message: None).dims  # cached: no model load
     if args.manifest is not None:
-        manifest = manifest_path(args.manifest, cache, dims)
-        utterances, bad = read_manifest(manifest)
+        manifest, utterances, bad = open_data_set(args.manifest, cache, dims)
     else:
         manifest, utterances, bad = None, recordings(args.audio), []
     for line in bad:

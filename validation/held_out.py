@@ -33,8 +33,10 @@ from validation.corpus import (
     split_utterances,
 )
 from validation.evaluation import (
+    BadInput,
     Evaluation,
     PaceBook,
+    Utterance,
     decoders_for,
     evaluate,
     nemo_window_decoder,
@@ -278,12 +280,15 @@ BUILTIN_SETS = dict(zip(BUILTIN_SET_NAMES, (held_out_manifest, long_form_manifes
                         strict=True))
 
 
-def manifest_path(text: str, cache: ExportCache, dims: ModelDims) -> Path:
-    """``builtin:NAME`` (one of ``BUILTIN_SETS``, rendered on first use) or a manifest's path."""
+def open_data_set(text: str, cache: ExportCache, dims: ModelDims) -> tuple[Path, list[Utterance], list[BadInput]]:
+    """A data set as ``--manifest`` names it, ``builtin:NAME`` (one of ``BUILTIN_SETS``, rendered
+    on first use) or a manifest's path: the manifest, its utterances and its unusable lines. The
+    one way the command, the suites and the benchmarks open a set."""
     check_manifest_argument(text)
-    if not text.startswith(BUILTIN_PREFIX):
-        return Path(text)
-    return BUILTIN_SETS[text.removeprefix(BUILTIN_PREFIX)](cache, dims)
+    path = BUILTIN_SETS[text.removeprefix(BUILTIN_PREFIX)](cache, dims) if text.startswith(BUILTIN_PREFIX) \
+        else Path(text)
+    utterances, bad = read_manifest(path)
+    return path, utterances, bad
 
 
 def median_token_probability(model, dims: ModelDims, clips: list[Clip]) -> float:
@@ -312,7 +317,7 @@ def held_out_evaluation(model, dims: ModelDims, cache: ExportCache, exports: dic
     rest takes: fp32 exports must transcribe exactly like NeMo on the same windows, the rest within
     half a WER point. On a model not confident enough for its transcripts to mean anything (its
     first 20 utterances decide): ``(None, confidence, why)``."""
-    utterances, bad = read_manifest(held_out_manifest(cache, dims))
+    _, utterances, bad = open_data_set(f"{BUILTIN_PREFIX}held-out", cache, dims)
     clips = [fit_window(read_utterance(u, dims.sample_rate), dims, u.key, "") for u in utterances[:20]]
     confidence, reason = not_confident_reason(model, dims, clips)
     if reason:

@@ -17,9 +17,9 @@ from exporters.components import COMPONENTS, DECODE, STREAMING_COMPONENTS, get_c
 from exporters.streaming import mel_chunks
 from runtimes.base import BackendUnavailable
 from runtimes.coreml import compile_and_place
-from validation.evaluation import decoders_for, evaluate, read_manifest, token_text, windowed_decoders_for
+from validation.evaluation import decoders_for, evaluate, token_text, windowed_decoders_for
 from validation.greedy import Transcript
-from validation.held_out import BUILTIN_SETS
+from validation.held_out import open_data_set
 from validation.streaming import stream_parity
 from validation.timestamps import word_timer
 from validation.timing import SIDES, TIMED, Partner, first_call, load_average, stream_case
@@ -154,7 +154,7 @@ def test_a_stress_set_through_three_long_audio_strategies(benchmark, name, torch
     host)."""
     exporter = session_exporters[pytestconfig.option.compute_precision]
     exports = {"export": {e.name: e.package for e in exporter.export_all(DECODE)}}
-    utterances, bad = read_manifest(BUILTIN_SETS[name](export_cache, dims))
+    _, utterances, bad = open_data_set(f"builtin:{name}", export_cache, dims)
     primary, *others = (STRATEGIES[s] for s in (DEFAULT_STRATEGY, "quiet-start", "buffered"))
 
     def run():

@@ -14,8 +14,8 @@ from reports.plugin import send
 from runtimes.base import describe_backend
 from validation.audio import parity_clip_names, parity_clips
 from validation.checks import ParityRunner
-from validation.evaluation import decoders_for, evaluate_utterance, read_manifest, read_utterance, token_text
-from validation.held_out import manifest_path
+from validation.evaluation import decoders_for, evaluate_utterance, read_utterance, token_text
+from validation.held_out import open_data_set
 from validation.timestamps import word_timer
 from validation.windowing import STRATEGIES
 
@@ -28,12 +28,13 @@ def pytest_generate_tests(metafunc):
                              ids=lambda item: getattr(item, "key", None) or getattr(item, "where", "none"))
 
 
-def _manifest(config):
-    """The ``--manifest`` path, a built-in set rendered first (which needs the model's sizes)."""
+def _data_set(config):
+    """The ``--manifest`` set's manifest, utterances and unusable lines, a built-in set rendered
+    first (which needs the model's sizes)."""
     opt = config.option
     source = ModelSource.from_options(opt.nemo_path, opt.model_id, opt.preset, default_preset=DEFAULT_PRESET)
     cache = ExportCache(opt.cache_dir)
-    return manifest_path(opt.manifest, cache, Exporter(source, ExportOptions(), cache, lambda message: None).dims)
+    return open_data_set(opt.manifest, cache, Exporter(source, ExportOptions(), cache, lambda message: None).dims)
 
 
 def manifest_items(config) -> list:
@@ -43,7 +44,7 @@ def manifest_items(config) -> list:
         return [pytest.param(None, marks=pytest.mark.skip(
             reason="no data set: pass --manifest FILE.jsonl (or builtin:held-out, builtin:long-form)"), id="none")]
     try:
-        utterances, bad = read_manifest(_manifest(config))
+        _, utterances, bad = _data_set(config)
     except ExportError as e:
         raise pytest.UsageError(str(e)) from None
     return [*utterances, *bad]

@@ -8,8 +8,8 @@ import pytest
 
 from exporters.components import DECODE
 from tests.parity.test_held_out import shipped_test_model
-from validation.evaluation import decoders_for, evaluate, read_manifest, token_text
-from validation.held_out import long_form_manifest
+from validation.evaluation import decoders_for, evaluate, token_text
+from validation.held_out import open_data_set
 
 pytestmark = pytest.mark.parity
 
@@ -18,7 +18,7 @@ SHIPPED_WINDOWED_WER = 0.05  # the shipped test model's target on this set (its 
 
 @pytest.fixture(scope="module")
 def long_form(torch_model, dims, export_cache, session_exporters, predictor):
-    utterances, bad = read_manifest(long_form_manifest(export_cache, dims))
+    _, utterances, bad = open_data_set("builtin:long-form", export_cache, dims)
     assert not bad and len(utterances) >= 5
     packages = {e.name: e.package for e in session_exporters["float16"].export_all(DECODE)}
     return evaluate(utterances, decoders_for(torch_model, dims, {"export": packages}, predictor),

@@ -17,8 +17,8 @@ import soundfile
 from exporters.components import DECODE
 from reports.plugin import send
 from tests.parity.test_held_out import shipped_test_model
-from validation.evaluation import decoders_for, evaluate, read_manifest, token_text, windowed_decoders_for
-from validation.held_out import BUILTIN_SETS, SILENCE_CASES, STRESS_PAUSE_SECONDS, planned_boundaries
+from validation.evaluation import decoders_for, evaluate, token_text, windowed_decoders_for
+from validation.held_out import BUILTIN_SETS, SILENCE_CASES, STRESS_PAUSE_SECONDS, open_data_set, planned_boundaries
 from validation.timestamps import word_timer
 from validation.windowing import DEFAULT_STRATEGY, STRATEGIES
 
@@ -40,7 +40,7 @@ def long_audio(torch_model, dims, export_cache, session_exporters, predictor, ba
     primary, *others = [STRATEGIES[DEFAULT_STRATEGY], *(s for n, s in STRATEGIES.items() if n != DEFAULT_STRATEGY)]
     results = {}
     for name in SETS:
-        utterances, bad = read_manifest(BUILTIN_SETS[name](export_cache, dims))
+        _, utterances, bad = open_data_set(f"builtin:{name}", export_cache, dims)
         assert not bad, bad
         results[name] = evaluate(
             utterances, decoders_for(torch_model, dims, exports, predictor, primary), token_text(torch_model), dims,

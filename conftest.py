@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 import cli  # noqa: F401  first of this project's modules: it settles the BLAS threads before numpy loads
-from exporters.cache import ExportCache
-from exporters.components import COMPUTE_PRECISIONS, DECODE, ExportError, ExportOptions
+from exporters.components import COMPUTE_PRECISIONS, DECODE, ExportOptions
 from exporters.export import Exporter
 from exporters.quantize import VARIANTS, compress, variant_table
 from exporters.sources import DEFAULT_PRESET, STREAMING_PRESET, ModelSource, add_source_options
 from exporters.streaming import MelChunk, mel_chunks
+from infra.cache import ExportCache
+from infra.errors import UserError
 from reports.plugin import send
 from runtimes.base import BACKENDS, COMPUTE_UNITS, BackendUnavailable, resolve_backend
 from runtimes.coreml import unavailable_reason
@@ -102,7 +103,7 @@ def pytest_configure(config):
         load_gates(config.rootpath / "pyproject.toml", opt.gates, variant_table(config.rootpath / "pyproject.toml"))
         if opt.audio is not None:
             read_audio(opt.audio)
-    except ExportError as e:
+    except UserError as e:
         raise pytest.UsageError(str(e)) from None
 
 
@@ -201,7 +202,7 @@ def streaming(model_source, export_cache, pytestconfig):
         try:
             if exporters["float32"].streaming_dims is not None:
                 return exporters, exporters["float32"].model
-        except ExportError as e:
+        except UserError as e:
             raise pytest.UsageError(str(e)) from None
     raise AssertionError(f"the built-in {STREAMING_PRESET} is not cache-aware")
 

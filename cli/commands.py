@@ -7,24 +7,24 @@ import shutil
 from pathlib import Path
 
 from cli.inputs import read_convert_dir, report_dir_of, strategy_list
-from exporters.cache import ExportCache
 from exporters.components import (
     DECODE,
     LATER_CHUNKS,
     STREAMING_COMPONENTS,
-    ExportError,
     ExportOptions,
     StreamingDims,
     get_components,
 )
-from exporters.console import print_progress, print_result, progress_bar
 from exporters.export import ORIGINS_FILE, Exporter
-from exporters.publish import copy_package, publish, staged_output
 from exporters.quantize import GivenExports, parse_variant, variant_table
-from exporters.settings import config_path
 from exporters.sources import ModelSource
 from exporters.streaming import STREAMING_MODE, as_exported, mel_chunks, streaming_dims
 from exporters.wrappers import model_dims
+from infra.cache import ExportCache
+from infra.console import print_progress, print_result, progress_bar
+from infra.errors import UserError
+from infra.publish import copy_package, publish, staged_output
+from infra.settings import config_path
 from reports.evaluation import EVALUATION_DIR, write_evaluation
 from reports.latency import write_latency
 from reports.metadata import ARRAYS_GLOB, earlier_blocks, replaced_note
@@ -84,14 +84,14 @@ def run_convert(args) -> int:
     options = ExportOptions(args.compute_precision, args.compute_units, args.minimum_deployment_target,
                             flexible_audio=args.flexible_audio, chunk_ms=args.chunk_ms)
     if args.cache_state and names:
-        raise ExportError("--cache-state picks the later chunks' package of the default set; with --components, name "
+        raise UserError("--cache-state picks the later chunks' package of the default set; with --components, name "
                           "encoder_streaming_state (or encoder_streaming) among them instead")
     earlier = ["export there (its packages, vocabulary and metadata.json with any reports in it)"] \
         if (args.output_dir / METADATA).is_file() else []
     with staged_output(args.output_dir) as staging:
         exporter = Exporter(source, options, ExportCache(args.cache_dir))
         if args.cache_state and exporter.streaming_dims is None:
-            raise ExportError(f"--cache-state: {source.describe()} is not a cache-aware model: it has no streaming "
+            raise UserError(f"--cache-state: {source.describe()} is not a cache-aware model: it has no streaming "
                               "caches to keep as states")
         exported = exporter.export_all(names, steps=progress_bar("convert", "component"), cache_state=args.cache_state)
         for e in exported:
@@ -120,14 +120,14 @@ def read_inputs(args, option: str = "--output-dir"):
                               ("--preset", args.preset)) if v]
     if not package_set:
         if sources:
-            raise ExportError(f"{sources[0]} goes with --packages or --component; a convert directory ({option}) "
+            raise UserError(f"{sources[0]} goes with --packages or --component; a convert directory ({option}) "
                               "records its own model source")
         if directory is None:
-            raise ExportError(f"give {option} DIR (written by convert) or --packages DIR with a model source")
+            raise UserError(f"give {option} DIR (written by convert) or --packages DIR with a model source")
         description, packages, source = read_convert_dir(directory, option)
         return description, packages, source, report_dir_of(args, directory, option)
     if directory is not None:
-        raise ExportError(f"give {option} or --packages/--component, not both")
+        raise UserError(f"give {option} or --packages/--component, not both")
     description, packages, source = read_package_set(args)
     return description, packages, source, report_dir_of(args, DEFAULT_REPORT_DIR, "--report-dir")
 
@@ -168,7 +168,7 @@ def _package_set_exporter(source: ModelSource, cache: ExportCache, interfaces: d
     if not streaming:
         return exporter
     if exporter.streaming_dims is None:
-        raise ExportError(f"{', '.join(streaming)}: streaming packages, but {source.describe()} is not a cache-aware "
+        raise UserError(f"{', '.join(streaming)}: streaming packages, but {source.describe()} is not a cache-aware "
                           "model; give the cache-aware model they were converted from")
     frames = {name: next((s.shape[-1] for s in i.inputs if s.name == "mel"), None) for name, i in streaming.items()}
     tried = []
@@ -179,7 +179,7 @@ def _package_set_exporter(source: ModelSource, cache: ExportCache, interfaces: d
         if expected == frames:
             return candidate
         tried.append(f"{ms} ms: {', '.join(f'{n} {f}' for n, f in expected.items())}")
-    raise ExportError(f"streaming packages whose mel takes {', '.join(f'{n} {f}' for n, f in frames.items())} frames "
+    raise UserError(f"streaming packages whose mel takes {', '.join(f'{n} {f}' for n, f in frames.items())} frames "
                       f"fit none of {source.describe()}'s chunks ({'; '.join(tried)})")
 
 
@@ -189,14 +189,14 @@ def _package_loader(args, description: dict, packages: dict):
     backend = resolve_backend(args.backend)
     compiled = [p.name for p in packages.values() if p.suffix == ".mlmodelc"]
     if compiled and backend != "coreml":
-        raise ExportError(f"{', '.join(compiled)}: compiled .mlmodelc bundles run only on Core ML (macOS, "
+        raise UserError(f"{', '.join(compiled)}: compiled .mlmodelc bundles run only on Core ML (macOS, "
                           f"--backend coreml); the {backend} backend reads .mlpackage programs: give those instead")
     units = args.compute_units or description["coreml"]["compute_units"]
     load = LoadedPredictors(backend, units)
     try:
         load(next(iter(packages.values())))
     except BackendUnavailable as e:
-        raise ExportError(f"--backend {backend}: {e}; use --backend mil to run this project's executor") from None
+        raise UserError(f"--backend {backend}: {e}; use --backend mil to run this project's executor") from None
     return backend, units, load
 
 
@@ -205,7 +205,7 @@ def run_compare(args) -> int:
     streams = any(name in packages for name in STREAMING_COMPONENTS)
     rnnt = not description.get("durations")
     if rnnt and not streams:
-        raise ExportError(f"{source.describe()} has no TDT durations (an RNNT model): its packages convert, but "
+        raise UserError(f"{source.describe()} has no TDT durations (an RNNT model): its packages convert, but "
                           "compare checks decisions and transcripts with TDT's durations and checks only an RNNT "
                           "model's streaming packages (encoder_streaming_first and encoder_streaming or "
                           "encoder_streaming_state), of which there are none here")
@@ -283,7 +283,7 @@ def packages_streaming_dims(model, description: dict) -> StreamingDims:
     dims = streaming_dims(model, recorded["chunk_ms"])
     expected = StreamingDims.from_dict({k: recorded[k] for k in dims.as_dict()})
     if dims != expected:
-        raise ExportError("encoder_streaming: the model streams chunks of other sizes than the packages were exported "
+        raise UserError("encoder_streaming: the model streams chunks of other sizes than the packages were exported "
                           f"for ({dims} against {expected}); convert it again")
     return dims
 
@@ -297,7 +297,7 @@ def _compare_streaming(model, description: dict, packages: dict[str, Path], load
     variants = [later for later in LATER_CHUNKS if later in packages]
     if recorded is None or "encoder_streaming_first" not in packages or not variants:
         found = ", ".join(n for n in STREAMING_COMPONENTS if n in packages) or "no streaming package"
-        raise ExportError(f"streaming parity needs encoder_streaming_first, one of {' or '.join(LATER_CHUNKS)} and the "
+        raise UserError(f"streaming parity needs encoder_streaming_first, one of {' or '.join(LATER_CHUNKS)} and the "
                           f"streaming chunk sizes in metadata.json; found {found}"
                           f"{'' if recorded else ' and no chunk sizes'} (convert them from a cache-aware model source)")
     dims = packages_streaming_dims(model, description)
@@ -352,11 +352,11 @@ def run_evaluate(args) -> int:
         later = next((name for name in LATER_CHUNKS if name in packages), LATER_CHUNKS[0])
         needed = ["encoder_streaming_first", later, "decoder", "joint_decision_single_step"]
         if description.get("streaming") is None:
-            raise ExportError("--streaming: metadata.json records no streaming chunk; convert the packages from a "
+            raise UserError("--streaming: metadata.json records no streaming chunk; convert the packages from a "
                               "cache-aware model source")
     absent = [name for name in needed if name not in packages]
     if absent:
-        raise ExportError(f"evaluate{' --streaming' if args.streaming else ''} decodes with {', '.join(needed)}; "
+        raise UserError(f"evaluate{' --streaming' if args.streaming else ''} decodes with {', '.join(needed)}; "
                           f"absent: {', '.join(absent)} (convert them with --components, or name them with "
                           "--component NAME=PATH)")
     cache = ExportCache(args.cache_dir)
@@ -370,7 +370,7 @@ def run_evaluate(args) -> int:
     for line in bad:
         print_progress(f"skipped {line}")
     if not utterances:
-        raise ExportError(f"--manifest {args.manifest}: no line could be used ({len(bad)} skipped, above)")
+        raise UserError(f"--manifest {args.manifest}: no line could be used ({len(bad)} skipped, above)")
     backend, units, load = _package_loader(args, description, packages)
     print_progress(f"loading {source.describe()} ...")
     model = as_exported(source.load(), description)
@@ -439,7 +439,7 @@ def held_out_variants(text: str | None, swept: list[str]) -> list[str]:
     strangers = [name for name in named if name not in swept]
     if strangers or not named:
         found = f"{', '.join(strangers)} not among the variants swept" if strangers else "names no variant"
-        raise ExportError(f"--held-out {text!r}: {found}; expected some of: {', '.join(swept)}, or none")
+        raise UserError(f"--held-out {text!r}: {found}; expected some of: {', '.join(swept)}, or none")
     return named
 
 
@@ -453,17 +453,17 @@ def run_quantize(args) -> int:
     for text in args.declared:
         name, sep, spec = text.partition("=")
         if not sep or not name:
-            raise ExportError(f"--variant {text!r}: expected NAME=JSON")
+            raise UserError(f"--variant {text!r}: expected NAME=JSON")
         table[name] = parse_variant(name, spec, f"--variant {name}")
     gates = load_gates(pyproject, args.gates, table)
     names = list(table) if args.variants is None else component_list([args.variants])
     unknown = [n for n in names if n not in table]
     if unknown or not names:
         found = f"unknown variant(s) {', '.join(unknown)}" if unknown else "names no variant"
-        raise ExportError(f"--variants {args.variants!r}: {found}; expected one or more of: {', '.join(table)}")
+        raise UserError(f"--variants {args.variants!r}: {found}; expected one or more of: {', '.join(table)}")
     held_out = held_out_variants(args.held_out, names)
     if not given and args.output_root.resolve() == args.output_dir.resolve():
-        raise ExportError("--output-root must differ from --output-dir")
+        raise UserError("--output-root must differ from --output-dir")
     had_summary = (args.output_root / SUMMARY).is_file()
     with staged_output(args.output_root, "--output-root") as staging:
         backend, units, load = _package_loader(args, description, packages)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from exporters.components import ExportError
-from exporters.publish import check_writable
 from exporters.sources import ModelSource
+from infra.errors import UserError
+from infra.publish import check_writable
 from validation.audio import audio_info
 from validation.corpus import check_manifest_argument
 from validation.packages import DEFAULT_CONVERT_DIR, METADATA
@@ -21,9 +21,9 @@ def read_convert_dir(directory: Path, option: str):
     reason if anything is missing or the model changed since."""
     metadata_path = directory / METADATA
     if not directory.exists():
-        raise ExportError(f"{option} {directory}: no such folder; expected one that parakeet-coreml convert wrote")
+        raise UserError(f"{option} {directory}: no such folder; expected one that parakeet-coreml convert wrote")
     if not metadata_path.is_file():
-        raise ExportError(f"{option} {directory}: no {METADATA}, so not a folder convert wrote; for packages of "
+        raise UserError(f"{option} {directory}: no {METADATA}, so not a folder convert wrote; for packages of "
                           "another converter (or a quantize variant's folder) give --packages DIR with a model "
                           "source (--nemo-path, --model-id or --preset)")
     try:
@@ -32,29 +32,29 @@ def read_convert_dir(directory: Path, option: str):
         components = description["components"]
         description["coreml"]["compute_precision"]  # present: compare and quantize read it
     except (ValueError, KeyError, TypeError) as e:
-        raise ExportError(f"{metadata_path}: not a metadata.json written by convert ({e})") from None
+        raise UserError(f"{metadata_path}: not a metadata.json written by convert ({e})") from None
     if not isinstance(components, dict):
-        raise ExportError(f"{metadata_path}: 'components' is not a table of component -> package")
+        raise UserError(f"{metadata_path}: 'components' is not a table of component -> package")
     unreadable = [name for name, c in components.items()
                   if not isinstance(c, dict) or not isinstance(c.get("path"), str)]
     if unreadable:
-        raise ExportError(f"{metadata_path}: no package path for component(s) {', '.join(unreadable)}; expected "
+        raise UserError(f"{metadata_path}: no package path for component(s) {', '.join(unreadable)}; expected "
                           f"an entry with its \"path\" each, as convert writes")
     packages = {name: directory / c["path"] for name, c in components.items()}
     absent = [str(p) for p in packages.values() if not p.is_dir()]
     if absent:
-        raise ExportError(f"{option} {directory}: package(s) listed in {METADATA} are missing: {', '.join(absent)}")
+        raise UserError(f"{option} {directory}: package(s) listed in {METADATA} are missing: {', '.join(absent)}")
     source = ModelSource(recorded["kind"], recorded["value"])
     source.validate()
     if source.key() != recorded["content_sha256"]:
-        raise ExportError(f"{source.describe()} has changed since it was converted into {directory}; convert again")
+        raise UserError(f"{source.describe()} has changed since it was converted into {directory}; convert again")
     return description, packages, source
 
 
 def strategy_list(values: list[str] | None, streaming: bool) -> list[str]:
     """``--strategy`` as strategy names, the gated one first, each once."""
     if streaming and values:
-        raise ExportError("--strategy: a streamed evaluation (--streaming) feeds chunks, not windows; "
+        raise UserError("--strategy: a streamed evaluation (--streaming) feeds chunks, not windows; "
                           "drop one of the two")
     names = [DEFAULT_STRATEGY, *STRATEGIES] if "all" in (values or ()) and values[0] == "all" else \
         [n for v in values or [DEFAULT_STRATEGY] for n in ([*STRATEGIES] if v == "all" else [v])]
@@ -79,7 +79,7 @@ def preflight(args) -> None:
     package_set = getattr(args, "packages", None) is not None or bool(getattr(args, "components", None))
     if package_set:
         if getattr(args, "packages", None) is not None and not Path(args.packages).is_dir():
-            raise ExportError(f"--packages {args.packages}: no such folder; expected one holding .mlpackage folders")
+            raise UserError(f"--packages {args.packages}: no such folder; expected one holding .mlpackage folders")
     elif args.command in ("compare", "evaluate") and args.output_dir is not None:
         read_convert_dir(args.output_dir, "--output-dir")
         report_dir_of(args, args.output_dir, "--output-dir")

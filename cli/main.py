@@ -15,17 +15,17 @@ import warnings
 from pathlib import Path
 
 from cli.inputs import preflight
-from exporters.cache import ExportCache
 from exporters.components import (
     COMPONENTS,
     COMPUTE_PRECISIONS,
     DEPLOYMENT_TARGETS,
     STREAMING_COMPONENTS,
-    ExportError,
     streaming_components,
 )
-from exporters.console import chatter_to, print_progress
 from exporters.sources import add_source_options
+from infra.cache import ExportCache
+from infra.console import chatter_to, print_progress
+from infra.errors import UserError
 from runtimes.base import BACKENDS, COMPUTE_UNITS, PackageError
 from validation.metrics import NORMALIZERS
 from validation.packages import DEFAULT_CONVERT_DIR, DEFAULT_REPORT_DIR
@@ -241,7 +241,7 @@ def _run(args) -> int:
                 warnings.formatwarning(message, category, filename, lineno, line))
             try:
                 code = _command(args)
-            except (ExportError, KeyboardInterrupt):  # bad input or a stop: the one line says it all
+            except (UserError, KeyboardInterrupt):  # bad input or a stop: the one line says it all
                 raise
             except Exception:
                 print_progress(f"third-party output of this run: {path}")
@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return _run(args)
-    except (ExportError, PackageError) as e:  # bad input: a damaged package is one too
+    except (UserError, PackageError) as e:  # bad input: a damaged package is one too
         print(f"parakeet-coreml {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from infra.errors import UserError
 from runtimes.base import COMPUTE_UNITS
 
 MAX_AUDIO_SECONDS = 15.0
@@ -25,10 +26,6 @@ DEPLOYMENT_TARGETS = ("iOS17", "iOS18")
 # What an output is, and so how it is compared: values within a tolerance, decisions (token id,
 # duration) by margin-aware agreement, lengths exactly.
 VALUE, DECISION, LENGTH = "value", "decision", "length"
-
-
-class ExportError(Exception):
-    """A problem the user can act on: the message says what was wrong and what is expected."""
 
 
 @dataclass(frozen=True)
@@ -405,12 +402,12 @@ class ExportOptions:
             (self.minimum_deployment_target, DEPLOYMENT_TARGETS, "minimum deployment target"),
         ):
             if value not in allowed:
-                raise ExportError(f"unknown {what} {value!r}; expected one of: {', '.join(allowed)}")
+                raise UserError(f"unknown {what} {value!r}; expected one of: {', '.join(allowed)}")
         if not 0 < self.max_audio_seconds <= 600:
-            raise ExportError(f"max audio seconds must be in (0, 600], got {self.max_audio_seconds}")
+            raise UserError(f"max audio seconds must be in (0, 600], got {self.max_audio_seconds}")
         if self.chunk_ms is not None and (isinstance(self.chunk_ms, bool) or not isinstance(self.chunk_ms, int)
                                           or self.chunk_ms <= 0):
-            raise ExportError(f"chunk ms must be a positive whole number of milliseconds, got {self.chunk_ms!r}")
+            raise UserError(f"chunk ms must be a positive whole number of milliseconds, got {self.chunk_ms!r}")
 
     def as_dict(self) -> dict:
         """The options; ``flexible_audio`` and ``chunk_ms`` only when set, so that the cache keys of
@@ -431,7 +428,7 @@ def get_components(names=None) -> list[Component]:
     table = COMPONENTS | STREAMING_COMPONENTS
     unknown = [n for n in names if n not in table]
     if unknown:
-        raise ExportError(f"unknown component(s) {', '.join(unknown)}; expected any of: {', '.join(table)}")
+        raise UserError(f"unknown component(s) {', '.join(unknown)}; expected any of: {', '.join(table)}")
     return [table[n] for n in dict.fromkeys(names)]
 
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import coremltools as ct
 import numpy as np
 import torch
 from coremltools.converters.mil.mil.scope import ScopeSource
-from coremltools.proto import MIL_pb2
 
 from exporters import torch_compat
 from exporters.components import Component, ExportOptions, ModelDims, example_inputs
@@ -83,30 +80,3 @@ def op_origins(program) -> dict[str, str]:
             continue
         origins[op.outputs[0].name] = ".".join(names[:-1])  # the last name is the Torch value's
     return origins
-
-
-def program_precision(spec) -> dict:
-    """The precision a package's program really computes in, read from its ops' output types in
-    the model spec (no weights are read, so it is cheap on a 0.6B package written by anyone).
-
-    Casts (which coremltools puts at fp16 programs' inputs and outputs) and consts are left
-    out; a program with both fp16 and fp32 compute ops is "mixed".
-    """
-    function = spec.mlProgram.functions["main"]
-    counts = Counter()
-    for op in function.block_specializations[function.opset].operations:
-        if op.type in ("const", "cast"):
-            continue
-        for out in op.outputs:
-            if out.type.WhichOneof("type") != "tensorType":
-                continue
-            dtype = out.type.tensorType.dataType
-            if dtype == MIL_pb2.DataType.FLOAT16:
-                counts["float16"] += 1
-            elif dtype == MIL_pb2.DataType.FLOAT32:
-                counts["float32"] += 1
-    if counts["float16"] and counts["float32"]:
-        label = "mixed"
-    else:
-        label = "float16" if counts["float16"] else "float32"
-    return {"compute_precision": label, "fp16_ops": counts["float16"], "fp32_ops": counts["float32"]}

@@ -14,27 +14,27 @@ from functools import cached_property
 from importlib.metadata import version
 from pathlib import Path
 
-from exporters.cache import Entry, ExportCache, cache_key, tool_versions
 from exporters.components import (
     COMPONENTS,
     PORT_DESCRIPTIONS,
     STREAMING_COMPONENTS,
     Component,
-    ExportError,
     ExportOptions,
     ModelDims,
     StreamingDims,
     get_components,
     streaming_components,
 )
-from exporters.console import print_progress
-from exporters.convert import convert_component, op_origins, program_precision
-from exporters.faults import fault_point
+from exporters.convert import convert_component, op_origins
 from exporters.sources import ModelSource
 from exporters.streaming import STREAMING_MODE, chunk_sizes, describe_context, is_cache_aware, streaming_dims
 from exporters.wrappers import model_dims
+from infra.cache import Entry, ExportCache, cache_key, tool_versions
 from infra.compat import mil_program
-from runtimes.base import package_size
+from infra.console import print_progress
+from infra.errors import UserError
+from infra.faults import fault_point
+from runtimes.base import package_size, program_precision
 
 ORIGINS_FILE = "op_origins.json"
 VOCABULARY_FILE = "parakeet_vocab.json"  # beside the packages, as the public release ships it
@@ -126,7 +126,7 @@ class Exporter:
             dims = model_dims(self.model, self.options.max_audio_seconds)
             cache_aware = is_cache_aware(self.model)
             if self.options.chunk_ms is not None and not cache_aware:
-                raise ExportError(f"--chunk-ms {self.options.chunk_ms}: the model does not stream chunk by chunk "
+                raise UserError(f"--chunk-ms {self.options.chunk_ms}: the model does not stream chunk by chunk "
                                   f"({describe_context(self.model.encoder)}); give it for a cache-aware model only")
             return {
                 "dims": dims.as_dict(),
@@ -180,10 +180,10 @@ class Exporter:
 
     def export(self, component: Component) -> ExportedComponent:
         if component.requires_tdt and not self.dims.durations:
-            raise ExportError(f"{component.name} needs a TDT model (durations in the joint); this model has none")
+            raise UserError(f"{component.name} needs a TDT model (durations in the joint); this model has none")
         streaming = component.name in STREAMING_COMPONENTS
         if streaming and self.streaming_dims is None:
-            raise ExportError(f"{component.name} needs a cache-aware model (one that streams chunk by chunk with "
+            raise UserError(f"{component.name} needs a cache-aware model (one that streams chunk by chunk with "
                               "caches); this model's encoder is not one: leave it out of --components")
         key = cache_key(kind="component", model=self.model_key, component=component.name,
                         options=self.options.as_dict())

@@ -28,12 +28,13 @@ import coremltools as ct
 import coremltools.optimize.coreml as cto
 import numpy as np
 
-from exporters.cache import ExportCache, cache_key, content_digest
-from exporters.components import COMPONENTS, DEPLOYMENT_TARGETS, ExportError
+from exporters.components import COMPONENTS, DEPLOYMENT_TARGETS
 from exporters.export import ExportedComponent
-from exporters.settings import PROJECT_NAME, tool_settings
-from exporters.settings import table as settings_table
+from infra.cache import ExportCache, cache_key, content_digest
 from infra.compat import kmeans1d, mil_program, palettize_lut_and_indices
+from infra.errors import UserError
+from infra.settings import PROJECT_NAME, tool_settings
+from infra.settings import table as settings_table
 from runtimes.base import package_size
 from runtimes.mil.model import load_program
 
@@ -53,7 +54,7 @@ class Step:
 
     def __post_init__(self):
         if self.kind not in STEP_KINDS:
-            raise ExportError(f"unknown compression step {self.kind!r}; expected one of: {', '.join(STEP_KINDS)}")
+            raise UserError(f"unknown compression step {self.kind!r}; expected one of: {', '.join(STEP_KINDS)}")
 
     @classmethod
     def of(cls, kind: str, **options) -> Step:
@@ -207,7 +208,7 @@ def _optimization_config(step: Step, keep_lstm: bool, untouched_ops: tuple[str, 
     try:
         op_config = config_class(**options)
     except (TypeError, ValueError) as e:
-        raise ExportError(f"compression step {step.describe()}: {e}") from None
+        raise UserError(f"compression step {step.describe()}: {e}") from None
     return cto.OptimizationConfig(global_config=op_config, op_type_configs={"lstm": None} if keep_lstm else None,
                                   op_name_configs=dict.fromkeys(untouched_ops) or None)
 
@@ -344,10 +345,10 @@ def compress(base: ExportedComponent, variant: Variant, cache: ExportCache, prog
         mlmodel = ct.models.MLModel(str(base.package), skip_model_load=True)
         try:
             compressed = apply_steps(mlmodel, steps, variant.keep_lstm, untouched, palettes)
-        except ExportError:
+        except UserError:
             raise
         except Exception as e:  # a variant that cannot be built is an error, never the base package
-            raise ExportError(f"variant {variant.name} cannot compress {base.name}: {type(e).__name__}: {e}") from e
+            raise UserError(f"variant {variant.name} cannot compress {base.name}: {type(e).__name__}: {e}") from e
         package = f"{base.name}.mlpackage"
         compressed.save(str(tmp / package))
         # Weights too small or of shapes a step cannot take (int4 blocks of 32 on a width of 48)
@@ -391,13 +392,13 @@ def _checked_step(declared: dict, target: str, where: str) -> dict:
     if declared.get("kind") == "palettize" and "nbits" in declared:
         allowed = PALETTE_BITS[target]
         if declared["nbits"] not in allowed:
-            raise ExportError(f"{where}: palettize nbits {declared['nbits']!r} is not possible for {target}; "
+            raise UserError(f"{where}: palettize nbits {declared['nbits']!r} is not possible for {target}; "
                               f"expected one of {', '.join(map(str, allowed))}"
                               + (" (3 bits needs minimum_deployment_target iOS18)" if declared["nbits"] == 3 else ""))
     if declared.get("kind") == "prune" and "target_sparsity" in declared:
         sparsity = declared["target_sparsity"]
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
-            raise ExportError(f"{where}: prune target_sparsity {sparsity!r}; expected a fraction in [0, 1), "
+            raise UserError(f"{where}: prune target_sparsity {sparsity!r}; expected a fraction in [0, 1), "
                               "e.g. 0.5 for half the weights")
         declared["target_sparsity"] = float(sparsity)
     return declared
@@ -406,36 +407,36 @@ def _checked_step(declared: dict, target: str, where: str) -> dict:
 def parse_variant(name: str, spec, where: str) -> Variant:
     """A variant from its declaration (a mapping, or its JSON text from the command line)."""
     if not VARIANT_NAME.fullmatch(name):
-        raise ExportError(f"{where}: variant name {name!r} must be letters, digits, '_' and '-' only "
+        raise UserError(f"{where}: variant name {name!r} must be letters, digits, '_' and '-' only "
                           "(it names a folder of the output)")
     if name in RESERVED_NAMES:
-        raise ExportError(f"{where}: variant name {name!r} is the output's own folder for "
+        raise UserError(f"{where}: variant name {name!r} is the output's own folder for "
                           f"{'the plots' if name == 'plots' else name}; choose another")
     if isinstance(spec, str):
         try:
             spec = json.loads(spec)
         except ValueError as e:
-            raise ExportError(f"{where}: not JSON ({e})") from None
+            raise UserError(f"{where}: not JSON ({e})") from None
     if not isinstance(spec, dict):
-        raise ExportError(f"{where}: expected a table of component -> list of steps")
+        raise UserError(f"{where}: expected a table of component -> list of steps")
     spec = dict(spec)
     summary = str(spec.pop("summary", name))
     target = spec.pop("minimum_deployment_target", "iOS17")
     keep_lstm = bool(spec.pop("keep_lstm", True))
 
     if target not in DEPLOYMENT_TARGETS:
-        raise ExportError(f"{where}: minimum_deployment_target {target!r}; "
+        raise UserError(f"{where}: minimum_deployment_target {target!r}; "
                           f"expected one of {', '.join(DEPLOYMENT_TARGETS)}")
     steps = {}
     for component, declared in spec.items():
         if component != "*" and component not in COMPONENTS:
-            raise ExportError(f"{where}: unknown component {component!r}; expected '*' or one of: "
+            raise UserError(f"{where}: unknown component {component!r}; expected '*' or one of: "
                               f"{', '.join(COMPONENTS)}")
         if not isinstance(declared, list) or not all(isinstance(s, dict) and "kind" in s for s in declared):
-            raise ExportError(f"{where}: {component} must be a list of steps like {{\"kind\": \"linear\", ...}}")
+            raise UserError(f"{where}: {component} must be a list of steps like {{\"kind\": \"linear\", ...}}")
         steps[component] = tuple(Step.of(**_checked_step(s, target, f"{where}: {component}")) for s in declared)
         for step in steps[component]:
             _optimization_config(step, keep_lstm)  # refuse bad arguments now, not mid-sweep
     if not steps:
-        raise ExportError(f"{where}: no steps; name components (or '*') with their steps")
+        raise UserError(f"{where}: no steps; name components (or '*') with their steps")
     return Variant(name, summary, steps, target, keep_lstm)

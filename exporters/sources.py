@@ -20,9 +20,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from exporters import presets
-from exporters.cache import sha256_file
-from exporters.components import ExportError
 from exporters.presets import TRAINED_PRESETS, build_model, get_preset
+from infra.cache import sha256_file
+from infra.errors import UserError
 
 DEFAULT_PRESET = "parakeet-tdt-tiny-trained"
 STREAMING_PRESET = "parakeet-tdt-tiny-streaming-trained"  # the suites' streaming model when the session's is not
@@ -45,7 +45,7 @@ def _trained_preset_checkpoint(name: str) -> tuple[str, str] | None:
     if path is None:
         return None
     if not path.is_file():
-        raise ExportError(f"--preset {name}: its checkpoint {path} is missing from this installation; "
+        raise UserError(f"--preset {name}: its checkpoint {path} is missing from this installation; "
                           "reproduce it with: python -m training.train_tiny")
     return "nemo", str(path)
 
@@ -77,10 +77,10 @@ class ModelSource:
     def from_options(cls, nemo_path=None, model_id=None, preset=None, default_preset=None) -> ModelSource:
         given = [(k, v) for k, v in (("nemo", nemo_path), ("hub", model_id), ("preset", preset)) if v]
         if len(given) > 1:
-            raise ExportError("give one model source: --nemo-path, --model-id or --preset, not several")
+            raise UserError("give one model source: --nemo-path, --model-id or --preset, not several")
         if not given:
             if default_preset is None:
-                raise ExportError("no model given; pass --nemo-path FILE.nemo, --model-id ID or --preset NAME")
+                raise UserError("no model given; pass --nemo-path FILE.nemo, --model-id ID or --preset NAME")
             given = [("preset", default_preset)]
         kind, value = given[0]
         if kind == "preset":
@@ -102,15 +102,15 @@ class ModelSource:
             try:
                 get_preset(self.value)
             except ValueError as e:
-                raise ExportError(str(e)) from None
+                raise UserError(str(e)) from None
         elif self.kind == "nemo":
             path = Path(self.value)
             if path.is_dir():
-                raise ExportError(f"--nemo-path {path}: is a directory; expected a .nemo checkpoint file")
+                raise UserError(f"--nemo-path {path}: is a directory; expected a .nemo checkpoint file")
             if not path.is_file():
-                raise ExportError(f"--nemo-path {path}: no such file; expected a .nemo checkpoint")
+                raise UserError(f"--nemo-path {path}: no such file; expected a .nemo checkpoint")
             if not tarfile.is_tarfile(path):
-                raise ExportError(f"--nemo-path {path}: not a NeMo checkpoint (a .nemo is a tar archive)")
+                raise UserError(f"--nemo-path {path}: not a NeMo checkpoint (a .nemo is a tar archive)")
 
     def checkpoint_path(self) -> Path:
         """The .nemo file behind a file or hub source."""
@@ -118,7 +118,7 @@ class ModelSource:
             return Path(self.value)
         if self.kind == "hub":
             return _hub_checkpoint(self.value)
-        raise ExportError("a preset has no checkpoint file")
+        raise UserError("a preset has no checkpoint file")
 
     def key(self) -> str:
         """A digest of the model's content: the checkpoint's bytes, or the preset's recipe."""
@@ -167,7 +167,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def _hub_checkpoint(model_id: str) -> Path:
     """Resolve a hub id to its .nemo in the local Hugging Face cache, fetching it if the hub answers."""
     if model_id.count("/") != 1:
-        raise ExportError(f"--model-id {model_id!r}: expected OWNER/NAME, e.g. nvidia/parakeet-tdt-0.6b-v3")
+        raise UserError(f"--model-id {model_id!r}: expected OWNER/NAME, e.g. nvidia/parakeet-tdt-0.6b-v3")
     from huggingface_hub import hf_hub_download  # lazy: the hub client only for --model-id
     from huggingface_hub.errors import LocalEntryNotFoundError  # lazy: as above
 
@@ -183,7 +183,7 @@ def _hub_checkpoint(model_id: str) -> Path:
             return Path(hf_hub_download(model_id, filename))
         except Exception as e:
             reason = f"the hub download failed: {type(e).__name__}"
-    raise ExportError(
+    raise UserError(
         f"--model-id {model_id}: not in the local Hugging Face cache and {reason}; "
         f"download {filename} elsewhere and pass --nemo-path FILE.nemo"
     )
@@ -196,9 +196,9 @@ def _restore(path: Path):
         model = ASRModel.restore_from(str(path), map_location="cpu")
     except Exception as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ExportError(f"--nemo-path {path}: could not restore the checkpoint ({reason})") from None
+        raise UserError(f"--nemo-path {path}: could not restore the checkpoint ({reason})") from None
     if not isinstance(model, EncDecRNNTModel):
-        raise ExportError(
+        raise UserError(
             f"--nemo-path {path}: the checkpoint is a {type(model).__name__}; expected an RNNT/TDT model "
             "(EncDecRNNTModel, EncDecRNNTBPEModel or a hybrid RNNT model)"
         )

@@ -23,8 +23,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from exporters.components import ExportError, StreamingDims
+from exporters.components import StreamingDims
 from exporters.wrappers import EncoderStreaming, EncoderStreamingFirst
+from infra.errors import UserError
 
 STREAMING_STYLES = ("chunked_limited",)  # NeMo's attention styles that stream with caches, chunk by chunk
 STREAMING_MODE = ("NeMo's cache-aware streaming: a first chunk of new mel frames (encoder_streaming_first), then "
@@ -58,13 +59,13 @@ def streaming_dims(model, chunk_ms: int | None = None) -> StreamingDims:
     ``None``) and measure the chunk's sizes."""
     encoder = model.encoder
     if not is_cache_aware(model):
-        raise ExportError(f"the model's encoder is not cache-aware ({describe_context(encoder)}); streaming "
+        raise UserError(f"the model's encoder is not cache-aware ({describe_context(encoder)}); streaming "
                           f"export needs a cache-aware FastConformer: att_context_style one of "
                           f"{', '.join(STREAMING_STYLES)} with a bounded left context")
     sizes = chunk_sizes(model)
     if chunk_ms is not None:
         if chunk_ms not in sizes:
-            raise ExportError(f"--chunk-ms {chunk_ms}: this model streams chunks of "
+            raise UserError(f"--chunk-ms {chunk_ms}: this model streams chunks of "
                               f"{', '.join(f'{ms} ms' for ms in sorted(sizes))}; expected one of those")
         encoder.set_default_att_context_size(sizes[chunk_ms])
     encoder.setup_streaming_params()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from exporters.components import COMPONENTS, MAX_AUDIO_SECONDS, STREAMING_COMPONENTS, ExportError, ModelDims
+from exporters.components import COMPONENTS, MAX_AUDIO_SECONDS, STREAMING_COMPONENTS, ModelDims
+from infra.errors import UserError
 
 
 class Preprocessor(nn.Module):
@@ -206,7 +207,7 @@ def model_dims(model, max_audio_seconds: float = MAX_AUDIO_SECONDS) -> ModelDims
         subsampled, _ = model.encoder.pre_encode(x=mel.transpose(1, 2), lengths=mel_length)
     durations = tuple(int(d) for d in (model.cfg.decoding.get("durations") or ()))
     if len(durations) != model.joint.num_extra_outputs:
-        raise ExportError(
+        raise UserError(
             f"the joint has {model.joint.num_extra_outputs} extra outputs but the decoding config lists "
             f"durations {list(durations)}; expected one duration per extra output"
         )

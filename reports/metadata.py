@@ -17,8 +17,8 @@ import json
 import math
 from pathlib import Path
 
-from exporters.components import ExportError
-from exporters.publish import write_whole
+from infra.errors import UserError
+from infra.publish import write_whole
 from validation.checks import DECISION_CHECKS, FUSED_CHECKS, TORCH_CHECKS, TRANSCRIPT_CHECK
 from validation.packages import METADATA
 
@@ -77,7 +77,7 @@ def join_arrays(value, arrays: dict[str, list], source: Path):
     if isinstance(value, dict):
         if set(value) == {"array", "length", "min", "max"}:
             if value["array"] not in arrays:
-                raise ExportError(f"{source}: no array {value['array']!r}; the reports' files do not belong "
+                raise UserError(f"{source}: no array {value['array']!r}; the reports' files do not belong "
                                   "together (write the reports again)")
             return arrays[value["array"]]
         return {k: join_arrays(v, arrays, source) for k, v in value.items()}
@@ -92,7 +92,7 @@ def read_metadata(directory: Path) -> dict:
     try:
         document = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ExportError(f"{path}: not readable JSON ({e}); remove it or choose another directory") from None
+        raise UserError(f"{path}: not readable JSON ({e}); remove it or choose another directory") from None
     name = document.pop("arrays_file", None)
     if name is None:
         return document
@@ -100,14 +100,14 @@ def read_metadata(directory: Path) -> dict:
     try:
         arrays = json.loads(arrays_path.read_text())
     except (OSError, ValueError) as e:
-        raise ExportError(f"{arrays_path}, named by {path}: not readable ({e}); write the reports again") from None
+        raise UserError(f"{arrays_path}, named by {path}: not readable ({e}); write the reports again") from None
     return join_arrays(document, arrays, arrays_path)
 
 
 def update_metadata(directory: Path, description: dict, **blocks) -> Path:
     """Set ``blocks`` in ``directory/metadata.json``, creating it from ``description`` if absent.
 
-    Refuses (``ExportError``) a file that describes another model: its packages were not the
+    Refuses (``UserError``) a file that describes another model: its packages were not the
     ones measured. Each file is written to a temporary one and renamed, the arrays first, so
     readers never see half a file or a metadata.json without its arrays.
     """
@@ -119,7 +119,7 @@ def update_metadata(directory: Path, description: dict, **blocks) -> Path:
         theirs = document.get("model_source", {}).get("content_sha256")
         ours = description["model_source"]["content_sha256"]
         if theirs != ours:
-            raise ExportError(f"{path} describes {document.get('model', 'another model')}, not "
+            raise UserError(f"{path} describes {document.get('model', 'another model')}, not "
                               f"{description['model']}; choose another directory")
     document.update(blocks)
     summary, arrays = split_arrays(json_safe(document))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from exporters.components import ExportError
-from exporters.publish import publish, staged_output
+from infra.errors import UserError
+from infra.publish import publish, staged_output
 from reports.evaluation import EVALUATION_DIR, write_evaluation, write_long_audio
 from reports.parity import ParityReport
 from reports.quantization import write_quantization
@@ -121,7 +121,7 @@ def pytest_sessionfinish(session, exitstatus):
             continue
         try:
             path, plots = report.write(config.option.report_dir)
-        except (ExportError, ValueError) as e:
+        except (UserError, ValueError) as e:
             lines.append(f"{kind} report not written: {e}")
             continue
         line = f"{kind} report: {block} block in {path}; {len(plots)} plot(s) in {plots[0].parent if plots else 'none'}"
@@ -135,14 +135,14 @@ def pytest_sessionfinish(session, exitstatus):
             path, plots = write_long_audio(config.option.report_dir, sent["description"], sent["sets"])
             lines.append(f"long-audio report: long_audio block in {path}; {len(plots)} plot(s) in "
                          f"{plots[0].parent if plots else 'none'}")
-        except ExportError as e:
+        except UserError as e:
             lines.append(f"long-audio report not written: {e}")
     if gathered.streaming and "streaming_context" in gathered.latest:
         lines.append(_write_streaming(config, gathered))
     if gathered.variants and "quantization_context" in gathered.latest:
         try:
             lines.append(_write_quantization(config, gathered))
-        except ExportError as e:
+        except UserError as e:
             lines.append(f"quantization report not written: {e}")
 
 
@@ -168,7 +168,7 @@ def _write_evaluation(config, gathered: Gathered) -> tuple[str, bool]:
     verdict = "passed" if passed else "FAILED: " + "; ".join(block["failures"])
     try:
         path, plots, _ = write_evaluation(config.option.report_dir, description, block, records)
-    except ExportError as e:
+    except UserError as e:
         return f"evaluation {verdict}; its report not written: {e}", passed
     return (f"evaluation of {len(records)} utterance(s) {verdict}; evaluation block in {path}, {len(plots)} plot(s) "
             f"in {path.parent / EVALUATION_DIR}"), passed
@@ -183,7 +183,7 @@ def _write_streaming(config, gathered: Gathered) -> str:
     directory = config.option.report_dir / STREAMING_REPORT_DIR
     try:
         path, plot = write_streaming(directory, sent["description"], block)
-    except ExportError as e:
+    except UserError as e:
         return f"streaming report not written: {e}"
     return f"streaming report ({block['status']}): streaming_validation block in {path}; plot {plot}"
 

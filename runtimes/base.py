@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,8 @@ import numpy as np
 BACKENDS = ("auto", "coreml", "mil")
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 __all__ = ["BACKENDS", "COMPUTE_UNITS", "BackendUnavailable", "InputMismatch", "InputSpec", "PackageError",
-           "check_inputs", "compiled_interface", "describe_backend", "input_spec", "package_size", "resolve_backend"]
+           "check_inputs", "compiled_interface", "describe_backend", "input_spec", "package_size", "program_precision",
+           "resolve_backend"]
 
 
 class BackendUnavailable(RuntimeError):
@@ -200,3 +202,32 @@ def describe_backend(backend: str) -> str:
     if backend == "coreml":
         return "Apple's Core ML runtime"
     return "this project's MIL executor (runtimes/mil), not Core ML"
+
+
+def program_precision(spec) -> dict:
+    """The precision a package's program really computes in, read from its ops' output types in
+    the model spec (no weights are read, so it is cheap on a 0.6B package written by anyone).
+
+    Casts (which coremltools puts at fp16 programs' inputs and outputs) and consts are left
+    out; a program with both fp16 and fp32 compute ops is "mixed".
+    """
+    from coremltools.proto import MIL_pb2  # lazy: base is numpy only (coremltools imports torch)
+
+    function = spec.mlProgram.functions["main"]
+    counts = Counter()
+    for op in function.block_specializations[function.opset].operations:
+        if op.type in ("const", "cast"):
+            continue
+        for out in op.outputs:
+            if out.type.WhichOneof("type") != "tensorType":
+                continue
+            dtype = out.type.tensorType.dataType
+            if dtype == MIL_pb2.DataType.FLOAT16:
+                counts["float16"] += 1
+            elif dtype == MIL_pb2.DataType.FLOAT32:
+                counts["float32"] += 1
+    if counts["float16"] and counts["float32"]:
+        label = "mixed"
+    else:
+        label = "float16" if counts["float16"] else "float32"
+    return {"compute_precision": label, "fp16_ops": counts["float16"], "fp32_ops": counts["float32"]}

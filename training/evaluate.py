@@ -14,9 +14,9 @@ from pathlib import Path
 
 import soundfile
 
-from exporters.cache import ExportCache
 from exporters.sources import ModelSource
 from exporters.wrappers import model_dims
+from infra.cache import ExportCache
 from validation.audio import fit_window
 from validation.evaluation import NEMO_PATHS, decoders_for, token_text
 from validation.evaluation import evaluate as evaluate_set

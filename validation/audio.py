@@ -24,8 +24,9 @@ import numpy as np
 import soundfile
 import soxr
 
-from exporters.cache import ExportCache, cache_key
-from exporters.components import MAX_AUDIO_SECONDS, ExportError, ModelDims
+from exporters.components import MAX_AUDIO_SECONDS, ModelDims
+from infra.cache import ExportCache, cache_key
+from infra.errors import UserError
 
 # 14.7 s of espeak-ng speech at 150 words per minute: it fits the 15 s window.
 SPEECH_TEXT = (
@@ -40,7 +41,7 @@ ESPEAK_WORDS_PER_MINUTE = 150
 EDGE_CLIPS = ("silence", "dc", "clipping", "white_noise", "speech_1s")
 
 
-class AudioError(ExportError):
+class AudioError(UserError):
     """Audio that cannot be used: the message names the input and what is expected."""
 
 

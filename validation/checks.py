@@ -17,8 +17,8 @@ import numpy as np
 
 from exporters.components import COMPONENTS, DECISION, DECODE, Component, ModelDims, decoder_inputs, zero_state
 from exporters.wrappers import wrapper
-from runtimes.divergence import first_divergences
 from validation.audio import Clip
+from validation.divergence import first_divergences
 from validation.greedy import (
     Decision,
     Transcript,

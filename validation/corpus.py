@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from exporters.components import ExportError
+from infra.errors import UserError
 from validation.audio import espeak_say, espeak_say_timed
 
 NOUNS = (
@@ -84,10 +84,10 @@ def check_manifest_argument(text: str) -> None:
     """``--manifest``: one of the built-in sets, or a file; checked without loading anything."""
     if text.startswith(BUILTIN_PREFIX):
         if text.removeprefix(BUILTIN_PREFIX) not in BUILTIN_SET_NAMES:
-            raise ExportError(f"--manifest {text}: no such built-in set; expected one of: "
+            raise UserError(f"--manifest {text}: no such built-in set; expected one of: "
                               f"{', '.join(BUILTIN_PREFIX + n for n in BUILTIN_SET_NAMES)}")
     elif not Path(text).is_file():
-        raise ExportError(f"--manifest {text}: no such file; expected NeMo's JSON-lines manifest")
+        raise UserError(f"--manifest {text}: no such file; expected NeMo's JSON-lines manifest")
 
 
 # The shipped model's data: seed and split sizes (``python -m training.train_tiny`` defaults).

@@ -46,10 +46,11 @@ import numpy as np
 import soundfile
 import soxr
 
-from exporters.components import STREAMING_COMPONENTS, ExportError, ModelDims, StreamingDims
-from exporters.publish import write_whole
+from exporters.components import STREAMING_COMPONENTS, ModelDims, StreamingDims
 from exporters.streaming import NemoStream, mel_chunks
 from exporters.wrappers import wrapper
+from infra.errors import UserError
+from infra.publish import write_whole
 from validation.audio import AudioError, audio_info, check_samples
 from validation.checks import CONFIDENT_MEDIAN_PROB
 from validation.corpus import check_manifest_argument
@@ -152,7 +153,7 @@ def read_manifest(path: Path) -> tuple[list[Utterance], list[BadInput]]:
     utterances, bad = [], []
     lines = [(i, line) for i, line in enumerate(path.read_bytes().splitlines(), 1) if line.strip()]
     if not lines:
-        raise ExportError(f"--manifest {path}: empty; expected one JSON object per line with audio_filepath")
+        raise UserError(f"--manifest {path}: empty; expected one JSON object per line with audio_filepath")
     for number, line in lines:
         where = f"{path.name}:{number}"
         try:
@@ -781,7 +782,7 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
     (the packages, say), the normaliser and the windows. What the journal held is said through
     ``report``, and with ``paces`` about how long the run will take, from the last run like it."""
     if normalizer not in NORMALIZERS:
-        raise ExportError(f"--normalizer {normalizer!r}; expected one of: {', '.join(NORMALIZERS)}")
+        raise UserError(f"--normalizer {normalizer!r}; expected one of: {', '.join(NORMALIZERS)}")
     exports = [label for label in decoders if not paths.is_nemo(label)]
     compared = compared or {}
     result = Evaluation(exports, normalizer, max_wer_difference, list(exact), bad=list(bad), paths=paths,

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from exporters.cache import ExportCache, cache_key
 from exporters.components import ModelDims
+from infra.cache import ExportCache, cache_key
 from validation.audio import Clip, espeak_version, fit_window
 from validation.checks import CONFIDENT_MEDIAN_PROB
 from validation.corpus import (

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from exporters.components import ExportError
-from exporters.faults import fault_point
-from exporters.publish import write_whole
+from infra.errors import UserError
+from infra.faults import fault_point
+from infra.publish import write_whole
 
 JOURNAL = "evaluation.jsonl"
 
@@ -111,7 +111,7 @@ class Journal:
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
-            raise ExportError(f"{self.path}: another evaluation is writing this journal; wait for it to finish "
+            raise UserError(f"{self.path}: another evaluation is writing this journal; wait for it to finish "
                               "or give another --report-dir") from None
         return self
 

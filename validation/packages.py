@@ -15,8 +15,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporters.components import COMPONENTS, STREAMING_COMPONENTS, ExportError, ModelDims, StreamingDims
-from runtimes.base import InputSpec, PackageError, compiled_interface, input_spec, package_size
+from exporters.components import COMPONENTS, STREAMING_COMPONENTS, ModelDims, StreamingDims
+from infra.errors import UserError
+from runtimes.base import InputSpec, PackageError, compiled_interface, input_spec, package_size, program_precision
 
 PACKAGE_SUFFIXES = (".mlpackage", ".mlmodelc")
 # where compare and evaluate write about a package set (whose own folder may be read-only)
@@ -46,14 +47,14 @@ def parse_named(texts: list[str]) -> dict[str, Path]:
     for text in texts:
         name, sep, path = text.partition("=")
         if not sep or not name or not path:
-            raise ExportError(f"--component {text!r}: expected NAME=PATH, e.g. encoder=models/Encoder.mlpackage")
+            raise UserError(f"--component {text!r}: expected NAME=PATH, e.g. encoder=models/Encoder.mlpackage")
         if name not in KNOWN:
-            raise ExportError(f"--component {text!r}: unknown component {name!r}; expected one of: "
+            raise UserError(f"--component {text!r}: unknown component {name!r}; expected one of: "
                               f"{', '.join(KNOWN)}")
         if name in named:
-            raise ExportError(f"--component: {name} is given twice ({named[name]}, {path})")
+            raise UserError(f"--component: {name} is given twice ({named[name]}, {path})")
         if not Path(path).exists():
-            raise ExportError(f"--component {text!r}: no such package {path}")
+            raise UserError(f"--component {text!r}: no such package {path}")
         named[name] = Path(path)
     return named
 
@@ -66,7 +67,7 @@ def find_packages(directory: Path | None, named: dict[str, Path]) -> tuple[dict[
     unmatched = []
     if directory is not None:
         if not directory.is_dir():
-            raise ExportError(f"--packages {directory}: not a directory; expected a folder of .mlpackage or "
+            raise UserError(f"--packages {directory}: not a directory; expected a folder of .mlpackage or "
                               ".mlmodelc packages")
         for path in sorted(directory.iterdir()):
             if path.suffix not in PACKAGE_SUFFIXES:
@@ -82,12 +83,12 @@ def find_packages(directory: Path | None, named: dict[str, Path]) -> tuple[dict[
             continue
         sources = [p for p in paths if p.suffix == ".mlpackage"] or paths
         if len(sources) > 1:
-            raise ExportError(f"--packages {directory}: {', '.join(p.name for p in sources)} all name {component}; "
+            raise UserError(f"--packages {directory}: {', '.join(p.name for p in sources)} all name {component}; "
                               f"say which with --component {component}=PATH")
         packages[component] = sources[0]
     packages.update(named)
     if not packages:
-        raise ExportError(f"--packages {directory}: no package names a component ({', '.join(KNOWN)}); "
+        raise UserError(f"--packages {directory}: no package names a component ({', '.join(KNOWN)}); "
                           f"found {', '.join(unmatched) or 'no .mlpackage or .mlmodelc'}; name them with "
                           "--component NAME=PATH")
     return {name: packages[name] for name in KNOWN if name in packages}, unmatched
@@ -101,13 +102,11 @@ class Interface:
     inputs: tuple[InputSpec, ...]
     outputs: dict[str, tuple[str, tuple[int, ...] | None]]
     metadata: dict
-    precision: str | None = None  # what the program computes in (``exporters.convert.program_precision``)
+    precision: str | None = None  # what the program computes in (``runtimes.base.program_precision``)
 
 
 def _read_mlpackage(path: Path) -> Interface:
     import coremltools as ct  # lazy: coremltools imports torch; only package sets are read with it
-
-    from exporters.convert import program_precision  # lazy: as above
 
     try:
         spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
@@ -175,7 +174,7 @@ def contract_differences(name: str, interface: Interface, dims: ModelDims | Stre
 
 def check_contract(packages: dict[str, Path], dims: ModelDims, streaming: StreamingDims | None = None,
                    interfaces: dict[str, Interface | None] | None = None) -> dict[str, Interface | None]:
-    """Every package's interface (read here unless given), or one ``ExportError`` listing what
+    """Every package's interface (read here unless given), or one ``UserError`` listing what
     differs from the contract in each package that does; the streaming packages are held to the
     ``streaming`` chunk's sizes."""
     interfaces = interfaces or {name: read_interface(path) for name, path in packages.items()}
@@ -183,7 +182,7 @@ def check_contract(packages: dict[str, Path], dims: ModelDims, streaming: Stream
                 for name, interface in interfaces.items() if interface is not None}
     bad = {name: found for name, found in problems.items() if found}
     if bad:
-        raise ExportError("the packages do not follow the I/O contract (README, Components): " + "; ".join(
+        raise UserError("the packages do not follow the I/O contract (README, Components): " + "; ".join(
             f"{name} ({packages[name].name}): " + ", ".join(found) for name, found in bad.items()))
     return interfaces
 

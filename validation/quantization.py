@@ -19,7 +19,6 @@ from exporters.components import (
     COMPONENTS,
     DECISION,
     DECODE,
-    ExportError,
     ModelDims,
     decoder_inputs,
     example_inputs,
@@ -27,6 +26,7 @@ from exporters.components import (
 )
 from exporters.export import Exporter
 from exporters.quantize import Palettes, compress
+from infra.errors import UserError
 from runtimes.base import describe_backend, package_size
 from runtimes.coreml import compile_and_place, unavailable_reason
 from validation.audio import Clip
@@ -56,7 +56,7 @@ def reference_inputs(base: dict, load, dims: ModelDims, clip: Clip) -> dict[str,
         joints = ("joint", "joint_decision", "joint_decision_single_step")
         fed_by = {"encoder": ("preprocessor",), **dict.fromkeys(joints, ("mel_encoder", "decoder"))}
         lacking = sorted({need for name in unfed for need in fed_by[name] if need not in base})
-        raise ExportError(f"quantize weighs {', '.join(unfed)} on the outputs of {', '.join(lacking)}, which the "
+        raise UserError(f"quantize weighs {', '.join(unfed)} on the outputs of {', '.join(lacking)}, which the "
                           "package set lacks; convert them too (--components)")
     return {name: value for name, value in inputs.items() if name in base}
 
@@ -190,7 +190,7 @@ def sweep_variant(variant, base_exports: dict, reference: Reference, cache, load
     result = VariantResult(variant)
     try:
         compressed = compress_all(variant, base_exports, cache, progress)
-    except ExportError as e:
+    except UserError as e:
         result.error = str(e)
         return result
     result.packages = {name: c.package for name, c in compressed.items()}

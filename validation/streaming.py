@@ -22,13 +22,13 @@ from exporters.components import (
     LATER_CHUNKS,
     STREAMING_COMPONENTS,
     VALUE,
-    ExportError,
     ModelDims,
     StreamingDims,
     initial_caches,
 )
 from exporters.streaming import MelChunk, NemoStream, committed_frames
 from exporters.wrappers import wrapper
+from infra.errors import UserError
 from validation.checks import CONFIDENT_MEDIAN_PROB
 from validation.greedy import decision_from_logits, greedy_tdt, run_torch, torch_decoder_step, torch_greedy_tdt
 from validation.metrics import Comparison, compare, token_edit_distance
@@ -159,7 +159,7 @@ class PackageStream:
         self.predicts = predicts
         self.later = next((name for name in LATER_CHUNKS if name in predicts), None)
         if "encoder_streaming_first" not in predicts or self.later is None:
-            raise ExportError(f"a stream needs encoder_streaming_first and one of {', '.join(LATER_CHUNKS)}; "
+            raise UserError(f"a stream needs encoder_streaming_first and one of {', '.join(LATER_CHUNKS)}; "
                               f"given {', '.join(predicts) or 'none'}")
         self.caches = initial_caches(dims)
         self.state = None

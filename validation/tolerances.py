@@ -19,9 +19,10 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from exporters.components import COMPONENTS, LENGTH, STREAMING_COMPONENTS, Component, ExportError
-from exporters.settings import PROJECT_NAME, tool_settings
-from exporters.settings import table as settings_table
+from exporters.components import COMPONENTS, LENGTH, STREAMING_COMPONENTS, Component
+from infra.errors import UserError
+from infra.settings import PROJECT_NAME, tool_settings
+from infra.settings import table as settings_table
 from validation.metrics import Tolerance
 
 EXACT = Tolerance(exact=True)
@@ -117,27 +118,27 @@ def _finite(value, what: str) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ExportError(f"{what} = {value!r} is not a number") from None
+        raise UserError(f"{what} = {value!r} is not a number") from None
     if not math.isfinite(number):
-        raise ExportError(f"{what} = {value!r}: expected a finite number")
+        raise UserError(f"{what} = {value!r}: expected a finite number")
     return number
 
 
 def _parse_entry(key: str, values, current: Tolerance | None, source: str) -> Tolerance:
     if current is None:
-        raise ExportError(f"{source}: unknown tolerance {key!r}; expected one of: {', '.join(DEFAULT_TOLERANCES)}")
+        raise UserError(f"{source}: unknown tolerance {key!r}; expected one of: {', '.join(DEFAULT_TOLERANCES)}")
     if current.exact:
-        raise ExportError(f"{source}: {key!r} is compared exactly (ids, durations, lengths) and takes no tolerance")
+        raise UserError(f"{source}: {key!r} is compared exactly (ids, durations, lengths) and takes no tolerance")
     if not isinstance(values, dict) or not values or set(values) - {"atol", "rtol"}:
-        raise ExportError(f"{source}: tolerance {key!r} must set atol and/or rtol, e.g. {{atol = 0.05, rtol = 0.005}}; "
+        raise UserError(f"{source}: tolerance {key!r} must set atol and/or rtol, e.g. {{atol = 0.05, rtol = 0.005}}; "
                           f"got {values!r}")
     try:
         atol = float(values.get("atol", current.atol))
         rtol = float(values.get("rtol", current.rtol))
     except (TypeError, ValueError):
-        raise ExportError(f"{source}: tolerance {key!r}: atol and rtol must be numbers; got {values!r}") from None
+        raise UserError(f"{source}: tolerance {key!r}: atol and rtol must be numbers; got {values!r}") from None
     if not (math.isfinite(atol) and math.isfinite(rtol) and atol >= 0 and rtol >= 0):
-        raise ExportError(f"{source}: tolerance {key!r}: atol and rtol must be >= 0 and finite; got {values!r}")
+        raise UserError(f"{source}: tolerance {key!r}: atol and rtol must be >= 0 and finite; got {values!r}")
     return Tolerance(atol, rtol)
 
 
@@ -146,7 +147,7 @@ def parse_cli_tolerance(text: str) -> tuple[str, dict]:
     key, sep, rest = text.partition(":")
     pairs = [p.partition("=") for p in rest.split(",") if p]
     if not sep or not key or not pairs or any(not eq or not name for name, eq, _ in pairs):
-        raise ExportError(f"--tolerance {text!r}: expected KEY:atol=A,rtol=R "
+        raise UserError(f"--tolerance {text!r}: expected KEY:atol=A,rtol=R "
                           "(e.g. encoder.encoder:atol=0.05,rtol=0.005)")
     return key, {name.strip(): value.strip() for name, _, value in pairs}
 
@@ -191,13 +192,13 @@ def load_gates(pyproject: Path | None = None, cli: list[str] = (), variants=None
 
     def put(variant, metric, value, where):
         if metric not in GATE_METRICS:
-            raise ExportError(f"{where}: unknown gate metric {metric!r}; expected one of: {', '.join(GATE_METRICS)}")
+            raise UserError(f"{where}: unknown gate metric {metric!r}; expected one of: {', '.join(GATE_METRICS)}")
         try:
             value = float(value)
         except (TypeError, ValueError):
-            raise ExportError(f"{where}: {variant}.{metric} = {value!r} is not a number") from None
+            raise UserError(f"{where}: {variant}.{metric} = {value!r} is not a number") from None
         if not 0.0 <= value <= 1.0:
-            raise ExportError(f"{where}: {variant}.{metric} = {value} is outside [0, 1]")
+            raise UserError(f"{where}: {variant}.{metric} = {value} is outside [0, 1]")
         gates.setdefault(variant, {})[metric] = value
 
     if pyproject is not None and pyproject.is_file():
@@ -211,11 +212,11 @@ def load_gates(pyproject: Path | None = None, cli: list[str] = (), variants=None
         variant, sep, rest = text.partition(":")
         metric, eq, value = rest.partition("=")
         if not (sep and eq and variant and metric):
-            raise ExportError(f"--gate {text!r}: expected VARIANT:METRIC=VALUE (e.g. int8_per_channel:quality=0.95)")
+            raise UserError(f"--gate {text!r}: expected VARIANT:METRIC=VALUE (e.g. int8_per_channel:quality=0.95)")
         put(variant, metric, value, "--gate")
     unknown = sorted(set(gates) - set(variants)) if variants is not None else []
     if unknown:
-        raise ExportError(f"gate(s) for unknown variant(s) {', '.join(unknown)}; the variants are: "
+        raise UserError(f"gate(s) for unknown variant(s) {', '.join(unknown)}; the variants are: "
                           f"{', '.join(variants)}")
     return gates
 

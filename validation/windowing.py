@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from exporters.components import ExportError, ModelDims
+from exporters.components import ModelDims
+from infra.errors import UserError
 from validation.audio import fit_window
 
 OVERLAP_SECONDS = 2.0
@@ -88,7 +89,7 @@ def window_stride(dims: ModelDims, overlap_seconds: float = OVERLAP_SECONDS) -> 
     stride = (dims.max_audio_samples - math.ceil(overlap_seconds * dims.sample_rate)) // dims.encoder_hop \
         * dims.encoder_hop
     if stride <= 0:
-        raise ExportError(f"a {dims.max_audio_seconds:g} s window cannot overlap by {overlap_seconds:g} s")
+        raise UserError(f"a {dims.max_audio_seconds:g} s window cannot overlap by {overlap_seconds:g} s")
     return stride
 
 
@@ -145,7 +146,7 @@ def plan_buffers(samples: int, dims: ModelDims, seconds: tuple[float, float, flo
     hop = dims.encoder_hop
     left, chunk, right = (round(s * dims.sample_rate / hop) for s in seconds)
     if (left + chunk + right) * hop > dims.max_audio_samples:
-        raise ExportError(f"buffers of {sum(seconds):g} s do not fit the {dims.max_audio_seconds:g} s window")
+        raise UserError(f"buffers of {sum(seconds):g} s do not fit the {dims.max_audio_seconds:g} s window")
     frames = math.ceil(samples / hop)
     buffers = []
     for first in range(0, frames, chunk):

@@ -16,8 +16,8 @@ import soundfile
 
 from cli.commands import held_out_variants
 from cli.main import main
-from exporters.components import ExportError
 from exporters.quantize import parse_variant
+from infra.errors import UserError
 from reports.metadata import read_metadata, update_metadata
 from tests.faults.conftest import convert, leftovers
 from validation.audio import read_audio
@@ -48,7 +48,7 @@ def test_a_non_finite_psnr_floor_is_refused_up_front(converted, fault_cache, val
 
 @pytest.mark.parametrize("text", ["joint.logits:atol=inf", "joint.logits:rtol=nan"])
 def test_a_non_finite_tolerance_is_refused(text):
-    with pytest.raises(ExportError, match="must be >= 0 and finite"):
+    with pytest.raises(UserError, match="must be >= 0 and finite"):
         load_tolerances(None, [text])
 
 
@@ -91,20 +91,20 @@ def test_the_default_held_out_variant_is_checked_only_where_it_is_swept():
 
 
 def test_a_gate_of_an_unknown_variant_is_an_error_naming_the_known_ones():
-    with pytest.raises(ExportError, match=r"unknown variant\(s\) nope; the variants are: int8_per_channel, "):
+    with pytest.raises(UserError, match=r"unknown variant\(s\) nope; the variants are: int8_per_channel, "):
         load_gates(None, ["nope:quality=0.5"], ["int8_per_channel", "palettize_8bit"])
     assert load_gates(None, ["palettize_8bit:quality=0.5"], ["int8_per_channel", "palettize_8bit"])
 
 
 def test_palettization_bits_the_target_cannot_take_are_refused_at_once():
-    with pytest.raises(ExportError, match="nbits 3 is not possible for iOS17.*3 bits needs minimum_deployment_target"):
+    with pytest.raises(UserError, match="nbits 3 is not possible for iOS17.*3 bits needs minimum_deployment_target"):
         parse_variant("p3", {"joint": [{"kind": "palettize", "nbits": 3}]}, "--variant p3")
     assert parse_variant("p3", {"joint": [{"kind": "palettize", "nbits": 3}], "minimum_deployment_target": "iOS18"},
                          "--variant p3").minimum_deployment_target == "iOS18"
 
 
 def test_a_sparsity_out_of_range_is_one_short_line():
-    with pytest.raises(ExportError) as raised:
+    with pytest.raises(UserError) as raised:
         parse_variant("p", {"joint": [{"kind": "prune", "target_sparsity": 2}]}, "--variant p")
     assert "expected a fraction in [0, 1)" in str(raised.value) and len(str(raised.value)) < 160
 
@@ -112,7 +112,7 @@ def test_a_sparsity_out_of_range_is_one_short_line():
 def test_a_directory_given_as_a_file_is_named_as_such(tmp_path, capsys):
     code = main(["convert", "--nemo-path", str(tmp_path), "--output-dir", str(tmp_path / "out")])
     assert "is a directory; expected a .nemo checkpoint file" in _last_error(code, capsys.readouterr(), "convert")
-    with pytest.raises(ExportError, match="is a directory; expected an audio file"):
+    with pytest.raises(UserError, match="is a directory; expected an audio file"):
         read_audio(tmp_path)
 
 

@@ -9,10 +9,10 @@ import shutil
 import pytest
 
 from cli import commands
-from exporters.cache import ENTRY_FILE, ExportCache, cache_key
 from exporters.components import ExportOptions
 from exporters.export import Exporter
 from exporters.sources import ModelSource
+from infra.cache import ENTRY_FILE, ExportCache, cache_key
 from tests.faults.conftest import convert
 
 

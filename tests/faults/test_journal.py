@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from exporters.components import ExportError
+from infra.errors import UserError
 from validation.journal import JOURNAL, Journal, fingerprint, package_identity, read_journal
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +89,7 @@ def test_a_run_without_resume_says_what_it_replaced(tmp_path):
 def test_a_second_run_on_the_same_journal_is_refused(tmp_path):
     path = _journal(tmp_path)
     with FileLock(str(tmp_path / f".{JOURNAL}.lock")):
-        with pytest.raises(ExportError, match="another evaluation is writing this journal"):
+        with pytest.raises(UserError, match="another evaluation is writing this journal"):
             with Journal(path):
                 pass
     assert path.read_text().count("\n") == 50

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from exporters.faults import ENV_VAR
+from infra.faults import ENV_VAR
 from reports.metadata import update_metadata
 from tests.faults.conftest import PRESET, ROOT, convert, leftovers, tree
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from exporters.cache import ExportCache
-from exporters.components import DECODE, ExportError, ExportOptions
+from exporters.components import DECODE, ExportOptions
 from exporters.export import Exporter
 from exporters.sources import DEFAULT_PRESET, ModelSource
+from infra.cache import ExportCache
+from infra.errors import UserError
 from reports.parity import parity_context
 from reports.plugin import send
 from runtimes.base import describe_backend
@@ -45,7 +46,7 @@ def manifest_items(config) -> list:
             reason="no data set: pass --manifest FILE.jsonl (or builtin:held-out, builtin:long-form)"), id="none")]
     try:
         _, utterances, bad = _data_set(config)
-    except ExportError as e:
+    except UserError as e:
         raise pytest.UsageError(str(e)) from None
     return [*utterances, *bad]
 

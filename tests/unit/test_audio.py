@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from exporters.cache import ExportCache
+from infra.cache import ExportCache
 from tests.unit.conftest import DIMS
 from validation.audio import (
     EDGE_CLIPS,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from exporters import cache
-from exporters.cache import ENV_VAR, ExportCache, cache_key, default_cache_dir
+from infra import cache
+from infra.cache import ENV_VAR, ExportCache, cache_key, default_cache_dir
 
 
 def _build_writing(payload: bytes, calls: list | None = None):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from exporters import console
+from infra import console
 
 
 class _Terminal(io.StringIO):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from exporters.components import ExportError
+from infra.errors import UserError
 from tests.unit.conftest import DIMS
 from validation import evaluation
 from validation.audio import AudioError
@@ -86,9 +86,9 @@ def test_a_manifest_line_that_is_not_utf8_is_a_bad_line(tmp_path):
 
 def test_an_empty_manifest_is_an_error(tmp_path):
     (tmp_path / "m.jsonl").write_text("\n\n")
-    with pytest.raises(ExportError, match="empty; expected one JSON object per line"):
+    with pytest.raises(UserError, match="empty; expected one JSON object per line"):
         read_manifest(tmp_path / "m.jsonl")
-    with pytest.raises(ExportError, match="no such file"):
+    with pytest.raises(UserError, match="no such file"):
         read_manifest(tmp_path / "absent.jsonl")
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import reports.metadata as metadata_module
-from exporters.components import ExportError
+from infra.errors import UserError
 from reports.metadata import ARRAYS_GLOB, read_metadata, update_metadata
 
 DESCRIPTION = {"model": "preset:tiny", "model_source": {"content_sha256": "abc"}, "durations": [0, 1, 2, 3, 4]}
@@ -59,7 +59,7 @@ def test_a_metadata_json_whose_arrays_file_is_gone_is_refused_with_its_name(tmp_
     update_metadata(tmp_path, DESCRIPTION, validation=_block(1.0))
     (arrays,) = tmp_path.glob(ARRAYS_GLOB)
     arrays.unlink()
-    with pytest.raises(ExportError, match=f"{arrays.name}, named by .*metadata.json: not readable"):
+    with pytest.raises(UserError, match=f"{arrays.name}, named by .*metadata.json: not readable"):
         read_metadata(tmp_path)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cli.main import main
-from exporters.components import ExportError
+from infra.errors import UserError
 from runtimes.base import compiled_interface
 from runtimes.loader import load_predictor
 from validation.packages import component_of, find_packages, parse_named
@@ -41,7 +41,7 @@ def test_a_folder_is_matched_and_what_names_nothing_is_listed(tmp_path):
 
 def test_two_files_naming_one_component_need_a_component_option(tmp_path):
     _touch(tmp_path, "encoder.mlpackage", "parakeet_encoder.mlpackage")
-    with pytest.raises(ExportError, match=r"encoder.mlpackage, parakeet_encoder.mlpackage all name encoder; "
+    with pytest.raises(UserError, match=r"encoder.mlpackage, parakeet_encoder.mlpackage all name encoder; "
                                           r"say which with --component encoder=PATH"):
         find_packages(tmp_path, {})
     settled, _ = find_packages(tmp_path, parse_named([f"encoder={tmp_path / 'encoder.mlpackage'}"]))
@@ -58,13 +58,13 @@ def test_a_package_beside_its_compiled_bundle_is_taken_over_it(tmp_path):
     ("encoder=/nonexistent.mlpackage", "no such package /nonexistent.mlpackage"),
 ])
 def test_a_bad_component_option_says_what_is_expected(text, message):
-    with pytest.raises(ExportError, match=message):
+    with pytest.raises(UserError, match=message):
         parse_named([text])
 
 
 def test_a_folder_without_any_component_is_refused(tmp_path):
     _touch(tmp_path, "vocoder.mlpackage")
-    with pytest.raises(ExportError, match="no package names a component .* found vocoder.mlpackage"):
+    with pytest.raises(UserError, match="no package names a component .* found vocoder.mlpackage"):
         find_packages(tmp_path, {})
 
 

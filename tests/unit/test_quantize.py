@@ -12,8 +12,6 @@ from coremltools.optimize.coreml._quantization_passes import palettize_weights
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporters.cache import ExportCache
-from exporters.components import ExportError
 from exporters.quantize import (
     PALETTE,
     VARIANTS,
@@ -25,6 +23,8 @@ from exporters.quantize import (
     parse_variant,
     variant_table,
 )
+from infra.cache import ExportCache
+from infra.errors import UserError
 from runtimes.mil import MILModel
 
 
@@ -48,7 +48,7 @@ def test_table_has_the_variants_and_keeps_the_lstm():
     ({"minimum_deployment_target": "iOS9", "*": [{"kind": "linear"}]}, "minimum_deployment_target 'iOS9'"),
 ])
 def test_bad_declarations_are_refused_with_the_reason(spec, message):
-    with pytest.raises(ExportError, match=message):
+    with pytest.raises(UserError, match=message):
         parse_variant("mine", spec, "test")
 
 
@@ -75,7 +75,7 @@ def test_int8_per_channel_is_smaller_cached_and_untouched_where_the_variant_says
 
 def test_a_variant_that_cannot_be_built_is_an_error(session_exporters, export_cache):
     joint = session_exporters["float32"].export_all(["joint"])[0]  # an iOS17 package: int4 per block needs iOS18
-    with pytest.raises(ExportError, match="variant int4_per_block cannot compress joint"):
+    with pytest.raises(UserError, match="variant int4_per_block cannot compress joint"):
         compress(joint, VARIANTS["int4_per_block"], export_cache)
 
 

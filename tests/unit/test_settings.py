@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from exporters.components import ExportError
 from exporters.quantize import variant_table
-from exporters.settings import config_path, project_config, tool_settings
+from infra.errors import UserError
+from infra.settings import config_path, project_config, tool_settings
 from validation.tolerances import load_gates, load_tolerances
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,12 +33,12 @@ def test_compare_in_an_unrelated_project_ignores_its_broken_toml(tmp_path, monke
 
 
 def test_a_named_config_must_exist_and_parse(tmp_path):
-    with pytest.raises(ExportError, match="--config .*missing.toml: no such file"):
+    with pytest.raises(UserError, match="--config .*missing.toml: no such file"):
         config_path(tmp_path / "missing.toml")
     broken = tmp_path / "broken.toml"
     broken.write_text("this is [not toml")
     assert config_path(broken) == broken
-    with pytest.raises(ExportError, match="broken.toml: not valid TOML"):
+    with pytest.raises(UserError, match="broken.toml: not valid TOML"):
         tool_settings(broken)
     good = tmp_path / "good.toml"
     good.write_text("[tool.parakeet-coreml.parity]\npsnr_floor_db = 30\n")
@@ -48,7 +48,7 @@ def test_a_named_config_must_exist_and_parse(tmp_path):
 def test_a_config_that_is_not_utf8_is_one_line_naming_the_file(tmp_path):
     latin = tmp_path / "latin.toml"
     latin.write_bytes("[tool.parakeet-coreml.parity]\n# caf\xe9\n".encode("latin-1"))
-    with pytest.raises(ExportError, match=r"latin.toml: not UTF-8 text \(byte 35\); expected a TOML file"):
+    with pytest.raises(UserError, match=r"latin.toml: not UTF-8 text \(byte 35\); expected a TOML file"):
         tool_settings(latin)
 
 
@@ -67,5 +67,5 @@ def test_config_sections_of_the_wrong_type_name_the_key_and_what_is_expected(tmp
     """They used to end in a raw AttributeError ('int' object has no attribute 'get')."""
     path = tmp_path / "pyproject.toml"
     path.write_text(content)
-    with pytest.raises(ExportError, match=message):
+    with pytest.raises(UserError, match=message):
         read(path)

@@ -12,9 +12,9 @@ import huggingface_hub
 import pytest
 import torch
 
-from exporters.components import ExportError
 from exporters.presets import PRESETS, TDT_DURATIONS, TRAINED_PRESETS, build_model
 from exporters.sources import ModelSource, _hub_checkpoint
+from infra.errors import UserError
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +74,7 @@ def test_trained_preset_is_its_shipped_checkpoint_loaded_like_nemo_path():
 
 def test_missing_trained_checkpoint_says_how_to_rebuild_it(monkeypatch, tmp_path):
     monkeypatch.setitem(TRAINED_PRESETS, "parakeet-tdt-tiny-trained", tmp_path / "gone.nemo")
-    with pytest.raises(ExportError, match=r"gone.nemo is missing.*python -m training.train_tiny"):
+    with pytest.raises(UserError, match=r"gone.nemo is missing.*python -m training.train_tiny"):
         ModelSource.from_options(preset="parakeet-tdt-tiny-trained")
 
 
@@ -86,20 +86,20 @@ def test_full_preset_has_parakeet_v3_size():
 
 
 def test_not_rnnt_checkpoint_is_refused(ctc_nemo):
-    with pytest.raises(ExportError, match="EncDecCTCModelBPE; expected an RNNT/TDT model"):
+    with pytest.raises(UserError, match="EncDecCTCModelBPE; expected an RNNT/TDT model"):
         ModelSource.from_options(nemo_path=str(ctc_nemo)).load()
 
 
 def test_missing_and_corrupt_checkpoints_are_refused(tmp_path):
-    with pytest.raises(ExportError, match="no such file"):
+    with pytest.raises(UserError, match="no such file"):
         ModelSource.from_options(nemo_path=str(tmp_path / "absent.nemo"))
     (tmp_path / "text.nemo").write_text("not a tar")
-    with pytest.raises(ExportError, match="not a NeMo checkpoint"):
+    with pytest.raises(UserError, match="not a NeMo checkpoint"):
         ModelSource.from_options(nemo_path=str(tmp_path / "text.nemo"))
     with tarfile.open(tmp_path / "empty.nemo", "w") as tar:
         info = tarfile.TarInfo("readme.txt")
         tar.addfile(info, io.BytesIO(b""))
-    with pytest.raises(ExportError, match="could not restore the checkpoint"):
+    with pytest.raises(UserError, match="could not restore the checkpoint"):
         ModelSource.from_options(nemo_path=str(tmp_path / "empty.nemo")).load()
 
 
@@ -110,7 +110,7 @@ def test_missing_and_corrupt_checkpoints_are_refused(tmp_path):
     ({"model_id": "parakeet"}, "expected OWNER/NAME"),
 ])
 def test_bad_source_options(kwargs, message):
-    with pytest.raises(ExportError, match=message):
+    with pytest.raises(UserError, match=message):
         ModelSource.from_options(**kwargs).key()
 
 
@@ -132,7 +132,7 @@ def test_a_model_loaded_inside_a_command_is_not_reused_after_its_scratch_is_gone
     """A command loads the model under its scratch directory, where the model keeps its tokenizer,
     and removes the scratch when it ends. Reused after that, the model could not be saved (seen as
     a missing tokenizer.model when the fault tests ran before the source tests in one process)."""
-    from exporters.cache import ExportCache  # lazy: only this test opens a scratch of its own
+    from infra.cache import ExportCache  # lazy: only this test opens a scratch of its own
 
     source = ModelSource("preset", "tiny")
     with ExportCache(tmp_path / "cache").scratch():
@@ -157,5 +157,5 @@ def test_only_a_checkpoint_missing_from_the_hub_cache_falls_through_to_the_hub(m
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", missing)
     monkeypatch.setattr("exporters.sources._hub_reachable", lambda: False)
-    with pytest.raises(ExportError, match="not in the local Hugging Face cache and the hub could not be reached"):
+    with pytest.raises(UserError, match="not in the local Hugging Face cache and the hub could not be reached"):
         _hub_checkpoint("nvidia/x")

@@ -15,8 +15,7 @@ from nemo.collections.asr.modules import ConformerEncoder
 from nemo.collections.common.tokenizers import SentencePieceTokenizer
 
 from exporters import sources
-from exporters.cache import ExportCache
-from exporters.components import ExportError, ExportOptions, StreamingDims, get_components
+from exporters.components import ExportOptions, StreamingDims, get_components
 from exporters.export import Exporter
 from exporters.presets import PRESETS, build_model
 from exporters.sources import ModelSource
@@ -29,6 +28,8 @@ from exporters.streaming import (
     mel_chunks,
     streaming_dims,
 )
+from infra.cache import ExportCache
+from infra.errors import UserError
 from validation.streaming import DecisiveAgreement, EndOfUtterance, end_of_utterance_id
 
 
@@ -53,14 +54,14 @@ def test_a_cache_aware_preset_streams_160_ms_chunks_of_nemos_sizes(streaming_mod
 
 
 def test_a_chunk_size_the_model_was_not_trained_for_is_refused_naming_those_it_was(streaming_model):
-    with pytest.raises(ExportError, match=r"--chunk-ms 320: this model streams chunks of 160 ms; expected one"):
+    with pytest.raises(UserError, match=r"--chunk-ms 320: this model streams chunks of 160 ms; expected one"):
         streaming_dims(streaming_model, 320)
 
 
 def test_an_offline_model_is_not_streamed_and_says_why():
     offline = SimpleNamespace(encoder=ConformerEncoder(feat_in=16, n_layers=1, d_model=16, n_heads=2))
     assert not is_cache_aware(offline)
-    with pytest.raises(ExportError, match=r"not cache-aware \(att_context_style 'regular', att_context_size "
+    with pytest.raises(UserError, match=r"not cache-aware \(att_context_style 'regular', att_context_size "
                                           r"\[-1, -1\]\); streaming export needs a cache-aware FastConformer"):
         streaming_dims(offline)
 
@@ -94,13 +95,13 @@ def test_chunk_ms_is_an_option_of_whole_positive_milliseconds_kept_out_of_old_ca
     assert "chunk_ms" not in ExportOptions().as_dict()
     assert ExportOptions(chunk_ms=160).as_dict()["chunk_ms"] == 160
     for bad in (0, -160, 160.5, True):
-        with pytest.raises(ExportError, match="chunk ms must be a positive whole number of milliseconds"):
+        with pytest.raises(UserError, match="chunk ms must be a positive whole number of milliseconds"):
             ExportOptions(chunk_ms=bad)
 
 
 def test_the_streaming_encoder_is_a_component_by_name():
     assert [c.name for c in get_components(["encoder_streaming"])] == ["encoder_streaming"]
-    with pytest.raises(ExportError, match=r"unknown component\(s\) encoder_stream; expected any of: .*streaming"):
+    with pytest.raises(UserError, match=r"unknown component\(s\) encoder_stream; expected any of: .*streaming"):
         get_components(["encoder_stream"])
 
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from exporters.components import ExportError
+from infra.errors import UserError
 from validation.metrics import Tolerance
 from validation.tolerances import DEFAULT_TOLERANCES, PSNR_FLOOR_DB, load_tolerances
 
@@ -50,12 +50,12 @@ def test_pyproject_then_command_line(tmp_path):
     (["encoder.encoder:scale=2"], "must set atol and/or rtol"),
 ])
 def test_bad_overrides_name_what_is_wrong(cli, message):
-    with pytest.raises(ExportError, match=message):
+    with pytest.raises(UserError, match=message):
         load_tolerances(None, cli)
 
 
 def test_invalid_pyproject_is_refused(tmp_path):
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text("[tool.parakeet-coreml.parity\n")
-    with pytest.raises(ExportError, match="not valid TOML"):
+    with pytest.raises(UserError, match="not valid TOML"):
         load_tolerances(pyproject)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from exporters.components import ExportError
+from infra.errors import UserError
 
 PROJECT_NAME = "parakeet-coreml"
 
@@ -22,11 +22,11 @@ def tool_settings(path: Path | None) -> dict:
     try:
         document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
-        raise ExportError(f"{path}: cannot read it ({e.strerror})") from None
+        raise UserError(f"{path}: cannot read it ({e.strerror})") from None
     except UnicodeDecodeError as e:
-        raise ExportError(f"{path}: not UTF-8 text (byte {e.start}); expected a TOML file") from None
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); expected a TOML file") from None
     except tomllib.TOMLDecodeError as e:
-        raise ExportError(f"{path}: not valid TOML ({e})") from None
+        raise UserError(f"{path}: not valid TOML ({e})") from None
     return table(document, ("tool", PROJECT_NAME), str(path))
 
 
@@ -37,7 +37,7 @@ def table(settings: dict, keys: tuple[str, ...], where: str) -> dict:
     for depth, key in enumerate(keys, 1):
         value = value.get(key, {})
         if not isinstance(value, dict):
-            raise ExportError(f"{where}: [{'.'.join(keys[:depth])}] is {type(value).__name__} {value!r}; expected a "
+            raise UserError(f"{where}: [{'.'.join(keys[:depth])}] is {type(value).__name__} {value!r}; expected a "
                               "table")
     return value
 
@@ -62,5 +62,5 @@ def config_path(option: Path | None) -> Path | None:
     if option is None:
         return project_config()
     if not Path(option).is_file():
-        raise ExportError(f"--config {option}: no such file; expected a pyproject.toml-style TOML file")
+        raise UserError(f"--config {option}: no such file; expected a pyproject.toml-style TOML file")
     return Path(option)

@@ -9,8 +9,8 @@ import torch
 
 from exporters.components import COMPONENTS, example_inputs
 from exporters.wrappers import wrapper
-from runtimes.divergence import compare_modules, first_divergences
 from runtimes.mil import MILModel
+from validation.divergence import compare_modules, first_divergences
 
 PERTURBED = "encoder.layers.1.feed_forward2.linear2"
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from exporters.components import ExportError
-from exporters.faults import fault_point
+from infra.errors import UserError
+from infra.faults import fault_point
 
 REPLACED = ".replaced"  # inside the staging directory: what publishing moved aside
 # A staging directory without its lock file is that young only while its owner is creating it.
@@ -82,9 +82,9 @@ def staged_output(output_dir: Path, option: str = "--output-dir") -> Iterator[Pa
     system), locked while this process works in it and removed afterwards, whatever happens."""
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
-        raise ExportError(f"{option} {output_dir}: exists and is not a directory")
+        raise UserError(f"{option} {output_dir}: exists and is not a directory")
     if output_dir.is_symlink() and not output_dir.exists():
-        raise ExportError(f"{option} {output_dir}: a symbolic link to {os.readlink(output_dir)}, which does not "
+        raise UserError(f"{option} {output_dir}: a symbolic link to {os.readlink(output_dir)}, which does not "
                           "exist; create that folder or give another path")
     parent = output_dir.absolute().parent
     try:
@@ -92,7 +92,7 @@ def staged_output(output_dir: Path, option: str = "--output-dir") -> Iterator[Pa
         remove_abandoned(output_dir.absolute())
         staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=parent))
     except OSError as e:
-        raise ExportError(f"{option} {output_dir}: cannot write there ({e.strerror or e})") from None
+        raise UserError(f"{option} {output_dir}: cannot write there ({e.strerror or e})") from None
     lock = FileLock(str(_lock_of(staging)))
     lock.acquire()
     try:
@@ -126,10 +126,10 @@ def check_writable(directory: Path, option: str) -> None:
     write to."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise ExportError(f"{option} {directory}: exists and is not a directory; expected a folder for the reports")
+        raise UserError(f"{option} {directory}: exists and is not a directory; expected a folder for the reports")
     existing = next(p for p in [directory.absolute(), *directory.absolute().parents] if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ExportError(f"{option} {directory}: {existing} is not writable; give --report-dir a folder you can "
+        raise UserError(f"{option} {directory}: {existing} is not writable; give --report-dir a folder you can "
                           "write to")
 
 
@@ -207,5 +207,5 @@ def copy_package(package: Path, target: Path) -> None:
             raise
         needed = sum(f.stat().st_size for f in Path(package).rglob("*") if f.is_file())
         free = shutil.disk_usage(target.parent).free
-        raise ExportError(f"no space left on the device of {target.parent}: {package.name} needs "
+        raise UserError(f"no space left on the device of {target.parent}: {package.name} needs "
                           f"{needed / 1e6:.1f} MB, {free / 1e6:.1f} MB are free") from None

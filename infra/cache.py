@@ -27,7 +27,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from platformdirs import user_cache_dir
 
-from exporters.components import ExportError
+from infra.errors import UserError
 
 ENV_VAR = "PARAKEET_COREML_CACHE"
 ENTRY_FILE = "entry.json"
@@ -222,7 +222,7 @@ class ExportCache:
             lock.acquire()
             directory.mkdir(mode=0o700)
         except OSError as e:
-            raise ExportError(f"export cache {self.root}: cannot write there ({e.strerror or e}); "
+            raise UserError(f"export cache {self.root}: cannot write there ({e.strerror or e}); "
                               f"choose another with --cache-dir or ${ENV_VAR}") from None
         previous, tempfile.tempdir = tempfile.tempdir, str(directory)
         try:

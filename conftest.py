@@ -6,13 +6,11 @@ the suites run on the trained test model, ``parakeet-tdt-tiny-trained``.
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
 import pytest
 
 import cli  # noqa: F401  first of this project's modules: it settles the BLAS threads before numpy loads
-from exporters.components import COMPUTE_PRECISIONS, DECODE, ExportOptions
+from cli.options import SUITE_OPTIONS, WARMUP_CALLS
+from exporters.components import DECODE, ExportOptions
 from exporters.export import Exporter
 from exporters.quantize import VARIANTS, compress, variant_table
 from exporters.sources import DEFAULT_PRESET, STREAMING_PRESET, ModelSource, add_source_options
@@ -20,14 +18,13 @@ from exporters.streaming import MelChunk, mel_chunks
 from infra.cache import ExportCache
 from infra.errors import UserError
 from reports.plugin import send
-from runtimes.base import BACKENDS, COMPUTE_UNITS, BackendUnavailable, resolve_backend
+from runtimes.base import BackendUnavailable, resolve_backend
 from runtimes.coreml import unavailable_reason
 from runtimes.loader import LoadedPredictors
 from validation.audio import read_audio, synthetic_speech
 from validation.held_out import held_out_evaluation
-from validation.metrics import NORMALIZERS
 from validation.streaming import stream_audio
-from validation.tolerances import MAX_WER_DIFFERENCE_POINTS, PSNR_FLOOR_DB, load_gates, load_tolerances
+from validation.tolerances import load_gates, load_tolerances
 from validation.windowing import DEFAULT_STRATEGY, STRATEGIES
 
 pytest_plugins = ["reports.plugin"]
@@ -36,46 +33,17 @@ pytest_plugins = ["reports.plugin"]
 def pytest_addoption(parser):
     group = parser.getgroup("parakeet", "Parakeet-TDT export")
     add_source_options(group.addoption)
-    group.addoption("--cache-dir", dest="cache_dir", default=None,
-                    help="export cache (default: $PARAKEET_COREML_CACHE or the per-user cache directory)")
-    group.addoption("--compute-units", dest="compute_units", default="ALL", choices=COMPUTE_UNITS,
-                    help="compute units of the exports, and of Core ML when it runs them (default ALL)")
-    group.addoption("--backend", dest="backend", default="auto", choices=BACKENDS,
-                    help="what runs the exported packages: coreml (macOS), mil (our executor, any OS) "
-                         "or auto (coreml on macOS, mil elsewhere)")
-    group.addoption("--compute-precision", dest="compute_precision", default="float16", choices=COMPUTE_PRECISIONS,
-                    help="precision of the exports the parity checks validate (default float16, as convert); "
-                         "end-to-end transcripts are checked at float32 too")
-    group.addoption("--audio", dest="audio", type=Path, default=None, metavar="FILE",
-                    help="a recording of your own for the parity checks (any rate, channels, common format), "
-                         "besides the synthetic speech and the edge inputs")
-    group.addoption("--manifest", dest="manifest", default=None, metavar="FILE.jsonl",
-                    help="evaluate a data set with -m parity, one test per utterance: NeMo's manifest, or "
-                         "builtin:held-out / builtin:long-form / builtin:seams / builtin:silence (the trained "
-                         "model's own)")
+    for option in SUITE_OPTIONS:  # declared once for the command and the suites (cli.options)
+        option.add(group.addoption)
     group.addoption("--strategy", dest="strategy", default=DEFAULT_STRATEGY, choices=list(STRATEGIES),
                     help="how --manifest's long recordings are cut into windows and merged "
                          f"(default {DEFAULT_STRATEGY}): {', '.join(STRATEGIES)}")
-    group.addoption("--normalizer", dest="normalizer", default="whisper-english", choices=NORMALIZERS,
-                    help="text normalisation before WER in the data-set evaluation (default whisper-english)")
-    group.addoption("--max-wer-difference", dest="max_wer_difference", type=float, default=MAX_WER_DIFFERENCE_POINTS,
-                    metavar="POINTS", help="how far the export's WER may stray from NeMo's on the same windows "
-                                           f"(default {MAX_WER_DIFFERENCE_POINTS} points)")
-    group.addoption("--tolerance", dest="tolerances", action="append", default=[], metavar="KEY:atol=A,rtol=R",
-                    help="override one entry of the tolerance table (validation/tolerances.py); repeatable")
-    group.addoption("--psnr-floor", dest="psnr_floor", type=float, default=None, metavar="DB",
-                    help=f"the PSNR every float output must reach (default {PSNR_FLOOR_DB:g} dB)")
-    group.addoption("--chunk-ms", dest="chunk_ms", type=int, default=None, metavar="MS",
-                    help="the streaming checks' and timings' chunk, in milliseconds of new audio: one the streaming "
-                         "model was trained for (default: its default attention context's)")
     group.addoption("--latency-rounds", dest="latency_rounds", type=int, default=10, metavar="N",
                     help="timed calls per side in the latency suite (default 10)")
-    group.addoption("--latency-warmup", dest="latency_warmup", type=int, default=3, metavar="N",
-                    help="untimed calls before them (default 3)")
+    group.addoption("--latency-warmup", dest="latency_warmup", type=int, default=WARMUP_CALLS, metavar="N",
+                    help=f"untimed calls before them (default {WARMUP_CALLS}, as compare)")
     group.addoption("--quantization-runs", dest="quantization_runs", type=int, default=3, metavar="N",
                     help="timed calls per compressed package in the quantization suite (default 3; 0: no timing)")
-    group.addoption("--gate", dest="gates", action="append", default=[], metavar="VARIANT:METRIC=VALUE",
-                    help="override a quantization gate (validation/tolerances.py); repeatable")
     group.addoption("--threads", dest="threads", type=int, default=None, metavar="N",
                     help="threads for Torch and the executor's BLAS in the latency suite (default: every CPU)")
 
@@ -93,8 +61,6 @@ def pytest_configure(config):
         value = getattr(opt, name)
         if value is not None and value < 1:
             raise pytest.UsageError(f"--{name.replace('_', '-')} {value}: expected a whole number of at least 1")
-    if not (math.isfinite(opt.max_wer_difference) and opt.max_wer_difference >= 0):
-        raise pytest.UsageError(f"--max-wer-difference {opt.max_wer_difference}: expected a finite number >= 0")
     for name in ("latency_warmup", "quantization_runs"):
         if getattr(opt, name) < 0:
             raise pytest.UsageError(f"--{name.replace('_', '-')} {getattr(opt, name)}: expected 0 or more")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import math
 import os
 import signal
 import sys
@@ -15,9 +14,24 @@ import warnings
 from pathlib import Path
 
 from cli.inputs import preflight
+from cli.options import (
+    AUDIO,
+    BACKEND,
+    CACHE_DIR,
+    CHUNK_MS,
+    COMPUTE_PRECISION,
+    COMPUTE_UNITS_OPTION,
+    GATE,
+    MANIFEST,
+    MAX_WER_DIFFERENCE,
+    NORMALIZER,
+    PSNR_FLOOR,
+    TOLERANCE,
+    WARMUP_CALLS,
+    count,
+)
 from exporters.components import (
     COMPONENTS,
-    COMPUTE_PRECISIONS,
     DEPLOYMENT_TARGETS,
     STREAMING_COMPONENTS,
     streaming_components,
@@ -26,10 +40,9 @@ from exporters.sources import add_source_options
 from infra.cache import ExportCache
 from infra.console import chatter_to, print_progress
 from infra.errors import UserError
-from runtimes.base import BACKENDS, COMPUTE_UNITS, PackageError
-from validation.metrics import NORMALIZERS
+from runtimes.base import COMPUTE_UNITS, PackageError
 from validation.packages import DEFAULT_CONVERT_DIR, DEFAULT_REPORT_DIR
-from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, MAX_WER_DIFFERENCE_POINTS, PSNR_FLOOR_DB
+from validation.tolerances import DEFAULT_HELD_OUT_VARIANT
 from validation.windowing import DEFAULT_STRATEGY, STRATEGIES
 
 DESCRIPTION = ("parakeet-coreml: export Parakeet-TDT to Core ML (convert), prove the export matches NeMo (compare), "
@@ -64,42 +77,33 @@ def build_parser() -> argparse.ArgumentParser:
                               f"a cache-aware model adds {', '.join(streaming_components())} (or "
                               f"{', '.join(streaming_components(cache_state=True))} with --cache-state); any of "
                               f"{', '.join(STREAMING_COMPONENTS)} can be named")
-    convert.add_argument("--compute-units", default="ALL", choices=COMPUTE_UNITS,
-                         help="the compute units recorded in the packages, which Core ML uses by default "
-                              "(default ALL)")
-    convert.add_argument("--compute-precision", default="float16", choices=COMPUTE_PRECISIONS,
-                         help="the preprocessor and mel_encoder's front end stay float32 either way")
+    COMPUTE_UNITS_OPTION.add(convert.add_argument)
+    COMPUTE_PRECISION.add(convert.add_argument)
     convert.add_argument("--minimum-deployment-target", default="iOS17", choices=DEPLOYMENT_TARGETS)
     convert.add_argument("--flexible-audio", action="store_true",
                          help="the preprocessor takes 1 to a window of samples (a RangeDim), as the public Core ML "
                               "release's does; default: exactly the 15 s window")
-    convert.add_argument("--chunk-ms", type=int, default=None, metavar="MS",
-                         help="a cache-aware model's streaming chunk, in milliseconds of new audio: one it was "
-                              "trained for (default: its default attention context's)")
+    CHUNK_MS.add(convert.add_argument)
     convert.add_argument("--cache-state", action="store_true",
                          help="a cache-aware model's later chunks: encoder_streaming_state, its caches kept as iOS 18 "
                               "Core ML states (that package targets iOS18), in place of encoder_streaming's caches "
                               "as inputs and outputs")
-    convert.add_argument("--cache-dir", type=Path, default=None,
-                         help="export cache (default: $PARAKEET_COREML_CACHE or the per-user cache directory)")
+    CACHE_DIR.add(convert.add_argument)
 
     compare = commands.add_parser("compare", help="run the parity checks (and timings) on a convert output directory "
                                                   "or any package set (--packages)")
     compare.add_argument("--output-dir", type=Path, default=None,
                          help="a directory written by convert; its metadata.json gets the validation block")
     _add_package_set_options(compare, "compare")
-    compare.add_argument("--backend", default="auto", choices=BACKENDS,
-                         help="coreml (macOS), mil (this project's executor, any OS), auto (coreml on macOS)")
+    BACKEND.add(compare.add_argument)
     compare.add_argument("--compute-units", default=None, choices=COMPUTE_UNITS,
                          help="Core ML compute units (default: those recorded at convert)")
-    compare.add_argument("--audio", type=Path, default=None, metavar="FILE",
-                         help="a recording of your own, checked first (any rate, channels, common format)")
-    compare.add_argument("--tolerance", dest="tolerances", action="append", default=[], metavar="KEY:atol=A,rtol=R",
-                         help="override one tolerance (see validation/tolerances.py); repeatable")
-    compare.add_argument("--psnr-floor", type=float, default=None, metavar="DB", help=f"default {PSNR_FLOOR_DB:g} dB")
-    compare.add_argument("--runs", type=_count, default=10, help="timed calls per component (0: no timing)")
-    compare.add_argument("--warmup", type=_count, default=3, help="untimed calls before the timed ones")
-    compare.add_argument("--cache-dir", type=Path, default=None, help="where the synthetic speech is cached")
+    AUDIO.add(compare.add_argument)
+    TOLERANCE.add(compare.add_argument)
+    PSNR_FLOOR.add(compare.add_argument)
+    compare.add_argument("--runs", type=count, default=10, help="timed calls per component (0: no timing)")
+    compare.add_argument("--warmup", type=count, default=WARMUP_CALLS, help="untimed calls before the timed ones")
+    CACHE_DIR.add(compare.add_argument)
     compare.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
 
     evaluate = commands.add_parser("evaluate", help="transcribe a data set with NeMo and the export, and take the "
@@ -108,22 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a directory written by convert; its metadata.json gets the evaluation block")
     _add_package_set_options(evaluate, "evaluate")
     inputs = evaluate.add_mutually_exclusive_group(required=True)
-    inputs.add_argument("--manifest", metavar="FILE.jsonl",
-                        help="NeMo's manifest (audio_filepath, text, optional offset and duration; relative paths "
-                             "from the manifest's folder), or a built-in set: builtin:held-out, builtin:long-form, "
-                             "builtin:seams, builtin:silence")
+    MANIFEST.add(inputs.add_argument)
     inputs.add_argument("--audio", type=Path, nargs="+", metavar="FILE",
                         help="recordings without reference texts: agreement with NeMo only")
-    evaluate.add_argument("--backend", default="auto", choices=BACKENDS,
-                          help="coreml (macOS), mil (this project's executor, any OS), auto (coreml on macOS)")
+    BACKEND.add(evaluate.add_argument)
     evaluate.add_argument("--compute-units", default=None, choices=COMPUTE_UNITS,
                           help="Core ML compute units (default: those recorded at convert)")
-    evaluate.add_argument("--normalizer", default="whisper-english", choices=NORMALIZERS,
-                          help="text normalisation before WER (default whisper-english, as the Open ASR Leaderboard; "
-                               "the raw WER is recorded too)")
-    evaluate.add_argument("--max-wer-difference", type=_points, default=MAX_WER_DIFFERENCE_POINTS, metavar="POINTS",
-                          help=f"how far the export's WER may stray from NeMo's on the same windows "
-                               f"(default {MAX_WER_DIFFERENCE_POINTS} points)")
+    NORMALIZER.add(evaluate.add_argument)
+    MAX_WER_DIFFERENCE.add(evaluate.add_argument)
     evaluate.add_argument("--report-dir", type=Path, default=None,
                           help="where evaluation.jsonl, the metadata block and plots go (default: --output-dir, "
                                f"or {DEFAULT_REPORT_DIR} with --packages)")
@@ -139,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "all (every one, the default first)")
     evaluate.add_argument("--resume", action="store_true",
                           help="continue an interrupted run from its evaluation.jsonl")
-    evaluate.add_argument("--cache-dir", type=Path, default=None,
-                          help="export cache (built-in sets are rendered there)")
+    CACHE_DIR.add(evaluate.add_argument)
 
     quantize = commands.add_parser("quantize", help="build compressed variants of a convert output directory and "
                                                     "weigh size, quality and speed")
@@ -156,19 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--variant", dest="declared", action="append", default=[], metavar="NAME=JSON",
                           help='add or replace a variant, e.g. \'enc4={"encoder": [{"kind": "palettize", "nbits": 4}], '
                                '"*": [{"kind": "linear", "granularity": "per_channel"}]}\'; repeatable')
-    quantize.add_argument("--gate", dest="gates", action="append", default=[], metavar="VARIANT:METRIC=VALUE",
-                          help="override a quality gate (validation/tolerances.py); repeatable")
-    quantize.add_argument("--backend", default="auto", choices=BACKENDS,
-                          help="what runs the packages: coreml (macOS), mil (this project's executor), auto")
+    GATE.add(quantize.add_argument)
+    BACKEND.add(quantize.add_argument)
     quantize.add_argument("--compute-units", default=None, choices=COMPUTE_UNITS,
                           help="Core ML compute units (default: those recorded at convert)")
-    quantize.add_argument("--runs", type=_count, default=10, help="timed calls per package (0: no timing)")
-    quantize.add_argument("--warmup", type=_count, default=3, help="untimed calls before the timed ones")
+    quantize.add_argument("--runs", type=count, default=10, help="timed calls per package (0: no timing)")
+    quantize.add_argument("--warmup", type=count, default=WARMUP_CALLS, help="untimed calls before the timed ones")
     quantize.add_argument("--held-out", default=None, metavar="A,B",
                           help="variants whose held-out test-set WER is measured against NeMo, on a confident "
                                f"(trained) model (default {DEFAULT_HELD_OUT_VARIANT} where it is swept; "
                                "'none' for none)")
-    quantize.add_argument("--cache-dir", type=Path, default=None, help="export cache (compressed packages too)")
+    CACHE_DIR.add(quantize.add_argument)
     quantize.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     return parser
 
@@ -187,24 +180,6 @@ def _add_package_set_options(parser, command: str) -> None:
     if command == "compare":
         group.add_argument("--report-dir", type=Path, default=None,
                            help=f"where the metadata.json blocks and plots go (default {DEFAULT_REPORT_DIR})")
-
-
-def _at_least_zero(cast, what: str):
-    """An argparse type: ``cast(text)``, finite and >= 0, or an error naming what is expected."""
-    def parse(text: str):
-        try:
-            value = cast(text)
-        except ValueError:
-            value = -1
-        if not (math.isfinite(value) and value >= 0):
-            raise argparse.ArgumentTypeError(f"expected {what} >= 0, got {text!r}")
-        return value
-
-    return parse
-
-
-_count = _at_least_zero(int, "a whole number")
-_points = _at_least_zero(float, "a finite number of WER points")
 
 
 LOGS_KEPT = 20

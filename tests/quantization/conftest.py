@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from cli.options import WARMUP_CALLS
 from exporters.components import ExportOptions
 from exporters.export import Exporter
 from exporters.quantize import variant_table
@@ -40,14 +41,14 @@ def quantization_sweep(model_source, export_cache, session_exporters, dims, pred
         return Exporter(model_source, ExportOptions(opt.compute_precision, opt.compute_units, target), export_cache,
                         progress=lambda message: None)
 
-    runs = opt.quantization_runs
+    runs, warmup = opt.quantization_runs, WARMUP_CALLS if opt.quantization_runs else 0  # as quantize warms up
     clip = synthetic_speech(export_cache, dims)
     sweep = QuantizationSweep(variant_table(pytestconfig.rootpath / "pyproject.toml"), exporter_for, None, export_cache,
                               predictor, dims, clip, backend=backend, compute_units=opt.compute_units, runs=runs,
-                              warmup=1 if runs else 0)
+                              warmup=warmup)
     context = {"model": session_exporter.metadata([])["model"], "backend": backend,
                "values_from": describe_backend(backend), "compute_units": opt.compute_units,
-               "compute_precision": opt.compute_precision, "clip": clip.name, "runs": runs, "warmup": 1 if runs else 0}
+               "compute_precision": opt.compute_precision, "clip": clip.name, "runs": runs, "warmup": warmup}
 
     send(pytestconfig, "quantization_context", context)
 

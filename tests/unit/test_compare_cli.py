@@ -144,7 +144,7 @@ def test_quantize_gives_an_overall_verdict_and_the_uncompressed_baseline(convert
 
 def test_the_psnr_floor_help_states_the_tables_default(monkeypatch):
     """It said "35 dB" in a string of its own, which a change of the table would leave wrong."""
-    monkeypatch.setattr("cli.main.PSNR_FLOOR_DB", 31.5)
+    monkeypatch.setattr("cli.options.PSNR_FLOOR_DB", 31.5)
     help_text = build_parser().format_help() + build_parser()._subparsers._group_actions[0].choices[
         "compare"].format_help()
     assert "default 31.5 dB" in help_text and "35 dB" not in help_text

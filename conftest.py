@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+pytest.register_assert_rewrite("reports.plugin")  # imported below, before pytest_plugins loads it
+
 import cli  # noqa: F401  first of this project's modules: it settles the BLAS threads before numpy loads
 from cli.options import SUITE_OPTIONS, WARMUP_CALLS
 from exporters.components import DECODE, ExportOptions

@@ -19,6 +19,7 @@ from exporters.sources import DEFAULT_PRESET, STREAMING_PRESET, ModelSource, add
 from exporters.streaming import MelChunk, mel_chunks
 from infra.cache import ExportCache
 from infra.errors import UserError
+from reports.kinds import HeldOut
 from reports.plugin import send
 from runtimes.base import BackendUnavailable, resolve_backend
 from runtimes.coreml import unavailable_reason
@@ -205,5 +206,5 @@ def held_out(torch_model, dims, export_cache, session_exporters, predictor, pyte
     result, confidence, reason = held_out_evaluation(torch_model, dims, export_cache, packages, predictor)
     if reason:
         pytest.skip(f"{reason}; the default --preset parakeet-tdt-tiny-trained runs this")
-    send(pytestconfig, "held_out", result.block({"set": "builtin:held-out"}))
+    send(pytestconfig, HeldOut(result.block({"set": "builtin:held-out"})))
     return result

@@ -17,6 +17,7 @@ import pytest
 from infra.errors import UserError
 from infra.publish import publish, staged_output
 from reports.evaluation import EVALUATION_DIR, write_evaluation, write_long_audio
+from reports.kinds import BadLine, ParityRun, Sent, StreamingRun, UtteranceRecord, VariantReport, received
 from reports.parity import ParityReport
 from reports.quantization import write_quantization
 from reports.streaming import STREAMING_REPORT_DIR, streaming_block, write_streaming
@@ -34,11 +35,12 @@ _GATHERED = pytest.StashKey["Gathered"]()
 _WRITTEN = pytest.StashKey[list]()
 
 
-def send(config, kind: str, payload) -> None:
-    """Hand a result to the reports: it travels in the current test's report (``user_properties``),
-    so the process that writes the reports (with ``-n``, xdist's controller) gathers it from
-    every worker, and a run writes the same reports with and without ``-n``."""
-    config.stash.setdefault(_OUTBOX, []).append((kind, payload))
+def send(config, result: Sent) -> None:
+    """Hand a result (one of ``reports.kinds``) to the reports: it travels in the current test's
+    report (``user_properties``), so the process that writes the reports (with ``-n``, xdist's
+    controller) gathers it from every worker, and a run writes the same reports with and without
+    ``-n``."""
+    config.stash.setdefault(_OUTBOX, []).append((result.kind, result.as_dict()))
 
 
 @pytest.fixture(autouse=True)
@@ -52,36 +54,35 @@ def _results_travel_with_the_test(request):
 
 
 class Gathered:
-    """The results the tests sent, by kind: ``parity_context`` and ``parity`` (``ClipParity``
-    records), ``held_out``, ``quantization_context`` and ``quantization`` (variant records),
-    ``evaluation_context``, ``evaluation`` and ``evaluation_bad``, ``long_audio``, ``streaming_context`` and
-    ``streaming`` (``StreamParity`` records)."""
+    """The results the tests sent (``reports.kinds``): the runs and records by their key, and of
+    each other kind the latest."""
 
     def __init__(self):
-        self.latest: dict[str, object] = {}
-        self.parity: dict[str, dict[str, dict]] = {}  # precision -> clip -> record
-        self.variants: dict[str, dict] = {}
-        self.evaluation: dict[str, dict] = {}
-        self.evaluation_bad: list[str] = []
-        self.streaming: dict[str, dict] = {}  # precision -> StreamParity.record()
+        self.latest: dict[str, Sent] = {}
+        self.parity: dict[str, dict[str, ParityRun]] = {}  # precision -> clip -> run
+        self.variants: dict[str, VariantReport] = {}
+        self.evaluation: dict[str, UtteranceRecord] = {}
+        self.evaluation_bad: list[BadLine] = []
+        self.streaming: dict[str, StreamingRun] = {}
 
     def pytest_runtest_logreport(self, report):
         for name, sent in report.user_properties:
             if name != "parakeet_results":
                 continue
             for kind, payload in sent:
-                if kind == "parity":
-                    self.parity.setdefault(payload["precision"], {})[payload["record"]["clip"]["name"]] = payload
-                elif kind == "quantization":
-                    self.variants[payload["name"]] = payload
-                elif kind == "evaluation":
-                    self.evaluation[payload["key"]] = payload
-                elif kind == "evaluation_bad":
-                    self.evaluation_bad.append(payload)
-                elif kind == "streaming":
-                    self.streaming[payload["precision"]] = payload["record"]
+                result = received(kind, payload)
+                if isinstance(result, ParityRun):
+                    self.parity.setdefault(result.precision, {})[result.record["clip"]["name"]] = result
+                elif isinstance(result, VariantReport):
+                    self.variants[result.name] = result
+                elif isinstance(result, UtteranceRecord):
+                    self.evaluation[result.record["key"]] = result
+                elif isinstance(result, BadLine):
+                    self.evaluation_bad.append(result)
+                elif isinstance(result, StreamingRun):
+                    self.streaming[result.precision] = result
                 else:
-                    self.latest[kind] = payload
+                    self.latest[kind] = result
 
 
 def pytest_addoption(parser):
@@ -132,7 +133,7 @@ def pytest_sessionfinish(session, exitstatus):
     if "long_audio" in gathered.latest:
         sent = gathered.latest["long_audio"]
         try:
-            path, plots = write_long_audio(config.option.report_dir, sent["description"], sent["sets"])
+            path, plots = write_long_audio(config.option.report_dir, sent.description, sent.sets)
             lines.append(f"long-audio report: long_audio block in {path}; {len(plots)} plot(s) in "
                          f"{plots[0].parent if plots else 'none'}")
         except UserError as e:
@@ -147,23 +148,26 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def _parity_report(gathered: Gathered) -> ParityReport:
-    report = ParityReport(**gathered.latest["parity_context"], held_out=gathered.latest.get("held_out"))
+    context, held_out = gathered.latest["parity_context"], gathered.latest.get("held_out")
+    report = ParityReport(context.description, context.context, context.precision, context.primary_clip,
+                          held_out=held_out.block if held_out else None)
     for precision, runs in gathered.parity.items():
-        for sent in runs.values():
-            report.add(precision, sent["record"])
+        for run in runs.values():
+            report.add(precision, run.record)
     return report
 
 
 def _write_evaluation(config, gathered: Gathered) -> tuple[str, bool]:
     """The evaluation block and plots from the utterances' records, and the set's verdict."""
-    context = dict(gathered.latest["evaluation_context"])
-    description = context.pop("description")
-    records = sorted(gathered.evaluation.values(), key=lambda r: r["key"])
-    result = Evaluation(["export"], context.pop("normalizer"), context.pop("max_wer_difference_points") / 100,
-                        ["export"] if context["compute_precision"] == "float32" else [], records,
-                        [BadInput(*line.split(": ", 1)) for line in sorted(gathered.evaluation_bad)],
-                        strategy=STRATEGIES[context["windows"]["strategy"]])
-    block = result.block(context)
+    sent = gathered.latest["evaluation_context"]
+    records = [r.record for r in sorted(gathered.evaluation.values(), key=lambda r: r.record["key"])]
+    result = Evaluation(["export"], sent.normalizer, sent.max_wer_difference_points / 100,
+                        ["export"] if sent.compute_precision == "float32" else [], records,
+                        [BadInput(line.where, line.reason) for line in sorted(gathered.evaluation_bad,
+                                                                             key=lambda b: (b.where, b.reason))],
+                        strategy=STRATEGIES[sent.windows["strategy"]])
+    block = result.block(sent.block_context())
+    description = sent.description
     passed = block["status"] == "passed"
     verdict = "passed" if passed else "FAILED: " + "; ".join(block["failures"])
     try:
@@ -178,19 +182,19 @@ def _write_streaming(config, gathered: Gathered) -> str:
     """The streaming block and plot, in their own folder under ``--report-dir``: the streaming
     model may not be the session's."""
     sent = gathered.latest["streaming_context"]
-    records = {p: gathered.streaming[p] for p in sorted(gathered.streaming)}
-    block = streaming_block(records, sent["context"])
+    records = {p: gathered.streaming[p].record for p in sorted(gathered.streaming)}
+    block = streaming_block(records, sent.context)
     directory = config.option.report_dir / STREAMING_REPORT_DIR
     try:
-        path, plot = write_streaming(directory, sent["description"], block)
+        path, plot = write_streaming(directory, sent.description, block)
     except UserError as e:
         return f"streaming report not written: {e}"
     return f"streaming report ({block['status']}): streaming_validation block in {path}; plot {plot}"
 
 
 def _write_quantization(config, gathered: Gathered) -> str:
-    records = [gathered.variants[name] for name in sorted(gathered.variants)]
-    held_out = gathered.latest.get("held_out")
+    records = [gathered.variants[name].as_dict() for name in sorted(gathered.variants)]
+    held_out = gathered.latest["held_out"].block if "held_out" in gathered.latest else None
     for record in records:
         name = record["name"]
         if held_out and name in held_out["wer"]:
@@ -200,7 +204,7 @@ def _write_quantization(config, gathered: Gathered) -> str:
                 "wer_difference_to_nemo": held_out["decomposition_points"]["export"][name] / 100}
     root = config.option.quantized_dir
     with staged_output(root, "--quantized-dir") as staging:
-        path, plots, skipped = write_quantization(staging, records, gathered.latest["quantization_context"],
+        path, plots, skipped = write_quantization(staging, records, gathered.latest["quantization_context"].as_dict(),
                                                   load_gates(config.rootpath / "pyproject.toml", config.option.gates))
         publish(staging, root)
     notes = "".join(f"; not drawn: {line}" for line in skipped)

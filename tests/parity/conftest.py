@@ -10,6 +10,7 @@ from exporters.export import Exporter
 from exporters.sources import DEFAULT_PRESET, ModelSource
 from infra.cache import ExportCache
 from infra.errors import UserError
+from reports.kinds import EvaluationContext, ParityContext, ParityRun
 from reports.parity import parity_context
 from reports.plugin import send
 from runtimes.base import describe_backend
@@ -75,13 +76,10 @@ def evaluation_context(pytestconfig, session_exporters, backend, dims) -> dict:
     the controller has no fixtures of its own)."""
     opt = pytestconfig.option
     exporter = session_exporters[opt.compute_precision]
-    context = {"description": exporter.metadata(exporter.export_all(DECODE)), "set": opt.manifest,
-               "manifest": opt.manifest,
-               "normalizer": opt.normalizer, "max_wer_difference_points": opt.max_wer_difference,
-               "compute_precision": opt.compute_precision, "backend": backend,
-               "values_from": describe_backend(backend), "compute_units": opt.compute_units,
-               "windows": STRATEGIES[opt.strategy].describe(dims)}
-    send(pytestconfig, "evaluation_context", context)
+    context = EvaluationContext(exporter.metadata(exporter.export_all(DECODE)), opt.manifest, opt.manifest,
+                                opt.normalizer, opt.max_wer_difference, opt.compute_precision, backend,
+                                describe_backend(backend), opt.compute_units, STRATEGIES[opt.strategy].describe(dims))
+    send(pytestconfig, context)
     return context
 
 
@@ -96,9 +94,9 @@ def parity_report(pytestconfig, session_exporters, backend, tolerances):
     precision = opt.compute_precision
     exporter = session_exporters[precision]
     context = parity_context(opt.backend, backend, precision, opt.compute_units, tolerances)
-    report = {"description": exporter.metadata(exporter.export_all()), "context": context, "precision": precision,
-              "primary_clip": parity_clip_names(pytestconfig.option.audio)[0]}
-    send(pytestconfig, "parity_context", report)
+    report = ParityContext(exporter.metadata(exporter.export_all()), context, precision,
+                           parity_clip_names(pytestconfig.option.audio)[0])
+    send(pytestconfig, report)
     return report
 
 
@@ -115,8 +113,8 @@ def parity(session_exporters, torch_model, dims, predictor, backend, tolerances,
                     torch_model, dims, {name: e.package for name, e in exported.items()}, predictor, tolerances,
                     backend, precision, origins=lambda name: exported[name].op_origins())
             run_ = done[(precision, clip_name)] = runners[precision].run(clips[clip_name])
-            plotted = precision == parity_report["precision"] and clip_name == parity_report["primary_clip"]
-            send(pytestconfig, "parity", {"precision": precision, "record": run_.record(with_series=plotted)})
+            plotted = precision == parity_report.precision and clip_name == parity_report.primary_clip
+            send(pytestconfig, ParityRun(precision, run_.record(with_series=plotted)))
         return done[(precision, clip_name)]
 
     return run

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from reports.kinds import BadLine, UtteranceRecord
 from reports.plugin import send
 from validation.audio import AudioError
 from validation.checks import CONFIDENT_MEDIAN_PROB
@@ -18,16 +19,16 @@ pytestmark = pytest.mark.parity
 
 def test_utterance(utterance, evaluate_one, evaluation_context, pytestconfig):
     if isinstance(utterance, BadInput):
-        send(pytestconfig, "evaluation_bad", str(utterance))
+        send(pytestconfig, BadLine(utterance.where, utterance.reason))
         pytest.fail(f"unusable manifest line {utterance}")
     try:
         record = evaluate_one(utterance)
     except AudioError as e:
-        send(pytestconfig, "evaluation_bad", f"{utterance.key}: {e}")
+        send(pytestconfig, BadLine(utterance.key, str(e)))
         pytest.fail(f"{utterance.key}: {e}")
-    send(pytestconfig, "evaluation", record)
+    send(pytestconfig, UtteranceRecord(record))
     probs = sorted(record["token_probs"])
     confident = bool(probs) and probs[len(probs) // 2] > CONFIDENT_MEDIAN_PROB
-    if evaluation_context["compute_precision"] == "float32" and confident:
+    if evaluation_context.compute_precision == "float32" and confident:
         assert record["identical"]["export"], (
             f"fp32 export differs from NeMo on the same windows: {record['first_difference']['export']}")

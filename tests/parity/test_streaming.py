@@ -13,6 +13,7 @@ import pytest
 from exporters.components import STREAMING_COMPONENTS, get_components, initial_caches, streaming_components
 from exporters.sources import STREAMING_PRESET, ModelSource
 from exporters.streaming import NemoStream, mel_chunks
+from reports.kinds import StreamingContext, StreamingRun
 from reports.plugin import send
 from reports.streaming import run_label, streaming_context
 from validation.audio import synthetic_speech
@@ -36,9 +37,8 @@ def chunks(streaming, stream, backend, tolerances, pytestconfig):
     """The session's stream; what the report says of it goes to the plugin."""
     exporter = streaming[0]["float16"]
     description = exporter.metadata([exporter.export(c) for c in get_components(list(STREAMING_COMPONENTS))])
-    send(pytestconfig, "streaming_context", {
-        "description": description,
-        "context": streaming_context(backend, "synthetic speech twice, with pauses", tolerances)})
+    send(pytestconfig, StreamingContext(description, streaming_context(backend, "synthetic speech twice, with pauses",
+                                                                       tolerances)))
     return stream
 
 
@@ -76,7 +76,7 @@ def parity_runs(streaming, chunks, predictor, tolerances, pytestconfig):
             offline = offline_tokens(streaming[1], chunks.samples)
             runs[label] = _parity(streaming, chunks, precision, predictor, tolerances, offline=offline,
                                   cache_state=cache_state)
-            send(pytestconfig, "streaming", {"precision": label, "record": runs[label].record()})
+            send(pytestconfig, StreamingRun(label, runs[label].record()))
         return runs[label]
     return run
 

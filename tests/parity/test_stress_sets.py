@@ -15,6 +15,7 @@ import pytest
 import soundfile
 
 from exporters.components import DECODE
+from reports.kinds import LongAudio
 from reports.plugin import send
 from tests.parity.test_held_out import shipped_test_model
 from validation.evaluation import decoders_for, evaluate, token_text, windowed_decoders_for
@@ -47,9 +48,9 @@ def long_audio(torch_model, dims, export_cache, session_exporters, predictor, ba
             exact=["export"], strategy=primary,
             compared={s.name: windowed_decoders_for(torch_model, dims, exports, predictor, s) for s in others},
             timer=word_timer(torch_model, dims))
-    send(pytestconfig, "long_audio", {"description": exporter.metadata(exporter.export_all(DECODE)),
-                                      "sets": {name: {**r.block({"backend": backend, "compute_precision": "float32"}),
-                                                      "set": name} for name, r in results.items()}})
+    send(pytestconfig, LongAudio(exporter.metadata(exporter.export_all(DECODE)),
+                                 {name: {**r.block({"backend": backend, "compute_precision": "float32"}), "set": name}
+                                  for name, r in results.items()}))
     return results
 
 

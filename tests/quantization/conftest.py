@@ -9,6 +9,7 @@ from cli.options import WARMUP_CALLS
 from exporters.components import ExportOptions
 from exporters.export import Exporter
 from exporters.quantize import variant_table
+from reports.kinds import QuantizationContext, VariantReport
 from reports.plugin import send
 from runtimes.base import describe_backend
 from validation.audio import synthetic_speech
@@ -46,15 +47,13 @@ def quantization_sweep(model_source, export_cache, session_exporters, dims, pred
     sweep = QuantizationSweep(variant_table(pytestconfig.rootpath / "pyproject.toml"), exporter_for, None, export_cache,
                               predictor, dims, clip, backend=backend, compute_units=opt.compute_units, runs=runs,
                               warmup=warmup)
-    context = {"model": session_exporter.metadata([])["model"], "backend": backend,
-               "values_from": describe_backend(backend), "compute_units": opt.compute_units,
-               "compute_precision": opt.compute_precision, "clip": clip.name, "runs": runs, "warmup": warmup}
-
-    send(pytestconfig, "quantization_context", context)
+    context = QuantizationContext(session_exporter.metadata([])["model"], backend, describe_backend(backend),
+                                  opt.compute_units, opt.compute_precision, clip.name, runs, warmup)
+    send(pytestconfig, context)
 
     def run(name):
         if name not in sweep.results:
-            send(pytestconfig, "quantization", sweep(name).record())
+            send(pytestconfig, VariantReport(**sweep(name).record()))
         return sweep(name)
 
     return run

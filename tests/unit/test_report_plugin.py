@@ -11,17 +11,32 @@ from pathlib import Path
 
 import pytest
 
+from reports.kinds import (
+    KINDS,
+    BadLine,
+    EvaluationContext,
+    HeldOut,
+    LongAudio,
+    ParityContext,
+    ParityRun,
+    QuantizationContext,
+    StreamingContext,
+    StreamingRun,
+    UtteranceRecord,
+    VariantReport,
+    received,
+)
 from runtimes.coreml import unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 
 SENDING_TEST = textwrap.dedent("""
+    from reports.kinds import LongAudio
     from reports.plugin import send
 
     def test_sends_a_long_audio_block(pytestconfig):
         description = {"model": "preset:tiny", "model_source": {"content_sha256": "abc"}}
-        send(pytestconfig, "long_audio", {"description": description,
-                                          "sets": {"builtin:seams": {"normalizer": "english"}}})
+        send(pytestconfig, LongAudio(description, {"builtin:seams": {"normalizer": "english"}}))
 """)
 
 
@@ -64,3 +79,30 @@ def test_backend_coreml_where_core_ml_cannot_run_is_refused_before_any_test(tmp_
                           check=False, env=env)
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout[-2000:] + done.stderr[-2000:]
     assert f"--backend coreml: {reason}; use --backend mil" in done.stderr
+
+
+def test_every_kind_survives_the_trip_through_a_test_report():
+    """As xdist carries it: JSON out of the worker, the same object back in the controller."""
+    examples = {ParityContext: ({"model": "m"}, {"backend": "mil"}, "float16", "speech"),
+                ParityRun: ("float32", {"clip": {"name": "speech"}}), HeldOut: ({"wer": {}},),
+                QuantizationContext: ("m", "mil", "executor", "ALL", "float16", "speech", 3, 3),
+                VariantReport: ("int8", {"components": {}}, {"encoder": "/p"}),
+                EvaluationContext: ({"model": "m"}, "builtin:held-out", "builtin:held-out", "none", 0.5, "float16",
+                                    "mil", "executor", "ALL", {"strategy": "midpoint"}),
+                UtteranceRecord: ({"key": "set.jsonl:1"},), LongAudio: ({"model": "m"}, {"builtin:seams": {}}),
+                StreamingContext: ({"model": "m"}, {"clip": "speech"}), StreamingRun: ("float16", {"failures": []})}
+    assert set(examples) | {BadLine} == set(KINDS.values())
+    for cls, fields in examples.items():
+        sent = cls(*fields)
+        assert received(sent.kind, json.loads(json.dumps(sent.as_dict()))) == sent
+
+
+def test_a_bad_line_keeps_a_reason_and_a_place_that_hold_colons():
+    """The plugin split "where: reason" at its first ": ", so a file named with one lost half of it."""
+    bad = BadLine("recordings/take 2: the bridge.wav", "UnicodeDecodeError: not audio")
+    assert received(bad.kind, json.loads(json.dumps(bad.as_dict()))) == bad
+
+
+def test_an_unknown_kind_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown report kind 'parity_summary'"):
+        received("parity_summary", {})

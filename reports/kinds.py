@@ -1,0 +1,155 @@
+"""What the suites hand to the report plugin: one small dataclass per kind of result.
+
+A result travels in a test's report as ``(kind, as_dict())`` (plain JSON-able values, so xdist
+carries it from a worker to the controller) and comes back through ``from_dict``: the plugin
+reads fields, never splits strings, and a kind it does not know is an error, not a silent drop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class Sent:
+    kind: ClassVar[str]
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ParityContext(Sent):
+    """The session's export (convert's description), the checks' context and the clip plotted."""
+
+    kind: ClassVar[str] = "parity_context"
+    description: dict
+    context: dict
+    precision: str
+    primary_clip: str
+
+
+@dataclass(frozen=True)
+class ParityRun(Sent):
+    """One clip's checks at one precision (``ClipParity.record``)."""
+
+    kind: ClassVar[str] = "parity"
+    precision: str
+    record: dict
+
+
+@dataclass(frozen=True)
+class HeldOut(Sent):
+    """The held-out set's evaluation block, for the validation block and the quantization summary."""
+
+    kind: ClassVar[str] = "held_out"
+    block: dict
+
+
+@dataclass(frozen=True)
+class QuantizationContext(Sent):
+    """How the quantization suite measured its variants."""
+
+    kind: ClassVar[str] = "quantization_context"
+    model: str
+    backend: str
+    values_from: str
+    compute_units: str
+    compute_precision: str
+    clip: str
+    runs: int
+    warmup: int
+
+
+@dataclass(frozen=True)
+class VariantReport(Sent):
+    """One variant's summary entry and packages (``VariantResult.record``)."""
+
+    kind: ClassVar[str] = "quantization"
+    name: str
+    entry: dict
+    packages: dict
+
+
+@dataclass(frozen=True)
+class EvaluationContext(Sent):
+    """What the evaluation block of a ``--manifest`` run says about how it was measured."""
+
+    kind: ClassVar[str] = "evaluation_context"
+    description: dict
+    set: str
+    manifest: str
+    normalizer: str
+    max_wer_difference_points: float
+    compute_precision: str
+    backend: str
+    values_from: str
+    compute_units: str
+    windows: dict
+
+    def block_context(self) -> dict:
+        """The fields the evaluation block records as they are."""
+        return {k: v for k, v in self.as_dict().items()
+                if k not in ("description", "normalizer", "max_wer_difference_points")}
+
+
+@dataclass(frozen=True)
+class UtteranceRecord(Sent):
+    """One utterance's record (``validation.evaluation.evaluate_utterance``)."""
+
+    kind: ClassVar[str] = "evaluation"
+    record: dict
+
+
+@dataclass(frozen=True)
+class BadLine(Sent):
+    """A manifest line or recording that could not be used: where, and why."""
+
+    kind: ClassVar[str] = "evaluation_bad"
+    where: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LongAudio(Sent):
+    """The stress sets' evaluation blocks, every strategy in each."""
+
+    kind: ClassVar[str] = "long_audio"
+    description: dict
+    sets: dict
+
+
+@dataclass(frozen=True)
+class StreamingContext(Sent):
+    """The streaming model's description and the streaming checks' context."""
+
+    kind: ClassVar[str] = "streaming_context"
+    description: dict
+    context: dict
+
+
+@dataclass(frozen=True)
+class StreamingRun(Sent):
+    """One precision's chunk-by-chunk parity (``StreamParity.record``)."""
+
+    kind: ClassVar[str] = "streaming"
+    precision: str
+    record: dict
+
+
+KINDS: dict[str, type[Sent]] = {cls.kind: cls for cls in (
+    ParityContext, ParityRun, HeldOut, QuantizationContext, VariantReport, EvaluationContext, UtteranceRecord,
+    BadLine, LongAudio, StreamingContext, StreamingRun)}
+
+
+def received(kind: str, data: dict) -> Sent:
+    """A result as it arrived in a test report, typed again."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown report kind {kind!r}; expected one of: {', '.join(KINDS)}")
+    return KINDS[kind].from_dict(data)

@@ -1,8 +1,9 @@
 """The pytest plugin: at the end of a session, the suites' results go into ``metadata.json``
 and plots under ``--report-dir``.
 
-Suites hand their results to the plugin with :func:`send`: they travel in the test reports, so a
-run spread over xdist workers writes the same reports as one in a single process. The latency
+Suites hand their results to the plugin with :func:`send`, one of ``reports.kinds`` each: they
+travel in the test reports, so a run spread over xdist workers writes the same reports as one in
+a single process. The latency
 suite hands its report through ``config.stash[LATENCY_REPORT]`` (pytest-benchmark turns itself
 off under xdist, so there is nothing to gather from workers); its block also goes into
 pytest-benchmark's own JSON through its hooks. A session that ran no suite writes nothing.

@@ -25,23 +25,45 @@ class Sent:
 
 
 @dataclass(frozen=True)
-class ParityContext(Sent):
-    """The session's export (convert's description), the checks' context and the clip plotted."""
+class Described(Sent):
+    """An export (convert's description) and the context its checks ran in."""
 
-    kind: ClassVar[str] = "parity_context"
     description: dict
     context: dict
+
+
+@dataclass(frozen=True)
+class PrecisionRun(Sent):
+    """One precision's run of a suite's checks: its record."""
+
+    precision: str
+    record: dict
+
+
+@dataclass(frozen=True)
+class Measured(Sent):
+    """What ran the packages a suite measured, and at which precision."""
+
+    backend: str
+    values_from: str
+    compute_units: str
+    compute_precision: str
+
+
+@dataclass(frozen=True)
+class ParityContext(Described):
+    """The session's export, the checks' context, and the precision and clip plotted."""
+
+    kind: ClassVar[str] = "parity_context"
     precision: str
     primary_clip: str
 
 
 @dataclass(frozen=True)
-class ParityRun(Sent):
+class ParityRun(PrecisionRun):
     """One clip's checks at one precision (``ClipParity.record``)."""
 
     kind: ClassVar[str] = "parity"
-    precision: str
-    record: dict
 
 
 @dataclass(frozen=True)
@@ -53,15 +75,11 @@ class HeldOut(Sent):
 
 
 @dataclass(frozen=True)
-class QuantizationContext(Sent):
+class QuantizationContext(Measured):
     """How the quantization suite measured its variants."""
 
     kind: ClassVar[str] = "quantization_context"
     model: str
-    backend: str
-    values_from: str
-    compute_units: str
-    compute_precision: str
     clip: str
     runs: int
     warmup: int
@@ -78,7 +96,7 @@ class VariantReport(Sent):
 
 
 @dataclass(frozen=True)
-class EvaluationContext(Sent):
+class EvaluationContext(Measured):
     """What the evaluation block of a ``--manifest`` run says about how it was measured."""
 
     kind: ClassVar[str] = "evaluation_context"
@@ -87,10 +105,6 @@ class EvaluationContext(Sent):
     manifest: str
     normalizer: str
     max_wer_difference_points: float
-    compute_precision: str
-    backend: str
-    values_from: str
-    compute_units: str
     windows: dict
 
     def block_context(self) -> dict:
@@ -126,21 +140,17 @@ class LongAudio(Sent):
 
 
 @dataclass(frozen=True)
-class StreamingContext(Sent):
+class StreamingContext(Described):
     """The streaming model's description and the streaming checks' context."""
 
     kind: ClassVar[str] = "streaming_context"
-    description: dict
-    context: dict
 
 
 @dataclass(frozen=True)
-class StreamingRun(Sent):
+class StreamingRun(PrecisionRun):
     """One precision's chunk-by-chunk parity (``StreamParity.record``)."""
 
     kind: ClassVar[str] = "streaming"
-    precision: str
-    record: dict
 
 
 KINDS: dict[str, type[Sent]] = {cls.kind: cls for cls in (

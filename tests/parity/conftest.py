@@ -76,9 +76,11 @@ def evaluation_context(pytestconfig, session_exporters, backend, dims) -> dict:
     the controller has no fixtures of its own)."""
     opt = pytestconfig.option
     exporter = session_exporters[opt.compute_precision]
-    context = EvaluationContext(exporter.metadata(exporter.export_all(DECODE)), opt.manifest, opt.manifest,
-                                opt.normalizer, opt.max_wer_difference, opt.compute_precision, backend,
-                                describe_backend(backend), opt.compute_units, STRATEGIES[opt.strategy].describe(dims))
+    context = EvaluationContext(
+        backend=backend, values_from=describe_backend(backend), compute_units=opt.compute_units,
+        compute_precision=opt.compute_precision, description=exporter.metadata(exporter.export_all(DECODE)),
+        set=opt.manifest, manifest=opt.manifest, normalizer=opt.normalizer,
+        max_wer_difference_points=opt.max_wer_difference, windows=STRATEGIES[opt.strategy].describe(dims))
     send(pytestconfig, context)
     return context
 

@@ -47,8 +47,10 @@ def quantization_sweep(model_source, export_cache, session_exporters, dims, pred
     sweep = QuantizationSweep(variant_table(pytestconfig.rootpath / "pyproject.toml"), exporter_for, None, export_cache,
                               predictor, dims, clip, backend=backend, compute_units=opt.compute_units, runs=runs,
                               warmup=warmup)
-    context = QuantizationContext(session_exporter.metadata([])["model"], backend, describe_backend(backend),
-                                  opt.compute_units, opt.compute_precision, clip.name, runs, warmup)
+    context = QuantizationContext(backend=backend, values_from=describe_backend(backend),
+                                  compute_units=opt.compute_units, compute_precision=opt.compute_precision,
+                                  model=session_exporter.metadata([])["model"], clip=clip.name, runs=runs,
+                                  warmup=warmup)
     send(pytestconfig, context)
 
     def run(name):

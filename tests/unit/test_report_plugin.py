@@ -85,10 +85,10 @@ def test_every_kind_survives_the_trip_through_a_test_report():
     """As xdist carries it: JSON out of the worker, the same object back in the controller."""
     examples = {ParityContext: ({"model": "m"}, {"backend": "mil"}, "float16", "speech"),
                 ParityRun: ("float32", {"clip": {"name": "speech"}}), HeldOut: ({"wer": {}},),
-                QuantizationContext: ("m", "mil", "executor", "ALL", "float16", "speech", 3, 3),
+                QuantizationContext: ("mil", "executor", "ALL", "float16", "m", "speech", 3, 3),
                 VariantReport: ("int8", {"components": {}}, {"encoder": "/p"}),
-                EvaluationContext: ({"model": "m"}, "builtin:held-out", "builtin:held-out", "none", 0.5, "float16",
-                                    "mil", "executor", "ALL", {"strategy": "midpoint"}),
+                EvaluationContext: ("mil", "executor", "ALL", "float16", {"model": "m"}, "builtin:held-out",
+                                    "builtin:held-out", "none", 0.5, {"strategy": "midpoint"}),
                 UtteranceRecord: ({"key": "set.jsonl:1"},), LongAudio: ({"model": "m"}, {"builtin:seams": {}}),
                 StreamingContext: ({"model": "m"}, {"clip": "speech"}), StreamingRun: ("float16", {"failures": []})}
     assert set(examples) | {BadLine} == set(KINDS.values())

@@ -23,7 +23,7 @@ from exporters.wrappers import model_dims
 from infra.cache import ExportCache
 from infra.console import print_progress, print_result, progress_bar
 from infra.errors import UserError
-from infra.publish import copy_package, publish, staged_output
+from infra.publish import publish, staged_output
 from infra.settings import config_path
 from reports.evaluation import EVALUATION_DIR, write_evaluation
 from reports.latency import write_latency
@@ -96,11 +96,11 @@ def run_convert(args) -> int:
         exported = exporter.export_all(names, steps=progress_bar("convert", "component"), cache_state=args.cache_state)
         for e in exported:
             try:
-                copy_package(e.package, staging / e.package.name)
+                exporter.write_package(e, staging / e.package.name)
             except FileNotFoundError:  # its cache entry vanished since it was found: build it again
                 print_progress(f"{e.name}: its cache entry {e.entry.path} vanished; exporting it again")
                 shutil.rmtree(staging / e.package.name, ignore_errors=True)
-                copy_package(exporter.export(get_components([e.name])[0]).package, staging / e.package.name)
+                exporter.write_package(exporter.export(get_components([e.name])[0]), staging / e.package.name)
         shutil.copyfile(exporter.vocabulary, staging / exporter.vocabulary.name)
         metadata = exporter.metadata(exported, relative_paths=True)
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")

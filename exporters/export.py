@@ -14,6 +14,8 @@ from functools import cached_property
 from importlib.metadata import version
 from pathlib import Path
 
+import coremltools as ct
+
 from exporters.components import (
     COMPONENTS,
     PORT_DESCRIPTIONS,
@@ -34,6 +36,7 @@ from infra.compat import mil_program
 from infra.console import print_progress
 from infra.errors import UserError
 from infra.faults import fault_point
+from infra.publish import copy_package
 from runtimes.base import package_size, program_precision
 
 ORIGINS_FILE = "op_origins.json"
@@ -63,6 +66,20 @@ def describe_package(mlmodel, component: Component, source: ModelSource, model_k
             described[port.name] = PORT_DESCRIPTIONS[port.name]
     mlmodel.user_defined_metadata.update({"parakeet_coreml.component": component.name,
                                           "parakeet_coreml.model": source.describe()})
+
+
+def _described_copy(component: Component, source: ModelSource, model_key: str) -> Callable[[Path, Path], None]:
+    """Copy a cached package described for ``source``: the cache is keyed by the checkpoint's
+    content, so the entry may have been written for the same checkpoint at another path or name."""
+
+    def copy(package: Path, target: Path) -> None:
+        if not package.is_dir():
+            raise FileNotFoundError(f"{package}: no such package")
+        mlmodel = ct.models.MLModel(str(package), skip_model_load=True)
+        describe_package(mlmodel, component, source, model_key)
+        mlmodel.save(str(target))
+
+    return copy
 
 
 @dataclass(frozen=True)
@@ -237,6 +254,11 @@ class Exporter:
             done.append(exported)
         self.vocabulary  # noqa: B018 (cached beside the packages: a later convert then needs no model)
         return done
+
+    def write_package(self, exported: ExportedComponent, target: Path) -> None:
+        """The exported package copied to ``target``, described for this exporter's source."""
+        component = get_components([exported.name])[0]
+        copy_package(exported.package, target, copy=_described_copy(component, self.source, self.model_key))
 
     def metadata(self, exported: list[ExportedComponent], relative_paths: bool = False) -> dict:
         """The ``metadata.json`` document; with ``relative_paths``, package paths are relative to

@@ -197,10 +197,10 @@ def _publish(staging: Path, output_dir: Path, dropped: Sequence[str] = ()) -> No
         raise
 
 
-def copy_package(package: Path, target: Path) -> None:
-    """Copy a package directory; a full disk is an error that says where and how much."""
+def copy_package(package: Path, target: Path, copy: Callable[[Path, Path], object] = shutil.copytree) -> None:
+    """Copy a package directory (with ``copy``); a full disk is an error that says where and how much."""
     try:
-        shutil.copytree(package, target)
+        copy(package, target)
     except OSError as e:
         # copytree gathers per-file failures into one shutil.Error of (source, target, message)
         if e.errno != errno.ENOSPC and f"[Errno {errno.ENOSPC}]" not in str(e):

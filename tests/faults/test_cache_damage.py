@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from cli import commands
+from exporters import export
 from exporters.components import ExportOptions
 from exporters.export import Exporter
 from exporters.sources import ModelSource
@@ -65,15 +65,15 @@ def test_an_edited_model_facts_entry_does_not_reach_the_metadata(fault_cache):
 def test_a_cache_entry_removed_during_a_convert_is_built_again(fault_cache, tmp_path, monkeypatch, capsys):
     """Found intact, then removed before its package was copied (another process cleaning the
     cache): the run used to end in a raw FileNotFoundError after all the work."""
-    real, removed = commands.copy_package, []
+    real, removed = export.copy_package, []
 
-    def remove_the_first_source(package, target):
+    def remove_the_first_source(package, target, **how):
         if not removed:
             removed.append(package.parent)
             shutil.rmtree(package.parent)
-        return real(package, target)
+        return real(package, target, **how)
 
-    monkeypatch.setattr(commands, "copy_package", remove_the_first_source)
+    monkeypatch.setattr(export, "copy_package", remove_the_first_source)
     assert convert(fault_cache, tmp_path / "out") == 0, capsys.readouterr().err
     assert "vanished; exporting it again" in capsys.readouterr().err
     assert removed and (removed[0] / "decoder.mlpackage").is_dir()  # the entry, built again

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -79,6 +80,28 @@ def test_convert_writes_packages_and_metadata(pytest_exports, model_source, expo
         for described, ports in ((package.input_description, component.input_ports),
                                  (package.output_description, component.output_ports)):
             assert {p.name: described[p.name] for p in ports} == {p.name: PORT_DESCRIPTIONS[p.name] for p in ports}
+
+
+def test_a_moved_checkpoint_is_described_by_its_new_path(pytest_exports, model_source, export_cache, tmp_path,
+                                                        capsys):
+    """The cache is keyed by the checkpoint's content: the same .nemo elsewhere finds the entry the
+    suite wrote, and its packages used to name the suite's path (CI clones into another folder)."""
+    if model_source.kind != "nemo":
+        pytest.skip(f"needs a .nemo checkpoint to move; the session's model is {model_source.describe()}")
+    moved = tmp_path / "elsewhere" / "renamed.nemo"
+    moved.parent.mkdir()
+    shutil.copyfile(model_source.value, moved)
+    out = tmp_path / "out"
+    code = _convert("--nemo-path", str(moved), "--output-dir", str(out), "--cache-dir", str(export_cache.root),
+                    "--components", "joint")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "[1/1] joint: cached" in captured.err
+    package = ct.models.MLModel(str(out / "joint.mlpackage"), skip_model_load=True)
+    assert package.author == f"NVIDIA NeMo model {moved}; converted by parakeet-coreml"
+    assert package.version.startswith(f"{moved} sha256:")
+    assert package.user_defined_metadata["parakeet_coreml.model"] == str(moved)
+    assert json.loads((out / "metadata.json").read_text())["model"] == str(moved)
 
 
 def test_the_vocabulary_beside_the_packages_turns_token_ids_into_text(pytest_exports, model_source, export_cache,

@@ -11,6 +11,9 @@ pytest-benchmark's own JSON through its hooks. A session that ran no suite write
 
 from __future__ import annotations
 
+import json
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +37,9 @@ LATENCY_REPORT = pytest.StashKey["object"]()
 _OUTBOX = pytest.StashKey[list]()
 _GATHERED = pytest.StashKey["Gathered"]()
 _WRITTEN = pytest.StashKey[list]()
+_MIRROR = pytest.StashKey[Path]()
+MIRROR_INPUT = "parakeet_reports_mirror"  # xdist's workerinput: where the controller mirrors what it gathers
+STALL_SECONDS = 30 * 60  # waiting for other tests: how long without one finishing before giving up
 
 
 def send(config, result: Sent) -> None:
@@ -59,6 +65,8 @@ class Gathered:
     each other kind the latest."""
 
     def __init__(self):
+        self.mirror: Path | None = None  # xdist's controller: every report's results also go there, for the workers
+        self.finished: set[str] = set()  # the tests whose teardown was reported
         self.latest: dict[str, Sent] = {}
         self.parity: dict[str, dict[str, ParityRun]] = {}  # precision -> clip -> run
         self.variants: dict[str, VariantReport] = {}
@@ -67,23 +75,68 @@ class Gathered:
         self.streaming: dict[str, StreamingRun] = {}
 
     def pytest_runtest_logreport(self, report):
-        for name, sent in report.user_properties:
-            if name != "parakeet_results":
-                continue
-            for kind, payload in sent:
-                result = received(kind, payload)
-                if isinstance(result, ParityRun):
-                    self.parity.setdefault(result.precision, {})[result.record["clip"]["name"]] = result
-                elif isinstance(result, VariantReport):
-                    self.variants[result.name] = result
-                elif isinstance(result, UtteranceRecord):
-                    self.evaluation[result.record["key"]] = result
-                elif isinstance(result, BadLine):
-                    self.evaluation_bad.append(result)
-                elif isinstance(result, StreamingRun):
-                    self.streaming[result.precision] = result
-                else:
-                    self.latest[kind] = result
+        sent = [result for name, results in report.user_properties if name == "parakeet_results"
+                for result in results]
+        if self.mirror is not None and (sent or report.when == "teardown"):
+            with self.mirror.open("a", encoding="utf-8") as mirror:
+                mirror.write(json.dumps({"nodeid": report.nodeid, "when": report.when, "results": sent}) + "\n")
+        self.take(report.nodeid, report.when, sent)
+
+    def take(self, nodeid: str, when: str, sent: list) -> None:
+        if when == "teardown":
+            self.finished.add(nodeid)
+        for kind, payload in sent:
+            result = received(kind, payload)
+            if isinstance(result, ParityRun):
+                self.parity.setdefault(result.precision, {})[result.record["clip"]["name"]] = result
+            elif isinstance(result, VariantReport):
+                self.variants[result.name] = result
+            elif isinstance(result, UtteranceRecord):
+                self.evaluation[result.record["key"]] = result
+            elif isinstance(result, BadLine):
+                self.evaluation_bad.append(result)
+            elif isinstance(result, StreamingRun):
+                self.streaming[result.precision] = result
+            else:
+                self.latest[kind] = result
+
+    def evaluation_block(self) -> tuple[dict, list[dict]]:
+        """The evaluation block of the utterances gathered, and their records in key order."""
+        sent = self.latest["evaluation_context"]
+        records = [r.record for r in sorted(self.evaluation.values(), key=lambda r: r.record["key"])]
+        result = Evaluation(["export"], sent.normalizer, sent.max_wer_difference_points / 100,
+                            ["export"] if sent.compute_precision == "float32" else [], records,
+                            [BadInput(line.where, line.reason) for line in sorted(self.evaluation_bad,
+                                                                                 key=lambda b: (b.where, b.reason))],
+                            strategy=STRATEGIES[sent.windows["strategy"]])
+        return result.block(sent.block_context()), records
+
+
+def gathered_after(config, nodeids: list[str]) -> Gathered:
+    """What every test of the session sent, once the tests ``nodeids`` have finished: a test that
+    judges the others (the data set's gate) waits for them. In one process they ran before it; on
+    an xdist worker the others ran anywhere, and arrive through the controller's mirror."""
+    if not hasattr(config, "workerinput"):
+        gathered = config.stash[_GATHERED]
+        missing = sorted(set(nodeids) - gathered.finished)
+        assert not missing, f"{len(missing)} test(s) to wait for did not run before this one: {missing[:3]}"
+        return gathered
+    mirror, seen, last_change = Path(config.workerinput[MIRROR_INPUT]), 0, time.monotonic()
+    while True:
+        lines = mirror.read_text(encoding="utf-8").splitlines() if mirror.is_file() else []
+        gathered = Gathered()
+        for line in lines:
+            event = json.loads(line)
+            gathered.take(event["nodeid"], event["when"], event["results"])
+        missing = sorted(set(nodeids) - gathered.finished)
+        if not missing:
+            return gathered
+        if len(lines) != seen:
+            seen, last_change = len(lines), time.monotonic()
+        elif time.monotonic() - last_change > STALL_SECONDS:
+            raise AssertionError(f"no test finished in {STALL_SECONDS // 60} minutes; still waiting for "
+                                 f"{len(missing)}: {', '.join(missing[:3])}")
+        time.sleep(0.5)
 
 
 def pytest_addoption(parser):
@@ -104,6 +157,24 @@ def pytest_configure(config):
     config.pluginmanager.register(config.stash[_GATHERED], "parakeet-gathered-results")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """xdist's controller, starting a worker: the worker learns where the controller mirrors the
+    results it gathers."""
+    config = node.config
+    if _MIRROR not in config.stash:
+        config.stash[_MIRROR] = Path(tempfile.mkdtemp(prefix="parakeet-reports-")) / "gathered.jsonl"
+        config.stash[_GATHERED].mirror = config.stash[_MIRROR]
+    node.workerinput[MIRROR_INPUT] = str(config.stash[_MIRROR])
+
+
+def pytest_unconfigure(config):
+    mirror = config.stash.get(_MIRROR, None)
+    if mirror is not None:
+        mirror.unlink(missing_ok=True)
+        mirror.parent.rmdir()
+
+
 def pytest_sessionfinish(session, exitstatus):
     config = session.config
     lines = config.stash.setdefault(_WRITTEN, [])
@@ -111,10 +182,7 @@ def pytest_sessionfinish(session, exitstatus):
         return
     gathered = config.stash[_GATHERED]
     if "evaluation_context" in gathered.latest:
-        line, passed = _write_evaluation(config, gathered)
-        lines.append(line)
-        if not passed:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        lines.append(_write_evaluation(config, gathered))
     reports = [("latency", config.stash.get(LATENCY_REPORT, None), "latency")]
     if "parity_context" in gathered.latest:
         reports.insert(0, ("parity", _parity_report(gathered), "validation"))
@@ -158,25 +226,18 @@ def _parity_report(gathered: Gathered) -> ParityReport:
     return report
 
 
-def _write_evaluation(config, gathered: Gathered) -> tuple[str, bool]:
-    """The evaluation block and plots from the utterances' records, and the set's verdict."""
-    sent = gathered.latest["evaluation_context"]
-    records = [r.record for r in sorted(gathered.evaluation.values(), key=lambda r: r.record["key"])]
-    result = Evaluation(["export"], sent.normalizer, sent.max_wer_difference_points / 100,
-                        ["export"] if sent.compute_precision == "float32" else [], records,
-                        [BadInput(line.where, line.reason) for line in sorted(gathered.evaluation_bad,
-                                                                             key=lambda b: (b.where, b.reason))],
-                        strategy=STRATEGIES[sent.windows["strategy"]])
-    block = result.block(sent.block_context())
-    description = sent.description
-    passed = block["status"] == "passed"
-    verdict = "passed" if passed else "FAILED: " + "; ".join(block["failures"])
+def _write_evaluation(config, gathered: Gathered) -> str:
+    """The evaluation block and plots from the utterances' records, and the set's verdict (which
+    ``tests/parity/test_evaluation.py`` asserts)."""
+    block, records = gathered.evaluation_block()
+    verdict = "passed" if block["status"] == "passed" else "FAILED: " + "; ".join(block["failures"])
     try:
-        path, plots, _ = write_evaluation(config.option.report_dir, description, block, records)
+        path, plots, _ = write_evaluation(config.option.report_dir, gathered.latest["evaluation_context"].description,
+                                          block, records)
     except UserError as e:
-        return f"evaluation {verdict}; its report not written: {e}", passed
+        return f"evaluation {verdict}; its report not written: {e}"
     return (f"evaluation of {len(records)} utterance(s) {verdict}; evaluation block in {path}, {len(plots)} plot(s) "
-            f"in {path.parent / EVALUATION_DIR}"), passed
+            f"in {path.parent / EVALUATION_DIR}")
 
 
 def _write_streaming(config, gathered: Gathered) -> str:

@@ -26,12 +26,13 @@ from infra.errors import UserError
 from infra.publish import publish, staged_output
 from infra.settings import config_path
 from reports.evaluation import EVALUATION_DIR, write_evaluation
+from reports.kinds import EvaluationContext, QuantizationContext
 from reports.latency import write_latency
 from reports.metadata import ARRAYS_GLOB, earlier_blocks, replaced_note
 from reports.parity import ParityReport, parity_context
 from reports.quantization import SUMMARY, VARIANT_METADATA, write_quantization
 from reports.streaming import run_label, streaming_block, streaming_context, write_streaming
-from runtimes.base import BackendUnavailable, describe_backend, resolve_backend
+from runtimes.base import BackendUnavailable, resolve_backend
 from runtimes.loader import LoadedPredictors, load_predictor
 from validation.audio import parity_clips, read_audio, synthetic_speech
 from validation.checks import ParityRunner
@@ -395,12 +396,12 @@ def run_evaluate(args) -> int:
                       paces=PaceBook(cache.root, {"model": source.key(), "backend": backend, "units": units,
                                                   "precision": precision, "streaming": args.streaming,
                                                   "strategies": strategy_names}))
-    context = {"set": args.manifest or f"{len(utterances)} recording(s)",
-               "manifest": str(manifest) if manifest else None, "audio": [str(p) for p in args.audio or []],
-               "backend": backend, "values_from": describe_backend(backend), "compute_units": units,
-               "compute_precision": precision, **chunking,
-               "versions": environment(backend, units, precision)["versions"]}
-    block = result.block(context)
+    context = EvaluationContext.of(
+        backend, units, precision, description=description, set=args.manifest or f"{len(utterances)} recording(s)",
+        manifest=str(manifest) if manifest else None, normalizer=args.normalizer,
+        max_wer_difference_points=args.max_wer_difference, versions=environment(backend, units, precision)["versions"],
+        audio=[str(p) for p in args.audio or []], **chunking)
+    block = result.block(context.block_context())
     earlier = [f"{b} block" for b in earlier_blocks(report_dir, ["evaluation"])]
     earlier += [f"{JOURNAL} ({result.replaced} records; --resume keeps them)"] if result.replaced else []
     path, plots, skipped = write_evaluation(report_dir, description, block, result.records)
@@ -473,14 +474,10 @@ def run_quantize(args) -> int:
         clip = synthetic_speech(cache, dims)
         precision = description["coreml"]["compute_precision"]
 
-        def exporter_for(target):
-            if given:
-                return GivenExports(packages)
-            options = ExportOptions(precision, description["coreml"]["compute_units"], target,
-                                    flexible_audio=description["coreml"].get("flexible_audio", False))
-            return Exporter(source, options, cache, progress=lambda message: None)
-
-        sweep = QuantizationSweep(table, exporter_for, list(packages), cache, load, dims, clip, backend=backend,
+        exports = GivenExports(packages) if given else Exporter(source, ExportOptions(
+            precision, description["coreml"]["compute_units"],
+            flexible_audio=description["coreml"].get("flexible_audio", False)), cache, progress=lambda message: None)
+        sweep = QuantizationSweep(table, exports, list(packages), cache, load, dims, clip, backend=backend,
                                   compute_units=units, runs=args.runs, warmup=args.warmup, progress=print_progress)
         results = []
         for i, name in enumerate(progress_bar("quantize", "variant")(names, len(names)), 1):
@@ -495,10 +492,11 @@ def run_quantize(args) -> int:
             elif name in held_out:
                 result.held_out = _held_out_wer(model, dims, cache, sweep.bases[target][0], result.packages, load)
             results.append(result)
-        context = {"model": description["model"], "backend": backend, "values_from": describe_backend(backend),
-                   "compute_units": units, "compute_precision": precision, "clip": clip.name, "runs": args.runs,
-                   "warmup": args.warmup, **({"packages": description["packages"]} if given else {})}
-        summary_path, plots, skipped = write_quantization(staging, [r.record() for r in results], context, gates)
+        context = QuantizationContext.of(backend, units, precision, model=description["model"], clip=clip.name,
+                                         runs=args.runs, warmup=args.warmup,
+                                         packages=description["packages"] if given else None)
+        summary_path, plots, skipped = write_quantization(staging, [r.record() for r in results], context.as_dict(),
+                                                          gates)
         # the root is this run's: variant folders of earlier runs go, so the summary lists all there is
         replaced = publish(staging, args.output_root, stale=lambda p: (p / VARIANT_METADATA).is_file())
     verdict = json.loads((args.output_root / summary_path.name).read_text())["overall"]

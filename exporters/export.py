@@ -5,6 +5,7 @@ The model is loaded only when some component (or the model's facts) is missing f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -119,6 +120,14 @@ class Exporter:
         self.options = options
         self.cache = cache
         self.progress = progress
+
+    def for_target(self, target: str) -> Exporter:
+        """The exports of the same model and options for another minimum deployment target (a
+        quantization variant that needs a newer OS): this exporter itself for its own target."""
+        if target == self.options.minimum_deployment_target:
+            return self
+        return Exporter(self.source, dataclasses.replace(self.options, minimum_deployment_target=target), self.cache,
+                        self.progress)
 
     @cached_property
     def model_key(self) -> str:

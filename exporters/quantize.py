@@ -308,6 +308,10 @@ class GivenExports:
     def export_all(self, names=None) -> list[GivenPackage]:
         return [self.packages[name] for name in (names or self.packages) if name in self.packages]
 
+    def for_target(self, target: str) -> GivenExports:
+        """The same packages, for every target (``Exporter.for_target``'s counterpart)."""
+        return self
+
 
 @dataclass(frozen=True)
 class CompressedComponent:

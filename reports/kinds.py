@@ -8,8 +8,10 @@ reads fields, never splits strings, and a kind it does not know is an error, not
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
+
+from runtimes.base import describe_backend
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ class Measured(Sent):
     compute_units: str
     compute_precision: str
 
+    @classmethod
+    def of(cls, backend: str, compute_units: str, compute_precision: str, **fields):
+        """The kind measured on ``backend``, saying where its values come from."""
+        return cls(backend=backend, values_from=describe_backend(backend), compute_units=compute_units,
+                   compute_precision=compute_precision, **fields)
+
 
 @dataclass(frozen=True)
 class ParityContext(Described):
@@ -83,6 +91,11 @@ class QuantizationContext(Measured):
     clip: str
     runs: int
     warmup: int
+    packages: dict | None = None  # a package set's: what the variants were built from
+
+    def as_dict(self) -> dict:
+        data = super().as_dict()
+        return data if self.packages is not None else {k: v for k, v in data.items() if k != "packages"}
 
 
 @dataclass(frozen=True)
@@ -97,20 +110,28 @@ class VariantReport(Sent):
 
 @dataclass(frozen=True)
 class EvaluationContext(Measured):
-    """What the evaluation block of a ``--manifest`` run says about how it was measured."""
+    """How a data set's evaluation was measured (``evaluate`` and ``pytest --manifest`` alike):
+    its set, how the audio was cut (``windows``, and ``compared`` strategies) or streamed
+    (``streaming``), and the gate's settings."""
 
     kind: ClassVar[str] = "evaluation_context"
     description: dict
     set: str
-    manifest: str
+    manifest: str | None
     normalizer: str
     max_wer_difference_points: float
-    windows: dict
+    versions: dict
+    windows: dict | None = None
+    compared: dict | None = None
+    streaming: dict | None = None
+    audio: list = field(default_factory=list)  # recordings given one by one, without a manifest
 
     def block_context(self) -> dict:
-        """The fields the evaluation block records as they are."""
+        """The fields the evaluation block records as they are (how the audio was cut or streamed,
+        only the way it was)."""
         return {k: v for k, v in self.as_dict().items()
-                if k not in ("description", "normalizer", "max_wer_difference_points")}
+                if k not in ("description", "normalizer", "max_wer_difference_points")
+                and not (k in ("windows", "compared", "streaming") and v is None)}
 
 
 @dataclass(frozen=True)

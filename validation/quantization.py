@@ -10,7 +10,6 @@ audio components, and what the uncompressed packages make of it for the rest.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +24,7 @@ from exporters.components import (
     zero_state,
 )
 from exporters.export import Exporter
-from exporters.quantize import Palettes, compress
+from exporters.quantize import GivenExports, Palettes, compress
 from infra.errors import UserError
 from runtimes.base import describe_backend, package_size
 from runtimes.coreml import compile_and_place, unavailable_reason
@@ -220,10 +219,10 @@ class QuantizationSweep:
     once per target). Shared by ``pytest -m quantization`` and ``parakeet-coreml quantize``;
     ``load`` is a ``runtimes.loader.LoadedPredictors`` (or has its ``release``)."""
 
-    def __init__(self, table: dict, exporter_for: Callable[[str], Exporter], components: list[str] | None, cache,
+    def __init__(self, table: dict, exports: Exporter | GivenExports, components: list[str] | None, cache,
                  load, dims: ModelDims, clip: Clip, *, backend: str, compute_units: str, runs: int, warmup: int,
                  progress=lambda message: None):
-        self.table, self.exporter_for, self.components = table, exporter_for, components
+        self.table, self.exports, self.components = table, exports, components  # exports: of each target by for_target
         self.cache, self.load, self.dims, self.clip = cache, load, dims, clip
         self.timing = {"backend": backend, "compute_units": compute_units, "runs": runs, "warmup": warmup}
         self.progress = progress
@@ -233,7 +232,7 @@ class QuantizationSweep:
     def base(self, target: str) -> tuple[dict, Reference]:
         """The uncompressed exports of ``target`` and what they make of the clip."""
         if target not in self.bases:
-            exports = {e.name: e for e in self.exporter_for(target).export_all(self.components)}
+            exports = {e.name: e for e in self.exports.for_target(target).export_all(self.components)}
             self.progress(f"the uncompressed {target} exports on {self.clip.name} ...")
             reference = reference_of({n: e.package for n, e in exports.items()}, self.load, self.dims, self.clip)
             if self.timing["runs"]:  # the baseline the variants' latency is read against, timed alike

@@ -13,12 +13,12 @@ from infra.errors import UserError
 from reports.kinds import EvaluationContext, ParityContext, ParityRun
 from reports.parity import parity_context
 from reports.plugin import send
-from runtimes.base import describe_backend
 from validation.audio import parity_clip_names, parity_clips
 from validation.checks import ParityRunner
 from validation.evaluation import decoders_for, evaluate_utterance, read_utterance, token_text
 from validation.held_out import open_data_set
 from validation.timestamps import word_timer
+from validation.timing import environment
 from validation.windowing import STRATEGIES
 
 NO_DATA_SET = "no data set: pass --manifest FILE.jsonl (or builtin:held-out, builtin:long-form)"
@@ -83,11 +83,12 @@ def evaluation_context(pytestconfig, session_exporters, backend, dims) -> dict:
     the controller has no fixtures of its own)."""
     opt = pytestconfig.option
     exporter = session_exporters[opt.compute_precision]
-    context = EvaluationContext(
-        backend=backend, values_from=describe_backend(backend), compute_units=opt.compute_units,
-        compute_precision=opt.compute_precision, description=exporter.metadata(exporter.export_all(DECODE)),
+    context = EvaluationContext.of(
+        backend, opt.compute_units, opt.compute_precision, description=exporter.metadata(exporter.export_all(DECODE)),
         set=opt.manifest, manifest=opt.manifest, normalizer=opt.normalizer,
-        max_wer_difference_points=opt.max_wer_difference, windows=STRATEGIES[opt.strategy].describe(dims))
+        max_wer_difference_points=opt.max_wer_difference,
+        versions=environment(backend, opt.compute_units, opt.compute_precision)["versions"],
+        windows=STRATEGIES[opt.strategy].describe(dims))
     send(pytestconfig, context)
     return context
 

@@ -6,12 +6,9 @@ from __future__ import annotations
 import pytest
 
 from cli.options import WARMUP_CALLS
-from exporters.components import ExportOptions
-from exporters.export import Exporter
 from exporters.quantize import variant_table
 from reports.kinds import QuantizationContext, VariantReport
 from reports.plugin import send
-from runtimes.base import describe_backend
 from validation.audio import synthetic_speech
 from validation.quantization import QuantizationSweep
 from validation.tolerances import load_gates
@@ -30,27 +27,19 @@ def pytest_generate_tests(metafunc):
 
 
 @pytest.fixture(scope="session")
-def quantization_sweep(model_source, export_cache, session_exporters, dims, predictor, backend, pytestconfig):
+def quantization_sweep(export_cache, session_exporters, dims, predictor, backend, pytestconfig):
     """Variant name -> ``VariantResult``, each variant swept once per session; every result also
     goes to the report the plugin writes."""
     opt = pytestconfig.option
     session_exporter = session_exporters[opt.compute_precision]
-
-    def exporter_for(target):
-        if target == session_exporter.options.minimum_deployment_target:
-            return session_exporter
-        return Exporter(model_source, ExportOptions(opt.compute_precision, opt.compute_units, target), export_cache,
-                        progress=lambda message: None)
-
     runs, warmup = opt.quantization_runs, WARMUP_CALLS if opt.quantization_runs else 0  # as quantize warms up
     clip = synthetic_speech(export_cache, dims)
-    sweep = QuantizationSweep(variant_table(pytestconfig.rootpath / "pyproject.toml"), exporter_for, None, export_cache,
-                              predictor, dims, clip, backend=backend, compute_units=opt.compute_units, runs=runs,
-                              warmup=warmup)
-    context = QuantizationContext(backend=backend, values_from=describe_backend(backend),
-                                  compute_units=opt.compute_units, compute_precision=opt.compute_precision,
-                                  model=session_exporter.metadata([])["model"], clip=clip.name, runs=runs,
-                                  warmup=warmup)
+    sweep = QuantizationSweep(variant_table(pytestconfig.rootpath / "pyproject.toml"), session_exporter, None,
+                              export_cache, predictor, dims, clip, backend=backend, compute_units=opt.compute_units,
+                              runs=runs, warmup=warmup)
+    context = QuantizationContext.of(backend, opt.compute_units, opt.compute_precision,
+                                     model=session_exporter.metadata([])["model"], clip=clip.name, runs=runs,
+                                     warmup=warmup)
     send(pytestconfig, context)
 
     def run(name):

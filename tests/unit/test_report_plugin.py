@@ -88,13 +88,25 @@ def test_every_kind_survives_the_trip_through_a_test_report():
                 QuantizationContext: ("mil", "executor", "ALL", "float16", "m", "speech", 3, 3),
                 VariantReport: ("int8", {"components": {}}, {"encoder": "/p"}),
                 EvaluationContext: ("mil", "executor", "ALL", "float16", {"model": "m"}, "builtin:held-out",
-                                    "builtin:held-out", "none", 0.5, {"strategy": "midpoint"}),
+                                    "builtin:held-out", "none", 0.5, {"torch": "2.13.0"}, {"strategy": "midpoint"}),
                 UtteranceRecord: ({"key": "set.jsonl:1"},), LongAudio: ({"model": "m"}, {"builtin:seams": {}}),
                 StreamingContext: ({"model": "m"}, {"clip": "speech"}), StreamingRun: ("float16", {"failures": []})}
     assert set(examples) | {BadLine} == set(KINDS.values())
-    for cls, fields in examples.items():
-        sent = cls(*fields)
+    given = QuantizationContext("mil", "executor", "ALL", "float16", "m", "speech", 3, 3, {"encoder": "/p"})
+    streamed = EvaluationContext("mil", "executor", "ALL", "float16", {"model": "m"}, "2 recording(s)", None, "none",
+                                 0.5, {"torch": "2.13.0"}, streaming={"chunk_ms": 560}, audio=["a.wav", "b.wav"])
+    for sent in [cls(*fields) for cls, fields in examples.items()] + [given, streamed]:
         assert received(sent.kind, json.loads(json.dumps(sent.as_dict()))) == sent
+
+
+def test_an_evaluation_block_says_how_its_audio_was_cut_or_streamed_and_nothing_else():
+    windowed = EvaluationContext.of("mil", "ALL", "float16", description={"model": "m"}, set="s", manifest="s",
+                                    normalizer="none", max_wer_difference_points=0.5, versions={},
+                                    windows={"strategy": "midpoint"})
+    assert windowed.values_from == "this project's MIL executor (runtimes/mil), not Core ML"
+    context = windowed.block_context()
+    assert context["windows"] == {"strategy": "midpoint"}
+    assert not {"compared", "streaming", "description", "normalizer", "max_wer_difference_points"} & set(context)
 
 
 def test_a_bad_line_keeps_a_reason_and_a_place_that_hold_colons():

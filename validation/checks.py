@@ -40,6 +40,13 @@ SYMBOL_STEPS = 32
 CONFIDENT_MEDIAN_PROB = 0.9
 
 
+def tolerated_margin(tolerances: ToleranceTable) -> float:
+    """Twice the joint logits' tolerated error: where no logit run elsewhere is measured (a data
+    set's utterances), a decision of NeMo's whose top-1/top-2 margin is within it may go either
+    way in a faithful export."""
+    return 2 * tolerances["joint.logits"].atol
+
+
 def _torch_checks() -> dict[str, tuple[str, str]]:
     """Check key -> (component, output) of every output compared with Torch, the decoder rollout's
     joint logits right after the decoder's own outputs."""

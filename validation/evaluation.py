@@ -363,6 +363,7 @@ def decode_streamed(chunks, encode, decoder_step, decide, dims: ModelDims, margi
         out.durations += t.durations
         if margins is not None:
             out.margins += [margins[before + d] for d in t.emitted_at]
+            out.decisions += [(offset + f, m) for f, m in zip(t.decision_frames, margins[before:], strict=True)]
         offset += frames.shape[-1]
     return out
 
@@ -401,7 +402,7 @@ def nemo_window_decoder(model, dims: ModelDims) -> Decode:
         t = greedy_tdt(*_frames(encoder, int(encoded[0]), frames), dims, step, torch_decide(joint, dims, margins),
                        state=state)
         return Decoded(t.tokens, t.frames, t.token_probs, [margins[d] for d in t.emitted_at], t.durations,
-                       state=t.state)
+                       decisions=list(zip(t.decision_frames, margins, strict=True)), state=t.state)
 
     return decode
 
@@ -501,10 +502,30 @@ def first_difference(reference: Decoded, candidate: Decoded, seconds_per_frame: 
         return (int(d.tokens[n]), text([d.tokens[n]])) if n < len(d.tokens) else (None, None)
 
     (ref_id, ref_piece), (cand_id, cand_piece) = at(reference), at(candidate)
-    frame = reference.frames[n] if n < len(reference.frames) else candidate.frames[n]
+    frame = min(d.frames[n] for d in (reference, candidate) if n < len(d.frames))
+    narrowest = min((margin for f, margin in reference.decisions if f <= frame), default=None)
     return {"token_index": n, "time_s": round(frame * seconds_per_frame, 3),
             "nemo_token": ref_id, "nemo_piece": ref_piece, "export_token": cand_id, "export_piece": cand_piece,
-            "nemo_margin": reference.margins[n] if n < len(reference.margins) else None}
+            "nemo_margin": reference.margins[n] if n < len(reference.margins) else None,
+            # NeMo's narrowest decision up to there: a faithful export departs only after a narrow one
+            "nemo_narrowest_margin_before": narrowest}
+
+
+def unexplained_difference(record: dict, label: str, margin_threshold: float) -> str | None:
+    """Why ``label``'s first departure from NeMo run the same way is not explained by a narrow
+    NeMo decision (one whose margin is within ``margin_threshold``, twice the logit error the
+    export may make) at or before it; None where it is (or where there is none)."""
+    difference = record["first_difference"][label]
+    if difference is None:
+        return None
+    narrowest, where = difference["nemo_narrowest_margin_before"], f"{record['key']}: {label} departs from NeMo"
+    if narrowest is None:
+        return f"{where} at {difference['time_s']} s, where NeMo's margins are unknown"
+    if narrowest <= margin_threshold:
+        return None
+    return (f"{where} at {difference['time_s']} s (token {difference['token_index']}: {difference['export_piece']!r} "
+            f"for {difference['nemo_piece']!r}), yet every NeMo decision up to there had "
+            f"a margin of at least {narrowest:.3g} > {margin_threshold:.3g}")
 
 
 def evaluate_utterance(utterance: Utterance, samples: np.ndarray, decoders: dict[str, Transcribe], text,

@@ -37,6 +37,7 @@ class Transcript:
     token_probs: list[float] = field(default_factory=list)  # only the host decoder knows them
     emitted_at: list[int] = field(default_factory=list)  # the decision (joint evaluation) of each token
     decisions: int = 0  # joint evaluations, blanks included
+    decision_frames: list[int] = field(default_factory=list)  # the frame of each decision
     # (decoder output, h, c) after the last token: where the decoding of the stream's next chunk starts
     state: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
@@ -68,6 +69,7 @@ def greedy_tdt(encoder: np.ndarray, length: int, dims: ModelDims, decoder_step: 
                 transcript.token_probs.append(prob)
                 decoded, h, c = decoder_step(token, h, c)
             transcript.decisions += 1
+            transcript.decision_frames.append(t)
             if token == blank and skip == 0:  # NeMo repeats this very decision until the budget is spent
                 symbols = max_symbols
                 break

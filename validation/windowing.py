@@ -55,10 +55,13 @@ class Decoded:
     probs: list[float] = field(default_factory=list)  # top-1 probability, where the decoder knows it
     margins: list[float] = field(default_factory=list)  # top-1/top-2 logit margin, where known
     durations: list[int] = field(default_factory=list)  # frames each token advanced, where known
+    # (frame, margin) of every decision, blanks and the tokens other windows keep included, where known
+    decisions: list[tuple[int, float]] = field(default_factory=list)
     # where the decoding of the next chunk continues (the buffered strategy); not part of the transcript
     state: tuple | None = field(default=None, compare=False, repr=False)
 
     def extend(self, other: Decoded, first_frame: int, keep: tuple[float, float]) -> None:
+        self.decisions += [(first_frame + frame, margin) for frame, margin in other.decisions]
         for i, (token, frame) in enumerate(zip(other.tokens, other.frames, strict=True)):
             if keep[0] <= first_frame + frame < keep[1]:
                 self.tokens.append(token)

@@ -27,6 +27,7 @@ from validation.evaluation import (
     first_difference,
     read_manifest,
     read_utterance,
+    unexplained_difference,
 )
 from validation.metrics import word_errors
 from validation.windowing import Decoded, decode_windowed, plan_windows
@@ -186,9 +187,43 @@ def test_first_difference_says_where_with_the_margin():
     assert first_difference(nemo, same, 0.08, lambda t: f"<{t[0]}>") is None
     found = first_difference(nemo, Decoded([5, 9, 7], [0, 10, 20]), 0.08, lambda t: f"<{t[0]}>")
     assert found == {"token_index": 1, "time_s": 0.8, "nemo_token": 6, "nemo_piece": "<6>", "export_token": 9,
-                     "export_piece": "<9>", "nemo_margin": 0.4}
+                     "export_piece": "<9>", "nemo_margin": 0.4, "nemo_narrowest_margin_before": None}
     shorter = first_difference(nemo, Decoded([5, 6], [0, 10]), 0.08, str)
     assert shorter["token_index"] == 2 and shorter["export_token"] is None and shorter["time_s"] == 1.6
+
+
+def _departing(decisions):
+    """NeMo's tokens 5, 6, 7 at frames 0, 10, 20 with ``decisions``; the export says 9 for 6, at frame 10."""
+    nemo = Decoded([5, 6, 7], [0, 10, 20], decisions=decisions)
+    record = {"key": "set.jsonl:1", "first_difference": {
+        "export": first_difference(nemo, Decoded([5, 9, 7], [0, 10, 20]), 0.08, lambda t: f"<{t[0]}>")}}
+    return unexplained_difference(record, "export", 0.2)
+
+
+def test_a_departure_is_explained_only_by_a_narrow_nemo_decision_at_or_before_it():
+    """A blank decision is a decision too: narrow at frame 7, it explains a token that differs at
+    frame 10 even though NeMo's margin on that token itself was wide; one at frame 12 does not."""
+    wide = [(0, 3.0), (5, 2.5), (7, 1.5), (10, 4.0), (12, 0.01), (20, 2.0)]
+    assert _departing(wide) == ("set.jsonl:1: export departs from NeMo at 0.8 s (token 1: '<9>' for '<6>'), yet "
+                                "every NeMo decision up to there had a margin of at least 1.5 > 0.2")
+    assert _departing([(0, 3.0), (5, 2.5), (7, 0.05), (10, 4.0)]) is None
+    assert "margins are unknown" in _departing([])
+    assert unexplained_difference({"key": "k", "first_difference": {"export": None}}, "export", 0.2) is None
+
+
+def test_a_windowed_decoding_keeps_every_decision_in_the_utterances_frames():
+    """Also the decisions whose tokens another window keeps: they shaped what this window kept."""
+    samples = np.zeros(int(30 * 16000), np.float32)
+    windows = plan_windows(samples.size, DIMS)
+
+    def decode(window, length):  # a decision on every 4th frame of the window, its margin the frame
+        frames = list(range(0, math.ceil(length / DIMS.encoder_hop), 4))
+        return Decoded(decisions=[(f, float(f)) for f in frames])
+
+    merged = decode_windowed(samples, DIMS, decode)
+    per_window = [len(range(0, math.ceil(w.length / DIMS.encoder_hop), 4)) for w in windows]
+    assert len(merged.decisions) == sum(per_window)
+    assert all(frame - margin in {w.first_frame for w in windows} for frame, margin in merged.decisions)
 
 
 def _record(key, reference, nemo, export, probs=(0.99,)):

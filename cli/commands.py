@@ -29,6 +29,7 @@ from reports.evaluation import EVALUATION_DIR, write_evaluation
 from reports.kinds import EvaluationContext, QuantizationContext
 from reports.latency import write_latency
 from reports.metadata import ARRAYS_GLOB, earlier_blocks, replaced_note
+from reports.neural_engine import describe_placement, write_placement
 from reports.parity import ParityReport, parity_context
 from reports.quantization import SUMMARY, VARIANT_METADATA, write_quantization
 from reports.streaming import run_label, streaming_block, streaming_context, write_streaming
@@ -49,6 +50,7 @@ from validation.evaluation import (
 )
 from validation.held_out import held_out_evaluation, open_data_set
 from validation.journal import JOURNAL, package_identity
+from validation.neural_engine import predict_package
 from validation.packages import (
     DEFAULT_CONVERT_DIR,
     DEFAULT_REPORT_DIR,
@@ -242,6 +244,7 @@ def run_compare(args) -> int:
         failed = run.failed()
         print_progress(f"[{i}/{len(clips)}] {clip.name}: {len(run.results) - len(failed)} of {len(run.results)} "
                        f"checks passed" + "".join(f"\n{r.message()}" for r in failed))
+    placements = {name: predict_package(path, args.chip) for name, path in packages.items()}
     # timed after the checks: a failed check is told first, and timing waits for none
     latency = None
     if args.runs:
@@ -252,8 +255,10 @@ def run_compare(args) -> int:
         latency = latency_block(measure(progress_bar("timing", "case")(cases, len(cases)), args.runs, args.warmup,
                                         audio_seconds, backend, print_progress),
                                 environment(backend, units, precision), audio_seconds)
-    earlier = earlier_blocks(directory, ["validation", "latency"] if latency is not None else ["validation"])
+    earlier = earlier_blocks(directory, ["validation", "neural_engine"] + ["latency"] * (latency is not None))
     path, plots = report.write(directory)
+    _, placement_plots, placement = write_placement(directory, description, placements)
+    plots += placement_plots
     if latency is not None:
         _, latency_plotted = write_latency(directory, description, latency)
         plots += latency_plotted
@@ -263,9 +268,11 @@ def run_compare(args) -> int:
                                               directory)
     status = json.loads(path.read_text())["validation"]["status"]
     noisy = flagged(latency) if latency else []
-    blocks = "validation and latency blocks" if latency else "validation block"
+    blocks = "validation, neural_engine and latency blocks" if latency else "validation and neural_engine blocks"
     print_result(f"parity {status} on {backend} ({context['values_from']})\n"
-                 f"  {blocks} in {path}, {len(plots)} plots in {plots[0].parent if plots else directory}"
+                 f"  Neural Engine of {args.chip}, predicted:" + "".join(f"\n    {line}"
+                                                                       for line in describe_placement(placement))
+                 + f"\n  {blocks} in {path}, {len(plots)} plots in {directory / 'plots'}"
                  + replaced_note([f"{b} block" for b in earlier])
                  + (f"\n  {len(noisy)} latency case(s) flagged, read them with care:" + "".join(
                      f"\n    {line}" for line in noisy) if noisy else ""))

@@ -18,6 +18,7 @@ from cli.options import (
     AUDIO,
     BACKEND,
     CACHE_DIR,
+    CHIP,
     CHUNK_MS,
     COMPUTE_PRECISION,
     COMPUTE_UNITS_OPTION,
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     AUDIO.add(compare.add_argument)
     TOLERANCE.add(compare.add_argument)
     PSNR_FLOOR.add(compare.add_argument)
+    CHIP.add(compare.add_argument)
     compare.add_argument("--runs", type=count, default=10, help="timed calls per component (0: no timing)")
     compare.add_argument("--warmup", type=count, default=WARMUP_CALLS, help="untimed calls before the timed ones")
     CACHE_DIR.add(compare.add_argument)

@@ -17,6 +17,7 @@ from pathlib import Path
 from exporters.components import COMPUTE_PRECISIONS
 from runtimes.base import BACKENDS, COMPUTE_UNITS
 from validation.metrics import NORMALIZERS
+from validation.neural_engine import CHIPS, DEFAULT_CHIP
 from validation.tolerances import MAX_WER_DIFFERENCE_POINTS, PSNR_FLOOR_DB
 
 
@@ -97,14 +98,19 @@ PSNR_FLOOR = Option("--psnr-floor", "psnr_floor", type=float, metavar="DB",
                                  f"{PSNR_FLOOR_DB:g} dB)")
 GATE = Option("--gate", "gates", default=[], action="append", metavar="VARIANT:METRIC=VALUE",
               help="override a quantization gate (validation/tolerances.py); repeatable")
+CHIP = Option("--chip", "chip", default=DEFAULT_CHIP, choices=tuple(CHIPS),
+              help=f"the Apple chip whose Neural Engine the placement prediction is for (default {DEFAULT_CHIP}); "
+                   "the largest tensor dimension each takes: " + "; ".join(
+                       f"{', '.join(c.name for c in CHIPS.values() if c.max_dimension == limit)} {limit:,}"
+                       for limit in sorted({c.max_dimension for c in CHIPS.values()})))
 
 # The options the test suites declare (conftest.py) exactly as the command does.
 SUITE_OPTIONS = (CACHE_DIR, BACKEND, COMPUTE_UNITS_OPTION, COMPUTE_PRECISION, CHUNK_MS, AUDIO, MANIFEST, NORMALIZER,
-                 MAX_WER_DIFFERENCE, TOLERANCE, PSNR_FLOOR, GATE)
+                 MAX_WER_DIFFERENCE, TOLERANCE, PSNR_FLOOR, GATE, CHIP)
 # What each command declares of them, as they are (a command's own meaning of an option is not listed).
 COMMAND_OPTIONS = {
     "convert": (CACHE_DIR, COMPUTE_UNITS_OPTION, COMPUTE_PRECISION, CHUNK_MS),
-    "compare": (CACHE_DIR, BACKEND, AUDIO, TOLERANCE, PSNR_FLOOR),
+    "compare": (CACHE_DIR, BACKEND, AUDIO, TOLERANCE, PSNR_FLOOR, CHIP),
     "evaluate": (CACHE_DIR, BACKEND, MANIFEST, NORMALIZER, MAX_WER_DIFFERENCE),
     "quantize": (CACHE_DIR, BACKEND, GATE),
 }

@@ -174,9 +174,19 @@ class StreamingRun(PrecisionRun):
     kind: ClassVar[str] = "streaming"
 
 
+@dataclass(frozen=True)
+class NeuralEnginePlacement(Sent):
+    """The session's packages placed on a chip's Neural Engine (``validation.neural_engine``),
+    every op of each (``Placement.as_dict``)."""
+
+    kind: ClassVar[str] = "neural_engine"
+    description: dict
+    placements: dict
+
+
 KINDS: dict[str, type[Sent]] = {cls.kind: cls for cls in (
     ParityContext, ParityRun, HeldOut, QuantizationContext, VariantReport, EvaluationContext, UtteranceRecord,
-    BadLine, LongAudio, StreamingContext, StreamingRun)}
+    BadLine, LongAudio, StreamingContext, StreamingRun, NeuralEnginePlacement)}
 
 
 def received(kind: str, data: dict) -> Sent:

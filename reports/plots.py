@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from validation.neural_engine import CPU, NEURAL_ENGINE, NO_COMPUTE, UNKNOWN, Placement
+
 PARITY_DIR = Path("plots") / "compare-components"
 TOP_K = 10
 
@@ -722,3 +724,39 @@ def streaming_plot(block: dict, caption: Caption, out_dir: Path) -> Path:
     axes[-1].set_xlabel(f"chunk ({block['chunk_ms']} ms of new audio each)")
     return _save(plt, fig, caption, "Streaming encoder against NeMo's cache-aware streaming, chunk by chunk",
                  out_dir / "stream_error_per_chunk.png", right=0.8)
+
+
+_DEVICE_COLORS = {NEURAL_ENGINE: "tab:green", CPU: "tab:orange", UNKNOWN: "tab:gray"}
+_DEVICE_LABELS = {NEURAL_ENGINE: "Neural Engine", CPU: "off it (CPU)", UNKNOWN: "unknown op kind"}
+
+
+def placement_plot(name: str, placement: Placement, caption: Caption, out_dir: Path) -> Path:
+    """The package's ops along the program: each op's FLOPs (log scale), coloured by the device
+    predicted for it; ops without arithmetic (data movement) sit on the floor."""
+    computing = [op for op in placement.ops if op.device != NO_COMPUTE]
+    plt, fig, (ax,) = _figure(1, height=2.8, width=12.0)
+    positions = np.arange(len(computing))
+    flops = np.array([max(op.flops, 1) for op in computing], dtype=float)
+    for device, color in _DEVICE_COLORS.items():
+        chosen = [i for i, op in enumerate(computing) if op.device == device]
+        if chosen:
+            ax.bar(positions[chosen], flops[chosen], width=1.0, color=color,
+                   label=f"{_DEVICE_LABELS[device]}: {len(chosen)} op(s)")
+    summary = placement.summary()
+    first = summary["first_off"]
+    if first:
+        at = next(i for i, op in enumerate(computing) if op.index == first["index"])
+        ax.axvline(at, color="black", linestyle="--", linewidth=0.8,
+                   label="\n".join(textwrap.wrap(f"first off (casts at the edges aside): op {at}, {first['op_type']}: "
+                                                 f"{first['reason']}", 48)))
+    ax.set_yscale("log")
+    ax.set_xlim(-0.5, max(len(computing), 1) - 0.5)
+    ax.set_xlabel("op, in program order (constants left out)")
+    ax.set_ylabel("FLOPs (data movement at 1)")
+    share = summary["neural_engine_flop_share"]
+    ax.set_title(f"{name}: {summary['by_device'].get(NEURAL_ENGINE, 0)} of {summary['ops']} ops"
+                 + (f" and {100 * share:.1f}% of FLOPs" if share is not None else "")
+                 + f" predicted on the Neural Engine of {placement.chip}; {summary['transitions']} transition(s)",
+                 fontsize=9, loc="left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(plt, fig, caption, f"Neural Engine placement (predicted) — {name}", out_dir / f"{name}.png")

@@ -22,10 +22,12 @@ from infra.errors import UserError
 from infra.publish import publish, staged_output
 from reports.evaluation import EVALUATION_DIR, write_evaluation, write_long_audio
 from reports.kinds import BadLine, ParityRun, Sent, StreamingRun, UtteranceRecord, VariantReport, received
+from reports.neural_engine import write_placement
 from reports.parity import ParityReport
 from reports.quantization import write_quantization
 from reports.streaming import STREAMING_REPORT_DIR, streaming_block, write_streaming
 from validation.evaluation import BadInput, Evaluation
+from validation.neural_engine import Placement
 from validation.timing import flagged
 from validation.tolerances import load_gates
 from validation.windowing import STRATEGIES
@@ -207,6 +209,15 @@ def pytest_sessionfinish(session, exitstatus):
                          f"{plots[0].parent if plots else 'none'}")
         except UserError as e:
             lines.append(f"long-audio report not written: {e}")
+    if "neural_engine" in gathered.latest:
+        sent = gathered.latest["neural_engine"]
+        placements = {name: Placement.from_dict(p) for name, p in sent.placements.items()}
+        try:
+            path, plots, _ = write_placement(config.option.report_dir, sent.description, placements)
+            lines.append(f"Neural Engine report (predicted for {config.option.chip}): neural_engine block in {path}; "
+                         f"{len(plots)} plot(s) in {plots[0].parent if plots else 'none'}")
+        except UserError as e:
+            lines.append(f"Neural Engine report not written: {e}")
     if gathered.streaming and "streaming_context" in gathered.latest:
         lines.append(_write_streaming(config, gathered))
     if gathered.variants and "quantization_context" in gathered.latest:

@@ -100,12 +100,44 @@ def compile_and_place(package, compute_units: str = "ALL") -> dict:
             plan = MLComputePlan.load_from_path(compiled, compute_units=getattr(ct.ComputeUnit, compute_units))
         except Exception as error:  # older macOS: the plan API is missing, the compile time is still valid
             return {"compile_ms": compile_ms, "placement": None, "placement_error": f"{type(error).__name__}: {error}"}
-        devices = Counter()
-        for function in plan.model_structure.program.functions.values():
-            for operation in function.block.operations:
-                usage = plan.get_compute_device_usage_for_mlprogram_operation(operation)
-                name = type(usage.preferred_compute_device).__name__ if usage is not None else "none (constants)"
-                devices[name.removeprefix("ML").removesuffix("ComputeDevice")] += 1
+        devices = Counter(device or "none (constants)" for _, device in _planned_devices(plan))
         return {"compile_ms": compile_ms, "placement": dict(devices)}
+    finally:
+        shutil.rmtree(compiled, ignore_errors=True)
+
+
+def _planned_devices(plan) -> list[tuple[str, str | None]]:
+    """(first output's name, preferred device: "CPU", "GPU", "NeuralEngine", or None for a
+    constant) of every op of every function of a compute plan, nested blocks included."""
+    found = []
+
+    def walk(block):
+        for operation in block.operations:
+            usage = plan.get_compute_device_usage_for_mlprogram_operation(operation)
+            device = type(usage.preferred_compute_device).__name__ if usage is not None else None
+            name = operation.outputs[0].name if operation.outputs else operation.operator_name
+            found.append((name, device.removeprefix("ML").removesuffix("ComputeDevice") if device else None))
+            for inner in operation.blocks:
+                walk(inner)
+
+    for function in plan.model_structure.program.functions.values():
+        walk(function.block)
+    return found
+
+
+def compute_plan_devices(package, compute_units: str = "CPU_AND_NE") -> dict[str, str | None]:
+    """Where Core ML's compute plan (macOS 14.4+) prefers to run each op of ``package``, by the
+    op's first output name: what ``validation.neural_engine`` predicts, decided by Core ML."""
+    reason = unavailable_reason()
+    if reason:
+        raise BackendUnavailable(reason)
+    import coremltools as ct  # lazy: coremltools imports torch; only Core ML runs need it
+    from coremltools.models.compute_plan import MLComputePlan  # lazy: as above
+    from coremltools.models.utils import compile_model  # lazy: as above
+
+    compiled = compile_model(str(package))
+    try:
+        plan = MLComputePlan.load_from_path(compiled, compute_units=getattr(ct.ComputeUnit, compute_units))
+        return dict(_planned_devices(plan))
     finally:
         shutil.rmtree(compiled, ignore_errors=True)

@@ -17,6 +17,7 @@ from reports.kinds import (
     EvaluationContext,
     HeldOut,
     LongAudio,
+    NeuralEnginePlacement,
     ParityContext,
     ParityRun,
     QuantizationContext,
@@ -90,7 +91,8 @@ def test_every_kind_survives_the_trip_through_a_test_report():
                 EvaluationContext: ("mil", "executor", "ALL", "float16", {"model": "m"}, "builtin:held-out",
                                     "builtin:held-out", "none", 0.5, {"torch": "2.13.0"}, {"strategy": "midpoint"}),
                 UtteranceRecord: ({"key": "set.jsonl:1"},), LongAudio: ({"model": "m"}, {"builtin:seams": {}}),
-                StreamingContext: ({"model": "m"}, {"clip": "speech"}), StreamingRun: ("float16", {"failures": []})}
+                StreamingContext: ({"model": "m"}, {"clip": "speech"}), StreamingRun: ("float16", {"failures": []}),
+                NeuralEnginePlacement: ({"model": "m"}, {"joint": {"chip": "A17", "ops": []}})}
     assert set(examples) | {BadLine} == set(KINDS.values())
     given = QuantizationContext("mil", "executor", "ALL", "float16", "m", "speech", 3, 3, {"encoder": "/p"})
     streamed = EvaluationContext("mil", "executor", "ALL", "float16", {"model": "m"}, "2 recording(s)", None, "none",

@@ -28,7 +28,7 @@ from infra.settings import config_path
 from reports.evaluation import EVALUATION_DIR, write_evaluation
 from reports.kinds import EvaluationContext, QuantizationContext
 from reports.latency import write_latency
-from reports.metadata import ARRAYS_GLOB, earlier_blocks, replaced_note
+from reports.metadata import ARRAYS_GLOB, earlier_blocks, replaced_note, update_metadata
 from reports.neural_engine import describe_placement, write_placement
 from reports.parity import ParityReport, parity_context
 from reports.quantization import SUMMARY, VARIANT_METADATA, write_quantization
@@ -62,6 +62,7 @@ from validation.packages import (
     read_interface,
 )
 from validation.quantization import QuantizationSweep
+from validation.ranges import describe_ranges, package_ranges, ranges_block
 from validation.streaming import (
     COMPONENT_VALUES,
     end_of_utterance_id,
@@ -238,13 +239,17 @@ def run_compare(args) -> int:
         return json.loads((entry.path / ORIGINS_FILE).read_text()) if entry else None
 
     runner = ParityRunner(model, dims, packages, load, tolerances, backend, precision, origins=origins)
+    fed: dict[str, list[dict]] = {}  # component -> what it was fed on each clip, for the range check
     for i, clip in enumerate(progress_bar("parity", "clip")(clips, len(clips)), 1):
         run = runner.run(clip)
+        for name, inputs in run.inputs.items():
+            fed.setdefault(name, []).append(inputs)
         report.add(precision, run.record(with_series=i == 1))
         failed = run.failed()
         print_progress(f"[{i}/{len(clips)}] {clip.name}: {len(run.results) - len(failed)} of {len(run.results)} "
                        f"checks passed" + "".join(f"\n{r.message()}" for r in failed))
     placements = {name: predict_package(path, args.chip) for name, path in packages.items()}
+    ranges = _fp16_ranges(description, packages, fed, origins)
     # timed after the checks: a failed check is told first, and timing waits for none
     latency = None
     if args.runs:
@@ -255,10 +260,12 @@ def run_compare(args) -> int:
         latency = latency_block(measure(progress_bar("timing", "case")(cases, len(cases)), args.runs, args.warmup,
                                         audio_seconds, backend, print_progress),
                                 environment(backend, units, precision), audio_seconds)
-    earlier = earlier_blocks(directory, ["validation", "neural_engine"] + ["latency"] * (latency is not None))
+    earlier = earlier_blocks(directory, ["validation", "neural_engine", "fp16_range"]
+                             + ["latency"] * (latency is not None))
     path, plots = report.write(directory)
     _, placement_plots, placement = write_placement(directory, description, placements)
     plots += placement_plots
+    update_metadata(directory, description, fp16_range=ranges)
     if latency is not None:
         _, latency_plotted = write_latency(directory, description, latency)
         plots += latency_plotted
@@ -268,15 +275,30 @@ def run_compare(args) -> int:
                                               directory)
     status = json.loads(path.read_text())["validation"]["status"]
     noisy = flagged(latency) if latency else []
-    blocks = "validation, neural_engine and latency blocks" if latency else "validation and neural_engine blocks"
+    blocks = "validation, neural_engine, fp16_range" + (" and latency blocks" if latency else " blocks")
     print_result(f"parity {status} on {backend} ({context['values_from']})\n"
                  f"  Neural Engine of {args.chip}, predicted:" + "".join(f"\n    {line}"
                                                                        for line in describe_placement(placement))
+                 + f"\n  fp16 range on the parity inputs: {ranges['status']}" + "".join(
+                     f"\n    {line}" for line in describe_ranges(ranges))
                  + f"\n  {blocks} in {path}, {len(plots)} plots in {directory / 'plots'}"
                  + replaced_note([f"{b} block" for b in earlier])
                  + (f"\n  {len(noisy)} latency case(s) flagged, read them with care:" + "".join(
                      f"\n    {line}" for line in noisy) if noisy else ""))
-    return 0 if status == "passed" and streaming_passed else 1
+    return 0 if status == "passed" and streaming_passed and ranges["status"] == "passed" else 1
+
+
+def _fp16_ranges(description: dict, packages: dict[str, Path], fed: dict[str, list[dict]], origins) -> dict:
+    """Each fp16 (or mixed) package beside its fp32 shadow on what the parity checks fed it (every clip: the
+    speech, silence, DC, full-scale clipping, noise): the ``fp16_range`` block."""
+    reports, skipped = {}, {}
+    for name, inputs in progress_bar("fp16 range", "package")(list(fed.items()), len(fed)):
+        precision = description["components"].get(name, {}).get("compute_precision")
+        if precision == "float32":
+            skipped[name] = "a float32 package: nothing is rounded to fp16"
+            continue
+        reports[name] = package_ranges(packages[name], inputs)
+    return ranges_block(reports, lambda name: origins(name) or {}, skipped)
 
 
 def _shortened(text: str, limit: int = 400) -> str:

@@ -243,6 +243,7 @@ class ClipParity:
     clip: Clip
     results: dict[str, CheckResult]
     series: dict[str, np.ndarray]  # what the plots draw besides the results' L2 per step, by name
+    inputs: dict[str, dict] = field(default_factory=dict)  # what each package was fed (``ComponentRun.inputs``)
 
     def failed(self) -> list[CheckResult]:
         return [r for r in self.results.values() if not r.passed and not r.skipped]
@@ -323,7 +324,7 @@ class ParityRunner:
         reference = torch_reference(self.wrappers, self.dims, clip)
         checks = _ClipChecks(self, clip, reference)
         checks.run_all()
-        return ClipParity(clip, checks.results, checks.series)
+        return ClipParity(clip, checks.results, checks.series, {n: r.inputs for n, r in checks.runs.items()})
 
     # -- how each package runs on the reference's inputs -------------------------------------
     def unpadded_audio(self, name: str, ref: TorchReference) -> dict[str, np.ndarray] | None:

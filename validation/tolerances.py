@@ -27,6 +27,9 @@ from validation.metrics import Tolerance
 
 EXACT = Tolerance(exact=True)
 PSNR_FLOOR_DB = 35.0
+# The range check's gate (validation.ranges): ops of an fp16 package whose fp32 shadow passes fp16's
+# largest value (65,504) on the parity inputs; any is a failure, whatever the outputs' tolerances say
+MAX_FP16_OVERFLOW_OPS = 0
 # The one value check beyond the contract's outputs: the exported joint on every step of the
 # decoder rollout, against the Torch joint on the Torch decoder's steps.
 DECODER_ROLLOUT_LOGITS = "decoder.logits"

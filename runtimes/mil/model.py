@@ -260,6 +260,7 @@ class MILModel:
             raise PackageError(f"{model}: not a readable ML Program package ({type(error).__name__}: {error}); "
                                "re-export or re-download it") from None
         self._scratch = _Scratch()
+        self._rounding = True  # fp16 results on the fp16 grid; off for the fp32 shadow (``shadow``)
         self.steps = self._plan_program(program, description, function_name)
         # the program's ops refer to each other: collected now, the fp16 weights that widening
         # replaces are freed as it goes instead of staying until after the load. Only worth a
@@ -418,7 +419,7 @@ class MILModel:
         if dtype is None or dtype == np.dtype(object):
             return value
         array = np.asarray(value)
-        if dtype != _HALF or (op_type in _EXACT_IN_HALF and array.dtype == _SINGLE):
+        if dtype != _HALF or (op_type in _EXACT_IN_HALF and array.dtype == _SINGLE) or not self._rounding:
             array = array.astype(dtype if dtype != _HALF else _SINGLE, copy=False)
             return array.copy() if self._scratch.holds(array) else array
         if array.dtype != _SINGLE or not array.flags.c_contiguous or not array.flags.writeable \
@@ -486,6 +487,34 @@ class MILModel:
         declared = {**{spec.name: spec.dtype for spec in self.input_specs}, **self._declared}
         return {name: value.astype(_HALF) if declared.get(name) == _HALF and isinstance(value, np.ndarray) else value
                 for name, value in results.items()}
+
+    def shadow(self, inputs: Mapping[str, np.ndarray], observe) -> None:
+        """The program run twice in step, as declared (fp16 results rounded to fp16) and as its
+        fp32 shadow (the same ops on the same weights, every result kept in fp32): after each
+        top-level op, ``observe(op_type, name, declared, shadow, reads, dtype)`` for each of its
+        array results (``reads``: the variables the op read; ``dtype``: the one the program
+        declares, fp16 results being fp32 on the fp16 grid). Nothing is kept beyond what later
+        ops read, so a large program fits."""
+        if self.state_specs:
+            raise ValueError("a stateful program: its states would advance twice; shadow its stateless twin")
+        with _collector_paused(), np.errstate(all="ignore"):
+            declared = {name: _widened(value) for name, value in check_inputs(self.input_specs, inputs).items()}
+            widened = dict(declared)
+            for i, step in enumerate(self.steps):
+                rounded = self._run_step(step, declared)
+                self._rounding = False
+                try:
+                    exact = self._run_step(step, widened)
+                finally:
+                    self._rounding = True
+                reads = [ref for kind, ref in step.args.values() if kind == "var"]
+                for name, a, b in zip(step.outputs, rounded, exact, strict=True):
+                    declared[name], widened[name] = a, b
+                    if isinstance(a, np.ndarray):
+                        observe(step.op_type, name, a, b, reads, self._declared[name])
+                for name in self._released[i]:
+                    declared.pop(name, None)
+                    widened.pop(name, None)
 
     def first_non_finite(self, inputs: Mapping[str, np.ndarray], state: MILState | None = None) -> str | None:
         """Where a NaN or an infinity first appears in the program on ``inputs``: a non-finite input,

@@ -31,6 +31,7 @@ from reports.latency import write_latency
 from reports.metadata import ARRAYS_GLOB, earlier_blocks, replaced_note, update_metadata
 from reports.neural_engine import describe_placement, write_placement
 from reports.parity import ParityReport, parity_context
+from reports.plots import RANGE_DIR, Caption, range_plot
 from reports.quantization import SUMMARY, VARIANT_METADATA, write_quantization
 from reports.streaming import run_label, streaming_block, streaming_context, write_streaming
 from runtimes.base import BackendUnavailable, resolve_backend
@@ -266,6 +267,8 @@ def run_compare(args) -> int:
     _, placement_plots, placement = write_placement(directory, description, placements)
     plots += placement_plots
     update_metadata(directory, description, fp16_range=ranges)
+    caption = Caption.of(description, f"fp32 shadow on {backend}, on the parity inputs")
+    plots += [range_plot(name, entry, caption, directory / RANGE_DIR) for name, entry in ranges["components"].items()]
     if latency is not None:
         _, latency_plotted = write_latency(directory, description, latency)
         plots += latency_plotted

@@ -20,6 +20,7 @@ import numpy as np
 from validation.neural_engine import CPU, NEURAL_ENGINE, NO_COMPUTE, UNKNOWN, Placement
 
 PARITY_DIR = Path("plots") / "compare-components"
+RANGE_DIR = Path("plots") / "fp16-range"
 TOP_K = 10
 
 
@@ -760,3 +761,25 @@ def placement_plot(name: str, placement: Placement, caption: Caption, out_dir: P
                  fontsize=9, loc="left")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(plt, fig, caption, f"Neural Engine placement (predicted) — {name}", out_dir / f"{name}.png")
+
+
+def range_plot(name: str, entry: dict, caption: Caption, out_dir: Path) -> Path:
+    """The largest magnitude each op of an fp16 package reaches in its fp32 shadow, along the
+    program, against fp16's largest value; the flagged ops in red."""
+    values = np.asarray(entry["max_abs_per_op"], dtype=float)
+    values[values <= 0] = np.nan  # integer, boolean or all-zero results: no bar
+    plt, fig, (ax,) = _figure(1, height=2.6, width=12.0)
+    flagged = set(entry["flagged_at"])
+    for color, chosen, label in (("tab:blue", [i for i in range(values.size) if i not in flagged], "an op's results"),
+                                 ("tab:red", sorted(flagged), f"flagged: {len(flagged)} op(s)")):
+        if chosen:
+            ax.bar(chosen, values[chosen], width=1.0, color=color, label=label)
+    ax.axhline(65504, color="black", linestyle="--", linewidth=0.8, label="fp16's largest, 65,504")
+    ax.set_yscale("log")
+    ax.set_xlim(-0.5, max(values.size, 1) - 0.5)
+    ax.set_xlabel("op, in program order")
+    ax.set_ylabel("largest |value| (fp32 shadow)")
+    ax.set_title(f"{name}: largest {entry['largest']:.4g} over {entry['inputs']} input(s); "
+                 f"{len(entry['overflows'])} overflow(s)", fontsize=9, loc="left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(plt, fig, caption, f"fp16 range — {name}", out_dir / f"{name}.png")

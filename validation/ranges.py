@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtimes.mil.model import MILModel
+from runtimes.mil.model import NARROW_INTEGERS, MILModel
 from validation.neural_engine import FP16_EXACT_INTEGERS, FP16_MAX
 from validation.tolerances import MAX_FP16_OVERFLOW_OPS
 
@@ -33,6 +33,7 @@ class OpRange:
     exp_terms: int = 1  # how many exponentials an unstabilised reduction sums
     integer_max: float = 0.0  # integers cast to fp16: their largest magnitude
     infinite_in_fp16: int = 0  # elements infinite in fp16 and finite in the shadow (a log of an underflow)
+    narrowed: tuple[str, float] | None = None  # (narrow type, largest magnitude) of an integer cast past its range
     deviation: float = 0.0  # max |fp16 - fp32| / max |fp32|
 
     def risks(self) -> list[str]:
@@ -47,6 +48,11 @@ class OpRange:
             found.append(f"infinite in fp16: {self.infinite_in_fp16} value(s) infinite where the fp32 shadow is "
                          "within fp16's range (a log of probabilities that underflowed to 0, as log_softmax gives "
                          "on the Neural Engine)")
+        if self.narrowed is not None:
+            kind, largest = self.narrowed
+            found.append(f"narrowed integer: values up to {largest:,.0f} cast to {kind} (at most "
+                         f"{np.iinfo(kind).max:,}): Core ML is reported to return them intact (apple/coremltools "
+                         "issue 2222), others saw them wrap: device-dependent")
         if self.integer_max > FP16_EXACT_INTEGERS:
             found.append(f"integers through fp16: whole numbers up to {self.integer_max:.0f} in an fp16 tensor "
                          f"(exact only up to {FP16_EXACT_INTEGERS:,})")
@@ -67,6 +73,10 @@ class RangeReport:
             if np.issubdtype(shadow.dtype, np.integer) and shadow.size:
                 maxima[name], sizes[name] = float(np.abs(shadow).max()), shadow.size
                 integers.add(name)
+                if op_type == "cast" and dtype in NARROW_INTEGERS and not (np.iinfo(dtype).min <= shadow.min()
+                                                     and shadow.max() <= np.iinfo(dtype).max):
+                    largest = max(maxima[name], entry.narrowed[1] if entry.narrowed else 0.0)
+                    entry.narrowed = (np.dtype(dtype).name, largest)
             return
         finite = shadow[np.isfinite(shadow)]
         largest = float(np.abs(finite).max()) if finite.size else 0.0
@@ -108,6 +118,8 @@ class RangeReport:
         return {
             "inputs": self.inputs, "ops": len(self.ops),
             "largest": max((e.max_abs for e in self.ops.values()), default=0.0),
+            "max_abs_per_op": [e.max_abs for e in self.ops.values()],  # in program order
+            "flagged_at": [i for i, e in enumerate(self.ops.values()) if e.risks()],
             "overflows": self.overflows(),
             "flagged": [{"op": name, "op_type": self.ops[name].op_type, "module": origins.get(name),
                          "risks": risks} for name, risks in self.flagged().items()],

@@ -148,6 +148,12 @@ def _opset_name(target) -> str:
 
 
 _HALF, _SINGLE = np.dtype(np.float16), np.dtype(np.float32)
+# An integer cast to a type too narrow for its value (coremltools' add_int16_cast pass narrows the
+# int32 inputs of gather, squeeze and topk in fp16 programs, so a length read from a flexible
+# input's shape goes through int16) is carried intact, as Core ML is reported to return it
+# (apple/coremltools issue 2222). Others saw such values wrap in some cases: it is device-dependent,
+# and the fp16 range report (validation.ranges) flags every narrowing that meets such a value.
+NARROW_INTEGERS = frozenset(np.dtype(t) for t in (np.int8, np.int16, np.uint8, np.uint16))
 _TORCH_WIDENS = 1 << 16  # elements: from this size fp16 -> fp32 conversion goes through torch
 
 # ops whose fp16 output is already on the fp16 grid when their inputs are: they move, select or
@@ -419,6 +425,9 @@ class MILModel:
         if dtype is None or dtype == np.dtype(object):
             return value
         array = np.asarray(value)
+        if dtype in NARROW_INTEGERS and array.dtype.kind in "iu" and array.size and not (
+                np.iinfo(dtype).min <= array.min() and array.max() <= np.iinfo(dtype).max):
+            return array.copy() if self._scratch.holds(array) else array  # intact (NARROW_INTEGERS)
         if dtype != _HALF or (op_type in _EXACT_IN_HALF and array.dtype == _SINGLE) or not self._rounding:
             array = array.astype(dtype if dtype != _HALF else _SINGLE, copy=False)
             return array.copy() if self._scratch.holds(array) else array

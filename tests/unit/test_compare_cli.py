@@ -63,8 +63,24 @@ def test_compare_writes_validation_latency_and_plots(converted, export_cache, ca
     # parity first, then timing; the summary in short lines, parity's verdict first
     assert captured.err.index("[6/6] speech_1s") < captured.err.index("timing 10 case(s)")
     summary = captured.out.strip().splitlines()
-    assert summary[0].startswith("parity passed on mil") and summary[1].startswith("  validation and latency blocks")
+    assert summary[0].startswith("parity passed on mil") and summary[1] == "  Neural Engine of A17, predicted:"
+    assert [line.split(":")[0].strip() for line in summary[2:2 + len(meta["components"])]] == list(meta["components"])
+    ranges = summary.index("  fp16 range on the parity inputs: passed")
+    blocks = next(i for i, line in enumerate(summary) if line.startswith("  validation, neural_engine, fp16_range "
+                                                                          "and latency blocks in "))
+    assert 2 + len(meta["components"]) <= ranges < blocks
     assert max(len(line) for line in summary) < 300
+    # the prediction and the fp16 range: a block each, and a plot per package
+    placement, fp16 = meta["neural_engine"], meta["fp16_range"]
+    assert placement["chip"] == "A17" and "prediction" in placement["prediction"]
+    assert set(placement["components"]) == set(meta["components"])
+    assert sorted(p.name for p in (converted / "plots" / "neural-engine").iterdir()) == sorted(
+        f"{name}.png" for name in meta["components"])
+    assert fp16["status"] == "passed" and set(fp16["skipped"]) == {"preprocessor"}
+    assert {name: c["inputs"] for name, c in fp16["components"].items()} == {
+        name: 6 for name in meta["components"] if name != "preprocessor"}
+    assert sorted(p.name for p in (converted / "plots" / "fp16-range").iterdir()) == sorted(
+        f"{name}.png" for name in fp16["components"])
     # metadata.json keeps the summary; the per-frame and per-chunk series are in the arrays file beside it
     assert (converted / "metadata.json").stat().st_size < 400_000
 

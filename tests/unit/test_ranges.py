@@ -8,7 +8,7 @@ import coremltools as ct
 import numpy as np
 import pytest
 from coremltools.converters.mil import Builder as mb
-from coremltools.converters.mil.mil import types
+from coremltools.converters.mil.mil import get_new_symbol, types
 
 from runtimes.mil.model import MILModel
 from validation.ranges import RangeReport, package_ranges
@@ -96,3 +96,26 @@ def test_the_block_names_the_flagged_op_and_its_module():
     block = report.block({name: "joint.joint_net.2"})
     assert block["overflows"] == [name] and block["flagged"][0]["module"] == "joint.joint_net.2"
     assert block["inputs"] == 1 and block["largest"] == pytest.approx(100_000)
+
+
+def _length_through_int16():
+    """A flexible waveform's length read from its shape, through int16 as add_int16_cast leaves it."""
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, get_new_symbol()), dtype=types.fp16)],
+                opset_version=ct.target.iOS17)
+    def program(x):
+        return mb.cast(x=mb.gather(x=mb.cast(x=mb.shape(x=x), dtype="int16"), indices=1), dtype="int32")
+
+    return program
+
+
+def test_a_length_past_32767_through_int16_comes_out_intact_and_is_flagged_as_device_dependent():
+    """It used to wrap to -25,536 in the executor, and the time mask of another converter's fp16
+    preprocessor came out empty: no real clip could be checked."""
+    program, samples = _length_through_int16(), {"x": np.zeros((1, 40_000), np.float16)}
+    (length,) = MILModel(program).predict(samples).values()
+    assert int(length) == 40_000
+    report = package_ranges(program, [samples])
+    narrowed = [risk for risks in report.flagged().values() for risk in risks]
+    assert narrowed == ["narrowed integer: values up to 40,000 cast to int16 (at most 32,767): Core ML is reported "
+                        "to return them intact (apple/coremltools issue 2222), others saw them wrap: device-dependent"]
+    assert not package_ranges(program, [{"x": np.zeros((1, 30_000), np.float16)}]).flagged()

@@ -35,6 +35,7 @@ from reports.plots import RANGE_DIR, Caption, range_plot
 from reports.quantization import SUMMARY, VARIANT_METADATA, write_quantization
 from reports.streaming import run_label, streaming_block, streaming_context, write_streaming
 from runtimes.base import BackendUnavailable, resolve_backend
+from runtimes.coreml import compute_plan_devices
 from runtimes.loader import LoadedPredictors, load_predictor
 from validation.audio import parity_clips, read_audio, synthetic_speech
 from validation.checks import ParityRunner
@@ -51,7 +52,7 @@ from validation.evaluation import (
 )
 from validation.held_out import held_out_evaluation, open_data_set
 from validation.journal import JOURNAL, package_identity
-from validation.neural_engine import predict_package
+from validation.neural_engine import agreement, predict_package
 from validation.packages import (
     DEFAULT_CONVERT_DIR,
     DEFAULT_REPORT_DIR,
@@ -264,7 +265,10 @@ def run_compare(args) -> int:
     earlier = earlier_blocks(directory, ["validation", "neural_engine", "fp16_range"]
                              + ["latency"] * (latency is not None))
     path, plots = report.write(directory)
-    _, placement_plots, placement = write_placement(directory, description, placements)
+    agreements = None
+    if backend == "coreml":  # Core ML's own compute plan beside the prediction (CPU_AND_NE: where it could go)
+        agreements = {name: agreement(placements[name], compute_plan_devices(path)) for name, path in packages.items()}
+    _, placement_plots, placement = write_placement(directory, description, placements, agreements)
     plots += placement_plots
     update_metadata(directory, description, fp16_range=ranges)
     caption = Caption.of(description, f"fp32 shadow on {backend}, on the parity inputs")

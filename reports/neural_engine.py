@@ -15,14 +15,17 @@ PREDICTION_NOTE = ("a prediction from public evidence (each rule's source under 
                    "coremltools.models.compute_plan)")
 
 
-def placement_block(placements: dict[str, Placement]) -> dict:
-    """Each component's summary and the ops predicted off the Neural Engine, with the rules' sources."""
+def placement_block(placements: dict[str, Placement], agreements: dict[str, dict] | None = None) -> dict:
+    """Each component's summary and the ops predicted off the Neural Engine, with the rules'
+    sources; with ``agreements`` (macOS: ``validation.neural_engine.agreement`` with Core ML's
+    compute plan), how far Core ML agrees."""
     chips = {p.chip for p in placements.values()}
     return {
         "chip": chips.pop() if len(chips) == 1 else sorted(chips),
         "prediction": PREDICTION_NOTE,
         "components": {name: {**p.summary(), "off_neural_engine": [
-            op.as_dict() for op in p.ops if op.device not in (NEURAL_ENGINE, NO_COMPUTE)]}
+            op.as_dict() for op in p.ops if op.device not in (NEURAL_ENGINE, NO_COMPUTE)],
+            **({"core_ml_agreement": agreements[name]} if agreements and name in agreements else {})}
             for name, p in placements.items()},
         "sources": rule_sources(),
     }
@@ -40,14 +43,16 @@ def describe_placement(block: dict) -> list[str]:
                      + (f"; first off: {first['op_type']} ({first['reason']})" if first else "; none off inside")
                      + (f"; {c['by_rule']['boundary_cast']} cast(s) at its edges off it"
                         if c["by_rule"].get("boundary_cast") else "")
-                     + (f"; {len(c['risks'])} risk(s)" if c["risks"] else ""))
+                     + (f"; {len(c['risks'])} risk(s)" if c["risks"] else "")
+                     + (f"; Core ML's compute plan agrees on {c['core_ml_agreement']['agreeing']} of "
+                        f"{c['core_ml_agreement']['compared']}" if "core_ml_agreement" in c else ""))
     return lines
 
 
-def write_placement(directory: Path, description: dict, placements: dict[str, Placement]
-                    ) -> tuple[Path, list[Path], dict]:
+def write_placement(directory: Path, description: dict, placements: dict[str, Placement],
+                    agreements: dict[str, dict] | None = None) -> tuple[Path, list[Path], dict]:
     """The block into ``directory/metadata.json`` and a plot per package; returns the block too."""
-    block = placement_block(placements)
+    block = placement_block(placements, agreements)
     path = update_metadata(directory, description, neural_engine=block)
     chip = next(iter(placements.values())).chip if placements else "?"
     caption = Caption.of(description, f"predicted for {chip} from the packages' programs (no device ran them)")

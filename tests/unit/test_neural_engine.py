@@ -12,6 +12,7 @@ import pytest
 from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import get_new_symbol, types
 
+from reports.neural_engine import describe_placement, placement_block
 from validation.neural_engine import (
     CHIPS,
     CPU,
@@ -175,3 +176,16 @@ def test_the_prediction_meets_core_mls_plan_op_by_op_by_output_name():
 def test_a_placement_survives_the_trip_through_a_test_report():
     placement = predict_placement(_program((1, 64), lambda x: mb.log(x=mb.softmax(x=x, axis=-1))))
     assert Placement.from_dict(json.loads(json.dumps(placement.as_dict()))) == placement
+
+
+def test_the_block_says_it_is_a_prediction_and_carries_core_mls_agreement_where_measured():
+    placement = predict_placement(_program((1, 16), lambda x: mb.relu(x=mb.cast(x=x, dtype="fp16")),
+                                           dtype=types.fp32))
+    ops = {op.op_type: op for op in placement.ops}
+    measured = agreement(placement, {ops["cast"].output: "CPU", ops["relu"].output: "CPU"})
+    block = placement_block({"joint": placement}, {"joint": measured})
+    assert "a prediction from public evidence" in block["prediction"] and block["chip"] == "A17"
+    assert block["components"]["joint"]["core_ml_agreement"]["agreeing"] == 1
+    assert describe_placement(block) == ["joint: 1 of 2 ops, 100% of FLOPs, 1 transition(s); none off inside; "
+                                         "1 cast(s) at its edges off it; Core ML's compute plan agrees on 1 of 2"]
+    assert "core_ml_agreement" not in placement_block({"joint": placement})["components"]["joint"]

@@ -28,7 +28,7 @@ class OpRange:
     """One op's fp32 shadow, over every input it was run on."""
 
     op_type: str
-    max_abs: float = 0.0  # the largest finite magnitude of its shadow (fp32) values
+    max_abs: float = 0.0  # the largest finite magnitude of its shadow (fp32) values, for an fp16 op
     input_max: float = -math.inf  # the largest value the op read (an exponential's argument)
     exp_terms: int = 1  # how many exponentials an unstabilised reduction sums
     integer_max: float = 0.0  # integers cast to fp16: their largest magnitude
@@ -82,6 +82,8 @@ class RangeReport:
         largest = float(np.abs(finite).max()) if finite.size else 0.0
         maxima[name] = float(finite.max()) if finite.size else -math.inf
         sizes[name] = shadow.size
+        if dtype != np.float16:  # an fp32 op of a mixed program (the front end): it has fp32's range
+            return
         entry.max_abs = max(entry.max_abs, largest)
         if op_type in UNSTABILISED:
             entry.input_max = max([entry.input_max] + [maxima[r] for r in reads if r in maxima])

@@ -119,3 +119,12 @@ def test_a_length_past_32767_through_int16_comes_out_intact_and_is_flagged_as_de
     assert narrowed == ["narrowed integer: values up to 40,000 cast to int16 (at most 32,767): Core ML is reported "
                         "to return them intact (apple/coremltools issue 2222), others saw them wrap: device-dependent"]
     assert not package_ranges(program, [{"x": np.zeros((1, 30_000), np.float16)}]).flagged()
+
+
+def test_an_fp32_op_of_a_mixed_program_has_fp32s_range():
+    """A mixed package's front end computes in fp32: its large values are no fp16 risk."""
+    program = _program((1, 4), lambda x: mb.cast(x=mb.mul(x=x, y=np.float32(1000.0)), dtype="fp16"),
+                       dtype=types.fp32)
+    report = package_ranges(program, [{"x": np.array([[1, 2, 3, 50]], np.float32)}])
+    assert _by_type(report)["mul"].max_abs == 0 and _by_type(report)["cast"].max_abs == 50_000
+    assert not report.overflows()

@@ -37,6 +37,7 @@ from reports.streaming import run_label, streaming_block, streaming_context, wri
 from runtimes.base import BackendUnavailable, resolve_backend
 from runtimes.coreml import compute_plan_devices
 from runtimes.loader import LoadedPredictors, load_predictor
+from runtimes.mil.model import MILModel
 from validation.audio import parity_clips, read_audio, synthetic_speech
 from validation.checks import ParityRunner
 from validation.evaluation import (
@@ -251,7 +252,7 @@ def run_compare(args) -> int:
         print_progress(f"[{i}/{len(clips)}] {clip.name}: {len(run.results) - len(failed)} of {len(run.results)} "
                        f"checks passed" + "".join(f"\n{r.message()}" for r in failed))
     placements = {name: predict_package(path, args.chip) for name, path in packages.items()}
-    ranges = _fp16_ranges(description, packages, fed, origins)
+    ranges = _fp16_ranges(description, packages, fed, origins, load)
     # timed after the checks: a failed check is told first, and timing waits for none
     latency = None
     if args.runs:
@@ -295,7 +296,7 @@ def run_compare(args) -> int:
     return 0 if status == "passed" and streaming_passed and ranges["status"] == "passed" else 1
 
 
-def _fp16_ranges(description: dict, packages: dict[str, Path], fed: dict[str, list[dict]], origins) -> dict:
+def _fp16_ranges(description: dict, packages: dict[str, Path], fed: dict[str, list[dict]], origins, load) -> dict:
     """Each fp16 (or mixed) package beside its fp32 shadow on what the parity checks fed it (every clip: the
     speech, silence, DC, full-scale clipping, noise): the ``fp16_range`` block."""
     reports, skipped = {}, {}
@@ -304,7 +305,8 @@ def _fp16_ranges(description: dict, packages: dict[str, Path], fed: dict[str, li
         if precision == "float32":
             skipped[name] = "a float32 package: nothing is rounded to fp16"
             continue
-        reports[name] = package_ranges(packages[name], inputs)
+        loaded = load(packages[name])  # on the mil backend, the executor the checks ran: not read twice
+        reports[name] = package_ranges(loaded if isinstance(loaded, MILModel) else packages[name], inputs)
     return ranges_block(reports, lambda name: origins(name) or {}, skipped)
 
 

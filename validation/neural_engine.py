@@ -128,17 +128,25 @@ def _too_large(op: OpView, chip: Chip) -> str | None:
     return None
 
 
+ARG_REDUCTIONS = ("reduce_argmax", "reduce_argmin")
+
+
+def _reduced_extent(op: OpView) -> int | None:
+    """How many values an arg-reduction chooses among; None where its shape does not say."""
+    shape, axis = op.inputs[0][1], int(op.attributes.get("axis", -1))
+    return shape[axis] if shape and isinstance(shape[axis], int) else None
+
+
 def _wide_argmax(op: OpView, chip: Chip) -> str | None:
-    if op.op_type in ("reduce_argmax", "reduce_argmin") and op.inputs:
-        shape, axis = op.inputs[0][1], int(op.attributes.get("axis", -1))
-        extent = shape[axis] if shape and isinstance(shape[axis], int) else None
+    if op.op_type in ARG_REDUCTIONS and op.inputs:
+        extent = _reduced_extent(op)
         if extent is not None and extent > FP16_EXACT_INTEGERS:
             return f"{op.op_type} over {extent:,} values > {FP16_EXACT_INTEGERS:,}"
     return None
 
 
 def _not_fp16(op: OpView, chip: Chip) -> str | None:
-    index_output = op.op_type in ("reduce_argmax", "reduce_argmin")  # its int32 index is the engine's own
+    index_output = op.op_type in ARG_REDUCTIONS  # its int32 index is the engine's own
     for dtype, _ in [t for t in op.tensors() if not (index_output and t in op.outputs)]:
         if dtype not in ("fp16", "bool"):
             return f"{dtype} tensors: the Neural Engine computes in fp16"
@@ -170,7 +178,7 @@ ELIGIBLE_OPS = {
         "select", "tile", "identity", "cast", "stack", "less", "greater_equal", "equal", "not_equal",
         "logical_and", "logical_not", "floor_div", "reduce_sum", "reduce_max", "reduce_mean", "pow", "sqrt",
         "log")},
-    "reduce_argmax": ANE_GUIDE, "reduce_argmin": ANE_GUIDE,
+    **dict.fromkeys(ARG_REDUCTIONS, ANE_GUIDE),
     "upsample_nearest_neighbor": "hollance/neural-engine, docs/unsupported-layers.md (upsampling works)",
     "conv_transpose": "hollance/neural-engine, docs/unsupported-layers.md (deconvolution works)",
 }
@@ -198,9 +206,8 @@ def _integers_through_fp16(op: OpView, producers: dict) -> str | None:
     if op.op_type != "cast" or op.outputs[0][0] != "fp16" or op.inputs[0][0] not in ("int32", "int16", "int64"):
         return None
     for source in producers.get(op.name, ()):
-        if source.op_type in ("reduce_argmax", "reduce_argmin"):
-            shape, axis = source.inputs[0][1], int(source.attributes.get("axis", -1))
-            extent = shape[axis] if shape and isinstance(shape[axis], int) else None
+        if source.op_type in ARG_REDUCTIONS:
+            extent = _reduced_extent(source)
             if extent is None or extent - 1 > FP16_EXACT_INTEGERS:
                 return (f"indices of {source.op_type} over {extent if extent else 'an unknown number of'} values "
                         f"cast to fp16: above {FP16_EXACT_INTEGERS:,} they are rounded")

@@ -131,8 +131,9 @@ class RangeReport:
 
 
 def package_ranges(package, inputs: Iterable[dict]) -> RangeReport:
-    """``package`` run beside its fp32 shadow on each of ``inputs``."""
-    report, model = RangeReport(), MILModel(package)
+    """``package`` (a path, or the ``MILModel`` already loaded for it) run beside its fp32 shadow
+    on each of ``inputs``."""
+    report, model = RangeReport(), package if isinstance(package, MILModel) else MILModel(package)
     for feed in inputs:
         report.run(model, feed)
     return report

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
@@ -54,7 +55,7 @@ def progress_bar(what: str, unit: str):
         # a terminal that reports no width (a pseudo-terminal nobody sized: ``script``, CI, some IDEs)
         # made tqdm draw a bar of no columns, that is nothing at all: such a one gets a fixed width
         sized = _columns(stream) > 0
-        progress = tqdm(items, total=total, desc=what, unit=unit, file=stream, dynamic_ncols=sized,
+        progress = _Bar(items, total=total, desc=what, unit=unit, file=stream, dynamic_ncols=sized,
                         ncols=None if sized else UNSIZED_COLUMNS, leave=False, delay=BAR_DELAY_SECONDS, disable=None)
         try:
             yield from progress
@@ -65,6 +66,23 @@ def progress_bar(what: str, unit: str):
 
 
 UNSIZED_COLUMNS = 80
+
+
+class _Bar(tqdm):
+    """A bar that stays hidden through its delay whoever asks it to redraw. tqdm's ``write``
+    (:func:`print_progress`) redraws every bar, one still in its delay too, and ``close`` wipes
+    only a bar its own loop drew: a quick stage's bar was left on the screen, and the next line
+    ran on after it."""
+
+    def refresh(self, nolock=False, lock_args=None):
+        # a bar of no delay is drawn before tqdm starts its clock
+        now, started = time.time(), getattr(self, "start_t", None)
+        if started is not None and now < started + self.delay:
+            return False
+        drawn = super().refresh(nolock=nolock, lock_args=lock_args)
+        if drawn and started is not None:  # marks it drawn, so that ``close`` wipes it
+            self.last_print_t = max(self.last_print_t, now)
+        return drawn
 
 
 def _columns(stream: TextIO) -> int:

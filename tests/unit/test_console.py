@@ -38,3 +38,31 @@ def test_no_bar_off_a_terminal(monkeypatch):
     with pytest.raises(ValueError):
         _fail_in_stage()
     assert pipe.getvalue() == ""
+
+
+def _stage_with_progress_lines(items: int) -> None:
+    for i in console.progress_bar("stage", "item")(range(items), items):
+        console.print_progress(f"[{i + 1}/{items}] done")
+
+
+def test_progress_lines_in_a_quick_stage_show_no_bar(monkeypatch):
+    """tqdm redraws every bar after a ``write``, one still inside its delay too; that bar, never
+    drawn by tqdm's own loop, was not wiped at the end, and the next line ran on after it
+    (``convert`` from a warm cache: ``convert:   0%| 0/7 [...]wrote 7 package(s)``)."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    _stage_with_progress_lines(3)
+    shown = terminal.getvalue()
+    assert "stage:" not in shown
+    assert shown.rstrip(" \r").endswith("[3/3] done\n")
+
+
+def test_a_bar_drawn_after_its_delay_is_wiped_when_the_stage_ends(monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(console, "BAR_DELAY_SECONDS", 0)
+    _stage_with_progress_lines(3)
+    shown = terminal.getvalue()
+    assert "stage:" in shown
+    last_bar = shown.rindex("stage:")
+    assert "\r" in shown[last_bar:] and shown.endswith("\r")  # the last drawing wiped back to the line's start

@@ -69,20 +69,25 @@ UNSIZED_COLUMNS = 80
 
 
 class _Bar(tqdm):
-    """A bar that stays hidden through its delay whoever asks it to redraw. tqdm's ``write``
-    (:func:`print_progress`) redraws every bar, one still in its delay too, and ``close`` wipes
-    only a bar its own loop drew: a quick stage's bar was left on the screen, and the next line
-    ran on after it."""
+    """A bar that stays hidden through its delay whoever asks it to redraw, and is wiped at the end
+    whoever drew it. tqdm's ``write`` (:func:`print_progress`) redraws every bar, one still in its
+    delay too, while ``close`` wipes only a bar tqdm's own loop drew: a quick stage's bar was left
+    on the screen, and the next line ran on after it."""
+
+    drawn = False
 
     def refresh(self, nolock=False, lock_args=None):
-        # a bar of no delay is drawn before tqdm starts its clock
-        now, started = time.time(), getattr(self, "start_t", None)
-        if started is not None and now < started + self.delay:
+        started = getattr(self, "start_t", None)  # a bar of no delay is drawn before tqdm starts its clock
+        if started is not None and time.time() < started + self.delay:
             return False
         drawn = super().refresh(nolock=nolock, lock_args=lock_args)
-        if drawn and started is not None:  # marks it drawn, so that ``close`` wipes it
-            self.last_print_t = max(self.last_print_t, now)
+        self.drawn = self.drawn or bool(drawn)
         return drawn
+
+    def close(self):
+        if self.drawn and not self.disable and self.last_print_t < self.start_t + self.delay:
+            self.clear()  # drawn by a write only: tqdm's close takes it for never drawn
+        super().close()
 
 
 def _columns(stream: TextIO) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import re
 import sys
+import time
 
 import pytest
 
@@ -40,8 +42,9 @@ def test_no_bar_off_a_terminal(monkeypatch):
     assert pipe.getvalue() == ""
 
 
-def _stage_with_progress_lines(items: int) -> None:
+def _stage_with_progress_lines(items: int, seconds_each: float = 0.0) -> None:
     for i in console.progress_bar("stage", "item")(range(items), items):
+        time.sleep(seconds_each)
         console.print_progress(f"[{i + 1}/{items}] done")
 
 
@@ -66,3 +69,14 @@ def test_a_bar_drawn_after_its_delay_is_wiped_when_the_stage_ends(monkeypatch):
     assert "stage:" in shown
     last_bar = shown.rindex("stage:")
     assert "\r" in shown[last_bar:] and shown.endswith("\r")  # the last drawing wiped back to the line's start
+
+
+def test_a_bar_counts_each_item_once_when_progress_lines_come_quickly(monkeypatch):
+    """A redraw between two quick items must not leave tqdm's loop behind on the count: it then
+    added its whole count again at each item (``quantize``'s bar read 29 of 9 variants)."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(console, "BAR_DELAY_SECONDS", 0)
+    _stage_with_progress_lines(4, seconds_each=0.15)  # past tqdm's 0.1 s between two drawings
+    counts = re.findall(r"stage:[^\r\n]*?(\d+)(/4|item)", terminal.getvalue())
+    assert counts and all(int(n) <= 4 and of == "/4" for n, of in counts), counts

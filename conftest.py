@@ -196,14 +196,16 @@ def stream(streaming, export_cache, dims) -> Stream:
 @pytest.fixture(scope="session")
 def held_out(torch_model, dims, export_cache, session_exporters, predictor, pytestconfig):
     """The held-out set evaluated (``validation.held_out``) for the fp32, fp16 and int8-per-channel
-    exports; shared by the parity and quantization suites and put in the validation block. Skips
-    on a model whose transcripts mean nothing."""
+    exports, the others' words held to the fp16 export's (int8 is made from it); shared by the
+    parity and quantization suites and put in the validation block. Skips on a model whose
+    transcripts mean nothing."""
     exported = {precision: {e.name: e for e in session_exporters[precision].export_all(DECODE)}
                 for precision in ("float32", "float16")}
     packages = {precision: {name: e.package for name, e in by_name.items()} for precision, by_name in exported.items()}
     int8 = VARIANTS["int8_per_channel"]
     packages[int8.name] = {name: compress(e, int8, export_cache).package for name, e in exported["float16"].items()}
-    result, confidence, reason = held_out_evaluation(torch_model, dims, export_cache, packages, predictor)
+    result, confidence, reason = held_out_evaluation(torch_model, dims, export_cache, packages, predictor,
+                                                     flips_against="float16")
     if reason:
         pytest.skip(f"{reason}; the default --preset parakeet-tdt-tiny-trained runs this")
     send(pytestconfig, HeldOut(result.block({"set": "builtin:held-out"})))

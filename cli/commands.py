@@ -64,7 +64,7 @@ from validation.packages import (
     provenance,
     read_interface,
 )
-from validation.quantization import QuantizationSweep
+from validation.quantization import QuantizationSweep, held_out_entry
 from validation.ranges import describe_ranges, package_ranges, ranges_block
 from validation.streaming import (
     COMPONENT_VALUES,
@@ -76,7 +76,7 @@ from validation.streaming import (
 )
 from validation.timestamps import word_timer
 from validation.timing import all_cases, environment, flagged, latency_block, measure
-from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, load_gates, load_tolerances
+from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, GATE_MAXIMA, load_gates, load_tolerances
 from validation.windowing import STRATEGIES
 
 
@@ -501,6 +501,11 @@ def run_quantize(args) -> int:
         found = f"unknown variant(s) {', '.join(unknown)}" if unknown else "names no variant"
         raise UserError(f"--variants {args.variants!r}: {found}; expected one or more of: {', '.join(table)}")
     held_out = held_out_variants(args.held_out, names)
+    unmeasured = [f"{name}:{metric}" for name in names for metric in gates.get(name, {})
+                  if metric in GATE_MAXIMA and name not in held_out]
+    if unmeasured:
+        raise UserError(f"--gate {', '.join(unmeasured)}: word flips are counted on the held-out set; add the "
+                        f"variant(s) to --held-out (now: {', '.join(held_out) or 'none'})")
     if not given and args.output_root.resolve() == args.output_dir.resolve():
         raise UserError("--output-root must differ from --output-dir")
     had_summary = (args.output_root / SUMMARY).is_file()
@@ -529,6 +534,7 @@ def run_quantize(args) -> int:
                 print_progress(f"  {name}: not built: {result.error}")
             elif name in held_out:
                 result.held_out = _held_out_wer(model, dims, cache, sweep.bases[target][0], result.packages, load)
+                print_progress(f"  {name}: {describe_held_out(result.held_out)}")
             results.append(result)
         context = QuantizationContext.of(backend, units, precision, model=description["model"], clip=clip.name,
                                          runs=args.runs, warmup=args.warmup,
@@ -542,6 +548,8 @@ def run_quantize(args) -> int:
         print_progress(f"plot not drawn: {line}")
     for line in verdict["failures"]:
         print_progress(f"FAILED {line}")
+    for line in verdict["flags"]:
+        print_progress(f"FLAGGED {line}")
     print_result(f"quantization {verdict['status']}: {verdict['variants']} variant(s) in {args.output_root}, "
                  f"{verdict['passed']} passed, {verdict['failed']} failed, {verdict['not_gated']} not gated, "
                  f"{verdict['error']} not built; {len(plots)} plots in "
@@ -552,13 +560,27 @@ def run_quantize(args) -> int:
     return 0 if verdict["status"] == "passed" else 1
 
 
+UNCOMPRESSED = "uncompressed"  # the held-out label of the export a variant is compressed from
+
+
 def _held_out_wer(model, dims, cache, base_exports: dict, variant_packages: dict, load) -> dict:
     """WER on the held-out test set: NeMo, the uncompressed export and the variant; ``{"skipped":
     reason}`` on a model not confident enough for its transcripts to mean anything."""
     base = {name: e.package for name, e in base_exports.items()}
-    result, _, reason = held_out_evaluation(model, dims, cache, {"uncompressed": base, "variant": variant_packages},
+    result, _, reason = held_out_evaluation(model, dims, cache, {UNCOMPRESSED: base, "variant": variant_packages},
                                             load, progress=progress_bar("held-out set", "utterance"),
-                                            report=lambda line: print_progress(f"held-out set: {line}"))
+                                            report=lambda line: print_progress(f"held-out set: {line}"),
+                                            flips_against=UNCOMPRESSED)
     if reason:
         return {"skipped": reason}
-    return result.block({"set": "builtin:held-out"})
+    return held_out_entry(result.block({"set": "builtin:held-out"}), "variant")
+
+
+def describe_held_out(entry: dict) -> str:
+    """One line: the variant's held-out WER against NeMo's and the words it changes."""
+    if "skipped" in entry:
+        return f"held-out set skipped: {entry['skipped']}"
+    flips = entry["flips"]
+    return (f"held-out WER {100 * entry['wer']:.2f}% (NeMo on the same windows {100 * entry['wer_nemo']:.2f}%); "
+            f"{flips['words']} word(s) changed against the {flips['against']} export in {flips['utterances']} "
+            f"utterance(s), {flips['confident']} at confidence >= {flips['confident_at_least']}")

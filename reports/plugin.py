@@ -28,6 +28,7 @@ from reports.quantization import write_quantization
 from reports.streaming import STREAMING_REPORT_DIR, streaming_block, write_streaming
 from validation.evaluation import BadInput, Evaluation
 from validation.neural_engine import Placement
+from validation.quantization import held_out_entry
 from validation.timing import flagged
 from validation.tolerances import load_gates
 from validation.windowing import STRATEGIES
@@ -271,10 +272,7 @@ def _write_quantization(config, gathered: Gathered) -> str:
     for record in records:
         name = record["name"]
         if held_out and name in held_out["wer"]:
-            record["entry"]["held_out"] = {
-                "utterances": held_out["utterances"], "wer": held_out["wer"][name]["wer"],
-                "wer_nemo": held_out["wer"]["nemo_windowed"]["wer"],
-                "wer_difference_to_nemo": held_out["decomposition_points"]["export"][name] / 100}
+            record["entry"]["held_out"] = held_out_entry(held_out, name)
     root = config.option.quantized_dir
     with staged_output(root, "--quantized-dir") as staging:
         path, plots, skipped = write_quantization(staging, records, gathered.latest["quantization_context"].as_dict(),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from reports.metadata import json_safe
 from reports.plots import QUANTIZE_DIR, Caption, quantization_plots
+from validation.quantization import flip_flags
 from validation.tolerances import gate_failures
 
 SUMMARY = "quantization_summary.json"
@@ -20,15 +21,17 @@ VARIANT_METADATA = "quantization_metadata.json"
 def summary_of(records: list[dict], context: dict, gates: dict) -> dict:
     """{variant: {summary, steps, components: {name: {quality, size_bytes, size_mb, compression_ratio,
     latency_ms, compile_ms, base_size_mb, base_latency_ms, ...}}, end_to_end, held_out, gates,
-    measured_with}}."""
+    flags, measured_with}}."""
     summary = {}
     for record in records:
         name, entry = record["name"], dict(record["entry"])
         gated = gates.get(name, {})
         failures = gate_failures(name, entry, gates) if not entry["error"] else []
+        held_out_gated = "failures" in (entry.get("held_out") or {})  # its WER held to NeMo's
         entry["gates"] = {"thresholds": gated, "status": ("error" if entry["error"] else "failed" if failures
-                                                          else "passed" if gated else "not gated"),
+                                                          else "passed" if gated or held_out_gated else "not gated"),
                           "failures": failures}
+        entry["flags"] = flip_flags(name, entry)
         entry["measured_with"] = context
         summary[name] = entry
     return summary
@@ -42,7 +45,8 @@ def overall(summary: dict) -> dict:
     return {"status": "failed" if counts["failed"] or counts["error"] else "passed", "variants": len(summary),
             **{status.replace(" ", "_"): n for status, n in counts.items()},
             "failures": [f for entry in summary.values() for f in entry["gates"]["failures"]]
-            + [f"{name}: not built: {entry['error']}" for name, entry in summary.items() if entry["error"]]}
+            + [f"{name}: not built: {entry['error']}" for name, entry in summary.items() if entry["error"]],
+            "flags": [f for entry in summary.values() for f in entry.get("flags", [])]}
 
 
 def caption_of(context: dict) -> Caption:

@@ -76,9 +76,10 @@ from validation.metrics import (
     timing_differences,
     timing_summary,
     word_errors,
+    word_flips,
 )
 from validation.streaming import PackageStream, stream_predicts
-from validation.tolerances import MAX_WER_DIFFERENCE_POINTS
+from validation.tolerances import CONFIDENT_FLIP_PROBABILITY, MAX_WER_DIFFERENCE_POINTS
 from validation.windowing import (
     BUFFERED_SECONDS,
     DEFAULT_STRATEGY,
@@ -119,6 +120,7 @@ WINDOWED = Paths("nemo_windowed", "windowing")  # 15 s windows, merged
 STREAMED = Paths("nemo_streaming", "streaming")  # a cache-aware model's chunks
 NEMO_PATHS = WINDOWED.nemo
 WORST = 10
+LISTED_FLIPS = 20  # the most confident word flips a block lists
 ESTIMATE_AFTER_SECONDS = 30.0  # decoding time before the rest of a run is estimated
 
 
@@ -531,13 +533,16 @@ def unexplained_difference(record: dict, label: str, margin_threshold: float) ->
 def evaluate_utterance(utterance: Utterance, samples: np.ndarray, decoders: dict[str, Transcribe], text,
                        dims: ModelDims, normalizer: str, paths: Paths = WINDOWED,
                        strategy: Strategy = STRATEGIES[DEFAULT_STRATEGY], timer=None,
-                       decoded: dict[str, Decoded] | None = None) -> tuple[dict, dict[str, Decoded]]:
+                       decoded: dict[str, Decoded] | None = None, flips: tuple[str, Callable] | None = None
+                       ) -> tuple[dict, dict[str, Decoded]]:
     """The utterance's transcripts by path and export, their word errors (normalised, and raw)
     against the reference text, each export's agreement with NeMo run as it runs, and with
     ``timer`` (``validation.timestamps.word_timer``) its words in time: word errors near the
     strategy's seams against elsewhere, and word times against NeMo's (and against the rendered
     ones, where the manifest has them). ``decoded``: transcripts already made (NeMo on the whole
-    utterance, shared by every strategy). Returns the record and every path's transcript."""
+    utterance, shared by every strategy). ``flips``: (the export the others' words are held to,
+    ``validation.timestamps.word_scorer``): each other export's word flips against it.
+    Returns the record and every path's transcript."""
     decoded, took = dict(decoded or {}), {}
     for label, decode in decoders.items():
         if label in decoded:
@@ -567,6 +572,11 @@ def evaluate_utterance(utterance: Utterance, samples: np.ndarray, decoders: dict
     record["identical"] = {label: decoded[label].tokens == decoded[reference].tokens for label in exports}
     record["first_difference"] = {label: first_difference(decoded[reference], decoded[label], seconds_per_frame,
                                                           text) for label in exports}
+    if flips is not None:
+        against, scorer = flips
+        baseline = scorer(decoded[against].tokens, decoded[against].frames, decoded[against].probs)
+        record["flips"] = {label: word_flips(baseline, scorer(d.tokens, d.frames, d.probs))
+                           for label, d in decoded.items() if label in exports and label != against}
     if timer is not None:
         record.update(words_in_time(utterance, decoded, timer, paths, record.get("seams_s")))
     return record, decoded
@@ -617,6 +627,7 @@ class Evaluation:
     strategy: Strategy = STRATEGIES[DEFAULT_STRATEGY]
     compared: list[str] = field(default_factory=list)  # the other strategies each record also holds
     replaced: int = 0  # records of an earlier run's journal this run dropped (no --resume)
+    flips_against: str | None = None  # the export whose words the others' are held to, word by word
 
     def with_text(self) -> list[dict]:
         return [r for r in self.records if "wer" in r]
@@ -705,6 +716,16 @@ class Evaluation:
                  reference: r["transcripts"][reference], label: r["transcripts"][label],
                  "first_difference": r["first_difference"][label]} for r in ranked]
 
+    def flips(self, label: str) -> dict:
+        """The words ``label`` changes against ``flips_against``: how many, in how many utterances,
+        how many it decided with at least ``CONFIDENT_FLIP_PROBABILITY``, and the most confident."""
+        found = [{"key": r["key"], **f} for r in self.records for f in r["flips"][label]]
+        confident = [f for f in found if (f["confidence"] or 0.0) >= CONFIDENT_FLIP_PROBABILITY]
+        ranked = sorted(found, key=lambda f: -1.0 if f["confidence"] is None else f["confidence"], reverse=True)
+        return {"against": self.flips_against, "words": len(found), "utterances": len({f["key"] for f in found}),
+                "confident": len(confident), "confident_at_least": CONFIDENT_FLIP_PROBABILITY,
+                "most_confident": ranked[:LISTED_FLIPS]}
+
     def block(self, context: dict) -> dict:
         paths = self.labels()
         reference = self.paths.reference
@@ -730,6 +751,8 @@ class Evaluation:
             "decomposition_points": self.decomposition(),
             "seconds_per_audio_minute": self.seconds_per_audio_minute(),
             "worst": {label: self.worst(label) for label in self.exports},
+            **({"flips": {label: self.flips(label) for label in self.exports if label != self.flips_against}}
+               if self.flips_against else {}),
             **({"strategy": self.strategy.name} if self.paths == WINDOWED else {}),
             **({"wer_by_case": self.wer_by_case()} if any("case" in r for r in self.with_text()) else {}),
             **self.words_in_time(),
@@ -793,7 +816,7 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
              progress: Callable[[Iterator, int], Iterator] = lambda items, total: items,
              paths: Paths = WINDOWED, strategy: Strategy = STRATEGIES[DEFAULT_STRATEGY],
              compared: dict[str, dict[str, Transcribe]] | None = None, timer=None,
-             paces: PaceBook | None = None) -> Evaluation:
+             paces: PaceBook | None = None, flips: tuple[str, Callable] | None = None) -> Evaluation:
     """Every utterance through every decoder (``paths.nemo`` and the exports), the windowed ones
     cut by ``strategy``, and through each other strategy's decoders in ``compared`` (name -> the
     reference path and the exports cut that way; NeMo on whole utterances is shared); with
@@ -801,17 +824,20 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
     is done (``validation.journal``). With ``resume``, the utterances the journal already holds are
     taken from it, where nothing that determines them changed: their audio, text, ``settings``
     (the packages, say), the normaliser and the windows. What the journal held is said through
-    ``report``, and with ``paces`` about how long the run will take, from the last run like it."""
+    ``report``, and with ``paces`` about how long the run will take, from the last run like it.
+    ``flips``: (an export, ``validation.timestamps.word_scorer``): the words each other export
+    changes against that one (``Evaluation.flips``)."""
     if normalizer not in NORMALIZERS:
         raise UserError(f"--normalizer {normalizer!r}; expected one of: {', '.join(NORMALIZERS)}")
     exports = [label for label in decoders if not paths.is_nemo(label)]
     compared = compared or {}
     result = Evaluation(exports, normalizer, max_wer_difference, list(exact), bad=list(bad), paths=paths,
-                        strategy=strategy, compared=list(compared))
+                        strategy=strategy, compared=list(compared), flips_against=flips[0] if flips else None)
     # streamed records say so in their fingerprint
     determined_by = {**(settings or {}), "normalizer": normalizer, "paths": list(decoders),
                      "windows": strategy.describe(dims), "compared": list(compared), "timed": timer is not None,
-                     **({"mode": paths.as_dict()} if paths != WINDOWED else {})}
+                     **({"mode": paths.as_dict()} if paths != WINDOWED else {}),
+                     **({"flips_against": flips[0]} if flips else {})}
     normalize = text_normalizer(normalizer)
     wordless = [u.key for u in utterances if u.text is not None and not WORD.search(normalize(u.text))]
     if wordless:  # no word to score against: a WER would be every hypothesis word over zero
@@ -839,7 +865,7 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
                 result.bad.append(BadInput(utterance.key, str(e)))
                 continue
             record, decoded = evaluate_utterance(utterance, samples, decoders, text, dims, normalizer, paths,
-                                                 strategy, timer)
+                                                 strategy, timer, flips=flips)
             if compared:
                 shared = {paths.model: decoded[paths.model]}
                 record["strategies"] = {

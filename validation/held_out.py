@@ -44,6 +44,7 @@ from validation.evaluation import (
     read_utterance,
     token_text,
 )
+from validation.timestamps import word_scorer
 from validation.windowing import window_stride
 
 # fp32 exports of a confident model must transcribe exactly like NeMo; the rest within the bound.
@@ -310,13 +311,14 @@ def not_confident_reason(model, dims: ModelDims, clips: list[Clip]) -> tuple[flo
 
 
 def held_out_evaluation(model, dims: ModelDims, cache: ExportCache, exports: dict[str, dict], load,
-                        progress=lambda items, total: items, report=lambda line: None
+                        progress=lambda items, total: items, report=lambda line: None, flips_against: str | None = None
                         ) -> tuple[Evaluation | None, float, str | None]:
     """The held-out set evaluated for each labelled set of decode packages (label -> component ->
     package), saying through ``report`` how much it decodes and, once it has a pace, how long the
     rest takes: fp32 exports must transcribe exactly like NeMo on the same windows, the rest within
     half a WER point. On a model not confident enough for its transcripts to mean anything (its
-    first 20 utterances decide): ``(None, confidence, why)``."""
+    first 20 utterances decide): ``(None, confidence, why)``. ``flips_against``: the label of the
+    uncompressed export, whose words the others' are held to word by word."""
     _, utterances, bad = open_data_set(f"{BUILTIN_PREFIX}held-out", cache, dims)
     clips = [fit_window(read_utterance(u, dims.sample_rate), dims, u.key, "") for u in utterances[:20]]
     confidence, reason = not_confident_reason(model, dims, clips)
@@ -325,5 +327,6 @@ def held_out_evaluation(model, dims: ModelDims, cache: ExportCache, exports: dic
     paces = PaceBook(cache.root, {"set": "builtin:held-out", "dims": dims.as_dict(), "exports": sorted(exports)})
     result = evaluate(utterances, decoders_for(model, dims, exports, load), token_text(model), dims,
                       normalizer="none", exact=list(EXACT_LABELS), bad=bad,
-                      progress=progress, report=report, paces=paces)
+                      progress=progress, report=report, paces=paces,
+                      flips=(flips_against, word_scorer(model, dims)) if flips_against else None)
     return result, confidence, None

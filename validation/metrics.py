@@ -250,13 +250,14 @@ SEAM_RADIUS_SECONDS = 1.0
 TimedWords = list[tuple[str, float, float]]  # (word, start s, end s)
 
 
-def _plain(words: TimedWords) -> TimedWords:
-    """Each word lower-cased with its punctuation dropped; words left empty are dropped."""
+def _plain(words: list[tuple]) -> list[tuple]:
+    """Each word (the first of its tuple) lower-cased with its punctuation dropped; words left
+    empty are dropped."""
     out = []
-    for word, start, end in words:
+    for word, *rest in words:
         plain = re.sub(r"[^\w]", "", word.lower())
         if plain:
-            out.append((plain, start, end))
+            out.append((plain, *rest))
     return out
 
 
@@ -274,6 +275,29 @@ def _aligned(reference: TimedWords, hypothesis: TimedWords) -> list[tuple[str, i
             j = chunk.hyp_start_idx + k if chunk.type != "delete" else None
             pairs.append((chunk.type, i, j))
     return pairs
+
+
+ScoredWords = list[tuple[str, float, float | None]]  # (word, start s, the lowest probability of its tokens)
+
+
+def word_flips(baseline: ScoredWords, candidate: ScoredWords) -> list[dict]:
+    """The words ``candidate`` changes against ``baseline`` (case and punctuation aside): each
+    substitution, insertion and deletion, at its word position in ``baseline`` and its time, with
+    the confidence ``candidate`` decided it with and the one ``baseline`` decided its word with.
+    A WER against the reference text can stay equal while words flip both ways; these cannot hide."""
+    was, now = _plain(baseline), _plain(candidate)
+    flips, position = [], 0
+    for kind, i, j in _aligned(was, now):
+        if i is not None:
+            position = i + 1
+        if kind == "equal":
+            continue
+        flips.append({"kind": kind, "position": i if i is not None else position,
+                      "time_s": (now[j] if j is not None else was[i])[1],
+                      "was": was[i][0] if i is not None else None, "now": now[j][0] if j is not None else None,
+                      "confidence": now[j][2] if j is not None else None,
+                      "baseline_confidence": was[i][2] if i is not None else None})
+    return flips
 
 
 def _near(start: float, end: float, seams: list[float], radius: float) -> bool:

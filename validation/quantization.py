@@ -152,6 +152,30 @@ class VariantResult:
                 "packages": {name: str(package) for name, package in self.packages.items()}}
 
 
+def held_out_entry(block: dict, label: str) -> dict:
+    """A variant's share of a held-out evaluation block (``label``: its export there): its WER
+    against NeMo's on the same windows, what it fails of that gate, and the words it changes
+    against the uncompressed export (``Evaluation.flips``)."""
+    reference = block["paths"]["reference"]
+    return {"set": block.get("set"), "utterances": block["utterances"], "wer": block["wer"][label]["wer"],
+            "wer_nemo": block["wer"][reference]["wer"],
+            "wer_difference_to_nemo": block["decomposition_points"]["export"][label] / 100,
+            "failures": [f.removeprefix(f"{label}: ") for f in block["failures"] if f.startswith(f"{label}: ")],
+            "flips": block.get("flips", {}).get(label)}
+
+
+def flip_flags(variant: str, entry: dict) -> list[str]:
+    """Why a variant should be read with care though its gates pass: words it changes against the
+    uncompressed export while confident of them (a WER can stay equal while they flip)."""
+    flips = (entry.get("held_out") or {}).get("flips")
+    if not flips or not flips["confident"]:
+        return []
+    top = flips["most_confident"][0]
+    return [f"{variant}: changes {flips['confident']} word(s) against {flips['against']} at confidence >= "
+            f"{flips['confident_at_least']} (e.g. {top['was']!r} -> {top['now']!r} in {top['key']} at "
+            f"{top['time_s']} s, {top['confidence']:.3f})"]
+
+
 def latency_of(package, load, inputs: dict, runs: int, warmup: int) -> dict:
     """``runs`` calls of the package after ``warmup``: median, fastest, 90th percentile and CV (ms),
     and why they should not be read alone (a wide spread, a busy host), as ``compare`` flags them."""

@@ -39,30 +39,31 @@ def token_spans(frames: list[int], durations: list[int], punctuation: list[bool]
     return spans
 
 
+def word_groups(pieces: list[str], texts: list[str], punctuation: list[bool]) -> list[list[int]]:
+    """The token indices of each word: a piece that begins a word (it differs from its text)
+    starts one; punctuation joins the word before it."""
+    words: list[list[int]] = []
+    current: list[int] = []  # the word being built
+    for i, (piece, text) in enumerate(zip(pieces, texts, strict=True)):
+        if piece != text and not punctuation[i]:  # a piece that begins a word
+            if current:
+                words.append(current)
+            current = [i]
+        else:  # within the word, or a mark after it (or before any word: it begins one)
+            current.append(i)
+    if current:
+        words.append(current)
+    return words
+
+
 def timed_words(pieces: list[str], texts: list[str], frames: list[int], durations: list[int],
                 supported_punctuation: set[str], detokenize: Callable[[list[str]], str]) -> list[TimedWord]:
     """The words of a transcript with their start and end frames: its tokens' pieces, each token's
     text on its own (a piece that begins a word differs from it), emission frames and durations."""
     punctuation = [text in supported_punctuation for text in texts]
     spans = token_spans(frames, durations, punctuation)
-    words, current = [], []  # current: indices of the word being built
-
-    def close():
-        if current:
-            words.append(TimedWord(detokenize([pieces[i] for i in current]), spans[current[0]][0],
-                                   spans[current[-1]][1]))
-
-    for i, (piece, text) in enumerate(zip(pieces, texts, strict=True)):
-        if punctuation[i] and not current and words:  # after a finished word: it joins it, its end the mark's
-            last = words[-1]
-            words[-1] = TimedWord(last.word + text, last.start, spans[i][1])
-        elif piece != text and not punctuation[i]:  # a piece that begins a word
-            close()
-            current = [i]
-        else:  # within a word (a mark before any word begins one)
-            current.append(i)
-    close()
-    return words
+    return [TimedWord(detokenize([pieces[i] for i in word]), spans[word[0]][0], spans[word[-1]][1])
+            for word in word_groups(pieces, texts, punctuation)]
 
 
 def word_timer(model, dims: ModelDims) -> Callable:
@@ -78,3 +79,20 @@ def word_timer(model, dims: ModelDims) -> Callable:
         return [(w.word.strip(), round(w.start * seconds, 3), round(w.end * seconds, 3)) for w in words]
 
     return timed
+
+
+def word_scorer(model, dims: ModelDims) -> Callable:
+    """``(tokens, frames, probs) -> [(word, start s, confidence)]``: each word of a transcript with
+    the lowest probability the decoder gave any of its tokens (None where it gave none)."""
+    tokenizer = model.tokenizer
+    supported = set(getattr(model.decoding, "supported_punctuation", None) or ())
+    seconds = dims.encoder_hop / dims.sample_rate
+
+    def scored(tokens: list[int], frames: list[int], probs: list[float]) -> list[tuple[str, float, float | None]]:
+        pieces = tokenizer.ids_to_tokens(list(tokens)) if tokens else []
+        texts = [tokenizer.ids_to_text([token]) for token in tokens]
+        groups = word_groups(pieces, texts, [text in supported for text in texts])
+        return [(tokenizer.tokens_to_text([pieces[i] for i in word]).strip(), round(frames[word[0]] * seconds, 3),
+                 min(probs[i] for i in word) if probs else None) for word in groups]
+
+    return scored

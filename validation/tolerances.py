@@ -173,6 +173,10 @@ def load_tolerances(pyproject: Path | None = None, cli: list[str] = (),
 # Data-set evaluation (validation.evaluation): how far an export's WER may stray from NeMo's on
 # the same windows, in WER points.
 MAX_WER_DIFFERENCE_POINTS = 0.5
+# A word a compressed export changes against the uncompressed one (a flip) while deciding it with
+# at least this probability is flagged even where the WER is unchanged: a confident wrong word is
+# what a user hears, and an average hides it (one shipped 6-bit encoder wrote a non-word at 0.885).
+CONFIDENT_FLIP_PROBABILITY = 0.8
 
 # Quantization gates: variant -> metric -> the minimum it must reach. "quality" holds for every
 # component of the variant, "joint_decision.acc" for the decision package's token-id match.
@@ -183,6 +187,10 @@ QUANTIZATION_GATES: dict[str, dict[str, float]] = {
     "palettize_8bit": {"quality": 0.95},
 }
 GATE_METRICS = ("quality", "joint_decision.acc", "joint_decision.duration_match")
+# Gates that are a most, not a least: the words a variant changes against the uncompressed export
+# on the set it is evaluated on (``quantize --held-out``), all of them, or those decided with at
+# least CONFIDENT_FLIP_PROBABILITY.
+GATE_MAXIMA = ("flips", "confident_flips")
 # The variant whose held-out WER a sweep gates by default (within MAX_WER_DIFFERENCE_POINTS of NeMo's).
 DEFAULT_HELD_OUT_VARIANT = "int8_per_channel"
 
@@ -194,13 +202,18 @@ def load_gates(pyproject: Path | None = None, cli: list[str] = (), variants=None
     gates = {variant: dict(metrics) for variant, metrics in QUANTIZATION_GATES.items()}
 
     def put(variant, metric, value, where):
-        if metric not in GATE_METRICS:
-            raise UserError(f"{where}: unknown gate metric {metric!r}; expected one of: {', '.join(GATE_METRICS)}")
+        if metric not in GATE_METRICS + GATE_MAXIMA:
+            raise UserError(f"{where}: unknown gate metric {metric!r}; expected one of: "
+                            f"{', '.join(GATE_METRICS + GATE_MAXIMA)}")
         try:
             value = float(value)
         except (TypeError, ValueError):
             raise UserError(f"{where}: {variant}.{metric} = {value!r} is not a number") from None
-        if not 0.0 <= value <= 1.0:
+        if metric in GATE_MAXIMA:
+            if value < 0 or value != int(value):
+                raise UserError(f"{where}: {variant}.{metric} = {value:g}: expected a count of words, 0 or more")
+            value = int(value)
+        elif not 0.0 <= value <= 1.0:
             raise UserError(f"{where}: {variant}.{metric} = {value} is outside [0, 1]")
         gates.setdefault(variant, {})[metric] = value
 
@@ -225,9 +238,15 @@ def load_gates(pyproject: Path | None = None, cli: list[str] = (), variants=None
 
 
 def gate_failures(variant: str, result: dict, gates: dict[str, dict[str, float]]) -> list[str]:
-    """What ``result`` (a variant's summary entry) misses of its gates, one line each."""
-    failures = []
-    for metric, minimum in gates.get(variant, {}).items():
+    """What ``result`` (a variant's summary entry) misses of its gates, one line each; a held-out
+    evaluation's WER gate (``held_out.failures``) counts among them."""
+    held_out = result.get("held_out") or {}
+    failures = [f"{variant}: held-out set: {f}" for f in held_out.get("failures", [])]
+    for metric, limit in gates.get(variant, {}).items():
+        if metric in GATE_MAXIMA:
+            failures += _flip_failures(variant, metric, limit, held_out)
+            continue
+        minimum = limit
         if metric == "quality":
             found = {name: c["quality"] for name, c in result["components"].items()}
         else:
@@ -236,3 +255,14 @@ def gate_failures(variant: str, result: dict, gates: dict[str, dict[str, float]]
         failures += [f"{variant}: {name} {metric.split('.')[-1]} {value:.4f} < {minimum}"
                      for name, value in found.items() if value < minimum]
     return failures
+
+
+def _flip_failures(variant: str, metric: str, most: int, held_out: dict) -> list[str]:
+    """A flip gate's failure: more words changed than ``most``, or none counted."""
+    flips = held_out.get("flips")
+    if flips is None:
+        why = held_out.get("skipped") or "it was not evaluated on a set (--held-out)"
+        return [f"{variant}: {metric} not measured: {why}"]
+    found = flips["words" if metric == "flips" else "confident"]
+    what = "word flip(s)" if metric == "flips" else f"word flip(s) at confidence >= {flips['confident_at_least']}"
+    return [f"{variant}: {found} {what} against {flips['against']} > {most}"] if found > most else []

@@ -74,6 +74,12 @@ def test_a_variant_name_that_is_no_identifier_is_refused_and_writes_nothing(conv
     (["--variants", "palettize_8bit", "--held-out", "int8_per_channel"],
      "--held-out 'int8_per_channel': int8_per_channel not among the variants swept; expected some of: palettize_8bit"),
     (["--held-out", ","], "--held-out ',': names no variant"),
+    (["--gate", "palettize_8bit:flips=0"],
+     "--gate palettize_8bit:flips: word flips are counted on the held-out set; add the variant(s) to --held-out "
+     "(now: int8_per_channel)"),
+    (["--gate", "int8_per_channel:flips=0.5"], "int8_per_channel.flips = 0.5: expected a count of words, 0 or more"),
+    (["--gate", "int8_per_channel:confident_flips=-1"],
+     "int8_per_channel.confident_flips = -1: expected a count of words, 0 or more"),
 ])
 def test_an_empty_or_unknown_selection_of_variants_is_refused_and_writes_nothing(converted, fault_cache, tmp_path,
                                                                                  args, message, capsys):

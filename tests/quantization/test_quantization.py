@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from validation.tolerances import gate_failures
@@ -37,3 +39,20 @@ def test_int8_per_channel_keeps_held_out_wer(held_out):
     """The int8 per-channel exports transcribe the held-out set within half a WER point of NeMo
     (the held-out check shared with the parity suite; it reaches the quantization summary)."""
     assert held_out.failure("int8_per_channel") is None, held_out.failure("int8_per_channel")
+
+
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^\w\s]", "", text.lower()).split()
+
+
+def test_word_flips_against_fp16_are_where_the_words_changed(held_out):
+    """Each export's word flips against the fp16 export it is compared with: some exactly in the
+    utterances whose words (case and punctuation aside) differ from fp16's, each naming a word of
+    the two transcripts."""
+    for label in ("float32", "int8_per_channel"):
+        for record in held_out.records:
+            ours, theirs = _words(record["transcripts"][label]), _words(record["transcripts"]["float16"])
+            flips = record["flips"][label]
+            assert bool(flips) == (ours != theirs), (label, record["key"], flips)
+            assert all(f["was"] in theirs for f in flips if f["was"]) and all(f["now"] in ours for f in flips
+                                                                                if f["now"]), flips

@@ -19,6 +19,7 @@ from validation.metrics import (
     top1_margin,
     word_error_rate,
     word_errors,
+    word_flips,
 )
 
 
@@ -132,3 +133,34 @@ def test_word_errors_count_each_kind():
     assert word_errors("one two three four five", "one three four five").deletions == 1
     assert found.wer == pytest.approx(3 / 5)
     assert word_errors("", "noise") == WordErrors(0, 1, 0, 0)  # silence transcribed as a word
+
+
+# -- word flips ----------------------------------------------------------------------------------
+
+_BASELINE = [("The", 0.0, 0.99), ("cat", 0.4, 0.95), ("sat", 0.8, 0.9), ("down.", 1.2, 0.97)]
+
+
+def test_a_transcript_that_differs_only_in_case_and_punctuation_flips_no_word():
+    assert word_flips(_BASELINE, [("the", 0.0, 0.5), ("cat,", 0.4, 0.5), ("sat", 0.8, 0.5), ("down", 1.2, 0.5)]) == []
+
+
+def test_a_substituted_word_keeps_its_position_time_and_both_confidences():
+    candidate = [("the", 0.0, 0.99), ("cap", 0.44, 0.885), ("sat", 0.8, 0.9), ("down", 1.2, 0.97)]
+    assert word_flips(_BASELINE, candidate) == [
+        {"kind": "substitute", "position": 1, "time_s": 0.44, "was": "cat", "now": "cap", "confidence": 0.885,
+         "baseline_confidence": 0.95}]
+
+
+def test_dropped_and_inserted_words_are_flips_placed_in_the_baseline():
+    dropped = [("the", 0.0, 0.99), ("cat", 0.4, 0.95), ("down", 1.2, 0.97)]
+    assert word_flips(_BASELINE, dropped) == [
+        {"kind": "delete", "position": 2, "time_s": 0.8, "was": "sat", "now": None, "confidence": None,
+         "baseline_confidence": 0.9}]
+    added = [*_BASELINE, ("again", 1.6, 0.6)]
+    assert word_flips(_BASELINE, added) == [
+        {"kind": "insert", "position": 4, "time_s": 1.6, "was": None, "now": "again", "confidence": 0.6,
+         "baseline_confidence": None}]
+
+
+def test_an_empty_transcript_drops_every_word():
+    assert [f["was"] for f in word_flips(_BASELINE, [])] == ["the", "cat", "sat", "down"]

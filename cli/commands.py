@@ -533,7 +533,8 @@ def run_quantize(args) -> int:
             if result.error:
                 print_progress(f"  {name}: not built: {result.error}")
             elif name in held_out:
-                result.held_out = _held_out_wer(model, dims, cache, sweep.bases[target][0], result.packages, load)
+                result.held_out = _held_out_wer(model, dims, cache, sweep.bases[target][0], result.packages, load,
+                                                args.manifest)
                 print_progress(f"  {name}: {describe_held_out(result.held_out)}")
             results.append(result)
         context = QuantizationContext.of(backend, units, precision, model=description["model"], clip=clip.name,
@@ -563,24 +564,25 @@ def run_quantize(args) -> int:
 UNCOMPRESSED = "uncompressed"  # the held-out label of the export a variant is compressed from
 
 
-def _held_out_wer(model, dims, cache, base_exports: dict, variant_packages: dict, load) -> dict:
-    """WER on the held-out test set: NeMo, the uncompressed export and the variant; ``{"skipped":
-    reason}`` on a model not confident enough for its transcripts to mean anything."""
+def _held_out_wer(model, dims, cache, base_exports: dict, variant_packages: dict, load, data_set: str) -> dict:
+    """The variant on ``data_set`` beside NeMo and the uncompressed export (``held_out_entry``);
+    ``{"skipped": reason}`` on a model not confident enough for its transcripts to mean anything."""
     base = {name: e.package for name, e in base_exports.items()}
     result, _, reason = held_out_evaluation(model, dims, cache, {UNCOMPRESSED: base, "variant": variant_packages},
                                             load, progress=progress_bar("held-out set", "utterance"),
-                                            report=lambda line: print_progress(f"held-out set: {line}"),
-                                            flips_against=UNCOMPRESSED)
+                                            report=lambda line: print_progress(f"{data_set}: {line}"),
+                                            flips_against=UNCOMPRESSED, data_set=data_set)
     if reason:
         return {"skipped": reason}
-    return held_out_entry(result.block({"set": "builtin:held-out"}), "variant")
+    return held_out_entry(result.block({"set": data_set}), "variant")
 
 
 def describe_held_out(entry: dict) -> str:
-    """One line: the variant's held-out WER against NeMo's and the words it changes."""
+    """One line: the variant's WER on the set against NeMo's and the words it changes."""
     if "skipped" in entry:
-        return f"held-out set skipped: {entry['skipped']}"
+        return f"not evaluated on a set: {entry['skipped']}"
     flips = entry["flips"]
-    return (f"held-out WER {100 * entry['wer']:.2f}% (NeMo on the same windows {100 * entry['wer_nemo']:.2f}%); "
+    return (f"WER on {entry['set']} {100 * entry['wer']:.2f}% (NeMo on the same windows "
+            f"{100 * entry['wer_nemo']:.2f}%); "
             f"{flips['words']} word(s) changed against the {flips['against']} export in {flips['utterances']} "
             f"utterance(s), {flips['confident']} at confidence >= {flips['confident_at_least']}")

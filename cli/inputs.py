@@ -85,6 +85,8 @@ def preflight(args) -> None:
         report_dir_of(args, args.output_dir, "--output-dir")
     elif args.command == "quantize":
         read_convert_dir(args.output_dir or DEFAULT_CONVERT_DIR, "--output-dir")
+    if args.command == "quantize":
+        check_manifest_argument(args.manifest)
     if args.command == "evaluate":
         strategy_list(args.strategy, args.streaming)
         if args.manifest is not None:

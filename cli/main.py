@@ -42,6 +42,7 @@ from infra.cache import ExportCache
 from infra.console import chatter_to, print_progress
 from infra.errors import UserError
 from runtimes.base import COMPUTE_UNITS, PackageError
+from validation.corpus import HELD_OUT_SET
 from validation.packages import DEFAULT_CONVERT_DIR, DEFAULT_REPORT_DIR
 from validation.tolerances import DEFAULT_HELD_OUT_VARIANT
 from validation.windowing import DEFAULT_STRATEGY, STRATEGIES
@@ -160,9 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--runs", type=count, default=10, help="timed calls per package (0: no timing)")
     quantize.add_argument("--warmup", type=count, default=WARMUP_CALLS, help="untimed calls before the timed ones")
     quantize.add_argument("--held-out", default=None, metavar="A,B",
-                          help="variants whose held-out test-set WER is measured against NeMo, on a confident "
-                               f"(trained) model (default {DEFAULT_HELD_OUT_VARIANT} where it is swept; "
-                               "'none' for none)")
+                          help="variants evaluated on the --manifest set, on a confident (trained) model: their WER "
+                               "held to NeMo's and their words to the uncompressed export's (default "
+                               f"{DEFAULT_HELD_OUT_VARIANT} where it is swept; 'none' for none)")
+    quantize.add_argument("--manifest", default=HELD_OUT_SET, metavar="FILE.jsonl",
+                          help="the data set the --held-out variants are evaluated on, named as evaluate's --manifest "
+                               f"names one (default {HELD_OUT_SET})")
     CACHE_DIR.add(quantize.add_argument)
     quantize.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     return parser

@@ -78,6 +78,7 @@ def sentence(rng: np.random.Generator) -> str:
 # name ``--manifest builtin:NAME`` gives them.
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_SET_NAMES = ("held-out", "long-form", "seams", "silence")
+HELD_OUT_SET = f"{BUILTIN_PREFIX}held-out"  # what compressed variants are evaluated on unless told otherwise
 
 
 def check_manifest_argument(text: str) -> None:

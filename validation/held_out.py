@@ -27,6 +27,7 @@ from validation.checks import CONFIDENT_MEDIAN_PROB
 from validation.corpus import (
     BUILTIN_PREFIX,
     BUILTIN_SET_NAMES,
+    HELD_OUT_SET,
     SEED,
     SPLITS,
     check_manifest_argument,
@@ -311,22 +312,25 @@ def not_confident_reason(model, dims: ModelDims, clips: list[Clip]) -> tuple[flo
 
 
 def held_out_evaluation(model, dims: ModelDims, cache: ExportCache, exports: dict[str, dict], load,
-                        progress=lambda items, total: items, report=lambda line: None, flips_against: str | None = None
-                        ) -> tuple[Evaluation | None, float, str | None]:
+                        progress=lambda items, total: items, report=lambda line: None, flips_against: str | None = None,
+                        data_set: str = HELD_OUT_SET) -> tuple[Evaluation | None, float, str | None]:
     """The held-out set evaluated for each labelled set of decode packages (label -> component ->
     package), saying through ``report`` how much it decodes and, once it has a pace, how long the
     rest takes: fp32 exports must transcribe exactly like NeMo on the same windows, the rest within
     half a WER point. On a model not confident enough for its transcripts to mean anything (its
     first 20 utterances decide): ``(None, confidence, why)``. ``flips_against``: the label of the
-    uncompressed export, whose words the others' are held to word by word."""
-    _, utterances, bad = open_data_set(f"{BUILTIN_PREFIX}held-out", cache, dims)
+    uncompressed export, whose words the others' are held to word by word. ``data_set``: another
+    set as ``--manifest`` names one; a built-in set's texts are plain already, a manifest's are
+    normalised as ``evaluate`` does by default."""
+    _, utterances, bad = open_data_set(data_set, cache, dims)
     clips = [fit_window(read_utterance(u, dims.sample_rate), dims, u.key, "") for u in utterances[:20]]
     confidence, reason = not_confident_reason(model, dims, clips)
     if reason:
         return None, confidence, reason
-    paces = PaceBook(cache.root, {"set": "builtin:held-out", "dims": dims.as_dict(), "exports": sorted(exports)})
+    paces = PaceBook(cache.root, {"set": data_set, "dims": dims.as_dict(), "exports": sorted(exports)})
     result = evaluate(utterances, decoders_for(model, dims, exports, load), token_text(model), dims,
-                      normalizer="none", exact=list(EXACT_LABELS), bad=bad,
+                      normalizer="none" if data_set.startswith(BUILTIN_PREFIX) else "whisper-english",
+                      exact=list(EXACT_LABELS), bad=bad,
                       progress=progress, report=report, paces=paces,
                       flips=(flips_against, word_scorer(model, dims)) if flips_against else None)
     return result, confidence, None

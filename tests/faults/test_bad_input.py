@@ -77,6 +77,7 @@ def test_a_variant_name_that_is_no_identifier_is_refused_and_writes_nothing(conv
     (["--gate", "palettize_8bit:flips=0"],
      "--gate palettize_8bit:flips: word flips are counted on the held-out set; add the variant(s) to --held-out "
      "(now: int8_per_channel)"),
+    (["--manifest", "no-such.jsonl"], "--manifest no-such.jsonl: no such file; expected NeMo's JSON-lines manifest"),
     (["--gate", "int8_per_channel:flips=0.5"], "int8_per_channel.flips = 0.5: expected a count of words, 0 or more"),
     (["--gate", "int8_per_channel:confident_flips=-1"],
      "int8_per_channel.confident_flips = -1: expected a count of words, 0 or more"),

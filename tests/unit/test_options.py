@@ -63,6 +63,7 @@ def test_every_option_of_a_command_that_the_suite_also_has_is_shared():
         ("evaluate", "--compute-units"): "defaults to the units recorded at convert",
         ("quantize", "--compute-units"): "defaults to the units recorded at convert",
         ("evaluate", "--audio"): "recordings to evaluate without texts, not a parity clip",
+        ("quantize", "--manifest"): "the set the --held-out variants are evaluated on; defaults to the held-out set",
         ("evaluate", "--strategy"): "repeatable, to compare strategies side by side",
     }
     sources = {"--nemo-path", "--model-id", "--preset"}  # add_source_options declares them for both

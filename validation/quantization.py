@@ -139,11 +139,13 @@ class VariantResult:
     end_to_end: dict = field(default_factory=dict)
     held_out: dict | None = None
     error: str | None = None
+    sensitivity: list[dict] | None = None  # ``validation.sensitivity``: each group compressed alone
 
     def as_dict(self) -> dict:
         return {**self.variant.as_dict(), "error": self.error,
                 "components": {name: c.as_dict() for name, c in self.components.items()},
-                "end_to_end": self.end_to_end, "held_out": self.held_out}
+                "end_to_end": self.end_to_end, "held_out": self.held_out,
+                **({"sensitivity": self.sensitivity} if self.sensitivity is not None else {})}
 
     def record(self) -> dict:
         """The result as plain data, what the report is written from (and what crosses from an

@@ -456,6 +456,32 @@ class MILModel:
                 local[name] = value
         return [local[name] if name in local else self._constants[name] for name in block.outputs]
 
+    def weights_in(self, compressed: MILModel) -> list[tuple[str, str, np.ndarray]]:
+        """Where ``compressed`` (this program after a weight compression pass: the same ops,
+        reading other constants) holds this program's weights otherwise: (the reading op's first
+        output, the constant's name here, its decompressed value there), one per weight the pass
+        changed."""
+        theirs = {step.name: step for step in compressed.steps}
+        found = []
+        for step in self.steps:
+            other = theirs.get(step.name)
+            for param, (kind, ref) in step.args.items():
+                there = other.args.get(param) if other is not None else None
+                if kind == "const" and there is not None and there[0] == "const" and there[1] != ref:
+                    found.append((step.name, ref, compressed._constants[there[1]]))
+        return found
+
+    @contextlib.contextmanager
+    def constants_replaced(self, values: Mapping[str, np.ndarray]):
+        """Inside: these constants replaced (some weights swapped for their compressed values, to
+        measure what compressing them alone costs); restored on the way out."""
+        saved = {name: self._constants[name] for name in values}
+        self._constants.update(values)
+        try:
+            yield self
+        finally:
+            self._constants.update(saved)
+
     def make_state(self) -> MILState:
         """Fresh states (zeros) for a stateful program, to pass to ``predict`` call after call."""
         return MILState(self.state_specs)

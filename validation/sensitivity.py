@@ -1,0 +1,120 @@
+"""What compressing one group of weights costs with everything else left as exported: the
+per-layer sensitivity profile a mixed recipe is built from (whisperkittools profiles its
+palettization the same way, a layer at a time).
+
+A variant's compressed package of a component already holds every weight compressed. The
+executor swaps one group's weights for their compressed values in the uncompressed program
+(``MILModel.weights_in``, ``MILModel.constants_replaced``), so a profile costs the one
+compression the sweep made anyway and one run per group, not a package per group. The swapped
+values are those the package's constexpr ops decompress to, exactly, so each row is what a
+package with only that group compressed gives on the executor.
+
+Groups follow the op origins of the export (the Torch module each op came from): the encoder's
+subsampling, then each layer's attention, feed-forward (both halves) and convolution; the
+decoder's embedding and LSTM; the joint. Weights under ``WEIGHT_THRESHOLD`` (norms, biases) are
+not compressed by any variant and belong to no group.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from exporters.components import COMPONENTS, ModelDims
+from infra.errors import UserError
+from runtimes.mil import MILModel
+from validation.audio import Clip
+from validation.metrics import psnr_db, quality, token_edit_distance
+from validation.quantization import QuantizationSweep, reference_of, transcribe
+
+# the components a profile swaps weights in: those the app decodes with (the encoder's weights
+# are the mel_encoder's) and the joint, whose logits show what the single-step joint's decisions
+# hide. A group's quality is that of the contract's headline output of the first of these that
+# holds it.
+PROFILED = ("mel_encoder", "decoder", "joint", "joint_decision_single_step")
+_LAYER = re.compile(r"(?:^|\.)(\d+)\.(self_attn|feed_forward[12]|conv)(?:\.|$)")  # a layer's part, at any depth
+_LAYER_PARTS = {"self_attn": "attention", "feed_forward1": "feed-forward", "feed_forward2": "feed-forward",
+                "conv": "convolution"}
+
+
+def group_of(component: str, origin: str) -> str | None:
+    """The group a weight belongs to, from the Torch module of the op that reads it."""
+    if component == "decoder":
+        return "decoder " + ("LSTM" if "lstm" in origin else "embedding")
+    if component.startswith("joint"):
+        return "joint"
+    if re.search(r"(?:^|\.)pre_encode(?:\.|$)", origin):
+        return "subsampling"
+    found = _LAYER.search(origin)
+    return f"layer {int(found[1]):02d} {_LAYER_PARTS[found[2]]}" if found else None
+
+
+@dataclass
+class GroupCost:
+    component: str
+    group: str
+    weights: int  # the compressed weight tensors in it
+    parameters: int  # their values
+    quality: float  # of the component's headline output, 1 - ||ref - q|| / ||ref||
+    psnr_db: float
+    token_error_rate: float | None  # the clip's greedy transcript against the uncompressed export's
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def sensitivity_profile(base: dict, compressed: dict, origins: dict[str, dict[str, str]], dims: ModelDims,
+                        clip: Clip, progress: Callable = lambda items, total: items) -> list[GroupCost]:
+    """One row per group: the cost of compressing that group alone, as ``compressed`` (component
+    -> the variant's package) compresses it, all else as ``base`` (component -> the uncompressed
+    package). ``origins``: component -> op output -> Torch module."""
+    models = {name: MILModel(package) for name, package in base.items()}
+    by_path = {base[name]: model for name, model in models.items()}
+    reference = reference_of(base, lambda package: by_path[package], dims, clip)
+    groups: dict[str, dict[str, dict[str, np.ndarray]]] = {}  # group -> component -> constant -> value
+    for name in [n for n in PROFILED if n in compressed and n in base]:
+        for reader, constant, value in models[name].weights_in(MILModel(compressed[name])):
+            group = group_of(name, origins[name].get(reader, ""))
+            if group is not None:
+                groups.setdefault(group, {}).setdefault(name, {})[constant] = value
+    rows = []
+    for group in progress(sorted(groups), len(groups)):
+        swaps = groups[group]
+        component = next(name for name in PROFILED if name in swaps)
+        headline = COMPONENTS[component].headline
+        with ExitStack() as swapped:
+            for name, weights in swaps.items():
+                swapped.enter_context(models[name].constants_replaced(weights))
+            output = models[component].predict(reference.inputs[component])[headline]
+            tokens = transcribe(base, lambda package: by_path[package], dims, clip) \
+                if reference.tokens is not None else None
+        expected = np.asarray(reference.outputs[component][headline], np.float64)
+        weights = swaps[component]
+        rows.append(GroupCost(
+            component, group, len(weights), sum(int(np.size(value)) for value in weights.values()),
+            quality(expected, output), psnr_db(expected, np.asarray(output, np.float64)),
+            token_edit_distance(reference.tokens, tokens) / max(len(reference.tokens), 1) if tokens is not None
+            else None))
+    return rows
+
+
+def profile_variant(sweep: QuantizationSweep, name: str, progress: Callable = lambda items, total: items
+                    ) -> list[dict]:
+    """Variant ``name`` of the sweep profiled group by group against the uncompressed exports it
+    was built from; kept in its result (``VariantResult.sensitivity``)."""
+    result = sweep(name)
+    if result.error:
+        raise UserError(f"--sensitivity {name}: the variant was not built: {result.error}")
+    exports, _ = sweep.bases[sweep.table[name].minimum_deployment_target]
+    if not all(hasattr(e, "op_origins") for e in exports.values()):
+        raise UserError(f"--sensitivity {name}: a profile groups weights by the Torch module their ops came from, "
+                        "which only this tool's exports record; a package set (--packages) has none")
+    rows = sensitivity_profile({n: e.package for n, e in exports.items() if n in PROFILED}, result.packages,
+                               {n: e.op_origins() for n, e in exports.items() if n in PROFILED}, sweep.dims,
+                               sweep.clip, progress)
+    result.sensitivity = [row.as_dict() for row in rows]
+    return result.sensitivity

@@ -66,6 +66,7 @@ from validation.packages import (
 )
 from validation.quantization import QuantizationSweep, held_out_entry
 from validation.ranges import describe_ranges, package_ranges, ranges_block
+from validation.sensitivity import profile_variant
 from validation.streaming import (
     COMPONENT_VALUES,
     end_of_utterance_id,
@@ -467,18 +468,19 @@ def run_evaluate(args) -> int:
     return 0 if block["status"] == "passed" else 1
 
 
-def held_out_variants(text: str | None, swept: list[str]) -> list[str]:
-    """``--held-out``: the variants named (each among those swept), none for ``none``, and without
-    the option the default variant where it is swept."""
+def chosen_variants(option: str, text: str | None, swept: list[str], default: tuple[str, ...] = ()) -> list[str]:
+    """A list of variants given to ``option`` (``--held-out``, ``--sensitivity``): the variants
+    named (each among those swept), none for ``none``, and without the option those of
+    ``default`` that are swept."""
     if text is None:
-        return [name for name in (DEFAULT_HELD_OUT_VARIANT,) if name in swept]
+        return [name for name in default if name in swept]
     if text == "none":
         return []
     named = component_list([text])
     strangers = [name for name in named if name not in swept]
     if strangers or not named:
         found = f"{', '.join(strangers)} not among the variants swept" if strangers else "names no variant"
-        raise UserError(f"--held-out {text!r}: {found}; expected some of: {', '.join(swept)}, or none")
+        raise UserError(f"{option} {text!r}: {found}; expected some of: {', '.join(swept)}, or none")
     return named
 
 
@@ -500,7 +502,11 @@ def run_quantize(args) -> int:
     if unknown or not names:
         found = f"unknown variant(s) {', '.join(unknown)}" if unknown else "names no variant"
         raise UserError(f"--variants {args.variants!r}: {found}; expected one or more of: {', '.join(table)}")
-    held_out = held_out_variants(args.held_out, names)
+    held_out = chosen_variants("--held-out", args.held_out, names, (DEFAULT_HELD_OUT_VARIANT,))
+    profiled = chosen_variants("--sensitivity", args.sensitivity, names)
+    if profiled and (args.packages is not None or args.components):
+        raise UserError("--sensitivity groups weights by the Torch module their ops came from, which only this "
+                        "tool's exports record; a package set (--packages, --component) has none")
     unmeasured = [f"{name}:{metric}" for name in names for metric in gates.get(name, {})
                   if metric in GATE_MAXIMA and name not in held_out]
     if unmeasured:
@@ -532,10 +538,13 @@ def run_quantize(args) -> int:
             result = sweep(name)
             if result.error:
                 print_progress(f"  {name}: not built: {result.error}")
-            elif name in held_out:
+            if name in held_out and not result.error:
                 result.held_out = _held_out_wer(model, dims, cache, sweep.bases[target][0], result.packages, load,
                                                 args.manifest)
                 print_progress(f"  {name}: {describe_held_out(result.held_out)}")
+            if name in profiled and not result.error:
+                rows = profile_variant(sweep, name, progress_bar("sensitivity", "group"))
+                print_progress(f"  {name}: {describe_profile(rows)}")
             results.append(result)
         context = QuantizationContext.of(backend, units, precision, model=description["model"], clip=clip.name,
                                          runs=args.runs, warmup=args.warmup,
@@ -559,6 +568,13 @@ def run_quantize(args) -> int:
                                  + [f"variant folder(s) not swept now, removed: {', '.join(replaced)}"]
                                  * bool(replaced)))
     return 0 if verdict["status"] == "passed" else 1
+
+
+def describe_profile(rows: list[dict]) -> str:
+    """One line: how many groups were profiled and which cost the most."""
+    worst = sorted(rows, key=lambda r: r["psnr_db"])[:3]
+    return (f"sensitivity of {len(rows)} group(s), each compressed alone; lowest headline PSNR: "
+            + ", ".join(f"{r['group']} {r['psnr_db']:.1f} dB" for r in worst))
 
 
 UNCOMPRESSED = "uncompressed"  # the held-out label of the export a variant is compressed from

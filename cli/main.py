@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="variants evaluated on the --manifest set, on a confident (trained) model: their WER "
                                "held to NeMo's and their words to the uncompressed export's (default "
                                f"{DEFAULT_HELD_OUT_VARIANT} where it is swept; 'none' for none)")
+    quantize.add_argument("--sensitivity", default=None, metavar="A,B",
+                          help="variants profiled group by group: each encoder layer's attention, feed-forward and "
+                               "convolution, the subsampling, the decoder and the joint compressed alone, the rest "
+                               "as exported (quality, PSNR, the clip's token error rate; a plot each)")
     quantize.add_argument("--manifest", default=HELD_OUT_SET, metavar="FILE.jsonl",
                           help="the data set the --held-out variants are evaluated on, named as evaluate's --manifest "
                                f"names one (default {HELD_OUT_SET})")

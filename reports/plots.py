@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exporters.components import COMPONENTS
 from validation.neural_engine import CPU, NEURAL_ENGINE, NO_COMPUTE, UNKNOWN, Placement
 
 PARITY_DIR = Path("plots") / "compare-components"
@@ -507,7 +508,37 @@ def quantization_plots(summary: dict, caption: Caption, out_dir: Path) -> tuple[
         drawn.append(_save(plt, fig, caption, "Fused packages: quality, size, compression, latency",
                            out_dir / "quantize_fused.png", right=0.74))
     drawn.append(_quality_against_size(summary, built, components, colors, caption, out_dir))
+    drawn += [sensitivity_plot(variant, summary[variant]["sensitivity"], caption, out_dir)
+              for variant in built if summary[variant].get("sensitivity")]
     return drawn, skipped
+
+
+def sensitivity_plot(variant: str, rows: list[dict], caption: Caption, out_dir: Path) -> Path:
+    """One bar per group of weights, compressed alone by ``variant``: the headline output's PSNR
+    against the uncompressed export (lower is more sensitive) and the clip's token error rate."""
+    plt, fig, (psnr, errors) = _figure(2, height=2.6, width=max(8.0, 0.28 * len(rows) + 3))
+    groups = [r["group"] for r in rows]
+    components = list(dict.fromkeys(r["component"] for r in rows))
+    palette = plt.get_cmap("tab10")
+    colors = [palette(components.index(r["component"])) for r in rows]
+    x = np.arange(len(rows))
+    psnr.bar(x, [r["psnr_db"] for r in rows], color=colors)
+    psnr.set_ylabel("headline PSNR (dB)\nlower: more sensitive", fontsize=8)
+    weakest = min(range(len(rows)), key=lambda i: rows[i]["psnr_db"])
+    psnr.annotate(f"{rows[weakest]['psnr_db']:.1f} dB", (weakest, rows[weakest]["psnr_db"]), xytext=(0, 2),
+                  textcoords="offset points", ha="center", va="bottom", fontsize=7)
+    rates = [r["token_error_rate"] for r in rows]
+    errors.bar(x, [np.nan if r is None else r for r in rates], color=colors)
+    errors.set_ylabel("clip's token error rate\nagainst uncompressed", fontsize=8)
+    errors.set_xticks(x, groups, rotation=60, ha="right", fontsize=7)
+    psnr.set_xticks(x, [""] * len(rows))
+    for ax in (psnr, errors):
+        ax.grid(axis="y", alpha=0.3)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=palette(i)) for i in range(len(components))]
+    psnr.legend(handles, [f"{c} (PSNR of its {COMPONENTS[c].headline})" for c in components], fontsize=7,
+                loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=len(components), frameon=False)
+    return _save(plt, fig, caption, f"Sensitivity of {variant}: each group of weights compressed alone, the "
+                 "rest as exported", out_dir / f"sensitivity_{variant}.png")
 
 
 def _quality_against_size(summary: dict, built: list[str], components: list[str], colors: dict, caption: Caption,

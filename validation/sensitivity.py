@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from exporters.components import COMPONENTS, ModelDims
-from infra.errors import UserError
 from runtimes.mil import MILModel
 from validation.audio import Clip
 from validation.metrics import psnr_db, quality, token_edit_distance
@@ -51,6 +50,13 @@ def group_of(component: str, origin: str) -> str | None:
         return "subsampling"
     found = _LAYER.search(origin)
     return f"layer {int(found[1]):02d} {_LAYER_PARTS[found[2]]}" if found else None
+
+
+def _model_order(group: str, components: dict) -> tuple:
+    """Groups in the order the audio meets them: the subsampling, the layers, then the decoder and
+    the joint."""
+    first = min(PROFILED.index(name) for name in components)
+    return first, group != "subsampling", group
 
 
 @dataclass
@@ -82,7 +88,7 @@ def sensitivity_profile(base: dict, compressed: dict, origins: dict[str, dict[st
             if group is not None:
                 groups.setdefault(group, {}).setdefault(name, {})[constant] = value
     rows = []
-    for group in progress(sorted(groups), len(groups)):
+    for group in progress(sorted(groups, key=lambda g: _model_order(g, groups[g])), len(groups)):
         swaps = groups[group]
         component = next(name for name in PROFILED if name in swaps)
         headline = COMPONENTS[component].headline
@@ -107,12 +113,7 @@ def profile_variant(sweep: QuantizationSweep, name: str, progress: Callable = la
     """Variant ``name`` of the sweep profiled group by group against the uncompressed exports it
     was built from; kept in its result (``VariantResult.sensitivity``)."""
     result = sweep(name)
-    if result.error:
-        raise UserError(f"--sensitivity {name}: the variant was not built: {result.error}")
-    exports, _ = sweep.bases[sweep.table[name].minimum_deployment_target]
-    if not all(hasattr(e, "op_origins") for e in exports.values()):
-        raise UserError(f"--sensitivity {name}: a profile groups weights by the Torch module their ops came from, "
-                        "which only this tool's exports record; a package set (--packages) has none")
+    exports, _ = sweep.bases[sweep.table[name].minimum_deployment_target]  # this tool's: they record op origins
     rows = sensitivity_profile({n: e.package for n, e in exports.items() if n in PROFILED}, result.packages,
                                {n: e.op_origins() for n, e in exports.items() if n in PROFILED}, sweep.dims,
                                sweep.clip, progress)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from cli.commands import held_out_variants
+from cli.commands import chosen_variants
 from cli.main import main
 from exporters.quantize import parse_variant
 from infra.errors import UserError
@@ -77,6 +77,9 @@ def test_a_variant_name_that_is_no_identifier_is_refused_and_writes_nothing(conv
     (["--gate", "palettize_8bit:flips=0"],
      "--gate palettize_8bit:flips: word flips are counted on the held-out set; add the variant(s) to --held-out "
      "(now: int8_per_channel)"),
+    (["--sensitivity", "palettize_8bit", "--variants", "int8_per_channel"],
+     "--sensitivity 'palettize_8bit': palettize_8bit not among the variants swept; expected some of: "
+     "int8_per_channel, or none"),
     (["--manifest", "no-such.jsonl"], "--manifest no-such.jsonl: no such file; expected NeMo's JSON-lines manifest"),
     (["--gate", "int8_per_channel:flips=0.5"], "int8_per_channel.flips = 0.5: expected a count of words, 0 or more"),
     (["--gate", "int8_per_channel:confident_flips=-1"],
@@ -92,9 +95,10 @@ def test_an_empty_or_unknown_selection_of_variants_is_refused_and_writes_nothing
 
 
 def test_the_default_held_out_variant_is_checked_only_where_it_is_swept():
-    assert held_out_variants(None, ["palettize_8bit"]) == []
-    assert held_out_variants(None, ["palettize_8bit", "int8_per_channel"]) == ["int8_per_channel"]
-    assert held_out_variants("none", ["int8_per_channel"]) == []
+    default = ("int8_per_channel",)
+    assert chosen_variants("--held-out", None, ["palettize_8bit"], default) == []
+    assert chosen_variants("--held-out", None, ["palettize_8bit", "int8_per_channel"], default) == ["int8_per_channel"]
+    assert chosen_variants("--held-out", "none", ["int8_per_channel"], default) == []
 
 
 def test_a_gate_of_an_unknown_variant_is_an_error_naming_the_known_ones():

@@ -11,6 +11,7 @@ from reports.kinds import QuantizationContext, VariantReport
 from reports.plugin import send
 from validation.audio import synthetic_speech
 from validation.quantization import QuantizationSweep
+from validation.sensitivity import profile_variant
 from validation.tolerances import load_gates
 
 
@@ -47,4 +48,18 @@ def quantization_sweep(export_cache, session_exporters, dims, predictor, backend
             send(pytestconfig, VariantReport(**sweep(name).record()))
         return sweep(name)
 
+    run.sweep = sweep
     return run
+
+
+PROFILED_VARIANT = "palettize_4bit"  # the table's most sensitive: its profile tells the groups apart
+
+
+@pytest.fixture(scope="session")
+def profiled(quantization_sweep, pytestconfig):
+    """``PROFILED_VARIANT``'s result with its sensitivity profile, sent to the report."""
+    quantization_sweep(PROFILED_VARIANT)
+    profile_variant(quantization_sweep.sweep, PROFILED_VARIANT)
+    result = quantization_sweep(PROFILED_VARIANT)
+    send(pytestconfig, VariantReport(**result.record()))
+    return result

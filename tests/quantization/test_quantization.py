@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
+from runtimes.mil import MILModel
 from validation.tolerances import gate_failures
 
 pytestmark = pytest.mark.quantization
@@ -56,3 +58,22 @@ def test_word_flips_against_fp16_are_where_the_words_changed(held_out):
             assert bool(flips) == (ours != theirs), (label, record["key"], flips)
             assert all(f["was"] in theirs for f in flips if f["was"]) and all(f["now"] in ours for f in flips
                                                                                 if f["now"]), flips
+
+
+def test_the_sensitivity_profile_covers_every_group_of_the_model(profiled, torch_model):
+    layers = len(torch_model.encoder.layers)
+    expected = {"subsampling", "decoder embedding", "joint"} | {
+        f"layer {i:02d} {part}" for i in range(layers) for part in ("attention", "feed-forward", "convolution")}
+    assert {row["group"] for row in profiled.sensitivity} == expected
+    assert all(0.0 < row["quality"] < 1.0 and row["parameters"] > 0 for row in profiled.sensitivity)
+
+
+def test_every_group_swapped_at_once_is_the_compressed_package(quantization_sweep, profiled):
+    """The groups hold every weight the variant compressed: swapped in together, the uncompressed
+    mel_encoder computes exactly what the variant's own package computes."""
+    exports, reference = quantization_sweep.sweep.bases[profiled.variant.minimum_deployment_target]
+    base, compressed = MILModel(exports["mel_encoder"].package), MILModel(profiled.packages["mel_encoder"])
+    swaps = {constant: value for _, constant, value in base.weights_in(compressed)}
+    inputs = reference.inputs["mel_encoder"]
+    with base.constants_replaced(swaps):
+        np.testing.assert_array_equal(base.predict(inputs)["encoder"], compressed.predict(inputs)["encoder"])

@@ -389,10 +389,26 @@ def variant_table(path: Path | None = None) -> dict[str, Variant]:
 PALETTE_BITS = {"iOS17": (1, 2, 4, 6, 8), "iOS18": (1, 2, 3, 4, 6, 8)}
 
 
+def _ios18_feature(declared: dict) -> str | None:
+    """What of a step only iOS 18's ops can express (coremltools refuses it for an older target,
+    but only when it compresses, after the sweep has exported and weighed everything before it)."""
+    kind, granularity = declared.get("kind"), declared.get("granularity")
+    if kind == "linear" and str(declared.get("dtype", "int8")) in ("int4", "uint4"):
+        return "4-bit linear quantization"
+    if kind == "linear" and granularity == "per_block":
+        return "per-block scales"
+    if kind == "palettize" and granularity == "per_grouped_channel":
+        return "per-grouped-channel lookup tables"
+    return None
+
+
 def _checked_step(declared: dict, target: str, where: str) -> dict:
     """The arguments coremltools accepts when it is configured but refuses minutes later, or
     refuses with a message of several hundred characters, checked here in a line each."""
     declared = dict(declared)
+    feature = _ios18_feature(declared)
+    if feature and target == "iOS17":
+        raise UserError(f"{where}: {feature} needs minimum_deployment_target iOS18 (the variant says {target})")
     if declared.get("kind") == "palettize" and "nbits" in declared:
         allowed = PALETTE_BITS[target]
         if declared["nbits"] not in allowed:
@@ -438,6 +454,9 @@ def parse_variant(name: str, spec, where: str) -> Variant:
                               f"{', '.join(COMPONENTS)}")
         if not isinstance(declared, list) or not all(isinstance(s, dict) and "kind" in s for s in declared):
             raise UserError(f"{where}: {component} must be a list of steps like {{\"kind\": \"linear\", ...}}")
+        if len(declared) > 1 and target == "iOS17":
+            raise UserError(f"{where}: {component}: {len(declared)} steps on one weight (joint compression) need "
+                            f"minimum_deployment_target iOS18 (the variant says {target})")
         steps[component] = tuple(Step.of(**_checked_step(s, target, f"{where}: {component}")) for s in declared)
         for step in steps[component]:
             _optimization_config(step, keep_lstm)  # refuse bad arguments now, not mid-sweep

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import re
 import shutil
 import tracemalloc
 from pathlib import Path
@@ -112,6 +113,23 @@ def test_palettization_bits_the_target_cannot_take_are_refused_at_once():
         parse_variant("p3", {"joint": [{"kind": "palettize", "nbits": 3}]}, "--variant p3")
     assert parse_variant("p3", {"joint": [{"kind": "palettize", "nbits": 3}], "minimum_deployment_target": "iOS18"},
                          "--variant p3").minimum_deployment_target == "iOS18"
+
+
+@pytest.mark.parametrize(("steps", "message"), [
+    ([{"kind": "linear", "dtype": "int4", "granularity": "per_channel"}], "4-bit linear quantization"),
+    ([{"kind": "linear", "granularity": "per_block", "block_size": 32}], "per-block scales"),
+    ([{"kind": "palettize", "nbits": 4, "granularity": "per_grouped_channel", "group_size": 16}],
+     "per-grouped-channel lookup tables"),
+    ([{"kind": "prune", "target_sparsity": 0.5}, {"kind": "linear"}], "2 steps on one weight (joint compression)"),
+])
+def test_a_scheme_only_ios18_expresses_is_refused_for_ios17_at_once(steps, message):
+    """coremltools refused these only when it compressed, after the sweep had exported and weighed
+    every variant before them ('not built: ... The 4-bit quantization is supported since iOS18')."""
+    with pytest.raises(UserError, match=f"--variant v: joint: {re.escape(message)} needs? minimum_deployment_target "
+                                        r"iOS18 \(the variant says iOS17\)"):
+        parse_variant("v", {"joint": steps}, "--variant v")
+    assert parse_variant("v", {"joint": steps, "minimum_deployment_target": "iOS18"},
+                         "--variant v").minimum_deployment_target == "iOS18"
 
 
 def test_a_sparsity_out_of_range_is_one_short_line():

@@ -483,12 +483,18 @@ def package_window_decoder(packages: dict, load, dims: ModelDims) -> Decode:
     def decode(window: np.ndarray, length: int, frames=None, state=None) -> Decoded:
         out = load(packages["mel_encoder"]).predict({"audio_signal": window[None, :],
                                                       "audio_length": np.array([length], np.int32)})
-        t = greedy_tdt(*_frames(out["encoder"], int(out["encoder_length"][0]), frames), dims,
-                       package_decoder_step(load(packages["decoder"])),
-                       package_decide(load(packages["joint_decision_single_step"])), state=state)
-        return Decoded(t.tokens, t.frames, t.token_probs, durations=t.durations, state=t.state)
+        return decode_encoded(out, packages, load, dims, frames, state)
 
     return decode
+
+
+def decode_encoded(encoded: dict, packages: dict, load, dims: ModelDims, frames=None, state=None) -> Decoded:
+    """The exported decoder and single-step joint on an encoder's output (``encoder``,
+    ``encoder_length``): what follows the mel_encoder in ``package_window_decoder``."""
+    t = greedy_tdt(*_frames(encoded["encoder"], int(encoded["encoder_length"][0]), frames), dims,
+                   package_decoder_step(load(packages["decoder"])),
+                   package_decide(load(packages["joint_decision_single_step"])), state=state)
+    return Decoded(t.tokens, t.frames, t.token_probs, durations=t.durations, state=t.state)
 
 
 # -- one utterance -------------------------------------------------------------------------------

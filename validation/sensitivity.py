@@ -27,14 +27,16 @@ import numpy as np
 from exporters.components import COMPONENTS, ModelDims
 from runtimes.mil import MILModel
 from validation.audio import Clip
+from validation.evaluation import decode_encoded
 from validation.metrics import psnr_db, quality, token_edit_distance
-from validation.quantization import QuantizationSweep, reference_of, transcribe
+from validation.quantization import QuantizationSweep, reference_of
 
 # the components a profile swaps weights in: those the app decodes with (the encoder's weights
 # are the mel_encoder's) and the joint, whose logits show what the single-step joint's decisions
 # hide. A group's quality is that of the contract's headline output of the first of these that
 # holds it.
 PROFILED = ("mel_encoder", "decoder", "joint", "joint_decision_single_step")
+ENCODING = "mel_encoder"  # what the clip's transcript is decoded from
 _LAYER = re.compile(r"(?:^|\.)(\d+)\.(self_attn|feed_forward[12]|conv)(?:\.|$)")  # a layer's part, at any depth
 _LAYER_PARTS = {"self_attn": "attention", "feed_forward1": "feed-forward", "feed_forward2": "feed-forward",
                 "conv": "convolution"}
@@ -95,8 +97,12 @@ def sensitivity_profile(base: dict, compressed: dict, origins: dict[str, dict[st
         with ExitStack() as swapped:
             for name, weights in swaps.items():
                 swapped.enter_context(models[name].constants_replaced(weights))
-            output = models[component].predict(reference.inputs[component])[headline]
-            tokens = transcribe(base, lambda package: by_path[package], dims, clip) \
+            outputs = models[component].predict(reference.inputs[component])
+            output = outputs[headline]
+            # the clip's transcript from the encoding already made (the base one where the
+            # mel_encoder keeps its weights): one encoder run per group, not two
+            encoded = outputs if component == ENCODING else reference.outputs[ENCODING]
+            tokens = decode_encoded(encoded, base, lambda package: by_path[package], dims).tokens \
                 if reference.tokens is not None else None
         expected = np.asarray(reference.outputs[component][headline], np.float64)
         weights = swaps[component]
@@ -113,6 +119,7 @@ def profile_variant(sweep: QuantizationSweep, name: str, progress: Callable = la
     """Variant ``name`` of the sweep profiled group by group against the uncompressed exports it
     was built from; kept in its result (``VariantResult.sensitivity``)."""
     result = sweep(name)
+    sweep.load.release()  # the profile loads its own executors: the sweep's would only crowd them
     exports, _ = sweep.bases[sweep.table[name].minimum_deployment_target]  # this tool's: they record op origins
     rows = sensitivity_profile({n: e.package for n, e in exports.items() if n in PROFILED}, result.packages,
                                {n: e.op_origins() for n, e in exports.items() if n in PROFILED}, sweep.dims,

@@ -257,6 +257,16 @@ def paired_speedup(pairs: list[tuple[float, float]]) -> dict:
             "paired_rounds": len(logs)}
 
 
+def host_matmul_gflops(size: int = 2048, repeats: int = 3) -> float:
+    """This host's fp32 matrix throughput as Torch reaches it now (its best of ``repeats`` square
+    products of ``size``), in GFLOP/s: the ceiling the executor's heavy ops run against,
+    measured in the same run as what is compared with it."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # the first call pays for the thread pool
+    best_ms = min(timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * size**3 / (best_ms / 1e3) / 1e9
+
+
 def load_average() -> float | None:
     """The host's one-minute load average (None where the OS has none)."""
     try:

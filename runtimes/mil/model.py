@@ -24,6 +24,7 @@ import functools
 import gc
 import inspect
 import os
+import time
 from collections import ChainMap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -491,7 +492,15 @@ class MILModel:
         with _collector_paused(), np.errstate(all="ignore"):
             return self._predict(inputs, intermediates, state)
 
-    def _predict(self, inputs, intermediates, state) -> dict:
+    def profile(self, inputs: Mapping[str, np.ndarray], state: MILState | None = None) -> dict[str, float]:
+        """Seconds spent in each op type over one prediction, the costliest first: where the
+        executor's time goes (the ops at the program's top level; a loop's body counts as its loop)."""
+        spent: dict[str, float] = {}
+        with _collector_paused(), np.errstate(all="ignore"):
+            self._predict(inputs, (), state, spent)
+        return dict(sorted(spent.items(), key=lambda item: -item[1]))
+
+    def _predict(self, inputs, intermediates, state, spent: dict[str, float] | None = None) -> dict:
         env = {name: _widened(value) for name, value in check_inputs(self.input_specs, inputs).items()}
         if self.state_specs:
             if not isinstance(state, MILState):
@@ -507,8 +516,11 @@ class MILModel:
             raise KeyError(f"no such variables in the program: {sorted(unknown)[:5]}")
         keep |= set(self.output_names)
         for i, step in enumerate(self.steps):
+            start = time.perf_counter() if spent is not None else 0.0
             for name, value in zip(step.outputs, self._run_step(step, env), strict=True):
                 env[name] = value
+            if spent is not None:
+                spent[step.op_type] = spent.get(step.op_type, 0.0) + time.perf_counter() - start
             for name in self._released[i]:
                 if name not in keep:
                     env.pop(name, None)

@@ -7,7 +7,8 @@ slower than Torch; loading the encoder package within 3 s; the memory that loadi
 it adds within 1.5x its weight file. The two sides alternate round by round (each side's
 benchmark runs the other once before each of its rounds), so both see the same host; the paired
 ratio, its interval and the memory are recorded in the benchmark JSON (``extra_info``), not
-asserted on a noisy clock.
+asserted on a noisy clock; so are the executor's GFLOP/s (the FLOPs counted from the program)
+against the host's fp32 matrix throughput measured in the same run, and its time by op type.
 
     pytest -m slow tests/runtime/test_executor_benchmark.py --preset parakeet-tdt-0.6b-v3 \\
         --benchmark-json executor.json
@@ -16,6 +17,7 @@ asserted on a noisy clock.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -25,12 +27,14 @@ import torch
 from exporters.components import COMPONENTS, example_inputs
 from exporters.wrappers import wrapper
 from runtimes.mil import MILModel
-from validation.timing import Partner, paired_speedup
+from validation.neural_engine import predict_package
+from validation.timing import Partner, host_matmul_gflops, paired_speedup
 
 # rounds per side: five of the second-long encoders; the millisecond components take fifty, or
 # their paired interval spans noise (0.48x to 1.31x for the single step with five rounds)
 ROUNDS, SLOW_ROUNDS, WARMUP = 50, {"encoder": 5, "mel_encoder": 5}, 1
 NAMES = ("encoder", "mel_encoder", "decoder", "joint", "joint_decision_single_step")
+PROFILED_OPS = 12  # op types listed in the profile, the costliest first
 SIDES = ("torch", "executor")
 
 # In a fresh process: the peak RSS after the imports, the seconds MILModel(path) takes, and the
@@ -78,7 +82,8 @@ def calls(session_exporters, torch_model, dims):
                 with torch.inference_mode():
                     return module(*tensors)
 
-            built[name] = {"torch": torch_call, "executor": lambda: executor.predict(inputs), "package": package}
+            built[name] = {"torch": torch_call, "executor": lambda: executor.predict(inputs), "package": package,
+                           "model": executor, "inputs": inputs}
         return built[name]
 
     return of
@@ -107,6 +112,15 @@ def test_executor_against_torch(benchmark, calls, name, side, model_source):
         runtime="torch (inference_mode)" if side == "torch" else "mil executor (not Core ML)",
         executor_over_torch=round(1 / torch_over_executor["speedup"], 3),
         executor_over_torch_ci95=[round(1 / v, 3) for v in reversed(torch_over_executor["speedup_ci95"])])
+    if side == "executor":  # against the host's own arithmetic, and where the time goes
+        flops = predict_package(sides["package"]).summary()["flops"]  # counted from the program itself
+        gflops = flops / (statistics.median(own_ms) / 1e3) / 1e9
+        host = host_matmul_gflops()
+        spent = sides["model"].profile(sides["inputs"])
+        benchmark.extra_info.update(
+            program_gflop=round(flops / 1e9, 3), executor_gflops=round(gflops, 1), host_matmul_gflops=round(host, 1),
+            share_of_host_matmul=round(gflops / host, 3),
+            profile_ms_by_op_type={op: round(seconds * 1e3, 2) for op, seconds in list(spent.items())[:PROFILED_OPS]})
     if side == "executor" and name == "encoder":
         probe = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(sides["package"])],
                                capture_output=True, text=True, check=True)

@@ -522,10 +522,13 @@ def sensitivity_plot(variant: str, rows: list[dict], caption: Caption, out_dir: 
     palette = plt.get_cmap("tab10")
     colors = [palette(components.index(r["component"])) for r in rows]
     x = np.arange(len(rows))
-    psnr.bar(x, [r["psnr_db"] for r in rows], color=colors)
+    values = [r["psnr_db"] if r["psnr_db"] is not None and np.isfinite(r["psnr_db"]) else np.nan for r in rows]
+    psnr.bar(x, values, color=colors)
+    for i in np.flatnonzero(np.isnan(values)):  # the output did not move: no finite PSNR to draw
+        psnr.text(i, 1, "unchanged", rotation=90, ha="center", va="bottom", fontsize=7, color=colors[i])
     psnr.set_ylabel("headline PSNR (dB)\nlower: more sensitive", fontsize=8)
-    weakest = min(range(len(rows)), key=lambda i: rows[i]["psnr_db"])
-    psnr.annotate(f"{rows[weakest]['psnr_db']:.1f} dB", (weakest, rows[weakest]["psnr_db"]), xytext=(0, 2),
+    weakest = int(np.nanargmin(values))
+    psnr.annotate(f"{values[weakest]:.1f} dB", (weakest, values[weakest]), xytext=(0, 2),
                   textcoords="offset points", ha="center", va="bottom", fontsize=7)
     rates = [r["token_error_rate"] for r in rows]
     errors.bar(x, [np.nan if r is None else r for r in rates], color=colors)

@@ -110,7 +110,7 @@ def run_convert(args) -> int:
                 shutil.rmtree(staging / e.package.name, ignore_errors=True)
                 exporter.write_package(exporter.export(get_components([e.name])[0]), staging / e.package.name)
         shutil.copyfile(exporter.vocabulary, staging / exporter.vocabulary.name)
-        metadata = exporter.metadata(exported, relative_paths=True)
+        metadata = exporter.metadata(exported, written_to=staging)
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
         publish(staging, args.output_dir, stale=lambda p: p.match(ARRAYS_GLOB))  # the replaced reports' arrays
     total = sum(c["size_bytes"] for c in metadata["components"].values()) / 1e6

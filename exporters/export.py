@@ -269,9 +269,11 @@ class Exporter:
         component = get_components([exported.name])[0]
         copy_package(exported.package, target, copy=_described_copy(component, self.source, self.model_key))
 
-    def metadata(self, exported: list[ExportedComponent], relative_paths: bool = False) -> dict:
-        """The ``metadata.json`` document; with ``relative_paths``, package paths are relative to
-        the directory the document is written beside (``convert``), else the cache entries'."""
+    def metadata(self, exported: list[ExportedComponent], written_to: Path | None = None) -> dict:
+        """The ``metadata.json`` document. ``written_to``: the folder :meth:`write_package` wrote
+        the packages into (``convert``): paths relative to it and sizes as written there (each
+        package is described there for this source, which may name another path than the cache
+        entry's); else the cache entries' paths and sizes."""
         dims, streaming = self.dims, self.streaming_dims
         return {
             "model": self.source.describe(),
@@ -307,8 +309,8 @@ class Exporter:
                     **({"states": e.info["states"]} if "states" in e.info else {}),
                     "minimum_deployment_target": e.info.get("minimum_deployment_target",
                                                             self.options.minimum_deployment_target),
-                    "path": e.info["package"] if relative_paths else str(e.package),
-                    "size_bytes": e.size_bytes,
+                    "path": e.info["package"] if written_to else str(e.package),
+                    "size_bytes": package_size(written_to / e.package.name) if written_to else e.size_bytes,
                     "compute_precision": e.info["compute_precision"],
                     "fp16_ops": e.info["fp16_ops"],
                     "fp32_ops": e.info["fp32_ops"],

@@ -101,7 +101,11 @@ def test_a_moved_checkpoint_is_described_by_its_new_path(pytest_exports, model_s
     assert package.author == f"NVIDIA NeMo model {moved}; converted by parakeet-coreml"
     assert package.version.startswith(f"{moved} sha256:")
     assert package.user_defined_metadata["parakeet_coreml.model"] == str(moved)
-    assert json.loads((out / "metadata.json").read_text())["model"] == str(moved)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["model"] == str(moved)
+    written = sum(f.stat().st_size for f in (out / "joint.mlpackage").rglob("*") if f.is_file())
+    # its description names the new path, so its size is not the cached package's (it was)
+    assert meta["components"]["joint"]["size_bytes"] == written
 
 
 def test_the_vocabulary_beside_the_packages_turns_token_ids_into_text(pytest_exports, model_source, export_cache,

@@ -11,8 +11,8 @@ package with only that group compressed gives on the executor.
 
 Groups follow the op origins of the export (the Torch module each op came from): the encoder's
 subsampling, then each layer's attention, feed-forward (both halves) and convolution; the
-decoder's embedding and LSTM; the joint. Weights under ``WEIGHT_THRESHOLD`` (norms, biases) are
-not compressed by any variant and belong to no group.
+decoder's embedding and LSTM; the joint; any other compressed weight in a group named by its
+module. Weights under ``WEIGHT_THRESHOLD`` (norms, biases) are not compressed by any variant.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ _LAYER_PARTS = {"self_attn": "attention", "feed_forward1": "feed-forward", "feed
                 "conv": "convolution"}
 
 
-def group_of(component: str, origin: str) -> str | None:
-    """The group a weight belongs to, from the Torch module of the op that reads it."""
+def group_of(component: str, origin: str) -> str:
+    """The group a weight belongs to, from the Torch module of the op that reads it; a weight of
+    no known part is a group of its own module, never left out of the profile."""
     if component == "decoder":
         return "decoder " + ("LSTM" if "lstm" in origin else "embedding")
     if component.startswith("joint"):
@@ -51,7 +52,7 @@ def group_of(component: str, origin: str) -> str | None:
     if re.search(r"(?:^|\.)pre_encode(?:\.|$)", origin):
         return "subsampling"
     found = _LAYER.search(origin)
-    return f"layer {int(found[1]):02d} {_LAYER_PARTS[found[2]]}" if found else None
+    return f"layer {int(found[1]):02d} {_LAYER_PARTS[found[2]]}" if found else f"other ({origin or 'no module'})"
 
 
 def _model_order(group: str, components: dict) -> tuple:
@@ -87,8 +88,7 @@ def sensitivity_profile(base: dict, compressed: dict, origins: dict[str, dict[st
     for name in [n for n in PROFILED if n in compressed and n in base]:
         for reader, constant, value in models[name].weights_in(MILModel(compressed[name])):
             group = group_of(name, origins[name].get(reader, ""))
-            if group is not None:
-                groups.setdefault(group, {}).setdefault(name, {})[constant] = value
+            groups.setdefault(group, {}).setdefault(name, {})[constant] = value
     rows = []
     for group in progress(sorted(groups, key=lambda g: _model_order(g, groups[g])), len(groups)):
         swaps = groups[group]

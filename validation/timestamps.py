@@ -66,15 +66,23 @@ def timed_words(pieces: list[str], texts: list[str], frames: list[int], duration
             for word in word_groups(pieces, texts, punctuation)]
 
 
+def _punctuation(model) -> set[str]:
+    """NeMo's punctuation marks, from the model's vocabulary (none where its decoding names none)."""
+    return set(getattr(model.decoding, "supported_punctuation", None) or ())
+
+
+def _pieces_and_texts(tokenizer, tokens: list[int]) -> tuple[list[str], list[str]]:
+    """Each token's SentencePiece piece, and its text on its own (they differ where a word begins)."""
+    return (tokenizer.ids_to_tokens(list(tokens)) if tokens else []), [tokenizer.ids_to_text([t]) for t in tokens]
+
+
 def word_timer(model, dims: ModelDims) -> Callable:
     """``(tokens, frames, durations) -> [(word, start s, end s)]`` for the model's tokenizer."""
-    tokenizer = model.tokenizer
-    supported = set(getattr(model.decoding, "supported_punctuation", None) or ())  # NeMo's, from the vocabulary
+    tokenizer, supported = model.tokenizer, _punctuation(model)
     seconds = dims.encoder_hop / dims.sample_rate
 
     def timed(tokens: list[int], frames: list[int], durations: list[int]) -> list[tuple[str, float, float]]:
-        pieces = tokenizer.ids_to_tokens(list(tokens)) if tokens else []
-        texts = [tokenizer.ids_to_text([token]) for token in tokens]
+        pieces, texts = _pieces_and_texts(tokenizer, tokens)
         words = timed_words(pieces, texts, frames, durations, supported, tokenizer.tokens_to_text)
         return [(w.word.strip(), round(w.start * seconds, 3), round(w.end * seconds, 3)) for w in words]
 
@@ -84,13 +92,11 @@ def word_timer(model, dims: ModelDims) -> Callable:
 def word_scorer(model, dims: ModelDims) -> Callable:
     """``(tokens, frames, probs) -> [(word, start s, confidence)]``: each word of a transcript with
     the lowest probability the decoder gave any of its tokens (None where it gave none)."""
-    tokenizer = model.tokenizer
-    supported = set(getattr(model.decoding, "supported_punctuation", None) or ())
+    tokenizer, supported = model.tokenizer, _punctuation(model)
     seconds = dims.encoder_hop / dims.sample_rate
 
     def scored(tokens: list[int], frames: list[int], probs: list[float]) -> list[tuple[str, float, float | None]]:
-        pieces = tokenizer.ids_to_tokens(list(tokens)) if tokens else []
-        texts = [tokenizer.ids_to_text([token]) for token in tokens]
+        pieces, texts = _pieces_and_texts(tokenizer, tokens)
         groups = word_groups(pieces, texts, [text in supported for text in texts])
         return [(tokenizer.tokens_to_text([pieces[i] for i in word]).strip(), round(frames[word[0]] * seconds, 3),
                  min(probs[i] for i in word) if probs else None) for word in groups]

@@ -503,10 +503,7 @@ def run_quantize(args) -> int:
         found = f"unknown variant(s) {', '.join(unknown)}" if unknown else "names no variant"
         raise UserError(f"--variants {args.variants!r}: {found}; expected one or more of: {', '.join(table)}")
     held_out = chosen_variants("--held-out", args.held_out, names, (DEFAULT_HELD_OUT_VARIANT,))
-    profiled = chosen_variants("--sensitivity", args.sensitivity, names)
-    if profiled and (args.packages is not None or args.components):
-        raise UserError("--sensitivity groups weights by the Torch module their ops came from, which only this "
-                        "tool's exports record; a package set (--packages, --component) has none")
+    profiled = chosen_variants("--sensitivity", args.sensitivity, names)  # (never of a package set: preflight)
     unmeasured = [f"{name}:{metric}" for name in names for metric in gates.get(name, {})
                   if metric in GATE_MAXIMA and name not in held_out]
     if unmeasured:

@@ -87,6 +87,9 @@ def preflight(args) -> None:
         read_convert_dir(args.output_dir or DEFAULT_CONVERT_DIR, "--output-dir")
     if args.command == "quantize":
         check_manifest_argument(args.manifest)
+        if package_set and args.sensitivity not in (None, "none"):
+            raise UserError("--sensitivity groups weights by the Torch module their ops came from, which only this "
+                            "tool's exports record; a package set (--packages, --component) has none")
     if args.command == "evaluate":
         strategy_list(args.strategy, args.streaming)
         if args.manifest is not None:

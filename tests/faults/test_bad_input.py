@@ -251,6 +251,16 @@ def test_a_variant_named_like_the_plots_folder_is_refused(converted, fault_cache
     assert not (tmp_path / "q").exists()
 
 
+def test_a_sensitivity_profile_of_a_package_set_is_refused_before_any_work(converted, fault_cache, tmp_path, capsys):
+    """A package set records no op origins, so its weights have no groups: told before the model loads."""
+    code = main(["quantize", "--packages", str(converted), "--preset", "tiny", "--output-root",
+                 str(tmp_path / "q"), "--cache-dir", str(fault_cache), "--sensitivity", "int8_per_channel"])
+    captured = capsys.readouterr()
+    assert "--sensitivity groups weights by the Torch module their ops came from" in _last_error(
+        code, captured, "quantize")
+    assert "loading" not in captured.err and not (tmp_path / "q").exists()
+
+
 def test_one_quantize_run_owns_its_output_root(fault_cache, tmp_path, capsys):
     """A second run into the same root used to leave the first run's variant folders beside a
     summary that listed only its own."""

@@ -83,6 +83,8 @@ def sensitivity_profile(base: dict, compressed: dict, origins: dict[str, dict[st
     package). ``origins``: component -> op output -> Torch module."""
     models = {name: MILModel(package) for name, package in base.items()}
     by_path = {base[name]: model for name, model in models.items()}
+    # the reference on the same executors the groups run on (the sweep's may be Core ML's, whose
+    # rounding would show in every row as if compression had moved it)
     reference = reference_of(base, lambda package: by_path[package], dims, clip)
     groups: dict[str, dict[str, dict[str, np.ndarray]]] = {}  # group -> component -> constant -> value
     for name in [n for n in PROFILED if n in compressed and n in base]:

@@ -44,6 +44,43 @@ RESERVED_NAMES = ("plots",)  # folders of a quantize output root that are not va
 # Weights smaller than this stay uncompressed (coremltools' own default): biases, norms.
 WEIGHT_THRESHOLD = 2048
 
+# Groups of weights, the parts a sensitivity profile weighs and a recipe compresses each its own
+# way, named from the Torch module of the op that reads a weight (its op origin).
+_LAYER = re.compile(r"(?:^|\.)(\d+)\.(self_attn|feed_forward[12]|conv)(?:\.|$)")  # a layer's part, at any depth
+_LAYER_PARTS = {"self_attn": "attention", "feed_forward1": "feed-forward", "feed_forward2": "feed-forward",
+                "conv": "convolution"}
+GROUP_NAME = re.compile(r"subsampling|layer \d{2} (?:attention|feed-forward|convolution)|decoder (?:LSTM|embedding)"
+                        r"|joint|other \(.+\)")
+
+
+def group_of(component: str, origin: str) -> str:
+    """The group a weight belongs to, from the Torch module of the op that reads it; a weight of
+    no known part is a group of its own module, never left out."""
+    if component == "decoder":
+        return "decoder " + ("LSTM" if "lstm" in origin else "embedding")
+    if component.startswith("joint"):
+        return "joint"
+    if re.search(r"(?:^|\.)pre_encode(?:\.|$)", origin):
+        return "subsampling"
+    found = _LAYER.search(origin)
+    return f"layer {int(found[1]):02d} {_LAYER_PARTS[found[2]]}" if found else f"other ({origin or 'no module'})"
+
+
+# which part of the NeMo model holds each component's weights, for the groups a model has
+_MODULE_OF = {"encoder": "encoder", "mel_encoder": "encoder", "decoder": "decoder", "joint": "joint",
+              "joint_decision": "joint", "joint_decision_single_step": "joint"}
+
+
+def model_groups(model, component: str) -> set[str]:
+    """The groups of ``component``'s weights a variant may compress in ``model`` (a NeMo ASR
+    model), read from its parameters' names before anything is exported: what a recipe's group
+    names are checked against."""
+    module = getattr(model, _MODULE_OF.get(component, ""), None)
+    if module is None or is_front_end(component):
+        return set()
+    return {group_of(component, name.rpartition(".")[0]) for name, parameter in module.named_parameters()
+            if parameter.dim() > 1 and parameter.numel() > WEIGHT_THRESHOLD}
+
 
 @dataclass(frozen=True)
 class Step:
@@ -74,14 +111,32 @@ class Variant:
     steps: dict[str, tuple[Step, ...]]  # component name or "*" -> steps in order
     minimum_deployment_target: str = "iOS17"
     keep_lstm: bool = True
+    # a mixed variant (a recipe): component -> group -> the steps of that group's weights, which
+    # override the component's steps (an empty tuple: the group stays as exported)
+    groups: dict[str, dict[str, tuple[Step, ...]]] = field(default_factory=dict)
 
     def steps_for(self, component: str) -> tuple[Step, ...]:
         return self.steps.get(component, self.steps.get("*", ()))
 
+    def compresses(self, component: str) -> bool:
+        return bool(self.steps_for(component)) or any(self.groups.get(component, {}).values())
+
     def as_dict(self) -> dict:
         return {"name": self.name, "summary": self.summary, "minimum_deployment_target": self.minimum_deployment_target,
                 "keep_lstm": self.keep_lstm,
-                "steps": {c: [s.as_dict() for s in steps] for c, steps in self.steps.items()}}
+                "steps": {c: [s.as_dict() for s in steps] for c, steps in self.steps.items()},
+                **({"groups": {c: {g: [s.as_dict() for s in steps] for g, steps in groups.items()}
+                               for c, groups in self.groups.items()}} if self.groups else {})}
+
+    def recipe(self) -> dict:
+        """The variant as ``--variant FILE`` and ``parse_variant`` read it back: per component its
+        steps, or a table of group -> steps with ``"*"`` for the rest."""
+        declared = {c: [s.as_dict() for s in steps] for c, steps in self.steps.items()}
+        for component, groups in self.groups.items():
+            declared[component] = {"*": declared.pop(component, [s.as_dict() for s in self.steps_for(component)]),
+                                   **{g: [s.as_dict() for s in steps] for g, steps in groups.items()}}
+        return {"name": self.name, "summary": self.summary, "minimum_deployment_target": self.minimum_deployment_target,
+                "keep_lstm": self.keep_lstm, **declared}
 
 
 INT8_PER_CHANNEL = Step.of("linear", mode="linear", dtype="int8", granularity="per_channel")
@@ -198,19 +253,26 @@ def _is_kmeans_per_value(step: Step) -> bool:
             and options.get("cluster_dim", 1) == 1 and "nbits" in options)
 
 
-def _optimization_config(step: Step, keep_lstm: bool, untouched_ops: tuple[str, ...] = (),
-                         palettes: Palettes | None = None):
+def _op_config(step: Step, palettes: Palettes | None = None):
     config_class = {"linear": cto.OpLinearQuantizerConfig, "palettize": cto.OpPalettizerConfig,
                     "prune": cto.OpMagnitudePrunerConfig}[step.kind]
     options = {"weight_threshold": WEIGHT_THRESHOLD, **dict(step.options)}
     if palettes is not None and _is_kmeans_per_value(step):
         options.update(mode="custom", lut_function=palettes.lut_function(options.pop("nbits")))
     try:
-        op_config = config_class(**options)
+        return config_class(**options)
     except (TypeError, ValueError) as e:
         raise UserError(f"compression step {step.describe()}: {e}") from None
-    return cto.OptimizationConfig(global_config=op_config, op_type_configs={"lstm": None} if keep_lstm else None,
+
+
+def _optimization_config(step: Step, keep_lstm: bool, untouched_ops: tuple[str, ...] = (),
+                         palettes: Palettes | None = None):
+    return cto.OptimizationConfig(global_config=_op_config(step, palettes),
+                                  op_type_configs={"lstm": None} if keep_lstm else None,
                                   op_name_configs=dict.fromkeys(untouched_ops) or None)
+
+
+_PASSES = {"linear": cto.linear_quantize_weights, "palettize": cto.palettize_weights, "prune": cto.prune_weights}
 
 
 def apply_steps(mlmodel, steps: tuple[Step, ...], keep_lstm: bool, untouched_ops: tuple[str, ...] = (),
@@ -218,11 +280,49 @@ def apply_steps(mlmodel, steps: tuple[Step, ...], keep_lstm: bool, untouched_ops
     """``mlmodel`` with each step applied in order; a step after another compresses jointly
     (e.g. int8 of the pruned weights keeps their sparsity). k-means tables come from
     ``palettes`` when given (shared with the other packages it serves)."""
-    passes = {"linear": cto.linear_quantize_weights, "palettize": cto.palettize_weights, "prune": cto.prune_weights}
     for i, step in enumerate(steps):
         config = _optimization_config(step, keep_lstm, untouched_ops, palettes)
-        mlmodel = passes[step.kind](mlmodel, config, joint_compression=i > 0)
+        mlmodel = _PASSES[step.kind](mlmodel, config, joint_compression=i > 0)
     return mlmodel
+
+
+def apply_mixed(mlmodel, steps_of: dict[str, tuple[Step, ...]], palettes: Palettes | None = None):
+    """``mlmodel`` with each named weight (const op) compressed by its own step (a recipe: one
+    step per weight, none to leave it); every other constant stays as it is. One pass per kind
+    of step, each naming only its own weights."""
+    for kind in STEP_KINDS:
+        if not any(steps and steps[0].kind == kind for steps in steps_of.values()):
+            continue
+        configs = {name: _op_config(steps[0], palettes) if steps and steps[0].kind == kind else None
+                   for name, steps in steps_of.items()}
+        mlmodel = _PASSES[kind](mlmodel, cto.OptimizationConfig(global_config=None, op_name_configs=configs))
+    return mlmodel
+
+
+def grouped_weights(base, keep_lstm: bool) -> dict[str, str]:
+    """Const op name -> group (``group_of``) of every weight of ``base`` a variant may compress:
+    over ``WEIGHT_THRESHOLD`` values, of rank 2 or more, neither front end nor (``keep_lstm``)
+    an LSTM's. Groups come from the export's op origins; a package set records none."""
+    if isinstance(base, GivenPackage):
+        raise UserError(f"{base.package}: a variant of groups (a recipe) needs the op origins this tool's exports "
+                        "record, and a package set (--packages) has none; convert the model with this tool")
+    untouched_ops = set(front_end_ops(base))
+    origins = base.op_origins()
+    program = load_program(base.package)
+    found = {}
+    for op in program.functions["main"].operations:
+        value = op.outputs[0].val if op.op_type == "const" else None
+        if (op.name in untouched_ops or not isinstance(value, np.ndarray) or value.dtype.kind != "f"
+                or value.size <= WEIGHT_THRESHOLD or value.ndim < 2):
+            continue
+        readers = op.outputs[0].child_ops  # the front end's are named by the ops that read them
+        if (not readers or any(reader.name in untouched_ops for reader in readers)
+                or (keep_lstm and any(reader.op_type == "lstm" for reader in readers))):
+            continue
+        found[op.name] = group_of(base.name, origins.get(readers[0].outputs[0].name, ""))
+    del program
+    _free_program_of(base.package)
+    return found
 
 
 def is_front_end(component: str) -> bool:
@@ -334,21 +434,34 @@ def compress(base: ExportedComponent, variant: Variant, cache: ExportCache, prog
     """``base`` compressed by ``variant``, built once per (base package, steps) and cached; its
     k-means tables shared through ``palettes`` with the other components compressed alike."""
     steps = variant.steps_for(base.name)
-    if not steps or is_front_end(base.name):
+    groups = variant.groups.get(base.name, {})
+    if not variant.compresses(base.name) or is_front_end(base.name):
         return CompressedComponent(base.name, variant.name, base.package, (), {"uncompressed": True})
     key = cache_key(kind="compressed", base=base.key, component=base.name,
                     steps=[s.as_dict() for s in steps], keep_lstm=variant.keep_lstm,
+                    groups={g: [s.as_dict() for s in group_steps] for g, group_steps in sorted(groups.items())},
                     code=hashlib.sha256(Path(__file__).read_bytes()).hexdigest())
 
     def build(tmp: Path) -> dict:
-        progress(f"  {variant.name}/{base.name}: " + " then ".join(s.describe() for s in steps) + " ...")
+        progress(f"  {variant.name}/{base.name}: " + (f"a recipe of {len(groups)} group(s)" if groups else
+                                                        " then ".join(s.describe() for s in steps)) + " ...")
         start = time.perf_counter()
         untouched = front_end_ops(base)  # read the whole program: only when building
-        if palettes is not None and _is_kmeans_per_value(steps[0]):
+        if groups:
+            weights = grouped_weights(base, variant.keep_lstm)
+            unknown = sorted(set(groups) - set(weights.values()))
+            if unknown:
+                raise UserError(f"variant {variant.name}: {base.name} has no weights in group(s) "
+                                f"{', '.join(unknown)}; its groups: {', '.join(sorted(set(weights.values())))}")
+        elif palettes is not None and _is_kmeans_per_value(steps[0]):
             palettes.prepare(base.package, steps[0], variant.keep_lstm, untouched)
         mlmodel = ct.models.MLModel(str(base.package), skip_model_load=True)
         try:
-            compressed = apply_steps(mlmodel, steps, variant.keep_lstm, untouched, palettes)
+            if groups:
+                compressed = apply_mixed(mlmodel, {name: groups.get(group, steps) for name, group in weights.items()},
+                                         palettes)
+            else:
+                compressed = apply_steps(mlmodel, steps, variant.keep_lstm, untouched, palettes)
         except UserError:
             raise
         except Exception as e:  # a variant that cannot be built is an error, never the base package
@@ -361,6 +474,8 @@ def compress(base: ExportedComponent, variant: Variant, cache: ExportCache, prog
         constexprs = sum(op.op_type.startswith("constexpr_") for op in operations)
         return {"component": base.name, "variant": variant.name, "package": package,
                 "steps": [s.as_dict() for s in steps], "base_key": base.key,
+                **({"groups": {g: [s.as_dict() for s in group_steps] for g, group_steps in groups.items()}}
+                   if groups else {}),
                 "front_end_ops_kept": len(untouched), "compressed_weights": constexprs,
                 "uncompressed": constexprs == 0,
                 "minimum_deployment_target": variant.minimum_deployment_target,
@@ -447,19 +562,71 @@ def parse_variant(name: str, spec, where: str) -> Variant:
     if target not in DEPLOYMENT_TARGETS:
         raise UserError(f"{where}: minimum_deployment_target {target!r}; "
                           f"expected one of {', '.join(DEPLOYMENT_TARGETS)}")
-    steps = {}
+    steps, groups = {}, {}
     for component, declared in spec.items():
         if component != "*" and component not in COMPONENTS:
             raise UserError(f"{where}: unknown component {component!r}; expected '*' or one of: "
                               f"{', '.join(COMPONENTS)}")
-        if not isinstance(declared, list) or not all(isinstance(s, dict) and "kind" in s for s in declared):
-            raise UserError(f"{where}: {component} must be a list of steps like {{\"kind\": \"linear\", ...}}")
-        if len(declared) > 1 and target == "iOS17":
-            raise UserError(f"{where}: {component}: {len(declared)} steps on one weight (joint compression) need "
-                            f"minimum_deployment_target iOS18 (the variant says {target})")
-        steps[component] = tuple(Step.of(**_checked_step(s, target, f"{where}: {component}")) for s in declared)
-        for step in steps[component]:
-            _optimization_config(step, keep_lstm)  # refuse bad arguments now, not mid-sweep
-    if not steps:
+        if isinstance(declared, dict) and component != "*":
+            groups[component] = _parse_groups(component, declared, target, keep_lstm, f"{where}: {component}")
+            if "*" in declared:
+                steps[component] = _parse_steps(declared["*"], target, keep_lstm, f"{where}: {component}: *")
+            continue
+        steps[component] = _parse_steps(declared, target, keep_lstm, f"{where}: {component}")
+    if not steps and not groups:
         raise UserError(f"{where}: no steps; name components (or '*') with their steps")
-    return Variant(name, summary, steps, target, keep_lstm)
+    variant = Variant(name, summary, steps, target, keep_lstm, groups)
+    for component in groups:
+        if len(variant.steps_for(component)) > 1:
+            raise UserError(f"{where}: {component}: a table of groups takes one step per weight; the other weights' "
+                            f"{len(variant.steps_for(component))} steps (joint compression) cannot be mixed with it")
+    return variant
+
+
+def _parse_steps(declared, target: str, keep_lstm: bool, where: str) -> tuple[Step, ...]:
+    if not isinstance(declared, list) or not all(isinstance(s, dict) and "kind" in s for s in declared):
+        raise UserError(f"{where} must be a list of steps like {{\"kind\": \"linear\", ...}}")
+    if len(declared) > 1 and target == "iOS17":
+        raise UserError(f"{where}: {len(declared)} steps on one weight (joint compression) need "
+                        f"minimum_deployment_target iOS18 (the variant says {target})")
+    steps = tuple(Step.of(**_checked_step(s, target, where)) for s in declared)
+    for step in steps:
+        _optimization_config(step, keep_lstm)  # refuse bad arguments now, not mid-sweep
+    return steps
+
+
+def _parse_groups(component: str, declared: dict, target: str, keep_lstm: bool, where: str
+                  ) -> dict[str, tuple[Step, ...]]:
+    """A component's table of group -> steps (``"*"``: its other weights, read by the caller)."""
+    if is_front_end(component):
+        raise UserError(f"{where}: the {component} is front end (the STFT basis and mel filterbank) and is never "
+                        "compressed; it has no groups")
+    groups = {}
+    for group, group_steps in declared.items():
+        if group == "*":
+            continue
+        if not isinstance(group, str) or not GROUP_NAME.fullmatch(group):
+            raise UserError(f"{where}: unknown group {group!r}; expected 'subsampling', 'layer NN attention', "
+                            "'layer NN feed-forward', 'layer NN convolution', 'decoder embedding', 'decoder LSTM', "
+                            "'joint' or '*' (the sensitivity profile's names)")
+        if group == "decoder LSTM" and keep_lstm and group_steps:
+            raise UserError(f"{where}: 'decoder LSTM' is kept as exported (keep_lstm); set keep_lstm = false to "
+                            "compress it")
+        groups[group] = _parse_steps(group_steps, target, keep_lstm, f"{where}: {group}")
+        if len(groups[group]) > 1:
+            raise UserError(f"{where}: {group}: one step per group (joint compression of a group is not mixed "
+                            f"with its neighbours'); found {len(groups[group])}")
+    if not groups:
+        raise UserError(f"{where}: a table of groups names no group; give a list of steps for the whole component")
+    return groups
+
+
+def check_groups(variant: Variant, model) -> None:
+    """Every group a recipe names exists in ``model`` (a layer 30 of a 24-layer model is a typo):
+    checked before anything is exported or compressed."""
+    for component, groups in variant.groups.items():
+        known = model_groups(model, component)
+        unknown = sorted(set(groups) - known)
+        if unknown:
+            raise UserError(f"variant {variant.name}: {component} has no group(s) {', '.join(unknown)} in this model; "
+                            f"its groups: {', '.join(sorted(known))}")

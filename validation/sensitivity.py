@@ -17,7 +17,6 @@ module. Weights under ``WEIGHT_THRESHOLD`` (norms, biases) are not compressed by
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from exporters.components import COMPONENTS, ModelDims
+from exporters.quantize import group_of
 from runtimes.mil import MILModel
 from validation.audio import Clip
 from validation.evaluation import decode_encoded
@@ -37,24 +37,6 @@ from validation.quantization import QuantizationSweep, reference_of
 # holds it.
 PROFILED = ("mel_encoder", "decoder", "joint", "joint_decision_single_step")
 ENCODING = "mel_encoder"  # what the clip's transcript is decoded from
-_LAYER = re.compile(r"(?:^|\.)(\d+)\.(self_attn|feed_forward[12]|conv)(?:\.|$)")  # a layer's part, at any depth
-_LAYER_PARTS = {"self_attn": "attention", "feed_forward1": "feed-forward", "feed_forward2": "feed-forward",
-                "conv": "convolution"}
-
-
-def group_of(component: str, origin: str) -> str:
-    """The group a weight belongs to, from the Torch module of the op that reads it; a weight of
-    no known part is a group of its own module, never left out of the profile."""
-    if component == "decoder":
-        return "decoder " + ("LSTM" if "lstm" in origin else "embedding")
-    if component.startswith("joint"):
-        return "joint"
-    if re.search(r"(?:^|\.)pre_encode(?:\.|$)", origin):
-        return "subsampling"
-    found = _LAYER.search(origin)
-    return f"layer {int(found[1]):02d} {_LAYER_PARTS[found[2]]}" if found else f"other ({origin or 'no module'})"
-
-
 def _model_order(group: str, components: dict) -> tuple:
     """Groups in the order the audio meets them: the subsampling, the layers, then the decoder and
     the joint."""

@@ -13,12 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporters.quantize import (
+    INT8_PER_CHANNEL,
     PALETTE,
     VARIANTS,
     Palettes,
     Step,
     Variant,
+    check_groups,
     compress,
+    group_of,
+    grouped_weights,
     kmeans_table,
     parse_variant,
     variant_table,
@@ -141,3 +145,68 @@ def test_shared_tables_compress_the_encoders_as_coremltools_alone_does(session_e
                   else np.full(s.shape, s.shape[-1] if len(s.shape) else 1, s.dtype) for s in left.input_specs}
         for output, value in right.predict(inputs).items():
             np.testing.assert_array_equal(left.predict(inputs)[output], value)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"encoder": {"layer 00 attentoin": [{"kind": "linear"}]}}, "unknown group 'layer 00 attentoin'"),
+    ({"decoder": {"decoder LSTM": [{"kind": "linear"}]}}, "'decoder LSTM' is kept as exported"),
+    ({"preprocessor": {"joint": [{"kind": "linear"}]}}, "front end"),
+    ({"encoder": {"*": [{"kind": "linear"}]}}, "names no group"),
+    ({"minimum_deployment_target": "iOS18",
+      "encoder": {"joint": [{"kind": "prune", "target_sparsity": 0.5}, {"kind": "linear"}]}}, "one step per group"),
+    ({"minimum_deployment_target": "iOS18", "encoder": {"joint": [{"kind": "linear"}]},
+      "*": [{"kind": "prune", "target_sparsity": 0.5}, {"kind": "linear"}]}, "cannot be mixed"),
+    ({"encoder": {"joint": [{"kind": "palettize", "nbits": 3}]}}, "3 bits needs minimum_deployment_target iOS18"),
+])
+def test_bad_recipes_are_refused_with_the_reason(spec, message):
+    with pytest.raises(UserError, match=message):
+        parse_variant("mine", spec, "test")
+
+
+def test_a_recipe_reads_back_as_the_variant_it_was_written_from():
+    declared = {"summary": "searched", "minimum_deployment_target": "iOS18",
+                "mel_encoder": {"*": [{"kind": "palettize", "nbits": 4}], "layer 01 attention": [],
+                                "subsampling": [{"kind": "palettize", "nbits": 3}]},
+                "joint": [{"kind": "linear", "granularity": "per_channel"}]}
+    variant = parse_variant("searched", declared, "test")
+    assert variant.steps_for("mel_encoder") == (Step.of("palettize", nbits=4),)
+    assert variant.groups == {"mel_encoder": {"layer 01 attention": (),
+                                              "subsampling": (Step.of("palettize", nbits=3),)}}
+    recipe = variant.recipe()
+    assert parse_variant(recipe.pop("name"), recipe, "again") == variant
+
+
+def test_a_recipe_naming_a_layer_the_model_lacks_is_refused_before_any_work(torch_model):
+    layers = len(torch_model.encoder.layers)
+    check_groups(parse_variant("ok", {"encoder": {"layer 00 attention": [{"kind": "linear"}]}}, "test"), torch_model)
+    with pytest.raises(UserError, match=f"encoder has no group\\(s\\) layer {layers:02d} attention in this model"):
+        check_groups(parse_variant("late", {"encoder": {f"layer {layers:02d} attention": [{"kind": "linear"}]}},
+                                   "test"), torch_model)
+
+
+def test_a_recipe_compresses_each_group_exactly_as_its_scheme_does_alone(session_exporters, export_cache):
+    """A mixed package holds, weight for weight, what the uniform variant of each group's step
+    holds: layer 0's attention palettized to 4 bits, nothing of layer 0's feed-forward, int8 per
+    channel for the rest."""
+    base = session_exporters["float16"].export_all(["mel_encoder"])[0]
+    recipe = Variant("recipe", "test", {"mel_encoder": (INT8_PER_CHANNEL,)}, groups={
+        "mel_encoder": {"layer 00 attention": (PALETTE[4],), "layer 00 feed-forward": ()}})
+    uniform = {step: compress(base, Variant(f"all_{i}", "test", {"*": (step,)}), export_cache)
+               for i, step in enumerate((PALETTE[4], INT8_PER_CHANNEL))}
+    mixed = compress(base, recipe, export_cache)
+    origins = base.op_origins()
+    plain = MILModel(base.package)
+
+    def values(package):  # constant -> (group, decompressed value)
+        return {constant: (group_of("mel_encoder", origins.get(reader, "")), value)
+                for reader, constant, value in plain.weights_in(MILModel(package))}
+
+    found = values(mixed.package)
+    by_step = {step: values(c.package) for step, c in uniform.items()}
+    groups = set(grouped_weights(base, keep_lstm=True).values())
+    assert {"layer 00 attention", "layer 00 feed-forward"} < groups
+    assert {group for group, _ in found.values()} == groups - {"layer 00 feed-forward"}
+    for constant, (group, value) in found.items():
+        step = PALETTE[4] if group == "layer 00 attention" else INT8_PER_CHANNEL
+        np.testing.assert_array_equal(value, by_step[step][constant][1], err_msg=f"{group} {constant}")
+    assert uniform[PALETTE[4]].size_bytes < mixed.size_bytes < base.size_bytes  # (a feed-forward kept fp16)

@@ -16,7 +16,7 @@ from exporters.components import (
     get_components,
 )
 from exporters.export import ORIGINS_FILE, Exporter
-from exporters.quantize import GivenExports, parse_variant, variant_table
+from exporters.quantize import GivenExports, check_groups, parse_variant, read_recipe, variant_table
 from exporters.sources import ModelSource
 from exporters.streaming import STREAMING_MODE, as_exported, mel_chunks, streaming_dims
 from exporters.wrappers import model_dims
@@ -51,7 +51,7 @@ from validation.evaluation import (
     token_text,
     windowed_decoders_for,
 )
-from validation.held_out import held_out_evaluation, open_data_set
+from validation.held_out import held_out_evaluation, held_out_unusable, open_data_set, transcript_memo
 from validation.journal import JOURNAL, package_identity
 from validation.neural_engine import agreement, predict_package
 from validation.packages import (
@@ -66,6 +66,7 @@ from validation.packages import (
 )
 from validation.quantization import QuantizationSweep, held_out_entry
 from validation.ranges import describe_ranges, package_ranges, ranges_block
+from validation.recipe_search import MAX_TRIES, RECIPE_FILE, SEARCHED, check_schemes, search_recipe, try_of
 from validation.sensitivity import profile_variant
 from validation.streaming import (
     COMPONENT_VALUES,
@@ -77,7 +78,15 @@ from validation.streaming import (
 )
 from validation.timestamps import word_timer
 from validation.timing import all_cases, environment, flagged, latency_block, measure
-from validation.tolerances import DEFAULT_HELD_OUT_VARIANT, GATE_MAXIMA, load_gates, load_tolerances
+from validation.tolerances import (
+    DEFAULT_HELD_OUT_VARIANT,
+    HELD_OUT_GATES,
+    SEARCH_GATES,
+    SEARCH_GATES_WITHOUT_HELD_OUT,
+    gate_failures,
+    load_gates,
+    load_tolerances,
+)
 from validation.windowing import STRATEGIES
 
 
@@ -493,21 +502,29 @@ def run_quantize(args) -> int:
     table = variant_table(pyproject)
     for text in args.declared:
         name, sep, spec = text.partition("=")
+        if not sep and Path(text).is_file():  # a recipe file (preflight: NAME=JSON or a file)
+            variant = read_recipe(Path(text))
+            table[variant.name] = variant
+            continue
         if not sep or not name:
             raise UserError(f"--variant {text!r}: expected NAME=JSON")
         table[name] = parse_variant(name, spec, f"--variant {name}")
-    gates = load_gates(pyproject, args.gates, table)
     names = list(table) if args.variants is None else component_list([args.variants])
     unknown = [n for n in names if n not in table]
     if unknown or not names:
         found = f"unknown variant(s) {', '.join(unknown)}" if unknown else "names no variant"
         raise UserError(f"--variants {args.variants!r}: {found}; expected one or more of: {', '.join(table)}")
+    schemes = chosen_variants("--search", args.search, names)  # (never of a package set: preflight)
+    if schemes and SEARCHED in table:
+        raise UserError(f"--search names its recipe {SEARCHED!r}, and a variant of that name is declared; rename it")
+    check_schemes([table[name] for name in schemes])
+    gates = load_gates(pyproject, args.gates, [*table, *[SEARCHED] * bool(schemes)])
     held_out = chosen_variants("--held-out", args.held_out, names, (DEFAULT_HELD_OUT_VARIANT,))
-    profiled = chosen_variants("--sensitivity", args.sensitivity, names)  # (never of a package set: preflight)
+    profiled = list(dict.fromkeys(chosen_variants("--sensitivity", args.sensitivity, names) + schemes))
     unmeasured = [f"{name}:{metric}" for name in names for metric in gates.get(name, {})
-                  if metric in GATE_MAXIMA and name not in held_out]
+                  if metric in HELD_OUT_GATES and name not in held_out]
     if unmeasured:
-        raise UserError(f"--gate {', '.join(unmeasured)}: word flips are counted on the held-out set; add the "
+        raise UserError(f"--gate {', '.join(unmeasured)}: word flips and WER are counted on the held-out set; add the "
                         f"variant(s) to --held-out (now: {', '.join(held_out) or 'none'})")
     if not given and args.output_root.resolve() == args.output_dir.resolve():
         raise UserError("--output-root must differ from --output-dir")
@@ -519,6 +536,9 @@ def run_quantize(args) -> int:
         dims = model_dims(model, description["max_audio_seconds"])
         clip = synthetic_speech(cache, dims)
         precision = description["coreml"]["compute_precision"]
+        for variant in (table[name] for name in names):
+            check_groups(variant, model)  # a recipe's layers are this model's, before any work
+        searched_on_set = _search_gates(model, dims, cache, args.manifest, gates) if schemes else False
 
         exports = GivenExports(packages) if given else Exporter(source, ExportOptions(
             precision, description["coreml"]["compute_units"],
@@ -543,11 +563,16 @@ def run_quantize(args) -> int:
                 rows = profile_variant(sweep, name, progress_bar("sensitivity", "group"))
                 print_progress(f"  {name}: {describe_profile(rows)}")
             results.append(result)
+        search = None
+        if schemes:
+            search, searched = _search_recipe(sweep, schemes, model, dims, cache, load, args.manifest,
+                                              gates[SEARCHED], searched_on_set)
+            results += [searched] * (searched is not None)
         context = QuantizationContext.of(backend, units, precision, model=description["model"], clip=clip.name,
                                          runs=args.runs, warmup=args.warmup,
                                          packages=description["packages"] if given else None)
         summary_path, plots, skipped = write_quantization(staging, [r.record() for r in results], context.as_dict(),
-                                                          gates)
+                                                          gates, search)
         # the root is this run's: variant folders of earlier runs go, so the summary lists all there is
         replaced = publish(staging, args.output_root, stale=lambda p: (p / VARIANT_METADATA).is_file())
     verdict = json.loads((args.output_root / summary_path.name).read_text())["overall"]
@@ -557,6 +582,8 @@ def run_quantize(args) -> int:
         print_progress(f"FAILED {line}")
     for line in verdict["flags"]:
         print_progress(f"FLAGGED {line}")
+    if search is not None:
+        print_progress(describe_search(search, args.output_root))
     print_result(f"quantization {verdict['status']}: {verdict['variants']} variant(s) in {args.output_root}, "
                  f"{verdict['passed']} passed, {verdict['failed']} failed, {verdict['not_gated']} not gated, "
                  f"{verdict['error']} not built; {len(plots)} plots in "
@@ -565,6 +592,81 @@ def run_quantize(args) -> int:
                                  + [f"variant folder(s) not swept now, removed: {', '.join(replaced)}"]
                                  * bool(replaced)))
     return 0 if verdict["status"] == "passed" else 1
+
+
+def _search_gates(model, dims, cache, data_set: str, gates: dict) -> bool:
+    """Set the searched recipe's gates: ``SEARCH_GATES`` under the user's ``--gate searched:...``;
+    on a model too unsure for the held-out set (a seeded preset), the headline quality instead, and
+    a held-out gate asked for is refused before any work. Returns whether the tries are weighed on
+    the held-out set."""
+    asked = gates.get(SEARCHED, {})
+    unusable = held_out_unusable(model, dims, cache, data_set)
+    if unusable is None:
+        gates[SEARCHED] = {**SEARCH_GATES, **asked}
+        return True
+    measured_there = [metric for metric in asked if metric in HELD_OUT_GATES]
+    if measured_there:
+        raise UserError(f"--gate {SEARCHED}:{measured_there[0]} is measured on {data_set}, and this model cannot be "
+                        f"held to it: {unusable}; gate the search on the clip instead (e.g. --gate {SEARCHED}:quality="
+                        f"{SEARCH_GATES_WITHOUT_HELD_OUT['quality']})")
+    gates[SEARCHED] = {**SEARCH_GATES_WITHOUT_HELD_OUT, **asked}
+    return False
+
+
+def _search_recipe(sweep: QuantizationSweep, schemes: list[str], model, dims, cache, load, data_set: str,
+                   gates: dict, held_out: bool):
+    """``search_recipe`` over the sweep: each try built and weighed as the sweep's variants are, and
+    on the held-out set (NeMo's and the uncompressed export's transcripts made once) where the
+    gates are measured there. Returns the search block and the recipe's result (None: nothing
+    passed)."""
+    memos = {}  # deployment target -> the transcripts that stay
+
+    def check(variant, assignment):
+        sweep.table[variant.name] = variant
+        result = sweep(variant.name)
+        if result.error:
+            raise UserError(f"the search's {variant.name} could not be built: {result.error}")
+        if held_out:
+            target = variant.minimum_deployment_target
+            result.held_out = _held_out_wer(model, dims, cache, sweep.bases[target][0], result.packages, load,
+                                            data_set, memos.setdefault(target, transcript_memo(UNCOMPRESSED)),
+                                            report=lambda line: None)  # the try's own line says it
+        entry = result.as_dict()
+        return try_of(variant.name, assignment, entry, gate_failures(SEARCHED, entry, {SEARCHED: gates}))
+
+    print_progress(f"searching a recipe of {', '.join(schemes)} that passes "
+                   + ", ".join(f"{metric} {'<=' if metric in HELD_OUT_GATES else '>='} {value}"
+                               for metric, value in gates.items())
+                   + (f" on {data_set}" if held_out else " (no held-out set: the model is too unsure)")
+                   + f"; at most {MAX_TRIES} whole-model tries")
+    said, sweep.progress = sweep.progress, lambda message: None  # a line per try, not per package
+    try:
+        search, recipe = search_recipe([sweep.table[name] for name in schemes],
+                                       {name: sweep(name).sensitivity for name in schemes},
+                                       list(sweep.bases[sweep.table[schemes[0]].minimum_deployment_target][0]),
+                                       check, gates, report=lambda line: print_progress(f"  search {line}"))
+    finally:
+        sweep.progress = said
+    block = {**search.as_dict(), "recipe": recipe.recipe() if recipe else None}
+    if recipe is None:
+        return block, None
+    result = sweep.results[search.chosen]
+    result.variant = recipe
+    return block, result
+
+
+def describe_search(block: dict, root: Path) -> str:
+    """One line: the recipe found (its encoder's share of fp16, where its recipe file is) or what
+    came closest."""
+    tries = f"{len(block['tries'])} tries in {block['seconds']:.0f} s"
+    if block["chosen"] is None:
+        closest = block["closest"]
+        return (f"search: no recipe met the gates ({tries}); closest: {closest['name']}, encoder "
+                f"{100 * closest['encoder_fraction']:.0f}% of fp16, failed: {'; '.join(closest['failures'])}")
+    chosen = next(t for t in block["tries"] if t["name"] == block["chosen"])
+    return (f"search: {SEARCHED} ({block['chosen']}) passes with the encoder at "
+            f"{100 * chosen['encoder_fraction']:.1f}% of fp16 ({tries}); recipe {root / SEARCHED / RECIPE_FILE} "
+            "(read back with --variant)")
 
 
 def describe_profile(rows: list[dict]) -> str:
@@ -577,14 +679,15 @@ def describe_profile(rows: list[dict]) -> str:
 UNCOMPRESSED = "uncompressed"  # the held-out label of the export a variant is compressed from
 
 
-def _held_out_wer(model, dims, cache, base_exports: dict, variant_packages: dict, load, data_set: str) -> dict:
+def _held_out_wer(model, dims, cache, base_exports: dict, variant_packages: dict, load, data_set: str,
+                  remembered: dict | None = None, report=print_progress) -> dict:
     """The variant on ``data_set`` beside NeMo and the uncompressed export (``held_out_entry``);
     ``{"skipped": reason}`` on a model not confident enough for its transcripts to mean anything."""
     base = {name: e.package for name, e in base_exports.items()}
     result, _, reason = held_out_evaluation(model, dims, cache, {UNCOMPRESSED: base, "variant": variant_packages},
                                             load, progress=progress_bar("held-out set", "utterance"),
-                                            report=lambda line: print_progress(f"{data_set}: {line}"),
-                                            flips_against=UNCOMPRESSED, data_set=data_set)
+                                            report=lambda line: report(f"{data_set}: {line}"),
+                                            flips_against=UNCOMPRESSED, data_set=data_set, remembered=remembered)
     if reason:
         return {"skipped": reason}
     return held_out_entry(result.block({"set": data_set}), "variant")

@@ -87,9 +87,14 @@ def preflight(args) -> None:
         read_convert_dir(args.output_dir or DEFAULT_CONVERT_DIR, "--output-dir")
     if args.command == "quantize":
         check_manifest_argument(args.manifest)
-        if package_set and args.sensitivity not in (None, "none"):
-            raise UserError("--sensitivity groups weights by the Torch module their ops came from, which only this "
-                            "tool's exports record; a package set (--packages, --component) has none")
+        for option, value in (("--sensitivity", args.sensitivity), ("--search", args.search)):
+            if package_set and value not in (None, "none"):
+                raise UserError(f"{option} groups weights by the Torch module their ops came from, which only this "
+                                "tool's exports record; a package set (--packages, --component) has none")
+        for text in args.declared:
+            if "=" not in text and not Path(text).is_file():
+                raise UserError(f"--variant {text!r}: expected NAME=JSON, or a recipe file (a quantize run's "
+                                "searched/recipe.json) that exists")
     if args.command == "evaluate":
         strategy_list(args.strategy, args.streaming)
         if args.manifest is not None:

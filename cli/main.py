@@ -151,9 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default parakeet_coreml_quantized)")
     quantize.add_argument("--variants", default=None, metavar="A,B",
                           help="variants to build (default: all of the table; see exporters/quantize.py)")
-    quantize.add_argument("--variant", dest="declared", action="append", default=[], metavar="NAME=JSON",
+    quantize.add_argument("--variant", dest="declared", action="append", default=[], metavar="NAME=JSON|FILE",
                           help='add or replace a variant, e.g. \'enc4={"encoder": [{"kind": "palettize", "nbits": 4}], '
-                               '"*": [{"kind": "linear", "granularity": "per_channel"}]}\'; repeatable')
+                               '"*": [{"kind": "linear", "granularity": "per_channel"}]}\', or read a recipe file '
+                               "(a --search run's searched/recipe.json); repeatable")
     GATE.add(quantize.add_argument)
     BACKEND.add(quantize.add_argument)
     quantize.add_argument("--compute-units", default=None, choices=COMPUTE_UNITS,
@@ -168,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="variants profiled group by group: each encoder layer's attention, feed-forward and "
                                "convolution, the subsampling, the decoder and the joint compressed alone, the rest "
                                "as exported (quality, PSNR, the clip's token error rate; a plot each)")
+    quantize.add_argument("--search", default=None, metavar="A,B",
+                          help="find the smallest recipe mixing these variants group by group that passes the gates "
+                               "of the variant 'searched' (default: no word changed on the --manifest set, "
+                               "flips=0; add e.g. --gate searched:wer_points=0.2); profiles each, then tries whole "
+                               "models, cheapest megabytes first; writes searched/recipe.json, which --variant reads")
     quantize.add_argument("--manifest", default=HELD_OUT_SET, metavar="FILE.jsonl",
                           help="the data set the --held-out variants are evaluated on, named as evaluate's --manifest "
                                f"names one (default {HELD_OUT_SET})")

@@ -630,3 +630,18 @@ def check_groups(variant: Variant, model) -> None:
         if unknown:
             raise UserError(f"variant {variant.name}: {component} has no group(s) {', '.join(unknown)} in this model; "
                             f"its groups: {', '.join(sorted(known))}")
+
+
+def read_recipe(path: Path) -> Variant:
+    """A variant from a recipe file (``Variant.recipe`` as JSON: its name, then its declaration)."""
+    try:
+        declared = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"--variant {path}: cannot read it ({e.strerror})") from None
+    except ValueError as e:
+        raise UserError(f"--variant {path}: not JSON ({e})") from None
+    if not isinstance(declared, dict) or not isinstance(declared.get("name"), str):
+        raise UserError(f"--variant {path}: a recipe file is a JSON object naming its variant (\"name\") beside its "
+                        "components' steps, as a --search run writes it")
+    declared = dict(declared)
+    return parse_variant(declared.pop("name"), declared, f"--variant {path}")

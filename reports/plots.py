@@ -19,6 +19,7 @@ import numpy as np
 
 from exporters.components import COMPONENTS
 from validation.neural_engine import CPU, NEURAL_ENGINE, NO_COMPUTE, UNKNOWN, Placement
+from validation.recipe_search import SEARCHED, weighed_size
 
 PARITY_DIR = Path("plots") / "compare-components"
 RANGE_DIR = Path("plots") / "fp16-range"
@@ -542,6 +543,50 @@ def sensitivity_plot(variant: str, rows: list[dict], caption: Caption, out_dir: 
                 loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=len(components), frameon=False)
     return _save(plt, fig, caption, f"Sensitivity of {variant}: each group of weights compressed alone, the "
                  "rest as exported", out_dir / f"sensitivity_{variant}.png")
+
+
+def search_plot(search: dict, summary: dict, caption: Caption, out_dir: Path) -> Path:
+    """Every try of a recipe search by size and quality, passed or failed, its Pareto front and
+    the recipe chosen, with the sweep's fixed variants on the same axes: on the held-out set's WER
+    where the tries were weighed there, and on the headline quality."""
+    fixed = {name: entry for name, entry in summary.items() if not entry.get("error") and name != SEARCHED}
+    tries = search["tries"]
+    panels = [("wer", "held-out WER (%)", lambda t: 100 * t["wer"])] * any(t["wer"] is not None for t in tries)
+    panels.append(("quality", "1 − lowest headline quality (log)", lambda t: max(t["loss"], IDENTICAL)))
+    plt, fig, axes = _figure(len(panels), height=3.4, width=9.0)
+    for ax, (front_key, label, value) in zip(axes, panels, strict=True):
+        for passed, color, marker in ((True, "tab:green", "o"), (False, "tab:red", "x")):
+            shown = [t for t in tries if t["passed"] == passed and (front_key != "wer" or t["wer"] is not None)]
+            ax.scatter([t["size_bytes"] / 1e6 for t in shown], [value(t) for t in shown], color=color, marker=marker,
+                       s=30, label=f"tries that {'passed' if passed else 'failed'} the gates ({len(shown)})")
+        front = [next(t for t in tries if t["name"] == name) for name in search["front"][front_key]]
+        ax.plot([t["size_bytes"] / 1e6 for t in front], [value(t) for t in front], color="tab:blue", linewidth=1,
+                drawstyle="steps-post", label="Pareto front of the tries")
+        chosen = next((t for t in tries if t["name"] == search["chosen"]), None)
+        if chosen is not None and (front_key != "wer" or chosen["wer"] is not None):
+            ax.scatter([chosen["size_bytes"] / 1e6], [value(chosen)], marker="*", s=220, facecolors="none",
+                       edgecolors="black", linewidths=1.2, label=f"{SEARCHED} ({chosen['name']})", zorder=3)
+        drawn = 0
+        for name, entry in fixed.items():
+            point = {"wer": (entry.get("held_out") or {}).get("wer"),
+                     "loss": 1 - min(c["quality"] for c in entry["components"].values())}
+            if front_key == "wer" and point["wer"] is None:
+                continue
+            size = weighed_size(entry["components"]) / 1e6
+            ax.scatter([size], [value(point)], marker="s", s=28, color="black", zorder=3)
+            ax.annotate(name, (size, value(point)), xytext=(4, 3), textcoords="offset points", fontsize=7)
+            drawn += 1
+        ax.scatter([], [], marker="s", s=28, color="black",
+                   label=f"the sweep's fixed variants ({drawn} of {len(fixed)}"
+                         + (": those in --held-out)" if front_key == "wer" else ")"))
+        if front_key == "quality":
+            ax.set_yscale("log")
+        ax.set_ylabel(label + "\nlower is better", fontsize=8)
+        ax.set_xlabel("encoder + decoder + joint packages (MB)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(plt, fig, caption, f"Recipe search over {', '.join(search['schemes'])}: every try by size and "
+                 "quality", out_dir / "search_pareto.png")
 
 
 def _quality_against_size(summary: dict, built: list[str], components: list[str], colors: dict, caption: Caption,

@@ -10,8 +10,9 @@ import shutil
 from pathlib import Path
 
 from reports.metadata import json_safe
-from reports.plots import QUANTIZE_DIR, Caption, quantization_plots
+from reports.plots import QUANTIZE_DIR, Caption, quantization_plots, search_plot
 from validation.quantization import flip_flags
+from validation.recipe_search import RECIPE_FILE, SEARCHED
 from validation.tolerances import gate_failures
 
 SUMMARY = "quantization_summary.json"
@@ -37,16 +38,25 @@ def summary_of(records: list[dict], context: dict, gates: dict) -> dict:
     return summary
 
 
-def overall(summary: dict) -> dict:
+def overall(summary: dict, search: dict | None = None) -> dict:
     """The sweep's verdict, as ``metadata.json``'s validation block gives one: failed when a gate
-    failed or a variant could not be built; counts of each gate status."""
+    failed, a variant could not be built or a search found no recipe; counts of each gate status."""
     counts = {status: sum(entry["gates"]["status"] == status for entry in summary.values())
               for status in ("passed", "failed", "not gated", "error")}
-    return {"status": "failed" if counts["failed"] or counts["error"] else "passed", "variants": len(summary),
-            **{status.replace(" ", "_"): n for status, n in counts.items()},
+    unfound = [search_failure(search)] if search is not None and search["chosen"] is None else []
+    return {"status": "failed" if counts["failed"] or counts["error"] or unfound else "passed",
+            "variants": len(summary), **{status.replace(" ", "_"): n for status, n in counts.items()},
             "failures": [f for entry in summary.values() for f in entry["gates"]["failures"]]
-            + [f"{name}: not built: {entry['error']}" for name, entry in summary.items() if entry["error"]],
+            + [f"{name}: not built: {entry['error']}" for name, entry in summary.items() if entry["error"]] + unfound,
             "flags": [f for entry in summary.values() for f in entry.get("flags", [])]}
+
+
+def search_failure(search: dict) -> str:
+    """What a search that found nothing came closest to."""
+    closest = search["closest"]
+    return (f"search: no recipe of {', '.join(search['schemes'])} met the gates in {len(search['tries'])} tries; "
+            f"closest: {closest['name']} (encoder {100 * closest['encoder_fraction']:.0f}% of fp16), which "
+            f"failed {'; '.join(closest['failures'])}")
 
 
 def caption_of(context: dict) -> Caption:
@@ -54,10 +64,11 @@ def caption_of(context: dict) -> Caption:
                                f"{context['compute_units']} · {context['compute_precision']}")
 
 
-def write_quantization(directory: Path, records: list[dict], context: dict, gates: dict
+def write_quantization(directory: Path, records: list[dict], context: dict, gates: dict, search: dict | None = None
                        ) -> tuple[Path, list[Path], list[str]]:
     """Write the sweep (``VariantResult.record()`` of each variant) into ``directory`` (a staging
-    directory the caller publishes)."""
+    directory the caller publishes); with a recipe ``search``, its block, its recipe file in the
+    searched variant's folder, and its Pareto plot."""
     directory = Path(directory)
     summary = summary_of(records, context, gates)
     for record in records:
@@ -69,7 +80,13 @@ def write_quantization(directory: Path, records: list[dict], context: dict, gate
         (folder / VARIANT_METADATA).write_text(json.dumps(variant_summary, indent=2, allow_nan=False) + "\n")
     plots, skipped = quantization_plots(summary, caption_of(context),
                                         directory / QUANTIZE_DIR / context["compute_units"])
+    if search is not None:
+        if search["recipe"] is not None:
+            (directory / SEARCHED / RECIPE_FILE).write_text(json.dumps(search["recipe"], indent=2) + "\n")
+        plots.append(search_plot(search, summary, caption_of(context),
+                                 directory / QUANTIZE_DIR / context["compute_units"]))
     path = directory / SUMMARY
-    document = {"overall": overall(summary), "variants": summary}
+    document = {"overall": overall(summary, search), "variants": summary,
+                **({"search": search} if search is not None else {})}
     path.write_text(json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n")
     return path, plots, skipped

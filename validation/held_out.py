@@ -12,6 +12,7 @@ rendered once into the export cache with a NeMo manifest beside it, and evaluate
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from functools import partial
@@ -34,6 +35,7 @@ from validation.corpus import (
     split_utterances,
 )
 from validation.evaluation import (
+    WINDOWED,
     BadInput,
     Evaluation,
     PaceBook,
@@ -311,9 +313,35 @@ def not_confident_reason(model, dims: ModelDims, clips: list[Clip]) -> tuple[flo
                         f"{CONFIDENT_MEDIAN_PROB}): a random-weight model's transcripts test nothing")
 
 
+def _confidence(model, dims: ModelDims, utterances: list[Utterance]) -> tuple[float, str | None]:
+    """How sure the model is of the set's first 20 utterances, and why that is too unsure."""
+    clips = [fit_window(read_utterance(u, dims.sample_rate), dims, u.key, "") for u in utterances[:20]]
+    return not_confident_reason(model, dims, clips)
+
+
+def held_out_unusable(model, dims: ModelDims, cache: ExportCache, data_set: str = HELD_OUT_SET) -> str | None:
+    """Why ``held_out_evaluation`` would skip this model on ``data_set`` (too unsure for its
+    transcripts to mean anything), asked before the work that depends on it; None if it will not."""
+    return _confidence(model, dims, open_data_set(data_set, cache, dims)[1])[1]
+
+
+def transcript_memo(*labels: str) -> dict[str, dict]:
+    """Stores for ``held_out_evaluation(remembered=...)``: NeMo's two paths and the exports
+    ``labels``, the transcripts that stay the same while a search tries variant after variant."""
+    return {label: {} for label in (*WINDOWED.nemo, *labels)}
+
+
+def _remembered(decode, store: dict, samples: np.ndarray):
+    key = hashlib.sha256(np.ascontiguousarray(samples).view(np.uint8)).hexdigest()
+    if key not in store:
+        store[key] = decode(samples)
+    return store[key]
+
+
 def held_out_evaluation(model, dims: ModelDims, cache: ExportCache, exports: dict[str, dict], load,
                         progress=lambda items, total: items, report=lambda line: None, flips_against: str | None = None,
-                        data_set: str = HELD_OUT_SET) -> tuple[Evaluation | None, float, str | None]:
+                        data_set: str = HELD_OUT_SET, remembered: dict[str, dict] | None = None
+                        ) -> tuple[Evaluation | None, float, str | None]:
     """The held-out set evaluated for each labelled set of decode packages (label -> component ->
     package), saying through ``report`` how much it decodes and, once it has a pace, how long the
     rest takes: fp32 exports must transcribe exactly like NeMo on the same windows, the rest within
@@ -321,14 +349,18 @@ def held_out_evaluation(model, dims: ModelDims, cache: ExportCache, exports: dic
     first 20 utterances decide): ``(None, confidence, why)``. ``flips_against``: the label of the
     uncompressed export, whose words the others' are held to word by word. ``data_set``: another
     set as ``--manifest`` names one; a built-in set's texts are plain already, a manifest's are
-    normalised as ``evaluate`` does by default."""
+    normalised as ``evaluate`` does by default. ``remembered`` (``transcript_memo``), kept by the
+    caller across calls that change only the other exports: the decoders it holds a store for
+    (NeMo's, the uncompressed export's) decode each utterance once, not once per call."""
     _, utterances, bad = open_data_set(data_set, cache, dims)
-    clips = [fit_window(read_utterance(u, dims.sample_rate), dims, u.key, "") for u in utterances[:20]]
-    confidence, reason = not_confident_reason(model, dims, clips)
+    confidence, reason = _confidence(model, dims, utterances)
     if reason:
         return None, confidence, reason
     paces = PaceBook(cache.root, {"set": data_set, "dims": dims.as_dict(), "exports": sorted(exports)})
-    result = evaluate(utterances, decoders_for(model, dims, exports, load), token_text(model), dims,
+    decoders = decoders_for(model, dims, exports, load)
+    for label, store in (remembered or {}).items():
+        decoders[label] = partial(_remembered, decoders[label], store)
+    result = evaluate(utterances, decoders, token_text(model), dims,
                       normalizer="none" if data_set.startswith(BUILTIN_PREFIX) else "whisper-english",
                       exact=list(EXACT_LABELS), bad=bad,
                       progress=progress, report=report, paces=paces,

@@ -159,11 +159,14 @@ def held_out_entry(block: dict, label: str) -> dict:
     against NeMo's on the same windows, what it fails of that gate, and the words it changes
     against the uncompressed export (``Evaluation.flips``)."""
     reference = block["paths"]["reference"]
+    flips = block.get("flips", {}).get(label)
     return {"set": block.get("set"), "utterances": block["utterances"], "wer": block["wer"][label]["wer"],
             "wer_nemo": block["wer"][reference]["wer"],
             "wer_difference_to_nemo": block["decomposition_points"]["export"][label] / 100,
+            # the export its words are held to (the uncompressed one): what ``wer_points`` gates against
+            "wer_uncompressed": block["wer"][flips["against"]]["wer"] if flips else None,
             "failures": [f.removeprefix(f"{label}: ") for f in block["failures"] if f.startswith(f"{label}: ")],
-            "flips": block.get("flips", {}).get(label)}
+            "flips": flips}
 
 
 def flip_flags(variant: str, entry: dict) -> list[str]:

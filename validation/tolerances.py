@@ -191,6 +191,15 @@ GATE_METRICS = ("quality", "joint_decision.acc", "joint_decision.duration_match"
 # on the set it is evaluated on (``quantize --held-out``), all of them, or those decided with at
 # least CONFIDENT_FLIP_PROBABILITY.
 GATE_MAXIMA = ("flips", "confident_flips")
+# A most in WER points: how far a variant's WER on that set may rise above the uncompressed export's.
+WER_POINTS = "wer_points"
+# Gates measured on the held-out set, for a variant in --held-out (or the searched recipe) only.
+HELD_OUT_GATES = (*GATE_MAXIMA, WER_POINTS)
+# What the recipe search (quantize --search) holds its recipe to unless told otherwise: no word
+# changed on the held-out set; on a model too unsure for a held-out set, the headline quality of
+# every component, the fixed variants' gate.
+SEARCH_GATES = {"flips": 0}
+SEARCH_GATES_WITHOUT_HELD_OUT = {"quality": 0.95}
 # The variant whose held-out WER a sweep gates by default (within MAX_WER_DIFFERENCE_POINTS of NeMo's).
 DEFAULT_HELD_OUT_VARIANT = "int8_per_channel"
 
@@ -202,9 +211,9 @@ def load_gates(pyproject: Path | None = None, cli: list[str] = (), variants=None
     gates = {variant: dict(metrics) for variant, metrics in QUANTIZATION_GATES.items()}
 
     def put(variant, metric, value, where):
-        if metric not in GATE_METRICS + GATE_MAXIMA:
+        if metric not in GATE_METRICS + HELD_OUT_GATES:
             raise UserError(f"{where}: unknown gate metric {metric!r}; expected one of: "
-                            f"{', '.join(GATE_METRICS + GATE_MAXIMA)}")
+                            f"{', '.join(GATE_METRICS + HELD_OUT_GATES)}")
         try:
             value = float(value)
         except (TypeError, ValueError):
@@ -213,6 +222,9 @@ def load_gates(pyproject: Path | None = None, cli: list[str] = (), variants=None
             if value < 0 or value != int(value):
                 raise UserError(f"{where}: {variant}.{metric} = {value:g}: expected a count of words, 0 or more")
             value = int(value)
+        elif metric == WER_POINTS:
+            if not 0.0 <= value <= 100.0:
+                raise UserError(f"{where}: {variant}.{metric} = {value:g}: expected WER points, 0 to 100")
         elif not 0.0 <= value <= 1.0:
             raise UserError(f"{where}: {variant}.{metric} = {value} is outside [0, 1]")
         gates.setdefault(variant, {})[metric] = value
@@ -246,6 +258,9 @@ def gate_failures(variant: str, result: dict, gates: dict[str, dict[str, float]]
         if metric in GATE_MAXIMA:
             failures += _flip_failures(variant, metric, limit, held_out)
             continue
+        if metric == WER_POINTS:
+            failures += _wer_failures(variant, limit, held_out)
+            continue
         minimum = limit
         if metric == "quality":
             found = {name: c["quality"] for name, c in result["components"].items()}
@@ -266,3 +281,14 @@ def _flip_failures(variant: str, metric: str, most: int, held_out: dict) -> list
     found = flips["words" if metric == "flips" else "confident"]
     what = "word flip(s)" if metric == "flips" else f"word flip(s) at confidence >= {flips['confident_at_least']}"
     return [f"{variant}: {found} {what} against {flips['against']} > {most}"] if found > most else []
+
+
+def _wer_failures(variant: str, points: float, held_out: dict) -> list[str]:
+    """A WER gate's failure: the variant's WER on the set more than ``points`` above the
+    uncompressed export's, or not measured."""
+    if held_out.get("wer_uncompressed") is None:
+        why = held_out.get("skipped") or "it was not evaluated on a set (--held-out)"
+        return [f"{variant}: {WER_POINTS} not measured: {why}"]
+    rise = 100 * (held_out["wer"] - held_out["wer_uncompressed"])
+    return [f"{variant}: WER {100 * held_out['wer']:.2f}% is {rise:.2f} points above the uncompressed export's "
+            f"{100 * held_out['wer_uncompressed']:.2f}% > {points:g}"] if rise > points + 1e-9 else []

@@ -76,8 +76,8 @@ def test_a_variant_name_that_is_no_identifier_is_refused_and_writes_nothing(conv
      "--held-out 'int8_per_channel': int8_per_channel not among the variants swept; expected some of: palettize_8bit"),
     (["--held-out", ","], "--held-out ',': names no variant"),
     (["--gate", "palettize_8bit:flips=0"],
-     "--gate palettize_8bit:flips: word flips are counted on the held-out set; add the variant(s) to --held-out "
-     "(now: int8_per_channel)"),
+     "--gate palettize_8bit:flips: word flips and WER are counted on the held-out set; add the variant(s) to "
+     "--held-out (now: int8_per_channel)"),
     (["--sensitivity", "palettize_8bit", "--variants", "int8_per_channel"],
      "--sensitivity 'palettize_8bit': palettize_8bit not among the variants swept; expected some of: "
      "int8_per_channel, or none"),
@@ -85,6 +85,21 @@ def test_a_variant_name_that_is_no_identifier_is_refused_and_writes_nothing(conv
     (["--gate", "int8_per_channel:flips=0.5"], "int8_per_channel.flips = 0.5: expected a count of words, 0 or more"),
     (["--gate", "int8_per_channel:confident_flips=-1"],
      "int8_per_channel.confident_flips = -1: expected a count of words, 0 or more"),
+    (["--search", "pruned_int8"], "--search pruned_int8: a scheme is mixed group by group, and "),
+    (["--search", "palettize_8bit", "--variants", "int8_per_channel"],
+     "--search 'palettize_8bit': palettize_8bit not among the variants swept"),
+    (["--gate", "searched:flips=0"], "gate(s) for unknown variant(s) searched"),
+    (["--search", "palettize_8bit", "--gate", "searched:wer_points=-1"],
+     "searched.wer_points = -1: expected WER points, 0 to 100"),
+    (["--variant", "no-such-recipe.json"],
+     "--variant 'no-such-recipe.json': expected NAME=JSON, or a recipe file (a quantize run's searched/recipe.json) "
+     "that exists"),
+    # measured on the held-out set, which the seeded tiny model cannot transcribe (after it loads: it decides)
+    (["--search", "palettize_8bit", "--gate", "searched:flips=0"],
+     "--gate searched:flips is measured on builtin:held-out, and this model cannot be held to it: the model is not "
+     "confident"),
+    (["--variant", 'deep={"encoder": {"layer 99 attention": [{"kind": "linear"}]}}', "--variants", "deep"],
+     "variant deep: encoder has no group(s) layer 99 attention in this model; its groups: layer 00 attention, "),
 ])
 def test_an_empty_or_unknown_selection_of_variants_is_refused_and_writes_nothing(converted, fault_cache, tmp_path,
                                                                                  args, message, capsys):
@@ -251,12 +266,14 @@ def test_a_variant_named_like_the_plots_folder_is_refused(converted, fault_cache
     assert not (tmp_path / "q").exists()
 
 
-def test_a_sensitivity_profile_of_a_package_set_is_refused_before_any_work(converted, fault_cache, tmp_path, capsys):
+@pytest.mark.parametrize("option", ["--sensitivity", "--search"])
+def test_a_sensitivity_profile_of_a_package_set_is_refused_before_any_work(converted, fault_cache, tmp_path, capsys,
+                                                                           option):
     """A package set records no op origins, so its weights have no groups: told before the model loads."""
     code = main(["quantize", "--packages", str(converted), "--preset", "tiny", "--output-root",
-                 str(tmp_path / "q"), "--cache-dir", str(fault_cache), "--sensitivity", "int8_per_channel"])
+                 str(tmp_path / "q"), "--cache-dir", str(fault_cache), option, "int8_per_channel"])
     captured = capsys.readouterr()
-    assert "--sensitivity groups weights by the Torch module their ops came from" in _last_error(
+    assert f"{option} groups weights by the Torch module their ops came from" in _last_error(
         code, captured, "quantize")
     assert "loading" not in captured.err and not (tmp_path / "q").exists()
 

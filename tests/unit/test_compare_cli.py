@@ -11,6 +11,8 @@ import soundfile
 
 from cli.main import build_parser, main
 from reports.metadata import read_metadata, update_metadata
+from validation.corpus import HELD_OUT_SET
+from validation.held_out import open_data_set
 
 pytestmark = pytest.mark.parity
 
@@ -164,3 +166,71 @@ def test_the_psnr_floor_help_states_the_tables_default(monkeypatch):
     help_text = build_parser().format_help() + build_parser()._subparsers._group_actions[0].choices[
         "compare"].format_help()
     assert "default 31.5 dB" in help_text and "35 dB" not in help_text
+
+
+@pytest.fixture(scope="module")
+def twenty_held_out(export_cache, dims, tmp_path_factory):
+    """The held-out set's first 20 utterances (what decides whether the model is confident): a
+    set a search tries whole models on in seconds."""
+    path, _, _ = open_data_set(HELD_OUT_SET, export_cache, dims)
+    lines = [json.loads(line) for line in path.read_text().splitlines()[:20]]
+    manifest = tmp_path_factory.mktemp("twenty") / "twenty.jsonl"
+    manifest.write_text("".join(json.dumps({**line, "audio_filepath": str(path.parent / line["audio_filepath"])})
+                                + "\n" for line in lines))
+    return manifest
+
+
+def _quantize(converted, export_cache, root, *args):
+    return main(["quantize", "--input-dir", str(converted), "--output-root", str(root), "--cache-dir",
+                 str(export_cache.root), "--backend", "mil", "--runs", "0", *args])
+
+
+def test_a_search_finds_a_recipe_that_passes_and_reads_back_as_the_same_variant(converted, export_cache,
+                                                                               twenty_held_out, tmp_path, capsys):
+    """The recipe found passes its gates on the set (no word changed), is the smallest try that
+    passed, and its recipe file, given back to --variant, builds the same packages."""
+    root = tmp_path / "searched"
+    code = _quantize(converted, export_cache, root, "--variants", "palettize_8bit,palettize_4bit", "--held-out",
+                     "palettize_4bit", "--search", "palettize_8bit,palettize_4bit", "--manifest", str(twenty_held_out))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    document = json.loads((root / "quantization_summary.json").read_text())
+    search, searched = document["search"], document["variants"]["searched"]
+    assert search["schemes"] == ["palettize_8bit", "palettize_4bit"] and search["gates"] == {"flips": 0}
+    passed = [t for t in search["tries"] if t["passed"]]
+    chosen = min(passed, key=lambda t: t["size_bytes"])
+    assert search["chosen"] == chosen["name"] and chosen["flips"] == 0
+    assert searched["gates"]["status"] == "passed" and searched["held_out"]["flips"]["words"] == 0
+    assert searched["held_out"]["utterances"] == 20
+    assert searched["components"]["encoder"]["size_bytes"] == chosen["encoder_size_bytes"]
+    assert all(t["failures"] for t in search["tries"] if not t["passed"])
+    assert set(search["front"]["wer"]) <= {t["name"] for t in search["tries"]}
+    assert (root / "plots" / "quantize" / "ALL" / "search_pareto.png").is_file()
+    assert "search: searched (" in captured.err and "read back with --variant" in captured.err
+    recipe = root / "searched" / "recipe.json"
+    again = tmp_path / "again"
+    code = _quantize(converted, export_cache, again, "--variant", str(recipe), "--variants", "searched",
+                     "--held-out", "none")
+    assert code == 0, capsys.readouterr().err
+    rebuilt = json.loads((again / "quantization_summary.json").read_text())["variants"]["searched"]
+    for name, component in searched["components"].items():
+        assert rebuilt["components"][name]["size_bytes"] == component["size_bytes"], name
+        assert rebuilt["components"][name]["quality"] == component["quality"], name
+
+
+def test_a_search_whose_gates_nothing_meets_says_what_came_closest(converted, export_cache, twenty_held_out,
+                                                                    tmp_path, capsys):
+    root = tmp_path / "unmet"
+    code = _quantize(converted, export_cache, root, "--variants", "palettize_8bit", "--held-out", "none",
+                     "--search", "palettize_8bit", "--gate", "searched:quality=1.0", "--manifest",
+                     str(twenty_held_out))
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    document = json.loads((root / "quantization_summary.json").read_text())
+    assert "searched" not in document["variants"] and document["search"]["chosen"] is None
+    assert "not even the cheapest group" in document["search"]["stopped"]
+    closest = document["search"]["closest"]
+    assert closest["failures"] and all("quality" in f for f in closest["failures"])
+    failure = document["overall"]["failures"][-1]
+    assert failure.startswith("search: no recipe of palettize_8bit met the gates") and closest["name"] in failure
+    assert not (root / "searched").exists()

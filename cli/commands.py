@@ -16,7 +16,7 @@ from exporters.components import (
     get_components,
 )
 from exporters.export import ORIGINS_FILE, Exporter
-from exporters.quantize import GivenExports, check_groups, parse_variant, read_recipe, variant_table
+from exporters.quantize import GivenExports, check_against_model, parse_variant, read_recipe, variant_table
 from exporters.sources import ModelSource
 from exporters.streaming import STREAMING_MODE, as_exported, mel_chunks, streaming_dims
 from exporters.wrappers import model_dims
@@ -537,7 +537,8 @@ def run_quantize(args) -> int:
         clip = synthetic_speech(cache, dims)
         precision = description["coreml"]["compute_precision"]
         for variant in (table[name] for name in names):
-            check_groups(variant, model)  # a recipe's layers are this model's, before any work
+            for note in check_against_model(variant, model):  # a recipe's layers, a block size: before any work
+                print_progress(note)
         searched_on_set = _search_gates(model, dims, cache, args.manifest, gates) if schemes else False
 
         exports = GivenExports(packages) if given else Exporter(source, ExportOptions(

@@ -71,15 +71,21 @@ _MODULE_OF = {"encoder": "encoder", "mel_encoder": "encoder", "decoder": "decode
               "joint_decision": "joint", "joint_decision_single_step": "joint"}
 
 
-def model_groups(model, component: str) -> set[str]:
-    """The groups of ``component``'s weights a variant may compress in ``model`` (a NeMo ASR
-    model), read from its parameters' names before anything is exported: what a recipe's group
-    names are checked against."""
+def model_weights(model, component: str, keep_lstm: bool = False) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of every weight of ``component`` a variant may compress in
+    ``model`` (a NeMo ASR model), read before anything is exported."""
     module = getattr(model, _MODULE_OF.get(component, ""), None)
     if module is None or is_front_end(component):
-        return set()
-    return {group_of(component, name.rpartition(".")[0]) for name, parameter in module.named_parameters()
-            if parameter.dim() > 1 and parameter.numel() > WEIGHT_THRESHOLD}
+        return {}
+    return {name: tuple(parameter.shape) for name, parameter in module.named_parameters()
+            if parameter.dim() > 1 and parameter.numel() > WEIGHT_THRESHOLD
+            and not (keep_lstm and component == "decoder" and ".lstm." in f".{name}")}
+
+
+def model_groups(model, component: str) -> set[str]:
+    """The groups of ``component``'s weights in ``model``: what a recipe's group names are
+    checked against."""
+    return {group_of(component, name.rpartition(".")[0]) for name in model_weights(model, component)}
 
 
 @dataclass(frozen=True)
@@ -621,15 +627,60 @@ def _parse_groups(component: str, declared: dict, target: str, keep_lstm: bool, 
     return groups
 
 
-def check_groups(variant: Variant, model) -> None:
-    """Every group a recipe names exists in ``model`` (a layer 30 of a 24-layer model is a typo):
-    checked before anything is exported or compressed."""
+def check_against_model(variant: Variant, model) -> list[str]:
+    """What of ``variant`` ``model`` cannot take, refused before anything is exported or
+    compressed: a group a recipe names that the model lacks (a layer 30 of a 24-layer model is a
+    typo), a block or group size that divides the channels of none of the weights it would
+    compress (the variant would be the uncompressed export). Returns a note per size that leaves
+    some of them as exported."""
     for component, groups in variant.groups.items():
         known = model_groups(model, component)
         unknown = sorted(set(groups) - known)
         if unknown:
             raise UserError(f"variant {variant.name}: {component} has no group(s) {', '.join(unknown)} in this model; "
                             f"its groups: {', '.join(sorted(known))}")
+    notes = []
+    steps = {(component, step) for component in COMPONENTS for step in variant.steps_for(component)}
+    steps |= {(component, step) for component, groups in variant.groups.items() for group in groups.values()
+              for step in group}
+    for size, axis, what in {_channel_size(step) for _, step in steps} - {None}:
+        shapes = list({(_MODULE_OF[component], name): shape for component, step in steps
+                       if _channel_size(step) == (size, axis, what)
+                       for name, shape in model_weights(model, component, variant.keep_lstm).items()
+                       if len(shape) > axis}.values())  # the encoder's weights once, not once per encoder
+        channels = sorted({shape[axis] for shape in shapes})
+        left = sorted({c for c in channels if c % size})
+        if shapes and len(left) == len(channels):
+            raise UserError(f"variant {variant.name}: {what} {size} divides none of the {len(shapes)} weights it would "
+                            f"compress (their {_axis_name(axis)}: {', '.join(map(str, channels))}); expected a "
+                            f"divisor of them, e.g. {_divisor(channels)}")
+        if left:
+            kept = sum(shape[axis] in left for shape in shapes)
+            notes.append(f"variant {variant.name}: {what} {size} leaves {kept} of {len(shapes)} weights as exported "
+                         f"(their {_axis_name(axis)} {', '.join(map(str, left))} are no multiple of it)")
+    return notes
+
+
+def _axis_name(axis: int) -> str:
+    return {0: "output channels", 1: "input channels"}.get(axis, f"sizes on axis {axis}")
+
+
+def _channel_size(step: Step) -> tuple[int, int, str] | None:
+    """(size, weight axis, what it is) of a step that cuts a weight's channels into blocks or
+    groups: per-block linear scales along the input channels, per-grouped-channel tables along
+    the output channels (coremltools' axes for linear and convolution weights)."""
+    options = dict(step.options)
+    granularity = options.get("granularity")
+    if step.kind == "linear" and granularity == "per_block" and isinstance(options.get("block_size"), int):
+        return options["block_size"], 1, "block_size"
+    if step.kind == "palettize" and granularity == "per_grouped_channel":
+        return int(options.get("group_size", 32)), int(options.get("channel_axis") or 0), "group_size"
+    return None
+
+
+def _divisor(channels: list[int]) -> int:
+    """The largest power of two up to 32 that divides every one of ``channels``."""
+    return next(d for d in (32, 16, 8, 4, 2, 1) if all(c % d == 0 for c in channels))
 
 
 def read_recipe(path: Path) -> Variant:

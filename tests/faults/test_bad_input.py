@@ -98,6 +98,9 @@ def test_a_variant_name_that_is_no_identifier_is_refused_and_writes_nothing(conv
     (["--search", "palettize_8bit", "--gate", "searched:flips=0"],
      "--gate searched:flips is measured on builtin:held-out, and this model cannot be held to it: the model is not "
      "confident"),
+    (["--variant", 'b7={"minimum_deployment_target": "iOS18", "*": [{"kind": "linear", "dtype": "int4", '
+                   '"granularity": "per_block", "block_size": 7}]}', "--variants", "b7"],
+     "variant b7: block_size 7 divides none of the "),
     (["--variant", 'deep={"encoder": {"layer 99 attention": [{"kind": "linear"}]}}', "--variants", "deep"],
      "variant deep: encoder has no group(s) layer 99 attention in this model; its groups: layer 00 attention, "),
 ])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import coremltools as ct
 import numpy as np
 import pytest
+import torch
 from coremltools.converters.mil.frontend.milproto.load import load
 from coremltools.optimize.coreml._quantization_passes import palettize_weights
 from hypothesis import given, settings
@@ -19,7 +20,7 @@ from exporters.quantize import (
     Palettes,
     Step,
     Variant,
-    check_groups,
+    check_against_model,
     compress,
     group_of,
     grouped_weights,
@@ -178,10 +179,43 @@ def test_a_recipe_reads_back_as_the_variant_it_was_written_from():
 
 def test_a_recipe_naming_a_layer_the_model_lacks_is_refused_before_any_work(torch_model):
     layers = len(torch_model.encoder.layers)
-    check_groups(parse_variant("ok", {"encoder": {"layer 00 attention": [{"kind": "linear"}]}}, "test"), torch_model)
+    ok = parse_variant("ok", {"encoder": {"layer 00 attention": [{"kind": "linear"}]}}, "test")
+    assert check_against_model(ok, torch_model) == []
+    late = parse_variant("late", {"encoder": {f"layer {layers:02d} attention": [{"kind": "linear"}]}}, "test")
     with pytest.raises(UserError, match=f"encoder has no group\\(s\\) layer {layers:02d} attention in this model"):
-        check_groups(parse_variant("late", {"encoder": {f"layer {layers:02d} attention": [{"kind": "linear"}]}},
-                                   "test"), torch_model)
+        check_against_model(late, torch_model)
+
+
+def _blocks(size: int, kind: str = "linear") -> Variant:
+    step = {"kind": "linear", "dtype": "int4", "granularity": "per_block", "block_size": size} if kind == "linear" \
+        else {"kind": "palettize", "nbits": 4, "granularity": "per_grouped_channel", "group_size": size}
+    return parse_variant(f"{kind}{size}", {"minimum_deployment_target": "iOS18", "*": [step]}, "test")
+
+
+def test_a_block_size_that_divides_no_weights_channels_is_refused_before_any_work(torch_model):
+    """Blocks of 7 would compress nothing (coremltools leaves such a weight as it is, with a
+    warning): the variant would be the uncompressed export under another name."""
+    channels = sorted({p.shape[1] for p in torch_model.encoder.parameters() if p.dim() > 1 and p.numel() > 2048})
+    assert all(c % 7 for c in channels)  # the premise: a width of 7 is no channel count of the test model
+    with pytest.raises(UserError, match="variant linear7: block_size 7 divides none of the .* weights it would "
+                                        "compress \\(their input channels: "):
+        check_against_model(_blocks(7), torch_model)
+    with pytest.raises(UserError, match="group_size 7 divides none .*their output channels"):
+        check_against_model(_blocks(7, "palettize"), torch_model)
+
+
+def test_a_block_size_that_divides_some_channels_is_noted():
+    """A model whose weights have 96 and 64 input channels: blocks of 32 take all, of 64 some."""
+    class Part(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(96, 64), torch.nn.Linear(64, 96)
+
+    model = torch.nn.Module()
+    model.encoder = Part()
+    assert check_against_model(_blocks(32), model) == []
+    notes = check_against_model(_blocks(64), model)
+    assert len(notes) == 1 and "block_size 64 leaves 1 of 2 weights as exported" in notes[0] and "96" in notes[0]
 
 
 def test_a_recipe_compresses_each_group_exactly_as_its_scheme_does_alone(session_exporters, export_cache):

@@ -101,7 +101,9 @@ class Step:
 
     @classmethod
     def of(cls, kind: str, **options) -> Step:
-        return cls(kind, tuple(sorted(options.items())))
+        """A step of ``options`` as declared; a list (``n_m_ratio = [2, 4]``) is kept as a tuple, so
+        a step stays hashable and compares equal to itself read back."""
+        return cls(kind, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items())))
 
     def describe(self) -> str:
         return f"{self.kind}(" + ", ".join(f"{k}={v}" for k, v in self.options) + ")"
@@ -146,7 +148,9 @@ class Variant:
 
 
 INT8_PER_CHANNEL = Step.of("linear", mode="linear", dtype="int8", granularity="per_channel")
-PALETTE = {bits: Step.of("palettize", mode="kmeans", nbits=bits, granularity="per_tensor") for bits in (8, 6, 4)}
+PALETTE = {bits: Step.of("palettize", mode="kmeans", nbits=bits, granularity="per_tensor") for bits in (8, 6, 4, 3, 2)}
+HALF_PRUNED = Step.of("prune", target_sparsity=0.5)
+IOS18_JOINT = "joint compression needs iOS18: exported for that target"
 ENCODERS = ("encoder", "mel_encoder")
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -155,12 +159,32 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             {"*": (Step.of("linear", mode="linear_symmetric", dtype="int8", granularity="per_tensor"),)}),
     *(Variant(f"palettize_{bits}bit", f"k-means palettization, {bits}-bit lookup table per tensor",
               {"*": (PALETTE[bits],)}) for bits in (8, 6, 4)),
+    Variant("palettize_3bit", "k-means palettization, 3-bit lookup table per tensor (3-bit tables need iOS18: "
+            "exported for that target)", {"*": (PALETTE[3],)}, minimum_deployment_target="iOS18"),
+    Variant("palettize_2bit", "k-means palettization, 2-bit lookup table per tensor", {"*": (PALETTE[2],)}),
+    Variant("palettize_4bit_grouped", "k-means palettization, a 4-bit table per group of 16 output channels "
+            "(per-grouped-channel tables need iOS18: exported for that target)",
+            {"*": (Step.of("palettize", mode="kmeans", nbits=4, granularity="per_grouped_channel", group_size=16),)},
+            minimum_deployment_target="iOS18"),
+    Variant("palettize_4bit_uniform", "uniform palettization: a 4-bit table of evenly spaced values per tensor",
+            {"*": (Step.of("palettize", mode="uniform", nbits=4, granularity="per_tensor"),)}),
+    Variant("int4_per_channel", "int4 linear, per output channel (4-bit weights need iOS18: exported for that target)",
+            {"*": (Step.of("linear", mode="linear_symmetric", dtype="int4", granularity="per_channel"),)},
+            minimum_deployment_target="iOS18"),
     Variant("int4_per_block", "int4 linear per block of 32 (needs iOS18: exported for that target)",
             {"*": (Step.of("linear", mode="linear_symmetric", dtype="int4", granularity="per_block",
                            block_size=32),)}, minimum_deployment_target="iOS18"),
-    Variant("pruned_int8", "50% magnitude pruning, then int8 per channel on the kept weights "
-            "(joint compression needs iOS18: exported for that target)",
-            {"*": (Step.of("prune", target_sparsity=0.5), INT8_PER_CHANNEL)}, minimum_deployment_target="iOS18"),
+    Variant("int8_per_block", "int8 linear per block of 32 (per-block scales need iOS18: exported for that target)",
+            {"*": (Step.of("linear", mode="linear_symmetric", dtype="int8", granularity="per_block",
+                           block_size=32),)}, minimum_deployment_target="iOS18"),
+    Variant("pruned_50", "50% magnitude pruning, the kept weights fp16 (a sparse weight and its bit mask)",
+            {"*": (HALF_PRUNED,)}),
+    Variant("pruned_2of4", "n:m magnitude pruning, the 2 largest of every 4 weights kept",
+            {"*": (Step.of("prune", n_m_ratio=(2, 4)),)}),
+    Variant("pruned_int8", f"50% magnitude pruning, then int8 per channel on the kept weights ({IOS18_JOINT})",
+            {"*": (HALF_PRUNED, INT8_PER_CHANNEL)}, minimum_deployment_target="iOS18"),
+    Variant("pruned_palettize_4bit", "50% magnitude pruning, then a 4-bit k-means table for the kept weights "
+            f"({IOS18_JOINT})", {"*": (HALF_PRUNED, PALETTE[4])}, minimum_deployment_target="iOS18"),
     Variant("mixed_8bit", "everything 8-bit: encoders palettized to 8 bits, the rest int8 per channel",
             {**{c: (PALETTE[8],) for c in ENCODERS}, "*": (INT8_PER_CHANNEL,)}),
     Variant("encoder_6bit_rest_int8", "encoders palettized to 6 bits, the rest int8 per channel",

@@ -35,8 +35,17 @@ from runtimes.mil import MILModel
 
 def test_table_has_the_variants_and_keeps_the_lstm():
     assert {"int8_per_channel", "int8_per_tensor_symmetric", "palettize_8bit", "palettize_6bit", "palettize_4bit",
-            "int4_per_block", "pruned_int8", "mixed_8bit", "encoder_6bit_rest_int8"} <= set(VARIANTS)
-    assert VARIANTS["int4_per_block"].minimum_deployment_target == "iOS18"
+            "palettize_3bit", "palettize_2bit", "palettize_4bit_grouped", "palettize_4bit_uniform", "int4_per_channel",
+            "int4_per_block", "int8_per_block", "pruned_50", "pruned_2of4", "pruned_int8", "pruned_palettize_4bit",
+            "mixed_8bit", "encoder_6bit_rest_int8"} <= set(VARIANTS)
+    # what only iOS 18's ops express (coremltools' documented targets): 3-bit tables, per-grouped-channel
+    # tables, 4-bit linear, per-block scales, two steps on one weight
+    assert {name for name, v in VARIANTS.items() if v.minimum_deployment_target == "iOS18"} == {
+        "palettize_3bit", "palettize_4bit_grouped", "int4_per_channel", "int4_per_block", "int8_per_block",
+        "pruned_int8", "pruned_palettize_4bit"}
+    for variant in VARIANTS.values():  # each built-in passes the checks a declaration of it would meet
+        declared = {key: value for key, value in variant.recipe().items() if key != "name"}
+        assert parse_variant(variant.name, declared, "table") == variant
     mixed = VARIANTS["encoder_6bit_rest_int8"]
     assert dict(mixed.steps_for("encoder")[0].options)["nbits"] == 6
     assert mixed.steps_for("joint") == VARIANTS["int8_per_channel"].steps_for("joint")

@@ -561,7 +561,9 @@ def run_quantize(args) -> int:
                                                 args.manifest)
                 print_progress(f"  {name}: {describe_held_out(result.held_out)}")
             if name in profiled and not result.error:
-                rows = profile_variant(sweep, name, progress_bar("sensitivity", "group"))
+                on_set = _group_held_out(sweep, name, model, dims, cache, load, args.manifest) \
+                    if result.held_out and "skipped" not in result.held_out else None
+                rows = profile_variant(sweep, name, progress_bar("sensitivity", "group"), on_set)
                 print_progress(f"  {name}: {describe_profile(rows)}")
             results.append(result)
         search = None
@@ -670,23 +672,40 @@ def describe_search(block: dict, root: Path) -> str:
             "(read back with --variant)")
 
 
+def _group_held_out(sweep: QuantizationSweep, name: str, model, dims, cache, load, data_set: str):
+    """A profile's ``on_set`` for a variant evaluated on the set: each group's swapped programs on
+    it, against NeMo's and the uncompressed export's transcripts, made once before any weight is
+    swapped (the swapped programs stand at the uncompressed packages' paths)."""
+    exports = sweep.bases[sweep.table[name].minimum_deployment_target][0]
+    packages = {component: e.package for component, e in exports.items()}
+    memo = transcript_memo(UNCOMPRESSED)
+    print_progress(f"  {name}: the held-out set's transcripts without compression, for each group's ...")
+    _held_out_wer(model, dims, cache, exports, packages, load, data_set, memo, report=lambda line: None)
+    return lambda swapped: _held_out_wer(model, dims, cache, exports, packages, swapped, data_set, memo,
+                                         report=lambda line: None, progress=lambda items, total: items)
+
+
 def describe_profile(rows: list[dict]) -> str:
     """One line: how many groups were profiled and which cost the most."""
     worst = sorted(rows, key=lambda r: r["psnr_db"])[:3]
+    on_set = [r for r in rows if r.get("flips") is not None]
     return (f"sensitivity of {len(rows)} group(s), each compressed alone; lowest headline PSNR: "
-            + ", ".join(f"{r['group']} {r['psnr_db']:.1f} dB" for r in worst))
+            + ", ".join(f"{r['group']} {r['psnr_db']:.1f} dB" for r in worst)
+            + (f"; on the held-out set {sum(r['flips'] > 0 for r in on_set)} group(s) change a word, the WER moves "
+               f"{min(r['wer_difference_points'] for r in on_set):+.2f} to "
+               f"{max(r['wer_difference_points'] for r in on_set):+.2f} points" if on_set else ""))
 
 
 UNCOMPRESSED = "uncompressed"  # the held-out label of the export a variant is compressed from
 
 
 def _held_out_wer(model, dims, cache, base_exports: dict, variant_packages: dict, load, data_set: str,
-                  remembered: dict | None = None, report=print_progress) -> dict:
+                  remembered: dict | None = None, report=print_progress, progress=None) -> dict:
     """The variant on ``data_set`` beside NeMo and the uncompressed export (``held_out_entry``);
     ``{"skipped": reason}`` on a model not confident enough for its transcripts to mean anything."""
     base = {name: e.package for name, e in base_exports.items()}
     result, _, reason = held_out_evaluation(model, dims, cache, {UNCOMPRESSED: base, "variant": variant_packages},
-                                            load, progress=progress_bar("held-out set", "utterance"),
+                                            load, progress=progress or progress_bar("held-out set", "utterance"),
                                             report=lambda line: report(f"{data_set}: {line}"),
                                             flips_against=UNCOMPRESSED, data_set=data_set, remembered=remembered)
     if reason:

@@ -517,7 +517,9 @@ def quantization_plots(summary: dict, caption: Caption, out_dir: Path) -> tuple[
 def sensitivity_plot(variant: str, rows: list[dict], caption: Caption, out_dir: Path) -> Path:
     """One bar per group of weights, compressed alone by ``variant``: the headline output's PSNR
     against the uncompressed export (lower is more sensitive) and the clip's token error rate."""
-    plt, fig, (psnr, errors) = _figure(2, height=2.6, width=max(8.0, 0.28 * len(rows) + 3))
+    on_set = any(r.get("wer_difference_points") is not None for r in rows)
+    plt, fig, axes = _figure(2 + on_set, height=2.6, width=max(8.0, 0.28 * len(rows) + 3))
+    psnr, errors = axes[0], axes[-1]
     groups = [r["group"] for r in rows]
     components = list(dict.fromkeys(r["component"] for r in rows))
     palette = plt.get_cmap("tab10")
@@ -531,12 +533,24 @@ def sensitivity_plot(variant: str, rows: list[dict], caption: Caption, out_dir: 
     weakest = int(np.nanargmin(values))
     psnr.annotate(f"{values[weakest]:.1f} dB", (weakest, values[weakest]), xytext=(0, 2),
                   textcoords="offset points", ha="center", va="bottom", fontsize=7)
+    if on_set:  # the held-out set: the WER's change in points, each bar labelled with the words it changes
+        wer = axes[1]
+        changes = [np.nan if r.get("wer_difference_points") is None else r["wer_difference_points"] for r in rows]
+        wer.bar(x, changes, color=colors)
+        wer.axhline(0, color="grey", linewidth=0.8)
+        for i, r in enumerate(rows):
+            if r.get("flips") is not None:
+                wer.annotate(f"{r['flips']}", (i, max(changes[i], 0)), xytext=(0, 2), textcoords="offset points",
+                             ha="center", va="bottom", fontsize=6)
+        wer.margins(y=0.15)  # room for the labels
+        wer.set_ylabel("held-out WER change\n(points; label: words\nchanged)", fontsize=8)
+        wer.set_xticks(x, [""] * len(rows))
     rates = [r["token_error_rate"] for r in rows]
     errors.bar(x, [np.nan if r is None else r for r in rates], color=colors)
     errors.set_ylabel("clip's token error rate\nagainst uncompressed", fontsize=8)
     errors.set_xticks(x, groups, rotation=60, ha="right", fontsize=7)
     psnr.set_xticks(x, [""] * len(rows))
-    for ax in (psnr, errors):
+    for ax in axes:
         ax.grid(axis="y", alpha=0.3)
     handles = [plt.Rectangle((0, 0), 1, 1, color=palette(i)) for i in range(len(components))]
     psnr.legend(handles, [f"{c} (PSNR of its {COMPONENTS[c].headline})" for c in components], fontsize=7,

@@ -53,16 +53,23 @@ class GroupCost:
     quality: float  # of the component's headline output, 1 - ||ref - q|| / ||ref||
     psnr_db: float
     token_error_rate: float | None  # the clip's greedy transcript against the uncompressed export's
+    # on the held-out set (``on_set``): the WER's change against the uncompressed export's, in
+    # points, and the words changed
+    wer_difference_points: float | None = None
+    flips: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def sensitivity_profile(base: dict, compressed: dict, origins: dict[str, dict[str, str]], dims: ModelDims,
-                        clip: Clip, progress: Callable = lambda items, total: items) -> list[GroupCost]:
+                        clip: Clip, progress: Callable = lambda items, total: items,
+                        on_set: Callable[[Callable], dict] | None = None) -> list[GroupCost]:
     """One row per group: the cost of compressing that group alone, as ``compressed`` (component
     -> the variant's package) compresses it, all else as ``base`` (component -> the uncompressed
-    package). ``origins``: component -> op output -> Torch module."""
+    package). ``origins``: component -> op output -> Torch module. ``on_set(load)``: the held-out
+    entry (``held_out_entry``) of the base packages loaded by ``load`` (which hands out the swapped
+    programs), per group."""
     models = {name: MILModel(package) for name, package in base.items()}
     by_path = {base[name]: model for name, model in models.items()}
     # the reference on the same executors the groups run on (the sweep's may be Core ML's, whose
@@ -88,25 +95,33 @@ def sensitivity_profile(base: dict, compressed: dict, origins: dict[str, dict[st
             encoded = outputs if component == ENCODING else reference.outputs[ENCODING]
             tokens = decode_encoded(encoded, base, lambda package: by_path[package], dims).tokens \
                 if reference.tokens is not None else None
+            on = on_set(lambda package: by_path[package]) if on_set is not None else None
         expected = np.asarray(reference.outputs[component][headline], np.float64)
         weights = swaps[component]
         rows.append(GroupCost(
             component, group, len(weights), sum(int(np.size(value)) for value in weights.values()),
             quality(expected, output), psnr_db(expected, np.asarray(output, np.float64)),
             token_edit_distance(reference.tokens, tokens) / max(len(reference.tokens), 1) if tokens is not None
-            else None))
+            else None, *_on_set_costs(on)))
     return rows
 
 
-def profile_variant(sweep: QuantizationSweep, name: str, progress: Callable = lambda items, total: items
-                    ) -> list[dict]:
+def _on_set_costs(entry: dict | None) -> tuple[float | None, int | None]:
+    if not entry or entry.get("wer_uncompressed") is None:
+        return None, None
+    return 100 * (entry["wer"] - entry["wer_uncompressed"]), entry["flips"]["words"]
+
+
+def profile_variant(sweep: QuantizationSweep, name: str, progress: Callable = lambda items, total: items,
+                    on_set: Callable[[Callable], dict] | None = None) -> list[dict]:
     """Variant ``name`` of the sweep profiled group by group against the uncompressed exports it
-    was built from; kept in its result (``VariantResult.sensitivity``)."""
+    was built from (with ``on_set``, on the held-out set too: ``sensitivity_profile``); kept in its
+    result (``VariantResult.sensitivity``)."""
     result = sweep(name)
     sweep.load.release()  # the profile loads its own executors: the sweep's would only crowd them
     exports, _ = sweep.bases[sweep.table[name].minimum_deployment_target]  # this tool's: they record op origins
     rows = sensitivity_profile({n: e.package for n, e in exports.items() if n in PROFILED}, result.packages,
                                {n: e.op_origins() for n, e in exports.items() if n in PROFILED}, sweep.dims,
-                               sweep.clip, progress)
+                               sweep.clip, progress, on_set)
     result.sensitivity = [row.as_dict() for row in rows]
     return result.sensitivity

@@ -13,6 +13,7 @@ from cli.main import build_parser, main
 from reports.metadata import read_metadata, update_metadata
 from validation.corpus import HELD_OUT_SET
 from validation.held_out import open_data_set
+from validation.recipe_search import components_of
 
 pytestmark = pytest.mark.parity
 
@@ -234,3 +235,27 @@ def test_a_search_whose_gates_nothing_meets_says_what_came_closest(converted, ex
     failure = document["overall"]["failures"][-1]
     assert failure.startswith("search: no recipe of palettize_8bit met the gates") and closest["name"] in failure
     assert not (root / "searched").exists()
+
+
+def test_a_profile_on_the_set_is_what_a_package_compressing_the_group_alone_gives(converted, export_cache,
+                                                                                 twenty_held_out, tmp_path, capsys):
+    """Each group's held-out WER change and word flips come from the executor's swapped weights;
+    a real package compressing only that group (a recipe) must transcribe the set the same."""
+    root = tmp_path / "profiled"
+    code = _quantize(converted, export_cache, root, "--variants", "palettize_2bit", "--held-out", "palettize_2bit",
+                     "--sensitivity", "palettize_2bit", "--manifest", str(twenty_held_out))
+    assert code == 1, capsys.readouterr().err  # 2-bit tables miss the held-out WER gate (measured: 10.5 %)
+    rows = json.loads((root / "quantization_summary.json").read_text())["variants"]["palettize_2bit"]["sensitivity"]
+    assert all(isinstance(r["flips"], int) and r["wer_difference_points"] is not None for r in rows)
+    assert all(r["wer_difference_points"] == 0 for r in rows if r["flips"] == 0)  # the same words, the same WER
+    row = max(rows, key=lambda r: r["flips"])
+    assert row["flips"] > 0  # the premise: 2-bit tables change words (measured: the joint alone, 3 of them)
+    step = [{"kind": "palettize", "mode": "kmeans", "nbits": 2, "granularity": "per_tensor"}]
+    recipe = json.dumps({name: {"*": [], row["group"]: step} for name in components_of(row["group"])})
+    again = tmp_path / "alone"
+    code = _quantize(converted, export_cache, again, "--variant", f"alone={recipe}", "--variants", "alone",
+                     "--held-out", "alone", "--manifest", str(twenty_held_out))
+    assert code == (1 if row["wer_difference_points"] > 0.5 else 0), capsys.readouterr().err
+    held_out = json.loads((again / "quantization_summary.json").read_text())["variants"]["alone"]["held_out"]
+    assert held_out["flips"]["words"] == row["flips"], row
+    assert 100 * (held_out["wer"] - held_out["wer_uncompressed"]) == pytest.approx(row["wer_difference_points"])

@@ -67,7 +67,7 @@ from validation.packages import (
 from validation.quantization import QuantizationSweep, held_out_entry
 from validation.ranges import describe_ranges, package_ranges, ranges_block
 from validation.recipe_search import MAX_TRIES, RECIPE_FILE, SEARCHED, check_schemes, search_recipe, try_of
-from validation.sensitivity import profile_variant
+from validation.sensitivity import PROFILED, profile_variant
 from validation.streaming import (
     COMPONENT_VALUES,
     end_of_utterance_id,
@@ -526,6 +526,10 @@ def run_quantize(args) -> int:
     if unmeasured:
         raise UserError(f"--gate {', '.join(unmeasured)}: word flips and WER are counted on the held-out set; add the "
                         f"variant(s) to --held-out (now: {', '.join(held_out) or 'none'})")
+    lacking = [name for name in PROFILED if name not in packages]
+    if schemes and lacking:
+        raise UserError(f"--search weighs whole models, decoded as an app decodes them, and the convert folder lacks "
+                        f"{', '.join(lacking)}; convert them too (--components)")
     if not given and args.output_root.resolve() == args.output_dir.resolve():
         raise UserError("--output-root must differ from --output-dir")
     had_summary = (args.output_root / SUMMARY).is_file()

@@ -94,10 +94,6 @@ def test_a_variant_name_that_is_no_identifier_is_refused_and_writes_nothing(conv
     (["--variant", "no-such-recipe.json"],
      "--variant 'no-such-recipe.json': expected NAME=JSON, or a recipe file (a quantize run's searched/recipe.json) "
      "that exists"),
-    # measured on the held-out set, which the seeded tiny model cannot transcribe (after it loads: it decides)
-    (["--search", "palettize_8bit", "--gate", "searched:flips=0"],
-     "--gate searched:flips is measured on builtin:held-out, and this model cannot be held to it: the model is not "
-     "confident"),
     (["--variant", 'b7={"minimum_deployment_target": "iOS18", "*": [{"kind": "linear", "dtype": "int4", '
                    '"granularity": "per_block", "block_size": 7}]}', "--variants", "b7"],
      "variant b7: block_size 7 divides none of the "),
@@ -279,6 +275,28 @@ def test_a_sensitivity_profile_of_a_package_set_is_refused_before_any_work(conve
     assert f"{option} groups weights by the Torch module their ops came from" in _last_error(
         code, captured, "quantize")
     assert "loading" not in captured.err and not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("components, args, message", [
+    # a search decodes every try as an app does (mel_encoder, decoder, single-step joint): told before the model loads
+    ("mel_encoder,decoder,joint", [],
+     "--search weighs whole models, decoded as an app decodes them, and the convert folder lacks "
+     "joint_decision_single_step; convert them too (--components)"),
+    # measured on the held-out set, which the seeded tiny model cannot transcribe (it decides once it loads)
+    ("mel_encoder,decoder,joint,joint_decision_single_step", ["--gate", "searched:flips=0"],
+     "--gate searched:flips is measured on builtin:held-out, and this model cannot be held to it: the model is not "
+     "confident"),
+])
+def test_a_search_that_cannot_be_weighed_is_refused_before_any_work(fault_cache, tmp_path, capsys, components, args,
+                                                                     message):
+    converted = tmp_path / "converted"
+    assert main(["convert", "--preset", "tiny", "--components", components, "--output-dir", str(converted),
+                 "--cache-dir", str(fault_cache)]) == 0
+    capsys.readouterr()  # convert's own lines
+    code = main(["quantize", "--input-dir", str(converted), "--output-root", str(tmp_path / "q"), "--cache-dir",
+                 str(fault_cache), "--search", "palettize_8bit", *args])
+    assert message in _last_error(code, capsys.readouterr(), "quantize")
+    assert not (tmp_path / "q").exists()
 
 
 def test_one_quantize_run_owns_its_output_root(fault_cache, tmp_path, capsys):

@@ -65,3 +65,15 @@ def test_a_confident_flip_is_flagged_even_where_every_gate_passes():
         "(e.g. 'plan' -> 'plank' in manifest.jsonl:7 at 1.28 s, 0.885)"]
     unsure = summary_of([{"name": "palettize_6bit", "entry": _entry([_flip("plan", "plane", 0.63)])}], {}, {})
     assert overall(unsure)["flags"] == []
+
+
+def test_a_wer_gate_holds_the_variant_to_the_uncompressed_exports_wer():
+    """0.21 % against the uncompressed export's 0.14 %: 0.07 points above it."""
+    gates = load_gates(None, ["palettize_6bit:wer_points=0.05"], VARIANTS)
+    entry = _entry([])
+    entry["held_out"]["wer_uncompressed"] = 0.0014
+    assert gate_failures("palettize_6bit", entry, gates) == [
+        "palettize_6bit: WER 0.21% is 0.07 points above the uncompressed export's 0.14% > 0.05"]
+    assert gate_failures("palettize_6bit", entry, {"palettize_6bit": {"wer_points": 0.07}}) == []
+    assert gate_failures("palettize_6bit", {"error": None, "components": {}}, gates) == [
+        "palettize_6bit: wer_points not measured: it was not evaluated on a set (--held-out)"]

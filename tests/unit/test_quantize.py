@@ -4,6 +4,8 @@ tables that are coremltools' own, computed once for the encoder and the mel_enco
 
 from __future__ import annotations
 
+import json
+
 import coremltools as ct
 import numpy as np
 import pytest
@@ -177,13 +179,15 @@ def test_a_recipe_reads_back_as_the_variant_it_was_written_from():
     declared = {"summary": "searched", "minimum_deployment_target": "iOS18",
                 "mel_encoder": {"*": [{"kind": "palettize", "nbits": 4}], "layer 01 attention": [],
                                 "subsampling": [{"kind": "palettize", "nbits": 3}]},
-                "joint": [{"kind": "linear", "granularity": "per_channel"}]}
+                "joint": [{"kind": "linear", "granularity": "per_channel"}],
+                "decoder": [{"kind": "prune", "n_m_ratio": [2, 4]}]}  # a list, as JSON gives it
     variant = parse_variant("searched", declared, "test")
     assert variant.steps_for("mel_encoder") == (Step.of("palettize", nbits=4),)
     assert variant.groups == {"mel_encoder": {"layer 01 attention": (),
                                               "subsampling": (Step.of("palettize", nbits=3),)}}
-    recipe = variant.recipe()
+    recipe = json.loads(json.dumps(variant.recipe()))  # through the file's JSON
     assert parse_variant(recipe.pop("name"), recipe, "again") == variant
+    assert len({step for steps in variant.steps.values() for step in steps}) == 3  # hashable, the list too
 
 
 def test_a_recipe_naming_a_layer_the_model_lacks_is_refused_before_any_work(torch_model):

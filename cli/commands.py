@@ -51,7 +51,13 @@ from validation.evaluation import (
     token_text,
     windowed_decoders_for,
 )
-from validation.held_out import held_out_evaluation, held_out_unusable, open_data_set, transcript_memo
+from validation.held_out import (
+    TranscriptMemo,
+    held_out_evaluation,
+    held_out_unusable,
+    open_data_set,
+    transcript_memo,
+)
 from validation.journal import JOURNAL, package_identity
 from validation.neural_engine import agreement, predict_package
 from validation.packages import (
@@ -683,7 +689,7 @@ def _group_held_out(sweep: QuantizationSweep, name: str, model, dims, cache, loa
     exports = sweep.bases[sweep.table[name].minimum_deployment_target][0]
     packages = {component: e.package for component, e in exports.items()}
     memo = transcript_memo(UNCOMPRESSED)
-    print_progress(f"  {name}: the held-out set's transcripts without compression, for each group's ...")
+    print_progress(f"  {name}: transcribing {data_set} once without compression, to weigh each group on it ...")
     _held_out_wer(model, dims, cache, exports, packages, load, data_set, memo, report=lambda line: None)
     return lambda swapped: _held_out_wer(model, dims, cache, exports, packages, swapped, data_set, memo,
                                          report=lambda line: None, progress=lambda items, total: items)
@@ -704,7 +710,7 @@ UNCOMPRESSED = "uncompressed"  # the held-out label of the export a variant is c
 
 
 def _held_out_wer(model, dims, cache, base_exports: dict, variant_packages: dict, load, data_set: str,
-                  remembered: dict | None = None, report=print_progress, progress=None) -> dict:
+                  remembered: TranscriptMemo | None = None, report=print_progress, progress=None) -> dict:
     """The variant on ``data_set`` beside NeMo and the uncompressed export (``held_out_entry``);
     ``{"skipped": reason}`` on a model not confident enough for its transcripts to mean anything."""
     base = {name: e.package for name, e in base_exports.items()}

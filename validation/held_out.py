@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -325,10 +326,20 @@ def held_out_unusable(model, dims: ModelDims, cache: ExportCache, data_set: str 
     return _confidence(model, dims, open_data_set(data_set, cache, dims)[1])[1]
 
 
-def transcript_memo(*labels: str) -> dict[str, dict]:
-    """Stores for ``held_out_evaluation(remembered=...)``: NeMo's two paths and the exports
-    ``labels``, the transcripts that stay the same while a search tries variant after variant."""
-    return {label: {} for label in (*WINDOWED.nemo, *labels)}
+@dataclass
+class TranscriptMemo:
+    """What stays the same while a search tries variant after variant on one set, for
+    ``held_out_evaluation(remembered=...)``: the transcripts of NeMo's two paths and of the
+    exports that do not change (label -> utterance digest -> Decoded), and the model's confidence
+    on the set."""
+
+    stores: dict[str, dict]
+    confidence: tuple[float, str | None] | None = None
+
+
+def transcript_memo(*labels: str) -> TranscriptMemo:
+    """A memo for NeMo's two paths and the exports ``labels``."""
+    return TranscriptMemo({label: {} for label in (*WINDOWED.nemo, *labels)})
 
 
 def _remembered(decode, store: dict, samples: np.ndarray):
@@ -340,7 +351,7 @@ def _remembered(decode, store: dict, samples: np.ndarray):
 
 def held_out_evaluation(model, dims: ModelDims, cache: ExportCache, exports: dict[str, dict], load,
                         progress=lambda items, total: items, report=lambda line: None, flips_against: str | None = None,
-                        data_set: str = HELD_OUT_SET, remembered: dict[str, dict] | None = None
+                        data_set: str = HELD_OUT_SET, remembered: TranscriptMemo | None = None
                         ) -> tuple[Evaluation | None, float, str | None]:
     """The held-out set evaluated for each labelled set of decode packages (label -> component ->
     package), saying through ``report`` how much it decodes and, once it has a pace, how long the
@@ -351,14 +362,18 @@ def held_out_evaluation(model, dims: ModelDims, cache: ExportCache, exports: dic
     set as ``--manifest`` names one; a built-in set's texts are plain already, a manifest's are
     normalised as ``evaluate`` does by default. ``remembered`` (``transcript_memo``), kept by the
     caller across calls that change only the other exports: the decoders it holds a store for
-    (NeMo's, the uncompressed export's) decode each utterance once, not once per call."""
+    (NeMo's, the uncompressed export's) decode each utterance once, and the model's confidence is
+    measured once, not once per call."""
     _, utterances, bad = open_data_set(data_set, cache, dims)
-    confidence, reason = _confidence(model, dims, utterances)
+    known = remembered.confidence if remembered is not None else None
+    confidence, reason = known or _confidence(model, dims, utterances)
+    if remembered is not None:
+        remembered.confidence = (confidence, reason)
     if reason:
         return None, confidence, reason
     paces = PaceBook(cache.root, {"set": data_set, "dims": dims.as_dict(), "exports": sorted(exports)})
     decoders = decoders_for(model, dims, exports, load)
-    for label, store in (remembered or {}).items():
+    for label, store in (remembered.stores if remembered else {}).items():
         decoders[label] = partial(_remembered, decoders[label], store)
     result = evaluate(utterances, decoders, token_text(model), dims,
                       normalizer="none" if data_set.startswith(BUILTIN_PREFIX) else "whisper-english",

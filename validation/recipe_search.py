@@ -13,6 +13,7 @@ drawn from them.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -205,7 +206,8 @@ def search_recipe(schemes: list[Variant], profiles: dict[str, list[dict]], compo
         search.tries.append(found)
         left = max_tries - len(search.tries)
         pace = (time.perf_counter() - start) / len(search.tries)
-        report(f"try {len(search.tries)}: {len(moved)} group(s) to {scheme}, encoder "
+        report(f"try {len(search.tries)}: {sum(s == scheme for s in candidate.values())} group(s) at {scheme} "
+               f"({len(moved)} of them new), encoder "
                f"{100 * found.encoder_size_bytes / found.base_encoder_size_bytes:.0f}% of fp16: "
                + ("passed" if found.passed else f"failed ({found.failures[0]})")
                + f"; at most {left} more tries, {_duration(pace * left)} at this pace")
@@ -248,6 +250,4 @@ def search_recipe(schemes: list[Variant], profiles: dict[str, list[dict]], compo
         return search, None
     best = min(passed, key=lambda t: t.size_bytes)
     search.chosen = best.name
-    chosen = variants[best.name]
-    return search, Variant(SEARCHED, chosen.summary, chosen.steps, chosen.minimum_deployment_target,
-                           chosen.keep_lstm, chosen.groups)
+    return search, dataclasses.replace(variants[best.name], name=SEARCHED)

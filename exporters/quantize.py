@@ -663,15 +663,16 @@ def check_against_model(variant: Variant, model) -> list[str]:
         if unknown:
             raise UserError(f"variant {variant.name}: {component} has no group(s) {', '.join(unknown)} in this model; "
                             f"its groups: {', '.join(sorted(known))}")
+    cut: dict[tuple[int, int, str], dict] = {}  # (size, axis, what) -> (module, weight) -> shape
+    for component in COMPONENTS:
+        grouped = [step for steps in variant.groups.get(component, {}).values() for step in steps]
+        for found in {_channel_size(step) for step in (*variant.steps_for(component), *grouped)} - {None}:
+            # keyed by the model's module: the encoder's weights once, not once per encoder
+            cut.setdefault(found, {}).update({(_MODULE_OF[component], name): shape for name, shape in model_weights(
+                model, component, variant.keep_lstm).items() if len(shape) > found[1]})
     notes = []
-    steps = {(component, step) for component in COMPONENTS for step in variant.steps_for(component)}
-    steps |= {(component, step) for component, groups in variant.groups.items() for group in groups.values()
-              for step in group}
-    for size, axis, what in {_channel_size(step) for _, step in steps} - {None}:
-        shapes = list({(_MODULE_OF[component], name): shape for component, step in steps
-                       if _channel_size(step) == (size, axis, what)
-                       for name, shape in model_weights(model, component, variant.keep_lstm).items()
-                       if len(shape) > axis}.values())  # the encoder's weights once, not once per encoder
+    for (size, axis, what), weights in cut.items():
+        shapes = list(weights.values())
         channels = sorted({shape[axis] for shape in shapes})
         left = sorted({c for c in channels if c % size})
         if shapes and len(left) == len(channels):

@@ -516,7 +516,8 @@ def quantization_plots(summary: dict, caption: Caption, out_dir: Path) -> tuple[
 
 def sensitivity_plot(variant: str, rows: list[dict], caption: Caption, out_dir: Path) -> Path:
     """One bar per group of weights, compressed alone by ``variant``: the headline output's PSNR
-    against the uncompressed export (lower is more sensitive) and the clip's token error rate."""
+    against the uncompressed export (lower is more sensitive), where the rows have it the held-out
+    set's WER change and words changed, and the clip's token error rate."""
     on_set = any(r.get("wer_difference_points") is not None for r in rows)
     plt, fig, axes = _figure(2 + on_set, height=2.6, width=max(8.0, 0.28 * len(rows) + 3))
     psnr, errors = axes[0], axes[-1]

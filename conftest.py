@@ -12,10 +12,10 @@ pytest.register_assert_rewrite("reports.plugin")  # imported below, before pytes
 
 import cli  # noqa: F401  first of this project's modules: it settles the BLAS threads before numpy loads
 from cli.options import SUITE_OPTIONS, WARMUP_CALLS
-from exporters.components import DECODE, ExportOptions
+from exporters.components import COMPONENTS, ExportOptions
 from exporters.export import Exporter
 from exporters.quantize import VARIANTS, compress, variant_table
-from exporters.sources import DEFAULT_PRESET, STREAMING_PRESET, ModelSource, add_source_options
+from exporters.sources import DEFAULT_PRESET, HYBRID_PRESET, STREAMING_PRESET, ModelSource, add_source_options
 from exporters.streaming import MelChunk, mel_chunks
 from infra.cache import ExportCache
 from infra.errors import UserError
@@ -137,6 +137,27 @@ def dims(session_exporters):
 
 
 @pytest.fixture(scope="session")
+def having(session_exporters, export_cache, pytestconfig):
+    """``having(component)``: exporters by precision of a model that has that component: the
+    session's where its family has it, else the tiny hybrid TDT-CTC preset, which has every
+    offline component (so the CTC head is exported and checked in a session on a TDT model)."""
+    hybrid = {}
+
+    def of(name: str) -> dict[str, Exporter]:
+        if COMPONENTS[name].fits(session_exporters["float32"].dims):
+            return session_exporters
+        if not hybrid:
+            source = ModelSource.from_options(preset=HYBRID_PRESET)
+            hybrid.update({p: Exporter(source, ExportOptions(compute_precision=p,
+                                                             compute_units=pytestconfig.option.compute_units),
+                                       export_cache, progress=lambda message: None)
+                           for p in ("float32", "float16")})
+        return hybrid
+
+    return of
+
+
+@pytest.fixture(scope="session")
 def backend(pytestconfig) -> str:
     """The backend that runs exported packages this session (``auto`` resolved)."""
     return resolve_backend(pytestconfig.option.backend)
@@ -199,7 +220,7 @@ def held_out(torch_model, dims, export_cache, session_exporters, predictor, pyte
     exports, the others' words held to the fp16 export's (int8 is made from it); shared by the
     parity and quantization suites and put in the validation block. Skips on a model whose
     transcripts mean nothing."""
-    exported = {precision: {e.name: e for e in session_exporters[precision].export_all(DECODE)}
+    exported = {precision: {e.name: e for e in session_exporters[precision].export_all(dims.family.decode)}
                 for precision in ("float32", "float16")}
     packages = {precision: {name: e.package for name, e in by_name.items()} for precision, by_name in exported.items()}
     int8 = VARIANTS["int8_per_channel"]

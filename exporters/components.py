@@ -55,10 +55,22 @@ class ModelDims:
     pred_layers: int
     vocab_size: int
     durations: tuple[int, ...] = field(default_factory=tuple)
+    transducer: bool = True  # a prediction network and joint (RNNT, or TDT with durations)
+    ctc_classes: int = 0  # a CTC head's outputs: vocab_size + 1 (the blank last); 0 without one
 
     @property
     def blank_id(self) -> int:
         return self.vocab_size
+
+    @property
+    def heads(self) -> frozenset[str]:
+        """What decodes this model's encoding: ``transducer`` (with ``durations`` for TDT), ``ctc``."""
+        return frozenset(h for h, has in (("transducer", self.transducer), ("durations", bool(self.durations)),
+                                          ("ctc", bool(self.ctc_classes))) if has)
+
+    @property
+    def family(self) -> Family:
+        return family_of(self.heads)
 
     @property
     def joint_classes(self) -> int:
@@ -107,7 +119,7 @@ class Component:
     # The STFT's power spectrum and the per-feature sums overflow fp16 (max 65504): ops under
     # these wrapper attributes (TorchScript module scopes) always compute in fp32.
     fp32_scopes: tuple[str, ...] = ()
-    requires_tdt: bool = False
+    requires: str | None = None  # the head a model needs for this component (``ModelDims.heads``); None: every model
     fuses: tuple[str, ...] = ()  # the components this one replaces, run one after the other
     decode: bool = False  # one of the packages an app's greedy TDT loop drives
     # Core ML states (iOS 18 ``MLState``): read and written in place by every prediction; each is
@@ -132,6 +144,10 @@ class Component:
     def output(self, name: str) -> Port:
         """An output or a state, by name."""
         return next(p for p in self.output_ports + self.state_ports if p.name == name)
+
+    def fits(self, dims: ModelDims) -> bool:
+        """Whether a model of these dims has what this component exports."""
+        return self.requires is None or self.requires in dims.heads
 
     def deployment_target(self, option: str) -> str:
         """The package's deployment target: the option's, or this component's least if higher."""
@@ -212,23 +228,87 @@ COMPONENTS: dict[str, Component] = {
             (_f32("decoder", lambda d: (1, d.pred_hidden, 1), tolerance="decoder.decoder", step_axis=0),
              _state("h_out", tolerance="decoder.h_out", step_axis=0),
              _state("c_out", tolerance="decoder.c_out", step_axis=0)),
-            headline="decoder", decode=True),
+            headline="decoder", requires="transducer", decode=True),
         Component("joint", "encoding x decoder step -> raw token and duration logits",
                   _joint_inputs("encoder", "decoder", _all_frames),
                   (_f32("logits", lambda d: (1, d.encoder_frames, 1, d.joint_classes), tolerance="joint.logits",
                         step_axis=1),),
-                  headline="logits"),
+                  headline="logits", requires="transducer"),
         Component("joint_decision", "joint + greedy token/duration decision for every frame",
                   _joint_inputs("encoder", "decoder", _all_frames), _decision("joint_decision", _all_frames),
-                  headline="token_prob", requires_tdt=True, fuses=("joint",)),
+                  headline="token_prob", requires="durations", fuses=("joint",)),
         Component("joint_decision_single_step", "joint + decision for one frame and one decoder step",
                   _joint_inputs("encoder_step", "decoder_step", _one_frame),
                   _decision("joint_decision_single_step", _one_frame),
-                  headline="token_prob", requires_tdt=True, fuses=("joint",), decode=True),
+                  headline="token_prob", requires="durations", fuses=("joint",), decode=True),
+        # Raw logits, as the public CTC releases export them: a converted log_softmax over the
+        # vocabulary gave values down to -45,440 in fp16 there, and greedy CTC needs only the argmax
+        # (an app that wants log-probabilities takes a log_softmax in fp32 on the host).
+        Component("ctc_head", "encoding -> raw CTC logits per frame (the blank last)",
+                  (_f32("encoder_output", lambda d: (1, d.encoder_dim, d.encoder_frames)),),
+                  (_f32("ctc_logits", lambda d: (1, d.encoder_frames, d.ctc_classes), tolerance="ctc_head.ctc_logits",
+                        step_axis=1),),
+                  headline="ctc_logits", requires="ctc"),
     )
 }
 # The packages an app's greedy TDT loop drives: front end and encoder, decoder, single-step joint.
 DECODE = tuple(name for name, c in COMPONENTS.items() if c.decode)
+# The packages greedy CTC decoding drives: front end and encoder, then the CTC head on its output.
+CTC_DECODE = ("mel_encoder", "ctc_head")
+
+
+# What each head a component may require is, in words.
+HEADS = {"transducer": "prediction network and joint (an RNN-T or TDT decoder)",
+         "durations": "TDT joint (duration logits beside the token logits)", "ctc": "CTC head"}
+
+
+@dataclass(frozen=True)
+class Family:
+    """A kind of model: the heads that decode its encoding, so the components it exports, and the
+    decodings its transcripts are made with (the first is the one an app uses by default)."""
+
+    name: str
+    summary: str
+    heads: frozenset[str]
+    decodings: tuple[str, ...]
+    examples: str  # released checkpoints of the family
+
+    def components(self) -> list[Component]:
+        return [c for c in COMPONENTS.values() if c.requires is None or c.requires in self.heads]
+
+    @property
+    def decode(self) -> tuple[str, ...]:
+        """The packages this family's decodings drive, in table order: the TDT loop's (as far as
+        the family has them), the CTC head's."""
+        used = {name for decoding in self.decodings for name in (CTC_DECODE if decoding == "ctc" else DECODE)}
+        return tuple(c.name for c in self.components() if c.name in used)
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("tdt", "TDT transducer: LSTM prediction network, joint with token and duration logits",
+               frozenset({"transducer", "durations"}), ("tdt",), "parakeet-tdt-0.6b-v2, parakeet-tdt-0.6b-v3"),
+        Family("rnnt", "RNN-T transducer: LSTM prediction network, joint with token logits",
+               frozenset({"transducer"}), ("rnnt",), "parakeet-rnnt-0.6b, the cache-aware streaming releases"),
+        Family("ctc", "CTC: a linear head over the encoding, one token (or blank) per frame",
+               frozenset({"ctc"}), ("ctc",), "parakeet-ctc-0.6b, parakeet-ctc-1.1b"),
+        Family("tdt_ctc", "hybrid: a TDT transducer and a CTC head on one encoder",
+               frozenset({"transducer", "durations", "ctc"}), ("tdt", "ctc"),
+               "parakeet-tdt_ctc-110m, parakeet-tdt_ctc-0.6b-ja"),
+        Family("rnnt_ctc", "hybrid: an RNN-T transducer and a CTC head on one encoder",
+               frozenset({"transducer", "ctc"}), ("rnnt", "ctc"), "stt_en_fastconformer_hybrid_large_pc"),
+    )
+}
+
+
+def family_of(heads) -> Family:
+    """The family whose heads these are."""
+    found = next((f for f in FAMILIES.values() if f.heads == frozenset(heads)), None)
+    if found is None:
+        raise UserError(f"no model family has the heads {sorted(heads)}; the families: "
+                        + "; ".join(f"{f.name} ({', '.join(sorted(f.heads))})" for f in FAMILIES.values()))
+    return found
 
 
 @dataclass(frozen=True)
@@ -356,6 +436,10 @@ PORT_DESCRIPTIONS: dict[str, str] = {
     "duration": "index into metadata.json's durations: how many encoder frames to advance",
     "encoder_step": "one encoder frame (1, channels, 1), the frame the greedy loop is at",
     "decoder_step": "decoder output (1, hidden, 1) for the last emitted token",
+    "encoder_output": "encoder output (1, channels, frames), one frame per 80 ms: the mel_encoder's encoder",
+    "ctc_logits": "raw CTC logits (1, frames, vocab_size + 1), one row per 80 ms frame; the last class (id "
+                  "vocab_size) is the blank; greedy decoding takes each frame's argmax, merges repeats and drops "
+                  "blanks; pieces in parakeet_vocab.json",
     "cache_last_channel": "attention cache (1, layers, frames, channels): zeros for a stream's first chunk, then "
                           "the previous chunk's cache_last_channel_next",
     "cache_last_time": "convolution cache (1, layers, channels, frames): zeros for a stream's first chunk, then "

@@ -18,7 +18,7 @@ from pathlib import Path
 import coremltools as ct
 
 from exporters.components import (
-    COMPONENTS,
+    HEADS,
     PORT_DESCRIPTIONS,
     STREAMING_COMPONENTS,
     Component,
@@ -182,9 +182,10 @@ class Exporter:
         return None if facts is None else StreamingDims.from_dict(facts)
 
     def default_components(self, cache_state: bool = False) -> list[Component]:
-        """Every component the model has: the TDT decisions on a TDT model, the streaming encoders
-        on a cache-aware one (the later chunks' with its caches as states with ``cache_state``)."""
-        offline = [c for c in COMPONENTS.values() if self.dims.durations or not c.requires_tdt]
+        """Every component the model has: its family's (the TDT decisions on a TDT model, the CTC
+        head on a CTC or hybrid one), the streaming encoders on a cache-aware one (the later chunks'
+        with its caches as states with ``cache_state``)."""
+        offline = self.dims.family.components()
         return offline + (get_components(streaming_components(cache_state)) if self.streaming_dims else [])
 
     @cached_property
@@ -205,8 +206,11 @@ class Exporter:
         return self.cache.get_or_build(key, build).path / VOCABULARY_FILE
 
     def export(self, component: Component) -> ExportedComponent:
-        if component.requires_tdt and not self.dims.durations:
-            raise UserError(f"{component.name} needs a TDT model (durations in the joint); this model has none")
+        if not component.fits(self.dims):
+            family = self.dims.family
+            raise UserError(f"{component.name} needs a model with a {HEADS[component.requires]}; this model is "
+                            f"of the {family.name} family ({family.summary}): its components are "
+                            f"{', '.join(c.name for c in family.components())}")
         streaming = component.name in STREAMING_COMPONENTS
         if streaming and self.streaming_dims is None:
             raise UserError(f"{component.name} needs a cache-aware model (one that streams chunk by chunk with "
@@ -286,6 +290,9 @@ class Exporter:
             "vocab_size": dims.vocab_size,
             "vocabulary": VOCABULARY_FILE,
             "blank_id": dims.blank_id,
+            "family": dims.family.name,
+            "decodings": list(dims.family.decodings),
+            **({"ctc_classes": dims.ctc_classes} if dims.ctc_classes else {}),
             "joint_extra_outputs": len(dims.durations),
             "durations": list(dims.durations),
             "encoder_frames": dims.encoder_frames,

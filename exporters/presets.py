@@ -38,7 +38,8 @@ class Preset:
     conv_kernel_size: int = 9
     ff_expansion_factor: int = 4
     seed: int = 0
-    decoder: str = "tdt"  # "tdt" (token and duration) or "rnnt" (token only)
+    decoder: str = "tdt"  # "tdt" (token and duration), "rnnt" (token only) or "ctc" (a CTC head alone)
+    aux_ctc: bool = False  # a CTC head beside the transducer: NeMo's hybrid TDT-CTC (or RNNT-CTC) model
     # cache-aware streaming: the [left, right] attention contexts it streams with (the first is its
     # default; right + 1 encoder frames of 80 ms make a chunk); empty: offline, full context
     att_context_sizes: tuple[tuple[int, int], ...] = ()
@@ -106,6 +107,28 @@ PRESETS["tiny-streaming"] = replace(PRESETS["tiny"], name="tiny-streaming", att_
 PRESETS["tiny-streaming-rnnt"] = replace(PRESETS["tiny-streaming"], name="tiny-streaming-rnnt", decoder="rnnt",
                                          summary="the tiny streaming preset with an RNNT decoder, as the streaming "
                                                  "releases have, for fast tests")
+
+
+# The family's siblings, with the widths of their model cards: v2 is v3's architecture with an
+# English vocabulary of 1,024 pieces; the 110M hybrid a 17-layer FastConformer of width 512 with a
+# one-layer prediction network, a TDT joint and a CTC head on the same encoder; the CTC model v3's
+# encoder with a CTC head alone.
+PRESETS["parakeet-tdt-0.6b-v2"] = replace(
+    PRESETS["parakeet-tdt-0.6b-v3"], name="parakeet-tdt-0.6b-v2", vocab_size=1024,
+    summary="nvidia/parakeet-tdt-0.6b-v2's architecture (English, 1,024 pieces), seeded weights")
+PRESETS["parakeet-tdt_ctc-110m"] = replace(
+    PRESETS["parakeet-realtime-eou-120m"], name="parakeet-tdt_ctc-110m", decoder="tdt", aux_ctc=True,
+    att_context_sizes=(), summary="nvidia/parakeet-tdt_ctc-110m's architecture: hybrid FastConformer with a TDT "
+                                  "decoder and a CTC head, seeded weights")
+PRESETS["parakeet-ctc-0.6b"] = replace(
+    PRESETS["parakeet-tdt-0.6b-v3"], name="parakeet-ctc-0.6b", vocab_size=1024, decoder="ctc",
+    summary="nvidia/parakeet-ctc-0.6b's architecture: FastConformer with a CTC head alone, seeded weights")
+# The tiny preset as a CTC model and as a hybrid, for fast tests of each family.
+PRESETS["tiny-ctc"] = replace(PRESETS["tiny"], name="tiny-ctc", decoder="ctc",
+                              summary="the tiny preset's encoder with a CTC head alone, for fast tests")
+PRESETS["tiny-tdt-ctc"] = replace(PRESETS["tiny"], name="tiny-tdt-ctc", aux_ctc=True,
+                                  summary="the tiny preset with a CTC head beside its TDT decoder (a hybrid), for "
+                                          "fast tests")
 
 
 # Presets that are trained checkpoints shipped with the package, loaded like --nemo-path.
@@ -252,11 +275,21 @@ def model_config(preset: Preset, tokenizer_dir: str) -> dict:
         },
         "optim": {"name": "adamw", "lr": 1e-3},
     }
-    if preset.decoder == "rnnt":
+    if preset.decoder in ("rnnt", "ctc"):
         cfg["decoding"] = {"strategy": "greedy_batch", "greedy": {"max_symbols": 10}}
         cfg["loss"] = {"loss_name": "default"}
         for key in ("tdt_durations", "num_tdt_durations"):
             cfg["model_defaults"].pop(key)
+    ctc_head = {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": preset.d_model,
+                "num_classes": -1, "vocabulary": []}
+    if preset.decoder == "ctc":
+        for key in ("joint", "loss", "pred_hidden", "joint_hidden"):
+            cfg.pop(key, None)
+            cfg["model_defaults"].pop(key, None)
+        cfg["decoder"], cfg["decoding"] = ctc_head, {"strategy": "greedy"}
+    elif preset.aux_ctc:
+        cfg["aux_ctc"] = {"ctc_loss_weight": 0.3, "use_cer": False, "ctc_reduction": "mean_batch",
+                          "decoder": ctc_head, "decoding": {"strategy": "greedy"}}
     return cache_aware_config(cfg, preset.att_context_sizes) if preset.att_context_sizes else cfg
 
 
@@ -280,9 +313,10 @@ def cache_aware_config(cfg: dict, att_context_sizes=((70, 1),)) -> dict:
 
 
 def build_model(preset: Preset):
-    """Build the preset as a NeMo ``EncDecRNNTBPEModel`` in eval mode with seeded weights."""
+    """Build the preset as a NeMo model in eval mode with seeded weights: ``EncDecRNNTBPEModel``,
+    ``EncDecCTCModelBPE``, or ``EncDecHybridRNNTCTCBPEModel`` for a transducer with a CTC head."""
     import torch  # lazy: torch and NeMo only when a preset is built, not when its key is computed
-    from nemo.collections.asr.models import EncDecRNNTBPEModel  # lazy: see above
+    from nemo.collections.asr import models  # lazy: see above
     from omegaconf import OmegaConf  # lazy: see above
 
     # NeMo keeps the tokenizer's path and copies it on save_to, so the directory lives as
@@ -291,6 +325,8 @@ def build_model(preset: Preset):
     train_tokenizer(preset.vocab_size, preset.seed, Path(tok_dir.name))
     cfg = OmegaConf.create(model_config(preset, tok_dir.name))
     torch.manual_seed(preset.seed)
-    model = EncDecRNNTBPEModel(cfg=cfg, trainer=None)
+    kind = ("EncDecCTCModelBPE" if preset.decoder == "ctc" else "EncDecHybridRNNTCTCBPEModel" if preset.aux_ctc
+            else "EncDecRNNTBPEModel")
+    model = getattr(models, kind)(cfg=cfg, trainer=None)
     model._preset_tokenizer_dir = tok_dir
     return model.eval()

@@ -26,12 +26,14 @@ from infra.errors import UserError
 
 DEFAULT_PRESET = "parakeet-tdt-tiny-trained"
 STREAMING_PRESET = "parakeet-tdt-tiny-streaming-trained"  # the suites' streaming model when the session's is not
+HYBRID_PRESET = "tiny-tdt-ctc"  # the suites' model of a component the session's family lacks: it has them all
 
 
 def add_source_options(add_option, prefix: str = "--") -> None:
     """Declare the source options on an argparse parser or a pytest option group."""
     add_option(f"{prefix}nemo-path", dest="nemo_path", metavar="FILE.nemo", default=None,
-               help="restore a NeMo RNNT/TDT checkpoint (Parakeet-TDT v2/v3 in particular)")
+               help="restore a NeMo checkpoint of the Parakeet family: TDT or RNN-T (Parakeet-TDT v2/v3), "
+                    "CTC (Parakeet-CTC) or a hybrid TDT-CTC (Parakeet-TDT-CTC)")
     add_option(f"{prefix}model-id", dest="model_id", metavar="ID", default=None,
                help="a Hugging Face hub id, e.g. nvidia/parakeet-tdt-0.6b-v3 (needs the hub or a warm local cache)")
     add_option(f"{prefix}preset", dest="preset", metavar="NAME", default=None,
@@ -189,20 +191,44 @@ def _hub_checkpoint(model_id: str) -> Path:
     )
 
 
+# The NeMo classes whose models this tool exports, and the parts of their config it relies on.
+EXPORTABLE_CLASSES = "EncDecRNNTBPEModel (TDT, RNN-T), EncDecHybridRNNTCTCBPEModel (TDT-CTC), EncDecCTCModelBPE (CTC)"
+FRONT_END, ENCODERS = "AudioToMelSpectrogramPreprocessor", ("ConformerEncoder",)
+
+
 def _restore(path: Path):
-    from nemo.collections.asr.models import ASRModel, EncDecRNNTModel  # lazy: NeMo only when a checkpoint is restored
+    from nemo.collections.asr.models import ASRModel  # lazy: NeMo only when a checkpoint is restored
 
     try:
         model = ASRModel.restore_from(str(path), map_location="cpu")
     except Exception as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"--nemo-path {path}: could not restore the checkpoint ({reason})") from None
-    if not isinstance(model, EncDecRNNTModel):
-        raise UserError(
-            f"--nemo-path {path}: the checkpoint is a {type(model).__name__}; expected an RNNT/TDT model "
-            "(EncDecRNNTModel, EncDecRNNTBPEModel or a hybrid RNNT model)"
-        )
+    problem = unexportable(model)
+    if problem:
+        raise UserError(f"--nemo-path {path}: {problem}")
     return model
+
+
+def unexportable(model) -> str | None:
+    """Why this tool cannot export ``model`` (None when it can): recognised by its class (a
+    transducer, a CTC model or a hybrid of both) and its config (a mel front end and a
+    (Fast)Conformer encoder, the parts every exported component is traced through)."""
+    from nemo.collections.asr.models import EncDecCTCModel, EncDecRNNTModel  # lazy: as _restore
+
+    kind = type(model).__name__
+    if not isinstance(model, (EncDecRNNTModel, EncDecCTCModel)):
+        what = ("an attention encoder-decoder" if hasattr(model, "transf_decoder") or "MultiTask" in kind
+                else "a classification model" if "Classification" in kind or "Label" in kind else "another kind")
+        return (f"the checkpoint is a {kind} ({what}); expected a Parakeet-family ASR model of one of these "
+                f"classes: {EXPORTABLE_CLASSES}")
+    cfg = model.cfg
+    for part, expected in (("preprocessor", (FRONT_END,)), ("encoder", ENCODERS)):
+        target = str(cfg.get(part, {}).get("_target_", "")).rsplit(".", 1)[-1]
+        if target not in expected:
+            return (f"the checkpoint's {part} is {target or 'not declared'}; expected {' or '.join(expected)} "
+                    f"(a {kind} of the Parakeet family)")
+    return None
 
 
 def prepare_for_export(model):

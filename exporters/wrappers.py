@@ -117,6 +117,27 @@ class JointDecisionSingleStep(JointDecision):
         return super().forward(encoder_step, decoder_step)
 
 
+def ctc_decoder(model):
+    """The model's CTC decoder (NeMo's ``ConvASRDecoder``): a hybrid's auxiliary ``ctc_decoder``, a
+    CTC model's ``decoder``; None for a model without one."""
+    found = getattr(model, "ctc_decoder", None)
+    if found is None and not hasattr(model, "joint"):
+        found = getattr(model, "decoder", None)
+    return found
+
+
+class CtcHead(nn.Module):
+    """Encoder [B, d_model, T] -> raw CTC logits [B, T, V+1]: NeMo's ``ConvASRDecoder`` without its
+    closing log_softmax (and temperature, which scales but never reorders a frame's logits)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.decoder_layers = ctc_decoder(model).decoder_layers
+
+    def forward(self, encoder_output):
+        return self.decoder_layers(encoder_output).transpose(1, 2)
+
+
 class EncoderStreaming(nn.Module):
     """A later chunk (look-back, then new mel frames) through NeMo's ``cache_aware_stream_step``
     with the caches as inputs and outputs, batch first ([1, layers, ...], as the public streaming
@@ -184,6 +205,7 @@ WRAPPERS: dict[str, type[nn.Module]] = {
     "joint": Joint,
     "joint_decision": JointDecision,
     "joint_decision_single_step": JointDecisionSingleStep,
+    "ctc_head": CtcHead,
     "encoder_streaming_first": EncoderStreamingFirst,
     "encoder_streaming": EncoderStreaming,
     "encoder_streaming_state": EncoderStreamingState,
@@ -205,12 +227,20 @@ def model_dims(model, max_audio_seconds: float = MAX_AUDIO_SECONDS) -> ModelDims
     with torch.no_grad():
         mel, mel_length = model.preprocessor(input_signal=torch.zeros(1, samples), length=torch.tensor([samples]))
         subsampled, _ = model.encoder.pre_encode(x=mel.transpose(1, 2), lengths=mel_length)
-    durations = tuple(int(d) for d in (model.cfg.decoding.get("durations") or ()))
-    if len(durations) != model.joint.num_extra_outputs:
+    ctc = ctc_decoder(model)
+    transducer = hasattr(model, "joint")
+    durations = tuple(int(d) for d in (model.cfg.decoding.get("durations") or ())) if transducer else ()
+    if transducer and len(durations) != model.joint.num_extra_outputs:
         raise UserError(
             f"the joint has {model.joint.num_extra_outputs} extra outputs but the decoding config lists "
             f"durations {list(durations)}; expected one duration per extra output"
         )
+    tokenizer = getattr(model, "tokenizer", None)
+    vocab_size = (model.decoder.vocab_size if transducer else tokenizer.vocab_size if tokenizer is not None
+                  else ctc.num_classes_with_blank - 1)
+    if ctc is not None and ctc.num_classes_with_blank != vocab_size + 1:
+        raise UserError(f"the CTC head has {ctc.num_classes_with_blank} classes; expected the vocabulary's "
+                        f"{vocab_size} pieces and the blank, {vocab_size + 1}")
     return ModelDims(
         sample_rate=sample_rate,
         max_audio_seconds=max_audio_seconds,
@@ -221,8 +251,10 @@ def model_dims(model, max_audio_seconds: float = MAX_AUDIO_SECONDS) -> ModelDims
         encoder_dim=model.encoder.d_model,
         encoder_frames=subsampled.shape[1],
         encoder_hop=int(round(model.cfg.preprocessor.window_stride * sample_rate)) * model.encoder.subsampling_factor,
-        pred_hidden=model.decoder.pred_hidden,
-        pred_layers=model.decoder.pred_rnn_layers,
-        vocab_size=model.decoder.vocab_size,
+        pred_hidden=model.decoder.pred_hidden if transducer else 0,
+        pred_layers=model.decoder.pred_rnn_layers if transducer else 0,
+        vocab_size=vocab_size,
         durations=durations,
+        transducer=transducer,
+        ctc_classes=0 if ctc is None else ctc.num_classes_with_blank,
     )

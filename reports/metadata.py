@@ -19,7 +19,7 @@ from pathlib import Path
 
 from infra.errors import UserError
 from infra.publish import write_whole
-from validation.checks import DECISION_CHECKS, FUSED_CHECKS, TORCH_CHECKS, TRANSCRIPT_CHECK
+from validation.checks import CTC_TRANSCRIPT_CHECK, DECISION_CHECKS, FUSED_CHECKS, TORCH_CHECKS, TRANSCRIPT_CHECK
 from validation.packages import METADATA
 
 
@@ -153,6 +153,10 @@ def replaced_note(what: list[str]) -> str:
     return f"; replaced the earlier {', '.join(what)}" if what else ""
 
 
+# The validation block's key of each transcript check's results (precision -> clip -> result).
+TRANSCRIPT_BLOCKS = {TRANSCRIPT_CHECK: "end_to_end", CTC_TRANSCRIPT_CHECK: "end_to_end_ctc"}
+
+
 def _place(key: str) -> tuple[str, str]:
     """The (component, output) a check key reports under."""
     if key in TORCH_CHECKS:
@@ -163,6 +167,8 @@ def _place(key: str) -> tuple[str, str]:
         return FUSED_CHECKS[key], "fused_vs_separate"
     if key == TRANSCRIPT_CHECK:
         return "end_to_end", "transcript"
+    if key == CTC_TRANSCRIPT_CHECK:
+        return "end_to_end", "transcript_ctc"
     raise KeyError(key)
 
 
@@ -182,13 +188,15 @@ def components_block(run: dict) -> dict:
     return block
 
 
-def validation_block(runs: dict[str, dict], primary: str, context: dict, transcripts: dict,
+def validation_block(runs: dict[str, dict], primary: str, context: dict, transcripts: dict[str, dict],
                      held_out: dict | None = None) -> dict:
     """The ``validation`` block: ``context`` (backend, precision, tolerances, symbol steps) plus
-    the primary clip's components, every clip's checks, the end-to-end transcripts and, when
-    the held-out set was transcribed, its WER per export."""
+    the primary clip's components, every clip's checks, the end-to-end transcripts (by block:
+    ``end_to_end`` the transducer's, ``end_to_end_ctc`` a CTC head's, side by side for a hybrid;
+    each precision -> clip -> check) and, when the held-out set was transcribed, its WER per export."""
     statuses = [r["status"] for run in runs.values() for r in run["results"].values()]
-    statuses += [t["status"] for by_clip in transcripts.values() for t in by_clip.values()]
+    statuses += [t["status"] for block in transcripts.values() for by_clip in block.values()
+                 for t in by_clip.values()]
     statuses += [held_out["status"]] if held_out else []
     status = "failed" if any(s in ("failed", "error") for s in statuses) else "passed"
     return {
@@ -198,6 +206,6 @@ def validation_block(runs: dict[str, dict], primary: str, context: dict, transcr
         "primary_audio": primary,
         "components": components_block(runs[primary]),
         "clips": {name: run["results"] for name, run in runs.items()},
-        "end_to_end": transcripts,
+        **transcripts,
         "held_out": held_out,
     }

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from reports.metadata import update_metadata, validation_block
+from reports.metadata import TRANSCRIPT_BLOCKS, update_metadata, validation_block
 from reports.plots import PARITY_DIR, Caption, parity_plots
 from runtimes.base import describe_backend
-from validation.checks import SYMBOL_STEPS, TRANSCRIPT_CHECK
+from validation.checks import CTC_TRANSCRIPT_CHECK, SYMBOL_STEPS, TRANSCRIPT_CHECK
 
 
 def parity_context(requested_backend: str, backend: str, precision: str, compute_units: str, tolerances) -> dict:
@@ -55,9 +55,18 @@ class ParityReport:
         self.runs.setdefault(precision, {})[run["clip"]["name"]] = run
 
     def _transcripts(self) -> dict:
-        return {precision: {name: run["results"][TRANSCRIPT_CHECK] for name, run in runs.items()
-                            if TRANSCRIPT_CHECK in run["results"]}
-                for precision, runs in self.runs.items()}
+        """The transcript checks' results by block: the transducer's, and a CTC head's where the
+        model has one (a hybrid's two decodings side by side)."""
+        def results(key: str, keep) -> dict:
+            return {precision: {name: run["results"][key] for name, run in runs.items()
+                                if key in run["results"] and keep(run["results"][key])}
+                    for precision, runs in self.runs.items()}
+
+        blocks = {TRANSCRIPT_BLOCKS[TRANSCRIPT_CHECK]: results(TRANSCRIPT_CHECK, lambda result: True)}
+        ctc = results(CTC_TRANSCRIPT_CHECK, lambda result: result["status"] != "skipped")
+        if any(ctc.values()):
+            blocks[TRANSCRIPT_BLOCKS[CTC_TRANSCRIPT_CHECK]] = ctc
+        return blocks
 
     def caption(self) -> Caption:
         return Caption.of(self.description, f"backend {self.context['backend']} "

@@ -15,7 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters.components import COMPONENTS, DECISION, DECODE, Component, ModelDims, decoder_inputs, zero_state
+from exporters.components import (
+    COMPONENTS,
+    CTC_DECODE,
+    DECISION,
+    DECODE,
+    Component,
+    ModelDims,
+    decoder_inputs,
+    zero_state,
+)
 from exporters.wrappers import wrapper
 from validation.audio import Clip
 from validation.divergence import first_divergences
@@ -23,7 +32,9 @@ from validation.greedy import (
     Decision,
     Transcript,
     decision_from_logits,
+    greedy_ctc,
     greedy_tdt,
+    nemo_greedy_ctc,
     nemo_greedy_tdt,
     package_decide,
     package_decoder_step,
@@ -31,7 +42,7 @@ from validation.greedy import (
     torch_decoder_step,
     torch_greedy_tdt,
 )
-from validation.metrics import Comparison, Tolerance, compare, l2_per_step, token_edit_distance
+from validation.metrics import Comparison, Tolerance, compare, l2_per_step, token_edit_distance, top1_margin
 from validation.tolerances import DECODER_ROLLOUT_LOGITS, ToleranceTable
 
 SYMBOL_STEPS = 32
@@ -82,11 +93,16 @@ TORCH_CHECKS = _torch_checks()
 # Decisions (token id and duration) taken from Torch logits against the exported ones: equal
 # wherever the Torch top-1/top-2 margin exceeds twice the measured logit error. The joint's are
 # its logits along the decoder rollout, decided on the host.
+# The CTC head's are the argmax of its logits on every valid frame.
 DECISION_CHECKS = {"decisions.joint": "joint",
-                   **{f"decisions.{c.name}": c.name for c in COMPONENTS.values() if _decides(c)}}
+                   **{f"decisions.{c.name}": c.name for c in COMPONENTS.values() if _decides(c)},
+                   "decisions.ctc_head": "ctc_head"}
 # Fused packages against the exported parts they replace.
 FUSED_CHECKS = _fused_checks()
-TRANSCRIPT_CHECK = "transcript"
+TRANSCRIPT_CHECK = "transcript"  # the transducer's (TDT) greedy decoding
+CTC_TRANSCRIPT_CHECK = "transcript.ctc"  # the CTC head's
+# Check key -> the decoding it checks and the packages that decoding drives.
+TRANSCRIPT_CHECKS = {TRANSCRIPT_CHECK: ("tdt", DECODE), CTC_TRANSCRIPT_CHECK: ("ctc", CTC_DECODE)}
 # The time (or decoder-step) axis of each float output, for its L2 norm per step.
 STEP_AXES = {DECODER_ROLLOUT_LOGITS: 0, **{key: p.step_axis for c in COMPONENTS.values() for p in c.output_ports
                                            for key in (p.tolerance, p.fused_tolerance)
@@ -264,11 +280,15 @@ class TorchReference:
     audio: dict[str, np.ndarray]
     mel: dict[str, np.ndarray]  # mel, mel_length
     encoded: dict[str, np.ndarray]  # encoder, encoder_length
-    decoded_blank: np.ndarray  # the decoder's output for the blank start from the zero state
-    logits: np.ndarray  # the joint on every frame and the blank start
-    decision: Decision  # the host's decisions on those logits
-    path: Transcript  # the host's greedy rules on the Torch modules
-    margins: list[float]  # the smaller top-1/top-2 margin of each of the path's decisions
+    # a transducer's (None for a CTC model):
+    decoded_blank: np.ndarray | None  # the decoder's output for the blank start from the zero state
+    logits: np.ndarray | None  # the joint on every frame and the blank start
+    decision: Decision | None  # the host's decisions on those logits
+    path: Transcript | None  # the host's greedy rules on the Torch modules
+    margins: list[float] | None  # the smaller top-1/top-2 margin of each of the path's decisions
+    # a CTC head's (None without one):
+    ctc_logits: np.ndarray | None = None  # raw, on every frame
+    ctc_path: Transcript | None = None  # the host's greedy CTC on them
 
     @property
     def length(self) -> int:
@@ -287,13 +307,20 @@ def torch_reference(wrappers: dict, dims: ModelDims, clip: Clip) -> TorchReferen
     audio = clip.inputs()
     mel = dict(zip(("mel", "mel_length"), run_torch(wrappers["preprocessor"], *audio.values()), strict=True))
     encoded = dict(zip(("encoder", "encoder_length"), run_torch(wrappers["encoder"], *mel.values()), strict=True))
-    zeros = zero_state(dims)
-    decoded = torch_decoder_step(wrappers["decoder"])(dims.blank_id, zeros, zeros)[0]
-    (logits,) = run_torch(wrappers["joint"], encoded["encoder"], decoded)
-    # (That the host's rules are NeMo's is proven by the unit tests against ``GreedyTDTInfer``.)
-    path, margins = torch_greedy_tdt(wrappers["decoder"], wrappers["joint"], encoded["encoder"],
-                                     int(encoded["encoder_length"][0]), dims)
-    return TorchReference(audio, mel, encoded, decoded, logits, decision_from_logits(logits, dims), path, margins)
+    length = int(encoded["encoder_length"][0])
+    transducer = [None] * 5
+    if "decoder" in wrappers:
+        zeros = zero_state(dims)
+        decoded = torch_decoder_step(wrappers["decoder"])(dims.blank_id, zeros, zeros)[0]
+        (logits,) = run_torch(wrappers["joint"], encoded["encoder"], decoded)
+        # (That the host's rules are NeMo's is proven by the unit tests against ``GreedyTDTInfer``.)
+        path, margins = torch_greedy_tdt(wrappers["decoder"], wrappers["joint"], encoded["encoder"], length, dims)
+        transducer = [decoded, logits, decision_from_logits(logits, dims), path, margins]
+    ctc = {}
+    if "ctc_head" in wrappers:  # (the host's CTC rules are NeMo's: the unit tests against its CTC decoding)
+        (ctc_logits,) = run_torch(wrappers["ctc_head"], encoded["encoder"])
+        ctc = {"ctc_logits": ctc_logits, "ctc_path": greedy_ctc(ctc_logits, length, dims.blank_id)}
+    return TorchReference(audio, mel, encoded, *transducer, **ctc)
 
 
 @dataclass
@@ -315,7 +342,7 @@ class ParityRunner:
         self.load, self.tolerances, self.backend = load, tolerances, backend
         self.origins, self.symbol_steps = origins, symbol_steps
         self.wrappers = {name: wrapper(name, model) for name, c in COMPONENTS.items()
-                         if not c.requires_tdt or dims.durations}
+                         if c.fits(dims)}
 
     def predict(self, component: str, inputs: dict) -> dict[str, np.ndarray]:
         return self.load(self.packages[component]).predict(inputs)
@@ -354,6 +381,9 @@ class ParityRunner:
             return ComponentRun(ref.joint_inputs, {"logits": ref.logits}, self.predict(name, ref.joint_inputs))
         if name == "joint_decision":
             return ComponentRun(ref.joint_inputs, ref.decisions(), self.predict(name, ref.joint_inputs))
+        if name == "ctc_head":
+            inputs = {"encoder_output": ref.encoded["encoder"]}
+            return ComponentRun(inputs, {"ctc_logits": ref.ctc_logits}, self.predict(name, inputs))
         if name == "joint_decision_single_step":
             encoder = ref.encoded["encoder"]
             frames = [self.predict(name, {"encoder_step": encoder[:, :, t:t + 1], "decoder_step": ref.decoded_blank})
@@ -441,17 +471,27 @@ class _ClipChecks:
                     self.results["decisions.joint"] = CheckResult("decisions.joint", self.clip.name,
                                                                   skipped=rollout.skipped, error=rollout.error)
         for key, component in DECISION_CHECKS.items():
-            if component != "joint":
+            if component == "ctc_head":
+                self.record(key, (component,), self.ctc_decisions)
+            elif component != "joint":
                 self.record(key, (component, "joint"), lambda c=component: self.decisions_of(c))
         for key, component in FUSED_CHECKS.items():
             self.record(key, (component, *COMPONENTS[component].fuses), lambda k=key, c=component: self.fused(k, c))
         self.record(TRANSCRIPT_CHECK, DECODE, self.transcript)
+        self.record(CTC_TRANSCRIPT_CHECK, CTC_DECODE, self.ctc_transcript)
         self.series.update(self.plotted())
 
     # -- bookkeeping -------------------------------------------------------------------------
     def record(self, key: str, needs, measure: Callable[[], CheckResult]) -> None:
-        """``measure()``'s result under ``key``; skipped when a package it needs was not exported,
-        an error when one failed to run or the measurement raised."""
+        """``measure()``'s result under ``key``; skipped when the model's family has no such
+        component or a package it needs was not exported, an error when one failed to run or the
+        measurement raised."""
+        family = self.dims.family
+        foreign = [c for c in needs if not COMPONENTS[c].fits(self.dims)]
+        if foreign:
+            self.results[key] = CheckResult(key, self.clip.name, skipped=(
+                f"the model is of the {family.name} family ({family.summary}): it has no {', '.join(foreign)}"))
+            return
         absent = [c for c in needs if c not in self.runner.packages]
         failed = [f"{c} failed to run ({self.failures[c]})" for c in needs if c in self.failures]
         if absent:
@@ -519,6 +559,17 @@ class _ClipChecks:
             ref.token_id, ref.duration, out["token_id"], out["duration"], ref.token_margin, ref.duration_margin,
             self.joint_threshold()))
 
+    def ctc_decisions(self) -> CheckResult:
+        """The argmax of the exported CTC logits against Torch's on every valid frame, where
+        Torch's top-1/top-2 margin exceeds twice the measured logit error."""
+        valid = self.ref.length
+        ref, out = self.ref.ctc_logits[0, :valid], self.runs["ctc_head"].exported["ctc_logits"][0, :valid]
+        compared = self.results["ctc_head.ctc_logits"].comparison
+        none = np.zeros(valid, np.int32)
+        return CheckResult("decisions.ctc_head", self.clip.name, decisions=decision_agreement(
+            ref.argmax(-1), none, out.argmax(-1), none, top1_margin(ref), np.full(valid, np.inf),
+            2 * compared.max_abs if compared else None))
+
     def fused(self, key: str, component: str) -> CheckResult:
         """The fused package against its exported parts run one after the other."""
         fused = self.runs[component].exported
@@ -551,13 +602,33 @@ class _ClipChecks:
         host = greedy_tdt(encoder, ref.length, dims, package_decoder_step(runner.load(runner.packages["decoder"])),
                           package_decide(runner.load(runner.packages["joint_decision_single_step"])))
         nemo = nemo_greedy_tdt(model, ref.encoded["encoder"], ref.length, dims)
-        threshold = self.joint_threshold() or 0.0
+        return self.transcript_check(TRANSCRIPT_CHECK, nemo, host, ref.path, ref.margins, self.joint_threshold())
+
+    def ctc_transcript(self) -> CheckResult:
+        """Greedy CTC on the exported mel_encoder and CTC head against NeMo's CTC decoding of the
+        Torch encoding; the decisions are frames, their margins the Torch logits'."""
+        ref = self.ref
+        encoder = self.runs["mel_encoder"].exported["encoder"]
+        logits = self.runner.predict("ctc_head", {"encoder_output": encoder})["ctc_logits"]
+        host = greedy_ctc(logits, ref.length, self.dims.blank_id)
+        nemo = nemo_greedy_ctc(self.runner.model, ref.encoded["encoder"], ref.length)
+        compared = self.results.get("ctc_head.ctc_logits")
+        threshold = 2 * compared.comparison.max_abs if compared is not None and compared.comparison else None
+        margins = top1_margin(ref.ctc_logits[0, :ref.length]).tolist()
+        return self.transcript_check(CTC_TRANSCRIPT_CHECK, nemo, host, ref.ctc_path, margins, threshold)
+
+    def transcript_check(self, key: str, nemo: Transcript, host: Transcript, path: Transcript, margins: list[float],
+                         threshold: float | None) -> CheckResult:
+        """The host's transcript on the packages against NeMo's: equal up to NeMo's first
+        ambiguous decision (one whose margin on the Torch path is within ``threshold``), all of it
+        for fp32 on a confident model."""
+        model, threshold = self.runner.model, threshold or 0.0
         # NeMo's tokens before the first decision whose margin is within the measured logit error
-        ambiguous = next((i for i, m in enumerate(ref.margins) if m <= threshold), len(ref.margins))
-        decisive_tokens = sum(1 for d in ref.path.emitted_at if d < ambiguous)
-        median_prob = statistics.median(ref.path.token_probs) if ref.path.token_probs else 0.0
+        ambiguous = next((i for i, m in enumerate(margins) if m <= threshold), len(margins))
+        decisive_tokens = sum(1 for d in path.emitted_at if d < ambiguous)
+        median_prob = statistics.median(path.token_probs) if path.token_probs else 0.0
         confident = median_prob > CONFIDENT_MEDIAN_PROB
-        exact_required = confident and runner.precision == "float32"
+        exact_required = confident and self.runner.precision == "float32"
 
         def text(t: Transcript) -> str:
             return model.tokenizer.ids_to_text(t.tokens) if t.tokens else ""
@@ -567,14 +638,16 @@ class _ClipChecks:
             edit_distance=token_edit_distance(nemo.tokens, host.tokens), decisive_tokens=decisive_tokens,
             required_tokens=max(len(nemo.tokens), len(host.tokens)) if exact_required else decisive_tokens,
             confident=confident, median_token_prob=median_prob)
-        return CheckResult(TRANSCRIPT_CHECK, self.clip.name, transcript=check)
+        return CheckResult(key, self.clip.name, transcript=check)
 
     def plotted(self) -> dict[str, np.ndarray]:
         """What the plots draw besides the L2 per step: the mel, the joint's logits on frame 0's
         decoder state and the decisions, Torch's and (where they ran) the exported ones."""
-        series = {"joint_logits_torch": self.ref.logits[0, :, 0],
-                  "decision_token_torch": self.ref.decision.token_id.ravel(),
-                  "decision_prob_torch": self.ref.decision.token_prob.ravel()}
+        series = {}
+        if self.ref.logits is not None:
+            series.update(joint_logits_torch=self.ref.logits[0, :, 0],
+                          decision_token_torch=self.ref.decision.token_id.ravel(),
+                          decision_prob_torch=self.ref.decision.token_prob.ravel())
         if "preprocessor" in self.runs:  # Torch's mel on what the package was fed (unpadded, if flexible)
             series["mel_torch"] = self.runs["preprocessor"].reference["mel"][0]
             series["mel_exported"] = self.runs["preprocessor"].exported["mel"][0]

@@ -1,5 +1,5 @@
-"""Greedy TDT decoding driven from the host, as an app drives the exported packages, and NeMo's
-own greedy TDT decoding as the reference.
+"""Greedy TDT and CTC decoding driven from the host, as an app drives the exported packages, and
+NeMo's own greedy decodings as the references.
 
 The rules are NeMo's (``GreedyTDTInfer._greedy_decode``): start from the blank id with zero
 LSTM state; token = argmax of the first V+1 logits, duration = durations[argmax of the rest];
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from exporters.components import ModelDims, decoder_inputs, zero_state
+from exporters.wrappers import ctc_decoder
 from validation.metrics import top1_margin
 
 MAX_SYMBOLS_PER_FRAME = 10
@@ -175,3 +176,51 @@ def nemo_greedy_tdt(model, encoder: np.ndarray, length: int, dims: ModelDims,
 
     return Transcript(tokens=as_list(hypothesis.y_sequence), frames=as_list(hypothesis.timestamp),
                       durations=as_list(hypothesis.token_duration))
+
+
+def greedy_ctc(logits: np.ndarray, length: int, blank: int) -> Transcript:
+    """Greedy CTC on raw logits [1, T, V+1] up to ``length`` frames: each frame's argmax; a token
+    is emitted where it differs from the previous frame's and is not the blank (repeats merge, a
+    blank between two equal tokens keeps both), at the frame its run starts. Its probability is
+    the softmax's at that frame."""
+    frames = logits[0, :length].astype(np.float64)
+    best = frames.argmax(axis=-1)
+    shifted = frames - frames.max(axis=-1, keepdims=True)
+    probs = 1.0 / np.exp(shifted).sum(axis=-1)
+    transcript = Transcript(decisions=length, decision_frames=list(range(length)))
+    previous = blank
+    for t, token in enumerate(best.tolist()):
+        if token != blank and token != previous:
+            transcript.emitted_at.append(t)
+            transcript.tokens.append(token)
+            transcript.frames.append(t)
+            transcript.token_probs.append(float(probs[t]))
+        previous = token
+    return transcript
+
+
+def ctc_decoding(model):
+    """NeMo's CTC decoding object of ``model``: a hybrid's ``ctc_decoding``, a CTC model's ``decoding``."""
+    return getattr(model, "ctc_decoding", None) or model.decoding
+
+
+def nemo_greedy_ctc(model, encoder: np.ndarray, length: int) -> Transcript:
+    """NeMo's own greedy CTC decoding of ``encoder`` [1, D, T]: its CTC decoder's log-probabilities,
+    its greedy search (``GreedyCTCInfer``) and its folding of repeats and blanks
+    (``CTCDecoding.decode_hypothesis``, which with timestamps on keeps the folded token ids and
+    the frame step before each)."""
+    from nemo.core.classes.common import typecheck  # lazy: NeMo's typing, only where its reference runs
+
+    decoding = ctc_decoding(model)
+    # the search declares axes-free inputs, the decoder typed outputs: NeMo's own pipelines pass them through
+    with torch.inference_mode(), typecheck.disable_checks():
+        log_probs = ctc_decoder(model)(encoder_output=torch.from_numpy(np.ascontiguousarray(encoder)))
+        (hypotheses,) = decoding.decoding(decoder_output=log_probs, decoder_lengths=torch.tensor([length]))
+    keeps = decoding.compute_timestamps
+    decoding.compute_timestamps = True
+    try:
+        (hypothesis,) = decoding.decode_hypothesis(hypotheses, fold_consecutive=True)
+    finally:
+        decoding.compute_timestamps = keeps
+    tokens, steps = hypothesis.text[0], hypothesis.text[1]
+    return Transcript(tokens=[int(t) for t in tokens], frames=np.cumsum(steps, dtype=int).tolist())

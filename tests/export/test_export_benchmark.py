@@ -16,8 +16,6 @@ import sys
 
 import pytest
 
-from exporters.components import COMPONENTS
-
 PEAK_MEMORY_LIMIT_BYTES = 8e9
 RU_MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
 
@@ -41,20 +39,20 @@ def fresh_cache(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_cold_export(benchmark, model_source, fresh_cache, tmp_path):
+def test_cold_export(benchmark, model_source, dims, fresh_cache, tmp_path):
     log = benchmark.pedantic(_convert, args=(model_source, fresh_cache, tmp_path / "out"), rounds=1, iterations=1)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * RU_MAXRSS_BYTES
     benchmark.extra_info.update(model=model_source.describe(), peak_rss_bytes=peak)
     lines = _component_lines(log)
-    assert len(lines) == len(COMPONENTS) and all(": converted in " in line for line in lines), log
+    assert len(lines) == len(dims.family.components()) and all(": converted in " in line for line in lines), log
     assert peak <= PEAK_MEMORY_LIMIT_BYTES, f"cold export peaked at {peak / 1e9:.2f} GB"
 
 
 @pytest.mark.slow
-def test_warm_export(benchmark, model_source, fresh_cache, tmp_path):
+def test_warm_export(benchmark, model_source, dims, fresh_cache, tmp_path):
     _convert(model_source, fresh_cache, tmp_path / "fill")  # a no-op after the cold test
     log = benchmark.pedantic(_convert, args=(model_source, fresh_cache, tmp_path / "out"), rounds=1, iterations=1)
     benchmark.extra_info.update(model=model_source.describe())
     lines = _component_lines(log)
-    assert len(lines) == len(COMPONENTS) and all(": cached, " in line for line in lines), log
+    assert len(lines) == len(dims.family.components()) and all(": cached, " in line for line in lines), log
     assert "loading" not in log

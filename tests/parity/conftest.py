@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporters.components import DECODE, ExportOptions
+from exporters.components import ExportOptions
 from exporters.export import Exporter
 from exporters.sources import DEFAULT_PRESET, ModelSource
 from infra.cache import ExportCache
@@ -64,7 +64,7 @@ def evaluate_one(pytestconfig, session_exporters, torch_model, dims, predictor, 
     """``evaluate_one(utterance)``: its evaluation record (``validation.evaluation``), with this
     session's exports at ``--compute-precision`` as ``export``."""
     opt = pytestconfig.option
-    packages = {e.name: e.package for e in session_exporters[opt.compute_precision].export_all(DECODE)}
+    packages = {e.name: e.package for e in session_exporters[opt.compute_precision].export_all(dims.family.decode)}
     strategy = STRATEGIES[opt.strategy]
     decoders = decoders_for(torch_model, dims, {"export": packages}, predictor, strategy)
     text, timer = token_text(torch_model), word_timer(torch_model, dims)
@@ -83,8 +83,9 @@ def evaluation_context(pytestconfig, session_exporters, backend, dims) -> dict:
     the controller has no fixtures of its own)."""
     opt = pytestconfig.option
     exporter = session_exporters[opt.compute_precision]
+    description = exporter.metadata(exporter.export_all(dims.family.decode))
     context = EvaluationContext.of(
-        backend, opt.compute_units, opt.compute_precision, description=exporter.metadata(exporter.export_all(DECODE)),
+        backend, opt.compute_units, opt.compute_precision, description=description,
         set=opt.manifest, manifest=opt.manifest, normalizer=opt.normalizer,
         max_wer_difference_points=opt.max_wer_difference,
         versions=environment(backend, opt.compute_units, opt.compute_precision)["versions"],

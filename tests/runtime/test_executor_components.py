@@ -52,16 +52,12 @@ def _decision_margins(model, inputs, dims):
     return {"token_id": margin(tokens), "duration": margin(durations)}
 
 
-@pytest.fixture(scope="module")
-def fp32_packages(session_exporters):
-    return {name: session_exporters["float32"].export(component) for name, component in COMPONENTS.items()}
-
-
 @pytest.mark.parametrize("name", list(COMPONENTS))
-def test_fp32_export_runs_like_torch(name, fp32_packages, torch_model, dims):
-    component = COMPONENTS[name]
+def test_fp32_export_runs_like_torch(name, having):
+    component, exporter = COMPONENTS[name], having(name)["float32"]
+    torch_model, dims = exporter.model, exporter.dims
     inputs = example_inputs(component, dims)
-    ours = MILModel(fp32_packages[name].package).predict(inputs)
+    ours = MILModel(exporter.export(component).package).predict(inputs)
     reference = _torch_outputs(component, torch_model, inputs, dims)
     for spec in component.outputs(dims):
         got, want = ours[spec.name], reference[spec.name]
@@ -87,10 +83,11 @@ def test_fp32_export_runs_like_torch(name, fp32_packages, torch_model, dims):
 @pytest.mark.skipif(unavailable_reason() is not None, reason=f"needs Core ML: {unavailable_reason()}")
 @pytest.mark.parametrize("precision", ["float32", "float16"])
 @pytest.mark.parametrize("name", list(COMPONENTS))
-def test_executor_matches_core_ml_cpu(name, precision, session_exporters, dims):
+def test_executor_matches_core_ml_cpu(name, precision, having):
     """Same package, same input: the executor against Apple's runtime on the CPU."""
-    package = session_exporters[precision].export(COMPONENTS[name]).package
-    inputs = example_inputs(COMPONENTS[name], dims)
+    exporter = having(name)[precision]
+    package = exporter.export(COMPONENTS[name]).package
+    inputs = example_inputs(COMPONENTS[name], exporter.dims)
     ours = MILModel(package).predict(inputs)
     apple = CoreMLModel(package, compute_units="CPU_ONLY").predict(inputs)
     rtol = 1e-4 if precision == "float32" else 1e-2
@@ -105,15 +102,15 @@ def test_executor_matches_core_ml_cpu(name, precision, session_exporters, dims):
 
 
 @pytest.mark.skipif(platform.system() == "Darwin", reason="checks how Core ML is refused off macOS")
-def test_core_ml_backend_says_why_it_is_unavailable(fp32_packages):
+def test_core_ml_backend_says_why_it_is_unavailable(session_exporters):
     with pytest.raises(BackendUnavailable, match="only on macOS"):
-        CoreMLModel(fp32_packages["joint"].package)
+        CoreMLModel(session_exporters["float32"].export(COMPONENTS["encoder"]).package)
     assert resolve_backend("auto") == "mil"
 
 
 @pytest.fixture(scope="module")
-def encoder(fp32_packages):
-    return MILModel(fp32_packages["encoder"].package)
+def encoder(session_exporters):
+    return MILModel(session_exporters["float32"].export(COMPONENTS["encoder"]).package)
 
 
 @pytest.mark.parametrize("change, problem", [

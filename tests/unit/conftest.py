@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from nemo.collections.asr.models import EncDecCTCModelBPE
+from nemo.collections.asr.models import EncDecClassificationModel
 from omegaconf import OmegaConf
 
 from exporters.components import ModelDims
-from exporters.presets import PRESETS, model_config, train_tokenizer
+from exporters.presets import PRESETS, build_model
 
 # The sizes of a 15 s window at 16 kHz, for tests that need no model.
 DIMS = ModelDims(sample_rate=16000, max_audio_seconds=15.0, max_audio_samples=240000, n_mels=128, mel_frames=1501,
@@ -17,15 +17,24 @@ DIMS = ModelDims(sample_rate=16000, max_audio_seconds=15.0, max_audio_samples=24
 
 @pytest.fixture(scope="session")
 def ctc_nemo(tmp_path_factory):
-    """A real NeMo CTC checkpoint: a valid .nemo that is not an RNNT/TDT model."""
-    tiny = PRESETS["tiny"]
-    tok_dir = tmp_path_factory.mktemp("ctc_tokenizer")
-    train_tokenizer(tiny.vocab_size, 0, tok_dir)
-    cfg = model_config(tiny, str(tok_dir))
-    for key in ("decoder", "joint", "loss", "decoding", "model_defaults"):
-        cfg.pop(key)
-    cfg["decoder"] = {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": tiny.d_model,
-                      "num_classes": -1, "vocabulary": []}
+    """A real NeMo CTC checkpoint (the tiny-ctc preset saved as a .nemo): the CTC family."""
     path = tmp_path_factory.mktemp("nemo") / "ctc.nemo"
-    EncDecCTCModelBPE(cfg=OmegaConf.create(cfg)).save_to(str(path))
+    build_model(PRESETS["tiny-ctc"]).save_to(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def classification_nemo(tmp_path_factory):
+    """A real NeMo checkpoint of another kind: a keyword classifier (MatchboxNet's layout, one block)."""
+    cfg = {"sample_rate": 16000, "labels": ["yes", "no"], "timesteps": 128,
+           "preprocessor": {"_target_": "nemo.collections.asr.modules.AudioToMFCCPreprocessor", "window_size": 0.025,
+                            "window_stride": 0.01, "n_mfcc": 64, "n_mels": 64},
+           "encoder": {"_target_": "nemo.collections.asr.modules.ConvASREncoder", "feat_in": 64, "activation": "relu",
+                       "conv_mask": True, "jasper": [{"filters": 32, "repeat": 1, "kernel": [11], "stride": [1],
+                                                      "dilation": [1], "dropout": 0.0, "residual": False,
+                                                      "separable": True}]},
+           "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoderClassification", "feat_in": 32,
+                       "num_classes": 2, "return_logits": True, "pooling_type": "avg"}}
+    path = tmp_path_factory.mktemp("nemo") / "classifier.nemo"
+    EncDecClassificationModel(cfg=OmegaConf.create(cfg)).save_to(str(path))
     return path

@@ -36,12 +36,13 @@ def _run_convert(model_source, export_cache, out, capsys):
     return code, capsys.readouterr()
 
 
-def test_convert_after_pytest_reuses_every_export(pytest_exports, model_source, export_cache, tmp_path, capsys):
+def test_convert_after_pytest_reuses_every_export(pytest_exports, model_source, export_cache, dims, tmp_path,
+                                                  capsys):
     mtimes = {n: e.entry.path.stat().st_mtime_ns for n, e in pytest_exports.items()}
     code, captured = _run_convert(model_source, export_cache, tmp_path / "out", capsys)
     assert code == 0, captured.err
     progress = [line for line in captured.err.splitlines() if line.startswith("[")]
-    assert len(progress) == len(COMPONENTS)
+    assert len(progress) == len(dims.family.components())
     assert all(": cached," in line for line in progress), captured.err
     assert "converting" not in captured.err and "loading" not in captured.err
     assert {n: e.entry.path.stat().st_mtime_ns for n, e in pytest_exports.items()} == mtimes
@@ -52,7 +53,7 @@ def test_convert_writes_packages_and_metadata(pytest_exports, model_source, expo
     code, captured = _run_convert(model_source, export_cache, out, capsys)
     assert code == 0, captured.err
     meta = json.loads((out / "metadata.json").read_text())
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.mlpackage" for n in COMPONENTS]
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{c.name}.mlpackage" for c in dims.family.components()]
                                                            + ["metadata.json", "parakeet_vocab.json"])
     assert (meta["sample_rate"], meta["max_audio_seconds"], meta["max_audio_samples"]) == (16000, 15.0, 240000)
     assert (meta["vocab_size"], meta["blank_id"]) == (dims.vocab_size, dims.vocab_size)
@@ -71,7 +72,8 @@ def test_convert_writes_packages_and_metadata(pytest_exports, model_source, expo
         assert [o["shape"] for o in component["outputs"]] == [list(s.shape) for s in expected.outputs(dims)]
     assert meta["components"]["preprocessor"]["compute_precision"] == "float32"
     # each package describes itself and every port, as Xcode shows it
-    for name, component in COMPONENTS.items():
+    for component in dims.family.components():
+        name = component.name
         package = ct.models.MLModel(str(out / f"{name}.mlpackage"), skip_model_load=True)
         assert package.short_description == f"Parakeet {name}: {component.summary}"
         assert package.author.startswith(f"NVIDIA NeMo model {model_source.describe()}; converted by")
@@ -197,10 +199,11 @@ def test_corrupt_checkpoint_leaves_no_output(tmp_path, capsys):
     _assert_clean_failure(code, capsys.readouterr(), out, "could not restore the checkpoint")
 
 
-def test_not_rnnt_checkpoint_leaves_no_output(ctc_nemo, tmp_path, capsys):
+def test_a_checkpoint_of_another_kind_leaves_no_output(classification_nemo, tmp_path, capsys):
     out = tmp_path / "out"
-    code = _convert("--nemo-path", str(ctc_nemo), "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"))
-    _assert_clean_failure(code, capsys.readouterr(), out, "expected an RNNT/TDT model")
+    code = _convert("--nemo-path", str(classification_nemo), "--output-dir", str(out), "--cache-dir",
+                    str(tmp_path / "cache"))
+    _assert_clean_failure(code, capsys.readouterr(), out, "expected a Parakeet-family ASR model")
 
 
 def test_unwritable_output_dir(tmp_path, capsys):

@@ -23,19 +23,23 @@ def test_the_check_tables_are_those_of_the_released_contract():
         "decoder.c_out": ("decoder", "c_out"), "decoder.logits": ("decoder", "logits"),
         "joint.logits": ("joint", "logits"), "joint_decision.token_prob": ("joint_decision", "token_prob"),
         "joint_decision_single_step.token_prob": ("joint_decision_single_step", "token_prob"),
+        "ctc_head.ctc_logits": ("ctc_head", "ctc_logits"),
     }
     assert DECISION_CHECKS == {"decisions.joint": "joint", "decisions.joint_decision": "joint_decision",
-                               "decisions.joint_decision_single_step": "joint_decision_single_step"}
+                               "decisions.joint_decision_single_step": "joint_decision_single_step",
+                               "decisions.ctc_head": "ctc_head"}
     assert FUSED_CHECKS == {"fused.mel_encoder.encoder": "mel_encoder", "fused.joint_decision": "joint_decision",
                             "fused.joint_decision_single_step": "joint_decision_single_step"}
     assert STEP_AXES == {"preprocessor.mel": 2, "encoder.encoder": 2, "mel_encoder.encoder": 2,
                          "fused.mel_encoder.encoder": 2, "decoder.decoder": 0, "decoder.h_out": 0,
                          "decoder.c_out": 0, "decoder.logits": 0, "joint.logits": 1, "joint_decision.token_prob": 1,
-                         "joint_decision_single_step.token_prob": 1, "fused.token_prob": 1}
+                         "joint_decision_single_step.token_prob": 1, "fused.token_prob": 1,
+                         "ctc_head.ctc_logits": 1}
     assert DECODE == ("mel_encoder", "decoder", "joint_decision_single_step")
     assert {name: c.headline for name, c in COMPONENTS.items()} == {
         "preprocessor": "mel", "encoder": "encoder", "mel_encoder": "encoder", "decoder": "decoder",
-        "joint": "logits", "joint_decision": "token_prob", "joint_decision_single_step": "token_prob"}
+        "joint": "logits", "joint_decision": "token_prob", "joint_decision_single_step": "token_prob",
+        "ctc_head": "ctc_logits"}
 
 
 def test_every_length_is_compared_exactly_and_every_value_within_a_tolerance():

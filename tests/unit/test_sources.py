@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from exporters.presets import PRESETS, TDT_DURATIONS, TRAINED_PRESETS, build_model
-from exporters.sources import ModelSource, _hub_checkpoint
+from exporters.sources import ModelSource, _hub_checkpoint, unexportable
+from exporters.wrappers import model_dims
 from infra.errors import UserError
 
 
@@ -85,9 +86,25 @@ def test_full_preset_has_parakeet_v3_size():
     assert model.joint.num_classes_with_blank == 8192 + 1 + 5
 
 
-def test_not_rnnt_checkpoint_is_refused(ctc_nemo):
-    with pytest.raises(UserError, match="EncDecCTCModelBPE; expected an RNNT/TDT model"):
-        ModelSource.from_options(nemo_path=str(ctc_nemo)).load()
+def test_a_ctc_checkpoint_loads_as_the_ctc_family(ctc_nemo):
+    model = ModelSource.from_options(nemo_path=str(ctc_nemo)).load()
+    dims = model_dims(model)
+    assert (type(model).__name__, dims.family.name, dims.ctc_classes, dims.transducer) == \
+        ("EncDecCTCModelBPE", "ctc", PRESETS["tiny-ctc"].vocab_size + 1, False)
+
+
+def test_a_checkpoint_of_another_kind_is_refused(classification_nemo):
+    with pytest.raises(UserError, match=r"classifier.nemo: the checkpoint is a EncDecClassificationModel \(a "
+                                        r"classification model\); expected a Parakeet-family ASR model of one of "
+                                        r"these classes: EncDecRNNTBPEModel"):
+        ModelSource.from_options(nemo_path=str(classification_nemo)).load()
+
+
+def test_a_transducer_whose_encoder_is_not_a_conformer_is_refused():
+    model = build_model(PRESETS["tiny"])
+    model.cfg.encoder._target_ = "nemo.collections.asr.modules.ConvASREncoder"  # a Citrinet-like config
+    assert unexportable(model) == ("the checkpoint's encoder is ConvASREncoder; expected ConformerEncoder (a "
+                                   "EncDecRNNTBPEModel of the Parakeet family)")
 
 
 def test_missing_and_corrupt_checkpoints_are_refused(tmp_path):

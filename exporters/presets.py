@@ -117,7 +117,7 @@ PRESETS["parakeet-tdt-0.6b-v2"] = replace(
     PRESETS["parakeet-tdt-0.6b-v3"], name="parakeet-tdt-0.6b-v2", vocab_size=1024,
     summary="nvidia/parakeet-tdt-0.6b-v2's architecture (English, 1,024 pieces), seeded weights")
 PRESETS["parakeet-tdt_ctc-110m"] = replace(
-    PRESETS["parakeet-realtime-eou-120m"], name="parakeet-tdt_ctc-110m", decoder="tdt", aux_ctc=True,
+    PRESETS["parakeet-realtime-eou-120m"], name="parakeet-tdt_ctc-110m", vocab_size=1024, decoder="tdt", aux_ctc=True,
     att_context_sizes=(), summary="nvidia/parakeet-tdt_ctc-110m's architecture: hybrid FastConformer with a TDT "
                                   "decoder and a CTC head, seeded weights")
 PRESETS["parakeet-ctc-0.6b"] = replace(

@@ -1,5 +1,5 @@
-"""The host's greedy TDT decoder follows NeMo's rules: driven by the Torch modules it must
-reproduce NeMo's ``GreedyTDTInfer`` exactly, token for token, frame for frame."""
+"""The host's greedy decoders follow NeMo's rules: driven by the Torch modules they must reproduce
+NeMo's ``GreedyTDTInfer`` and its greedy CTC decoding exactly, token for token, frame for frame."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from exporters.sources import ModelSource
-from exporters.wrappers import model_dims, wrapper
+from exporters.wrappers import ctc_decoder, model_dims, wrapper
 from validation.greedy import (
     MAX_SYMBOLS_PER_FRAME,
     decision_from_logits,
+    greedy_ctc,
     greedy_tdt,
+    nemo_greedy_ctc,
     nemo_greedy_tdt,
     run_torch,
     torch_decoder_step,
@@ -92,3 +94,53 @@ def test_the_cases_cover_every_rule(decodes, rules_model):
     assert {d for blank, d in seen if blank} == set(dims.durations), seen  # blanks of every duration, 0 included
     busiest = max(Counter(host.frames).most_common(1)[0][1] for _, host in found if host.frames)
     assert busiest == MAX_SYMBOLS_PER_FRAME, "no frame ran out of its symbol budget"
+
+
+@pytest.fixture(scope="module")
+def ctc_decodes():
+    """The random-weight tiny CTC preset on encodings whose frames come in runs of one to three
+    equal frames (so equal argmaxes repeat), some runs split by a zero frame (whose argmax is the
+    blank once its bias is raised: a token repeated across a blank), with the blank's bias raised
+    seed by seed (so blanks fall inside, between and across the runs)."""
+    model = ModelSource("preset", "tiny-ctc").load()
+    dims = model_dims(model)
+    bias = ctc_decoder(model).decoder_layers[0].bias
+    original = bias.detach().clone()
+    found = []
+    try:
+        for seed in SEEDS:
+            rng = np.random.default_rng(seed)
+            frames = []
+            for vector, run, split in zip(rng.standard_normal((30, dims.encoder_dim)), rng.integers(1, 4, 30),
+                                          rng.random(30) < 0.3, strict=True):
+                frames += [3 * vector] * run + ([np.zeros(dims.encoder_dim), 3 * vector] if split else [])
+            encoder = np.stack(frames[:60], axis=1)[None].astype(np.float32)
+            with torch.no_grad():
+                bias[dims.blank_id] = original[dims.blank_id] + 0.5 * (seed + 1)
+            (logits,) = run_torch(wrapper("ctc_head", model), encoder)
+            found.append((nemo_greedy_ctc(model, encoder, 60), greedy_ctc(logits, 60, dims.blank_id),
+                          logits[0].argmax(-1)))
+    finally:
+        with torch.no_grad():
+            bias.copy_(original)
+    return found, dims
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_host_ctc_decoder_equals_nemo(ctc_decodes, seed):
+    nemo, host, _ = ctc_decodes[0][seed]
+    assert (host.tokens, host.frames) == (nemo.tokens, nemo.frames)
+
+
+def test_the_ctc_cases_cover_every_rule(ctc_decodes):
+    """Repeats merged, a token repeated across a blank kept twice, blanks: each happens."""
+    found, dims = ctc_decodes
+    blank = dims.blank_id
+    merged = across_blank = blanks = 0
+    for _, _, best in found:
+        best = best.tolist()
+        blanks += best.count(blank)
+        merged += sum(a == b != blank for a, b in zip(best, best[1:], strict=False))
+        across_blank += sum(a == c != blank and b == blank for a, b, c in
+                            zip(best, best[1:], best[2:], strict=False))
+    assert merged and across_blank and blanks, (merged, across_blank, blanks)

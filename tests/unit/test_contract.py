@@ -7,7 +7,16 @@ import dataclasses
 
 import pytest
 
-from exporters.components import COMPONENTS, DECODE, LENGTH, PORT_DESCRIPTIONS, STREAMING_COMPONENTS
+from exporters.components import (
+    COMPONENTS,
+    DECODE,
+    FAMILIES,
+    LENGTH,
+    PORT_DESCRIPTIONS,
+    STREAMING_COMPONENTS,
+    family_of,
+)
+from infra.errors import UserError
 from validation.checks import DECISION_CHECKS, FUSED_CHECKS, STEP_AXES, TORCH_CHECKS
 from validation.metrics import Tolerance
 from validation.tolerances import DEFAULT_TOLERANCES, EXACT, check_coverage
@@ -87,3 +96,23 @@ def test_every_port_of_every_component_has_its_description_and_no_other_is_kept(
              for p in (*c.input_ports, *c.output_ports, *c.state_ports)}
     assert set(PORT_DESCRIPTIONS) == ports
     assert all(len(text) > 20 for text in PORT_DESCRIPTIONS.values())
+
+
+def test_each_family_exports_its_heads_components_and_v3_keeps_the_released_seven():
+    names = {name: [c.name for c in family.components()] for name, family in FAMILIES.items()}
+    front = ["preprocessor", "encoder", "mel_encoder"]
+    assert names["tdt"] == front + ["decoder", "joint", "joint_decision", "joint_decision_single_step"]
+    assert names["rnnt"] == front + ["decoder", "joint"]
+    assert names["ctc"] == front + ["ctc_head"]
+    assert names["tdt_ctc"] == names["tdt"] + ["ctc_head"]
+    assert names["rnnt_ctc"] == names["rnnt"] + ["ctc_head"]
+    decode = {name: family.decode for name, family in FAMILIES.items()}
+    assert decode == {"tdt": DECODE, "rnnt": ("mel_encoder", "decoder"), "ctc": ("mel_encoder", "ctc_head"),
+                      "tdt_ctc": DECODE + ("ctc_head",), "rnnt_ctc": ("mel_encoder", "decoder", "ctc_head")}
+    assert {name: f.decodings for name, f in FAMILIES.items()} == {
+        "tdt": ("tdt",), "rnnt": ("rnnt",), "ctc": ("ctc",), "tdt_ctc": ("tdt", "ctc"), "rnnt_ctc": ("rnnt", "ctc")}
+
+
+def test_heads_no_family_has_are_refused_with_the_families():
+    with pytest.raises(UserError, match=r"no model family has the heads \['durations'\]; the families: tdt "):
+        family_of({"durations"})

@@ -86,6 +86,38 @@ def test_full_preset_has_parakeet_v3_size():
     assert model.joint.num_classes_with_blank == 8192 + 1 + 5
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name, kind, family, layers, d_model, vocab, millions", [
+    ("parakeet-tdt-0.6b-v2", "EncDecRNNTBPEModel", "tdt", 24, 1024, 1024, (600, 620)),
+    ("parakeet-tdt_ctc-110m", "EncDecHybridRNNTCTCBPEModel", "tdt_ctc", 17, 512, 1024, (110, 118)),
+    ("parakeet-ctc-0.6b", "EncDecCTCModelBPE", "ctc", 24, 1024, 1024, (600, 620)),
+])
+def test_the_family_presets_have_their_model_cards_architecture(name, kind, family, layers, d_model, vocab, millions):
+    """The sizes the model cards give: 0.6B (v2, CTC) and 114M (the hybrid) parameters."""
+    model = build_model(PRESETS[name])
+    dims = model_dims(model)
+    assert (type(model).__name__, dims.family.name, len(model.encoder.layers), dims.encoder_dim, dims.vocab_size) == (
+        kind, family, layers, d_model, vocab)
+    assert millions[0] * 1e6 < sum(p.numel() for p in model.parameters()) < millions[1] * 1e6
+    assert dims.ctc_classes == (vocab + 1 if "ctc" in family else 0)
+
+
+def test_the_tiny_hybrid_has_a_tdt_decoder_and_a_ctc_head_over_one_vocabulary():
+    dims = model_dims(build_model(PRESETS["tiny-tdt-ctc"]))
+    assert (dims.family.name, dims.durations, dims.ctc_classes, dims.joint_classes) == (
+        "tdt_ctc", TDT_DURATIONS, 257, 257 + len(TDT_DURATIONS))
+
+
+def test_a_ctc_head_of_another_vocabulary_is_refused():
+    model = build_model(PRESETS["tiny-tdt-ctc"])
+    head = model.ctc_decoder  # as a checkpoint whose CTC head was trained on another tokenizer
+    head.decoder_layers[0] = torch.nn.Conv1d(head.decoder_layers[0].in_channels, 301, kernel_size=1)
+    head._num_classes = 301
+    with pytest.raises(UserError, match=r"^the CTC head has 301 classes; expected the vocabulary's 256 pieces and the "
+                                        r"blank, 257$"):
+        model_dims(model)
+
+
 def test_a_ctc_checkpoint_loads_as_the_ctc_family(ctc_nemo):
     model = ModelSource.from_options(nemo_path=str(ctc_nemo)).load()
     dims = model_dims(model)

@@ -12,7 +12,7 @@ pytest.register_assert_rewrite("reports.plugin")  # imported below, before pytes
 
 import cli  # noqa: F401  first of this project's modules: it settles the BLAS threads before numpy loads
 from cli.options import SUITE_OPTIONS, WARMUP_CALLS
-from exporters.components import COMPONENTS, ExportOptions
+from exporters.components import COMPONENTS, CTC_DECODE, ExportOptions, decode_packages
 from exporters.export import Exporter
 from exporters.quantize import VARIANTS, compress, variant_table
 from exporters.sources import DEFAULT_PRESET, HYBRID_PRESET, STREAMING_PRESET, ModelSource, add_source_options
@@ -219,8 +219,9 @@ def held_out(torch_model, dims, export_cache, session_exporters, predictor, pyte
     """The held-out set evaluated (``validation.held_out``) for the fp32, fp16 and int8-per-channel
     exports, the others' words held to the fp16 export's (int8 is made from it); shared by the
     parity and quantization suites and put in the validation block. Skips on a model whose
-    transcripts mean nothing."""
-    exported = {precision: {e.name: e for e in session_exporters[precision].export_all(dims.family.decode)}
+    transcripts mean nothing. The model's first decoding (a hybrid's TDT; ``held_out_ctc`` its CTC)."""
+    decode = decode_packages(dims.family.decodings[0])
+    exported = {precision: {e.name: e for e in session_exporters[precision].export_all(decode)}
                 for precision in ("float32", "float16")}
     packages = {precision: {name: e.package for name, e in by_name.items()} for precision, by_name in exported.items()}
     int8 = VARIANTS["int8_per_channel"]
@@ -230,4 +231,21 @@ def held_out(torch_model, dims, export_cache, session_exporters, predictor, pyte
     if reason:
         pytest.skip(f"{reason}; the default --preset parakeet-tdt-tiny-trained runs this")
     send(pytestconfig, HeldOut(result.block({"set": "builtin:held-out"})))
+    return result
+
+
+@pytest.fixture(scope="session")
+def held_out_ctc(torch_model, dims, export_cache, session_exporters, predictor):
+    """A hybrid's second decoding on the held-out set: the fp32 and fp16 mel_encoder and CTC head
+    through greedy CTC, against NeMo's CTC decoding. Skips on a model with no CTC head beside its
+    transducer (a CTC model's own decoding is ``held_out``'s) and on one whose transcripts mean
+    nothing."""
+    if dims.family.decodings[1:] != ("ctc",):
+        pytest.skip(f"the model is of the {dims.family.name} family: no CTC head beside a transducer; the default "
+                    "--preset parakeet-tdt-tiny-trained (a hybrid) runs this")
+    packages = {precision: {e.name: e.package for e in session_exporters[precision].export_all(CTC_DECODE)}
+                for precision in ("float32", "float16")}
+    result, _, reason = held_out_evaluation(torch_model, dims, export_cache, packages, predictor, decoding="ctc")
+    if reason:
+        pytest.skip(f"{reason}; the default --preset parakeet-tdt-tiny-trained runs this")
     return result

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from cli.inputs import read_convert_dir, report_dir_of, strategy_list
 from exporters.components import (
-    DECODE,
+    FAMILIES,
     LATER_CHUNKS,
     STREAMING_COMPONENTS,
     ExportOptions,
     StreamingDims,
+    decode_packages,
     get_components,
 )
 from exporters.export import ORIGINS_FILE, Exporter
@@ -25,7 +26,7 @@ from infra.console import print_progress, print_result, progress_bar
 from infra.errors import UserError
 from infra.publish import publish, staged_output
 from infra.settings import config_path
-from reports.evaluation import EVALUATION_DIR, write_evaluation
+from reports.evaluation import evaluation_dir, write_evaluation
 from reports.kinds import EvaluationContext, QuantizationContext
 from reports.latency import write_latency
 from reports.metadata import ARRAYS_GLOB, earlier_blocks, replaced_note, update_metadata
@@ -63,12 +64,15 @@ from validation.neural_engine import agreement, predict_package
 from validation.packages import (
     DEFAULT_CONVERT_DIR,
     DEFAULT_REPORT_DIR,
+    KNOWN,
     METADATA,
     check_contract,
+    check_family,
     find_packages,
     parse_named,
     provenance,
     read_interface,
+    settle_by_interface,
 )
 from validation.quantization import QuantizationSweep, held_out_entry
 from validation.ranges import describe_ranges, package_ranges, ranges_block
@@ -163,7 +167,11 @@ def read_package_set(args):
     cache = ExportCache(args.cache_dir)
     interfaces = {name: read_interface(path) for name, path in packages.items()}
     exporter = _package_set_exporter(source, cache, interfaces)
+    for note in settle_by_interface(packages, interfaces, exporter.dims):
+        print_progress(f"--packages: {note}")
+    check_family(packages, exporter.dims, source.describe())
     interfaces = check_contract(packages, exporter.dims, exporter.streaming_dims, interfaces)
+    packages = {name: packages[name] for name in KNOWN if name in packages}
     for name in unmatched:
         print_progress(f"--packages: {name} names no component; left out (name it with --component NAME=PATH)")
     origin = provenance(args.packages, packages, interfaces, unmatched)
@@ -226,7 +234,8 @@ def _package_loader(args, description: dict, packages: dict):
 def run_compare(args) -> int:
     description, packages, source, directory = read_inputs(args)
     streams = any(name in packages for name in STREAMING_COMPONENTS)
-    rnnt = not description.get("durations")
+    # (a description written before families were recorded is a TDT or RNN-T model's)
+    rnnt = description.get("family", "tdt" if description.get("durations") else "rnnt") == "rnnt"
     if rnnt and not streams:
         raise UserError(f"{source.describe()} has no TDT durations (an RNNT model): its packages convert, but "
                           "compare checks decisions and transcripts with TDT's durations and checks only an RNNT "
@@ -399,23 +408,33 @@ def _compare_streaming(model, description: dict, packages: dict[str, Path], load
     return block["status"] == "passed"
 
 
-def run_evaluate(args) -> int:
-    strategy_names = strategy_list(args.strategy, args.streaming)
-    description, packages, source, report_dir = read_inputs(args)
-    needed = list(DECODE)
-    if args.streaming:
-        later = next((name for name in LATER_CHUNKS if name in packages), LATER_CHUNKS[0])
-        needed = ["encoder_streaming_first", later, "decoder", "joint_decision_single_step"]
+def _evaluated_decodings(description: dict, packages: dict, streaming: bool) -> dict[str, list[str]]:
+    """Decoding -> the packages it drives: every decoding of the model's family (a hybrid's TDT and
+    CTC side by side), or streamed the transducer's over the streaming packages; one error naming
+    what is absent."""
+    family = FAMILIES[description.get("family", "tdt" if description.get("durations") else "rnnt")]
+    if streaming:
         if description.get("streaming") is None:
             raise UserError("--streaming: metadata.json records no streaming chunk; convert the packages from a "
                               "cache-aware model source")
+        later = next((name for name in LATER_CHUNKS if name in packages), LATER_CHUNKS[0])
+        decodings = {family.decodings[0]: ["encoder_streaming_first", later, "decoder", "joint_decision_single_step"]}
+    else:  # (an RNN-T model's offline decoding would need TDT's single-step joint, which it has not)
+        decodings = {d: list(decode_packages(d)) for d in family.decodings}
+    needed = list(dict.fromkeys(name for names in decodings.values() for name in names))
     absent = [name for name in needed if name not in packages]
     if absent:
-        raise UserError(f"evaluate{' --streaming' if args.streaming else ''} decodes with {', '.join(needed)}; "
-                          f"absent: {', '.join(absent)} (convert them with --components, or name them with "
-                          "--component NAME=PATH)")
+        raise UserError(f"evaluate{' --streaming' if streaming else ''} decodes the {family.name} family's "
+                        f"{' and '.join(decodings)} with {', '.join(needed)}; absent: {', '.join(absent)} (convert "
+                        "them with --components, or name them with --component NAME=PATH)")
+    return decodings
+
+
+def run_evaluate(args) -> int:
+    strategy_names = strategy_list(args.strategy, args.streaming)
+    description, packages, source, report_dir = read_inputs(args)
+    decodings = _evaluated_decodings(description, packages, args.streaming)
     cache = ExportCache(args.cache_dir)
-    precision = description["coreml"]["compute_precision"]
     options = ExportOptions(max_audio_seconds=description["max_audio_seconds"])
     dims = Exporter(source, options, cache, progress=lambda message: None).dims  # cached: no model load
     if args.manifest is not None:
@@ -429,7 +448,25 @@ def run_evaluate(args) -> int:
     backend, units, load = _package_loader(args, description, packages)
     print_progress(f"loading {source.describe()} ...")
     model = as_exported(source.load(), description)
-    exports = {"export": {name: packages[name] for name in needed}}
+    passed = True
+    for decoding, needed in decodings.items():
+        if len(decodings) > 1:
+            print_progress(f"{decoding} decoding ({', '.join(needed)}):")
+        first = decoding == next(iter(decodings))
+        passed &= _evaluate_decoding(
+            args, description, source, report_dir, strategy_names, dims, cache, (manifest, utterances, bad),
+            (backend, units, load), model, decoding, {"export": {name: packages[name] for name in needed}},
+            block="evaluation" if first else f"evaluation_{decoding}")
+    return 0 if passed else 1
+
+
+def _evaluate_decoding(args, description, source, report_dir, strategy_names, dims, cache, data, loader, model,
+                       decoding: str, exports: dict, block: str) -> bool:
+    """One decoding's evaluation, written as ``block`` (its journal and plots named after it)."""
+    manifest, utterances, bad = data
+    backend, units, load = loader
+    precision = description["coreml"]["compute_precision"]
+    journal = JOURNAL if block == "evaluation" else JOURNAL.replace("evaluation", block)
     if args.streaming:
         paths, chunking = STREAMED, {"streaming": {**description["streaming"], "mode": STREAMING_MODE}}
         decoders = streaming_decoders_for(model, dims, packages_streaming_dims(model, description), exports, load)
@@ -438,49 +475,50 @@ def run_evaluate(args) -> int:
         strategy, *others = (STRATEGIES[name] for name in strategy_names)
         paths, chunking = WINDOWED, {"windows": strategy.describe(dims),
                                      **({"compared": {s.name: s.describe(dims) for s in others}} if others else {})}
-        decoders = decoders_for(model, dims, exports, load, strategy)
-        compared = {s.name: windowed_decoders_for(model, dims, exports, load, s) for s in others}
+        decoders = decoders_for(model, dims, exports, load, strategy, decoding)
+        compared = {s.name: windowed_decoders_for(model, dims, exports, load, s, decoding) for s in others}
     result = evaluate(utterances, decoders, token_text(model), dims,
                       normalizer=args.normalizer, max_wer_difference=args.max_wer_difference / 100,
-                      exact=["export"] if precision == "float32" else [], bad=bad, journal=report_dir / JOURNAL,
+                      exact=["export"] if precision == "float32" else [], bad=bad, journal=report_dir / journal,
                       resume=args.resume, report=print_progress, progress=progress_bar("evaluate", "utterance"),
                       settings={"packages": {name: package_identity(path) for name, path in exports["export"].items()},
                                 "backend": backend, "compute_units": units}, paths=paths,
                       strategy=strategy, compared=compared, timer=word_timer(model, dims),
                       paces=PaceBook(cache.root, {"model": source.key(), "backend": backend, "units": units,
                                                   "precision": precision, "streaming": args.streaming,
-                                                  "strategies": strategy_names}))
+                                                  "strategies": strategy_names,
+                                                  **({"decoding": decoding} if decoding == "ctc" else {})}))
     context = EvaluationContext.of(
         backend, units, precision, description=description, set=args.manifest or f"{len(utterances)} recording(s)",
         manifest=str(manifest) if manifest else None, normalizer=args.normalizer,
         max_wer_difference_points=args.max_wer_difference, versions=environment(backend, units, precision)["versions"],
-        audio=[str(p) for p in args.audio or []], **chunking)
-    block = result.block(context.block_context())
-    earlier = [f"{b} block" for b in earlier_blocks(report_dir, ["evaluation"])]
-    earlier += [f"{JOURNAL} ({result.replaced} records; --resume keeps them)"] if result.replaced else []
-    path, plots, skipped = write_evaluation(report_dir, description, block, result.records)
+        audio=[str(p) for p in args.audio or []], decoding=decoding, **chunking)
+    written = result.block(context.block_context())
+    earlier = [f"{b} block" for b in earlier_blocks(report_dir, [block])]
+    earlier += [f"{journal} ({result.replaced} records; --resume keeps them)"] if result.replaced else []
+    path, plots, skipped = write_evaluation(report_dir, description, written, result.records, block)
     for line in skipped:
         print_progress(f"plot not drawn: {line}")
-    wer = block["wer"]
+    wer = written["wer"]
     if wer:
         print_result("WER " + ", ".join(f"{label} {100 * wer[label]['wer']:.2f}%" for label in wer)
-                     + f" ({block['with_text']} utterances with text, {args.normalizer} normaliser)")
-    parts = block["decomposition_points"]
+                     + f" ({written['with_text']} utterances with text, {args.normalizer} normaliser)")
+    parts = written["decomposition_points"]
     if parts["model"] is not None:
         print_result(f"model {parts['model']:.2f} points, {paths.middle} {parts[paths.middle]:+.2f}, "
                      f"export {parts['export']['export']:+.2f}")
-    for name, summary in block.get("strategies", {}).items():
+    for name, summary in written.get("strategies", {}).items():
         near = summary.get("seam_losses", {}).get("export", {}).get("near_seams", {})
         print_result(f"strategy {name}: WER " + ", ".join(f"{label} {100 * t['wer']:.2f}%"
                                                           for label, t in summary["wer"].items())
                      + (f"; export errors near seams {100 * near['rate']:.1f}% of {near['words']} words"
                         if near.get("rate") is not None else ""))
-    for line in block["failures"]:
+    for line in written["failures"]:
         print_progress(f"FAILED {line}")
-    print_result(f"evaluation {block['status']}: {block['utterances']} utterance(s), {len(result.bad)} unreadable; "
-                 f"{JOURNAL} and the evaluation block in {path.parent}, {len(plots)} plots in "
-                 f"{path.parent / EVALUATION_DIR}" + replaced_note(earlier))
-    return 0 if block["status"] == "passed" else 1
+    print_result(f"evaluation ({decoding}) {written['status']}: {written['utterances']} utterance(s), "
+                 f"{len(result.bad)} unreadable; {journal} and the {block} block in {path.parent}, {len(plots)} plots "
+                 f"in {path.parent / evaluation_dir(block)}" + replaced_note(earlier))
+    return written["status"] == "passed"
 
 
 def chosen_variants(option: str, text: str | None, swept: list[str], default: tuple[str, ...] = ()) -> list[str]:

@@ -257,6 +257,12 @@ DECODE = tuple(name for name, c in COMPONENTS.items() if c.decode)
 CTC_DECODE = ("mel_encoder", "ctc_head")
 
 
+def decode_packages(decoding: str) -> tuple[str, ...]:
+    """The packages a decoding ("tdt", "rnnt", "ctc") drives (an RNN-T model's offline decoding
+    would need TDT's single-step joint)."""
+    return CTC_DECODE if decoding == "ctc" else DECODE
+
+
 # What each head a component may require is, in words.
 HEADS = {"transducer": "prediction network and joint (an RNN-T or TDT decoder)",
          "durations": "TDT joint (duration logits beside the token logits)", "ctc": "CTC head"}
@@ -280,7 +286,7 @@ class Family:
     def decode(self) -> tuple[str, ...]:
         """The packages this family's decodings drive, in table order: the TDT loop's (as far as
         the family has them), the CTC head's."""
-        used = {name for decoding in self.decodings for name in (CTC_DECODE if decoding == "ctc" else DECODE)}
+        used = {name for decoding in self.decodings for name in decode_packages(decoding)}
         return tuple(c.name for c in self.components() if c.name in used)
 
 

@@ -280,17 +280,27 @@ def model_config(preset: Preset, tokenizer_dir: str) -> dict:
         cfg["loss"] = {"loss_name": "default"}
         for key in ("tdt_durations", "num_tdt_durations"):
             cfg["model_defaults"].pop(key)
-    ctc_head = {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": preset.d_model,
-                "num_classes": -1, "vocabulary": []}
     if preset.decoder == "ctc":
         for key in ("joint", "loss", "pred_hidden", "joint_hidden"):
             cfg.pop(key, None)
             cfg["model_defaults"].pop(key, None)
-        cfg["decoder"], cfg["decoding"] = ctc_head, {"strategy": "greedy"}
+        cfg["decoder"], cfg["decoding"] = ctc_head_config(preset.d_model), {"strategy": "greedy"}
     elif preset.aux_ctc:
-        cfg["aux_ctc"] = {"ctc_loss_weight": 0.3, "use_cer": False, "ctc_reduction": "mean_batch",
-                          "decoder": ctc_head, "decoding": {"strategy": "greedy"}}
+        cfg["aux_ctc"] = aux_ctc_config(preset.d_model)
     return cache_aware_config(cfg, preset.att_context_sizes) if preset.att_context_sizes else cfg
+
+
+def ctc_head_config(d_model: int) -> dict:
+    """NeMo's CTC decoder: a kernel-1 convolution of the encoding to the vocabulary and the blank."""
+    return {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": d_model, "num_classes": -1,
+            "vocabulary": []}
+
+
+def aux_ctc_config(d_model: int, ctc_loss_weight: float = 0.3) -> dict:
+    """A hybrid model's CTC section: its head, decoding and the CTC loss's share of the training
+    loss (0.3 in NVIDIA's hybrid recipes)."""
+    return {"ctc_loss_weight": ctc_loss_weight, "use_cer": False, "ctc_reduction": "mean_batch",
+            "decoder": ctc_head_config(d_model), "decoding": {"strategy": "greedy"}}
 
 
 # The cache-aware (streaming) FastConformer of NVIDIA's streaming releases: chunked attention

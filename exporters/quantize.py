@@ -50,7 +50,7 @@ _LAYER = re.compile(r"(?:^|\.)(\d+)\.(self_attn|feed_forward[12]|conv)(?:\.|$)")
 _LAYER_PARTS = {"self_attn": "attention", "feed_forward1": "feed-forward", "feed_forward2": "feed-forward",
                 "conv": "convolution"}
 GROUP_NAME = re.compile(r"subsampling|layer \d{2} (?:attention|feed-forward|convolution)|decoder (?:LSTM|embedding)"
-                        r"|joint|other \(.+\)")
+                        r"|joint|CTC head|other \(.+\)")
 
 
 def group_of(component: str, origin: str) -> str:
@@ -60,21 +60,32 @@ def group_of(component: str, origin: str) -> str:
         return "decoder " + ("LSTM" if "lstm" in origin else "embedding")
     if component.startswith("joint"):
         return "joint"
+    if component == "ctc_head":
+        return "CTC head"
     if re.search(r"(?:^|\.)pre_encode(?:\.|$)", origin):
         return "subsampling"
     found = _LAYER.search(origin)
     return f"layer {int(found[1]):02d} {_LAYER_PARTS[found[2]]}" if found else f"other ({origin or 'no module'})"
 
 
-# which part of the NeMo model holds each component's weights, for the groups a model has
-_MODULE_OF = {"encoder": "encoder", "mel_encoder": "encoder", "decoder": "decoder", "joint": "joint",
-              "joint_decision": "joint", "joint_decision_single_step": "joint"}
+def _module_of(model, component: str) -> str | None:
+    """Which part of the NeMo model holds ``component``'s weights (None: the model has none): the
+    CTC head is a hybrid's ``ctc_decoder`` and a CTC model's ``decoder``."""
+    transducer = hasattr(model, "joint")
+    if component == "ctc_head":
+        return "ctc_decoder" if hasattr(model, "ctc_decoder") else None if transducer else "decoder"
+    if component in ("encoder", "mel_encoder"):
+        return "encoder"
+    if component == "decoder" or component.startswith("joint"):
+        return ("decoder" if component == "decoder" else "joint") if transducer else None
+    return None
 
 
 def model_weights(model, component: str, keep_lstm: bool = False) -> dict[str, tuple[int, ...]]:
     """Parameter name -> shape of every weight of ``component`` a variant may compress in
     ``model`` (a NeMo ASR model), read before anything is exported."""
-    module = getattr(model, _MODULE_OF.get(component, ""), None)
+    name = _module_of(model, component)
+    module = getattr(model, name, None) if name else None
     if module is None or is_front_end(component):
         return {}
     return {name: tuple(parameter.shape) for name, parameter in module.named_parameters()
@@ -638,7 +649,7 @@ def _parse_groups(component: str, declared: dict, target: str, keep_lstm: bool, 
         if not isinstance(group, str) or not GROUP_NAME.fullmatch(group):
             raise UserError(f"{where}: unknown group {group!r}; expected 'subsampling', 'layer NN attention', "
                             "'layer NN feed-forward', 'layer NN convolution', 'decoder embedding', 'decoder LSTM', "
-                            "'joint' or '*' (the sensitivity profile's names)")
+                            "'joint', 'CTC head' or '*' (the sensitivity profile's names)")
         if group == "decoder LSTM" and keep_lstm and group_steps:
             raise UserError(f"{where}: 'decoder LSTM' is kept as exported (keep_lstm); set keep_lstm = false to "
                             "compress it")
@@ -668,7 +679,8 @@ def check_against_model(variant: Variant, model) -> list[str]:
         grouped = [step for steps in variant.groups.get(component, {}).values() for step in steps]
         for found in {_channel_size(step) for step in (*variant.steps_for(component), *grouped)} - {None}:
             # keyed by the model's module: the encoder's weights once, not once per encoder
-            cut.setdefault(found, {}).update({(_MODULE_OF[component], name): shape for name, shape in model_weights(
+            module = _module_of(model, component)
+            cut.setdefault(found, {}).update({(module, name): shape for name, shape in model_weights(
                 model, component, variant.keep_lstm).items() if len(shape) > found[1]})
     notes = []
     for (size, axis, what), weights in cut.items():

@@ -8,13 +8,20 @@ from reports.metadata import update_metadata
 from reports.plots import EVALUATION_DIR, Caption, evaluation_plots, long_audio_plots
 
 
-def write_evaluation(directory: Path, description: dict, block: dict, records: list[dict]
+def evaluation_dir(name: str = "evaluation") -> Path:
+    """Where an evaluation block's plots go: a CTC decoding's beside the default decoding's."""
+    return EVALUATION_DIR if name == "evaluation" else EVALUATION_DIR.with_name(name.replace("_", "-"))
+
+
+def write_evaluation(directory: Path, description: dict, block: dict, records: list[dict], name: str = "evaluation"
                      ) -> tuple[Path, list[Path], list[str]]:
-    """The ``evaluation`` block into ``directory``/metadata.json, and the plots beside it."""
-    path = update_metadata(directory, description, evaluation=block)
+    """The evaluation block ``name`` (``evaluation``; ``evaluation_ctc``, a hybrid's CTC decoding
+    beside it) into ``directory``/metadata.json, and the plots beside it."""
+    path = update_metadata(directory, description, **{name: block})
+    decoding = f" · {block['decoding']} decoding" if "ctc" in description.get("family", "") else ""
     caption = Caption.of(description, f"{block['utterances']} utterances · backend {block.get('backend', '?')} · "
-                                      f"{block['normalizer']} normaliser")
-    plots, skipped = evaluation_plots(block, records, caption, Path(directory) / EVALUATION_DIR)
+                                      f"{block['normalizer']} normaliser{decoding}")
+    plots, skipped = evaluation_plots(block, records, caption, Path(directory) / evaluation_dir(name))
     return path, plots, skipped
 
 

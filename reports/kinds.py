@@ -125,6 +125,7 @@ class EvaluationContext(Measured):
     compared: dict | None = None
     streaming: dict | None = None
     audio: list = field(default_factory=list)  # recordings given one by one, without a manifest
+    decoding: str = "tdt"  # the transcripts' decoding: greedy "tdt" (the transducer's) or "ctc"
 
     def block_context(self) -> dict:
         """The fields the evaluation block records as they are (how the audio was cut or streamed,

@@ -42,8 +42,8 @@ def json_safe(value):
 
 ARRAYS_GLOB = "metadata_arrays.*.json"
 # what the checks add to convert's description: a new report folder starts without another run's
-REPORT_BLOCKS = ("validation", "latency", "evaluation", "long_audio", "streaming_validation", "neural_engine",
-                 "fp16_range", "arrays_file")
+REPORT_BLOCKS = ("validation", "latency", "evaluation", "evaluation_ctc", "long_audio", "streaming_validation",
+                 "neural_engine", "fp16_range", "arrays_file")
 # a list of more numbers than this is an array: it goes into the arrays file
 ARRAY_LENGTH = 32
 

@@ -22,7 +22,7 @@ def parity_context(requested_backend: str, backend: str, precision: str, compute
 
 # plot series name -> the check whose L2 per step it draws
 _L2_SERIES = {"encoder_l2": "encoder.encoder", "mel_encoder_l2": "mel_encoder.encoder",
-              "decoder_l2": "decoder.decoder", "joint_l2": "joint.logits"}
+              "decoder_l2": "decoder.decoder", "joint_l2": "joint.logits", "ctc_l2": "ctc_head.ctc_logits"}
 
 
 def plot_series(run: dict) -> dict:

@@ -183,26 +183,42 @@ def joint_topk(series: dict, caption: Caption, out_dir: Path, token_classes: int
                  out_dir / "joint_topk_l2.png")
 
 
-def decisions(series: dict, caption: Caption, out_dir: Path, blank: int) -> Path:
-    torch_tokens, exported_tokens = series["decision_token_torch"], series["decision_token_exported"]
+def _token_agreement(ax, torch_tokens, exported_tokens, blank: int, exported: str) -> None:
+    """Torch's token per frame, and the exported package's where it agrees and where it differs."""
     agree = torch_tokens == exported_tokens
     frames = np.arange(torch_tokens.size)
+    ax.axhline(blank, color="tab:purple", linewidth=0.8, linestyle=":", label=f"blank (id {blank})")
+    ax.scatter(frames, torch_tokens, s=28, facecolors="none", edgecolors="black", label="Torch")
+    ax.scatter(frames[agree], exported_tokens[agree], s=8, color="tab:green", label=f"{exported}, agrees")
+    ax.scatter(frames[~agree], exported_tokens[~agree], s=14, color="tab:red", marker="x", label=f"{exported}, differs")
+    ax.set_title(f"token agreement {agree.mean():.1%} ({int((~agree).sum())} of {agree.size} frames differ; "
+                 f"{int((torch_tokens == blank).sum())} of Torch's decisions are blank)", fontsize=9)
+    ax.set_ylabel("token id")
+    ax.set_xlabel("encoder frame")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+
+
+def decisions(series: dict, caption: Caption, out_dir: Path, blank: int) -> Path:
     plt, fig, (tokens, probs) = _figure(2)
-    tokens.axhline(blank, color="tab:purple", linewidth=0.8, linestyle=":", label=f"blank (id {blank})")
-    tokens.scatter(frames, torch_tokens, s=28, facecolors="none", edgecolors="black", label="Torch")
-    tokens.scatter(frames[agree], exported_tokens[agree], s=8, color="tab:green", label="joint_decision, agrees")
-    tokens.scatter(frames[~agree], exported_tokens[~agree], s=14, color="tab:red", marker="x",
-                   label="joint_decision, differs")
-    tokens.set_title(f"token agreement {agree.mean():.1%} ({int((~agree).sum())} of {agree.size} frames differ; "
-                     f"{int((torch_tokens == blank).sum())} of Torch's decisions are blank)", fontsize=9)
-    tokens.set_ylabel("token id")
-    tokens.set_xlabel("encoder frame")
-    tokens.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    _token_agreement(tokens, series["decision_token_torch"], series["decision_token_exported"], blank,
+                     "joint_decision")
     _torch_vs_exported(probs, series["decision_prob_torch"], {"joint_decision": series["decision_prob_exported"]},
                        "token probability", "encoder frame")
     probs.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return _save(plt, fig, caption, "Joint decision: token agreement and token probability",
                  out_dir / "joint_decision.png")
+
+
+def ctc_head(series: dict, caption: Caption, out_dir: Path, blank: int) -> Path:
+    """The CTC head's greedy decision per valid frame (the argmax of its logits), Torch's against
+    the package's, and the logits' L2 per frame."""
+    plt, fig, (tokens, top, bottom) = _figure(3)
+    _token_agreement(tokens, series["ctc_token_torch"], series["ctc_token_exported"], blank, "ctc_head")
+    exported = {"ctc_head": series["ctc_l2_exported"]}
+    _torch_vs_exported(top, series["ctc_l2_torch"], exported, "L2 of CTC logits", "encoder frame")
+    _delta(bottom, series["ctc_l2_torch"], exported, "encoder frame")
+    return _save(plt, fig, caption, "CTC head: greedy decision per frame and logit L2 per frame",
+                 out_dir / "ctc_head.png")
 
 
 def parity_plots(series: dict, caption: Caption, out_dir: Path, token_classes: int) -> list[Path]:
@@ -218,6 +234,8 @@ def parity_plots(series: dict, caption: Caption, out_dir: Path, token_classes: i
          lambda: joint_topk(series, caption, out_dir, token_classes)),
         (has("decision_token_torch", "decision_token_exported"),
          lambda: decisions(series, caption, out_dir, blank=token_classes - 1)),
+        (has("ctc_token_torch", "ctc_token_exported", "ctc_l2_torch"),
+         lambda: ctc_head(series, caption, out_dir, blank=token_classes - 1)),
     ):
         if ready:
             drawn.append(draw())

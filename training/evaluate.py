@@ -1,5 +1,5 @@
-"""How well the small model transcribes: NeMo's greedy TDT on the held-out set, its WER, and
-how confident its joint is; and the model card that records it.
+"""How well the small model transcribes: NeMo's greedy TDT (and greedy CTC, with a CTC head) on the
+held-out set, its WER, and how confident it is; and the model card that records it.
 
 ``python -m training.evaluate --nemo FILE.nemo --manifest training-work/test.json`` prints them
 for any checkpoint.
@@ -29,25 +29,33 @@ def read_manifest(manifest: Path) -> list[dict]:
     return [json.loads(line) for line in Path(manifest).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def nemo_transcripts(model, paths: list[str], batch_size: int = 16) -> list[str]:
-    """NeMo's own ``transcribe`` (greedy TDT from the model's decoding config)."""
-    hypotheses = model.transcribe(paths, batch_size=batch_size, verbose=False)
+def nemo_transcripts(model, paths: list[str], batch_size: int = 16, decoding: str = "tdt") -> list[str]:
+    """NeMo's own ``transcribe``: greedy TDT from the model's decoding config, or a hybrid's CTC
+    decoding with ``decoding`` "ctc"."""
+    if decoding == "ctc":
+        model.change_decoding_strategy(decoder_type="ctc", verbose=False)
+    try:
+        hypotheses = model.transcribe(paths, batch_size=batch_size, verbose=False)
+    finally:
+        if decoding == "ctc":
+            model.change_decoding_strategy(decoder_type="rnnt", verbose=False)
     if isinstance(hypotheses, tuple):  # (best, all beams) from some NeMo versions
         hypotheses = hypotheses[0]
     return [h.text if hasattr(h, "text") else str(h) for h in hypotheses]
 
 
-def evaluate(model, manifest: Path) -> dict:
-    """Test WER of NeMo's greedy TDT, and the median top-1 probability of the emitted tokens."""
+def evaluate(model, manifest: Path, decoding: str = "tdt") -> dict:
+    """Test WER of NeMo's greedy TDT (or a hybrid's greedy CTC), and the median top-1 probability
+    of the emitted tokens."""
     rows = read_manifest(manifest)
     references = [r["text"] for r in rows]
-    hypotheses = nemo_transcripts(model, [r["audio_filepath"] for r in rows])
+    hypotheses = nemo_transcripts(model, [r["audio_filepath"] for r in rows], decoding=decoding)
     dims = model_dims(model)
     clips = [fit_window(soundfile.read(r["audio_filepath"], dtype="float32")[0], dims, f"test_{i}", r["text"])
              for i, r in enumerate(rows)]
     return {
         "wer": word_error_rate(references, hypotheses),
-        "median_token_prob": median_token_probability(model, dims, clips),
+        "median_token_prob": median_token_probability(model, dims, clips, decoding),
         "utterances": len(rows),
         "words": sum(len(t.split()) for t in references),
         "examples": [{"reference": r, "hypothesis": h} for r, h in list(zip(references, hypotheses, strict=True))[:5]],
@@ -65,6 +73,15 @@ def evaluate_long_form(model, cache_dir: Path) -> dict:
             "audio_s": round(sum(r["seconds"] for r in result.records), 1)}
 
 
+def card_record(nemo: Path) -> dict | None:
+    """The record the model card beside ``nemo`` ends with (None without a card)."""
+    card = nemo.with_suffix(".md")
+    if not card.is_file():
+        return None
+    text = card.read_text(encoding="utf-8")
+    return json.loads(text[text.rindex("```json") + len("```json"):text.rindex("```")])
+
+
 def write_model_card(nemo: Path, architecture, record: dict) -> Path:
     """``<name>.md`` beside the checkpoint: what it is, the data, the training, the test numbers."""
     test = record["test"]
@@ -77,6 +94,11 @@ def write_model_card(nemo: Path, architecture, record: dict) -> Path:
         for i, s in enumerate(record["stages"], 1))
     joined_hours = record.get("joined_audio_hours", {}).get("train", 0)
     long_form = record.get("long_form")
+    ctc = record.get("test_ctc")
+    ctc_text = "" if ctc is None else (
+        f"\nNeMo greedy CTC on the CTC head: **WER {100 * ctc['wer']:.2f}%** over the same utterances. Median "
+        f"top-1 probability of the emitted tokens: **{ctc['median_token_prob']:.4f}**.\n")
+    head = "" if ctc is None else "; a CTC head (NeMo's ConvASRDecoder) beside the TDT decoder, over the same pieces"
     long_form_text = "" if long_form is None else (
         f"\n## Results on `builtin:long-form`\n{long_form['recordings']} recordings of 30 to 120 s "
         f"({long_form['audio_s']:g} s): the held-out sentences joined with 0.3-0.8 s pauses.\n\n"
@@ -91,13 +113,13 @@ model that has learned something. Not a speech recognizer for real use: it knows
 hundred words of a generated corpus spoken by espeak-ng.
 
 ## Architecture
-Parakeet-TDT v3's topology (NeMo `EncDecRNNTBPEModel`): 128 mel features, FastConformer
+Parakeet-TDT v3's topology (NeMo `{record.get('model_class', 'EncDecRNNTBPEModel')}`): 128 mel features, FastConformer
 encoder with 8x depthwise-striding subsampling ({architecture.subsampling_conv_channels} channels),
 {architecture.n_layers} layers, d_model {architecture.d_model}, {architecture.n_heads} heads, relative positions, \
 conv kernel {architecture.conv_kernel_size}; {architecture.pred_rnn_layers}-layer LSTM prediction network of \
 {architecture.pred_hidden};
 joint of {architecture.joint_hidden}; a SentencePiece BPE tokenizer of {architecture.vocab_size} pieces trained on the
-training text; TDT durations [0, 1, 2, 3, 4]. {record['parameters']:,} parameters.
+training text; TDT durations [0, 1, 2, 3, 4]{head}. {record['parameters']:,} parameters.
 
 ## Data
 Sentences generated from grammar patterns over a fixed English vocabulary (`validation/corpus.py`),
@@ -128,7 +150,7 @@ NeMo greedy TDT: **WER {100 * test['wer']:.2f}%** over {test['utterances']} utte
 | reference | NeMo greedy TDT |
 |---|---|
 {examples}
-{long_form_text}
+{ctc_text}{long_form_text}
 ```json
 {json.dumps(record, indent=2)}
 ```

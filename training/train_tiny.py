@@ -5,8 +5,10 @@ text, builds NeMo's ``EncDecRNNTBPEModel`` with Parakeet-TDT v3's topology at sm
 trains it with NeMo's own training step under Lightning (the TDT loss swapped for the
 vectorised one in :mod:`training.tdt_loss`, so it runs on a CPU) in two stages: single sentences,
 then recordings of 2 to 15 s joined from several sentences with pauses (so that a whole window
-transcribes, not only the few seconds of one sentence). Saves the ``.nemo`` and writes the model
-card with the held-out and long-form WERs. Runs on a GPU when one is present.
+transcribes, not only the few seconds of one sentence). A third stage puts a CTC head beside the
+TDT decoder (NeMo's hybrid TDT-CTC model and training step) and trains the head alone, everything
+else frozen, so the TDT model's outputs stay exactly what they were. Saves the ``.nemo`` and
+writes the model card with the held-out and long-form WERs. Runs on a GPU when one is present.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import numpy as np
 import soundfile
 import torch
 from lightning.pytorch.callbacks import Callback
-from nemo.collections.asr.models import EncDecRNNTBPEModel
+from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel, EncDecRNNTBPEModel
 from omegaconf import OmegaConf, open_dict
 
 from exporters.presets import (
     TDT_DURATIONS,
     TRAINED_PRESETS,
     Preset,
+    aux_ctc_config,
     cache_aware_config,
     model_config,
     save_tokenizer,
@@ -38,7 +41,7 @@ from exporters.presets import (
 )
 from exporters.sources import quiet_nemo
 from infra.compat import set_transducer_loss
-from training.evaluate import evaluate, evaluate_long_form, write_model_card
+from training.evaluate import card_record, evaluate, evaluate_long_form, write_model_card
 from training.tdt_loss import TDTLoss
 from validation.corpus import (
     JOINED_SECONDS,
@@ -70,6 +73,8 @@ JOINED_STEPS = 600  # stage 2
 JOINED_LR = 1e-3
 JOINED_COPIES = 2  # each training sentence appears in this many joined recordings
 STREAMING_NAME = "parakeet-tdt-tiny-streaming-trained"  # the cache-aware test model (--cache-aware)
+CTC_STEPS = 600  # stage 3: the CTC head alone, on the joined recordings
+CTC_LR = 1e-2
 
 
 def log(message: str) -> None:
@@ -209,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
                              "started from stage 1's weights; default --out: the streaming test model's file")
     parser.add_argument("--stage-1", type=Path, metavar="FILE.nemo",
                         help="start stage 2 from this stage-1 checkpoint instead of training stage 1")
+    parser.add_argument("--ctc-steps", type=int, default=CTC_STEPS,
+                        help="stage 3: steps training a CTC head beside the TDT decoder, the rest frozen (0: none; "
+                             "not with --cache-aware)")
+    parser.add_argument("--tdt", type=Path, metavar="FILE.nemo",
+                        help="run stage 3 only, on this TDT checkpoint of stages 1 and 2")
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = TRAINED_PRESETS[STREAMING_NAME if args.cache_aware else ARCHITECTURE.name]
@@ -216,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--cache-aware trains in stage 2: give --joined-steps above 0")
     if args.out.suffix != ".nemo":
         parser.error(f"--out {args.out}: expected a path ending in .nemo")
-    if args.stage_1 is not None and not args.stage_1.is_file():
-        parser.error(f"--stage-1 {args.stage_1}: no such file; expected a stage-1 .nemo checkpoint")
+    for option, path in (("--stage-1", args.stage_1), ("--tdt", args.tdt)):
+        if path is not None and not path.is_file():
+            parser.error(f"{option} {path}: no such file; expected a .nemo checkpoint")
+    if args.tdt is not None and (args.cache_aware or not args.ctc_steps):
+        parser.error("--tdt runs stage 3 (the CTC head): give --ctc-steps above 0, without --cache-aware")
 
     began = time.monotonic()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -232,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     synth_s = time.monotonic() - began
 
     stages = []
-    if args.stage_1 is None:
+    if args.tdt is not None:
+        log(f"stages 1 and 2 from {args.tdt}")
+        model = EncDecRNNTBPEModel.restore_from(str(args.tdt), map_location="cpu")
+        stages.append({"data": "stages 1 and 2", "from": args.tdt.name})
+    elif args.stage_1 is None:
         tokenizer_dir = work / "tokenizer"
         write_tokenizer([u.text for u in splits["train"]], ARCHITECTURE.vocab_size, tokenizer_dir)
         cfg = OmegaConf.create(training_config(tokenizer_dir, manifests, args.batch_size, args.max_steps))
@@ -248,21 +265,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.cache_aware:
         model = cache_aware(model, work)
     joined = {}
-    if args.joined_steps:
+    if args.joined_steps or args.ctc_steps and not args.cache_aware:
         joined_began = time.monotonic()
         joined = {split: join(manifests[split], work / f"{split}_joined", args.seed + 100 + i,
                               copies=JOINED_COPIES if split == "train" else 1)
                   for i, split in enumerate(("train", "dev"))}
         synth_s += time.monotonic() - joined_began
-        trainer = trainer_for(args.joined_steps, -(-sum(1 for _ in joined["train"].open()) // args.joined_batch_size))
-        with open_dict(model.cfg):
-            model.cfg.optim = optim_config(args.joined_steps, lr=JOINED_LR)
-        data = dataset_config({**joined, "train": bucketed(joined["train"], args.joined_batch_size, args.seed)},
-                              args.joined_batch_size, shuffle=False)
-        model.set_trainer(trainer)
-        model.setup_training_data(data["train_ds"])
-        model.setup_validation_data(data["validation_ds"])
-        stages.append(fit(model, trainer, "joined 2-15 s recordings", args.joined_steps, args.joined_batch_size))
+    if args.joined_steps and args.tdt is None:
+        stages.append(fit_on_joined(model, joined, args, args.joined_steps, JOINED_LR, "joined 2-15 s recordings"))
+    if args.ctc_steps and not args.cache_aware:
+        tdt_weights = {k: v.clone() for k, v in model.state_dict().items()}
+        model = with_ctc_head(model, work)
+        stages.append(fit_on_joined(model, joined, args, args.ctc_steps, CTC_LR,
+                                    "joined 2-15 s recordings: the CTC head alone", frozen=FROZEN_PARTS))
+        unchanged = all(torch.equal(v, model.state_dict()[k]) for k, v in tdt_weights.items())
+        if not unchanged:
+            raise AssertionError("stage 3 changed the TDT model's weights or statistics; it must train the CTC head "
+                                 "alone")
+        log("stage 3 left every TDT weight and statistic as it was")
 
     # No paths of this machine in the checkpoint (NeMo's transcribe still reads validation_ds).
     with open_dict(model.cfg):
@@ -278,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate(model, manifests["test"])
     log(f"test WER {100 * result['wer']:.2f}% on {result['utterances']} utterances, "
         f"median top-1 probability {result['median_token_prob']:.4f}")
+    ctc = None
+    if hasattr(model, "ctc_decoder"):
+        ctc = evaluate(model, manifests["test"], decoding="ctc")
+        log(f"CTC head: test WER {100 * ctc['wer']:.2f}%, median top-1 probability {ctc['median_token_prob']:.4f}")
     long_form = evaluate_long_form(model, work / "sets")
     log(f"long-form WER: NeMo on windows {100 * long_form['nemo_windowed']:.2f}%, "
         f"on whole recordings {100 * long_form['nemo_full']:.2f}%")
@@ -290,7 +314,16 @@ def main(argv: list[str] | None = None) -> int:
         "synthesis_s": round(synth_s),
         "total_s": round(time.monotonic() - began), "device": str(next(model.parameters()).device),
         "threads": torch.get_num_threads(), "test": result, "long_form": long_form,
+        **({"test_ctc": ctc} if ctc else {}), "model_class": type(model).__name__,
     }
+    earlier = card_record(args.tdt) if args.tdt is not None else None
+    if earlier:  # stage 3 on a shipped checkpoint: its card's stages, data and notes carry over
+        record = {**earlier, **{k: record[k] for k in ("parameters", "test", "test_ctc", "long_form", "model_class",
+                                                       "device", "threads")},
+                  "stages": earlier["stages"] + stages[1:], "total_s": earlier["total_s"] + record["total_s"],
+                  "notes": earlier.get("notes", []) + [
+                      f"Stage 3 ran here on the shipped TDT checkpoint (`--tdt {args.tdt.name}`), which is what "
+                      "`python -m training.train_tiny` does after its own stage 2; its time is added to the total."]}
     if args.cache_aware:
         record["notes"] = [
             f"**Cache-aware.** Stage 2 trains the cache-aware encoder of NVIDIA's streaming releases "
@@ -326,6 +359,57 @@ def cache_aware(model, work: Path) -> EncDecRNNTBPEModel:
     log(f"cache-aware from stage 1: {streaming.encoder.att_context_style} attention, context "
         f"{list(streaming.encoder.att_context_size)}, causal convolutions, un-normalised mel")
     return streaming
+
+
+# What stage 3 leaves as stage 2 made it: the front end, encoder, prediction network and joint.
+FROZEN_PARTS = ("preprocessor", "encoder", "decoder", "joint")
+
+
+def with_ctc_head(model, work: Path) -> EncDecHybridRNNTCTCBPEModel:
+    """``model``'s weights in NeMo's hybrid TDT-CTC model, a CTC head beside its TDT decoder (seeded
+    by NeMo's initialisation); the CTC loss alone trains (weight 1: the TDT loss, computed by the
+    hybrid's step as ever, weighs nothing)."""
+    cfg = OmegaConf.to_container(model.cfg, resolve=True)
+    tokenizer = work / "tokenizer_hybrid"  # the TDT model's, where the new model's setup reads it
+    save_tokenizer(model.tokenizer.tokenizer.serialized_model_proto(), tokenizer)
+    cfg["tokenizer"] = {"dir": str(tokenizer), "type": "bpe"}
+    cfg["aux_ctc"] = aux_ctc_config(int(cfg["model_defaults"]["enc_hidden"]), ctc_loss_weight=1.0)
+    hybrid = EncDecHybridRNNTCTCBPEModel(cfg=OmegaConf.create(cfg))
+    missing, unexpected = hybrid.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("ctc_decoder.") for key in missing):
+        raise AssertionError(f"the TDT weights do not fit the hybrid: missing {missing}, unexpected {unexpected}")
+    log(f"hybrid TDT-CTC from the TDT model: a CTC head of {hybrid.ctc_decoder.num_classes_with_blank} classes")
+    return hybrid
+
+
+class _Frozen(Callback):
+    """Keeps ``parts`` of the model in eval mode through training (Lightning sets train mode): no
+    dropout, and batch norms that neither use nor update batch statistics."""
+
+    def __init__(self, parts: tuple[str, ...]):
+        self.parts = parts
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        for part in self.parts:
+            getattr(module, part).eval()
+
+
+def fit_on_joined(model, joined: dict[str, Path], args, steps: int, lr: float, data: str,
+                  frozen: tuple[str, ...] = ()) -> dict:
+    """A stage on the joined 2-15 s recordings; ``frozen`` parts neither train nor leave eval mode."""
+    trainer = trainer_for(steps, -(-sum(1 for _ in joined["train"].open()) // args.joined_batch_size))
+    if frozen:
+        trainer.callbacks.append(_Frozen(frozen))
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.split(".")[0] not in frozen)
+    with open_dict(model.cfg):
+        model.cfg.optim = optim_config(steps, lr=lr)
+    datasets = dataset_config({**joined, "train": bucketed(joined["train"], args.joined_batch_size, args.seed)},
+                              args.joined_batch_size, shuffle=False)
+    model.set_trainer(trainer)
+    model.setup_training_data(datasets["train_ds"])
+    model.setup_validation_data(datasets["validation_ds"])
+    return fit(model, trainer, data, steps, args.joined_batch_size)
 
 
 def fit(model, trainer: pl.Trainer, data: str, steps: int, batch_size: int) -> dict:

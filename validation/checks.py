@@ -642,7 +642,8 @@ class _ClipChecks:
 
     def plotted(self) -> dict[str, np.ndarray]:
         """What the plots draw besides the L2 per step: the mel, the joint's logits on frame 0's
-        decoder state and the decisions, Torch's and (where they ran) the exported ones."""
+        decoder state and the decisions, the CTC head's decision per frame, Torch's and (where
+        they ran) the exported ones."""
         series = {}
         if self.ref.logits is not None:
             series.update(joint_logits_torch=self.ref.logits[0, :, 0],
@@ -653,6 +654,11 @@ class _ClipChecks:
             series["mel_exported"] = self.runs["preprocessor"].exported["mel"][0]
         if "joint" in self.runs:
             series["joint_logits_exported"] = self.runs["joint"].exported["logits"][0, :, 0]
+        valid = self.ref.length
+        if self.ref.ctc_logits is not None:  # the greedy CTC decision of every valid frame
+            series["ctc_token_torch"] = self.ref.ctc_logits[0, :valid].argmax(-1)
+            if "ctc_head" in self.runs:
+                series["ctc_token_exported"] = self.runs["ctc_head"].exported["ctc_logits"][0, :valid].argmax(-1)
         if "joint_decision" in self.runs:
             out = self.runs["joint_decision"].exported
             series.update(decision_token_exported=out["token_id"].ravel(),

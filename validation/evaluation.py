@@ -56,7 +56,9 @@ from validation.checks import CONFIDENT_MEDIAN_PROB
 from validation.corpus import check_manifest_argument
 from validation.full_context import linear_memory_attention
 from validation.greedy import (
+    greedy_ctc,
     greedy_tdt,
+    nemo_greedy_ctc,
     nemo_greedy_tdt,
     package_decide,
     package_decoder_step,
@@ -75,6 +77,7 @@ from validation.metrics import (
     text_normalizer,
     timing_differences,
     timing_summary,
+    top1_margin,
     word_errors,
     word_flips,
 )
@@ -475,6 +478,58 @@ def nemo_buffered_pipeline_decoder(model, dims: ModelDims) -> Transcribe:
         return Decoded(list(model.tokenizer.text_to_ids(out["text"])) if out["text"].strip() else [], [])
 
     decode.workdir = workdir  # kept as long as the decoder is
+    return decode
+
+
+def _ctc_window(logits: np.ndarray, length: int, dims: ModelDims, frames: tuple[int, int] | None,
+                with_margins: bool) -> Decoded:
+    """Greedy CTC on a window's raw logits [1, T, V+1]: all its valid frames, or ``frames`` of
+    them; each token's probability and, ``with_margins``, its frame's top-1/top-2 margin and every
+    frame's (a CTC decision is a frame)."""
+    first, last = (0, length) if frames is None else (frames[0], min(frames[1], length))
+    window, count = logits[:, first:max(first, last)], max(0, last - first)
+    t = greedy_ctc(window, count, dims.blank_id)
+    if not with_margins:
+        return Decoded(t.tokens, t.frames, t.token_probs)
+    margins = top1_margin(window[0, :count]).tolist()
+    return Decoded(t.tokens, t.frames, t.token_probs, [margins[f] for f in t.frames],
+                   decisions=list(enumerate(margins)))
+
+
+def nemo_full_ctc_decoder(model) -> Callable[[np.ndarray], Decoded]:
+    """NeMo's front end and encoder on the whole utterance, then NeMo's CTC decoding."""
+    front = wrapper("mel_encoder", model)
+
+    def decode(samples: np.ndarray) -> Decoded:
+        with linear_memory_attention(model.encoder):
+            encoder, length = run_torch(front, samples[None, :], np.array([samples.size], np.int32))
+        t = nemo_greedy_ctc(model, encoder, int(length[0]))
+        return Decoded(t.tokens, t.frames)
+
+    return decode
+
+
+def nemo_window_ctc_decoder(model, dims: ModelDims) -> Decode:
+    """NeMo's Torch front end, encoder and CTC head on one window, greedy CTC by the host's rules
+    (NeMo's, proven by the greedy-rule tests). CTC carries no state from window to window."""
+    front, head = wrapper("mel_encoder", model), wrapper("ctc_head", model)
+
+    def decode(window: np.ndarray, length: int, frames=None, state=None) -> Decoded:
+        encoder, encoded = run_torch(front, window[None, :], np.array([length], np.int32))
+        (logits,) = run_torch(head, encoder)
+        return _ctc_window(logits, int(encoded[0]), dims, frames, with_margins=True)
+
+    return decode
+
+
+def package_window_ctc_decoder(packages: dict, load, dims: ModelDims) -> Decode:
+    """The exported mel_encoder and CTC head on one window, greedy CTC on the host."""
+    def decode(window: np.ndarray, length: int, frames=None, state=None) -> Decoded:
+        out = load(packages["mel_encoder"]).predict({"audio_signal": window[None, :],
+                                                      "audio_length": np.array([length], np.int32)})
+        logits = load(packages["ctc_head"]).predict({"encoder_output": out["encoder"]})["ctc_logits"]
+        return _ctc_window(logits, int(out["encoder_length"][0]), dims, frames, with_margins=False)
+
     return decode
 
 
@@ -888,17 +943,22 @@ def evaluate(utterances: list[Utterance], decoders: dict, text, dims: ModelDims,
 
 
 def decoders_for(model, dims: ModelDims, exports: dict[str, dict], load,
-                 strategy: Strategy = STRATEGIES[DEFAULT_STRATEGY]) -> dict[str, Transcribe]:
+                 strategy: Strategy = STRATEGIES[DEFAULT_STRATEGY], decoding: str = "tdt") -> dict[str, Transcribe]:
     """The three paths: NeMo on whole utterances, NeMo on the windows, and each export (label ->
-    component -> package) on the windows, cut by ``strategy``."""
-    return {WINDOWED.model: nemo_full_decoder(model, dims),
-            **windowed_decoders_for(model, dims, exports, load, strategy)}
+    component -> package) on the windows, cut by ``strategy``; greedy TDT, or with ``decoding``
+    "ctc" greedy CTC on the CTC head."""
+    full = nemo_full_ctc_decoder(model) if decoding == "ctc" else nemo_full_decoder(model, dims)
+    return {WINDOWED.model: full, **windowed_decoders_for(model, dims, exports, load, strategy, decoding)}
 
 
-def windowed_decoders_for(model, dims: ModelDims, exports: dict[str, dict], load, strategy: Strategy
-                          ) -> dict[str, Transcribe]:
+def windowed_decoders_for(model, dims: ModelDims, exports: dict[str, dict], load, strategy: Strategy,
+                          decoding: str = "tdt") -> dict[str, Transcribe]:
     """NeMo on the windows and each export on the windows, cut by ``strategy`` (and for the
-    buffered strategy NeMo's own buffered pipeline beside them)."""
+    buffered strategy of a transducer NeMo's own buffered pipeline beside them)."""
+    if decoding == "ctc":
+        return {WINDOWED.reference: windowed(nemo_window_ctc_decoder(model, dims), dims, strategy),
+                **{label: windowed(package_window_ctc_decoder(packages, load, dims), dims, strategy)
+                   for label, packages in exports.items()}}
     return {WINDOWED.reference: windowed(nemo_window_decoder(model, dims), dims, strategy),
             **({NEMO_PIPELINE: nemo_buffered_pipeline_decoder(model, dims)} if strategy.buffered else {}),
             **{label: windowed(package_window_decoder(packages, load, dims), dims, strategy)

@@ -43,6 +43,7 @@ from validation.evaluation import (
     Utterance,
     decoders_for,
     evaluate,
+    nemo_window_ctc_decoder,
     nemo_window_decoder,
     read_manifest,
     read_utterance,
@@ -296,34 +297,37 @@ def open_data_set(text: str, cache: ExportCache, dims: ModelDims) -> tuple[Path,
     return path, utterances, bad
 
 
-def median_token_probability(model, dims: ModelDims, clips: list[Clip]) -> float:
-    """The median top-1 probability of the tokens NeMo's greedy path emits: the model is
-    confident (its decisions mean something) when it exceeds ``validation.checks``' bar."""
-    decode = nemo_window_decoder(model, dims)
+def median_token_probability(model, dims: ModelDims, clips: list[Clip], decoding: str = "tdt") -> float:
+    """The median top-1 probability of the tokens NeMo's greedy path (TDT, or ``decoding`` "ctc")
+    emits: the model is confident (its decisions mean something) when it exceeds
+    ``validation.checks``' bar."""
+    decode = nemo_window_ctc_decoder(model, dims) if decoding == "ctc" else nemo_window_decoder(model, dims)
     probs = [p for clip in clips for p in decode(clip.samples, clip.length).probs]
     return statistics.median(probs) if probs else 0.0
 
 
-def not_confident_reason(model, dims: ModelDims, clips: list[Clip]) -> tuple[float, str | None]:
+def not_confident_reason(model, dims: ModelDims, clips: list[Clip], decoding: str = "tdt"
+                         ) -> tuple[float, str | None]:
     """The median top-1 probability on ``clips``, and why a WER of this model would mean nothing
     (None when it is confident enough to mean something)."""
-    confidence = median_token_probability(model, dims, clips)
+    confidence = median_token_probability(model, dims, clips, decoding)
     if confidence > CONFIDENT_MEDIAN_PROB:
         return confidence, None
     return confidence, (f"the model is not confident (median top-1 probability {confidence:.3g} <= "
                         f"{CONFIDENT_MEDIAN_PROB}): a random-weight model's transcripts test nothing")
 
 
-def _confidence(model, dims: ModelDims, utterances: list[Utterance]) -> tuple[float, str | None]:
+def _confidence(model, dims: ModelDims, utterances: list[Utterance], decoding: str = "tdt"
+                ) -> tuple[float, str | None]:
     """How sure the model is of the set's first 20 utterances, and why that is too unsure."""
     clips = [fit_window(read_utterance(u, dims.sample_rate), dims, u.key, "") for u in utterances[:20]]
-    return not_confident_reason(model, dims, clips)
+    return not_confident_reason(model, dims, clips, decoding)
 
 
 def held_out_unusable(model, dims: ModelDims, cache: ExportCache, data_set: str = HELD_OUT_SET) -> str | None:
     """Why ``held_out_evaluation`` would skip this model on ``data_set`` (too unsure for its
     transcripts to mean anything), asked before the work that depends on it; None if it will not."""
-    return _confidence(model, dims, open_data_set(data_set, cache, dims)[1])[1]
+    return _confidence(model, dims, open_data_set(data_set, cache, dims)[1], dims.family.decodings[0])[1]
 
 
 @dataclass
@@ -351,8 +355,8 @@ def _remembered(decode, store: dict, samples: np.ndarray):
 
 def held_out_evaluation(model, dims: ModelDims, cache: ExportCache, exports: dict[str, dict], load,
                         progress=lambda items, total: items, report=lambda line: None, flips_against: str | None = None,
-                        data_set: str = HELD_OUT_SET, remembered: TranscriptMemo | None = None
-                        ) -> tuple[Evaluation | None, float, str | None]:
+                        data_set: str = HELD_OUT_SET, remembered: TranscriptMemo | None = None,
+                        decoding: str | None = None) -> tuple[Evaluation | None, float, str | None]:
     """The held-out set evaluated for each labelled set of decode packages (label -> component ->
     package), saying through ``report`` how much it decodes and, once it has a pace, how long the
     rest takes: fp32 exports must transcribe exactly like NeMo on the same windows, the rest within
@@ -363,16 +367,19 @@ def held_out_evaluation(model, dims: ModelDims, cache: ExportCache, exports: dic
     normalised as ``evaluate`` does by default. ``remembered`` (``transcript_memo``), kept by the
     caller across calls that change only the other exports: the decoders it holds a store for
     (NeMo's, the uncompressed export's) decode each utterance once, and the model's confidence is
-    measured once, not once per call."""
+    measured once, not once per call. ``decoding``: the transcripts' ("tdt" or "ctc"; by default
+    the model's first)."""
+    decoding = decoding or dims.family.decodings[0]
     _, utterances, bad = open_data_set(data_set, cache, dims)
     known = remembered.confidence if remembered is not None else None
-    confidence, reason = known or _confidence(model, dims, utterances)
+    confidence, reason = known or _confidence(model, dims, utterances, decoding)
     if remembered is not None:
         remembered.confidence = (confidence, reason)
     if reason:
         return None, confidence, reason
-    paces = PaceBook(cache.root, {"set": data_set, "dims": dims.as_dict(), "exports": sorted(exports)})
-    decoders = decoders_for(model, dims, exports, load)
+    paces = PaceBook(cache.root, {"set": data_set, "dims": dims.as_dict(), "exports": sorted(exports),
+                                  **({"decoding": decoding} if decoding == "ctc" else {})})
+    decoders = decoders_for(model, dims, exports, load, decoding=decoding)
     for label, store in (remembered.stores if remembered else {}).items():
         decoders[label] = partial(_remembered, decoders[label], store)
     result = evaluate(utterances, decoders, token_text(model), dims,

@@ -172,6 +172,34 @@ def contract_differences(name: str, interface: Interface, dims: ModelDims | Stre
     return problems
 
 
+def settle_by_interface(packages: dict[str, Path], interfaces: dict[str, Interface | None], dims: ModelDims
+                        ) -> list[str]:
+    """Rename in place a package whose name says one offline component but whose interface is
+    exactly another's that the set lacks (the 110M hybrid's release names its fused front end and
+    encoder ``Preprocessor.mlpackage``); one note per renamed package."""
+    notes = []
+    for name, interface in list(interfaces.items()):
+        if name not in COMPONENTS or interface is None or not contract_differences(name, interface, dims):
+            continue
+        fits = [other for other in COMPONENTS if other not in packages
+                and not contract_differences(other, interface, dims)]
+        if len(fits) == 1:
+            packages[fits[0]], interfaces[fits[0]] = packages.pop(name), interfaces.pop(name)
+            notes.append(f"{packages[fits[0]].name}: named like the {name} but has the {fits[0]}'s inputs and "
+                         f"outputs; checked as the {fits[0]}")
+    return notes
+
+
+def check_family(packages: dict[str, Path], dims: ModelDims, model: str) -> None:
+    """A package of a component the model's family has not (a CTC head for a TDT model) is refused."""
+    family = dims.family
+    foreign = [name for name in packages if name in COMPONENTS and not COMPONENTS[name].fits(dims)]
+    if foreign:
+        raise UserError(f"{', '.join(f'{n} ({packages[n].name})' for n in foreign)}: {model} is of the "
+                        f"{family.name} family ({family.summary}), which has no {', '.join(foreign)}; its "
+                        f"components: {', '.join(c.name for c in family.components())}")
+
+
 def check_contract(packages: dict[str, Path], dims: ModelDims, streaming: StreamingDims | None = None,
                    interfaces: dict[str, Interface | None] | None = None) -> dict[str, Interface | None]:
     """Every package's interface (read here unless given), or one ``UserError`` listing what

@@ -17,8 +17,8 @@ import numpy as np
 from exporters.components import (
     COMPONENTS,
     DECISION,
-    DECODE,
     ModelDims,
+    decode_packages,
     decoder_inputs,
     example_inputs,
     zero_state,
@@ -29,7 +29,7 @@ from infra.errors import UserError
 from runtimes.base import describe_backend, package_size
 from runtimes.coreml import compile_and_place, unavailable_reason
 from validation.audio import Clip
-from validation.evaluation import package_window_decoder
+from validation.evaluation import package_window_ctc_decoder, package_window_decoder
 from validation.metrics import quality, token_edit_distance
 from validation.timing import flags, load_average, summary, time_calls
 
@@ -120,14 +120,17 @@ class Reference:
 
 
 def transcribe(packages: dict, load, dims: ModelDims, clip: Clip) -> list[int]:
-    """The clip's tokens through the decode packages, as an app drives them."""
-    return package_window_decoder(packages, load, dims)(clip.samples, clip.length).tokens
+    """The clip's tokens through the packages of the model's first decoding (greedy TDT, or a CTC
+    model's greedy CTC), as an app drives them."""
+    decode = package_window_ctc_decoder if dims.family.decodings[0] == "ctc" else package_window_decoder
+    return decode(packages, load, dims)(clip.samples, clip.length).tokens
 
 
 def reference_of(base: dict, load, dims: ModelDims, clip: Clip) -> Reference:
     inputs = reference_inputs(base, load, dims, clip)
     outputs = {name: load(package).predict(inputs[name]) for name, package in base.items()}
-    tokens = transcribe(base, load, dims, clip) if all(n in base for n in DECODE) else None
+    needed = decode_packages(dims.family.decodings[0])
+    tokens = transcribe(base, load, dims, clip) if all(n in base for n in needed) else None
     return Reference(dict(base), inputs, outputs, tokens)
 
 

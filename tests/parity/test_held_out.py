@@ -1,8 +1,8 @@
 """The held-out synthetic test set, evaluated (``validation.evaluation``) for the exports: fp32
 transcripts identical to NeMo's on the same windows, fp16 and int8-per-channel WER within half a
-point of NeMo's, and the trained model as good as its model card says. Runs on a confident
-model (the default trained preset); on the random-weight presets it skips, saying why. The
-``held_out`` fixture is the root conftest's."""
+point of NeMo's, and the trained model as good as its model card says; for a hybrid the same of
+its CTC head's greedy CTC. Runs on a confident model (the default trained preset); on the
+random-weight presets it skips, saying why. The ``held_out`` fixtures are the root conftest's."""
 
 from __future__ import annotations
 
@@ -51,3 +51,18 @@ def test_fp32_export_transcribes_exactly_like_nemo(held_out):
 def test_export_wer_within_half_a_point_of_nemo(held_out, label):
     assert held_out.failure(label) is None, held_out.failure(label)
     assert abs(held_out.wer(label) - held_out.wer("nemo_windowed")) <= MAX_WER_DIFFERENCE_POINTS / 100
+
+
+def test_a_hybrids_ctc_head_has_learned(held_out_ctc):
+    assert held_out_ctc.wer("nemo_full") <= LEARNED_WER, (
+        f"NeMo's greedy CTC: WER {100 * held_out_ctc.wer('nemo_full'):.1f}% on the held-out set "
+        f"(at most {100 * LEARNED_WER:.0f}%)")
+
+
+def test_a_hybrids_fp32_ctc_export_transcribes_exactly_like_nemo(held_out_ctc):
+    assert held_out_ctc.failure("float32") is None, held_out_ctc.failure("float32")
+
+
+def test_a_hybrids_fp16_ctc_export_wer_within_half_a_point_of_nemo(held_out_ctc):
+    assert held_out_ctc.failure("float16") is None, held_out_ctc.failure("float16")
+    assert abs(held_out_ctc.wer("float16") - held_out_ctc.wer("nemo_windowed")) <= MAX_WER_DIFFERENCE_POINTS / 100

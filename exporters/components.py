@@ -277,7 +277,6 @@ class Family:
     summary: str
     heads: frozenset[str]
     decodings: tuple[str, ...]
-    examples: str  # released checkpoints of the family
 
     def components(self) -> list[Component]:
         return [c for c in COMPONENTS.values() if c.requires is None or c.requires in self.heads]
@@ -294,16 +293,15 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family("tdt", "TDT transducer: LSTM prediction network, joint with token and duration logits",
-               frozenset({"transducer", "durations"}), ("tdt",), "parakeet-tdt-0.6b-v2, parakeet-tdt-0.6b-v3"),
+               frozenset({"transducer", "durations"}), ("tdt",)),
         Family("rnnt", "RNN-T transducer: LSTM prediction network, joint with token logits",
-               frozenset({"transducer"}), ("rnnt",), "parakeet-rnnt-0.6b, the cache-aware streaming releases"),
+               frozenset({"transducer"}), ("rnnt",)),
         Family("ctc", "CTC: a linear head over the encoding, one token (or blank) per frame",
-               frozenset({"ctc"}), ("ctc",), "parakeet-ctc-0.6b, parakeet-ctc-1.1b"),
+               frozenset({"ctc"}), ("ctc",)),
         Family("tdt_ctc", "hybrid: a TDT transducer and a CTC head on one encoder",
-               frozenset({"transducer", "durations", "ctc"}), ("tdt", "ctc"),
-               "parakeet-tdt_ctc-110m, parakeet-tdt_ctc-0.6b-ja"),
+               frozenset({"transducer", "durations", "ctc"}), ("tdt", "ctc")),
         Family("rnnt_ctc", "hybrid: an RNN-T transducer and a CTC head on one encoder",
-               frozenset({"transducer", "ctc"}), ("rnnt", "ctc"), "stt_en_fastconformer_hybrid_large_pc"),
+               frozenset({"transducer", "ctc"}), ("rnnt", "ctc")),
     )
 }
 

@@ -284,7 +284,7 @@ def model_config(preset: Preset, tokenizer_dir: str) -> dict:
         for key in ("joint", "loss", "pred_hidden", "joint_hidden"):
             cfg.pop(key, None)
             cfg["model_defaults"].pop(key, None)
-        cfg["decoder"], cfg["decoding"] = ctc_head_config(preset.d_model), {"strategy": "greedy"}
+        cfg["decoder"], cfg["decoding"] = ctc_head_config(preset.d_model), {"strategy": "greedy_batch"}
     elif preset.aux_ctc:
         cfg["aux_ctc"] = aux_ctc_config(preset.d_model)
     return cache_aware_config(cfg, preset.att_context_sizes) if preset.att_context_sizes else cfg
@@ -300,7 +300,7 @@ def aux_ctc_config(d_model: int, ctc_loss_weight: float = 0.3) -> dict:
     """A hybrid model's CTC section: its head, decoding and the CTC loss's share of the training
     loss (0.3 in NVIDIA's hybrid recipes)."""
     return {"ctc_loss_weight": ctc_loss_weight, "use_cer": False, "ctc_reduction": "mean_batch",
-            "decoder": ctc_head_config(d_model), "decoding": {"strategy": "greedy"}}
+            "decoder": ctc_head_config(d_model), "decoding": {"strategy": "greedy_batch"}}
 
 
 # The cache-aware (streaming) FastConformer of NVIDIA's streaming releases: chunked attention

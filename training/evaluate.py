@@ -62,13 +62,14 @@ def evaluate(model, manifest: Path, decoding: str = "tdt") -> dict:
     }
 
 
-def evaluate_long_form(model, cache_dir: Path) -> dict:
+def evaluate_long_form(model, cache_dir: Path, decoding: str = "tdt") -> dict:
     """WER on ``builtin:long-form`` (held-out sentences joined into 30 to 120 s recordings) of NeMo
-    on whole recordings and of NeMo on the export's overlapping 15 s windows, merged."""
+    on whole recordings and of NeMo on the export's overlapping 15 s windows, merged; greedy TDT,
+    or a hybrid's greedy CTC with ``decoding`` "ctc"."""
     dims = model_dims(model)
     utterances, _ = read_set(long_form_manifest(ExportCache(cache_dir), dims))
-    result = evaluate_set(utterances, decoders_for(model, dims, {}, load=None), token_text(model), dims,
-                          normalizer="none")
+    result = evaluate_set(utterances, decoders_for(model, dims, {}, load=None, decoding=decoding), token_text(model),
+                          dims, normalizer="none")
     return {**{path: result.wer(path) for path in NEMO_PATHS}, "recordings": len(result.records),
             "audio_s": round(sum(r["seconds"] for r in result.records), 1)}
 
@@ -99,13 +100,20 @@ def write_model_card(nemo: Path, architecture, record: dict) -> Path:
         f"\nNeMo greedy CTC on the CTC head: **WER {100 * ctc['wer']:.2f}%** over the same utterances. Median "
         f"top-1 probability of the emitted tokens: **{ctc['median_token_prob']:.4f}**.\n")
     head = "" if ctc is None else "; a CTC head (NeMo's ConvASRDecoder) beside the TDT decoder, over the same pieces"
+    stage_3 = "" if ctc is None else (
+        " Stage 3 puts the CTC head beside the TDT decoder and trains the whole model on the same joined "
+        "recordings as NeMo's hybrid TDT-CTC model (`EncDecHybridRNNTCTCBPEModel`, its training step): the loss is "
+        "0.7 x TDT + 0.3 x CTC, the weight of NVIDIA's hybrid recipes; NeMo's CTC loss runs on the CPU as it is.")
     long_form_text = "" if long_form is None else (
         f"\n## Results on `builtin:long-form`\n{long_form['recordings']} recordings of 30 to 120 s "
         f"({long_form['audio_s']:g} s): the held-out sentences joined with 0.3-0.8 s pauses.\n\n"
         f"| path | WER |\n|---|---|\n"
         f"| NeMo on the export's 15 s windows, merged (`nemo_windowed`) | "
         f"**{100 * long_form['nemo_windowed']:.2f}%** |\n"
-        f"| NeMo on whole recordings (`nemo_full`) | {100 * long_form['nemo_full']:.2f}% |\n")
+        f"| NeMo on whole recordings (`nemo_full`) | {100 * long_form['nemo_full']:.2f}% |\n"
+        + ("" if "long_form_ctc" not in record else
+           f"| the CTC head, greedy CTC, on the windows | **{100 * record['long_form_ctc']['nemo_windowed']:.2f}%** |\n"
+           f"| the CTC head, greedy CTC, on whole recordings | {100 * record['long_form_ctc']['nemo_full']:.2f}% |\n"))
     card.write_text(f"""# {architecture.name}
 
 A small Parakeet-TDT model trained here so that decisions and transcripts can be tested on a
@@ -140,7 +148,7 @@ a CPU; AdamW with a cosine schedule in each stage. On `{record['device']}` with 
 Stage 2 joins the training sentences (each in {record.get('joined_copies')} recordings, with other neighbours)
 into recordings of 2 to 15 s: pauses of 0.2-1 s between sentences, one in five of 1-3 s, now and then up to 2 s
 of silence before the first, each sentence at a gain of 0 to -12 dB, the pauses
-filled with the room noise of the sentence after them ({joined_hours} h of training audio). Synthesis
+filled with the room noise of the sentence after them ({joined_hours} h of training audio).{stage_3} Synthesis
 and joining {record['synthesis_s']} s; {record['total_s']} s in all.
 {"".join(f"{chr(10)}{line}{chr(10)}" for line in record.get("notes", []))}
 ## Results on the held-out test set

@@ -169,6 +169,9 @@ def contract_differences(name: str, interface: Interface, dims: ModelDims | Stre
             problems.append(f"output {spec.name!r} is {dtype}, expected {spec.dtype}")
         if shape is not None and len(shape) != len(spec.shape):
             problems.append(f"output {spec.name!r} has rank {len(shape)}, expected {len(spec.shape)}")
+        elif shape is not None and spec.name == "ctc_logits" and shape[-1] != spec.shape[-1]:
+            problems.append(f"output 'ctc_logits' has {shape[-1]} classes, expected {spec.shape[-1]} (the model's "
+                            f"vocabulary of {spec.shape[-1] - 1} pieces and the blank)")
     return problems
 
 

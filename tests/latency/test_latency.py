@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exporters.components import COMPONENTS, DECODE, STREAMING_COMPONENTS, get_components
+from exporters.components import COMPONENTS, STREAMING_COMPONENTS, decode_packages, get_components
 from exporters.streaming import mel_chunks
 from runtimes.base import BackendUnavailable
 from runtimes.coreml import compile_and_place
@@ -153,14 +153,15 @@ def test_a_stress_set_through_three_long_audio_strategies(benchmark, name, torch
     the words in time): its time is recorded (the README's target: 2 minutes a set on a 2-core
     host)."""
     exporter = session_exporters[pytestconfig.option.compute_precision]
-    exports = {"export": {e.name: e.package for e in exporter.export_all(DECODE)}}
+    decoding = dims.family.decodings[0]
+    exports = {"export": {e.name: e.package for e in exporter.export_all(decode_packages(decoding))}}
     _, utterances, bad = open_data_set(f"builtin:{name}", export_cache, dims)
     primary, *others = (STRATEGIES[s] for s in (DEFAULT_STRATEGY, "quiet-start", "buffered"))
 
     def run():
-        return evaluate(utterances, decoders_for(torch_model, dims, exports, predictor, primary),
+        return evaluate(utterances, decoders_for(torch_model, dims, exports, predictor, primary, decoding),
                         token_text(torch_model), dims, strategy=primary,
-                        compared={s.name: windowed_decoders_for(torch_model, dims, exports, predictor, s)
+                        compared={s.name: windowed_decoders_for(torch_model, dims, exports, predictor, s, decoding)
                                   for s in others}, timer=word_timer(torch_model, dims))
 
     benchmark.group = "long audio: a stress set through three strategies"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporters.components import ExportOptions
+from exporters.components import ExportOptions, decode_packages
 from exporters.export import Exporter
 from exporters.sources import DEFAULT_PRESET, ModelSource
 from infra.cache import ExportCache
@@ -64,9 +64,11 @@ def evaluate_one(pytestconfig, session_exporters, torch_model, dims, predictor, 
     """``evaluate_one(utterance)``: its evaluation record (``validation.evaluation``), with this
     session's exports at ``--compute-precision`` as ``export``."""
     opt = pytestconfig.option
-    packages = {e.name: e.package for e in session_exporters[opt.compute_precision].export_all(dims.family.decode)}
+    decoding = dims.family.decodings[0]  # a hybrid's default: its TDT
+    packages = {e.name: e.package for e in session_exporters[opt.compute_precision].export_all(
+        decode_packages(decoding))}
     strategy = STRATEGIES[opt.strategy]
-    decoders = decoders_for(torch_model, dims, {"export": packages}, predictor, strategy)
+    decoders = decoders_for(torch_model, dims, {"export": packages}, predictor, strategy, decoding)
     text, timer = token_text(torch_model), word_timer(torch_model, dims)
 
     def run(utterance):
@@ -83,13 +85,14 @@ def evaluation_context(pytestconfig, session_exporters, backend, dims) -> dict:
     the controller has no fixtures of its own)."""
     opt = pytestconfig.option
     exporter = session_exporters[opt.compute_precision]
-    description = exporter.metadata(exporter.export_all(dims.family.decode))
+    decoding = dims.family.decodings[0]
+    description = exporter.metadata(exporter.export_all(decode_packages(decoding)))
     context = EvaluationContext.of(
         backend, opt.compute_units, opt.compute_precision, description=description,
         set=opt.manifest, manifest=opt.manifest, normalizer=opt.normalizer,
         max_wer_difference_points=opt.max_wer_difference,
         versions=environment(backend, opt.compute_units, opt.compute_precision)["versions"],
-        windows=STRATEGIES[opt.strategy].describe(dims))
+        windows=STRATEGIES[opt.strategy].describe(dims), decoding=decoding)
     send(pytestconfig, context)
     return context
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporters.components import DECODE
+from exporters.components import decode_packages
 from tests.parity.test_held_out import shipped_test_model
 from validation.evaluation import decoders_for, evaluate, token_text
 from validation.held_out import open_data_set
@@ -20,8 +20,9 @@ SHIPPED_WINDOWED_WER = 0.05  # the shipped test model's target on this set (its 
 def long_form(torch_model, dims, export_cache, session_exporters, predictor):
     _, utterances, bad = open_data_set("builtin:long-form", export_cache, dims)
     assert not bad and len(utterances) >= 5
-    packages = {e.name: e.package for e in session_exporters["float16"].export_all(DECODE)}
-    return evaluate(utterances, decoders_for(torch_model, dims, {"export": packages}, predictor),
+    decoding = dims.family.decodings[0]
+    packages = {e.name: e.package for e in session_exporters["float16"].export_all(decode_packages(decoding))}
+    return evaluate(utterances, decoders_for(torch_model, dims, {"export": packages}, predictor, decoding=decoding),
                     token_text(torch_model), dims)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from exporters.components import DECODE
+from exporters.components import decode_packages
 from reports.kinds import LongAudio
 from reports.plugin import send
 from tests.parity.test_held_out import shipped_test_model
@@ -36,7 +36,9 @@ def _rows(manifest) -> list[dict]:
 def long_audio(torch_model, dims, export_cache, session_exporters, predictor, backend, pytestconfig):
     """Each set evaluated by every strategy (the default gated), NeMo on whole recordings shared."""
     exporter = session_exporters["float32"]
-    packages = {e.name: e.package for e in exporter.export_all(DECODE)}
+    decoding = dims.family.decodings[0]
+    decode = decode_packages(decoding)
+    packages = {e.name: e.package for e in exporter.export_all(decode)}
     exports = {"export": packages}
     primary, *others = [STRATEGIES[DEFAULT_STRATEGY], *(s for n, s in STRATEGIES.items() if n != DEFAULT_STRATEGY)]
     results = {}
@@ -44,11 +46,12 @@ def long_audio(torch_model, dims, export_cache, session_exporters, predictor, ba
         _, utterances, bad = open_data_set(f"builtin:{name}", export_cache, dims)
         assert not bad, bad
         results[name] = evaluate(
-            utterances, decoders_for(torch_model, dims, exports, predictor, primary), token_text(torch_model), dims,
-            exact=["export"], strategy=primary,
-            compared={s.name: windowed_decoders_for(torch_model, dims, exports, predictor, s) for s in others},
+            utterances, decoders_for(torch_model, dims, exports, predictor, primary, decoding), token_text(torch_model),
+            dims, exact=["export"], strategy=primary,
+            compared={s.name: windowed_decoders_for(torch_model, dims, exports, predictor, s, decoding)
+                      for s in others},
             timer=word_timer(torch_model, dims))
-    send(pytestconfig, LongAudio(exporter.metadata(exporter.export_all(DECODE)),
+    send(pytestconfig, LongAudio(exporter.metadata(exporter.export_all(decode)),
                                  {name: {**r.block({"backend": backend, "compute_precision": "float32"}), "set": name}
                                   for name, r in results.items()}))
     return results

@@ -111,3 +111,33 @@ def test_evaluate_runs_every_decoding_of_a_hybrid():
     packages = dict.fromkeys(["mel_encoder", "decoder", "joint_decision_single_step", "ctc_head"])
     assert _evaluated_decodings({"family": "tdt_ctc"}, packages, streaming=False) == {
         "tdt": ["mel_encoder", "decoder", "joint_decision_single_step"], "ctc": ["mel_encoder", "ctc_head"]}
+
+
+def test_quantize_covers_a_ctc_model(export_cache, tmp_path, capsys):
+    """The CTC head is compressed like any component, and the end-to-end transcript is greedy CTC
+    on the variant's mel_encoder and CTC head."""
+    converted = tmp_path / "ctc"
+    assert main(["convert", "--preset", "tiny-ctc", "--output-dir", str(converted), "--cache-dir",
+                 str(export_cache.root)]) == 0
+    root = tmp_path / "quantized"
+    code = main(["quantize", "--input-dir", str(converted), "--output-root", str(root), "--cache-dir",
+                 str(export_cache.root), "--backend", "mil", "--runs", "0", "--variants", "int8_per_channel"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    variant = json.loads((root / "quantization_summary.json").read_text())["variants"]["int8_per_channel"]
+    assert set(variant["components"]) == {"encoder", "mel_encoder", "ctc_head"}
+    head = variant["components"]["ctc_head"]
+    assert head["size_bytes"] < head["base_size_bytes"] and head["outputs"]["ctc_logits"] > 0.9, head
+    assert variant["end_to_end"]["reference_tokens"] > 0, variant["end_to_end"]
+
+
+def test_a_ctc_head_of_another_vocabulary_is_refused_in_a_package_set(hybrid_packages, export_cache, tmp_path,
+                                                                      capsys):
+    """The tiny hybrid's CTC head (257 classes) given for a model of 129: the trained test model's
+    128 pieces and the blank."""
+    theirs = tmp_path / "theirs"
+    shutil.copytree(hybrid_packages[0]["ctc_head"], theirs / "CtcHead.mlpackage")
+    code = main(["compare", "--packages", str(theirs), "--preset", "parakeet-tdt-tiny-trained", "--report-dir",
+                 str(tmp_path / "report"), "--cache-dir", str(export_cache.root)])
+    assert code == 2 and not (tmp_path / "report").exists()
+    assert "output 'ctc_logits' has 257 classes, expected 129 (the model's vocabulary of 128 pieces and the blank)" \
+        in _last_line(capsys)

@@ -102,6 +102,9 @@ def _owner_gone(lock_path: Path) -> bool:
     return True
 
 
+RECHECKS, RECHECK_SECONDS = 3, 0.2  # a manifest that differs is hashed again this often before removal
+
+
 def _manifest(root: Path) -> dict:
     return {
         str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
@@ -144,6 +147,14 @@ class ExportCache:
         try:
             info = json.loads(info_path.read_text())
             intact = info[DIGEST] == _info_digest(info) and _manifest(path) == info["manifest"]
+            # coremltools rewrites a package's Manifest.json (the same bytes, not atomically) whenever
+            # it opens the package: a check that meets another process's rewrite half-way sees a
+            # damaged file for a moment, so a mismatch is looked at again before the entry goes
+            for _ in range(RECHECKS if not intact and info[DIGEST] == _info_digest(info) else 0):
+                time.sleep(RECHECK_SECONDS)
+                intact = _manifest(path) == info["manifest"]
+                if intact:
+                    break
         except (OSError, ValueError, KeyError):
             intact = False
         if not intact:

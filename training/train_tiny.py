@@ -367,6 +367,8 @@ def with_ctc_head(model, work: Path) -> EncDecHybridRNNTCTCBPEModel:
     save_tokenizer(model.tokenizer.tokenizer.serialized_model_proto(), tokenizer)
     cfg["tokenizer"] = {"dir": str(tokenizer), "type": "bpe"}
     cfg["aux_ctc"] = aux_ctc_config(int(cfg["model_defaults"]["enc_hidden"]), ctc_loss_weight=CTC_LOSS_WEIGHT)
+    # the class a restore builds (ASRModel.restore_from reads it), the TDT model's until here
+    cfg["target"] = f"{EncDecHybridRNNTCTCBPEModel.__module__}.{EncDecHybridRNNTCTCBPEModel.__name__}"
     hybrid = EncDecHybridRNNTCTCBPEModel(cfg=OmegaConf.create(cfg))
     missing, unexpected = hybrid.load_state_dict(model.state_dict(), strict=False)
     if unexpected or any(not key.startswith("ctc_decoder.") for key in missing):

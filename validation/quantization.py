@@ -36,16 +36,19 @@ from validation.timing import flags, load_average, summary, time_calls
 
 def reference_inputs(base: dict, load, dims: ModelDims, clip: Clip) -> dict[str, dict[str, np.ndarray]]:
     """Per component, the input both the base and the variant get: the clip, the base
-    preprocessor's mel, the base mel_encoder's encoder output with the base decoder's output for
-    the blank start (every frame; frame 0 for the single-step joint), a seeded decoder state."""
+    preprocessor's mel, the base mel_encoder's encoder output (the CTC head's input; the joints'
+    with the base decoder's output for the blank start, every frame, frame 0 for the single-step
+    joint), a seeded decoder state."""
     audio = clip.inputs()
     inputs = {"preprocessor": audio, "mel_encoder": audio}
     if "preprocessor" in base:
         mel = load(base["preprocessor"]).predict(audio)
         inputs["encoder"] = {"mel": mel["mel"], "mel_length": mel["mel_length"]}
     inputs["decoder"] = example_inputs(COMPONENTS["decoder"], dims)
-    if "mel_encoder" in base and "decoder" in base:
-        encoder = load(base["mel_encoder"]).predict(audio)["encoder"]
+    encoder = load(base["mel_encoder"]).predict(audio)["encoder"] if "mel_encoder" in base else None
+    if encoder is not None:
+        inputs["ctc_head"] = {"encoder_output": encoder}
+    if encoder is not None and "decoder" in base:
         zeros = zero_state(dims)
         decoded = load(base["decoder"]).predict(decoder_inputs(dims.blank_id, zeros, zeros))["decoder"]
         inputs["joint"] = inputs["joint_decision"] = {"encoder": encoder, "decoder": decoded}
@@ -53,7 +56,8 @@ def reference_inputs(base: dict, load, dims: ModelDims, clip: Clip) -> dict[str,
     unfed = [name for name in base if name not in inputs]
     if unfed:  # each is weighed on what the base packages before it make of the clip
         joints = ("joint", "joint_decision", "joint_decision_single_step")
-        fed_by = {"encoder": ("preprocessor",), **dict.fromkeys(joints, ("mel_encoder", "decoder"))}
+        fed_by = {"encoder": ("preprocessor",), "ctc_head": ("mel_encoder",),
+                  **dict.fromkeys(joints, ("mel_encoder", "decoder"))}
         lacking = sorted({need for name in unfed for need in fed_by[name] if need not in base})
         raise UserError(f"quantize weighs {', '.join(unfed)} on the outputs of {', '.join(lacking)}, which the "
                           "package set lacks; convert them too (--components)")

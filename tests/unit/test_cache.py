@@ -70,6 +70,24 @@ def test_damaged_entry_is_detected_and_rebuilt(tmp_path, damage):
     assert (rebuilt.path / "model.mlpackage" / "weights.bin").read_bytes() == b"weights"
 
 
+def test_an_entry_met_during_another_processs_rewrite_of_a_file_is_kept(tmp_path, monkeypatch):
+    """coremltools rewrites a package's Manifest.json (the same bytes) whenever it opens it: a
+    check that reads the file half-way through that rewrite must not take the entry for damaged."""
+    ExportCache(tmp_path).get_or_build("k", _build_writing(b"weights"))
+    real, reads = cache._manifest, []
+
+    def mid_rewrite_once(root):
+        reads.append(root)
+        found = real(root)
+        return {name: {**f, "sha256": "0" * 64} for name, f in found.items()} if len(reads) == 1 else found
+
+    monkeypatch.setattr(cache, "_manifest", mid_rewrite_once)
+    monkeypatch.setattr(cache, "RECHECK_SECONDS", 0.0)
+    entry = ExportCache(tmp_path).lookup("k")
+    assert entry is not None and (entry.path / "model.mlpackage" / "weights.bin").read_bytes() == b"weights"
+    assert len(reads) == 2
+
+
 def _slow_build_in_process(root: str, log: str, key: str = "k"):
     def build(tmp: Path) -> dict:
         with open(log, "a") as f:

@@ -12,7 +12,7 @@ from cli.commands import _evaluated_decodings
 from cli.main import main
 from exporters.components import COMPONENTS, ExportOptions
 from exporters.export import Exporter
-from exporters.sources import ModelSource
+from exporters.sources import HYBRID_PRESET, ModelSource
 from infra.errors import UserError
 from validation.packages import read_interface, settle_by_interface
 
@@ -48,9 +48,10 @@ def test_convert_refuses_a_component_the_family_lacks(export_cache, tmp_path, ca
 
 
 @pytest.fixture(scope="module")
-def hybrid_packages(having):
-    """The tiny hybrid's fp16 mel_encoder and CTC head, exported into the session's cache."""
-    exporter = having("ctc_head")["float16"]
+def hybrid_packages(export_cache):
+    """The tiny hybrid's fp16 mel_encoder and CTC head (257 classes), exported into the session's cache."""
+    exporter = Exporter(ModelSource.from_options(preset=HYBRID_PRESET), ExportOptions(), export_cache,
+                        progress=lambda message: None)
     return {name: exporter.export(COMPONENTS[name]).package for name in ("mel_encoder", "ctc_head")}, exporter.dims
 
 
@@ -124,7 +125,7 @@ def test_quantize_covers_a_ctc_model(export_cache, tmp_path, capsys):
                  str(export_cache.root), "--backend", "mil", "--runs", "0", "--variants", "int8_per_channel"])
     assert code == 0, capsys.readouterr().err[-2000:]
     variant = json.loads((root / "quantization_summary.json").read_text())["variants"]["int8_per_channel"]
-    assert set(variant["components"]) == {"encoder", "mel_encoder", "ctc_head"}
+    assert set(variant["components"]) == {"preprocessor", "encoder", "mel_encoder", "ctc_head"}
     head = variant["components"]["ctc_head"]
     assert head["size_bytes"] < head["base_size_bytes"] and head["outputs"]["ctc_logits"] > 0.9, head
     assert variant["end_to_end"]["reference_tokens"] > 0, variant["end_to_end"]

@@ -44,7 +44,7 @@ def test_nemo_round_trip_loads_the_same_weights(tiny_nemo, tiny_model):
 
 def assert_parakeet_topology(model):
     cfg = model.cfg
-    assert type(model).__name__ == "EncDecRNNTBPEModel"
+    assert type(model).__name__ in ("EncDecRNNTBPEModel", "EncDecHybridRNNTCTCBPEModel")
     assert (cfg.preprocessor.features, cfg.preprocessor.normalize) == (128, "per_feature")
     assert (cfg.encoder.subsampling, cfg.encoder.subsampling_factor) == ("dw_striding", 8)
     assert (cfg.encoder.self_attention_model, cfg.encoder.conv_kernel_size) == ("rel_pos", 9)
@@ -70,6 +70,8 @@ def test_trained_preset_is_its_shipped_checkpoint_loaded_like_nemo_path():
     assert path.stat().st_size <= 25e6, "the shipped checkpoint must stay under 25 MB"
     model = source.load()
     assert_parakeet_topology(model)
+    # a hybrid: restored as one (its config names the class), its CTC head beside the TDT decoder
+    assert (type(model).__name__, model_dims(model).family.name) == ("EncDecHybridRNNTCTCBPEModel", "tdt_ctc")
     assert path.with_suffix(".md").is_file(), "the trained checkpoint ships with its model card"
 
 

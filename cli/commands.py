@@ -409,9 +409,9 @@ def _compare_streaming(model, description: dict, packages: dict[str, Path], load
 
 
 def _evaluated_decodings(description: dict, packages: dict, streaming: bool) -> dict[str, list[str]]:
-    """Decoding -> the packages it drives: every decoding of the model's family (a hybrid's TDT and
-    CTC side by side), or streamed the transducer's over the streaming packages; one error naming
-    what is absent."""
+    """Decoding -> the packages it drives: every decoding of the model's family whose packages are
+    all there (a hybrid's TDT and CTC side by side; one left out says so), or streamed the
+    transducer's over the streaming packages; one error naming what is absent when none is whole."""
     family = FAMILIES[description.get("family", "tdt" if description.get("durations") else "rnnt")]
     if streaming:
         if description.get("streaming") is None:
@@ -421,13 +421,16 @@ def _evaluated_decodings(description: dict, packages: dict, streaming: bool) -> 
         decodings = {family.decodings[0]: ["encoder_streaming_first", later, "decoder", "joint_decision_single_step"]}
     else:  # (an RNN-T model's offline decoding would need TDT's single-step joint, which it has not)
         decodings = {d: list(decode_packages(d)) for d in family.decodings}
-    needed = list(dict.fromkeys(name for names in decodings.values() for name in names))
-    absent = [name for name in needed if name not in packages]
-    if absent:
+    absent = {d: [name for name in names if name not in packages] for d, names in decodings.items()}
+    if all(absent.values()):
         raise UserError(f"evaluate{' --streaming' if streaming else ''} decodes the {family.name} family's "
-                        f"{' and '.join(decodings)} with {', '.join(needed)}; absent: {', '.join(absent)} (convert "
-                        "them with --components, or name them with --component NAME=PATH)")
-    return decodings
+                        + " or ".join(f"{d} with {', '.join(names)}" for d, names in decodings.items())
+                        + f"; absent: {', '.join(dict.fromkeys(n for names in absent.values() for n in names))} "
+                        "(convert them with --components, or name them with --component NAME=PATH)")
+    for decoding, names in absent.items():
+        if names:
+            print_progress(f"the {decoding} decoding is not evaluated: {', '.join(names)} absent")
+    return {d: names for d, names in decodings.items() if not absent[d]}
 
 
 def run_evaluate(args) -> int:

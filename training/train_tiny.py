@@ -226,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--cache-aware trains in stage 2: give --joined-steps above 0")
     if args.out.suffix != ".nemo":
         parser.error(f"--out {args.out}: expected a path ending in .nemo")
-    for option, path in (("--stage-1", args.stage_1), ("--tdt", args.tdt)):
+    for option, path, what in (("--stage-1", args.stage_1, "a stage-1"), ("--tdt", args.tdt, "a TDT (stages 1 and 2)")):
         if path is not None and not path.is_file():
-            parser.error(f"{option} {path}: no such file; expected a .nemo checkpoint")
+            parser.error(f"{option} {path}: no such file; expected {what} .nemo checkpoint")
     if args.tdt is not None and (args.cache_aware or not args.ctc_steps):
         parser.error("--tdt runs stage 3 (the CTC head): give --ctc-steps above 0, without --cache-aware")
 

@@ -11,7 +11,9 @@ Every utterance is transcribed three ways:
    joint driven by the host's greedy TDT loop, window by window, merged.
 
 So the report takes the gap apart: the model (1 against the reference text), the windowing (2
-against 1) and the export's numerics (3 against 2).
+against 1) and the export's numerics (3 against 2). With ``decoding`` "ctc" (a CTC model, or a
+hybrid's second decoding) the same three paths decode greedy CTC: NeMo's CTC decoding on the whole
+utterance, and the CTC head (NeMo's module, then the exported package) on each window's encoding.
 
 Streamed (``--streaming``, a cache-aware model's streaming packages), the middle path and the
 export run chunk by chunk instead of window by window: ``nemo_streaming`` is NeMo's

@@ -175,7 +175,7 @@ def test_an_rnnt_model_is_refused_by_compare_up_front_saying_why(converted, faul
     rnnt = tmp_path / "rnnt"
     shutil.copytree(converted, rnnt)
     meta = read_metadata(rnnt)
-    meta["durations"] = []
+    meta["durations"], meta["family"], meta["decodings"] = [], "rnnt", ["rnnt"]  # what an RNNT model's records
     (rnnt / "metadata.json").write_text(json.dumps(meta))
     code = main(["compare", "--output-dir", str(rnnt), "--cache-dir", str(fault_cache)])
     last = _last_error(code, capsys.readouterr())

@@ -59,12 +59,13 @@ def test_compare_writes_validation_latency_and_plots(converted, export_cache, ca
     assert set(latency["fused"]) == {"mel_encoder", "joint_decision"}
     assert latency["end_to_end"]["greedy_tdt"]["rtf"]["backend"] > 0
     plots = sorted(p.name for p in (converted / "plots" / "compare-components").iterdir())
-    assert plots == ["decoder_steps.png", "encoder_l2.png", "joint_decision.png", "joint_topk_l2.png",
-                     "latency_fused_speedup.png", "latency_fused_vs_separate.png", "latency_speedup.png",
-                     "latency_summary.png", "mel_composite.png"]
-    assert "[6/6] speech_1s: 20 of 20 checks passed" in captured.err
+    # the trained test model is a hybrid: its CTC head's plot and checks beside the transducer's
+    assert plots == ["ctc_head.png", "decoder_steps.png", "encoder_l2.png", "joint_decision.png",
+                     "joint_topk_l2.png", "latency_fused_speedup.png", "latency_fused_vs_separate.png",
+                     "latency_speedup.png", "latency_summary.png", "mel_composite.png"]
+    assert "[6/6] speech_1s: 23 of 23 checks passed" in captured.err
     # parity first, then timing; the summary in short lines, parity's verdict first
-    assert captured.err.index("[6/6] speech_1s") < captured.err.index("timing 10 case(s)")
+    assert captured.err.index("[6/6] speech_1s") < captured.err.index("timing 11 case(s)")  # the CTC head too
     summary = captured.out.strip().splitlines()
     assert summary[0].startswith("parity passed on mil") and summary[1] == "  Neural Engine of A17, predicted:"
     assert [line.split(":")[0].strip() for line in summary[2:2 + len(meta["components"])]] == list(meta["components"])

@@ -98,9 +98,9 @@ def test_compare_checks_a_ctc_models_package_set(export_cache, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("family, present, message", [
-    ("tdt_ctc", ["mel_encoder", "decoder", "joint_decision_single_step"],
-     "evaluate decodes the tdt_ctc family's tdt and ctc with mel_encoder, decoder, joint_decision_single_step, "
-     "ctc_head; absent: ctc_head"),
+    ("tdt_ctc", ["mel_encoder"],
+     "evaluate decodes the tdt_ctc family's tdt with mel_encoder, decoder, joint_decision_single_step or ctc with "
+     "mel_encoder, ctc_head; absent: decoder, joint_decision_single_step, ctc_head"),
     ("ctc", ["mel_encoder"], "evaluate decodes the ctc family's ctc with mel_encoder, ctc_head; absent: ctc_head"),
 ])
 def test_evaluate_names_what_the_familys_decodings_lack(family, present, message):
@@ -108,10 +108,14 @@ def test_evaluate_names_what_the_familys_decodings_lack(family, present, message
         _evaluated_decodings({"family": family}, dict.fromkeys(present), streaming=False)
 
 
-def test_evaluate_runs_every_decoding_of_a_hybrid():
+def test_evaluate_runs_every_decoding_of_a_hybrid_whose_packages_are_there(capsys):
     packages = dict.fromkeys(["mel_encoder", "decoder", "joint_decision_single_step", "ctc_head"])
     assert _evaluated_decodings({"family": "tdt_ctc"}, packages, streaming=False) == {
         "tdt": ["mel_encoder", "decoder", "joint_decision_single_step"], "ctc": ["mel_encoder", "ctc_head"]}
+    del packages["ctc_head"]
+    assert _evaluated_decodings({"family": "tdt_ctc"}, packages, streaming=False) == {
+        "tdt": ["mel_encoder", "decoder", "joint_decision_single_step"]}
+    assert "the ctc decoding is not evaluated: ctc_head absent" in capsys.readouterr().err
 
 
 def test_quantize_covers_a_ctc_model(export_cache, tmp_path, capsys):

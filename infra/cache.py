@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -102,15 +103,36 @@ def _owner_gone(lock_path: Path) -> bool:
     return True
 
 
-RECHECKS, RECHECK_SECONDS = 3, 0.2  # a manifest that differs is hashed again this often before removal
+RECHECKS, RECHECK_SECONDS = 3, 0.2  # a check that met a vanishing file is made again this often
+# coremltools rewrites a package's Manifest.json whenever it opens the package: it writes
+# Manifest.<uuid> beside it and renames that over it. Such a file is another process's work in
+# flight, not part of the package.
+_MANIFEST_IN_FLIGHT = re.compile(r"Manifest\.[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+
+
+def _in_flight(p: Path) -> bool:
+    return p.parent.suffix == ".mlpackage" and _MANIFEST_IN_FLIGHT.fullmatch(p.name) is not None
 
 
 def _manifest(root: Path) -> dict:
     return {
         str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != ENTRY_FILE
+        if p.is_file() and p.name != ENTRY_FILE and not _in_flight(p)
     }
+
+
+def _matches(root: Path, manifest: dict) -> bool:
+    """Whether the files under ``root`` are ``manifest``'s. A file that vanishes while it is read
+    (another process's Manifest.<uuid> renamed into place) makes it look again."""
+    for attempt in range(RECHECKS + 1):
+        if attempt:
+            time.sleep(RECHECK_SECONDS)
+        try:
+            return _manifest(root) == manifest
+        except OSError:
+            pass
+    return False
 
 
 @dataclass(frozen=True)
@@ -146,15 +168,7 @@ class ExportCache:
             return None
         try:
             info = json.loads(info_path.read_text())
-            intact = info[DIGEST] == _info_digest(info) and _manifest(path) == info["manifest"]
-            # coremltools rewrites a package's Manifest.json (the same bytes, not atomically) whenever
-            # it opens the package: a check that meets another process's rewrite half-way sees a
-            # damaged file for a moment, so a mismatch is looked at again before the entry goes
-            for _ in range(RECHECKS if not intact and info[DIGEST] == _info_digest(info) else 0):
-                time.sleep(RECHECK_SECONDS)
-                intact = _manifest(path) == info["manifest"]
-                if intact:
-                    break
+            intact = info[DIGEST] == _info_digest(info) and _matches(path, info["manifest"])
         except (OSError, ValueError, KeyError):
             intact = False
         if not intact:

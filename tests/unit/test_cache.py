@@ -70,22 +70,40 @@ def test_damaged_entry_is_detected_and_rebuilt(tmp_path, damage):
     assert (rebuilt.path / "model.mlpackage" / "weights.bin").read_bytes() == b"weights"
 
 
-def test_an_entry_met_during_another_processs_rewrite_of_a_file_is_kept(tmp_path, monkeypatch):
-    """coremltools rewrites a package's Manifest.json (the same bytes) whenever it opens it: a
-    check that reads the file half-way through that rewrite must not take the entry for damaged."""
+def test_an_entry_met_while_coremltools_rewrites_a_manifest_is_kept(tmp_path):
+    """coremltools rewrites a package's Manifest.json whenever it opens it, through a temporary
+    ``Manifest.<uuid>`` beside it (seen with strace: openat, then rename): a check that meets that
+    file took the entry for damaged and removed it under another process that was reading it."""
+    entry = ExportCache(tmp_path).get_or_build("k", _build_writing(b"weights"))
+    (entry.path / "model.mlpackage" / "Manifest.4695a0fd-c3e8-4271-af1b-20251cd67090").write_text("{")
+    found = ExportCache(tmp_path).lookup("k")
+    assert found is not None and (found.path / "model.mlpackage" / "weights.bin").read_bytes() == b"weights"
+
+
+def test_an_entry_whose_file_vanishes_while_it_is_hashed_is_looked_at_again(tmp_path, monkeypatch):
+    """That temporary file is renamed away between the listing and the hashing: the check looks
+    again instead of removing the entry."""
     ExportCache(tmp_path).get_or_build("k", _build_writing(b"weights"))
-    real, reads = cache._manifest, []
+    real, reads = cache.sha256_file, []
 
-    def mid_rewrite_once(root):
-        reads.append(root)
-        found = real(root)
-        return {name: {**f, "sha256": "0" * 64} for name, f in found.items()} if len(reads) == 1 else found
+    def gone_once(path):
+        reads.append(path)
+        if len(reads) == 1:
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real(path)
 
-    monkeypatch.setattr(cache, "_manifest", mid_rewrite_once)
+    monkeypatch.setattr(cache, "sha256_file", gone_once)
     monkeypatch.setattr(cache, "RECHECK_SECONDS", 0.0)
     entry = ExportCache(tmp_path).lookup("k")
-    assert entry is not None and (entry.path / "model.mlpackage" / "weights.bin").read_bytes() == b"weights"
-    assert len(reads) == 2
+    assert entry is not None and len(reads) == 2
+
+
+def test_a_stray_file_named_like_a_manifest_elsewhere_is_damage(tmp_path):
+    """Only the package's own in-flight manifest is passed over: the same name deeper inside is a change."""
+    entry = ExportCache(tmp_path).get_or_build("k", _build_writing(b"weights"))
+    (entry.path / "model.mlpackage" / "Data").mkdir()
+    (entry.path / "model.mlpackage" / "Data" / "Manifest.4695a0fd-c3e8-4271-af1b-20251cd67090").write_text("{")
+    assert ExportCache(tmp_path).lookup("k") is None
 
 
 def _slow_build_in_process(root: str, log: str, key: str = "k"):

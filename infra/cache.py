@@ -114,6 +114,13 @@ def _in_flight(p: Path) -> bool:
     return p.parent.suffix == ".mlpackage" and _MANIFEST_IN_FLIGHT.fullmatch(p.name) is not None
 
 
+_ENTRY_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _is_entry_name(key: str) -> bool:
+    return _ENTRY_NAME.fullmatch(key) is not None and key not in (".", "..")
+
+
 def _manifest(root: Path) -> dict:
     return {
         str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
@@ -155,7 +162,10 @@ class ExportCache:
         return self.root / "entries" / key, self.root / "locks" / f"{key}.lock", self.root / "tmp"
 
     def lookup(self, key: str) -> Entry | None:
-        """The entry for ``key`` if present and intact; a damaged one is removed."""
+        """The entry for ``key`` if present and intact; a damaged one is removed. A key that is no
+        entry's name (one read from a package set's metadata.json: empty, or a path) finds nothing."""
+        if not _is_entry_name(key):
+            return None
         if key in self._verified:
             if self._verified[key].path.is_dir():
                 return self._verified[key]
@@ -183,6 +193,8 @@ class ExportCache:
         ``build`` writes its files into ``tmp_dir``; the directory becomes the entry only
         after ``build`` returns.
         """
+        if not _is_entry_name(key):
+            raise ValueError(f"cache key {key!r}: expected a name of letters, digits, '_', '.' and '-'")
         entry = self.lookup(key)
         if entry:
             return entry

@@ -106,6 +106,23 @@ def test_a_stray_file_named_like_a_manifest_elsewhere_is_damage(tmp_path):
     assert ExportCache(tmp_path).lookup("k") is None
 
 
+@pytest.mark.parametrize("key", ["", ".", "..", "../../elsewhere", "a/b"])
+def test_a_key_that_is_no_entry_name_finds_nothing_and_removes_nothing(tmp_path, key):
+    """A package set's metadata.json without a cache_key made compare look up "": the entries
+    folder itself, which lookup took for a damaged entry and removed with every export in it."""
+    ExportCache(tmp_path / "c").get_or_build("k", _build_writing(b"weights"))
+    (tmp_path / "elsewhere").mkdir()
+    assert ExportCache(tmp_path / "c").lookup(key) is None
+    assert (tmp_path / "elsewhere").is_dir()
+    assert ExportCache(tmp_path / "c").lookup("k") is not None
+
+
+def test_a_key_that_is_no_entry_name_is_not_built(tmp_path):
+    with pytest.raises(ValueError, match=r"cache key '\.\./x': expected a name"):
+        ExportCache(tmp_path / "c").get_or_build("../x", _build_writing(b"weights"))
+    assert not (tmp_path / "x").exists()
+
+
 def _slow_build_in_process(root: str, log: str, key: str = "k"):
     def build(tmp: Path) -> dict:
         with open(log, "a") as f:

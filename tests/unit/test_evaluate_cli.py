@@ -63,7 +63,7 @@ def test_bad_lines_are_reported_the_rest_evaluated_and_the_exit_is_non_zero(conv
     assert code == 1, captured.err
     assert "skipped set.jsonl:5: not JSON" in captured.err
     assert "FAILED 2 input(s) could not be evaluated" in captured.err and "set.jsonl:6:" in captured.err
-    assert "evaluation failed: 4 utterance(s), 2 unreadable" in captured.out
+    assert "evaluation (tdt) failed: 4 utterance(s), 2 unreadable" in captured.out
     records = [json.loads(line) for line in (report / JOURNAL).read_text().splitlines()]
     assert [r["key"] for r in records] == [f"set.jsonl:{i}" for i in range(1, 5)]
     block = read_metadata(report)["evaluation"]
@@ -129,7 +129,7 @@ def test_a_run_without_resume_says_it_replaced_the_journal_and_a_second_run_is_r
     assert replaced in captured.err
     # the summary line says it too: the earlier evaluation block and journal are gone
     summary = captured.out.strip().splitlines()[-1]
-    assert summary.startswith("evaluation passed") and summary.endswith(
+    assert summary.startswith("evaluation (tdt) passed") and summary.endswith(
         "; replaced the earlier evaluation block, evaluation.jsonl (2 records; --resume keeps them)")
     with FileLock(str(report / f".{JOURNAL}.lock")):  # another evaluate writing it
         assert _evaluate(converted, export_cache, "--manifest", str(manifest), "--report-dir", str(report),
@@ -297,7 +297,7 @@ def test_evaluate_shows_its_progress_bar_on_a_terminal(converted, export_cache, 
     shown = _on_a_pseudo_terminal([str(Path(sys.executable).parent / "parakeet-coreml"), "evaluate", "--output-dir",
                                    str(converted), "--cache-dir", str(export_cache.root), "--backend", "mil",
                                    "--manifest", str(manifest), "--report-dir", str(tmp_path / "report")])
-    assert "evaluation passed: 40 utterance(s)" in shown, shown[-2000:]
+    assert "evaluation (tdt) passed: 40 utterance(s)" in shown, shown[-2000:]
     bars = [line for line in shown.split("\r") if line.startswith("evaluate:") and "utterance/s]" in line
             or line.startswith("evaluate:") and "s/utterance]" in line]
     assert bars and "/40 [" in bars[-1], shown[-2000:]

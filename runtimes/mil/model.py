@@ -34,6 +34,7 @@ import numpy as np
 
 from infra.compat import deployment_target_name
 from runtimes.base import InputMismatch, InputSpec, PackageError, check_inputs, input_spec
+from runtimes.mil.allocator import keep_freed_memory
 from runtimes.mil.ops import KERNELS, Unsupported
 from runtimes.mil.ops.base import torch_module, torch_tensor
 from runtimes.mil.weights import load_mil_program
@@ -258,6 +259,7 @@ class MILModel:
     widen_at_load_bytes = 128 << 20  # fp16 weight bytes widened at load, smallest weights first
 
     def __init__(self, model, function_name: str | None = None):
+        keep_freed_memory()  # runtimes.mil.allocator: activations reused, not faulted in anew each call
         self._constants: dict[str, object] = {}
         try:
             program, description = load_program_and_description(model)

@@ -65,6 +65,18 @@ def torch_float32(array):
     return torch_tensor(array)
 
 
+# elements: from this size a float32 elementwise op runs on torch (vectorized, on every thread);
+# below it numpy's smaller cost per call wins
+TORCH_ELEMENTWISE = 1 << 16
+
+
+def on_torch(*operands) -> bool:
+    """Whether an elementwise op on these operands runs on torch: all float32 (arrays or
+    scalars, where numpy and torch promote alike) and one of them large."""
+    return all(isinstance(v, (np.ndarray, np.float32)) and v.dtype == np.float32 for v in operands) \
+        and max(v.size for v in operands) >= TORCH_ELEMENTWISE
+
+
 def matrix_product(a, b):
     """``a @ b``: floats on torch's kernels in fp32, anything else in numpy. One BLAS for the whole
     executor: numpy's BLAS threads and torch's, used in turn on a few cores, wait on each other

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from runtimes.mil.ops.base import Unsupported, kernel, torch_float32
+from runtimes.mil.ops.base import Unsupported, kernel, on_torch, torch_float32, torch_module, torch_tensor
 
 _BINARY = {
     "add": np.add, "sub": np.subtract, "mul": np.multiply, "real_div": np.true_divide,
@@ -14,8 +14,20 @@ _BINARY = {
     "greater": np.greater, "greater_equal": np.greater_equal,
     "logical_and": np.logical_and, "logical_or": np.logical_or, "logical_xor": np.logical_xor,
 }
+# the arithmetic whose every result is one IEEE rounding: torch's gives numpy's bits, faster
+# on large or broadcast operands (a mask times a (1, 32, 751, 64) activation: 0.27 -> 0.07 ms)
+_EXACT_ON_TORCH = {"add": "add", "sub": "sub", "mul": "mul", "real_div": "div"}
+
+
+def _binary(x, y, _fn, _on_torch):
+    if _on_torch is not None and on_torch(x, y):
+        return getattr(torch_module(), _on_torch)(torch_float32(x), torch_float32(y)).numpy()
+    return _fn(x, y)
+
+
 for _name, _fn in _BINARY.items():
-    kernel(_name)(lambda x, y, _fn=_fn: _fn(x, y))
+    _on = _EXACT_ON_TORCH.get(_name)
+    kernel(_name)(lambda x, y, _fn=_fn, _on_torch=_on: _binary(x, y, _fn, _on_torch))
 
 
 @kernel("floor_div")
@@ -30,13 +42,22 @@ _UNARY = {
     "ceil": np.ceil, "cos": np.cos, "cosh": np.cosh, "erf": special.erf, "exp": np.exp,
     "exp2": np.exp2, "floor": np.floor, "logical_not": np.logical_not, "round": np.round,
     "sign": np.sign, "sin": np.sin, "sinh": np.sinh, "sqrt": np.sqrt, "square": np.square,
-    "tan": np.tan, "tanh": np.tanh, "relu": lambda x: np.maximum(x, 0),
+    "tan": np.tan, "tanh": np.tanh,
     "relu6": lambda x: np.clip(x, 0, 6),
     "softsign": lambda x: x / (1 + np.abs(x)), "softplus": lambda x: np.logaddexp(x, 0),
     "identity": lambda x: x,
 }
 for _name, _fn in _UNARY.items():
     kernel(_name)(lambda x, _fn=_fn: _fn(x))
+
+
+@kernel("relu")
+def relu(x):
+    """max(x, 0); on torch for a large float32 x (0.43 -> 0.12 ms for 1.5 M values), where adding
+    zero turns its -0 into numpy's +0, so both paths give the same bits."""
+    if on_torch(x):
+        return torch_float32(x).relu().add_(0.0).numpy()
+    return np.maximum(x, 0)
 
 
 # the two hot activations of a conformer run on torch (vectorized, threaded); integers on scipy
@@ -145,6 +166,8 @@ def gelu(x, mode="EXACT"):
 
 @kernel("softmax")
 def softmax(x, axis=-1):
+    if on_torch(x):  # attention scores: torch's fused kernel (its exp differs from numpy's in the last fp32 bit)
+        return torch_float32(x).softmax(int(axis)).numpy()
     shifted = x - np.max(x, axis=int(axis), keepdims=True)
     e = np.exp(shifted)
     return e / np.sum(e, axis=int(axis), keepdims=True)
@@ -152,4 +175,7 @@ def softmax(x, axis=-1):
 
 @kernel("select")
 def select(cond, a, b):
+    if on_torch(a, b) and isinstance(cond, np.ndarray) and cond.dtype == np.bool_:
+        chosen = torch_tensor(np.ascontiguousarray(cond))
+        return torch_module().where(chosen, torch_float32(a), torch_float32(b)).numpy()
     return np.where(cond, a, b)

@@ -7,13 +7,40 @@ from scipy import special
 
 from runtimes.mil.ops.base import kernel, norm_axes, norm_axis
 
+# numpy sums a short last axis (under 8 values) in order from zero, one call per row: a
+# spectrogram's (..., 2) real and imaginary parts took 4 ms for 386,000 rows. Adding its slices
+# in the same order gives the same bits in one pass per value.
+_SHORT_ROW = 8
+
+
+def _sum(x, axis, keepdims):
+    """``np.sum``, bit for bit, without numpy's per-row cost on a short last axis."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f" or axis is None or len(axis) != 1 or axis[0] != x.ndim - 1 \
+            or not 0 < x.shape[-1] < _SHORT_ROW:
+        return np.sum(x, axis=axis, keepdims=keepdims)
+    total = np.zeros(x.shape[:-1], x.dtype)
+    for i in range(x.shape[-1]):
+        total += x[..., i]
+    return total[..., None] if keepdims else total
+
+
+def _mean(x, axis, keepdims):
+    """``np.mean``, which is the sum divided by the count (same bits)."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        return np.mean(x, axis=axis, keepdims=keepdims)
+    count = x.size if axis is None else int(np.prod([x.shape[a] for a in axis]))
+    return np.true_divide(_sum(x, axis, keepdims), x.dtype.type(count))
+
+
 _REDUCTIONS = {
-    "reduce_sum": np.sum, "reduce_mean": np.mean, "reduce_max": np.max, "reduce_min": np.min,
+    "reduce_sum": _sum, "reduce_mean": _mean, "reduce_max": np.max, "reduce_min": np.min,
     "reduce_prod": np.prod,
-    "reduce_l1_norm": lambda x, axis, keepdims: np.sum(np.abs(x), axis=axis, keepdims=keepdims),
-    "reduce_l2_norm": lambda x, axis, keepdims: np.sqrt(np.sum(x * x, axis=axis, keepdims=keepdims)),
-    "reduce_sum_square": lambda x, axis, keepdims: np.sum(x * x, axis=axis, keepdims=keepdims),
-    "reduce_log_sum": lambda x, axis, keepdims: np.log(np.sum(x, axis=axis, keepdims=keepdims)),
+    "reduce_l1_norm": lambda x, axis, keepdims: _sum(np.abs(x), axis, keepdims),
+    "reduce_l2_norm": lambda x, axis, keepdims: np.sqrt(_sum(x * x, axis, keepdims)),
+    "reduce_sum_square": lambda x, axis, keepdims: _sum(x * x, axis, keepdims),
+    "reduce_log_sum": lambda x, axis, keepdims: np.log(_sum(x, axis, keepdims)),
     "reduce_log_sum_exp": lambda x, axis, keepdims: special.logsumexp(x, axis=axis, keepdims=keepdims),
 }
 for _name, _fn in _REDUCTIONS.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtimes.mil.ops.base import Unsupported, kernel, norm_axes, norm_axis
+from runtimes.mil.ops.base import Unsupported, kernel, norm_axes, norm_axis, on_torch, torch_float32, torch_module
 
 
 @kernel("reshape")
@@ -136,6 +136,9 @@ def pad(x, pad, mode="constant", constant_val=0.0):
     pad = np.asarray(pad, int).reshape(-1, 2)
     widths = [(0, 0)] * (x.ndim - len(pad)) + [tuple(p) for p in pad]
     if mode == "constant":
+        if on_torch(x) and all(before >= 0 and after >= 0 for before, after in widths):  # a copy: the same bits
+            flat = [int(w) for before, after in reversed(widths) for w in (before, after)]
+            return torch_module().nn.functional.pad(torch_float32(x), flat, value=float(constant_val)).numpy()
         return np.pad(x, widths, constant_values=constant_val)
     if mode == "reflect":
         return np.pad(x, widths, mode="reflect")

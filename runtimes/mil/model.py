@@ -64,6 +64,11 @@ class _Step:
     outputs: list[str]
     dtypes: list[np.dtype | None]  # None: a list, dictionary or state, kept as it is
     blocks: list[_Block] = field(default_factory=list)
+    # bound once (``MILModel._bind``) rather than looked up at each call: the constant arguments
+    # as the kernel takes them, and the rest, (parameter, kind, name); a weight kept fp16 stays
+    # in ``live``, widened at each use
+    fixed: dict = field(default_factory=dict)
+    live: list = field(default_factory=list)
 
 
 @dataclass
@@ -196,10 +201,10 @@ class _Scratch:
     def round_to_half(self, values: np.ndarray) -> None:
         """Round a C-contiguous, writable fp32 array to the fp16 grid in place."""
         torch = torch_module()
-        flat = torch.from_numpy(values).reshape(-1)
-        half = self.buffer("half", flat.numel(), torch.float16)
-        half.copy_(flat)
-        flat.copy_(half)
+        half = torch.from_numpy(self.buffer("half", values.size, torch.float16).numpy().reshape(values.shape))
+        exact = torch.from_numpy(values)
+        half.copy_(exact)
+        exact.copy_(half)
 
 
 def _single(value):
@@ -278,6 +283,7 @@ class MILModel:
         if sum(size for size, _ in self._half_constants()) > self.widen_at_load_bytes:
             gc.collect()
         self._widen_small_constants()
+        self._bind(self.steps)
         self._declared = {name: dtype for step in self.steps
                           for name, dtype in zip(step.outputs, step.dtypes, strict=True)}
         self.variables = [name for step in self.steps for name in step.outputs]
@@ -359,6 +365,7 @@ class MILModel:
         step = _Step(outputs[0], op.op_type, fn, self._arguments(op, accepted), outputs, dtypes)
         if op.op_type.startswith("constexpr_"):
             # compile-time ops: decompress once, the result is an ordinary constant
+            self._bind([step])
             with np.errstate(all="ignore"):
                 values = self._run_step(step, {})
             for name, value in zip(step.outputs, values, strict=True):
@@ -390,6 +397,19 @@ class MILModel:
             budget -= size
             self._constants[name] = _single(self._constants[name])
 
+    def _bind(self, steps: list[_Step]) -> None:
+        """Each step's constant arguments resolved now, once (again when constants are replaced)."""
+        for step in steps:
+            step.fixed, step.live = {}, []
+            for param, (kind, ref) in step.args.items():
+                value = self._constants[ref] if kind == "const" else None
+                if kind == "const" and not (isinstance(value, np.ndarray) and value.dtype == _HALF):
+                    step.fixed[param] = value
+                else:
+                    step.live.append((param, kind, ref))
+            for block in step.blocks:
+                self._bind(block.steps)
+
     @property
     def nbytes(self) -> int:
         """Bytes of the weights held in memory (the fp16 weights not widened at load as fp16)."""
@@ -408,7 +428,9 @@ class MILModel:
         return [_widened(env[r]) if r in env else _widened(self._constants[r]) for r in ref]
 
     def _run_step(self, step: _Step, env) -> list:
-        args = {param: self._resolve(param, kind, ref, env) for param, (kind, ref) in step.args.items()}
+        args = dict(step.fixed)
+        for param, kind, ref in step.live:
+            args[param] = self._resolve(param, kind, ref, env)
         try:  # (under np.errstate(all="ignore"), set once per prediction: IEEE results, no warnings)
             result = self._run_blocks(step, args, env) if step.kernel is None else step.kernel(**args)
         except Unsupported as error:
@@ -480,10 +502,12 @@ class MILModel:
         measure what compressing them alone costs); restored on the way out."""
         saved = {name: self._constants[name] for name in values}
         self._constants.update(values)
+        self._bind(self.steps)
         try:
             yield self
         finally:
             self._constants.update(saved)
+            self._bind(self.steps)
 
     def make_state(self) -> MILState:
         """Fresh states (zeros) for a stateful program, to pass to ``predict`` call after call."""
@@ -599,10 +623,12 @@ def _collector_paused():
 
 def _aliases(array: np.ndarray, args: dict) -> bool:
     """Whether ``array`` may share memory with an argument of its op (a view of it, or the
-    argument itself), which rounding in place would change."""
+    argument itself), which rounding in place would change. An array that owns its memory can
+    only be an argument itself."""
+    owner = array.base is None
     for value in args.values():
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, np.ndarray) and np.may_share_memory(array, item):
+        for item in value if isinstance(value, list) else (value,):
+            if item is array or not owner and isinstance(item, np.ndarray) and np.may_share_memory(array, item):
                 return True
     return False
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from infra.compat import deployment_target_name
 from runtimes.base import InputMismatch, InputSpec, PackageError, check_inputs, input_spec
-from runtimes.mil.allocator import keep_freed_memory
+from runtimes.mil.allocator import heap_only, keep_freed_memory
 from runtimes.mil.ops import KERNELS, Unsupported
 from runtimes.mil.ops.base import torch_module, torch_tensor
 from runtimes.mil.weights import load_mil_program
@@ -515,14 +515,14 @@ class MILModel:
 
     def predict(self, inputs: Mapping[str, np.ndarray], intermediates: Iterable[str] | str = (),
                 state: MILState | None = None) -> dict:
-        with _collector_paused(), np.errstate(all="ignore"):
+        with _running():
             return self._predict(inputs, intermediates, state)
 
     def profile(self, inputs: Mapping[str, np.ndarray], state: MILState | None = None) -> dict[str, float]:
         """Seconds spent in each op type over one prediction, the costliest first: where the
         executor's time goes (the ops at the program's top level; a loop's body counts as its loop)."""
         spent: dict[str, float] = {}
-        with _collector_paused(), np.errstate(all="ignore"):
+        with _running():
             self._predict(inputs, (), state, spent)
         return dict(sorted(spent.items(), key=lambda item: -item[1]))
 
@@ -570,7 +570,7 @@ class MILModel:
         ops read, so a large program fits."""
         if self.state_specs:
             raise ValueError("a stateful program: its states would advance twice; shadow its stateless twin")
-        with _collector_paused(), np.errstate(all="ignore"):
+        with _running():
             declared = {name: _widened(value) for name, value in check_inputs(self.input_specs, inputs).items()}
             widened = dict(declared)
             for i, step in enumerate(self.steps):
@@ -604,6 +604,14 @@ class MILModel:
                         and not np.isfinite(value).all():
                     return f"{self._where(step.op_type, name)} is the first op with a non-finite output"
         return None
+
+
+@contextlib.contextmanager
+def _running():
+    """How a prediction runs: the collector paused, every block from the heap
+    (``runtimes.mil.allocator.heap_only``), IEEE results without warnings."""
+    with _collector_paused(), heap_only(), np.errstate(all="ignore"):
+        yield
 
 
 @contextlib.contextmanager

@@ -154,7 +154,7 @@ def _opset_name(target) -> str:
     return "iOS15" if target is None else deployment_target_name(target)
 
 
-_HALF, _SINGLE = np.dtype(np.float16), np.dtype(np.float32)
+_HALF, _SINGLE, _OBJECT = np.dtype(np.float16), np.dtype(np.float32), np.dtype(object)
 # An integer cast to a type too narrow for its value (coremltools' add_int16_cast pass narrows the
 # int32 inputs of gather, squeeze and topk in fp16 programs, so a length read from a flexible
 # input's shape goes through int16) is carried intact, as Core ML is reported to return it
@@ -178,7 +178,8 @@ class _Scratch:
     """Reusable buffers: fp16 <-> fp32 conversions without allocating (and page-faulting) anew."""
 
     def __init__(self):
-        self._buffers: dict[str, object] = {}  # torch tensors, by the parameter (or "half") they serve
+        self._buffers: dict[str, object] = {}  # torch tensors, by the parameter they serve
+        self._half = np.empty(0, np.float16)
 
     def buffer(self, key, size: int, dtype):
         torch = torch_module()
@@ -199,9 +200,13 @@ class _Scratch:
                    for buffer in self._buffers.values())
 
     def round_to_half(self, values: np.ndarray) -> None:
-        """Round a C-contiguous, writable fp32 array to the fp16 grid in place."""
+        """Round a C-contiguous, writable fp32 array to the fp16 grid in place (through an fp16
+        buffer held as a numpy array: slicing it costs less than slicing a torch tensor, and
+        this runs after most ops)."""
         torch = torch_module()
-        half = torch.from_numpy(self.buffer("half", values.size, torch.float16).numpy().reshape(values.shape))
+        if self._half.size < values.size:
+            self._half = np.empty(values.size, np.float16)
+        half = torch.from_numpy(self._half[:values.size].reshape(values.shape))
         exact = torch.from_numpy(values)
         half.copy_(exact)
         exact.copy_(half)
@@ -447,9 +452,15 @@ class MILModel:
         """A kernel's result as the type the program declares (fp16 as fp32 on the fp16 grid);
         lists, dictionaries, states and strings as they are. A result in a scratch buffer is
         copied out: the buffer is reused by the next op."""
-        if dtype is None or dtype == np.dtype(object):
+        if dtype is None or dtype == _OBJECT:
             return value
         array = np.asarray(value)
+        if dtype == _HALF and array.dtype == _SINGLE and self._rounding and op_type not in _EXACT_IN_HALF:
+            # most ops of an fp16 program: an fp32 result to round (checked first, it runs after each)
+            if not (array.flags.c_contiguous and array.flags.writeable) or _aliases(array, args):
+                array = np.array(array, dtype=np.float32, order="C")  # a fresh copy, to round in place
+            self._scratch.round_to_half(array)
+            return array
         if dtype in NARROW_INTEGERS and array.dtype.kind in "iu" and array.size and not (
                 np.iinfo(dtype).min <= array.min() and array.max() <= np.iinfo(dtype).max):
             return array.copy() if self._scratch.holds(array) else array  # intact (NARROW_INTEGERS)

@@ -68,13 +68,18 @@ def torch_float32(array):
 # elements: from this size a float32 elementwise op runs on torch (vectorized, on every thread);
 # below it numpy's smaller cost per call wins
 TORCH_ELEMENTWISE = 1 << 16
+_FLOAT32 = np.dtype(np.float32)
 
 
 def on_torch(*operands) -> bool:
     """Whether an elementwise op on these operands runs on torch: all float32 (arrays or
     scalars, where numpy and torch promote alike) and one of them large."""
-    return all(isinstance(v, (np.ndarray, np.float32)) and v.dtype == np.float32 for v in operands) \
-        and max(v.size for v in operands) >= TORCH_ELEMENTWISE
+    large = False
+    for v in operands:  # (a loop, not generators: this runs before every elementwise op)
+        if not isinstance(v, (np.ndarray, np.float32)) or v.dtype != _FLOAT32:
+            return False
+        large = large or v.size >= TORCH_ELEMENTWISE
+    return large
 
 
 def matrix_product(a, b):

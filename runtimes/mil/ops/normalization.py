@@ -26,7 +26,10 @@ def layer_norm(x, axes=None, gamma=None, beta=None, epsilon=1e-5):
         shape = x.shape[x.ndim - len(axes):]
 
         def full(v):
-            return None if v is None else torch_float32(np.ascontiguousarray(np.broadcast_to(v, shape)))
+            if v is None:
+                return None
+            v = np.asarray(v)  # a transformer's gamma and beta have the shape already: no copy
+            return torch_float32(v if v.shape == shape else np.ascontiguousarray(np.broadcast_to(v, shape)))
 
         return F.layer_norm(torch_float32(x), shape, full(gamma), full(beta), float(epsilon)).numpy()
     mean = np.mean(x, axis=axes, keepdims=True)

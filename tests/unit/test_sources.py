@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from exporters.presets import PRESETS, TDT_DURATIONS, TRAINED_PRESETS, build_model
-from exporters.sources import ModelSource, _hub_checkpoint, unexportable
+from exporters.sources import ModelSource, _hub_checkpoint, _initializers_skipped, _restore, unexportable
 from exporters.wrappers import model_dims
 from infra.errors import UserError
 
@@ -40,6 +40,44 @@ def test_nemo_round_trip_loads_the_same_weights(tiny_nemo, tiny_model):
         torch.testing.assert_close(theirs[name], ours[name], rtol=0, atol=0, msg=name)
     assert source.key() == hashlib.sha256(tiny_nemo.read_bytes()).hexdigest()
     assert restored.preprocessor.featurizer.dither == 0.0 and not restored.training
+
+
+def test_the_weights_are_read_out_of_the_archive_not_extracted(tiny_nemo, tiny_model, monkeypatch):
+    """torch.load gets the archive's member, a file object, not a path extracted to disk."""
+    loaded_from = []
+    real_load = torch.load
+
+    def load(source, *args, **kwargs):
+        loaded_from.append(source)
+        return real_load(source, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    restored = _restore(tiny_nemo)
+    assert len(loaded_from) == 1 and isinstance(loaded_from[0], io.IOBase), loaded_from
+    for name, value in tiny_model.state_dict().items():
+        torch.testing.assert_close(restored.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_a_compressed_nemo_restores_through_nemos_own_extraction(tiny_nemo, tiny_model, tmp_path):
+    packed = tmp_path / "tiny.nemo"
+    with tarfile.open(tiny_nemo, "r:") as plain, tarfile.open(packed, "w:gz") as compressed:
+        for member in plain.getmembers():
+            compressed.addfile(member, plain.extractfile(member) if member.isfile() else None)
+    restored = _restore(packed)
+    for name, value in tiny_model.state_dict().items():
+        torch.testing.assert_close(restored.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_initializers_skipped_while_restoring_only():
+    weight = torch.full((3, 3), 7.0)
+    with _initializers_skipped():
+        torch.nn.init.kaiming_uniform_(weight)
+        torch.nn.init.zeros_(weight)
+        assert torch.equal(weight, torch.full((3, 3), 7.0))
+    with pytest.raises(RuntimeError), _initializers_skipped():
+        raise RuntimeError("a restore that fails")
+    torch.nn.init.zeros_(weight)
+    assert torch.equal(weight, torch.zeros(3, 3))
 
 
 def assert_parakeet_topology(model):

@@ -121,6 +121,9 @@ class Component:
     fp32_scopes: tuple[str, ...] = ()
     requires: str | None = None  # the head a model needs for this component (``ModelDims.heads``); None: every model
     fuses: tuple[str, ...] = ()  # the components this one replaces, run one after the other
+    # exported as the converted programs of ``fuses`` chained (``exporters.compose``), not traced:
+    # its wrapper's attributes are named after them, so the op origins read as the traced ones'
+    chained: bool = False
     decode: bool = False  # one of the packages an app's greedy TDT loop drives
     # Core ML states (iOS 18 ``MLState``): read and written in place by every prediction; each is
     # compared, read back after the prediction, under its tolerance key as an output would be
@@ -220,7 +223,7 @@ COMPONENTS: dict[str, Component] = {
                   headline="encoder"),
         Component("mel_encoder", "waveform -> encoding (preprocessor and encoder fused)", _audio(),
                   _encoded("mel_encoder", fused=True), headline="encoder", fp32_scopes=("preprocessor",),
-                  fuses=("preprocessor", "encoder"), decode=True),
+                  fuses=("preprocessor", "encoder"), chained=True, decode=True),
         Component(
             "decoder", "one LSTM prediction-network step with explicit state",
             (_i32("targets", lambda d: (1, 1)), _i32("target_length", _one), _state("h_in"), _state("c_in")),

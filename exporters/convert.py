@@ -9,6 +9,7 @@ from coremltools.converters.mil.mil.scope import ScopeSource
 
 from exporters import torch_compat
 from exporters.components import Component, ExportOptions, ModelDims, example_inputs
+from exporters.compose import chain
 from exporters.wrappers import wrapper
 
 
@@ -57,14 +58,32 @@ def convert_component(model, component: Component, dims: ModelDims, options: Exp
         )
 
 
-def _input_shape(component: Component, spec, dims: ModelDims, options: ExportOptions):
-    """The contract's shape; with ``flexible_audio``, the preprocessor's waveform takes 1 to a
-    window of samples. The mel_encoder keeps the window: traced, its relative-position attention
+def flexible_audio(component: Component, options: ExportOptions) -> bool:
+    """Whether ``component``'s waveform takes 1 to a window of samples: the preprocessor's with
+    ``flexible_audio``. The mel_encoder keeps the window: traced, its relative-position attention
     keeps the window's length, and on shorter audio it departs from NeMo (compare measured
     PSNR 30 dB on 1 s of speech), so a flexible mel_encoder would be a wrong export."""
-    if options.flexible_audio and component.name == "preprocessor" and spec.name == "audio_signal":
+    return options.flexible_audio and component.name == "preprocessor"
+
+
+def _input_shape(component: Component, spec, dims: ModelDims, options: ExportOptions):
+    """The contract's shape, or the flexible waveform's (``flexible_audio``)."""
+    if flexible_audio(component, options) and spec.name == "audio_signal":
         return (1, ct.RangeDim(1, dims.max_audio_samples, default=dims.max_audio_samples))
     return spec.shape
+
+
+def convert_chained(programs, component: Component, options: ExportOptions):
+    """The converted programs of ``component.fuses`` chained into one package (``exporters.compose``):
+    their ops as converted, so no pass runs again; returns a ``ct.models.MLModel`` and the
+    renamed variables. Raises ``NotChainable`` where the programs cannot be chained."""
+    program, renamed = chain(programs, [f"{name}_" for name in component.fuses])
+    target = getattr(ct.target, component.deployment_target(options.minimum_deployment_target))
+    mlmodel = ct.convert(program, convert_to="mlprogram", pass_pipeline=ct.PassPipeline.EMPTY,
+                         # the parts' types as they are: no fp16 pass over the chained program
+                         compute_precision=ct.precision.FLOAT32, minimum_deployment_target=target,
+                         compute_units=getattr(ct.ComputeUnit, options.compute_units), skip_model_load=True)
+    return mlmodel, renamed
 
 
 def op_origins(program) -> dict[str, str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import coremltools as ct
 
 from exporters.components import (
+    COMPONENTS,
     HEADS,
     PORT_DESCRIPTIONS,
     STREAMING_COMPONENTS,
@@ -28,7 +29,8 @@ from exporters.components import (
     get_components,
     streaming_components,
 )
-from exporters.convert import convert_component, op_origins
+from exporters.compose import NotChainable, read_program
+from exporters.convert import convert_chained, convert_component, flexible_audio, op_origins
 from exporters.sources import ModelSource
 from exporters.streaming import STREAMING_MODE, chunk_sizes, describe_context, is_cache_aware, streaming_dims
 from exporters.wrappers import model_dims
@@ -205,7 +207,10 @@ class Exporter:
 
         return self.cache.get_or_build(key, build).path / VOCABULARY_FILE
 
-    def export(self, component: Component) -> ExportedComponent:
+    def export(self, component: Component, programs: dict | None = None) -> ExportedComponent:
+        """``component``'s package, from the cache or converted now. ``programs``: where a
+        conversion leaves its program (by component name), for a chained component of the same
+        run to take instead of reading the package back."""
         if not component.fits(self.dims):
             family = self.dims.family
             raise UserError(f"{component.name} needs a model with a {HEADS[component.requires]}; this model is "
@@ -222,14 +227,21 @@ class Exporter:
             model, dims = self.model, self.streaming_dims if streaming else self.dims
             if self.streaming_dims is not None:  # one loaded model serves every exporter of the process
                 streaming_dims(model, self.options.chunk_ms)
-            self.progress(f"  {component.name}: tracing and converting ...")
             t = time.perf_counter()
-            mlmodel = convert_component(model, component, dims, self.options)
+            chained = self._chained(component, programs) if component.chained else None
+            if chained is None:
+                self.progress(f"  {component.name}: tracing and converting ...")
+                mlmodel = convert_component(model, component, dims, self.options)
+                origins = op_origins(mil_program(mlmodel))
+            else:
+                mlmodel, origins = chained
             describe_package(mlmodel, component, self.source, self.model_key)
             package = f"{component.name}.mlpackage"
             mlmodel.save(str(tmp / package))
             fault_point("export")
-            (tmp / ORIGINS_FILE).write_text(json.dumps(op_origins(mil_program(mlmodel))))
+            (tmp / ORIGINS_FILE).write_text(json.dumps(origins))
+            if programs is not None:
+                programs[component.name] = mil_program(mlmodel)
             seconds = time.perf_counter() - t
             return {
                 "component": component.name,
@@ -246,15 +258,44 @@ class Exporter:
 
         return ExportedComponent(component.name, self.cache.get_or_build(key, build))
 
+    def _chained(self, component: Component, programs: dict | None):
+        """``component`` as its parts' converted programs chained (``convert_chained``), with op
+        origins read as the traced component's: (the package, its op origins), or None where the
+        parts cannot be chained (it is traced then). Each part comes from ``programs`` where this
+        run converted it, else from the cache (exported now if missing there); a part whose shape
+        the options make flexible comes from the fixed window's export."""
+        fixed = Exporter(self.source, dataclasses.replace(self.options, flexible_audio=False), self.cache,
+                         self.progress)
+        parts, loaded = [], programs if programs is not None else {}
+        for name in component.fuses:
+            part = COMPONENTS[name]
+            exporter = fixed if flexible_audio(part, self.options) else self
+            exported = exporter.export(part, loaded if exporter is self else None)
+            program = loaded.pop(name, None) if exporter is self else None
+            parts.append((name, exported, program if program is not None else read_program(exported.package)))
+        self.progress(f"  {component.name}: chaining the converted {' and '.join(component.fuses)} ...")
+        try:
+            mlmodel, renamed = convert_chained([program for _, _, program in parts], component, self.options)
+        except NotChainable as why:
+            self.progress(f"  {component.name}: cannot chain the converted parts ({why})")
+            return None
+        origins = {renamed.get(op, op): f"{name}.{origin}" if origin else name
+                   for name, exported, _ in parts for op, origin in exported.op_origins().items()}
+        return mlmodel, origins
+
     def export_all(self, names=None, steps=lambda items, total: items, cache_state: bool = False
                    ) -> list[ExportedComponent]:
         """Each component exported (or found in the cache), and the vocabulary; ``steps`` wraps the
-        iteration (a progress bar); without ``names``, ``default_components(cache_state)``."""
+        iteration (a progress bar); without ``names``, ``default_components(cache_state)``. A part
+        of a chained component converted in the same run hands it its program in memory."""
         components = get_components(names) if names else self.default_components(cache_state)
+        chained_later = {part for c in components if c.chained for part in c.fuses}
+        programs: dict = {}
         done = []
         for i, component in enumerate(steps(components, len(components)), 1):
             t = time.perf_counter()
-            exported = self.export(component)
+            exported = self.export(component, programs if component.name in chained_later or component.chained
+                                   else None)
             elapsed = time.perf_counter() - t
             size = f"{exported.size_bytes / 1e6:.1f} MB, {exported.info['compute_precision']}"
             if exported.entry.hit:
@@ -265,6 +306,8 @@ class Exporter:
                     f" ({elapsed:.1f} s with loading the model)" if elapsed - converted > 0.5 else "")
             self.progress(f"[{i}/{len(components)}] {component.name}: {line}")
             done.append(exported)
+            if component.chained:
+                programs.clear()  # (the parts' programs: the weights of a full-size encoder)
         self.vocabulary  # noqa: B018 (cached beside the packages: a later convert then needs no model)
         return done
 

@@ -57,7 +57,8 @@ def tool_versions() -> dict:
 
 # The modules whose code decides what an exported package contains (from the project's root).
 _EXPORT_CODE = tuple(f"exporters/{name}.py" for name in (
-    "components", "convert", "export", "presets", "sources", "torch_compat", "wrappers")) + ("infra/compat.py",)
+    "components", "compose", "convert", "export", "presets", "sources", "torch_compat", "wrappers")) + (
+    "infra/compat.py",)
 
 
 def exporter_code_digest() -> str:

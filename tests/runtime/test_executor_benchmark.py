@@ -20,6 +20,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -30,9 +31,11 @@ from runtimes.mil import MILModel
 from validation.neural_engine import predict_package
 from validation.timing import Partner, host_matmul_gflops, paired_speedup
 
-# rounds per side: five of the second-long encoders; the millisecond components take fifty, or
-# their paired interval spans noise (0.48x to 1.31x for the single step with five rounds)
-ROUNDS, SLOW_ROUNDS, WARMUP = 50, {"encoder": 5, "mel_encoder": 5}, 1
+# rounds per side: as many as fit the time budget of one pair of calls each, from five (the
+# full-size encoders, a second and more a call) to fifty (the millisecond components; with five
+# their paired interval spans noise: 0.48x to 1.31x for the single step, 1.06x to 2.38x for the
+# trained mel_encoder)
+MIN_ROUNDS, ROUNDS, PAIRS_BUDGET_S, WARMUP = 5, 50, 10.0, 1
 NAMES = ("encoder", "mel_encoder", "decoder", "joint", "joint_decision_single_step")
 PROFILED_OPS = 12  # op types listed in the profile, the costliest first
 SIDES = ("torch", "executor")
@@ -89,6 +92,15 @@ def calls(session_exporters, torch_model, dims):
     return of
 
 
+def _rounds(sides: dict) -> int:
+    """Rounds per side within ``PAIRS_BUDGET_S``, from one untimed pair of calls."""
+    start = time.perf_counter()
+    sides["torch"]()
+    sides["executor"]()
+    pair_s = time.perf_counter() - start
+    return max(MIN_ROUNDS, min(ROUNDS, int(PAIRS_BUDGET_S / pair_s)))
+
+
 def _weights_bytes(package) -> int:
     return sum(p.stat().st_size for p in package.rglob("weight.bin"))
 
@@ -101,7 +113,7 @@ def test_executor_against_torch(benchmark, calls, name, side, model_source):
     other = next(s for s in SIDES if s != side)
     partner = Partner(sides[other])
     benchmark.group = f"{name}: torch fp32 vs executor fp16"
-    rounds = SLOW_ROUNDS.get(name, ROUNDS)
+    rounds = _rounds(sides)
     benchmark.pedantic(sides[side], setup=partner, rounds=rounds, warmup_rounds=WARMUP, iterations=1)
     own_ms = [s * 1e3 for s in benchmark.stats.stats.data]
     pairs = list(zip(partner.rounds(WARMUP, rounds), own_ms, strict=True)) if side == "executor" else \

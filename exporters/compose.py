@@ -27,8 +27,9 @@ class NotChainable(Exception):
 def chain(programs: Sequence[Program], prefixes: Sequence[str]) -> tuple[Program, dict[str, str]]:
     """One program running ``programs``' main functions in turn, each later one's inputs fed by
     the earlier ones' outputs of the same names; its inputs are the first's, its outputs the
-    last's. An op whose output name an earlier program shares with a later one is renamed with
-    that program's prefix. Returns the program and the renames (old name -> new, per variable)."""
+    last's. An op or output name an earlier program shares with a later one (an op's or an
+    output's) is renamed with that program's prefix: coremltools' passes and compression configs
+    find ops by name. Returns the program and the renamed variables (old name -> new)."""
     functions = [program.functions["main"] for program in programs]
     first, last = functions[0], functions[-1]
     for function in functions:
@@ -47,7 +48,8 @@ def chain(programs: Sequence[Program], prefixes: Sequence[str]) -> tuple[Program
                 if missing:
                     raise NotChainable(f"no earlier program outputs {sorted(missing)}")
                 new_of.update({id(var): produced[name] for name, var in function.inputs.items()})
-            later = {var.name for f in functions[i + 1:] for op in f.operations for var in op.outputs}
+            later = {name for f in functions[i + 1:] for op in f.operations  # op names and output names
+                     for name in (op.name, *(var.name for var in op.outputs))}
             for op in function.operations:
                 _copy(op, new_of, lambda name, i=i, later=later: name if name not in later else f"{prefixes[i]}{name}",
                       renamed)

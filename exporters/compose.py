@@ -24,12 +24,12 @@ class NotChainable(Exception):
     """Programs this module cannot chain (the caller traces the fused component instead)."""
 
 
-def chain(programs: Sequence[Program], prefixes: Sequence[str]) -> tuple[Program, dict[str, str]]:
+def chain(programs: Sequence[Program], prefixes: Sequence[str]) -> tuple[Program, list[dict[str, str]]]:
     """One program running ``programs``' main functions in turn, each later one's inputs fed by
     the earlier ones' outputs of the same names; its inputs are the first's, its outputs the
     last's. An op or output name an earlier program shares with a later one (an op's or an
     output's) is renamed with that program's prefix: coremltools' passes and compression configs
-    find ops by name. Returns the program and the renamed variables (old name -> new)."""
+    find ops by name. Returns the program and, per program, its renamed variables (old name -> new)."""
     functions = [program.functions["main"] for program in programs]
     first, last = functions[0], functions[-1]
     for function in functions:
@@ -38,7 +38,7 @@ def chain(programs: Sequence[Program], prefixes: Sequence[str]) -> tuple[Program
         if any(not all(isinstance(d, int) for d in var.shape) for var in function.inputs.values()):
             raise NotChainable("an input of flexible shape")
     inputs = {name: mb.placeholder(shape=var.shape, dtype=var.dtype) for name, var in first.inputs.items()}
-    renamed: dict[str, str] = {}
+    renamed: list[dict[str, str]] = [{} for _ in functions]
     with Function(inputs, opset_version=last.opset_version) as chained:
         produced = {}  # output name -> the chained program's var, of the programs copied so far
         new_of = {id(var): chained.inputs[name] for name, var in first.inputs.items()}
@@ -52,7 +52,7 @@ def chain(programs: Sequence[Program], prefixes: Sequence[str]) -> tuple[Program
                      for name in (op.name, *(var.name for var in op.outputs))}
             for op in function.operations:
                 _copy(op, new_of, lambda name, i=i, later=later: name if name not in later else f"{prefixes[i]}{name}",
-                      renamed)
+                      renamed[i])
             produced = {var.name: new_of[id(var)] for var in function.outputs}
         chained.set_outputs([new_of[id(var)] for var in last.outputs])
     program = Program()

@@ -75,8 +75,8 @@ def _input_shape(component: Component, spec, dims: ModelDims, options: ExportOpt
 
 def convert_chained(programs, component: Component, options: ExportOptions):
     """The converted programs of ``component.fuses`` chained into one package (``exporters.compose``):
-    their ops as converted, so no pass runs again; returns a ``ct.models.MLModel`` and the
-    renamed variables. Raises ``NotChainable`` where the programs cannot be chained."""
+    their ops as converted, so no pass runs again; returns a ``ct.models.MLModel`` and each
+    part's renamed variables. Raises ``NotChainable`` where the programs cannot be chained."""
     program, renamed = chain(programs, [f"{name}_" for name in component.fuses])
     target = getattr(ct.target, component.deployment_target(options.minimum_deployment_target))
     mlmodel = ct.convert(program, convert_to="mlprogram", pass_pipeline=ct.PassPipeline.EMPTY,

@@ -279,8 +279,9 @@ class Exporter:
         except NotChainable as why:
             self.progress(f"  {component.name}: cannot chain the converted parts ({why})")
             return None
-        origins = {renamed.get(op, op): f"{name}.{origin}" if origin else name
-                   for name, exported, _ in parts for op, origin in exported.op_origins().items()}
+        origins = {names.get(op, op): f"{name}.{origin}" if origin else name
+                   for (name, exported, _), names in zip(parts, renamed, strict=True)
+                   for op, origin in exported.op_origins().items()}
         return mlmodel, origins
 
     def export_all(self, names=None, steps=lambda items, total: items, cache_state: bool = False

@@ -11,13 +11,9 @@ mel_encoder on the executor).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-import coremltools as ct
 from coremltools.converters.mil.mil import Builder as mb
 from coremltools.converters.mil.mil import Function, Program
-
-from runtimes.mil.weights import load_mil_program
 
 
 class NotChainable(Exception):
@@ -58,12 +54,6 @@ def chain(programs: Sequence[Program], prefixes: Sequence[str]) -> tuple[Program
     program = Program()
     program.add_function("main", chained)
     return program, renamed
-
-
-def read_program(package: Path) -> Program:
-    """The program of a package on disk, its weights read blob by blob."""
-    mlmodel = ct.models.MLModel(str(package), skip_model_load=True)
-    return load_mil_program(mlmodel.get_spec(), mlmodel.weights_dir)
 
 
 def _copy(op, new_of: dict, name_of, renamed: dict[str, str]) -> None:

@@ -29,7 +29,7 @@ from exporters.components import (
     get_components,
     streaming_components,
 )
-from exporters.compose import NotChainable, read_program
+from exporters.compose import NotChainable
 from exporters.convert import convert_chained, convert_component, flexible_audio, op_origins
 from exporters.sources import ModelSource
 from exporters.streaming import STREAMING_MODE, chunk_sizes, describe_context, is_cache_aware, streaming_dims
@@ -41,6 +41,7 @@ from infra.errors import UserError
 from infra.faults import fault_point
 from infra.publish import copy_package
 from runtimes.base import package_size, program_precision
+from runtimes.mil.model import load_program
 
 ORIGINS_FILE = "op_origins.json"
 VOCABULARY_FILE = "parakeet_vocab.json"  # beside the packages, as the public release ships it
@@ -272,7 +273,7 @@ class Exporter:
             exporter = fixed if flexible_audio(part, self.options) else self
             exported = exporter.export(part, loaded if exporter is self else None)
             program = loaded.pop(name, None) if exporter is self else None
-            parts.append((name, exported, program if program is not None else read_program(exported.package)))
+            parts.append((name, exported, program if program is not None else load_program(exported.package)))
         self.progress(f"  {component.name}: chaining the converted {' and '.join(component.fuses)} ...")
         try:
             mlmodel, renamed = convert_chained([program for _, _, program in parts], component, self.options)

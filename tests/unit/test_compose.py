@@ -72,7 +72,7 @@ def test_a_fresh_run_chains_the_parts_it_converted_without_reading_them_back(mod
     def read_back(package):
         raise AssertionError(f"read {package} back")
 
-    monkeypatch.setattr(exporters.export, "read_program", read_back)
+    monkeypatch.setattr(exporters.export, "load_program", read_back)
     lines = []
     exporter = Exporter(model_source, ExportOptions(), ExportCache(tmp_path), progress=lines.append)
     exported = exporter.export_all(["preprocessor", "encoder", "mel_encoder"])

@@ -36,7 +36,7 @@ from infra.compat import deployment_target_name
 from runtimes.base import InputMismatch, InputSpec, PackageError, check_inputs, input_spec
 from runtimes.mil.allocator import heap_only, keep_freed_memory
 from runtimes.mil.ops import KERNELS, Unsupported
-from runtimes.mil.ops.base import torch_module, torch_tensor
+from runtimes.mil.ops.base import TORCH_ELEMENTWISE, torch_module, torch_tensor
 from runtimes.mil.weights import load_mil_program
 
 
@@ -161,7 +161,6 @@ _HALF, _SINGLE, _OBJECT = np.dtype(np.float16), np.dtype(np.float32), np.dtype(o
 # (apple/coremltools issue 2222). Others saw such values wrap in some cases: it is device-dependent,
 # and the fp16 range report (validation.ranges) flags every narrowing that meets such a value.
 NARROW_INTEGERS = frozenset(np.dtype(t) for t in (np.int8, np.int16, np.uint8, np.uint16))
-_TORCH_WIDENS = 1 << 16  # elements: from this size fp16 -> fp32 conversion goes through torch
 
 # ops whose fp16 output is already on the fp16 grid when their inputs are: they move, select or
 # compare values without computing new ones, so rounding their output would change nothing
@@ -214,7 +213,7 @@ class _Scratch:
 
 def _single(value):
     """An fp16 array or scalar as a new fp32 one (large arrays through torch's F16C conversion)."""
-    if isinstance(value, np.ndarray) and value.size >= _TORCH_WIDENS:
+    if isinstance(value, np.ndarray) and value.size >= TORCH_ELEMENTWISE:  # (a conversion is elementwise too)
         return torch_tensor(np.ascontiguousarray(value)).float().numpy()
     return value.astype(np.float32)  # a scalar stays a scalar
 

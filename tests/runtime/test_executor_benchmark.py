@@ -20,7 +20,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -29,7 +28,7 @@ from exporters.components import COMPONENTS, example_inputs
 from exporters.wrappers import wrapper
 from runtimes.mil import MILModel
 from validation.neural_engine import predict_package
-from validation.timing import Partner, host_matmul_gflops, paired_speedup
+from validation.timing import Partner, host_matmul_gflops, paired_speedup, timed
 
 # rounds per side: as many as fit the time budget of one pair of calls each, from five (the
 # full-size encoders, a second and more a call) to fifty (the millisecond components; with five
@@ -93,11 +92,8 @@ def calls(session_exporters, torch_model, dims):
 
 
 def _rounds(sides: dict) -> int:
-    """Rounds per side within ``PAIRS_BUDGET_S``, from one untimed pair of calls."""
-    start = time.perf_counter()
-    sides["torch"]()
-    sides["executor"]()
-    pair_s = time.perf_counter() - start
+    """Rounds per side within ``PAIRS_BUDGET_S``, from one pair of calls outside the rounds."""
+    pair_s = (timed(sides["torch"]) + timed(sides["executor"])) / 1e3
     return max(MIN_ROUNDS, min(ROUNDS, int(PAIRS_BUDGET_S / pair_s)))
 
 

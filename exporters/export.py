@@ -129,8 +129,15 @@ class Exporter:
         quantization variant that needs a newer OS): this exporter itself for its own target."""
         if target == self.options.minimum_deployment_target:
             return self
-        return Exporter(self.source, dataclasses.replace(self.options, minimum_deployment_target=target), self.cache,
-                        self.progress)
+        return self._with_options(minimum_deployment_target=target)
+
+    def _with_options(self, **changes) -> Exporter:
+        """An exporter of the same model with these options changed, sharing the model if this one
+        has loaded it (a process loads a model once; the other would only announce it again)."""
+        other = Exporter(self.source, dataclasses.replace(self.options, **changes), self.cache, self.progress)
+        if "model" in self.__dict__:  # functools.cached_property's own slot
+            other.__dict__["model"] = self.model
+        return other
 
     @cached_property
     def model_key(self) -> str:
@@ -265,12 +272,10 @@ class Exporter:
         parts cannot be chained (it is traced then). Each part comes from ``programs`` where this
         run converted it, else from the cache (exported now if missing there); a part whose shape
         the options make flexible comes from the fixed window's export."""
-        fixed = Exporter(self.source, dataclasses.replace(self.options, flexible_audio=False), self.cache,
-                         self.progress)
         parts, loaded = [], programs if programs is not None else {}
         for name in component.fuses:
             part = COMPONENTS[name]
-            exporter = fixed if flexible_audio(part, self.options) else self
+            exporter = self._with_options(flexible_audio=False) if flexible_audio(part, self.options) else self
             exported = exporter.export(part, loaded if exporter is self else None)
             program = loaded.pop(name, None) if exporter is self else None
             parts.append((name, exported, program if program is not None else load_program(exported.package)))

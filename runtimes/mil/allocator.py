@@ -53,7 +53,9 @@ _predicting_lock = threading.Lock()
 def heap_only():
     """Inside: every block from glibc's heap, none mapped on its own, so the blocks above the mmap
     threshold (a full-size encoder's 49 MB subsampling activations) are reused by the next call
-    instead of faulted in anew (measured: 54,600 -> 0 page faults and 1,013 -> 757 ms a call).
+    instead of faulted in anew (measured on that encoder, 10 calls: 54,600 -> 0 page faults and
+    1,013 -> 757 ms a call; glibc does not promise it, and a small probe sees a call now and then
+    fault a block in again).
     Only while a prediction runs: a large block that the process's own code allocates between
     predictions is mapped, and unmapped when freed, as before (unless the heap has it free)."""
     global _predicting

@@ -279,6 +279,7 @@ class MILModel:
                                "re-export or re-download it") from None
         self._scratch = _Scratch()
         self._rounding = True  # fp16 results on the fp16 grid; off for the fp32 shadow (``shadow``)
+        self._kernel_clock: dict[str, float] | None = None  # seconds inside kernels, by op type (``profile``)
         self.steps = self._plan_program(program, description, function_name)
         # the program's ops refer to each other: collected now, the fp16 weights that widening
         # replaces are freed as it goes instead of staying until after the load. Only worth a
@@ -436,7 +437,15 @@ class MILModel:
         for param, kind, ref in step.live:
             args[param] = self._resolve(param, kind, ref, env)
         try:  # (under np.errstate(all="ignore"), set once per prediction: IEEE results, no warnings)
-            result = self._run_blocks(step, args, env) if step.kernel is None else step.kernel(**args)
+            if step.kernel is None:
+                result = self._run_blocks(step, args, env)
+            elif self._kernel_clock is None:
+                result = step.kernel(**args)
+            else:
+                start = time.perf_counter()
+                result = step.kernel(**args)
+                self._kernel_clock[step.op_type] = self._kernel_clock.get(step.op_type, 0.0) + \
+                    time.perf_counter() - start
         except Unsupported as error:
             raise UnsupportedOperation(f"{self._where(step.op_type, step.name)}: {error}") from None
         except (ValueError, IndexError, TypeError, KeyError) as error:
@@ -528,12 +537,23 @@ class MILModel:
         with _running():
             return self._predict(inputs, intermediates, state)
 
-    def profile(self, inputs: Mapping[str, np.ndarray], state: MILState | None = None) -> dict[str, float]:
+    def profile(self, inputs: Mapping[str, np.ndarray], state: MILState | None = None,
+                kernels_only: bool = False) -> dict[str, float]:
         """Seconds spent in each op type over one prediction, the costliest first: where the
-        executor's time goes (the ops at the program's top level; a loop's body counts as its loop)."""
+        executor's time goes (the ops at the program's top level; a loop's body counts as its loop).
+        ``kernels_only``: the time inside the ops' kernels alone, without the executor's own work
+        around each (widening fp16 weights, rounding results to fp16, copying, freeing); the ops of
+        a loop's body then count as themselves. The difference is what a leaner executor could save."""
         spent: dict[str, float] = {}
         with _running():
-            self._predict(inputs, (), state, spent)
+            if not kernels_only:
+                self._predict(inputs, (), state, spent)
+            else:
+                self._kernel_clock = spent
+                try:
+                    self._predict(inputs, (), state)
+                finally:
+                    self._kernel_clock = None
         return dict(sorted(spent.items(), key=lambda item: -item[1]))
 
     def _predict(self, inputs, intermediates, state, spent: dict[str, float] | None = None) -> dict:

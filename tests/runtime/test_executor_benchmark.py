@@ -8,7 +8,9 @@ it adds within 1.5x its weight file. The two sides alternate round by round (eac
 benchmark runs the other once before each of its rounds), so both see the same host; the paired
 ratio, its interval and the memory are recorded in the benchmark JSON (``extra_info``), not
 asserted on a noisy clock; so are the executor's GFLOP/s (the FLOPs counted from the program)
-against the host's fp32 matrix throughput measured in the same run, and its time by op type.
+against the host's fp32 matrix throughput measured in the same run, its time by op type (whole
+steps, and inside the kernels alone), and the share it would reach if nothing but the matrix
+products took time: the most that fusing the other ops could give.
 
     pytest -m slow tests/runtime/test_executor_benchmark.py --preset parakeet-tdt-0.6b-v3 \\
         --benchmark-json executor.json
@@ -37,6 +39,11 @@ from validation.timing import Partner, host_matmul_gflops, paired_speedup, timed
 MIN_ROUNDS, ROUNDS, PAIRS_BUDGET_S, WARMUP = 5, 50, 10.0, 1
 NAMES = ("encoder", "mel_encoder", "decoder", "joint", "joint_decision_single_step")
 PROFILED_OPS = 12  # op types listed in the profile, the costliest first
+PROFILES = 3  # profiled calls: each op type's median of these
+# the matrix products: the ops the host's matrix throughput is the ceiling of; the time the rest
+# take is what fusing could save, so the share the executor would reach with the rest taking
+# no time at all is the most any fusing could give
+PRODUCTS = ("linear", "conv", "matmul")
 SIDES = ("torch", "executor")
 
 # In a fresh process: the peak RSS after the imports, the seconds MILModel(path) takes, and the
@@ -97,6 +104,13 @@ def _rounds(sides: dict) -> int:
     return max(MIN_ROUNDS, min(ROUNDS, int(PAIRS_BUDGET_S / pair_s)))
 
 
+def _median_profile(model: MILModel, inputs: dict, kernels_only: bool = False) -> dict[str, float]:
+    """Seconds by op type, each the median of ``PROFILES`` profiled calls, the costliest first."""
+    profiles = [model.profile(inputs, kernels_only=kernels_only) for _ in range(PROFILES)]
+    spent = {op: statistics.median(p[op] for p in profiles) for op in profiles[0]}
+    return dict(sorted(spent.items(), key=lambda item: -item[1]))
+
+
 def _weights_bytes(package) -> int:
     return sum(p.stat().st_size for p in package.rglob("weight.bin"))
 
@@ -121,16 +135,28 @@ def test_executor_against_torch(benchmark, calls, name, side, model_source):
         executor_over_torch=round(1 / torch_over_executor["speedup"], 3),
         executor_over_torch_ci95=[round(1 / v, 3) for v in reversed(torch_over_executor["speedup_ci95"])])
     if side == "executor":  # against the host's own arithmetic, and where the time goes
-        flops = predict_package(sides["package"]).summary()["flops"]  # counted from the program itself
+        placement = predict_package(sides["package"])  # the FLOPs counted from the program itself
+        flops = placement.summary()["flops"]
+        product_flops = sum(op.flops for op in placement.ops if op.op_type in PRODUCTS)
         gflops = flops / (statistics.median(own_ms) / 1e3) / 1e9
         host = host_matmul_gflops()
-        spent = sides["model"].profile(sides["inputs"])
+        spent = _median_profile(sides["model"], sides["inputs"])
+        in_kernels = _median_profile(sides["model"], sides["inputs"], kernels_only=True)
+        products_s = sum(seconds for op, seconds in spent.items() if op in PRODUCTS)
+        product_kernels_s = sum(seconds for op, seconds in in_kernels.items() if op in PRODUCTS)
         benchmark.extra_info.update(
             program_gflop=round(flops / 1e9, 3), executor_gflops=round(gflops, 1),
             host_matmul_gflops=round(host["best"], 1),
             host_matmul_gflops_by_kernel={name: round(v, 1) for name, v in host.items() if name != "best"},
             share_of_host_matmul=round(gflops / host["best"], 3),
-            profile_ms_by_op_type={op: round(seconds * 1e3, 2) for op, seconds in list(spent.items())[:PROFILED_OPS]})
+            profile_ms_by_op_type={op: round(seconds * 1e3, 2) for op, seconds in list(spent.items())[:PROFILED_OPS]},
+            kernels_ms_by_op_type={op: round(s * 1e3, 2) for op, s in list(in_kernels.items())[:PROFILED_OPS]},
+            profile_ms=round(sum(spent.values()) * 1e3, 1), kernels_ms=round(sum(in_kernels.values()) * 1e3, 1),
+            products_gflop=round(product_flops / 1e9, 3), products_ms=round(products_s * 1e3, 1),
+            product_kernels_ms=round(product_kernels_s * 1e3, 1),
+            share_of_host_matmul_if_only_products_ran=round(flops / products_s / 1e9 / host["best"], 3),
+            share_of_host_matmul_if_only_product_kernels_ran=round(
+                flops / product_kernels_s / 1e9 / host["best"], 3))
     if side == "executor" and name == "encoder":
         probe = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(sides["package"])],
                                capture_output=True, text=True, check=True)
